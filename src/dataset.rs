@@ -1,0 +1,146 @@
+//! ① Data files: JSONL, a JSON array, or CSV/TSV with a header, into rows of JSON objects.
+//!
+//! Every row remembers the line it came from so that a template failing on row 1,234 can say so.
+
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::path::Path;
+
+/// One data row: a JSON object and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub fields: Map<String, Value>,
+    /// 1-based line (JSONL, CSV) or array index + 1 (JSON).
+    pub line: usize,
+}
+
+/// Loads a data file; the format follows the extension (`.jsonl`/`.ndjson`, `.json`, `.csv`,
+/// `.tsv`).
+pub fn load(path: &Path) -> Result<Vec<Row>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = crate::util::line_of(&String::from_utf8_lossy(&bytes[..e.valid_up_to()]), e.valid_up_to());
+            return Err(Error::data(format!("{}:{line}", path.display()), "invalid UTF-8; save the file as UTF-8"));
+        }
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let rows = match ext.as_str() {
+        "jsonl" | "ndjson" => parse_jsonl(path, text)?,
+        "json" => parse_json(path, text)?,
+        "csv" => parse_csv(path, text, b',')?,
+        "tsv" => parse_csv(path, text, b'\t')?,
+        _ => {
+            return Err(Error::data(
+                path.display().to_string(),
+                format!("unknown data format {ext:?}; use .jsonl, .json (an array of objects), .csv or .tsv"),
+            ))
+        }
+    };
+    if rows.is_empty() {
+        return Err(Error::data(path.display().to_string(), "the data file has no rows"));
+    }
+    Ok(rows)
+}
+
+fn object(path: &Path, line: usize, v: Value) -> Result<Row> {
+    match v {
+        Value::Object(fields) => Ok(Row { fields, line }),
+        other => Err(Error::data(
+            format!("{}:{line}", path.display()),
+            format!("each row must be a JSON object, found {}", kind(&other)),
+        )),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {e}")))?;
+        rows.push(object(path, i + 1, v)?);
+    }
+    Ok(rows)
+}
+
+fn parse_json(path: &Path, text: &str) -> Result<Vec<Row>> {
+    let v: Value = serde_json::from_str(text)
+        .map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {e}")))?;
+    let Value::Array(items) = v else {
+        return Err(Error::data(path.display().to_string(), format!("expected a JSON array of objects, found {}", kind(&v))));
+    };
+    // serde_json does not keep positions inside a parsed value; report the element index.
+    items.into_iter().enumerate().map(|(i, v)| object(path, i + 1, v)).collect()
+}
+
+fn parse_csv(path: &Path, text: &str, delimiter: u8) -> Result<Vec<Row>> {
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).flexible(false).from_reader(text.as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::data(format!("{}:1", path.display()), format!("bad header: {e}")))?
+        .clone();
+    let mut rows = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+            Error::data(format!("{}:{line}", path.display()), format!("bad CSV record: {e}"))
+        })?;
+        let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+        let fields = headers.iter().zip(rec.iter()).map(|(h, v)| (h.to_string(), Value::String(v.to_string()))).collect();
+        rows.push(Row { fields, line });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, body: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("llmeval-ds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn formats() {
+        let a = load(&write("a.jsonl", "{\"q\":1}\n\n{\"q\":2}\n")).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[1].line, 3);
+        let b = load(&write("b.json", "[{\"q\":1},{\"q\":2}]")).unwrap();
+        assert_eq!(b.len(), 2);
+        let c = load(&write("c.csv", "q,a\n\"1,2\",3\n4,5\n")).unwrap();
+        assert_eq!(c[0].fields["q"], "1,2");
+        assert_eq!(c[1].line, 3);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = load(&write("d.jsonl", "{\"q\":1}\n{oops}\n")).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:2"), "{e}");
+        let e = load(&write("e.jsonl", "{\"q\":1}\n[1]\n")).unwrap_err().to_string();
+        assert!(e.contains("e.jsonl:2") && e.contains("an array"), "{e}");
+        let e = load(&write("f.csv", "q,a\n1,2\n3\n")).unwrap_err().to_string();
+        assert!(e.contains("f.csv:3"), "{e}");
+        let e = load(&write("g.txt", "x")).unwrap_err().to_string();
+        assert!(e.contains("unknown data format"), "{e}");
+    }
+}

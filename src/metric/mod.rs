@@ -1,0 +1,98 @@
+//! ⑤ Metrics: each one turns a finished sample into per-sample statistics, and statistics into an
+//! aggregate.
+//!
+//! Per-sample statistics are a vector, not a number: for a mean metric it holds the score; for a
+//! corpus metric (a perplexity, BLEU) it holds the sufficient statistics that the aggregate sums.
+//! That one shape lets the store keep every sample, lets the bootstrap resample corpus metrics,
+//! and lets the gate pair items across runs.
+
+pub mod basic;
+
+use crate::model::Loglikelihood;
+use crate::prompt::Item;
+use crate::suite::TaskKind;
+
+/// What a model produced for one item.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+#[serde(rename_all = "kebab-case", tag = "type")]
+pub enum Evidence {
+    /// A generated response and the answer extracted from it.
+    Generation { response: String, answer: String },
+    /// One log-likelihood per choice (multiple choice).
+    Choices { results: Vec<Loglikelihood> },
+    /// Multiple choice answered by generating a letter (chat-only endpoints).
+    Letter { response: String, answer: String, picked: Option<usize> },
+    /// Log-likelihood of the target continuation.
+    Continuation { result: Loglikelihood },
+    /// Rolling log-likelihood of the whole prompt text.
+    Rolling { result: Loglikelihood },
+}
+
+/// A metric.
+pub trait Metric: Send + Sync {
+    /// Name used in suites and results (kebab-case).
+    fn name(&self) -> &'static str;
+    /// Per-sample statistics, or an error when the evidence does not fit the metric.
+    fn score(&self, item: &Item, evidence: &Evidence) -> Result<Vec<f64>, String>;
+    /// Whether `aggregate` is something other than the mean of the first statistic; the standard
+    /// error then comes from a bootstrap.
+    fn is_corpus(&self) -> bool {
+        false
+    }
+    /// The metric over a set of samples' statistics.
+    fn aggregate(&self, stats: &[&[f64]]) -> f64 {
+        stats.iter().map(|s| s[0]).sum::<f64>() / stats.len() as f64
+    }
+    /// A single sample's score, for display and paired comparisons.
+    fn sample_value(&self, stats: &[f64]) -> f64 {
+        self.aggregate(&[stats])
+    }
+}
+
+/// The metric names a kind of task accepts, defaults first.
+pub fn names_for(kind: TaskKind) -> (&'static [&'static str], &'static [&'static str]) {
+    match kind {
+        TaskKind::Generate => (&["exact-match"], &["exact-match", "contains", "f1"]),
+        TaskKind::MultipleChoice => (&["acc", "acc-norm"], &["acc", "acc-norm"]),
+        TaskKind::Loglikelihood => (&["loglikelihood", "acc"], &["loglikelihood", "acc", "perplexity"]),
+        TaskKind::Perplexity => (&["word-perplexity", "byte-perplexity", "bits-per-byte"], &["word-perplexity", "byte-perplexity", "bits-per-byte"]),
+    }
+}
+
+/// Checks that `name` is a metric a task of `kind` can report.
+pub fn check_metric(name: &str, kind: TaskKind) -> Result<(), String> {
+    let (_, allowed) = names_for(kind);
+    if allowed.contains(&name) {
+        Ok(())
+    } else {
+        Err(format!("unknown metric {name:?} for a {} task; expected one of: {}", crate::suite::kind_name(kind), allowed.join(", ")))
+    }
+}
+
+/// Builds a metric by name (checked by [`check_metric`] first).
+pub fn by_name(name: &str) -> Option<Box<dyn Metric>> {
+    use basic::*;
+    Some(match name {
+        "exact-match" => Box::new(ExactMatch),
+        "contains" => Box::new(Contains),
+        "f1" => Box::new(TokenF1),
+        "acc" => Box::new(Acc),
+        "acc-norm" => Box::new(AccNorm),
+        "loglikelihood" => Box::new(LoglikelihoodMetric),
+        "perplexity" => Box::new(Perplexity),
+        "word-perplexity" => Box::new(RollingPerplexity::Word),
+        "byte-perplexity" => Box::new(RollingPerplexity::Byte),
+        "bits-per-byte" => Box::new(RollingPerplexity::BitsPerByte),
+        _ => return None,
+    })
+}
+
+/// The metrics of a task: the ones it names, or its kind's defaults.
+pub fn for_task(task: &crate::suite::TaskConfig) -> Vec<Box<dyn Metric>> {
+    let names: Vec<&str> = if task.metrics.is_empty() {
+        names_for(task.kind).0.to_vec()
+    } else {
+        task.metrics.iter().map(|m| m.get_ref().as_str()).collect()
+    };
+    names.into_iter().filter_map(by_name).collect()
+}

@@ -1,0 +1,504 @@
+//! The OpenAI-compatible backend: the only async code in llmeval.
+//!
+//! It owns a tokio runtime and runs `concurrency` workers that pull requests from one queue, so
+//! the number in flight can never exceed the cap, whatever the batch size. Each worker retries
+//! transient failures (429 with `Retry-After`, 408/409/5xx, timeouts, dropped connections,
+//! non-JSON bodies) with exponential backoff and jitter; a request that still fails becomes an
+//! errored outcome carrying the error text, never a wrong answer.
+
+use super::{Capabilities, Context, GenRequest, Generation, Loglikelihood, LoglikelihoodRequest, Model, Outcome, RollingRequest, Sink};
+use crate::error::{Error, Result};
+use crate::suite::{Api, ModelConfig};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One HTTP request to make and how to read its answer.
+struct Job<T> {
+    path: &'static str,
+    body: Value,
+    /// Estimated tokens, for `tokens-per-minute`.
+    tokens: f64,
+    parse: Box<dyn Fn(&Value) -> std::result::Result<T, String> + Send + Sync>,
+}
+
+pub struct RemoteModel {
+    cfg: ModelConfig,
+    api_key: Option<String>,
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    limiter: Arc<Limiter>,
+}
+
+impl RemoteModel {
+    pub fn new(cfg: &ModelConfig) -> Result<Self> {
+        let err = |message: String| Error::Model { model: cfg.name.clone(), message };
+        let api_key = match &cfg.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => return Err(err(format!("api-key-env names {var}, but that environment variable is not set; export it or remove api-key-env"))),
+            },
+            None => None,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| err(format!("cannot start the async runtime: {e}")))?;
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(cfg.timeout_s))
+            .pool_max_idle_per_host(cfg.concurrency)
+            .user_agent(concat!("llmeval/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| err(format!("cannot build the HTTP client: {e}")))?;
+        let limiter = Arc::new(Limiter::new(cfg.requests_per_minute, cfg.tokens_per_minute));
+        Ok(RemoteModel { cfg: cfg.clone(), api_key, runtime, client, limiter })
+    }
+
+    fn with_extra(&self, mut body: Value) -> Value {
+        if let (Some(extra), Value::Object(map)) = (&self.cfg.extra_body, &mut body) {
+            if let Ok(Value::Object(extra)) = serde_json::to_value(extra) {
+                map.extend(extra);
+            }
+        }
+        body
+    }
+
+    fn messages(&self, context: &Context) -> Vec<Value> {
+        let mut out = Vec::new();
+        if let Some(sys) = &self.cfg.system_prompt {
+            out.push(json!({"role": "system", "content": sys}));
+        }
+        match context {
+            Context::Text(t) => out.push(json!({"role": "user", "content": t})),
+            Context::Chat(msgs) => out.extend(msgs.iter().map(|m| json!({"role": m.role, "content": m.content}))),
+        }
+        out
+    }
+
+    /// Runs the jobs with `concurrency` workers and reports each outcome to `sink` as it arrives.
+    fn execute<T: Send + 'static>(&self, jobs: Vec<Job<T>>, sink: Sink<'_, T>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let queue: Arc<Mutex<VecDeque<(usize, Job<T>)>>> = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Outcome<T>)>();
+        let shared = Arc::new(Shared {
+            client: self.client.clone(),
+            api_key: self.api_key.clone(),
+            base: self.cfg.base_url.trim_end_matches('/').to_string(),
+            max_retries: self.cfg.max_retries,
+            retry_initial: self.cfg.retry_initial_s,
+            timeout_s: self.cfg.timeout_s,
+            limiter: self.limiter.clone(),
+        });
+        let workers = self.cfg.concurrency.min(queue.lock().expect("queue lock").len());
+        self.runtime.block_on(async {
+            for w in 0..workers {
+                let (queue, tx, shared) = (queue.clone(), tx.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let mut rng = Jitter::new(w as u64);
+                    loop {
+                        let next = queue.lock().expect("queue lock").pop_front();
+                        let Some((i, job)) = next else { break };
+                        let outcome = shared.call(&job, &mut rng).await;
+                        if tx.send((i, outcome)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            while let Some((i, outcome)) = rx.recv().await {
+                sink(i, outcome);
+            }
+        });
+    }
+}
+
+struct Shared {
+    client: reqwest::Client,
+    api_key: Option<String>,
+    base: String,
+    max_retries: u32,
+    retry_initial: f64,
+    timeout_s: f64,
+    limiter: Arc<Limiter>,
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// Worth another attempt; optionally after the server's `Retry-After`.
+    Transient(String, Option<Duration>),
+    /// Will fail again (bad request, auth, unsupported feature).
+    Permanent(String),
+}
+
+impl Shared {
+    async fn call<T>(&self, job: &Job<T>, rng: &mut Jitter) -> Outcome<T> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.limiter.acquire(job.tokens).await;
+            let start = Instant::now();
+            let result = self.attempt(job).await;
+            let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+            let (message, retry_after) = match result {
+                Ok(v) => return Outcome { result: Ok(v), latency_ms, attempts },
+                Err(Failure::Permanent(m)) => return Outcome { result: Err(m), latency_ms, attempts },
+                Err(Failure::Transient(m, ra)) => (m, ra),
+            };
+            if attempts > self.max_retries {
+                let message = format!("{message} (gave up after {attempts} attempts)");
+                return Outcome { result: Err(message), latency_ms, attempts };
+            }
+            let backoff = (self.retry_initial * 2f64.powi(attempts as i32 - 1)).min(60.0);
+            let delay = match retry_after {
+                Some(d) => d.min(Duration::from_secs(600)),
+                // "Equal jitter": half the backoff fixed, half random.
+                None => Duration::from_secs_f64(backoff * (0.5 + 0.5 * rng.next_f64())),
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt<T>(&self, job: &Job<T>) -> std::result::Result<T, Failure> {
+        let mut req = self.client.post(format!("{}{}", self.base, job.path)).json(&job.body);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        let status = resp.status();
+        let retry_after = resp.headers().get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<f64>().ok()).map(|ms| ms / 1e3)
+            .or_else(|| resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<f64>().ok()))
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
+        let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
+        if !status.is_success() {
+            let detail = error_detail(&bytes);
+            let msg = format!("HTTP {}: {detail}", status.as_u16());
+            return Err(match status.as_u16() {
+                408 | 409 | 429 | 500..=599 => Failure::Transient(msg, retry_after),
+                _ => Failure::Permanent(msg),
+            });
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Failure::Transient(format!("HTTP {} with a body that is not JSON: {}", status.as_u16(), snippet(&bytes)), retry_after)
+        })?;
+        if let Some(err) = value.get("error").filter(|e| !e.is_null()) {
+            return Err(Failure::Transient(format!("error in response body: {}", error_detail(err.to_string().as_bytes())), retry_after));
+        }
+        (job.parse)(&value).map_err(Failure::Permanent)
+    }
+
+    fn transport(&self, e: reqwest::Error) -> Failure {
+        let msg = if e.is_timeout() {
+            format!("timed out after {} s", self.timeout_s)
+        } else if e.is_connect() {
+            format!("cannot connect: {}", chain(&e))
+        } else {
+            format!("connection failed: {}", chain(&e))
+        };
+        Failure::Transient(msg, None)
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+fn snippet(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let s = s.trim();
+    if s.chars().count() > 200 { format!("{}…", s.chars().take(200).collect::<String>()) } else { s.to_string() }
+}
+
+/// The `error.message` of an OpenAI error body, else the start of the body.
+fn error_detail(bytes: &[u8]) -> String {
+    if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+        if let Some(m) = v.pointer("/error/message").or_else(|| v.get("message")).and_then(Value::as_str) {
+            return m.to_string();
+        }
+    }
+    snippet(bytes)
+}
+
+/// A small xorshift generator for retry jitter (no reproducibility needed).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(salt: u64) -> Self {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        Jitter((t ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1)
+    }
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Client-side requests-per-minute (evenly spaced) and tokens-per-minute (token bucket) limits.
+struct Limiter {
+    rpm: Option<f64>,
+    tpm: Option<f64>,
+    state: tokio::sync::Mutex<LimiterState>,
+}
+
+struct LimiterState {
+    next_request: Instant,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Limiter {
+    fn new(rpm: Option<f64>, tpm: Option<f64>) -> Self {
+        let now = Instant::now();
+        Limiter { rpm, tpm, state: tokio::sync::Mutex::new(LimiterState { next_request: now, tokens: tpm.unwrap_or(0.0), refilled: now }) }
+    }
+
+    async fn acquire(&self, tokens: f64) {
+        if self.rpm.is_none() && self.tpm.is_none() {
+            return;
+        }
+        // Waiters queue on the lock, so requests start in arrival order.
+        let mut s = self.state.lock().await;
+        if let Some(rpm) = self.rpm {
+            let now = Instant::now();
+            if s.next_request > now {
+                tokio::time::sleep_until(s.next_request.into()).await;
+            }
+            s.next_request = s.next_request.max(now) + Duration::from_secs_f64(60.0 / rpm);
+        }
+        if let Some(tpm) = self.tpm {
+            let need = tokens.min(tpm);
+            loop {
+                let now = Instant::now();
+                s.tokens = (s.tokens + now.duration_since(s.refilled).as_secs_f64() * tpm / 60.0).min(tpm);
+                s.refilled = now;
+                if s.tokens >= need {
+                    s.tokens -= need;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs_f64((need - s.tokens) * 60.0 / tpm)).await;
+            }
+        }
+    }
+}
+
+fn estimate_tokens(text_chars: usize, max_tokens: u32) -> f64 {
+    text_chars as f64 / 4.0 + f64::from(max_tokens)
+}
+
+fn usage(v: &Value, key: &str) -> Option<u64> {
+    v.pointer(&format!("/usage/{key}")).and_then(Value::as_u64)
+}
+
+fn parse_chat(v: &Value) -> std::result::Result<Generation, String> {
+    let choice = v.pointer("/choices/0").ok_or_else(|| format!("response has no choices: {}", snippet(v.to_string().as_bytes())))?;
+    let text = match choice.pointer("/message/content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => return Err(format!("message.content is not a string: {other}")),
+    };
+    Ok(Generation {
+        text,
+        prompt_tokens: usage(v, "prompt_tokens"),
+        completion_tokens: usage(v, "completion_tokens"),
+        finish_reason: choice.get("finish_reason").and_then(Value::as_str).map(str::to_string),
+    })
+}
+
+fn parse_completion(v: &Value) -> std::result::Result<Generation, String> {
+    let choice = v.pointer("/choices/0").ok_or_else(|| format!("response has no choices: {}", snippet(v.to_string().as_bytes())))?;
+    let text = choice.get("text").and_then(Value::as_str).ok_or("choices[0].text is missing")?.to_string();
+    Ok(Generation {
+        text,
+        prompt_tokens: usage(v, "prompt_tokens"),
+        completion_tokens: usage(v, "completion_tokens"),
+        finish_reason: choice.get("finish_reason").and_then(Value::as_str).map(str::to_string),
+    })
+}
+
+/// Sums the echoed log-probabilities of the tokens that cover characters `from..to` of the prompt.
+///
+/// Tokens are placed by `text_offset` (character offsets); a token belongs to the continuation
+/// when it ends after `from`, and tokens starting at or after `to` (the generated one) are ignored.
+/// Greedy means every scored token is the top entry of `top_logprobs` (lm-eval's rule).
+pub fn sum_logprobs(v: &Value, from: usize, to: usize) -> std::result::Result<Loglikelihood, String> {
+    let lp = v.pointer("/choices/0/logprobs").filter(|x| !x.is_null()).ok_or(
+        "the server returned no logprobs; it does not support `echo` with `logprobs` on /completions (use api = \"chat\" to fall back to generation)",
+    )?;
+    let tokens = lp.get("tokens").and_then(Value::as_array).ok_or("logprobs.tokens is missing")?;
+    let logprobs = lp.get("token_logprobs").and_then(Value::as_array).ok_or("logprobs.token_logprobs is missing")?;
+    let top = lp.get("top_logprobs").and_then(Value::as_array);
+    let offsets: Vec<usize> = match lp.get("text_offset").and_then(Value::as_array) {
+        Some(o) => o.iter().map(|x| x.as_u64().map(|u| u as usize).ok_or("logprobs.text_offset holds a non-integer")).collect::<std::result::Result<_, _>>()?,
+        None => {
+            let mut acc = 0;
+            tokens.iter().map(|t| { let o = acc; acc += t.as_str().map_or(0, |s| s.chars().count()); o }).collect()
+        }
+    };
+    if logprobs.len() != tokens.len() || offsets.len() != tokens.len() {
+        return Err("logprobs arrays have different lengths".into());
+    }
+    let mut out = Loglikelihood { logprob: 0.0, is_greedy: true, tokens: 0 };
+    for i in 0..tokens.len() {
+        let start = offsets[i];
+        if start >= to {
+            break;
+        }
+        let token = tokens[i].as_str().unwrap_or_default();
+        let end = offsets.get(i + 1).copied().unwrap_or(start + token.chars().count()).max(start + token.chars().count().min(1));
+        if end <= from {
+            continue;
+        }
+        let Some(lp) = logprobs[i].as_f64() else {
+            if from == 0 && i == 0 {
+                continue; // the first token of a text has no context to be scored against
+            }
+            return Err(format!("no log-probability for token {i} ({token:?})"));
+        };
+        out.logprob += lp;
+        out.tokens += 1;
+        if let Some(Value::Object(alts)) = top.and_then(|t| t.get(i)) {
+            let best = alts.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).max_by(|a, b| a.1.total_cmp(&b.1));
+            if best.is_some_and(|(k, _)| k != token) {
+                out.is_greedy = false;
+            }
+        } else {
+            out.is_greedy = false;
+        }
+    }
+    if out.tokens == 0 && from < to {
+        return Err("no continuation token was scored; the server's text offsets do not cover the continuation".into());
+    }
+    Ok(out)
+}
+
+impl Model for RemoteModel {
+    fn identity(&self) -> Value {
+        json!({
+            "engine": "openai",
+            "base-url": self.cfg.base_url,
+            "model": self.cfg.model,
+            "api": self.cfg.api,
+            "system-prompt": self.cfg.system_prompt,
+            "extra-body": self.cfg.extra_body,
+        })
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { loglikelihood: self.cfg.api == Api::Completions }
+    }
+
+    fn generate(&self, requests: &[GenRequest], sink: Sink<'_, Generation>) {
+        let jobs = requests
+            .iter()
+            .map(|r| {
+                let mut body = json!({"model": self.cfg.model, "max_tokens": r.max_tokens, "temperature": r.temperature});
+                let chars;
+                match self.cfg.api {
+                    Api::Chat => {
+                        let msgs = self.messages(&r.context);
+                        chars = msgs.iter().map(|m| m["content"].as_str().map_or(0, str::len)).sum();
+                        body["messages"] = Value::Array(msgs);
+                    }
+                    Api::Completions => {
+                        let text = match &r.context {
+                            Context::Text(t) => t.clone(),
+                            Context::Chat(m) => m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n\n"),
+                        };
+                        chars = text.len();
+                        body["prompt"] = Value::String(text);
+                    }
+                }
+                if let Some(p) = r.top_p {
+                    body["top_p"] = json!(p);
+                }
+                if let Some(s) = r.seed {
+                    body["seed"] = json!(s);
+                }
+                if !r.stop.is_empty() {
+                    body["stop"] = json!(r.stop);
+                }
+                let (path, parse): (&'static str, fn(&Value) -> std::result::Result<Generation, String>) = match self.cfg.api {
+                    Api::Chat => ("/chat/completions", parse_chat),
+                    Api::Completions => ("/completions", parse_completion),
+                };
+                Job { path, body: self.with_extra(body), tokens: estimate_tokens(chars, r.max_tokens), parse: Box::new(parse) }
+            })
+            .collect();
+        self.execute(jobs, sink);
+    }
+
+    fn loglikelihood(&self, requests: &[LoglikelihoodRequest], sink: Sink<'_, Loglikelihood>) {
+        let jobs = requests
+            .iter()
+            .map(|r| {
+                let prompt = format!("{}{}", r.context, r.continuation);
+                let from = r.context.chars().count();
+                let to = prompt.chars().count();
+                let body = json!({"model": self.cfg.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": true});
+                Job { path: "/completions", body: self.with_extra(body), tokens: estimate_tokens(prompt.len(), 1), parse: Box::new(move |v: &Value| sum_logprobs(v, from, to)) }
+            })
+            .collect();
+        self.execute(jobs, sink);
+    }
+
+    fn loglikelihood_rolling(&self, requests: &[RollingRequest], sink: Sink<'_, Loglikelihood>) {
+        let jobs = requests
+            .iter()
+            .map(|r| {
+                let to = r.text.chars().count();
+                let body = json!({"model": self.cfg.model, "prompt": r.text, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": true});
+                Job { path: "/completions", body: self.with_extra(body), tokens: estimate_tokens(r.text.len(), 1), parse: Box::new(move |v: &Value| sum_logprobs(v, 0, to)) }
+            })
+            .collect();
+        self.execute(jobs, sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(tokens: &[&str], lps: &[Option<f64>], tops: &[&str]) -> Value {
+        let mut off = 0;
+        let offsets: Vec<usize> = tokens.iter().map(|t| { let o = off; off += t.chars().count(); o }).collect();
+        let top: Vec<Value> = tops.iter().zip(lps).map(|(t, lp)| json!({ *t: lp.unwrap_or(0.0) + 0.0 })).collect();
+        json!({"choices": [{"logprobs": {"tokens": tokens, "token_logprobs": lps, "top_logprobs": top, "text_offset": offsets}}]})
+    }
+
+    #[test]
+    fn sums_only_continuation_tokens() {
+        // "Q: 1+1 A:" + " 2", then one generated token.
+        let v = echo(&["Q", ":", " 1+1", " A", ":", " 2", "\n"], &[None, Some(-1.0), Some(-2.0), Some(-0.5), Some(-0.1), Some(-0.25), Some(-3.0)], &["Q", ":", " 1+1", " A", ":", " 2", "\n"]);
+        let ll = sum_logprobs(&v, 9, 11).unwrap();
+        assert_eq!(ll, Loglikelihood { logprob: -0.25, is_greedy: true, tokens: 1 });
+        let rolling = sum_logprobs(&v, 0, 11).unwrap();
+        assert_eq!(rolling.tokens, 5);
+        assert!((rolling.logprob - -3.85).abs() < 1e-12);
+    }
+
+    #[test]
+    fn greedy_is_top_token() {
+        let v = echo(&["a", " b"], &[None, Some(-2.0)], &["a", " c"]);
+        assert!(!sum_logprobs(&v, 1, 3).unwrap().is_greedy);
+    }
+
+    #[test]
+    fn missing_logprobs_is_an_error() {
+        let v = json!({"choices": [{"text": "x"}]});
+        assert!(sum_logprobs(&v, 0, 1).unwrap_err().contains("echo"));
+    }
+}

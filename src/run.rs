@@ -1,0 +1,518 @@
+//! ④ The runner: suite × models → batched requests → scored samples in the store → aggregates.
+//!
+//! All requests of one kind for one model go to the backend as a single batch, so a remote model
+//! keeps `concurrency` requests in flight across tasks. Each sample is scored and committed the
+//! moment its last request returns; aggregates are always recomputed from the stored samples, so
+//! a resumed run reports exactly what an uninterrupted one would.
+
+use crate::error::{Error, Result};
+use crate::filter::{pick_letter, Pipeline};
+use crate::metric::{Evidence, Metric};
+use crate::model::{Context, GenRequest, Generation, Loglikelihood, LoglikelihoodRequest, Model, Outcome, RollingRequest};
+use crate::prompt::Item;
+use crate::store::{Aggregate, Run, Sample, Store};
+use crate::suite::{Suite, TaskConfig, TaskKind};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+/// What `llmeval run` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub db: PathBuf,
+    pub limit: Option<usize>,
+    pub tasks: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
+    pub resume: bool,
+    pub no_cache: bool,
+    pub progress: bool,
+}
+
+/// A finished (or resumed and finished) run.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run: Run,
+    pub aggregates: Vec<Aggregate>,
+    /// Samples that errored (after all retries).
+    pub errored: usize,
+}
+
+/// Bootstrap settings for corpus metrics (fixed, so aggregates are reproducible).
+pub const BOOTSTRAP_ITERATIONS: usize = 1000;
+pub const BOOTSTRAP_SEED: u64 = 1234;
+
+#[derive(Clone, Copy)]
+enum Part {
+    Gen,
+    Letter,
+    Choice(usize),
+    Continuation,
+    Rolling,
+}
+
+/// A sample waiting for its requests.
+struct Pending<'a> {
+    task: &'a TaskConfig,
+    pipeline: &'a Pipeline,
+    metrics: &'a [Box<dyn Metric>],
+    item: &'a Item,
+    prompt_shown: String,
+    generation: Option<Generation>,
+    lls: Vec<Option<Loglikelihood>>,
+    remaining: usize,
+    errors: Vec<String>,
+    attempts: u32,
+    latency_ms: f64,
+    cached: bool,
+}
+
+fn selection_json(opts: &RunOptions) -> Value {
+    json!({"tasks": opts.tasks, "models": opts.models, "limit": opts.limit})
+}
+
+fn pick<'a, T>(all: &'a [T], name: impl Fn(&T) -> &str, wanted: &Option<Vec<String>>, what: &str) -> Result<Vec<&'a T>> {
+    let Some(wanted) = wanted else { return Ok(all.iter().collect()) };
+    for w in wanted {
+        if !all.iter().any(|x| name(x) == w) {
+            let names: Vec<&str> = all.iter().map(&name).collect();
+            return Err(Error::Usage(format!("no {what} named {w:?} in the suite; it has: {}", names.join(", "))));
+        }
+    }
+    Ok(all.iter().filter(|x| wanted.iter().any(|w| w == name(x))).collect())
+}
+
+fn new_run_id() -> String {
+    let now = crate::util::now_unix();
+    let stamp = crate::util::iso8601(now).replace(['-', ':'], "").replace('T', "-").trim_end_matches('Z').to_string();
+    let salt = crate::util::sha256_hex(format!("{now}-{}", std::process::id()).as_bytes());
+    format!("{stamp}-{}", &salt[..6])
+}
+
+/// The suite as stored with a run: parsed, so comments and formatting go, and only variable names
+/// of API keys ever appear.
+fn config_json(suite: &Suite) -> Value {
+    json!({
+        "name": suite.file.name,
+        "models": suite.file.models,
+        "tasks": suite.file.tasks,
+    })
+}
+
+fn parse_selection(v: &Value) -> (Option<Vec<String>>, Option<Vec<String>>, Option<usize>) {
+    let list = |k: &str| v.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect());
+    (list("tasks"), list("models"), v.get("limit").and_then(Value::as_u64).map(|x| x as usize))
+}
+
+/// The multiple-choice prompt for models without log-probabilities.
+fn letter_prompt(item: &Item) -> String {
+    let mut p = item.prompt.trim_end().to_string();
+    p.push_str("\n\n");
+    for (i, c) in item.choices.iter().enumerate() {
+        p.push_str(&format!("{}. {}\n", (b'A' + i as u8) as char, c));
+    }
+    p.push_str("Answer with the letter of the correct choice.");
+    p
+}
+
+fn cache_key(identity: &Value, kind: &str, request: &impl serde::Serialize) -> String {
+    let body = json!({"model": identity, "kind": kind, "request": request});
+    crate::util::sha256_hex(body.to_string().as_bytes())
+}
+
+/// Runs (or resumes) a suite and returns its aggregates.
+pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
+    let mut store = Store::open(&opts.db)?;
+    let hash = suite.content_hash()?;
+    let (run, fresh) = if opts.resume {
+        let run = store.latest_unfinished(&suite.file.name)?.ok_or_else(|| {
+            Error::Usage(format!("no unfinished run of suite {:?} in {} to resume; run without --resume", suite.file.name, opts.db.display()))
+        })?;
+        if run.suite_hash != hash {
+            return Err(Error::Usage(format!(
+                "suite {:?} or its data changed since run {} started (hash {} → {}); a resumed run must see the same inputs, so start a new run without --resume",
+                suite.file.name, run.id, &run.suite_hash[..12], &hash[..12]
+            )));
+        }
+        (run, false)
+    } else {
+        let run = Run {
+            id: new_run_id(),
+            suite: suite.file.name.clone(),
+            suite_path: suite.path.display().to_string(),
+            suite_hash: hash,
+            config: config_json(suite),
+            selection: selection_json(opts),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at: crate::util::now_unix(),
+            ended_at: None,
+            status: "running".into(),
+            notes: vec![],
+        };
+        (run, true)
+    };
+    // A resumed run keeps the selection it started with.
+    let (tasks_sel, models_sel, limit) = parse_selection(&run.selection);
+    let models = pick(&suite.file.models, |m| m.name.as_str(), &models_sel, "model")?;
+    let tasks = pick(&suite.file.tasks, |t| t.name.as_str(), &tasks_sel, "task")?;
+
+    // Render everything before the first request: bad rows stop the run here.
+    let mut rendered: Vec<Vec<Item>> = Vec::new();
+    for t in &tasks {
+        let rows = crate::dataset::load(&suite.resolve(t.data.get_ref()))?;
+        rendered.push(crate::prompt::render_task(suite, t, &rows, limit)?);
+    }
+    let pipelines: Vec<Pipeline> = tasks.iter().map(|t| Pipeline::new(t)).collect();
+    let metrics: Vec<Vec<Box<dyn Metric>>> = tasks.iter().map(|t| crate::metric::for_task(t)).collect();
+    let backends: Vec<Box<dyn Model>> = models.iter().map(|m| crate::model::from_config(m)).collect::<Result<_>>()?;
+
+    if fresh {
+        store.create_run(&run)?;
+    }
+    let mut notes = run.notes.clone();
+    let finished = store.finished_keys(&run.id)?;
+    let total: usize = models.len() * rendered.iter().map(Vec::len).sum::<usize>();
+    let mut progress = crate::progress::Progress::new((total - finished.len().min(total)) as u64, opts.progress);
+
+    for (model_cfg, backend) in models.iter().zip(&backends) {
+        progress.set_label(model_cfg.name.clone());
+        let identity = backend.identity();
+        let caps = backend.capabilities();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut gen_reqs: Vec<(usize, Part, GenRequest)> = Vec::new();
+        let mut ll_reqs: Vec<(usize, Part, LoglikelihoodRequest)> = Vec::new();
+        let mut roll_reqs: Vec<(usize, Part, RollingRequest)> = Vec::new();
+        for (ti, task) in tasks.iter().enumerate() {
+            let letters = task.kind == TaskKind::MultipleChoice && !caps.loglikelihood;
+            if letters {
+                let note = format!(
+                    "{} × {}: the endpoint gives no log-probabilities, so multiple choice was asked as a lettered question and the letter extracted; acc-norm is not reported",
+                    model_cfg.name, task.name
+                );
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
+            }
+            for item in &rendered[ti] {
+                if finished.contains(&(model_cfg.name.clone(), task.name.clone(), item.index as i64)) {
+                    continue;
+                }
+                let slot = pending.len();
+                let gen_req = |context: String| GenRequest {
+                    context: Context::Text(context),
+                    max_tokens: task.max_tokens,
+                    temperature: task.temperature,
+                    top_p: task.top_p,
+                    seed: task.seed,
+                    stop: task.stop.clone(),
+                };
+                let mut p = Pending {
+                    task,
+                    pipeline: &pipelines[ti],
+                    metrics: &metrics[ti],
+                    item,
+                    prompt_shown: item.prompt.clone(),
+                    generation: None,
+                    lls: Vec::new(),
+                    remaining: 0,
+                    errors: Vec::new(),
+                    attempts: 0,
+                    latency_ms: 0.0,
+                    cached: true,
+                };
+                match task.kind {
+                    TaskKind::Generate => gen_reqs.push((slot, Part::Gen, gen_req(item.prompt.clone()))),
+                    TaskKind::MultipleChoice if letters => {
+                        p.prompt_shown = letter_prompt(item);
+                        gen_reqs.push((slot, Part::Letter, gen_req(p.prompt_shown.clone())));
+                    }
+                    TaskKind::MultipleChoice => {
+                        p.lls = vec![None; item.choices.len()];
+                        for (ci, c) in item.choices.iter().enumerate() {
+                            let continuation = format!("{}{}", task.target_delimiter, c);
+                            ll_reqs.push((slot, Part::Choice(ci), LoglikelihoodRequest { context: item.prompt.clone(), continuation }));
+                        }
+                    }
+                    TaskKind::Loglikelihood => {
+                        if !caps.loglikelihood {
+                            return Err(Error::Usage(format!(
+                                "task {:?} needs log-probabilities, which model {:?} (api = \"chat\") cannot give; use api = \"completions\" on a server that supports echo + logprobs",
+                                task.name, model_cfg.name
+                            )));
+                        }
+                        p.lls = vec![None];
+                        let continuation = format!("{}{}", task.target_delimiter, item.target.clone().unwrap_or_default());
+                        ll_reqs.push((slot, Part::Continuation, LoglikelihoodRequest { context: item.prompt.clone(), continuation }));
+                    }
+                    TaskKind::Perplexity => {
+                        if !caps.loglikelihood {
+                            return Err(Error::Usage(format!(
+                                "task {:?} needs log-probabilities, which model {:?} (api = \"chat\") cannot give; use api = \"completions\"",
+                                task.name, model_cfg.name
+                            )));
+                        }
+                        p.lls = vec![None];
+                        roll_reqs.push((slot, Part::Rolling, RollingRequest { text: item.prompt.clone() }));
+                    }
+                }
+                pending.push(p);
+            }
+        }
+        for (slot, _, _) in gen_reqs.iter().map(|(s, p, r)| (s, p, r)).chain(std::iter::empty()) {
+            pending[*slot].remaining += 1;
+        }
+        for (slot, _, _) in &ll_reqs {
+            pending[*slot].remaining += 1;
+        }
+        for (slot, _, _) in &roll_reqs {
+            pending[*slot].remaining += 1;
+        }
+
+        let mut ctx = Ctx { store: &store, run_id: &run.id, model: &model_cfg.name, no_cache: opts.no_cache, progress: &mut progress, errored: 0, failure: None };
+        ctx.dispatch(&mut pending, gen_reqs, "generate", &identity, |r| r.deterministic(), |b, reqs, sink| b.generate(reqs, sink), backend.as_ref(), |p, part, g: Generation| {
+            let _ = part;
+            p.generation = Some(g);
+        });
+        ctx.dispatch(&mut pending, ll_reqs, "loglikelihood", &identity, |_| true, |b, reqs, sink| b.loglikelihood(reqs, sink), backend.as_ref(), |p, part, l: Loglikelihood| {
+            let i = match part { Part::Choice(i) => i, _ => 0 };
+            p.lls[i] = Some(l);
+        });
+        ctx.dispatch(&mut pending, roll_reqs, "loglikelihood_rolling", &identity, |_| true, |b, reqs, sink| b.loglikelihood_rolling(reqs, sink), backend.as_ref(), |p, _, l: Loglikelihood| {
+            p.lls[0] = Some(l);
+        });
+        if let Some(e) = ctx.failure.take() {
+            progress.done();
+            return Err(e);
+        }
+    }
+    progress.done();
+
+    let aggregates = aggregate_run(&store, &run.id, &tasks, &metrics, &models.iter().map(|m| m.name.clone()).collect::<Vec<_>>())?;
+    store.put_aggregates(&run.id, &aggregates)?;
+    let errored = store.samples(&run.id)?.iter().filter(|s| s.error.is_some()).count();
+    let status = if errored > 0 { "errored" } else { "complete" };
+    let ended = crate::util::now_unix();
+    store.set_run_status(&run.id, status, Some(ended), &notes)?;
+    let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
+    Ok(RunReport { run, aggregates, errored })
+}
+
+/// Per-model dispatch state.
+struct Ctx<'s, 'p> {
+    store: &'s Store,
+    run_id: &'s str,
+    model: &'s str,
+    no_cache: bool,
+    progress: &'p mut crate::progress::Progress,
+    errored: usize,
+    /// A store error met inside a callback; the run stops with it.
+    failure: Option<Error>,
+}
+
+impl Ctx<'_, '_> {
+    /// Serves what the cache has, sends the rest to the backend as one batch, and completes
+    /// samples as their last request returns.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch<Req: serde::Serialize, Resp: serde::Serialize + serde::de::DeserializeOwned>(
+        &mut self,
+        pending: &mut [Pending],
+        reqs: Vec<(usize, Part, Req)>,
+        kind: &str,
+        identity: &Value,
+        cacheable: impl Fn(&Req) -> bool,
+        call: impl FnOnce(&dyn Model, &[Req], &mut dyn FnMut(usize, Outcome<Resp>)),
+        backend: &dyn Model,
+        apply: impl Fn(&mut Pending, Part, Resp),
+    ) {
+        if self.failure.is_some() || reqs.is_empty() {
+            return;
+        }
+        let mut to_send: Vec<(usize, Part, Option<String>)> = Vec::new();
+        let mut batch: Vec<Req> = Vec::new();
+        for (slot, part, req) in reqs {
+            let key = cacheable(&req).then(|| cache_key(identity, kind, &req));
+            if let Some(k) = &key {
+                match self.store.cached(k, self.run_id, self.no_cache) {
+                    Ok(Some(text)) => {
+                        if let Ok(resp) = serde_json::from_str::<Resp>(&text) {
+                            let outcome = Outcome { result: Ok(resp), latency_ms: 0.0, attempts: 0 };
+                            self.complete(pending, slot, part, outcome, &apply, true);
+                            continue;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.failure = Some(e);
+                        return;
+                    }
+                }
+            }
+            to_send.push((slot, part, key));
+            batch.push(req);
+        }
+        let mut sink = |i: usize, outcome: Outcome<Resp>| {
+            if self.failure.is_some() {
+                return;
+            }
+            let (slot, part, key) = &to_send[i];
+            if let (Some(k), Ok(resp)) = (key, &outcome.result) {
+                let text = serde_json::to_string(resp).expect("responses serialize");
+                if let Err(e) = self.store.put_cached(k, self.run_id, kind, &text) {
+                    self.failure = Some(e);
+                    return;
+                }
+            }
+            self.complete(pending, *slot, *part, outcome, &apply, false);
+        };
+        call(backend, &batch, &mut sink);
+    }
+
+    fn complete<Resp>(&mut self, pending: &mut [Pending], slot: usize, part: Part, outcome: Outcome<Resp>, apply: &impl Fn(&mut Pending, Part, Resp), cached: bool) {
+        let p = &mut pending[slot];
+        p.remaining -= 1;
+        p.attempts += outcome.attempts;
+        p.latency_ms += outcome.latency_ms;
+        p.cached &= cached;
+        match outcome.result {
+            Ok(r) => apply(p, part, r),
+            Err(e) => p.errors.push(e),
+        }
+        if p.remaining == 0 {
+            let sample = finish_sample(self.run_id, self.model, p);
+            let errored = sample.error.is_some();
+            self.errored += usize::from(errored);
+            self.progress.finished(p.attempts, errored);
+            if let Err(e) = self.store.put_sample(&sample) {
+                self.failure = Some(e);
+            }
+        }
+    }
+}
+
+/// Builds a finished sample: evidence, extracted answer, per-metric statistics.
+fn finish_sample(run_id: &str, model: &str, p: &Pending) -> Sample {
+    let item = p.item;
+    let mut s = Sample {
+        run_id: run_id.to_string(),
+        model: model.to_string(),
+        task: p.task.name.clone(),
+        item: item.index as i64,
+        item_id: item.id.clone(),
+        doc_hash: item.doc_hash.clone(),
+        category: item.category.clone(),
+        prompt: p.prompt_shown.clone(),
+        target: match item.gold {
+            Some(g) => item.choices.get(g).cloned(),
+            None => item.target.clone(),
+        },
+        latency_ms: Some(p.latency_ms),
+        attempts: i64::from(p.attempts),
+        cached: p.cached,
+        finished_at: crate::util::now_unix(),
+        ..Default::default()
+    };
+    if !p.errors.is_empty() {
+        s.error = Some(p.errors.join("; "));
+        return s;
+    }
+    let evidence = match p.task.kind {
+        TaskKind::Generate => {
+            let g = p.generation.as_ref().expect("generation present when no error");
+            s.prompt_tokens = g.prompt_tokens.map(|x| x as i64);
+            s.completion_tokens = g.completion_tokens.map(|x| x as i64);
+            Evidence::Generation { response: g.text.clone(), answer: p.pipeline.apply(&g.text) }
+        }
+        TaskKind::MultipleChoice if p.generation.is_some() => {
+            let g = p.generation.as_ref().expect("checked");
+            s.prompt_tokens = g.prompt_tokens.map(|x| x as i64);
+            s.completion_tokens = g.completion_tokens.map(|x| x as i64);
+            let picked = pick_letter(&g.text, item.choices.len());
+            let answer = picked.map(|i| ((b'A' + i as u8) as char).to_string()).unwrap_or_else(|| "[invalid]".into());
+            Evidence::Letter { response: g.text.clone(), answer, picked }
+        }
+        TaskKind::MultipleChoice => Evidence::Choices { results: p.lls.iter().map(|l| l.clone().expect("all choices present")).collect() },
+        TaskKind::Loglikelihood => Evidence::Continuation { result: p.lls[0].clone().expect("present") },
+        TaskKind::Perplexity => Evidence::Rolling { result: p.lls[0].clone().expect("present") },
+    };
+    match &evidence {
+        Evidence::Generation { response, answer } | Evidence::Letter { response, answer, .. } => {
+            s.response = Some(response.clone());
+            s.answer = Some(answer.clone());
+        }
+        Evidence::Choices { results } => {
+            let best = results.iter().enumerate().max_by(|a, b| a.1.logprob.total_cmp(&b.1.logprob).then(b.0.cmp(&a.0))).map(|(i, _)| i);
+            s.answer = best.and_then(|i| item.choices.get(i).cloned());
+        }
+        Evidence::Continuation { result } | Evidence::Rolling { result } => {
+            s.answer = Some(format!("{:.6}", result.logprob));
+        }
+    }
+    for m in p.metrics {
+        if let Ok(stats) = m.score(item, &evidence) {
+            s.scores.insert(m.name().to_string(), json!(m.sample_value(&stats)));
+            s.stats.insert(m.name().to_string(), json!(stats));
+        }
+    }
+    s.evidence = Some(serde_json::to_value(&evidence).expect("evidence serializes"));
+    s
+}
+
+/// Aggregates of a run, from its stored samples: per model × task × metric, overall and per
+/// category.
+fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[Vec<Box<dyn Metric>>], models: &[String]) -> Result<Vec<Aggregate>> {
+    let samples = store.samples(run_id)?;
+    let mut out = Vec::new();
+    for model in models {
+        for (ti, task) in tasks.iter().enumerate() {
+            let mine: Vec<&Sample> = samples.iter().filter(|s| &s.model == model && s.task == task.name).collect();
+            let mut groups: BTreeMap<String, Vec<&Sample>> = BTreeMap::new();
+            for s in &mine {
+                if let Some(c) = &s.category {
+                    groups.entry(c.clone()).or_default().push(s);
+                }
+            }
+            let mut all = vec![(String::new(), mine.clone())];
+            if groups.len() > 1 || groups.values().next().is_some_and(|g| g.len() < mine.len()) {
+                all.extend(groups);
+            }
+            for (category, group) in all {
+                let errors = group.iter().filter(|s| s.error.is_some()).count() as i64;
+                for m in &metrics[ti] {
+                    let stats: Vec<Vec<f64>> = group
+                        .iter()
+                        .filter(|s| s.error.is_none())
+                        .filter_map(|s| s.stats.get(m.name()).and_then(|v| serde_json::from_value::<Vec<f64>>(v.clone()).ok()))
+                        .collect();
+                    if stats.is_empty() && errors == 0 {
+                        continue; // not applicable (acc-norm on a chat-only endpoint)
+                    }
+                    let refs: Vec<&[f64]> = stats.iter().map(Vec::as_slice).collect();
+                    let summary = if stats.is_empty() {
+                        crate::stats::Summary { value: f64::NAN, stderr: None, ci95: None, n: 0 }
+                    } else if m.is_corpus() {
+                        crate::stats::bootstrap_summary(&refs, &|s: &[&[f64]]| m.aggregate(s), BOOTSTRAP_ITERATIONS, BOOTSTRAP_SEED)
+                    } else {
+                        crate::stats::mean_summary(&stats.iter().map(|s| s[0]).collect::<Vec<_>>())
+                    };
+                    out.push(Aggregate {
+                        model: model.clone(),
+                        task: task.name.clone(),
+                        category: category.clone(),
+                        metric: m.name().to_string(),
+                        value: Some(summary.value).filter(|v| v.is_finite()),
+                        stderr: summary.stderr,
+                        ci95: summary.ci95,
+                        n: summary.n as i64,
+                        errors,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Distinct names kept for lookups in views.
+pub fn model_names(aggs: &[Aggregate]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    aggs.iter().filter(|a| seen.insert(a.model.clone())).map(|a| a.model.clone()).collect()
+}

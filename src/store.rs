@@ -1,0 +1,430 @@
+//! ⑥ The SQLite store: the only file with SQL.
+//!
+//! The schema is versioned with `PRAGMA user_version` and migrated forward on open. Every sample is
+//! committed the moment it finishes (WAL, `synchronous = NORMAL`), so a killed run loses at most
+//! the requests that were in flight; bulk writes (aggregates) go in one transaction.
+
+use crate::error::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+/// Migrations, applied in order; `user_version` counts the applied ones.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs, samples, aggregates, the response cache, run tags.
+    "CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        suite TEXT NOT NULL,
+        suite_path TEXT NOT NULL,
+        suite_hash TEXT NOT NULL,
+        config TEXT NOT NULL,
+        selection TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        status TEXT NOT NULL,
+        notes TEXT NOT NULL DEFAULT '[]'
+     );
+     CREATE INDEX runs_suite ON runs(suite, started_at);
+     CREATE TABLE samples (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        task TEXT NOT NULL,
+        item INTEGER NOT NULL,
+        item_id TEXT NOT NULL,
+        doc_hash TEXT NOT NULL,
+        category TEXT,
+        prompt TEXT NOT NULL,
+        response TEXT,
+        answer TEXT,
+        target TEXT,
+        evidence TEXT,
+        scores TEXT NOT NULL DEFAULT '{}',
+        stats TEXT NOT NULL DEFAULT '{}',
+        latency_ms REAL,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        cached INTEGER NOT NULL DEFAULT 0,
+        finished_at REAL NOT NULL,
+        PRIMARY KEY (run_id, model, task, item)
+     );
+     CREATE INDEX samples_doc ON samples(doc_hash);
+     CREATE TABLE aggregates (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        model TEXT NOT NULL,
+        task TEXT NOT NULL,
+        category TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        value REAL,
+        stderr REAL,
+        ci_low REAL,
+        ci_high REAL,
+        n INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        PRIMARY KEY (run_id, model, task, category, metric)
+     );
+     CREATE TABLE responses (
+        key TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        response TEXT NOT NULL,
+        created_at REAL NOT NULL
+     );
+     CREATE TABLE tags (
+        name TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE
+     );",
+];
+
+/// A run's row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Run {
+    pub id: String,
+    pub suite: String,
+    pub suite_path: String,
+    pub suite_hash: String,
+    /// The suite as parsed (no secrets: keys are only named by their variable).
+    pub config: serde_json::Value,
+    /// `--tasks`, `--models`, `--limit` of the run.
+    pub selection: serde_json::Value,
+    pub version: String,
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    /// `running` (or interrupted), `complete`, `errored` (finished with errored items).
+    pub status: String,
+    pub notes: Vec<String>,
+}
+
+/// A sample's row.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Sample {
+    pub run_id: String,
+    pub model: String,
+    pub task: String,
+    pub item: i64,
+    pub item_id: String,
+    pub doc_hash: String,
+    pub category: Option<String>,
+    pub prompt: String,
+    pub response: Option<String>,
+    pub answer: Option<String>,
+    pub target: Option<String>,
+    pub evidence: Option<serde_json::Value>,
+    /// metric → per-sample value.
+    pub scores: serde_json::Map<String, serde_json::Value>,
+    /// metric → per-sample statistics.
+    pub stats: serde_json::Map<String, serde_json::Value>,
+    pub latency_ms: Option<f64>,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub cached: bool,
+    pub finished_at: f64,
+}
+
+/// An aggregate's row.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Aggregate {
+    pub model: String,
+    pub task: String,
+    /// `""` for the whole task, else the category.
+    pub category: String,
+    pub metric: String,
+    pub value: Option<f64>,
+    pub stderr: Option<f64>,
+    pub ci95: Option<(f64, f64)>,
+    pub n: i64,
+    pub errors: i64,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+fn finite(x: Option<f64>) -> Option<f64> {
+    x.filter(|v| v.is_finite())
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and migrates it to the current schema.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+        }
+        let conn = Connection::open(path).map_err(|source| Error::Db { path: path.to_path_buf(), source })?;
+        let mut store = Store { conn, path: path.to_path_buf() };
+        store.init()?;
+        Ok(store)
+    }
+
+    fn db<T>(&self, r: rusqlite::Result<T>) -> Result<T> {
+        r.map_err(|source| Error::Db { path: self.path.clone(), source })
+    }
+
+    fn init(&mut self) -> Result<()> {
+        let r = self.conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;");
+        self.db(r)?;
+        let version: i64 = {
+            let r = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0));
+            self.db(r)?
+        };
+        if version as usize > MIGRATIONS.len() {
+            return Err(Error::Store {
+                path: self.path.clone(),
+                message: format!("schema version {version} is newer than this llmeval ({}); upgrade llmeval", MIGRATIONS.len()),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction().map_err(|source| Error::Db { path: self.path.clone(), source })?;
+            tx.execute_batch(sql).and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))).and_then(|_| tx.commit())
+                .map_err(|source| Error::Db { path: self.path.clone(), source })?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn create_run(&self, run: &Run) -> Result<()> {
+        let r = self.conn.execute(
+            "INSERT INTO runs (id, suite, suite_path, suite_hash, config, selection, version, started_at, status, notes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![run.id, run.suite, run.suite_path, run.suite_hash, run.config.to_string(), run.selection.to_string(), run.version, run.started_at, run.status, serde_json::to_string(&run.notes).expect("strings serialize")],
+        );
+        self.db(r).map(|_| ())
+    }
+
+    pub fn set_run_status(&self, id: &str, status: &str, ended_at: Option<f64>, notes: &[String]) -> Result<()> {
+        let r = self.conn.execute(
+            "UPDATE runs SET status = ?2, ended_at = ?3, notes = ?4 WHERE id = ?1",
+            params![id, status, ended_at, serde_json::to_string(notes).expect("strings serialize")],
+        );
+        self.db(r).map(|_| ())
+    }
+
+    fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<Run> {
+        let parse = |s: String| serde_json::from_str(&s).unwrap_or(serde_json::Value::Null);
+        Ok(Run {
+            id: r.get(0)?,
+            suite: r.get(1)?,
+            suite_path: r.get(2)?,
+            suite_hash: r.get(3)?,
+            config: parse(r.get(4)?),
+            selection: parse(r.get(5)?),
+            version: r.get(6)?,
+            started_at: r.get(7)?,
+            ended_at: r.get(8)?,
+            status: r.get(9)?,
+            notes: serde_json::from_str(&r.get::<_, String>(10)?).unwrap_or_default(),
+        })
+    }
+
+    const RUN_COLUMNS: &'static str = "id, suite, suite_path, suite_hash, config, selection, version, started_at, ended_at, status, notes";
+
+    /// All runs, newest first.
+    pub fn runs(&self) -> Result<Vec<Run>> {
+        let sql = format!("SELECT {} FROM runs ORDER BY started_at DESC, id DESC", Self::RUN_COLUMNS);
+        let mut stmt = self.db(self.conn.prepare(&sql))?;
+        let rows = self.db(stmt.query_map([], Self::run_from_row))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+
+    /// The newest run of `suite` that did not finish (status `running`).
+    pub fn latest_unfinished(&self, suite: &str) -> Result<Option<Run>> {
+        let sql = format!("SELECT {} FROM runs WHERE suite = ?1 AND status = 'running' ORDER BY started_at DESC, id DESC LIMIT 1", Self::RUN_COLUMNS);
+        let r = self.conn.query_row(&sql, [suite], Self::run_from_row).optional();
+        self.db(r)
+    }
+
+    /// A run by id, unique id prefix, tag name, or `latest`.
+    pub fn resolve_run(&self, key: &str) -> Result<Run> {
+        let runs = self.runs()?;
+        if key == "latest" {
+            return runs.into_iter().next().ok_or_else(|| self.missing("there are no runs yet"));
+        }
+        let tagged: Option<String> = {
+            let r = self.conn.query_row("SELECT run_id FROM tags WHERE name = ?1", [key], |r| r.get(0)).optional();
+            self.db(r)?
+        };
+        if let Some(id) = tagged {
+            return runs.into_iter().find(|r| r.id == id).ok_or_else(|| self.missing(&format!("tag {key:?} points to a deleted run")));
+        }
+        let mut matches: Vec<Run> = runs.into_iter().filter(|r| r.id.starts_with(key)).collect();
+        match matches.len() {
+            1 => Ok(matches.remove(0)),
+            0 => Err(self.missing(&format!("no run or tag named {key:?}; `llmeval runs list` shows the runs"))),
+            n => Err(self.missing(&format!("{key:?} matches {n} runs; give more of the id"))),
+        }
+    }
+
+    fn missing(&self, message: &str) -> Error {
+        Error::Store { path: self.path.clone(), message: message.to_string() }
+    }
+
+    pub fn tag_run(&self, run_id: &str, name: &str) -> Result<()> {
+        let r = self.conn.execute("INSERT INTO tags (name, run_id) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET run_id = excluded.run_id", params![name, run_id]);
+        self.db(r).map(|_| ())
+    }
+
+    /// Keys `(model, task, item)` of the samples of a run that finished without error.
+    pub fn finished_keys(&self, run_id: &str) -> Result<std::collections::HashSet<(String, String, i64)>> {
+        let mut stmt = self.db(self.conn.prepare("SELECT model, task, item FROM samples WHERE run_id = ?1 AND error IS NULL"))?;
+        let rows = self.db(stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+
+    /// Writes (or replaces) one sample; committed at once.
+    pub fn put_sample(&self, s: &Sample) -> Result<()> {
+        let mut stmt = self.db(self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO samples (run_id, model, task, item, item_id, doc_hash, category, prompt, response, answer, target, evidence, scores, stats,
+                latency_ms, prompt_tokens, completion_tokens, attempts, error, cached, finished_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+        ))?;
+        let r = stmt.execute(params![
+            s.run_id, s.model, s.task, s.item, s.item_id, s.doc_hash, s.category, s.prompt, s.response, s.answer, s.target,
+            s.evidence.as_ref().map(|e| e.to_string()),
+            serde_json::Value::Object(s.scores.clone()).to_string(),
+            serde_json::Value::Object(s.stats.clone()).to_string(),
+            s.latency_ms, s.prompt_tokens, s.completion_tokens, s.attempts, s.error, s.cached, s.finished_at
+        ]);
+        self.db(r).map(|_| ())
+    }
+
+    /// All samples of a run, optionally of one model and task, in a stable order.
+    pub fn samples(&self, run_id: &str) -> Result<Vec<Sample>> {
+        let mut stmt = self.db(self.conn.prepare(
+            "SELECT run_id, model, task, item, item_id, doc_hash, category, prompt, response, answer, target, evidence, scores, stats,
+                latency_ms, prompt_tokens, completion_tokens, attempts, error, cached, finished_at
+             FROM samples WHERE run_id = ?1 ORDER BY model, task, item",
+        ))?;
+        let obj = |s: String| match serde_json::from_str(&s) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let rows = self.db(stmt.query_map([run_id], |r| {
+            Ok(Sample {
+                run_id: r.get(0)?,
+                model: r.get(1)?,
+                task: r.get(2)?,
+                item: r.get(3)?,
+                item_id: r.get(4)?,
+                doc_hash: r.get(5)?,
+                category: r.get(6)?,
+                prompt: r.get(7)?,
+                response: r.get(8)?,
+                answer: r.get(9)?,
+                target: r.get(10)?,
+                evidence: r.get::<_, Option<String>>(11)?.and_then(|s| serde_json::from_str(&s).ok()),
+                scores: obj(r.get(12)?),
+                stats: obj(r.get(13)?),
+                latency_ms: r.get(14)?,
+                prompt_tokens: r.get(15)?,
+                completion_tokens: r.get(16)?,
+                attempts: r.get(17)?,
+                error: r.get(18)?,
+                cached: r.get(19)?,
+                finished_at: r.get(20)?,
+            })
+        }))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+
+    /// A cached response: written by any run, or (with `this_run_only`) by `run_id`.
+    pub fn cached(&self, key: &str, run_id: &str, this_run_only: bool) -> Result<Option<String>> {
+        let r = self
+            .conn
+            .prepare_cached("SELECT response FROM responses WHERE key = ?1 AND (?3 = 0 OR run_id = ?2)")
+            .and_then(|mut s| s.query_row(params![key, run_id, this_run_only], |r| r.get(0)).optional());
+        self.db(r)
+    }
+
+    pub fn put_cached(&self, key: &str, run_id: &str, kind: &str, response: &str) -> Result<()> {
+        let r = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO responses (key, run_id, kind, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .and_then(|mut s| s.execute(params![key, run_id, kind, response, crate::util::now_unix()]));
+        self.db(r).map(|_| ())
+    }
+
+    /// Replaces a run's aggregates in one transaction.
+    pub fn put_aggregates(&mut self, run_id: &str, rows: &[Aggregate]) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| Error::Db { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute("DELETE FROM aggregates WHERE run_id = ?1", [run_id]).map_err(e)?;
+        {
+            let mut stmt = tx
+                .prepare("INSERT INTO aggregates (run_id, model, task, category, metric, value, stderr, ci_low, ci_high, n, errors) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")
+                .map_err(e)?;
+            for a in rows {
+                stmt.execute(params![run_id, a.model, a.task, a.category, a.metric, finite(a.value), finite(a.stderr), a.ci95.map(|c| c.0), a.ci95.map(|c| c.1), a.n, a.errors]).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// A run's aggregates in suite order (insertion order).
+    pub fn aggregates(&self, run_id: &str) -> Result<Vec<Aggregate>> {
+        let mut stmt = self.db(self.conn.prepare(
+            "SELECT model, task, category, metric, value, stderr, ci_low, ci_high, n, errors FROM aggregates WHERE run_id = ?1 ORDER BY rowid",
+        ))?;
+        let rows = self.db(stmt.query_map([run_id], |r| {
+            let lo: Option<f64> = r.get(6)?;
+            let hi: Option<f64> = r.get(7)?;
+            Ok(Aggregate {
+                model: r.get(0)?,
+                task: r.get(1)?,
+                category: r.get(2)?,
+                metric: r.get(3)?,
+                value: r.get(4)?,
+                stderr: r.get(5)?,
+                ci95: lo.zip(hi),
+                n: r.get(8)?,
+                errors: r.get(9)?,
+            })
+        }))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_and_round_trips() {
+        let dir = std::env::temp_dir().join(format!("llmeval-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("x.db");
+        let store = Store::open(&path).unwrap();
+        let run = Run {
+            id: "r1".into(),
+            suite: "s".into(),
+            suite_path: "s.toml".into(),
+            suite_hash: "h".into(),
+            config: serde_json::json!({}),
+            selection: serde_json::json!({}),
+            version: "0".into(),
+            started_at: 1.0,
+            ended_at: None,
+            status: "running".into(),
+            notes: vec![],
+        };
+        store.create_run(&run).unwrap();
+        store.put_sample(&Sample { run_id: "r1".into(), model: "m".into(), task: "t".into(), item: 3, ..Default::default() }).unwrap();
+        store.put_sample(&Sample { run_id: "r1".into(), model: "m".into(), task: "t".into(), item: 4, error: Some("x".into()), ..Default::default() }).unwrap();
+        assert_eq!(store.finished_keys("r1").unwrap().len(), 1);
+        assert_eq!(store.latest_unfinished("s").unwrap().unwrap().id, "r1");
+        store.tag_run("r1", "base").unwrap();
+        assert_eq!(store.resolve_run("base").unwrap().id, "r1");
+        assert_eq!(store.resolve_run("r").unwrap().id, "r1");
+        drop(store);
+        // Reopening does not re-run migrations.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.samples("r1").unwrap().len(), 2);
+    }
+}

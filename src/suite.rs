@@ -1,0 +1,438 @@
+//! ① Suite files: TOML → a validated [`Suite`].
+//!
+//! Deserialization is strict (`deny_unknown_fields`, kebab-case keys) and every value that is
+//! checked after parsing (templates, regexes, metric names, data paths) is kept with its span, so
+//! that any error names the suite file, the line and the field.
+
+use crate::error::{Error, Result};
+use crate::util::line_of;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A suite file as written by the user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SuiteFile {
+    /// Name of the suite; runs are grouped (and resumed) by it.
+    pub name: String,
+    /// Free text shown in reports.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The models to evaluate (`[[model]]` tables).
+    #[serde(default, rename = "model")]
+    pub models: Vec<ModelConfig>,
+    /// The tasks to run on every model (`[[task]]` tables).
+    #[serde(default, rename = "task")]
+    pub tasks: Vec<TaskConfig>,
+}
+
+/// Which backend answers a model's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// An OpenAI-compatible HTTP endpoint (vLLM, llama.cpp server, hosted APIs).
+    Openai,
+}
+
+/// Which OpenAI endpoint to call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// `/chat/completions`: the prompt is sent as a user message.
+    #[default]
+    Chat,
+    /// `/completions`: the prompt is sent as raw text; log-probabilities via `echo`.
+    Completions,
+}
+
+/// One `[[model]]` table.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ModelConfig {
+    /// Label used in results; unique within the suite.
+    pub name: String,
+    /// Backend: `"openai"`.
+    pub engine: Engine,
+    /// Base URL of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`.
+    pub base_url: String,
+    /// Model name sent in each request.
+    pub model: String,
+    /// `"chat"` (default) or `"completions"`.
+    #[serde(default)]
+    pub api: Api,
+    /// Environment variable holding the API key; the key itself is never stored anywhere.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight at once (default 8).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Retries after the first attempt for transient failures (default 6).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Per-request timeout in seconds (default 120).
+    #[serde(default = "default_timeout")]
+    pub timeout_s: f64,
+    /// First retry delay in seconds; doubled each retry, with jitter, capped at 60 s (default 1).
+    #[serde(default = "default_retry_initial")]
+    pub retry_initial_s: f64,
+    /// Client-side limit on requests started per minute.
+    #[serde(default)]
+    pub requests_per_minute: Option<f64>,
+    /// Client-side limit on tokens per minute (prompt estimated at 4 characters a token, plus
+    /// `max-tokens`).
+    #[serde(default)]
+    pub tokens_per_minute: Option<f64>,
+    /// System message prepended to chat requests.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+    /// Extra JSON fields merged into every request body (e.g. `{ top_k = 20 }`).
+    #[serde(default)]
+    pub extra_body: Option<toml::Table>,
+}
+
+fn default_concurrency() -> usize {
+    8
+}
+fn default_max_retries() -> u32 {
+    6
+}
+fn default_timeout() -> f64 {
+    120.0
+}
+fn default_retry_initial() -> f64 {
+    1.0
+}
+
+/// How a task queries the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Free generation, scored against `target`.
+    Generate,
+    /// One log-likelihood per choice; the best choice is the answer (lm-eval `multiple_choice`).
+    MultipleChoice,
+    /// Log-likelihood of `target` given `prompt` (lm-eval `loglikelihood`).
+    Loglikelihood,
+    /// Rolling log-likelihood of the rendered `prompt` (lm-eval `loglikelihood_rolling`).
+    Perplexity,
+}
+
+/// `few-shot = { n = 5, from = "data/train.jsonl", seed = 1234 }`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FewShot {
+    /// Number of examples before each prompt.
+    pub n: usize,
+    /// Data file to draw from (relative to the suite); default: the task's own data, never the
+    /// evaluated row.
+    #[serde(default)]
+    pub from: Option<Spanned<String>>,
+    /// Seed of the sampler (default 1234, as lm-evaluation-harness).
+    #[serde(default = "default_fewshot_seed")]
+    pub seed: u64,
+    /// Text between examples (default `"\n\n"`).
+    #[serde(default = "default_fewshot_delimiter")]
+    pub delimiter: String,
+}
+
+fn default_fewshot_seed() -> u64 {
+    1234
+}
+fn default_fewshot_delimiter() -> String {
+    "\n\n".into()
+}
+
+/// `extract = { regex = "(-?\\d+)" }`: answer extraction from a generated response.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Extract {
+    /// Regular expression (Rust `regex` syntax); the first match is taken, group 1 if present.
+    pub regex: Spanned<String>,
+    /// Capture group to take (default: 1 if the regex has groups, else the whole match).
+    #[serde(default)]
+    pub group: Option<usize>,
+    /// Answer when nothing matches (default `"[invalid]"`).
+    #[serde(default = "default_fallback")]
+    pub fallback: String,
+}
+
+fn default_fallback() -> String {
+    "[invalid]".into()
+}
+
+/// One step of the response filter pipeline, applied after `extract`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub enum FilterStep {
+    /// Trim whitespace at both ends.
+    Strip,
+    /// Lower-case the text.
+    Lowercase,
+    /// Upper-case the text.
+    Uppercase,
+    /// Keep the first non-empty line.
+    TakeFirst,
+    /// `{ regex = "…" }`: first match, group 1 if present, else `[invalid]`.
+    Regex(Spanned<String>),
+    /// `{ map = { "yes" = "A", "no" = "B" } }`: replace a whole answer; others pass unchanged.
+    Map(BTreeMap<String, String>),
+}
+
+/// One `[[task]]` table.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TaskConfig {
+    /// Task name, unique within the suite.
+    pub name: String,
+    /// `generate` | `multiple-choice` | `loglikelihood` | `perplexity`.
+    pub kind: TaskKind,
+    /// Data file (JSONL, JSON array or CSV with a header), relative to the suite file.
+    pub data: Spanned<String>,
+    /// minijinja template over a row giving the prompt (the context, for log-likelihood kinds).
+    pub prompt: Spanned<String>,
+    /// minijinja template giving the reference answer (`generate`) or continuation
+    /// (`loglikelihood`).
+    #[serde(default)]
+    pub target: Option<Spanned<String>>,
+    /// minijinja expression giving the list of choices (`multiple-choice`), e.g. `choices` or
+    /// `[A, B, C, D]`.
+    #[serde(default)]
+    pub choices: Option<Spanned<String>>,
+    /// minijinja expression giving the gold choice: an index or the choice text, e.g. `label`.
+    #[serde(default)]
+    pub gold: Option<Spanned<String>>,
+    /// Text between prompt and target/choice (default `" "`, as lm-evaluation-harness).
+    #[serde(default = "default_target_delimiter")]
+    pub target_delimiter: String,
+    /// Category for separate reporting: a template over the row (`"{{ subject }}"`) or a fixed
+    /// tag (`"math"`).
+    #[serde(default)]
+    pub category: Option<Spanned<String>>,
+    /// Maximum generated tokens (default 256).
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Sampling temperature (default 0: greedy).
+    #[serde(default)]
+    pub temperature: f64,
+    /// Nucleus sampling probability mass.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Sampling seed sent with each request; unseeded sampling (temperature > 0) is never cached.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Stop sequences.
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// Few-shot examples before each prompt.
+    #[serde(default)]
+    pub few_shot: Option<FewShot>,
+    /// Answer extraction from the response.
+    #[serde(default)]
+    pub extract: Option<Extract>,
+    /// Further filter steps after `extract`: `"strip"`, `"lowercase"`, `"uppercase"`,
+    /// `"take-first"`, `{ regex = "…" }`, `{ map = { … } }`.
+    #[serde(default)]
+    pub filters: Vec<FilterStep>,
+    /// Metric names; default by kind (`exact-match`; `acc`, `acc-norm`; `loglikelihood`, `acc`;
+    /// `word-perplexity`, `byte-perplexity`, `bits-per-byte`).
+    #[serde(default)]
+    pub metrics: Vec<Spanned<String>>,
+}
+
+fn default_target_delimiter() -> String {
+    " ".into()
+}
+fn default_max_tokens() -> u32 {
+    256
+}
+
+/// A parsed and validated suite, with the bytes it was read from.
+#[derive(Debug, Clone)]
+pub struct Suite {
+    pub file: SuiteFile,
+    /// The suite file's path as given.
+    pub path: PathBuf,
+    /// Directory relative paths are resolved against.
+    pub dir: PathBuf,
+    /// The suite file's text.
+    pub text: String,
+}
+
+impl Suite {
+    /// Reads, parses and validates a suite file.
+    pub fn load(path: &Path) -> Result<Suite> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+        Suite::parse(path, text)
+    }
+
+    /// Parses and validates suite text that was read from `path`.
+    pub fn parse(path: &Path, text: String) -> Result<Suite> {
+        let file: SuiteFile = toml::from_str(&text).map_err(|e| {
+            let location = match e.span() {
+                Some(span) => format!("{}:{}", path.display(), line_of(&text, span.start)),
+                None => path.display().to_string(),
+            };
+            Error::config(location, e.message().trim_end().to_string())
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let suite = Suite { file, path: path.to_path_buf(), dir, text };
+        suite.validate()?;
+        Ok(suite)
+    }
+
+    /// `path:line` of a spanned value, for error messages.
+    pub fn at<T>(&self, value: &Spanned<T>) -> String {
+        format!("{}:{}", self.path.display(), line_of(&self.text, value.span().start))
+    }
+
+    /// Resolves a path written in the suite.
+    pub fn resolve(&self, rel: &str) -> PathBuf {
+        let p = Path::new(rel);
+        if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let f = &self.file;
+        let whole = self.path.display().to_string();
+        if f.models.is_empty() {
+            return Err(Error::config(whole, "no [[model]] table: a suite needs at least one model"));
+        }
+        if f.tasks.is_empty() {
+            return Err(Error::config(whole, "no [[task]] table: a suite needs at least one task"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &f.models {
+            if !seen.insert(&m.name) {
+                return Err(Error::config(&whole, format!("model name {:?} is used twice; names must be unique", m.name)));
+            }
+            if m.concurrency == 0 {
+                return Err(Error::config(&whole, format!("model {:?}: concurrency must be at least 1", m.name)));
+            }
+            if !(m.timeout_s > 0.0) {
+                return Err(Error::config(&whole, format!("model {:?}: timeout-s must be positive, got {}", m.name, m.timeout_s)));
+            }
+            if !(m.retry_initial_s >= 0.0) {
+                return Err(Error::config(&whole, format!("model {:?}: retry-initial-s must be >= 0", m.name)));
+            }
+            for (key, v) in [("requests-per-minute", m.requests_per_minute), ("tokens-per-minute", m.tokens_per_minute)] {
+                if let Some(v) = v {
+                    if !(v > 0.0) {
+                        return Err(Error::config(&whole, format!("model {:?}: {key} must be positive, got {v}", m.name)));
+                    }
+                }
+            }
+            if !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
+                return Err(Error::config(&whole, format!("model {:?}: base-url {:?} must start with http:// or https://", m.name, m.base_url)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &f.tasks {
+            if !seen.insert(&t.name) {
+                return Err(Error::config(&whole, format!("task name {:?} is used twice; names must be unique", t.name)));
+            }
+            self.validate_task(t)?;
+        }
+        Ok(())
+    }
+
+    fn validate_task(&self, t: &TaskConfig) -> Result<()> {
+        let task = &t.name;
+        let data = self.resolve(t.data.get_ref());
+        if !data.is_file() {
+            return Err(Error::config(self.at(&t.data), format!("task {task:?}: data file {} does not exist (paths are relative to the suite file)", data.display())));
+        }
+        if let Some(fs) = &t.few_shot {
+            if let Some(from) = &fs.from {
+                let p = self.resolve(from.get_ref());
+                if !p.is_file() {
+                    return Err(Error::config(self.at(from), format!("task {task:?}: few-shot file {} does not exist", p.display())));
+                }
+            }
+        }
+        match t.kind {
+            TaskKind::MultipleChoice => {
+                for (field, v) in [("choices", &t.choices), ("gold", &t.gold)] {
+                    if v.is_none() {
+                        return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: a multiple-choice task needs `{field}` (a minijinja expression over the row)")));
+                    }
+                }
+            }
+            TaskKind::Generate | TaskKind::Loglikelihood => {
+                if t.target.is_none() {
+                    return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: a {} task needs `target` (a template over the row)", kind_name(t.kind))));
+                }
+            }
+            TaskKind::Perplexity => {}
+        }
+        if t.few_shot.is_some() && t.kind == TaskKind::Perplexity {
+            return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: few-shot makes no sense for a perplexity task")));
+        }
+        // Templates and expressions compile.
+        let env = crate::prompt::environment();
+        for (field, v) in [("prompt", Some(&t.prompt)), ("target", t.target.as_ref()), ("category", t.category.as_ref())] {
+            if let Some(v) = v {
+                env.template_from_str(v.get_ref()).map_err(|e| Error::config(self.at(v), format!("task {task:?}: {field}: bad template: {}", crate::prompt::jinja_message(&e))))?;
+            }
+        }
+        for (field, v) in [("choices", t.choices.as_ref()), ("gold", t.gold.as_ref())] {
+            if let Some(v) = v {
+                env.compile_expression(v.get_ref()).map_err(|e| Error::config(self.at(v), format!("task {task:?}: {field}: bad expression: {}", crate::prompt::jinja_message(&e))))?;
+            }
+        }
+        let mut regexes: Vec<&Spanned<String>> = t.extract.iter().map(|e| &e.regex).collect();
+        for f in &t.filters {
+            if let FilterStep::Regex(r) = f {
+                regexes.push(r);
+            }
+        }
+        for r in regexes {
+            regex::Regex::new(r.get_ref()).map_err(|e| Error::config(self.at(r), format!("task {task:?}: bad regex {:?}: {}", r.get_ref(), e.to_string().lines().last().unwrap_or_default())))?;
+        }
+        if let Some(ex) = &t.extract {
+            let re = regex::Regex::new(ex.regex.get_ref()).expect("checked above");
+            if let Some(g) = ex.group {
+                if g >= re.captures_len() {
+                    return Err(Error::config(self.at(&ex.regex), format!("task {task:?}: extract group {g} does not exist; the regex has {} group(s)", re.captures_len() - 1)));
+                }
+            }
+        }
+        for m in &t.metrics {
+            crate::metric::check_metric(m.get_ref(), t.kind).map_err(|msg| Error::config(self.at(m), format!("task {task:?}: {msg}")))?;
+        }
+        if t.temperature < 0.0 {
+            return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: temperature must be >= 0, got {}", t.temperature)));
+        }
+        Ok(())
+    }
+
+    /// Content hash of the suite file plus every data file it names (the run's identity).
+    pub fn content_hash(&self) -> Result<String> {
+        let mut h = String::new();
+        h.push_str(&crate::util::sha256_hex(self.text.as_bytes()));
+        for t in &self.file.tasks {
+            let mut files = vec![t.data.get_ref().clone()];
+            if let Some(from) = t.few_shot.as_ref().and_then(|f| f.from.as_ref()) {
+                files.push(from.get_ref().clone());
+            }
+            for f in files {
+                let p = self.resolve(&f);
+                let bytes = std::fs::read(&p).map_err(|source| Error::Read { path: p.clone(), source })?;
+                h.push_str(&crate::util::sha256_hex(&bytes));
+            }
+        }
+        Ok(crate::util::sha256_hex(h.as_bytes()))
+    }
+}
+
+/// The kebab-case name of a task kind.
+pub fn kind_name(kind: TaskKind) -> &'static str {
+    match kind {
+        TaskKind::Generate => "generate",
+        TaskKind::MultipleChoice => "multiple-choice",
+        TaskKind::Loglikelihood => "loglikelihood",
+        TaskKind::Perplexity => "perplexity",
+    }
+}
