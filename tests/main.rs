@@ -1,1 +1,10 @@
-fn main(){}
+//! The one integration-test binary: real `llmeval` processes against loopback servers.
+
+#[path = "support/server.rs"]
+pub mod server;
+mod support;
+
+mod core_run;
+mod faults;
+mod resume;
+mod suite_errors;

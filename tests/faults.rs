@@ -1,0 +1,136 @@
+//! Transient and permanent faults: retries, errored items, exit codes, the concurrency cap.
+
+use crate::server::{FakeServer, Fault};
+use crate::support::*;
+use std::time::Duration;
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x1000_0000_01b3))
+}
+
+#[test]
+fn transient_faults_all_recover_with_the_same_scores() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    // Every prompt fails on its first attempt or two, in one of six ways.
+    server.set_faults(|prompt, attempt| {
+        let h = fnv(prompt);
+        let fails = (h % 3) as usize; // 0, 1 or 2 failed attempts
+        if attempt >= fails {
+            return Fault::None;
+        }
+        match (h / 3 + attempt as u64) % 6 {
+            0 => Fault::RateLimited("0.05".into()),
+            1 => Fault::ServerError,
+            2 => Fault::Drop,
+            3 => Fault::NotJson,
+            4 => Fault::Slow(Duration::from_millis(1500)),
+            _ => Fault::RateLimited("0".into()),
+        }
+    });
+    let dir = TempDir::new("transient");
+    dir.write("data/arith.jsonl", &arith_rows(40));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 8\ntimeout-s = 0.5\nretry-initial-s = 0.01"));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    let r = result(&v, "remote-x", "arith", "exact-match");
+    assert_eq!(r["n"], 40);
+    assert_eq!(r["errors"], 0);
+    assert!((r["value"].as_f64().unwrap() - arith_expected(40)).abs() < 1e-12);
+    let log = server.log();
+    assert!(log.len() > 40, "faults caused retries");
+    // Every retry of a sample is counted on the sample.
+    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
+    let attempts: i64 = show["samples"].as_array().unwrap().iter().map(|s| s["attempts"].as_i64().unwrap()).sum();
+    assert_eq!(attempts as usize, log.len());
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_faults(|_, attempt| if attempt == 0 { Fault::RateLimited("1".into()) } else { Fault::None });
+    let dir = TempDir::new("retryafter");
+    dir.write("data/arith.jsonl", &arith_rows(2));
+    // retry-initial-s is tiny, so only Retry-After can explain a one-second wait.
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "retry-initial-s = 0.001"));
+    let t = std::time::Instant::now();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(t.elapsed() >= Duration::from_millis(950), "waited {:?}", t.elapsed());
+    assert_eq!(server.log().len(), 4);
+}
+
+#[test]
+fn permanent_faults_are_errored_not_wrong() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_faults(|prompt, _| {
+        if prompt.contains("Q: 11+7") {
+            Fault::ServerError
+        } else if prompt.contains("Q: 48+60") {
+            Fault::BadRequest
+        } else {
+            Fault::None
+        }
+    });
+    let dir = TempDir::new("permanent");
+    dir.write("data/arith.jsonl", &arith_rows(20));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "max-retries = 2\nretry-initial-s = 0.01"));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "errored items give exit code 1: {}", stderr(&out));
+    assert!(stderr(&out).contains("2 item(s) errored"), "{}", stderr(&out));
+    let v = json_out(&out);
+    assert_eq!(v["status"], "errored");
+    let r = result(&v, "remote-x", "arith", "exact-match");
+    assert_eq!(r["errors"], 2);
+    assert_eq!(r["n"], 18, "errored items are not scored");
+    // 500: 1 + 2 retries; 400: no retry.
+    let log = server.log();
+    assert_eq!(log.iter().filter(|r| r.key.contains("Q: 11+7")).count(), 3);
+    assert_eq!(log.iter().filter(|r| r.key.contains("Q: 48+60")).count(), 1);
+    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
+    let errs: Vec<String> = show["samples"].as_array().unwrap().iter().filter_map(|s| s["error"].as_str().map(str::to_string)).collect();
+    assert_eq!(errs.len(), 2);
+    assert!(errs.iter().any(|e| e.contains("HTTP 500") && e.contains("3 attempts")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("HTTP 400") && e.contains("this model does not exist")), "{errs:?}");
+
+    // --allow-errors accepts the same outcome.
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json", "--allow-errors"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn unreachable_server_errors_every_item() {
+    // A port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = TempDir::new("unreachable");
+    dir.write("data/arith.jsonl", &arith_rows(3));
+    let suite = dir.write("suite.toml", &arith_suite(&format!("http://127.0.0.1:{port}/v1"), "max-retries = 1\nretry-initial-s = 0.01"));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(result(&json_out(&out), "remote-x", "arith", "exact-match")["errors"], 3);
+}
+
+#[test]
+fn concurrency_cap_is_never_exceeded() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_latency(Duration::from_millis(30));
+    let dir = TempDir::new("cap");
+    dir.write("data/arith.jsonl", &arith_rows(60));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 5"));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(server.max_in_flight(), 5, "the cap is reached and never exceeded");
+}
+
+#[test]
+fn requests_per_minute_limit_spaces_requests() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let dir = TempDir::new("rpm");
+    dir.write("data/arith.jsonl", &arith_rows(6));
+    // 600 per minute = one every 100 ms: 6 requests take at least 500 ms.
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 6\nrequests-per-minute = 600"));
+    let t = std::time::Instant::now();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(t.elapsed() >= Duration::from_millis(490), "{:?}", t.elapsed());
+}

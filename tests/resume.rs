@@ -1,0 +1,88 @@
+//! Kill -9 in the middle of a run, resume, and get what an uninterrupted run gets.
+
+use crate::server::FakeServer;
+use crate::support::*;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+fn finished_prompts(db: &std::path::Path) -> HashSet<String> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn.prepare("SELECT prompt FROM samples WHERE error IS NULL").unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0)).unwrap().map(Result::unwrap).collect()
+}
+
+#[test]
+fn sigkill_then_resume_equals_an_uninterrupted_run() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_latency(Duration::from_millis(15));
+    let dir = TempDir::new("resume");
+    dir.write("data/arith.jsonl", &arith_rows(400));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 4"));
+    let db = dir.db();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while server.answered() < 120 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the run did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = finished_prompts(&db);
+    assert!(done.len() >= 100 && done.len() < 400, "{} finished before the kill", done.len());
+
+    let list = json_out(&llmeval(&["runs", "list", "--db", db.to_str().unwrap(), "--json"]));
+    assert_eq!(list[0]["status"], "running", "a killed run stays unfinished");
+
+    server.clear_log();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json", "--resume"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let resumed = json_out(&out);
+    assert_eq!(resumed["run_id"], list[0]["run_id"], "the same run continues");
+    let requested: Vec<String> = server.log().iter().map(|r| r.key.clone()).collect();
+    for p in &requested {
+        assert!(!done.contains(p), "finished item requested again: {p:?}");
+    }
+    assert_eq!(requested.iter().collect::<HashSet<_>>().len(), requested.len(), "no request doubled");
+    assert_eq!(requested.len(), 400 - done.len());
+
+    // An uninterrupted run, in another database, gives identical aggregates.
+    let other = dir.path().join("other.db");
+    let full = json_out(&llmeval(&["run", suite.to_str().unwrap(), "--db", other.to_str().unwrap(), "--json"]));
+    assert_eq!(resumed["results"], full["results"]);
+    assert_eq!(result(&full, "remote-x", "arith", "exact-match")["n"], 400);
+
+    // Nothing left to resume.
+    let again = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--resume"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("no unfinished run"), "{}", stderr(&again));
+}
+
+#[test]
+fn resume_refuses_a_changed_suite() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_latency(Duration::from_millis(20));
+    let dir = TempDir::new("resume-changed");
+    dir.write("data/arith.jsonl", &arith_rows(200));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 2"));
+    let db = dir.db();
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while server.answered() < 10 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    dir.write("data/arith.jsonl", &arith_rows(201));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--resume"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("changed since run"), "{}", stderr(&out));
+}

@@ -1,0 +1,111 @@
+//! Malformed suites: one clear error each, naming the file, the line and the field; exit code 2.
+
+use crate::support::*;
+
+fn base(dir: &TempDir, task_extra: &str, model_extra: &str) -> std::path::PathBuf {
+    dir.write("data/arith.jsonl", &arith_rows(3));
+    let suite = arith_suite("http://127.0.0.1:9/v1", model_extra).replace("metrics = [\"exact-match\"]", &format!("metrics = [\"exact-match\"]\n{task_extra}"));
+    dir.write("suite.toml", &suite)
+}
+
+fn run_err(suite: &std::path::Path, dir: &TempDir) -> String {
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+/// The 1-based line of the first line containing `needle`.
+fn line_of(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path).unwrap().lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+#[test]
+fn unknown_field() {
+    let dir = TempDir::new("unknown");
+    let suite = base(&dir, "", "temprature = 0.5");
+    let err = run_err(&suite, &dir);
+    let line = line_of(&suite, "temprature");
+    assert!(err.contains(&format!("suite.toml:{line}")), "{err}");
+    assert!(err.contains("unknown field `temprature`"), "{err}");
+    assert!(err.contains("expected one of"), "the error lists the valid keys: {err}");
+}
+
+#[test]
+fn bad_template() {
+    let dir = TempDir::new("template");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap().replace("prompt = \"Q: {{ question }}", "prompt = \"Q: {{ question ");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    let line = line_of(&suite, "prompt =");
+    assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("prompt") && err.contains("bad template"), "{err}");
+}
+
+#[test]
+fn template_naming_a_missing_column() {
+    let dir = TempDir::new("column");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap().replace("{{ question }}", "{{ questoin }}");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("arith.jsonl:1") && err.contains("prompt") && err.contains("undefined"), "{err}");
+}
+
+#[test]
+fn missing_data_file() {
+    let dir = TempDir::new("missing");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap().replace("data/arith.jsonl", "data/nope.jsonl");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    let line = line_of(&suite, "nope.jsonl");
+    assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("nope.jsonl") && err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn bad_regex() {
+    let dir = TempDir::new("regex");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap().replace("(-?\\\\d+)", "(-?\\\\d+");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    let line = line_of(&suite, "extract =");
+    assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("bad regex"), "{err}");
+}
+
+#[test]
+fn unknown_metric_and_wrong_types() {
+    let dir = TempDir::new("metric");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap().replace("metrics = [\"exact-match\"]", "metrics = [\"exact-match\", \"acc-norm\"]");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("unknown metric \"acc-norm\" for a generate task"), "{err}");
+
+    let text = std::fs::read_to_string(&suite).unwrap().replace("concurrency", "x").replace("api = \"chat\"", "api = \"chat\"\nconcurrency = \"lots\"");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    let line = line_of(&suite, "concurrency");
+    assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("invalid type"), "{err}");
+}
+
+#[test]
+fn bad_data_row() {
+    let dir = TempDir::new("row");
+    let suite = base(&dir, "", "");
+    dir.write("data/arith.jsonl", "{\"question\": \"1+1\", \"answer\": \"2\"}\n{\"question\": \"1+2\", \"answer\": 3,}\n");
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("arith.jsonl:2") && err.contains("invalid JSON"), "{err}");
+}
+
+#[test]
+fn unknown_task_selection() {
+    let dir = TempDir::new("sel");
+    let suite = base(&dir, "", "");
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--tasks", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no task named \"nope\"") && stderr(&out).contains("arith"), "{}", stderr(&out));
+}
