@@ -55,9 +55,10 @@ pub struct ModelConfig {
     pub name: String,
     /// Backend: `"openai"`.
     pub engine: Engine,
-    /// Base URL of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`.
+    /// Base URL of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`. `${VAR}` and
+    /// `${VAR:-default}` are replaced from the environment.
     pub base_url: String,
-    /// Model name sent in each request.
+    /// Model name sent in each request (`${VAR}` expanded as in `base-url`).
     pub model: String,
     /// `"chat"` (default) or `"completions"`.
     #[serde(default)]
@@ -277,6 +278,12 @@ impl Suite {
             };
             Error::config(location, e.message().trim_end().to_string())
         })?;
+        let mut file = file;
+        for m in &mut file.models {
+            for (field, value) in [("base-url", &mut m.base_url), ("model", &mut m.model)] {
+                *value = expand_env(value).map_err(|msg| Error::config(path.display().to_string(), format!("model {:?}: {field}: {msg}", m.name)))?;
+            }
+        }
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let suite = Suite { file, path: path.to_path_buf(), dir, text };
         suite.validate()?;
@@ -427,6 +434,30 @@ impl Suite {
     }
 }
 
+/// Replaces `${VAR}` and `${VAR:-default}` with environment variables.
+pub fn expand_env(s: &str) -> std::result::Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+        let inner = &after[..end];
+        let (var, default) = match inner.split_once(":-") {
+            Some((v, d)) => (v, Some(d)),
+            None => (inner, None),
+        };
+        match (std::env::var(var), default) {
+            (Ok(v), _) if !v.is_empty() => out.push_str(&v),
+            (_, Some(d)) => out.push_str(d),
+            _ => return Err(format!("environment variable {var} is not set; export it or write ${{{var}:-default}}")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// The kebab-case name of a task kind.
 pub fn kind_name(kind: TaskKind) -> &'static str {
     match kind {
@@ -434,5 +465,21 @@ pub fn kind_name(kind: TaskKind) -> &'static str {
         TaskKind::MultipleChoice => "multiple-choice",
         TaskKind::Loglikelihood => "loglikelihood",
         TaskKind::Perplexity => "perplexity",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("LLMEVAL_TEST_EXPAND", "http://h:1/v1") };
+        assert_eq!(expand_env("${LLMEVAL_TEST_EXPAND}").unwrap(), "http://h:1/v1");
+        assert_eq!(expand_env("${LLMEVAL_TEST_UNSET_X:-http://d/v1}").unwrap(), "http://d/v1");
+        assert_eq!(expand_env("plain").unwrap(), "plain");
+        assert!(expand_env("${LLMEVAL_TEST_UNSET_X}").unwrap_err().contains("LLMEVAL_TEST_UNSET_X"));
+        assert!(expand_env("${oops").is_err());
     }
 }

@@ -336,3 +336,24 @@ fn api_key_never_reaches_the_database_or_output() {
     assert!(stderr(&out).contains("LLMEVAL_TEST_KEY"), "{}", stderr(&out));
     assert!(server.log().is_empty());
 }
+
+#[test]
+fn shipped_arith_suite_runs_against_a_named_endpoint() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let dir = TempDir::new("shipped");
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/arith-demo.toml");
+    let out = std::process::Command::new(BIN)
+        .args(["run", suite, "--db", dir.db().to_str().unwrap(), "--json", "--limit", "50"])
+        .env("LLMEVAL_BASE_URL", server.base_url())
+        .env("LLMEVAL_MODEL", "my-model")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    assert_eq!(result(&v, "remote-x", "arith", "exact-match")["n"], 50);
+    let log = server.log();
+    assert_eq!(log.len(), 50);
+    assert!(log.iter().all(|r| r.body["model"] == "my-model" && r.path == "/v1/completions"));
+    // Five few-shot examples from the train file precede each question.
+    assert!(log.iter().all(|r| r.key.matches("\nA: ").count() == 5), "{}", log[0].key);
+}
