@@ -79,12 +79,13 @@ impl Rendered {
     }
 }
 
-fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str) -> Result<Rendered> {
+/// Renders one row; few-shot `example`s skip the category, which they do not need.
+fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bool) -> Result<Rendered> {
     let ctx = Value::from(minijinja::value::Serde(&row.fields));
     let fail = |field: &str, e: minijinja::Error| Error::data(loc, format!("task {:?}: {field}: {}", task.name, jinja_message(&e)));
     let prompt = c.prompt.render(&ctx).map_err(|e| fail("prompt", e))?;
     let target = c.target.as_ref().map(|t| t.render(&ctx)).transpose().map_err(|e| fail("target", e))?;
-    let category = c.category.as_ref().map(|t| t.render(&ctx)).transpose().map_err(|e| fail("category", e))?;
+    let category = c.category.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("category", e))?;
     let mut choices = Vec::new();
     let mut gold = None;
     if let Some(expr) = &c.choices {
@@ -160,7 +161,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
     let mut items = Vec::with_capacity(n);
     for (index, row) in rows.iter().take(n).enumerate() {
         let loc = format!("{}:{}", data_path.display(), row.line);
-        let r = render_row(&compiled, task, row, &loc)?;
+        let r = render_row(&compiled, task, row, &loc, false)?;
         if task.kind == TaskKind::Generate && r.target.is_none() {
             return Err(Error::data(loc, format!("task {:?}: no target", task.name)));
         }
@@ -172,7 +173,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
             for j in picked {
                 if shot_cache[j].is_none() {
                     let sloc = format!("{}:{}", shot_path.display(), shot_rows[j].line);
-                    shot_cache[j] = Some(render_row(&compiled, task, &shot_rows[j], &sloc)?);
+                    shot_cache[j] = Some(render_row(&compiled, task, &shot_rows[j], &sloc, true)?);
                 }
                 let ex = shot_cache[j].as_ref().expect("rendered above");
                 let answer = ex.example_answer().ok_or_else(|| {

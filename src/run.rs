@@ -13,7 +13,7 @@ use crate::prompt::Item;
 use crate::store::{Aggregate, Run, Sample, Store};
 use crate::suite::{Suite, TaskConfig, TaskKind};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// What `llmeval run` was asked to do.
@@ -257,7 +257,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
                 pending.push(p);
             }
         }
-        for (slot, _, _) in gen_reqs.iter().map(|(s, p, r)| (s, p, r)).chain(std::iter::empty()) {
+        for (slot, _, _) in &gen_reqs {
             pending[*slot].remaining += 1;
         }
         for (slot, _, _) in &ll_reqs {
@@ -267,9 +267,8 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
             pending[*slot].remaining += 1;
         }
 
-        let mut ctx = Ctx { store: &store, run_id: &run.id, model: &model_cfg.name, no_cache: opts.no_cache, progress: &mut progress, errored: 0, failure: None };
-        ctx.dispatch(&mut pending, gen_reqs, "generate", &identity, |r| r.deterministic(), |b, reqs, sink| b.generate(reqs, sink), backend.as_ref(), |p, part, g: Generation| {
-            let _ = part;
+        let mut ctx = Ctx { store: &store, run_id: &run.id, model: &model_cfg.name, no_cache: opts.no_cache, progress: &mut progress, failure: None };
+        ctx.dispatch(&mut pending, gen_reqs, "generate", &identity, |r| r.deterministic(), |b, reqs, sink| b.generate(reqs, sink), backend.as_ref(), |p, _, g: Generation| {
             p.generation = Some(g);
         });
         ctx.dispatch(&mut pending, ll_reqs, "loglikelihood", &identity, |_| true, |b, reqs, sink| b.loglikelihood(reqs, sink), backend.as_ref(), |p, part, l: Loglikelihood| {
@@ -303,7 +302,6 @@ struct Ctx<'s, 'p> {
     model: &'s str,
     no_cache: bool,
     progress: &'p mut crate::progress::Progress,
-    errored: usize,
     /// A store error met inside a callback; the run stops with it.
     failure: Option<Error>,
 }
@@ -378,9 +376,7 @@ impl Ctx<'_, '_> {
         }
         if p.remaining == 0 {
             let sample = finish_sample(self.run_id, self.model, p);
-            let errored = sample.error.is_some();
-            self.errored += usize::from(errored);
-            self.progress.finished(p.attempts, errored);
+            self.progress.finished(p.attempts, sample.error.is_some());
             if let Err(e) = self.store.put_sample(&sample) {
                 self.failure = Some(e);
             }
@@ -509,10 +505,4 @@ fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[
         }
     }
     Ok(out)
-}
-
-/// Distinct names kept for lookups in views.
-pub fn model_names(aggs: &[Aggregate]) -> Vec<String> {
-    let mut seen = HashSet::new();
-    aggs.iter().filter(|a| seen.insert(a.model.clone())).map(|a| a.model.clone()).collect()
 }
