@@ -38,6 +38,140 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Inspect and run a local model with the built-in engine.
+    Engine {
+        #[command(subcommand)]
+        command: EngineCommand,
+    },
+    /// Score files of hypotheses against references (one sample per line).
+    Metrics {
+        #[command(subcommand)]
+        command: MetricsCommand,
+    },
+}
+
+#[derive(Args)]
+struct SampleFiles {
+    /// Hypotheses, one per line.
+    #[arg(long, value_name = "FILE")]
+    hyp: PathBuf,
+    /// References, one per line; repeat for several references per sample.
+    #[arg(long = "ref", value_name = "FILE", required = true)]
+    refs: Vec<PathBuf>,
+    /// Each line is a JSON string (so a sample can contain newlines).
+    #[arg(long)]
+    jsonl: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ModelArg {
+    /// A GGUF file or a Hugging Face directory.
+    #[arg(long, value_name = "MODEL")]
+    model: PathBuf,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum EngineCommand {
+    /// Architecture, sizes, tensor types, tokenizer.
+    Info {
+        /// A GGUF file or a Hugging Face directory.
+        model: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Token ids of a text (no BOS added; special tokens parsed).
+    Tokenize {
+        #[command(flatten)]
+        m: ModelArg,
+        #[arg(long)]
+        text: String,
+    },
+    /// Greedy generation (stops at EOS or --max-tokens; never samples).
+    Generate {
+        #[command(flatten)]
+        m: ModelArg,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template as a user message.
+        #[arg(long)]
+        chat: bool,
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+    },
+    /// Log-probability of a continuation given a context (tokenized separately, as lm-eval).
+    Score {
+        #[command(flatten)]
+        m: ModelArg,
+        #[arg(long)]
+        context: String,
+        #[arg(long)]
+        continuation: String,
+    },
+    /// Prefill (512-token prompt) and decode (128 tokens) speed.
+    Bench {
+        #[command(flatten)]
+        m: ModelArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetricsCommand {
+    /// Corpus BLEU, as sacrebleu.
+    Bleu {
+        #[command(flatten)]
+        files: SampleFiles,
+        /// Tokenizer: 13a, intl, zh, char or none.
+        #[arg(long, default_value = "13a")]
+        tokenize: String,
+        /// Lower-case hypotheses and references.
+        #[arg(long)]
+        lowercase: bool,
+    },
+    /// Corpus chrF (word order 0) or chrF++ (word order 2), as sacrebleu.
+    Chrf {
+        #[command(flatten)]
+        files: SampleFiles,
+        /// Word n-gram order: 0 (chrF) or 2 (chrF++).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        word_order: u8,
+    },
+    /// ROUGE as rouge-score, averaged over samples (the best reference per sample when several).
+    Rouge {
+        #[command(flatten)]
+        files: SampleFiles,
+        /// Porter-stem tokens longer than three characters.
+        #[arg(long)]
+        stem: bool,
+        /// ROUGE types, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "rouge1,rouge2,rougeL,rougeLsum")]
+        types: Vec<String>,
+    },
+    /// The ChatGLM2-6B evaluation: jieba ROUGE-1/2/L F and character BLEU-4, ×100, mean.
+    Chatglm {
+        #[command(flatten)]
+        files: SampleFiles,
+    },
+    /// Diversity of outputs: distinct-1, distinct-2 and self-BLEU.
+    Distinct {
+        /// Outputs, one per line.
+        #[arg(long, value_name = "FILE")]
+        hyp: PathBuf,
+        /// Each line is a JSON string.
+        #[arg(long)]
+        jsonl: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -113,6 +247,8 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => cmd_run(args),
+        Command::Metrics { command } => cmd_metrics(command),
+        Command::Engine { command } => cmd_engine(command),
         Command::Runs { command } => match command {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
             RunsCommand::Show { run, db, samples, json } => cmd_runs_show(&db.path(), &run, samples, json),
@@ -296,6 +432,206 @@ fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> 
             })
             .collect();
         print!("\n{}", table(&["model", "task", "item", "answer", "target", "scores"], &rows));
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Hypotheses and references, checked to have the same number of lines.
+fn load_pairs(f: &SampleFiles) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
+    let hyp = crate::dataset::read_samples(&f.hyp, f.jsonl)?;
+    let mut refs = Vec::new();
+    for r in &f.refs {
+        let lines = crate::dataset::read_samples(r, f.jsonl)?;
+        if lines.len() != hyp.len() {
+            let (short, long, n) = if lines.len() < hyp.len() { (r, &f.hyp, lines.len()) } else { (&f.hyp, r, hyp.len()) };
+            anyhow::bail!(
+                "{} has {} samples but {} has {}: line {} of {} has no counterpart in {}",
+                f.hyp.display(),
+                hyp.len(),
+                r.display(),
+                lines.len(),
+                n + 1,
+                long.display(),
+                short.display()
+            );
+        }
+        refs.push(lines);
+    }
+    Ok((hyp, refs))
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string(v).expect("JSON"));
+}
+
+fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
+    use crate::metric::{diversity, rouge, sacrebleu};
+    match command {
+        MetricsCommand::Bleu { files, tokenize, lowercase } => {
+            let tokenize = tokenize.parse().map_err(|e: String| anyhow::anyhow!("--tokenize: {e}"))?;
+            let (hyp, refs) = load_pairs(&files)?;
+            let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();
+            let s = sacrebleu::corpus_bleu(&strs(&hyp), &refs, &sacrebleu::BleuOptions { tokenize, lowercase });
+            if files.json {
+                print_json(&json!({"score": s.score, "bp": s.bp, "sys_len": s.sys_len, "ref_len": s.ref_len, "precisions": s.precisions}));
+            } else {
+                let p: Vec<String> = s.precisions.iter().map(|p| format!("{p:.1}")).collect();
+                let ratio = if s.ref_len > 0 { s.sys_len as f64 / s.ref_len as f64 } else { 0.0 };
+                println!("BLEU = {:.2} {} (BP = {:.3} ratio = {ratio:.3} hyp_len = {} ref_len = {})", s.score, p.join("/"), s.bp, s.sys_len, s.ref_len);
+            }
+        }
+        MetricsCommand::Chrf { files, word_order } => {
+            let (hyp, refs) = load_pairs(&files)?;
+            let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();
+            let word_order = usize::from(word_order);
+            let score = sacrebleu::corpus_chrf(&strs(&hyp), &refs, &sacrebleu::ChrfOptions { word_order, lowercase: false });
+            if files.json {
+                print_json(&json!({"score": score}));
+            } else {
+                println!("chrF2{} = {score:.2}", "+".repeat(word_order));
+            }
+        }
+        MetricsCommand::Rouge { files, stem, types } => {
+            let types: Vec<rouge::RougeType> = types.iter().map(|t| t.parse()).collect::<Result<_, String>>().map_err(|e| anyhow::anyhow!("--types: {e}"))?;
+            let (hyp, refs) = load_pairs(&files)?;
+            let per: Vec<Vec<rouge::Prf>> = {
+                let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();
+                sacrebleu::per_segment(&strs(&hyp), &refs, |h, r| rouge::score_multi(r, h, &types, stem))
+            };
+            let n = per.len().max(1) as f64;
+            let mut out = serde_json::Map::new();
+            let mut rows = Vec::new();
+            for (k, t) in types.iter().enumerate() {
+                let mean = |f: fn(&rouge::Prf) -> f64| per.iter().map(|s| f(&s[k])).sum::<f64>() / n;
+                let (p, r, f) = (mean(|x| x.precision), mean(|x| x.recall), mean(|x| x.fmeasure));
+                out.insert(t.name(), json!({"precision": p, "recall": r, "fmeasure": f}));
+                rows.push(vec![t.name(), format!("{p:.6}"), format!("{r:.6}"), format!("{f:.6}")]);
+            }
+            if files.json {
+                print_json(&Value::Object(out));
+            } else {
+                print!("{}", table(&["type", "precision", "recall", "fmeasure"], &rows));
+            }
+        }
+        MetricsCommand::Chatglm { files } => {
+            let (hyp, refs) = load_pairs(&files)?;
+            if refs.len() != 1 {
+                anyhow::bail!("the ChatGLM evaluation takes exactly one --ref");
+            }
+            let s = crate::metric::chatglm::corpus(&strs(&hyp), &strs(&refs[0]));
+            if files.json {
+                print_json(&json!({"rouge-1": s[0], "rouge-2": s[1], "rouge-l": s[2], "bleu-4": s[3]}));
+            } else {
+                println!("rouge-1 = {:.4}\nrouge-2 = {:.4}\nrouge-l = {:.4}\nbleu-4 = {:.4}", s[0], s[1], s[2], s[3]);
+            }
+        }
+        MetricsCommand::Distinct { hyp, jsonl, json } => {
+            let outs = crate::dataset::read_samples(&hyp, jsonl)?;
+            let o = strs(&outs);
+            let (d1, d2, sb) = (diversity::distinct(&o, 1), diversity::distinct(&o, 2), diversity::self_bleu(&o));
+            if json {
+                print_json(&json!({"distinct-1": d1, "distinct-2": d2, "self-bleu": sb, "n": o.len()}));
+            } else {
+                println!("distinct-1 = {d1:.4}\ndistinct-2 = {d2:.4}\nself-BLEU = {sb:.2}\nn = {}", o.len());
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn load_engine(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<crate::model::builtin::BuiltinModel> {
+    let cfg = crate::suite::ModelConfig {
+        name: path.display().to_string(),
+        engine: crate::suite::Engine::Builtin,
+        base_url: String::new(),
+        model: String::new(),
+        path: Some(path.display().to_string()),
+        device: None,
+        threads,
+        api: crate::suite::Api::Completions,
+        api_key_env: None,
+        concurrency: 1,
+        max_retries: 0,
+        timeout_s: 1.0,
+        retry_initial_s: 0.0,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        system_prompt: None,
+        extra_body: None,
+    };
+    Ok(crate::model::builtin::BuiltinModel::new(&cfg, std::path::Path::new(""))?)
+}
+
+fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
+    use crate::model::{Context, LoglikelihoodRequest, Message, Model};
+    match command {
+        EngineCommand::Info { model, json } => {
+            let m = load_engine(&model, Some(1))?;
+            let info = &m.engine().info;
+            if json {
+                print_json(&serde_json::to_value(info).expect("JSON"));
+            } else {
+                let types: Vec<String> = info.tensor_types.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+                println!("{}\n  format        {}\n  architecture  {}{}\n  parameters    {:.1}M\n  layers        {}\n  dim           {} (heads {}, kv heads {}, head dim {})\n  ffn           {}\n  vocab         {}\n  context       {}\n  rope theta    {}\n  tensors       {}\n  tokenizer     {} (bos {:?}, eos {:?}, add bos {})\n  chat template {}",
+                    info.path, info.format, info.architecture, info.name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(), info.parameters as f64 / 1e6,
+                    info.layers, info.dim, info.heads, info.kv_heads, info.head_dim, info.ffn_dim, info.vocab, info.context_length, info.rope_theta, types.join(", "),
+                    info.tokenizer, info.bos, info.eos, info.add_bos, if info.chat_template { "yes" } else { "no" });
+            }
+        }
+        EngineCommand::Tokenize { m, text } => {
+            let model = load_engine(&m.model, m.threads)?;
+            let ids = model.engine().encode(&text);
+            if m.json {
+                print_json(&json!({"ids": ids}));
+            } else {
+                for id in ids {
+                    println!("{id}\t{:?}", model.engine().decode(&[id]));
+                }
+            }
+        }
+        EngineCommand::Generate { m, prompt, chat, max_tokens } => {
+            let model = load_engine(&m.model, m.threads)?;
+            let context = if chat { Context::Chat(vec![Message { role: "user".into(), content: prompt.clone() }]) } else { Context::Text(prompt.clone()) };
+            let prompt_text = match &context {
+                Context::Chat(msgs) => model.engine().render_chat(&msgs.iter().map(|x| (x.role.clone(), x.content.clone())).collect::<Vec<_>>())?,
+                Context::Text(t) => t.clone(),
+            };
+            let mut prompt_ids = model.engine().encode(&prompt_text);
+            if !chat && model.engine().add_bos {
+                prompt_ids.splice(0..0, model.engine().bos);
+            }
+            let g = model.engine().generate(&prompt_ids, &crate::engine::session::GenOptions { max_tokens, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] });
+            if m.json {
+                print_json(&json!({"text": g.text, "tokens": g.tokens, "prompt_tokens": prompt_ids}));
+            } else {
+                println!("{}", g.text);
+            }
+        }
+        EngineCommand::Score { m, context, continuation } => {
+            let model = load_engine(&m.model, m.threads)?;
+            let mut result = None;
+            model.loglikelihood(&[LoglikelihoodRequest { context, continuation: continuation.clone() }], &mut |_, o| result = Some(o.result));
+            let ll = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
+            let tokens = model.engine().encode(&continuation);
+            if m.json {
+                print_json(&json!({"logprob": ll.logprob, "is_greedy": ll.is_greedy, "tokens": tokens}));
+            } else {
+                println!("logprob {:.6} · greedy {} · {} token(s)", ll.logprob, ll.is_greedy, tokens.len());
+            }
+        }
+        EngineCommand::Bench { m } => {
+            let model = load_engine(&m.model, m.threads)?;
+            let (prefill, decode) = model.engine().bench(512, 128);
+            if m.json {
+                print_json(&json!({"prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode}));
+            } else {
+                println!("prefill {prefill:.1} tokens/s (512-token prompt) · decode {decode:.1} tokens/s (128 tokens)");
+            }
+        }
     }
     Ok(exit::SUCCESS)
 }

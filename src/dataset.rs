@@ -144,3 +144,57 @@ mod tests {
         assert!(e.contains("unknown data format"), "{e}");
     }
 }
+
+/// Reads a samples file for `llmeval metrics`: one sample per line (a trailing `\r` is dropped,
+/// so CRLF files read like LF files), or with `jsonl` one JSON string per line (so a sample can
+/// hold newlines). Invalid UTF-8 or a line that is not a JSON string is an error naming the line.
+pub fn read_samples(path: &Path, jsonl: bool) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let mut out = Vec::new();
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    if bytes.is_empty() {
+        return Ok(out);
+    }
+    for (i, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let line = std::str::from_utf8(raw).map_err(|e| {
+            Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid UTF-8 at byte {} of the line; save the file as UTF-8", e.valid_up_to() + 1))
+        })?;
+        let line = if i == 0 { line.strip_prefix('\u{feff}').unwrap_or(line) } else { line };
+        if jsonl {
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(serde_json::Value::String(s)) => out.push(s),
+                Ok(other) => {
+                    return Err(Error::data(format!("{}:{}", path.display(), i + 1), format!("expected a JSON string per line (--jsonl), found {}", kind(&other))));
+                }
+                Err(e) => return Err(Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON string (--jsonl): {e}"))),
+            }
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+
+    #[test]
+    fn lines_crlf_and_jsonl() {
+        let dir = std::env::temp_dir().join(format!("llmeval-samples-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.txt");
+        std::fs::write(&p, "a\r\n\r\nb\n").unwrap();
+        assert_eq!(read_samples(&p, false).unwrap(), ["a", "", "b"]);
+        std::fs::write(&p, "a\nb").unwrap();
+        assert_eq!(read_samples(&p, false).unwrap(), ["a", "b"]);
+        std::fs::write(&p, "\"x\\ny\"\n\"z\"\n").unwrap();
+        assert_eq!(read_samples(&p, true).unwrap(), ["x\ny", "z"]);
+        std::fs::write(&p, "\"x\"\n3\n").unwrap();
+        assert!(read_samples(&p, true).unwrap_err().to_string().contains("a.txt:2"));
+        std::fs::write(&p, b"ok\n\xff\xfe\n").unwrap();
+        let e = read_samples(&p, false).unwrap_err().to_string();
+        assert!(e.contains("a.txt:2") && e.contains("UTF-8"), "{e}");
+    }
+}

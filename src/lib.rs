@@ -18,6 +18,7 @@ pub mod store;
 pub mod run;
 pub mod progress;
 pub mod util;
+pub mod engine;
 pub mod cli;
 
 pub use error::{Error, Result};

@@ -163,7 +163,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     }
     let pipelines: Vec<Pipeline> = tasks.iter().map(|t| Pipeline::new(t)).collect();
     let metrics: Vec<Vec<Box<dyn Metric>>> = tasks.iter().map(|t| crate::metric::for_task(t)).collect();
-    let backends: Vec<Box<dyn Model>> = models.iter().map(|m| crate::model::from_config(m)).collect::<Result<_>>()?;
+    let backends: Vec<Box<dyn Model>> = models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
 
     if fresh {
         store.create_run(&run)?;
@@ -198,7 +198,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
                 }
                 let slot = pending.len();
                 let gen_req = |context: String| GenRequest {
-                    context: Context::Text(context),
+                    context: if task.chat { Context::Chat(vec![crate::model::Message { role: "user".into(), content: context }]) } else { Context::Text(context) },
                     max_tokens: task.max_tokens,
                     temperature: task.temperature,
                     top_p: task.top_p,

@@ -34,6 +34,8 @@ pub struct SuiteFile {
 pub enum Engine {
     /// An OpenAI-compatible HTTP endpoint (vLLM, llama.cpp server, hosted APIs).
     Openai,
+    /// llmeval's own inference engine on a local GGUF file or Hugging Face directory.
+    Builtin,
 }
 
 /// Which OpenAI endpoint to call.
@@ -53,13 +55,24 @@ pub enum Api {
 pub struct ModelConfig {
     /// Label used in results; unique within the suite.
     pub name: String,
-    /// Backend: `"openai"`.
+    /// Backend: `"openai"` or `"builtin"`.
     pub engine: Engine,
-    /// Base URL of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`. `${VAR}` and
-    /// `${VAR:-default}` are replaced from the environment.
+    /// (openai) Base URL of the OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`. `${VAR}`
+    /// and `${VAR:-default}` are replaced from the environment.
+    #[serde(default)]
     pub base_url: String,
-    /// Model name sent in each request (`${VAR}` expanded as in `base-url`).
+    /// (openai) Model name sent in each request (`${VAR}` expanded as in `base-url`).
+    #[serde(default)]
     pub model: String,
+    /// (builtin) A GGUF file or a Hugging Face directory, relative to the suite file.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// (builtin) `"auto"` (default), `"cpu"`, `"cuda"` or `"cuda:N"`.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// (builtin) Compute threads (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
     /// `"chat"` (default) or `"completions"`.
     #[serde(default)]
     pub api: Api,
@@ -229,6 +242,10 @@ pub struct TaskConfig {
     /// Few-shot examples before each prompt.
     #[serde(default)]
     pub few_shot: Option<FewShot>,
+    /// Send the prompt as a user message of a conversation: the built-in engine applies the
+    /// model's chat template; chat APIs do so on the server anyway.
+    #[serde(default)]
+    pub chat: bool,
     /// Answer extraction from the response.
     #[serde(default)]
     pub extract: Option<Extract>,
@@ -331,8 +348,29 @@ impl Suite {
                     }
                 }
             }
-            if !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
-                return Err(Error::config(&whole, format!("model {:?}: base-url {:?} must start with http:// or https://", m.name, m.base_url)));
+            match m.engine {
+                Engine::Openai => {
+                    if !(m.base_url.starts_with("http://") || m.base_url.starts_with("https://")) {
+                        return Err(Error::config(&whole, format!("model {:?}: base-url {:?} must start with http:// or https:// (engine = \"openai\" needs base-url and model)", m.name, m.base_url)));
+                    }
+                    if m.model.is_empty() {
+                        return Err(Error::config(&whole, format!("model {:?}: engine = \"openai\" needs `model`, the name the server knows the model by", m.name)));
+                    }
+                    if m.path.is_some() || m.device.is_some() || m.threads.is_some() {
+                        return Err(Error::config(&whole, format!("model {:?}: path, device and threads are for engine = \"builtin\"", m.name)));
+                    }
+                }
+                Engine::Builtin => {
+                    if m.path.is_none() {
+                        return Err(Error::config(&whole, format!("model {:?}: engine = \"builtin\" needs `path`, a GGUF file or a Hugging Face directory", m.name)));
+                    }
+                    if !m.base_url.is_empty() || m.api_key_env.is_some() {
+                        return Err(Error::config(&whole, format!("model {:?}: base-url and api-key-env are for engine = \"openai\"", m.name)));
+                    }
+                    if m.threads == Some(0) {
+                        return Err(Error::config(&whole, format!("model {:?}: threads must be at least 1", m.name)));
+                    }
+                }
             }
         }
         let mut seen = std::collections::HashSet::new();

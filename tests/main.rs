@@ -5,6 +5,8 @@ pub mod server;
 mod support;
 
 mod core_run;
+mod engine_ref;
 mod faults;
+mod metrics_golden;
 mod resume;
 mod suite_errors;

@@ -7,6 +7,15 @@
 //! and lets the gate pair items across runs.
 
 pub mod basic;
+pub mod chatglm;
+pub mod chatglm_core;
+pub mod jieba;
+pub mod reference;
+pub mod diversity;
+pub mod porter;
+pub mod rouge;
+pub mod sacrebleu;
+pub mod text;
 
 use crate::model::Loglikelihood;
 use crate::prompt::Item;
@@ -49,10 +58,15 @@ pub trait Metric: Send + Sync {
     }
 }
 
+const GENERATE_METRICS: &[&str] = &[
+    "exact-match", "contains", "f1", "bleu", "chrf", "chrf++", "rouge1", "rouge2", "rougeL", "rougeLsum", "rouge1-stem", "rouge2-stem",
+    "rougeL-stem", "rougeLsum-stem", "chatglm-rouge-1", "chatglm-rouge-2", "chatglm-rouge-l", "chatglm-bleu-4", "distinct-1", "distinct-2",
+];
+
 /// The metric names a kind of task accepts, defaults first.
 pub fn names_for(kind: TaskKind) -> (&'static [&'static str], &'static [&'static str]) {
     match kind {
-        TaskKind::Generate => (&["exact-match"], &["exact-match", "contains", "f1"]),
+        TaskKind::Generate => (&["exact-match"], GENERATE_METRICS),
         TaskKind::MultipleChoice => (&["acc", "acc-norm"], &["acc", "acc-norm"]),
         TaskKind::Loglikelihood => (&["loglikelihood", "acc"], &["loglikelihood", "acc", "perplexity"]),
         TaskKind::Perplexity => (&["word-perplexity", "byte-perplexity", "bits-per-byte"], &["word-perplexity", "byte-perplexity", "bits-per-byte"]),
@@ -83,6 +97,21 @@ pub fn by_name(name: &str) -> Option<Box<dyn Metric>> {
         "word-perplexity" => Box::new(RollingPerplexity::Word),
         "byte-perplexity" => Box::new(RollingPerplexity::Byte),
         "bits-per-byte" => Box::new(RollingPerplexity::BitsPerByte),
+        "bleu" => Box::new(reference::Bleu),
+        "chrf" => Box::new(reference::Chrf(0)),
+        "chrf++" => Box::new(reference::Chrf(2)),
+        "chatglm-rouge-1" => Box::new(reference::ChatGlm(0)),
+        "chatglm-rouge-2" => Box::new(reference::ChatGlm(1)),
+        "chatglm-rouge-l" => Box::new(reference::ChatGlm(2)),
+        "chatglm-bleu-4" => Box::new(reference::ChatGlm(3)),
+        "distinct-1" => Box::new(reference::Distinct(1)),
+        "distinct-2" => Box::new(reference::Distinct(2)),
+        r if r.starts_with("rouge") => {
+            let stem = r.ends_with("-stem");
+            let kind: rouge::RougeType = r.trim_end_matches("-stem").parse().ok()?;
+            let name = *GENERATE_METRICS.iter().find(|n| **n == r)?;
+            Box::new(reference::Rouge { name, kind, stem })
+        }
         _ => return None,
     })
 }

@@ -4,6 +4,7 @@
 //! ready, so the runner can store it at once (that is what makes `--resume` lose nothing). Async,
 //! if a backend needs it, stays inside the backend.
 
+pub mod builtin;
 pub mod remote;
 
 use serde::{Deserialize, Serialize};
@@ -109,9 +110,10 @@ pub trait Model: Send + Sync {
     fn loglikelihood_rolling(&self, requests: &[RollingRequest], sink: Sink<'_, Loglikelihood>);
 }
 
-/// Builds the backend a suite's `[[model]]` table describes.
-pub fn from_config(cfg: &crate::suite::ModelConfig) -> crate::Result<Box<dyn Model>> {
+/// Builds the backend a suite's `[[model]]` table describes (`suite_dir` resolves paths).
+pub fn from_config(cfg: &crate::suite::ModelConfig, suite_dir: &std::path::Path) -> crate::Result<Box<dyn Model>> {
     match cfg.engine {
         crate::suite::Engine::Openai => Ok(Box::new(remote::RemoteModel::new(cfg)?)),
+        crate::suite::Engine::Builtin => Ok(Box::new(builtin::BuiltinModel::new(cfg, suite_dir)?)),
     }
 }

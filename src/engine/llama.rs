@@ -1,0 +1,255 @@
+//! The LLaMA-family forward pass (llama, mistral, qwen2, SmolLM2), top to bottom.
+//!
+//! One function, [`Llama::forward`], runs a batch of new tokens of one sequence through every
+//! layer, appending to that sequence's KV cache, and computes logits only at the positions the
+//! caller asks for (the LM head is the most expensive matmul of a small model). Rotary embeddings
+//! come in two layouts: GGUF llama/mistral weights are permuted for interleaved pairs, HF and
+//! qwen2 weights rotate the two halves of each head.
+
+use super::Matrix;
+
+/// How rotary position embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i+1): llama.cpp's "normal" mode, for GGUF llama/mistral (permuted Q/K rows).
+    Interleaved,
+    /// Pairs (i, i + d/2): the HF `rotate_half` layout, and GGUF qwen2 ("neox" mode).
+    Half,
+}
+
+/// Model hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub arch: String,
+    pub n_layers: usize,
+    pub dim: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+    pub vocab: usize,
+    pub ctx_len: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f32,
+    pub rope_style: RopeStyle,
+}
+
+/// One transformer block's weights.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    pub wo: Matrix,
+    /// qwen2 has biases on q, k and v.
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Matrix,
+    pub w_up: Matrix,
+    pub w_down: Matrix,
+}
+
+/// A loaded model.
+pub struct Llama {
+    pub config: Config,
+    pub tok_embd: Matrix,
+    pub layers: Vec<Layer>,
+    pub out_norm: Vec<f32>,
+    /// The LM head; the embedding matrix itself when embeddings are tied.
+    pub lm_head: Matrix,
+    /// `inv_freq[i] = theta^(-2i/head_dim)`.
+    inv_freq: Vec<f32>,
+    /// Multiply in f32 throughout instead of quantizing activations as llama.cpp does (slower;
+    /// the mathematically exact forward pass, used to check the model against a reference).
+    pub exact: bool,
+}
+
+/// The KV cache of one sequence: per layer, keys and values of every processed position.
+pub struct Cache {
+    /// [n_layers][len × kv_dim]
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    /// Tokens processed so far (the cache holds their keys and values).
+    pub tokens: Vec<u32>,
+}
+
+impl Cache {
+    pub fn new(n_layers: usize) -> Cache {
+        Cache { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], tokens: Vec::new() }
+    }
+
+    /// Forgets every position from `len` on (to reuse a shared prefix).
+    pub fn truncate(&mut self, len: usize, kv_dim: usize) {
+        for l in 0..self.k.len() {
+            self.k[l].truncate(len * kv_dim);
+            self.v[l].truncate(len * kv_dim);
+        }
+        self.tokens.truncate(len);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// x ← x / rms(x) · w, row by row.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+impl Llama {
+    pub fn new(config: Config, tok_embd: Matrix, layers: Vec<Layer>, out_norm: Vec<f32>, lm_head: Matrix) -> Llama {
+        let hd = config.head_dim;
+        let inv_freq = (0..hd / 2).map(|i| config.rope_theta.powf(-(2.0 * i as f32) / hd as f32)).collect();
+        Llama { config, tok_embd, layers, out_norm, lm_head, inv_freq, exact: false }
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.config.n_kv_heads * self.config.head_dim
+    }
+
+    /// Rotates one head vector in place for position `pos`.
+    fn rope(&self, head: &mut [f32], pos: usize) {
+        let hd = self.config.head_dim;
+        for (i, f) in self.inv_freq.iter().enumerate() {
+            let (sin, cos) = (pos as f32 * f).sin_cos();
+            let (a, b) = match self.config.rope_style {
+                RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                RopeStyle::Half => (i, i + hd / 2),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+
+    /// Runs `tokens` (appended after the cache's positions) through the model and returns the
+    /// logits at each index of `want` (indices into `tokens`), as `want.len() × vocab`.
+    pub fn forward(&self, cache: &mut Cache, tokens: &[u32], want: &[usize]) -> Vec<f32> {
+        let c = &self.config;
+        let (t, d, hd) = (tokens.len(), c.dim, c.head_dim);
+        let (nh, nkv) = (c.n_heads, c.n_kv_heads);
+        let kv_dim = nkv * hd;
+        let group = nh / nkv;
+        let start = cache.len();
+
+        // x: [t × d] token embeddings
+        let mut x = vec![0f32; t * d];
+        for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+            self.tok_embd.row(tok as usize, row);
+        }
+        let mut h = vec![0f32; t * d]; // [t × d] normalised input of a sub-block
+        let mut q = vec![0f32; t * nh * hd]; // [t × nh·hd]
+        let mut k = vec![0f32; t * kv_dim]; // [t × kv_dim]
+        let mut v = vec![0f32; t * kv_dim]; // [t × kv_dim]
+        let mut att = vec![0f32; t * nh * hd]; // [t × nh·hd] attention output
+        let mut proj = vec![0f32; t * d]; // [t × d] output projection
+        let mut gate = vec![0f32; t * c.ffn_dim]; // [t × ffn]
+        let mut up = vec![0f32; t * c.ffn_dim]; // [t × ffn]
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // ── attention ──
+            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h); // h: [t × d]
+            layer.wq.matmul(&h, t, &mut q, self.exact); // q: [t × nh·hd]
+            layer.wk.matmul(&h, t, &mut k, self.exact); // k: [t × kv_dim]
+            layer.wv.matmul(&h, t, &mut v, self.exact); // v: [t × kv_dim]
+            for (b, buf) in [(&layer.bq, &mut q), (&layer.bk, &mut k), (&layer.bv, &mut v)] {
+                if let Some(b) = b {
+                    for row in buf.chunks_exact_mut(b.len()) {
+                        row.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    }
+                }
+            }
+            for i in 0..t {
+                for head in q[i * nh * hd..(i + 1) * nh * hd].chunks_exact_mut(hd) {
+                    self.rope(head, start + i);
+                }
+                for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
+                    self.rope(head, start + i);
+                }
+            }
+            cache.k[li].extend_from_slice(&k); // cache.k[li]: [(start+t) × kv_dim]
+            cache.v[li].extend_from_slice(&v);
+            let (ck, cv) = (&cache.k[li], &cache.v[li]);
+            let scale = 1.0 / (hd as f32).sqrt();
+            // One (token, head) pair per work item: scores over positions 0..=start+i (causal).
+            super::parallel_rows(&mut att, hd, |row, out| {
+                let (i, head) = (row / nh, row % nh);
+                let kvh = head / group;
+                let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd]; // [hd]
+                let n = start + i + 1;
+                let mut scores: Vec<f32> = (0..n) // [n]
+                    .map(|p| {
+                        let kp = &ck[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                out.fill(0.0);
+                for (p, s) in scores.iter().enumerate() {
+                    let w = s / sum;
+                    let vp = &cv[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                    out.iter_mut().zip(vp).for_each(|(o, x)| *o += w * x);
+                }
+            });
+            layer.wo.matmul(&att, t, &mut proj, self.exact); // proj: [t × d]
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+
+            // ── feed-forward (SwiGLU) ──
+            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h); // h: [t × d]
+            layer.w_gate.matmul(&h, t, &mut gate, self.exact); // gate: [t × ffn]
+            layer.w_up.matmul(&h, t, &mut up, self.exact); // up: [t × ffn]
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u); // gate: [t × ffn]
+            layer.w_down.matmul(&gate, t, &mut proj, self.exact); // proj: [t × d]
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        cache.tokens.extend_from_slice(tokens);
+
+        // Final norm and LM head, only at the wanted positions.
+        let mut sel = vec![0f32; want.len() * d]; // [w × d]
+        for (row, &i) in sel.chunks_exact_mut(d).zip(want) {
+            rms_norm(&x[i * d..(i + 1) * d], &self.out_norm, c.rms_eps, row);
+        }
+        let mut logits = vec![0f32; want.len() * c.vocab]; // [w × vocab]
+        if !want.is_empty() {
+            self.lm_head.matmul(&sel, want.len(), &mut logits, self.exact);
+        }
+        logits
+    }
+}
+
+/// `log_softmax(logits)[target]` in f64, and whether `target` is the argmax (first on ties).
+pub fn logprob_and_greedy(logits: &[f32], target: u32) -> (f64, bool) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let lp = f64::from(logits[target as usize] - max) - sum.ln();
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    (lp, best == target as usize)
+}

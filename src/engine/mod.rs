@@ -1,0 +1,74 @@
+//! The built-in inference engine: GGUF and safetensors LLaMA-family models on the CPU.
+//!
+//! Nothing in here knows about suites or metrics; [`crate::model::builtin`] adapts it to the
+//! harness. Weights stay in their file format (memory-mapped GGUF blocks, or safetensors
+//! f32/f16/bf16) and are multiplied by [`kernels`] directly, so loading is instant and memory is
+//! the file's size.
+
+pub mod chat_template;
+pub mod gguf;
+pub mod hf;
+pub mod kernels;
+pub mod llama;
+pub mod load;
+pub mod quant;
+pub mod session;
+pub mod tokenizer;
+
+use std::sync::Arc;
+
+pub use load::{Engine, EngineError};
+
+/// Bytes of a weight: a range of a memory-mapped file, or owned.
+#[derive(Clone)]
+pub enum Bytes {
+    /// Tensor `tensor` of a GGUF file.
+    Gguf { file: Arc<gguf::Gguf>, tensor: usize },
+    Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
+    Owned(Arc<Vec<u8>>),
+}
+
+impl Bytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Gguf { file, tensor } => file.data(&file.tensors[*tensor]),
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// A weight matrix: `rows` output features × `cols` inputs, rows contiguous.
+#[derive(Clone)]
+pub struct Matrix {
+    pub ty: kernels::WType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Bytes,
+}
+
+impl Matrix {
+    fn weight(&self) -> kernels::Weight<'_> {
+        kernels::Weight { ty: self.ty, rows: self.rows, cols: self.cols, data: self.data.as_slice() }
+    }
+
+    /// out[n × rows] = x[n × cols] · selfᵀ; `exact` keeps activations in f32.
+    pub fn matmul(&self, x: &[f32], n: usize, out: &mut [f32], exact: bool) {
+        if exact {
+            kernels::matmul_f32_exact(&self.weight(), x, n, out);
+        } else {
+            kernels::matmul(&self.weight(), x, n, out);
+        }
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        kernels::dequantize_row(&self.weight(), r, out);
+    }
+}
+
+/// Runs `f(row_index, row)` over the `width`-sized rows of `out` on the engine's threads.
+pub fn parallel_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    out.par_chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+}

@@ -1,0 +1,477 @@
+//! BLEU and chrF exactly as sacrebleu 2.x computes them, tokenizers included.
+//!
+//! Each segment is reduced to integer statistics (n-gram matches and totals, lengths); corpus
+//! scores are computed from their sums, as sacrebleu does, which also lets the bootstrap and the
+//! gate resample segments without re-tokenizing. The `zh` tokenizer keeps sacrebleu's quirk of
+//! two mistyped range ends (`'\u20000'`, `'\u2f800'` are two-character strings in Python), which
+//! widens two of its "Chinese character" ranges; matching it is what makes scores equal.
+
+use super::text::{is_py_space, py_lower, py_rstrip, py_split, py_strip};
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// sacrebleu's BLEU tokenizers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tokenize {
+    /// mteval-v13a (the default).
+    Thirteen,
+    /// mteval-v14 international (Unicode punctuation and symbols).
+    Intl,
+    /// Chinese characters split, the rest as 13a.
+    Zh,
+    /// Every character a token.
+    Char,
+    /// Whitespace only.
+    None,
+}
+
+impl std::str::FromStr for Tokenize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "13a" => Tokenize::Thirteen,
+            "intl" => Tokenize::Intl,
+            "zh" => Tokenize::Zh,
+            "char" => Tokenize::Char,
+            "none" => Tokenize::None,
+            _ => return Err(format!("unknown tokenizer {s:?}; expected 13a, intl, zh, char or none")),
+        })
+    }
+}
+
+fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
+    cell.get_or_init(|| Regex::new(pattern).expect("valid regex"))
+}
+
+/// The common post-tokenizer of `13a` and `zh`.
+fn regexp_tokenize(line: &str) -> String {
+    static R1: OnceLock<Regex> = OnceLock::new();
+    static R2: OnceLock<Regex> = OnceLock::new();
+    static R3: OnceLock<Regex> = OnceLock::new();
+    static R4: OnceLock<Regex> = OnceLock::new();
+    let s = re(&R1, r"([\{-~\[-` -&\(-\+:-@/])").replace_all(line, " $1 ");
+    let s = re(&R2, r"([^0-9])([\.,])").replace_all(&s, "$1 $2 ");
+    let s = re(&R3, r"([\.,])([^0-9])").replace_all(&s, " $1 $2");
+    let s = re(&R4, r"([0-9])(-)").replace_all(&s, "$1 $2 ");
+    py_split(&s).collect::<Vec<_>>().join(" ")
+}
+
+fn tokenize_13a(line: &str) -> String {
+    let mut l = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+    if l.contains('&') {
+        l = l.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
+    }
+    regexp_tokenize(&format!(" {l} "))
+}
+
+fn tokenize_intl(line: &str) -> String {
+    static R1: OnceLock<Regex> = OnceLock::new();
+    static R2: OnceLock<Regex> = OnceLock::new();
+    static R3: OnceLock<Regex> = OnceLock::new();
+    let s = re(&R1, r"(\P{N})(\p{P})").replace_all(line, "$1 $2 ");
+    let s = re(&R2, r"(\p{P})(\P{N})").replace_all(&s, " $1 $2");
+    let s = re(&R3, r"(\p{S})").replace_all(&s, " $1 ");
+    py_split(&s).collect::<Vec<_>>().join(" ")
+}
+
+/// sacrebleu's `_is_chinese_char`, with its two widened ranges.
+fn is_chinese_char(c: char) -> bool {
+    const RANGES: &[(u32, u32)] = &[
+        (0x3400, 0x4db5),
+        (0x4e00, 0x9fa5),
+        (0x9fa6, 0x9fbb),
+        (0xf900, 0xfa2d),
+        (0xfa30, 0xfa6a),
+        (0xfa70, 0xfad9),
+        // Python's '\u20000' <= c <= '\u2a6d6' for one character c: U+2001..=U+2A6D.
+        (0x2001, 0x2a6d),
+        // '\u2f800' <= c <= '\u2fa1d': U+2F81..=U+2FA1.
+        (0x2f81, 0x2fa1),
+        (0xff00, 0xffef),
+        (0x2e80, 0x2eff),
+        (0x3000, 0x303f),
+        (0x31c0, 0x31ef),
+        (0x2f00, 0x2fdf),
+        (0x2ff0, 0x2fff),
+        (0x3100, 0x312f),
+        (0x31a0, 0x31bf),
+        (0xfe10, 0xfe1f),
+        (0xfe30, 0xfe4f),
+        (0x2600, 0x26ff),
+        (0x2700, 0x27bf),
+        (0x3200, 0x32ff),
+        (0x3300, 0x33ff),
+    ];
+    let u = c as u32;
+    RANGES.iter().any(|&(a, b)| a <= u && u <= b)
+}
+
+fn tokenize_zh(line: &str) -> String {
+    let mut s = String::with_capacity(line.len() * 2);
+    for c in py_strip(line).chars() {
+        if is_chinese_char(c) {
+            s.push(' ');
+            s.push(c);
+            s.push(' ');
+        } else {
+            s.push(c);
+        }
+    }
+    regexp_tokenize(&s)
+}
+
+/// Tokenizes one segment as sacrebleu's BLEU does (after `--lowercase` and `rstrip`).
+pub fn tokenize(line: &str, tok: Tokenize) -> String {
+    match tok {
+        Tokenize::Thirteen => tokenize_13a(line),
+        Tokenize::Intl => tokenize_intl(line),
+        Tokenize::Zh => tokenize_zh(line),
+        Tokenize::Char => {
+            let mut s = String::with_capacity(line.len() * 2);
+            for (i, c) in line.chars().enumerate() {
+                if i > 0 {
+                    s.push(' ');
+                }
+                s.push(c);
+            }
+            s
+        }
+        Tokenize::None => line.to_string(),
+    }
+}
+
+pub const MAX_ORDER: usize = 4;
+
+/// BLEU options (sacrebleu defaults: 13a, mixed case, `exp` smoothing).
+#[derive(Debug, Clone, Copy)]
+pub struct BleuOptions {
+    pub tokenize: Tokenize,
+    pub lowercase: bool,
+}
+
+impl Default for BleuOptions {
+    fn default() -> Self {
+        BleuOptions { tokenize: Tokenize::Thirteen, lowercase: false }
+    }
+}
+
+/// A segment's statistics: `[hyp_len, ref_len, correct_1..4, total_1..4]`.
+pub type BleuStats = [u64; 2 + 2 * MAX_ORDER];
+
+fn preprocess_bleu(s: &str, o: &BleuOptions) -> String {
+    let lowered;
+    let s = if o.lowercase {
+        lowered = py_lower(s);
+        &lowered
+    } else {
+        s
+    };
+    tokenize(py_rstrip(s), o.tokenize)
+}
+
+fn word_ngrams<'a>(tokens: &'a [&'a str]) -> HashMap<&'a [&'a str], u64> {
+    let mut m: HashMap<&[&str], u64> = HashMap::with_capacity(tokens.len() * MAX_ORDER);
+    for n in 1..=MAX_ORDER {
+        for w in tokens.windows(n) {
+            *m.entry(w).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+/// Statistics of one hypothesis against its references.
+pub fn bleu_stats(hyp: &str, refs: &[&str], o: &BleuOptions) -> BleuStats {
+    let ref_toks: Vec<String> = refs.iter().map(|r| preprocess_bleu(r, o)).collect();
+    let ref_tokens: Vec<Vec<&str>> = ref_toks.iter().map(|r| py_split(r).collect()).collect();
+    let mut ref_max: HashMap<&[&str], u64> = HashMap::new();
+    for t in &ref_tokens {
+        for (k, v) in word_ngrams(t) {
+            let e = ref_max.entry(k).or_insert(0);
+            *e = (*e).max(v);
+        }
+    }
+    let hyp_tok = preprocess_bleu(hyp, o);
+    let hyp_tokens: Vec<&str> = py_split(&hyp_tok).collect();
+    let hyp_len = hyp_tokens.len() as u64;
+    // The closest reference length; ties go to the shorter reference.
+    let mut closest: Option<(u64, u64)> = None;
+    for t in &ref_tokens {
+        let len = t.len() as u64;
+        let diff = hyp_len.abs_diff(len);
+        closest = match closest {
+            None => Some((diff, len)),
+            Some((d, l)) if diff < d || (diff == d && len < l) => Some((diff, len)),
+            keep => keep,
+        };
+    }
+    let mut st: BleuStats = [0; 2 + 2 * MAX_ORDER];
+    st[0] = hyp_len;
+    st[1] = closest.map_or(0, |c| c.1);
+    for (ng, count) in word_ngrams(&hyp_tokens) {
+        let n = ng.len() - 1;
+        st[2 + MAX_ORDER + n] += count;
+        if let Some(r) = ref_max.get(ng) {
+            st[2 + n] += count.min(*r);
+        }
+    }
+    st
+}
+
+/// A BLEU score with its parts (0–100 like sacrebleu).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BleuScore {
+    pub score: f64,
+    pub bp: f64,
+    pub sys_len: u64,
+    pub ref_len: u64,
+    pub precisions: [f64; MAX_ORDER],
+}
+
+fn my_log(x: f64) -> f64 {
+    if x == 0.0 { -9_999_999_999.0 } else { x.ln() }
+}
+
+/// sacrebleu's `compute_bleu` with `exp` smoothing.
+pub fn bleu_from_stats(st: &[u64], effective_order: bool) -> BleuScore {
+    let (sys_len, ref_len) = (st[0], st[1]);
+    let correct = &st[2..2 + MAX_ORDER];
+    let total = &st[2 + MAX_ORDER..2 + 2 * MAX_ORDER];
+    let bp = if sys_len < ref_len { if sys_len > 0 { (1.0 - ref_len as f64 / sys_len as f64).exp() } else { 0.0 } } else { 1.0 };
+    let mut precisions = [0.0; MAX_ORDER];
+    if correct.iter().all(|&c| c == 0) {
+        return BleuScore { score: 0.0, bp, sys_len, ref_len, precisions };
+    }
+    let mut smooth = 1.0;
+    let mut eff_order = MAX_ORDER;
+    for n in 1..=MAX_ORDER {
+        if total[n - 1] == 0 {
+            break;
+        }
+        if effective_order {
+            eff_order = n;
+        }
+        if correct[n - 1] == 0 {
+            smooth *= 2.0;
+            precisions[n - 1] = 100.0 / (smooth * total[n - 1] as f64);
+        } else {
+            precisions[n - 1] = 100.0 * correct[n - 1] as f64 / total[n - 1] as f64;
+        }
+    }
+    let sum: f64 = precisions[..eff_order].iter().map(|&p| my_log(p)).sum();
+    BleuScore { score: bp * (sum / eff_order as f64).exp(), bp, sys_len, ref_len, precisions }
+}
+
+/// Sums segment statistics.
+pub fn sum_stats(all: impl IntoIterator<Item = impl AsRef<[u64]>>, width: usize) -> Vec<u64> {
+    let mut acc = vec![0u64; width];
+    for s in all {
+        for (a, x) in acc.iter_mut().zip(s.as_ref()) {
+            *a += x;
+        }
+    }
+    acc
+}
+
+/// sacrebleu `corpus_bleu(hyps, [refs_1, refs_2, …])`: `refs[k][i]` is reference k of segment i.
+pub fn corpus_bleu(hyps: &[&str], refs: &[Vec<&str>], o: &BleuOptions) -> BleuScore {
+    let stats = per_segment(hyps, refs, |h, r| bleu_stats(h, r, o));
+    bleu_from_stats(&sum_stats(&stats, 2 + 2 * MAX_ORDER), false)
+}
+
+/// sacrebleu `sentence_bleu(hyp, refs)` (effective order).
+pub fn sentence_bleu(hyp: &str, refs: &[&str], o: &BleuOptions) -> BleuScore {
+    bleu_from_stats(&bleu_stats(hyp, refs, o), true)
+}
+
+/// Maps every segment through `f` using all cores, keeping order.
+pub fn per_segment<T: Send>(hyps: &[&str], refs: &[Vec<&str>], f: impl Fn(&str, &[&str]) -> T + Sync) -> Vec<T> {
+    let n = hyps.len();
+    let threads = std::thread::available_parallelism().map_or(1, |x| x.get()).min(n.max(1)).max(1);
+    let chunk = n.div_ceil(threads).max(1);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                let end = (start + chunk).min(n);
+                scope.spawn(move || {
+                    (start..end)
+                        .map(|i| {
+                            let r: Vec<&str> = refs.iter().map(|k| k[i]).collect();
+                            f(hyps[i], &r)
+                        })
+                        .collect::<Vec<T>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("metric worker panicked")).collect()
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// chrF / chrF++
+
+pub const CHAR_ORDER: usize = 6;
+pub const BETA: f64 = 2.0;
+
+/// chrF options: `word_order` 0 (chrF) or 2 (chrF++).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChrfOptions {
+    pub word_order: usize,
+    pub lowercase: bool,
+}
+
+const PUNCTS: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+
+/// sacrebleu's `_remove_punctuation`: one punctuation mark split off the end, else the start.
+fn chrf_words(sent: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for w in py_split(sent) {
+        let mut chars = w.char_indices();
+        let first = chars.next();
+        if w.chars().nth(1).is_none() {
+            out.push(w);
+            continue;
+        }
+        let last = w.char_indices().next_back().expect("non-empty");
+        if PUNCTS.contains(last.1) {
+            out.push(&w[..last.0]);
+            out.push(&w[last.0..]);
+        } else if let Some((_, c)) = first.filter(|(_, c)| PUNCTS.contains(*c)) {
+            let k = c.len_utf8();
+            out.push(&w[..k]);
+            out.push(&w[k..]);
+        } else {
+            out.push(w);
+        }
+    }
+    out
+}
+
+/// Character n-gram counters (orders 1..=6, whitespace removed) and word n-gram counters.
+struct ChrfNgrams {
+    chars: Vec<HashMap<Vec<char>, u64>>,
+    words: Vec<HashMap<Vec<String>, u64>>,
+}
+
+fn chrf_ngrams(sent: &str, o: &ChrfOptions) -> ChrfNgrams {
+    let line: Vec<char> = sent.chars().filter(|c| !is_py_space(*c)).collect();
+    let chars = (1..=CHAR_ORDER)
+        .map(|n| {
+            let mut m = HashMap::new();
+            for w in line.windows(n) {
+                *m.entry(w.to_vec()).or_insert(0) += 1;
+            }
+            m
+        })
+        .collect();
+    let mut words = Vec::new();
+    if o.word_order > 0 {
+        let ws = chrf_words(sent);
+        for n in 1..=o.word_order {
+            let mut m = HashMap::new();
+            if ws.len() >= n {
+                for w in ws.windows(n) {
+                    // sacrebleu joins word n-grams with spaces, so a word n-gram is its joined string.
+                    *m.entry(vec![w.join(" ")]).or_insert(0) += 1;
+                }
+            }
+            words.push(m);
+        }
+    }
+    ChrfNgrams { chars, words }
+}
+
+fn match_stats<K: std::hash::Hash + Eq>(hyp: &HashMap<K, u64>, r: &HashMap<K, u64>, out: &mut Vec<u64>) {
+    let (mut matched, mut hyp_count) = (0, 0);
+    for (ng, c) in hyp {
+        hyp_count += c;
+        if let Some(rc) = r.get(ng) {
+            matched += (*c).min(*rc);
+        }
+    }
+    out.push(if r.is_empty() { 0 } else { hyp_count });
+    out.push(r.values().sum());
+    out.push(matched);
+}
+
+/// sacrebleu's `_compute_f_score` over `[hyp, ref, match]` triplets.
+pub fn chrf_from_stats(st: &[u64]) -> f64 {
+    let factor = BETA * BETA;
+    let (mut avg_p, mut avg_r, mut eff) = (0.0, 0.0, 0usize);
+    for t in st.chunks(3) {
+        let (h, r, m) = (t[0], t[1], t[2]);
+        if h > 0 && r > 0 {
+            avg_p += m as f64 / h as f64;
+            avg_r += m as f64 / r as f64;
+            eff += 1;
+        }
+    }
+    if eff == 0 {
+        return 0.0;
+    }
+    avg_p /= eff as f64;
+    avg_r /= eff as f64;
+    if avg_p + avg_r != 0.0 {
+        100.0 * (1.0 + factor) * avg_p * avg_r / (factor * avg_p + avg_r)
+    } else {
+        0.0
+    }
+}
+
+/// Statistics of one hypothesis: those of the reference with the best chrF.
+pub fn chrf_stats(hyp: &str, refs: &[&str], o: &ChrfOptions) -> Vec<u64> {
+    let pre = |s: &str| if o.lowercase { py_lower(s) } else { s.to_string() };
+    let h = chrf_ngrams(&pre(hyp), o);
+    let mut best: Option<(f64, Vec<u64>)> = None;
+    for r in refs {
+        let r = chrf_ngrams(&pre(r), o);
+        let mut st = Vec::with_capacity(3 * (CHAR_ORDER + o.word_order));
+        for (hc, rc) in h.chars.iter().zip(&r.chars) {
+            match_stats(hc, rc, &mut st);
+        }
+        for (hw, rw) in h.words.iter().zip(&r.words) {
+            match_stats(hw, rw, &mut st);
+        }
+        let f = chrf_from_stats(&st);
+        if best.as_ref().is_none_or(|(bf, _)| f > *bf) {
+            best = Some((f, st));
+        }
+    }
+    best.map(|b| b.1).unwrap_or_else(|| vec![0; 3 * (CHAR_ORDER + o.word_order)])
+}
+
+/// sacrebleu `corpus_chrf(hyps, [refs_1, …], word_order=…)`.
+pub fn corpus_chrf(hyps: &[&str], refs: &[Vec<&str>], o: &ChrfOptions) -> f64 {
+    let stats = per_segment(hyps, refs, |h, r| chrf_stats(h, r, o));
+    chrf_from_stats(&sum_stats(&stats, 3 * (CHAR_ORDER + o.word_order)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thirteen_a() {
+        assert_eq!(tokenize("Hello, world! It's 3.5-4 (ok).", Tokenize::Thirteen), "Hello , world ! It's 3.5 - 4 ( ok ) .");
+        assert_eq!(tokenize("a &amp; b &lt;c&gt;", Tokenize::Thirteen), "a & b < c >");
+    }
+
+    #[test]
+    fn zh_quirk_ranges() {
+        // U+2014 (em dash) lies in the widened range, so it is split like a Chinese character.
+        assert!(is_chinese_char('\u{2014}'));
+        assert!(!is_chinese_char('\u{2000}'));
+        assert!(is_chinese_char('中'));
+    }
+
+    #[test]
+    fn bleu_basics() {
+        let o = BleuOptions::default();
+        let s = corpus_bleu(&["the cat sat on the mat"], &[vec!["the cat sat on the mat"]], &o);
+        assert!((s.score - 100.0).abs() < 1e-9);
+        let s = corpus_bleu(&["completely different"], &[vec!["the cat sat on the mat"]], &o);
+        assert_eq!(s.score, 0.0);
+    }
+}

@@ -1,0 +1,134 @@
+//! The built-in engine behind the [`Model`] trait: tokenization, chat formatting and lm-eval's
+//! request semantics live here; the engine itself only sees token ids.
+
+use super::{Capabilities, Context, GenRequest, Generation, Loglikelihood, LoglikelihoodRequest, Model, Outcome, RollingRequest, Sink};
+use crate::engine::session::{GenOptions, ScoreRequest};
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::suite::ModelConfig;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub struct BuiltinModel {
+    engine: Engine,
+    path: PathBuf,
+    identity: Value,
+}
+
+impl BuiltinModel {
+    /// Loads the model a `[[model]]` table names (`path` relative to the suite's directory).
+    pub fn new(cfg: &ModelConfig, suite_dir: &Path) -> Result<Self> {
+        let err = |message: String| Error::Model { model: cfg.name.clone(), message };
+        let rel = cfg.path.as_deref().ok_or_else(|| err("engine = \"builtin\" needs `path` (a GGUF file or a Hugging Face directory)".into()))?;
+        let mut path = suite_dir.join(rel);
+        if !path.exists() && Path::new(rel).exists() {
+            path = PathBuf::from(rel); // relative to the working directory, as a fallback
+        }
+        match cfg.device.as_deref().unwrap_or("auto") {
+            "auto" | "cpu" => {}
+            d if d == "cuda" || d.starts_with("cuda:") => return Err(err(format!("device {d:?}: this build runs the built-in engine on the CPU only; use device = \"cpu\" or \"auto\""))),
+            d => return Err(err(format!("unknown device {d:?}; expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""))),
+        }
+        let threads = cfg.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let engine = Engine::load(&path, threads).map_err(|e| err(format!("{e}")))?;
+        let meta = std::fs::metadata(&path).ok();
+        let identity = json!({
+            "engine": "builtin",
+            "path": std::fs::canonicalize(&path).unwrap_or(path.clone()),
+            "bytes": meta.as_ref().map(|m| m.len()),
+            "modified": meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            "llmeval": env!("CARGO_PKG_VERSION"),
+        });
+        Ok(BuiltinModel { engine, path, identity })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Token ids of a prompt: raw text (BOS first when the model asks for it), or a conversation
+    /// through the model's chat template.
+    fn prompt_ids(&self, context: &Context) -> std::result::Result<Vec<u32>, String> {
+        match context {
+            Context::Text(t) => Ok(self.with_bos(self.engine.encode(t))),
+            Context::Chat(msgs) => {
+                let pairs: Vec<(String, String)> = msgs.iter().map(|m| (m.role.clone(), m.content.clone())).collect();
+                let text = self.engine.render_chat(&pairs).map_err(|e| format!("{} : {e}", self.path.display()))?;
+                Ok(self.engine.encode(&text))
+            }
+        }
+    }
+
+    fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
+        if self.engine.add_bos {
+            if let Some(b) = self.engine.bos {
+                ids.insert(0, b);
+            }
+        }
+        ids
+    }
+
+    /// The token lm-eval puts before an empty context or a rolling text.
+    fn prefix_token(&self) -> u32 {
+        self.engine.eos.first().copied().or(self.engine.bos).unwrap_or(0)
+    }
+}
+
+impl Model for BuiltinModel {
+    fn identity(&self) -> Value {
+        self.identity.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { loglikelihood: true }
+    }
+
+    fn generate(&self, requests: &[GenRequest], sink: Sink<'_, Generation>) {
+        for (i, r) in requests.iter().enumerate() {
+            let start = Instant::now();
+            let result = self.prompt_ids(&r.context).map(|ids| {
+                let opts = GenOptions { max_tokens: r.max_tokens as usize, temperature: r.temperature, top_k: None, top_p: r.top_p, seed: r.seed.unwrap_or(0), stop: r.stop.clone() };
+                let g = self.engine.generate(&ids, &opts);
+                Generation { text: g.text, prompt_tokens: Some(ids.len() as u64), completion_tokens: Some(g.tokens.len() as u64), finish_reason: Some(g.finish_reason.into()) }
+            });
+            sink(i, Outcome { result, latency_ms: start.elapsed().as_secs_f64() * 1e3, attempts: 1 });
+        }
+    }
+
+    fn loglikelihood(&self, requests: &[LoglikelihoodRequest], sink: Sink<'_, Loglikelihood>) {
+        let reqs: Vec<ScoreRequest> = requests
+            .iter()
+            .map(|r| {
+                let mut context = self.with_bos(self.engine.encode(&r.context));
+                if context.is_empty() {
+                    context = vec![self.prefix_token()];
+                }
+                ScoreRequest { context, continuation: self.engine.encode(&r.continuation) }
+            })
+            .collect();
+        let mut last = Instant::now();
+        self.engine.score_batch(&reqs, &mut |i, s| {
+            let now = Instant::now();
+            let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
+            last = now;
+            let tokens = reqs[i].continuation.len() as u64;
+            sink(i, Outcome { result: Ok(Loglikelihood { logprob: s.logprob, is_greedy: s.is_greedy, tokens }), latency_ms, attempts: 1 });
+        });
+    }
+
+    fn loglikelihood_rolling(&self, requests: &[RollingRequest], sink: Sink<'_, Loglikelihood>) {
+        let prefix = self.prefix_token();
+        for (i, r) in requests.iter().enumerate() {
+            let start = Instant::now();
+            let windows = self.engine.rolling_windows(&self.engine.encode(&r.text), prefix);
+            let mut total = Loglikelihood { logprob: 0.0, is_greedy: true, tokens: 0 };
+            self.engine.score_batch(&windows, &mut |j, s| {
+                total.logprob += s.logprob;
+                total.is_greedy &= s.is_greedy;
+                total.tokens += windows[j].continuation.len() as u64;
+            });
+            sink(i, Outcome { result: Ok(total), latency_ms: start.elapsed().as_secs_f64() * 1e3, attempts: 1 });
+        }
+    }
+}

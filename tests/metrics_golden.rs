@@ -1,0 +1,180 @@
+//! Metrics against the reference packages' own numbers (tests/goldens, made by
+//! tests/goldens/make_goldens.py with sacrebleu 2.6.0, rouge-score 0.1.2, nltk 3.10.4, jieba
+//! 0.42.1, rouge_chinese 1.0.3): library calls and the `llmeval metrics` CLI.
+
+use crate::support::*;
+use llmeval::metric::rouge::{self, RougeType};
+use llmeval::metric::sacrebleu::{self, BleuOptions, ChrfOptions};
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn goldens() -> Value {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goldens/goldens.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+pub fn corpus(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goldens/corpus")).join(name)
+}
+
+fn lines(name: &str) -> Vec<String> {
+    llmeval::dataset::read_samples(&corpus(name), name.ends_with(".jsonl")).unwrap()
+}
+
+fn refs_of(c: &str, n: usize) -> Vec<Vec<String>> {
+    (0..n).map(|k| lines(&format!("{c}.ref{k}"))).collect()
+}
+
+fn close(a: f64, b: f64, tol: f64, what: &str) {
+    assert!((a - b).abs() <= tol, "{what}: ours {a} vs reference {b}");
+}
+
+#[test]
+fn bleu_equals_sacrebleu_for_every_tokenizer_and_option() {
+    let g = goldens();
+    for case in g["bleu"].as_array().unwrap() {
+        let c = case["corpus"].as_str().unwrap();
+        let hyp = lines(&format!("{c}.hyp"));
+        let refs = refs_of(c, case["refs"].as_u64().unwrap() as usize);
+        let hyp: Vec<&str> = hyp.iter().map(String::as_str).collect();
+        let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+        let o = BleuOptions { tokenize: case["tokenize"].as_str().unwrap().parse().unwrap(), lowercase: case["lowercase"].as_bool().unwrap() };
+        let s = sacrebleu::corpus_bleu(&hyp, &refs, &o);
+        let what = format!("{case}");
+        close(s.score, case["score"].as_f64().unwrap(), 1e-4, &what);
+        close(s.bp, case["bp"].as_f64().unwrap(), 1e-6, &what);
+        assert_eq!(s.sys_len, case["sys_len"].as_u64().unwrap(), "{what}");
+        assert_eq!(s.ref_len, case["ref_len"].as_u64().unwrap(), "{what}");
+        for (p, q) in s.precisions.iter().zip(case["precisions"].as_array().unwrap()) {
+            close(*p, q.as_f64().unwrap(), 1e-4, &what);
+        }
+    }
+}
+
+#[test]
+fn sentence_bleu_equals_sacrebleu() {
+    let g = goldens();
+    for case in g["sentence_bleu"].as_array().unwrap() {
+        let c = case["corpus"].as_str().unwrap();
+        let o = BleuOptions { tokenize: case["tokenize"].as_str().unwrap().parse().unwrap(), lowercase: false };
+        let hyp = lines(&format!("{c}.hyp"));
+        let r = lines(&format!("{c}.ref0"));
+        for (i, want) in case["scores"].as_array().unwrap().iter().enumerate() {
+            let s = sacrebleu::sentence_bleu(&hyp[i], &[&r[i]], &o);
+            close(s.score, want.as_f64().unwrap(), 1e-4, &format!("{c} segment {i}: {:?}", hyp[i]));
+        }
+    }
+}
+
+#[test]
+fn chrf_equals_sacrebleu() {
+    let g = goldens();
+    for case in g["chrf"].as_array().unwrap() {
+        let c = case["corpus"].as_str().unwrap();
+        let hyp = lines(&format!("{c}.hyp"));
+        let refs = refs_of(c, case["refs"].as_u64().unwrap() as usize);
+        let hyp: Vec<&str> = hyp.iter().map(String::as_str).collect();
+        let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
+        let o = ChrfOptions { word_order: case["word_order"].as_u64().unwrap() as usize, lowercase: false };
+        close(sacrebleu::corpus_chrf(&hyp, &refs, &o), case["score"].as_f64().unwrap(), 1e-4, &format!("{case}"));
+    }
+}
+
+#[test]
+fn rouge_equals_rouge_score() {
+    let g = goldens();
+    let types = [RougeType::N(1), RougeType::N(2), RougeType::L, RougeType::Lsum];
+    for case in g["rouge"].as_array().unwrap() {
+        let c = case["corpus"].as_str().unwrap();
+        let (hyp, r) = if c == "en" { (lines("en.hyp"), lines("en.ref0")) } else { (lines("sum.hyp.jsonl"), lines("sum.ref.jsonl")) };
+        let stem = case["stem"].as_bool().unwrap();
+        let mut sums = [[0.0f64; 3]; 4];
+        for (i, (h, t)) in hyp.iter().zip(&r).enumerate() {
+            let s = rouge::score(t, h, &types, stem);
+            for (k, ty) in types.iter().enumerate() {
+                close(s[k].fmeasure, case["per_sample"][i][ty.name()].as_f64().unwrap(), 1e-9, &format!("{c} stem={stem} sample {i} {}", ty.name()));
+                sums[k][0] += s[k].precision;
+                sums[k][1] += s[k].recall;
+                sums[k][2] += s[k].fmeasure;
+            }
+        }
+        for (k, ty) in types.iter().enumerate() {
+            let m = &case["mean"][ty.name()];
+            let n = hyp.len() as f64;
+            close(sums[k][0] / n, m["precision"].as_f64().unwrap(), 1e-9, "precision");
+            close(sums[k][1] / n, m["recall"].as_f64().unwrap(), 1e-9, "recall");
+            close(sums[k][2] / n, m["fmeasure"].as_f64().unwrap(), 1e-9, "fmeasure");
+        }
+    }
+}
+
+fn metrics_cli(args: &[&str]) -> Value {
+    let mut all = vec!["metrics"];
+    all.extend_from_slice(args);
+    let out = llmeval(&all);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    json_out(&out)
+}
+
+#[test]
+fn cli_json_forms() {
+    let g = goldens();
+    let (h, r0, r1, r2) = (corpus("en.hyp"), corpus("en.ref0"), corpus("en.ref1"), corpus("en.ref2"));
+    let p = |x: &PathBuf| x.to_str().unwrap().to_string();
+    let v = metrics_cli(&["bleu", "--hyp", &p(&h), "--ref", &p(&r0), "--ref", &p(&r1), "--ref", &p(&r2), "--tokenize", "intl", "--lowercase", "--json"]);
+    let want = g["bleu"].as_array().unwrap().iter().find(|c| c["corpus"] == "en" && c["refs"] == 3 && c["tokenize"] == "intl" && c["lowercase"] == true).unwrap();
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["bp", "precisions", "ref_len", "score", "sys_len"]);
+    close(v["score"].as_f64().unwrap(), want["score"].as_f64().unwrap(), 1e-4, "cli bleu");
+    assert_eq!(v["sys_len"], want["sys_len"]);
+
+    // CRLF files give the same numbers as LF files.
+    let crlf = metrics_cli(&["bleu", "--hyp", &p(&corpus("en-crlf.hyp")), "--ref", &p(&r0), "--json"]);
+    let lf = metrics_cli(&["bleu", "--hyp", &p(&h), "--ref", &p(&r0), "--json"]);
+    assert_eq!(crlf, lf);
+
+    let v = metrics_cli(&["chrf", "--hyp", &p(&h), "--ref", &p(&r0), "--word-order", "2", "--json"]);
+    let want = g["chrf"].as_array().unwrap().iter().find(|c| c["corpus"] == "en" && c["refs"] == 1 && c["word_order"] == 2).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 1);
+    close(v["score"].as_f64().unwrap(), want["score"].as_f64().unwrap(), 1e-4, "cli chrf++");
+
+    let v = metrics_cli(&["rouge", "--hyp", &p(&corpus("sum.hyp.jsonl")), "--ref", &p(&corpus("sum.ref.jsonl")), "--jsonl", "--stem", "--json"]);
+    let want = g["rouge"].as_array().unwrap().iter().find(|c| c["corpus"] == "sum" && c["stem"] == true).unwrap();
+    for t in ["rouge1", "rouge2", "rougeL", "rougeLsum"] {
+        for k in ["precision", "recall", "fmeasure"] {
+            close(v[t][k].as_f64().unwrap(), want["mean"][t][k].as_f64().unwrap(), 1e-6, &format!("cli {t} {k}"));
+        }
+    }
+    let v = metrics_cli(&["rouge", "--hyp", &p(&h), "--ref", &p(&r0), "--types", "rouge2,rougeL", "--json"]);
+    assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["rouge2", "rougeL"]);
+}
+
+#[test]
+fn cli_input_errors_name_file_and_line() {
+    let dir = TempDir::new("metrics-errors");
+    let h = dir.write("h.txt", "a b c\nd e f\n");
+    let r = dir.write("r.txt", "a b c\n");
+    let out = llmeval(&["metrics", "bleu", "--hyp", h.to_str().unwrap(), "--ref", r.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(e.contains("r.txt") && e.contains("h.txt") && e.contains("line 2"), "{e}");
+
+    let bad = dir.write("bad.txt", "");
+    std::fs::write(&bad, b"fine\n\xc3\x28\n").unwrap();
+    let out = llmeval(&["metrics", "chrf", "--hyp", bad.to_str().unwrap(), "--ref", h.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("bad.txt:2") && stderr(&out).contains("UTF-8"), "{}", stderr(&out));
+
+    let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", dir.path().join("missing.txt").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("missing.txt"), "{}", stderr(&out));
+
+    let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", h.to_str().unwrap(), "--jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("h.txt:1"), "{}", stderr(&out));
+
+    let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", h.to_str().unwrap(), "--types", "rouge1,rougeX"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("rougeX"), "{}", stderr(&out));
+}
