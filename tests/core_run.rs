@@ -357,3 +357,34 @@ fn shipped_arith_suite_runs_against_a_named_endpoint() {
     // Five few-shot examples from the train file precede each question.
     assert!(log.iter().all(|r| r.key.matches("\nA: ").count() == 5), "{}", log[0].key);
 }
+
+#[test]
+fn text_metrics_in_a_suite_report_corpus_values_with_bootstrap_intervals() {
+    // The fake model answers every "Q: a+b" with " a+b" spelled out, so BLEU is partial.
+    let server = FakeServer::start(|prompt| format!(" the answer is {}", prompt.rsplit("Q: ").next().unwrap_or("").lines().next().unwrap_or("")));
+    let dir = TempDir::new("textmetrics");
+    dir.write("data/arith.jsonl", &arith_rows(40));
+    let suite = arith_suite(&server.base_url(), "").replace(
+        "extract = { regex = \"(-?\\\\d+)\" }\nmetrics = [\"exact-match\"]",
+        "target-delimiter = \" \"\nmetrics = [\"bleu\", \"chrf\", \"rougeL\", \"chatglm-bleu-4\", \"distinct-1\"]",
+    );
+    let suite = suite.replace("target = \"{{ answer }}\"", "target = \"the answer is {{ question }} = {{ answer }}\"");
+    let suite = dir.write("suite.toml", &suite);
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    // Recompute BLEU over the stored answers and targets with the library: the suite's corpus value
+    // is the corpus BLEU, not a mean of sentence BLEUs.
+    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
+    let samples = show["samples"].as_array().unwrap();
+    let hyps: Vec<&str> = samples.iter().map(|s| s["answer"].as_str().unwrap()).collect();
+    let refs: Vec<&str> = samples.iter().map(|s| s["target"].as_str().unwrap()).collect();
+    let bleu = llmeval::metric::sacrebleu::corpus_bleu(&hyps, &[refs.clone()], &Default::default()).score;
+    let r = result(&v, "remote-x", "arith", "bleu");
+    assert!((r["value"].as_f64().unwrap() - bleu).abs() < 1e-9, "{r} vs {bleu}");
+    let ci = r["ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() <= bleu && bleu <= ci[1].as_f64().unwrap(), "{r}");
+    for m in ["chrf", "rougeL", "chatglm-bleu-4", "distinct-1"] {
+        assert!(result(&v, "remote-x", "arith", m)["value"].as_f64().is_some(), "{m}");
+    }
+}

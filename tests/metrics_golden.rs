@@ -178,3 +178,47 @@ fn cli_input_errors_name_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("rougeX"), "{}", stderr(&out));
 }
+
+#[test]
+fn chatglm_metrics_equal_the_chatglm2_evaluation() {
+    let g = goldens();
+    for case in g["chatglm"].as_array().unwrap() {
+        let c = case["corpus"].as_str().unwrap();
+        let (hyp, r) = (lines(&format!("{c}.hyp")), lines(&format!("{c}.ref0")));
+        let n = case["per_sample"]["bleu-4"].as_array().unwrap().len();
+        for (i, (h, t)) in hyp.iter().zip(&r).take(n).enumerate() {
+            let s = llmeval::metric::chatglm::sample(h, t);
+            for (k, key) in ["rouge-1", "rouge-2", "rouge-l", "bleu-4"].iter().enumerate() {
+                let want = case["per_sample"][key][i].as_f64().unwrap();
+                // Per sample the values are rounded to 4 decimals, so they agree exactly.
+                assert!((s[k] - want).abs() < 1e-9, "{c} sample {i} {key}: ours {} vs reference {want} ({h:?} / {t:?})", s[k]);
+            }
+        }
+        let hs: Vec<&str> = hyp.iter().take(n).map(String::as_str).collect();
+        let rs: Vec<&str> = r.iter().take(n).map(String::as_str).collect();
+        let m = llmeval::metric::chatglm::corpus(&hs, &rs);
+        for (k, key) in ["rouge-1", "rouge-2", "rouge-l", "bleu-4"].iter().enumerate() {
+            close(m[k], case["mean"][key].as_f64().unwrap(), 1e-9, &format!("{c} mean {key}"));
+        }
+    }
+}
+
+#[test]
+fn cli_chatglm_and_distinct() {
+    let g = goldens();
+    let want = g["chatglm"].as_array().unwrap().iter().find(|c| c["corpus"] == "zh").unwrap();
+    let p = |x: PathBuf| x.to_str().unwrap().to_string();
+    let v = metrics_cli(&["chatglm", "--hyp", &p(corpus("zh.hyp")), "--ref", &p(corpus("zh.ref0")), "--json"]);
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["bleu-4", "rouge-1", "rouge-2", "rouge-l"]);
+    for key in ["rouge-1", "rouge-2", "rouge-l", "bleu-4"] {
+        close(v[key].as_f64().unwrap(), want["mean"][key].as_f64().unwrap(), 1e-2, key);
+    }
+    let dir = TempDir::new("distinct");
+    let f = dir.write("outs.txt", "the cat sat\nthe cat ran\n");
+    let v = metrics_cli(&["distinct", "--hyp", f.to_str().unwrap(), "--json"]);
+    close(v["distinct-1"].as_f64().unwrap(), 4.0 / 6.0, 1e-12, "distinct-1");
+    close(v["distinct-2"].as_f64().unwrap(), 0.75, 1e-12, "distinct-2");
+    assert!(v["self-bleu"].as_f64().unwrap() >= 0.0);
+}
