@@ -1,8 +1,9 @@
-//! CPU matmul kernels for the built-in engine: `out[t][r] = dot(W[r], x[t])` for GGUF weight types.
-//! Activations are quantized once per call (Q8_0/Q8_1 as llama.cpp does) and multiplied in integers;
-//! for n > 1 (or for [`pack`]ed weights) 8 rows are interleaved in 4-byte groups ("R8") so one int8
-//! SIMD lane accumulates one output row and a tile of tokens reuses each weight load (AVX2 / AVX-VNNI).
-//! Rarer types and the exact path dequantize to f32 and use an f32 FMA kernel; work is split over rows×tokens on a rayon pool.
+//! CPU matmul kernels for the built-in engine (GGUF weight types; AVX2, AVX-VNNI or scalar, picked at run time).
+//! Q4_0/Q4_1/Q8_0 follow llama.cpp's math (activations quantized once per call to Q8_0/Q8_1, integer dots) on "R8"
+//! panels: 8 rows interleaved in 4-byte groups, so a SIMD lane owns an output row and each weight load serves a token
+//! tile ([`pack`] builds them at load time, else per call). Other types go through f32; threads: a spin-then-park pool.
+
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_variables))]
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -72,7 +73,11 @@ impl WType {
     }
     /// Bytes of a whole `rows × cols` matrix (packed types round rows up to a multiple of 8).
     pub const fn data_bytes(self, rows: usize, cols: usize) -> usize {
-        let rows = if self.is_packed() { rows.div_ceil(8) * 8 } else { rows };
+        let rows = if self.is_packed() {
+            rows.div_ceil(8) * 8
+        } else {
+            rows
+        };
         rows * self.row_bytes(cols)
     }
 }
@@ -89,7 +94,13 @@ pub struct Weight<'a> {
 impl Weight<'_> {
     fn check(&self) {
         let be = self.ty.block_elems();
-        assert!(self.cols % be == 0, "cols {} not a multiple of the {:?} block size {}", self.cols, self.ty, be);
+        assert!(
+            self.cols.is_multiple_of(be),
+            "cols {} not a multiple of the {:?} block size {}",
+            self.cols,
+            self.ty,
+            be
+        );
         assert!(
             self.data.len() >= self.ty.data_bytes(self.rows, self.cols),
             "weight data too short: {} < {}",
@@ -113,7 +124,12 @@ pub struct PackedWeight {
 
 impl PackedWeight {
     pub fn as_weight(&self) -> Weight<'_> {
-        Weight { ty: self.ty, rows: self.rows, cols: self.cols, data: &self.data }
+        Weight {
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            data: &self.data,
+        }
     }
 }
 
@@ -136,11 +152,17 @@ pub fn pack(w: &Weight) -> Option<PackedWeight> {
     run_tasks(ntasks, &|i| {
         for p in i * per..((i + 1) * per).min(np) {
             // SAFETY: each panel's bytes are written by one task only.
-            let dst = unsafe { std::slice::from_raw_parts_mut((dp.get() as *mut u8).add(p * pb), pb) };
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut((dp.get() as *mut u8).add(p * pb), pb) };
             pack_panel(w, p, dst);
         }
     });
-    Some(PackedWeight { ty, rows: w.rows, cols: w.cols, data })
+    Some(PackedWeight {
+        ty,
+        rows: w.rows,
+        cols: w.cols,
+        data,
+    })
 }
 
 const R8_Q4_BLOCK: usize = 160; // 16 B d + 16 B m + 128 B nibbles
@@ -161,7 +183,16 @@ fn pack_panel(w: &Weight, p: usize, dst: &mut [u8]) {
     if (p + 1) * 8 <= w.rows && Isa::Avx2.available() {
         assert!(dst.len() >= panel_bytes(packed_of(w.ty), w.cols));
         // SAFETY: all 8 rows exist (w.check() bounds the data) and dst holds a whole panel.
-        return unsafe { avx2::pack_panel_full(w.ty, w.data.as_ptr(), w.ty.row_bytes(w.cols), p, w.cols / 32, dst.as_mut_ptr()) };
+        return unsafe {
+            avx2::pack_panel_full(
+                w.ty,
+                w.data.as_ptr(),
+                w.ty.row_bytes(w.cols),
+                p,
+                w.cols / 32,
+                dst.as_mut_ptr(),
+            )
+        };
     }
     pack_panel_scalar(w, p, dst)
 }
@@ -201,7 +232,8 @@ fn pack_panel_scalar(w: &Weight, p: usize, dst: &mut [u8]) {
                     dst[o + 2 * l..o + 2 * l + 2].copy_from_slice(&blk[0..2]);
                     dst[o + 16 + 2 * l..o + 18 + 2 * l].copy_from_slice(&m);
                     for g in 0..4 {
-                        dst[o + 32 + 32 * g + 4 * l..o + 36 + 32 * g + 4 * l].copy_from_slice(&qs[4 * g..4 * g + 4]);
+                        dst[o + 32 + 32 * g + 4 * l..o + 36 + 32 * g + 4 * l]
+                            .copy_from_slice(&qs[4 * g..4 * g + 4]);
                     }
                 }
             }
@@ -256,7 +288,9 @@ impl Isa {
     pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
-            let base = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            let base = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             match self {
                 Isa::Scalar => true,
                 Isa::Avx2 => base,
@@ -280,17 +314,23 @@ impl Isa {
 pub fn detected_isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(|| {
-        let forced = std::env::var("LLMEVAL_ISA").ok().and_then(|v| match v.to_ascii_lowercase().as_str() {
-            "scalar" => Some(Isa::Scalar),
-            "avx2" => Some(Isa::Avx2),
-            "avxvnni" => Some(Isa::AvxVnni),
-            "avx512vnni" => Some(Isa::Avx512Vnni),
-            _ => None,
-        });
+        let forced =
+            std::env::var("LLMEVAL_ISA")
+                .ok()
+                .and_then(|v| match v.to_ascii_lowercase().as_str() {
+                    "scalar" => Some(Isa::Scalar),
+                    "avx2" => Some(Isa::Avx2),
+                    "avxvnni" => Some(Isa::AvxVnni),
+                    "avx512vnni" => Some(Isa::Avx512Vnni),
+                    _ => None,
+                });
         if let Some(i) = forced.filter(|i| i.available()) {
             return i;
         }
-        [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2].into_iter().find(|i| i.available()).unwrap_or(Isa::Scalar)
+        [Isa::Avx512Vnni, Isa::AvxVnni, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.available())
+            .unwrap_or(Isa::Scalar)
     })
 }
 
@@ -367,7 +407,11 @@ impl Pool {
                     .expect("spawning a matmul worker thread")
             })
             .collect();
-        Pool { shared, workers, submit: Mutex::new(()) }
+        Pool {
+            shared,
+            workers,
+            submit: Mutex::new(()),
+        }
     }
 
     fn run(&self, ntasks: usize, f: &(dyn Fn(usize) + Sync)) {
@@ -421,10 +465,13 @@ fn worker(sh: &PoolShared) {
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins % 128 == 0 && since.get_or_insert_with(std::time::Instant::now).elapsed() > SPIN {
+            if spins.is_multiple_of(128)
+                && since.get_or_insert_with(std::time::Instant::now).elapsed() > SPIN
+            {
                 let mut l = sh.lock.lock().unwrap();
                 sh.sleepers.fetch_add(1, Ordering::SeqCst);
-                while sh.epoch.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst) {
+                while sh.epoch.load(Ordering::SeqCst) == seen && !sh.shutdown.load(Ordering::SeqCst)
+                {
                     l = sh.cv.wait(l).unwrap();
                 }
                 sh.sleepers.fetch_sub(1, Ordering::SeqCst);
@@ -457,7 +504,10 @@ struct PoolState {
     pool: Option<Arc<Pool>>,
 }
 
-static POOL: RwLock<PoolState> = RwLock::new(PoolState { threads: 0, pool: None });
+static POOL: RwLock<PoolState> = RwLock::new(PoolState {
+    threads: 0,
+    pool: None,
+});
 
 /// Number of threads used by the kernels, the calling thread included (default: available parallelism).
 /// Keeps a persistent pool of `n - 1` workers; calling it again with the same count is free.
@@ -486,7 +536,11 @@ fn current_pool() -> (usize, Option<Arc<Pool>>) {
             return (st.threads, st.pool.clone());
         }
     }
-    set_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    set_threads(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    );
     let st = POOL.read().unwrap();
     (st.threads, st.pool.clone())
 }
@@ -541,7 +595,10 @@ fn kq_scale_min(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        ((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        (
+            (s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4),
+            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
+        )
     }
 }
 
@@ -582,7 +639,11 @@ fn dequant_row_raw(ty: WType, src: &[u8], y: &mut [f32]) {
                         }
                     }
                     WType::Q5_0 | WType::Q5_1 => {
-                        let (m, o) = if ty == WType::Q5_1 { (h16(blk, 2), 4) } else { (0.0, 2) };
+                        let (m, o) = if ty == WType::Q5_1 {
+                            (h16(blk, 2), 4)
+                        } else {
+                            (0.0, 2)
+                        };
                         let qh = u32::from_le_bytes([blk[o], blk[o + 1], blk[o + 2], blk[o + 3]]);
                         let off = if ty == WType::Q5_0 { 16 } else { 0 };
                         for j in 0..16 {
@@ -607,12 +668,21 @@ fn dequant_row_raw(ty: WType, src: &[u8], y: &mut [f32]) {
                 let d = h16(blk, 0);
                 let dmin = h16(blk, 2);
                 let sc = &blk[4..16];
-                let (qh, ql) = if ty == WType::Q5K { (&blk[16..48], &blk[48..176]) } else { (&blk[0..0], &blk[16..144]) };
+                let (qh, ql) = if ty == WType::Q5K {
+                    (&blk[16..48], &blk[48..176])
+                } else {
+                    (&blk[0..0], &blk[16..144])
+                };
                 for c in 0..4 {
                     // 64 outputs per chunk: low nibbles of 32 bytes, then high nibbles
                     let (s1, m1) = kq_scale_min(2 * c, sc);
                     let (s2, m2) = kq_scale_min(2 * c + 1, sc);
-                    let (d1, mm1, d2, mm2) = (d * s1 as f32, dmin * m1 as f32, d * s2 as f32, dmin * m2 as f32);
+                    let (d1, mm1, d2, mm2) = (
+                        d * s1 as f32,
+                        dmin * m1 as f32,
+                        d * s2 as f32,
+                        dmin * m2 as f32,
+                    );
                     let q = &ql[32 * c..32 * c + 32];
                     for l in 0..32 {
                         let (mut lo, mut hi) = ((q[l] & 15) as i32, (q[l] >> 4) as i32);
@@ -658,7 +728,7 @@ pub fn dequantize_row(w: &Weight, r: usize, out: &mut [f32]) {
     assert!(r < w.rows, "row {r} out of range ({} rows)", w.rows);
     let out = &mut out[..w.cols];
     if !w.ty.is_packed() {
-        return dequant_row_raw(w.ty, w.row(r), out);
+        return dequant_fast(detected_isa(), w.ty, w.row(r), out);
     }
     let nb = w.cols / 32;
     let pb = panel_bytes(w.ty, w.cols);
@@ -727,12 +797,22 @@ fn quant_block_scalar(x: &[f32], q: &mut [i8]) -> (f32, i32) {
 #[inline]
 fn block_scale(amax: f32) -> (f32, f32) {
     let id = 127.0 / amax;
-    if amax > 0.0 && id.is_finite() { (amax / 127.0, id) } else { (0.0, 0.0) }
+    if amax > 0.0 && id.is_finite() {
+        (amax / 127.0, id)
+    } else {
+        (0.0, 0.0)
+    }
 }
 
 fn quantize_acts(isa: Isa, x: &[f32], n: usize, k: usize, sk: SumKind, want_u: bool) -> QAct {
     let nb = k / 32;
-    let mut qa = QAct { nb, k, qs: vec![0i8; n * k], ds: vec![[0.0; 2]; n * nb], xu: Vec::new() };
+    let mut qa = QAct {
+        nb,
+        k,
+        qs: vec![0i8; n * k],
+        ds: vec![[0.0; 2]; n * nb],
+        xu: Vec::new(),
+    };
     let fill = |x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]| {
         for b in 0..nb {
             let xb = &x[32 * b..32 * b + 32];
@@ -759,15 +839,30 @@ fn quantize_acts(isa: Isa, x: &[f32], n: usize, k: usize, sk: SumKind, want_u: b
         run_tasks(nt, &|i| {
             let (t0, t1) = (i * per, ((i + 1) * per).min(n));
             // SAFETY: tasks cover disjoint token ranges of the two buffers.
-            let q = unsafe { std::slice::from_raw_parts_mut((qp.get() as *mut i8).add(t0 * k), (t1 - t0) * k) };
-            let ds = unsafe { std::slice::from_raw_parts_mut((dp.get() as *mut [f32; 2]).add(t0 * nb), (t1 - t0) * nb) };
+            let q = unsafe {
+                std::slice::from_raw_parts_mut((qp.get() as *mut i8).add(t0 * k), (t1 - t0) * k)
+            };
+            let ds = unsafe {
+                std::slice::from_raw_parts_mut(
+                    (dp.get() as *mut [f32; 2]).add(t0 * nb),
+                    (t1 - t0) * nb,
+                )
+            };
             for t in t0..t1 {
-                fill(&x[t * k..(t + 1) * k], &mut q[(t - t0) * k..(t - t0 + 1) * k], &mut ds[(t - t0) * nb..(t - t0 + 1) * nb]);
+                fill(
+                    &x[t * k..(t + 1) * k],
+                    &mut q[(t - t0) * k..(t - t0 + 1) * k],
+                    &mut ds[(t - t0) * nb..(t - t0 + 1) * nb],
+                );
             }
         });
     } else {
         for t in 0..n {
-            fill(&x[t * k..(t + 1) * k], &mut qa.qs[t * k..(t + 1) * k], &mut qa.ds[t * nb..(t + 1) * nb]);
+            fill(
+                &x[t * k..(t + 1) * k],
+                &mut qa.qs[t * k..(t + 1) * k],
+                &mut qa.ds[t * nb..(t + 1) * nb],
+            );
         }
     }
     if want_u {
@@ -835,7 +930,8 @@ mod scalar {
                 for g in 0..4 {
                     for i in 0..4 {
                         let q = bp[32 + 32 * g + 4 * l + i];
-                        isum += (q & 15) as i32 * x[4 * g + i] as i32 + (q >> 4) as i32 * x[16 + 4 * g + i] as i32;
+                        isum += (q & 15) as i32 * x[4 * g + i] as i32
+                            + (q >> 4) as i32 * x[16 + 4 * g + i] as i32;
                     }
                 }
                 s += (h16(bp, 2 * l) * ds[b][0]) * isum as f32 + h16(bp, 16 + 2 * l) * ds[b][1];
@@ -867,7 +963,12 @@ mod scalar {
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_impl {
     ($name:ident, $feat:literal, $vnni:expr, $dp:ident, $tq:literal, $tf:literal) => {
-        #[allow(clippy::missing_safety_doc, clippy::too_many_arguments, unused_unsafe, dead_code)]
+        #[allow(
+            clippy::missing_safety_doc,
+            clippy::too_many_arguments,
+            unused_unsafe,
+            dead_code
+        )]
         mod $name {
             use super::*;
             use std::arch::x86_64::*;
@@ -917,11 +1018,14 @@ macro_rules! simd_impl {
                     let i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v[2], idv));
                     let i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v[3], idv));
                     let s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
-                    let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+                    let s =
+                        _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
                     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
                     let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-                    let p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-                    let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                    let p =
+                        _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+                    let p =
+                        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
                     _mm256_storeu_si256(q as *mut __m256i, p);
                     (d, _mm_cvtsi128_si32(s))
                 }
@@ -929,14 +1033,23 @@ macro_rules! simd_impl {
 
             /// 8×4 (Q4) or 8×8 (Q8) transpose of 32-bit groups: panel `p` of raw weights, all 8 rows present.
             #[target_feature(enable = $feat)]
-            pub unsafe fn pack_panel_full(ty: WType, data: *const u8, rb: usize, p: usize, nb: usize, dst: *mut u8) {
+            pub unsafe fn pack_panel_full(
+                ty: WType,
+                data: *const u8,
+                rb: usize,
+                p: usize,
+                nb: usize,
+                dst: *mut u8,
+            ) {
                 unsafe {
                     let bs = ty.block_bytes();
                     let row = |l: usize, b: usize| data.add((8 * p + l) * rb + b * bs);
                     for b in 0..nb {
                         if ty == WType::Q8_0 {
                             let o = dst.add(b * R8_Q8_BLOCK);
-                            let y: [__m256i; 8] = std::array::from_fn(|l| _mm256_loadu_si256(row(l, b).add(2) as *const __m256i));
+                            let y: [__m256i; 8] = std::array::from_fn(|l| {
+                                _mm256_loadu_si256(row(l, b).add(2) as *const __m256i)
+                            });
                             let t0 = _mm256_unpacklo_epi32(y[0], y[1]);
                             let t1 = _mm256_unpackhi_epi32(y[0], y[1]);
                             let t2 = _mm256_unpacklo_epi32(y[2], y[3]);
@@ -946,10 +1059,14 @@ macro_rules! simd_impl {
                             let t6 = _mm256_unpacklo_epi32(y[6], y[7]);
                             let t7 = _mm256_unpackhi_epi32(y[6], y[7]);
                             let u = [
-                                _mm256_unpacklo_epi64(t0, t2), _mm256_unpackhi_epi64(t0, t2),
-                                _mm256_unpacklo_epi64(t1, t3), _mm256_unpackhi_epi64(t1, t3),
-                                _mm256_unpacklo_epi64(t4, t6), _mm256_unpackhi_epi64(t4, t6),
-                                _mm256_unpacklo_epi64(t5, t7), _mm256_unpackhi_epi64(t5, t7),
+                                _mm256_unpacklo_epi64(t0, t2),
+                                _mm256_unpackhi_epi64(t0, t2),
+                                _mm256_unpacklo_epi64(t1, t3),
+                                _mm256_unpackhi_epi64(t1, t3),
+                                _mm256_unpacklo_epi64(t4, t6),
+                                _mm256_unpackhi_epi64(t4, t6),
+                                _mm256_unpacklo_epi64(t5, t7),
+                                _mm256_unpackhi_epi64(t5, t7),
                             ];
                             // u[j] lane-half 0 = rows 0-3 group j (j<4) / j+4 in half 1; u[j+4] the same for rows 4-7
                             let ones8 = _mm256_set1_epi8(1);
@@ -960,44 +1077,313 @@ macro_rules! simd_impl {
                                 let h = _mm256_permute2x128_si256(u[j], u[j + 4], 0x31);
                                 _mm256_storeu_si256(o.add(32 + 32 * j) as *mut __m256i, g);
                                 _mm256_storeu_si256(o.add(32 + 32 * (j + 4)) as *mut __m256i, h);
-                                let sg = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, g), _mm256_maddubs_epi16(ones8, h));
+                                let sg = _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(ones8, g),
+                                    _mm256_maddubs_epi16(ones8, h),
+                                );
                                 sum = _mm256_add_epi32(sum, _mm256_madd_epi16(sg, ones16));
                             }
                             let sum16 = _mm256_packs_epi32(sum, sum); // lanes 0-3 | 4-7 duplicated per half
-                            let s = _mm_unpacklo_epi64(_mm256_castsi256_si128(sum16), _mm256_extracti128_si256(sum16, 1));
+                            let s = _mm_unpacklo_epi64(
+                                _mm256_castsi256_si128(sum16),
+                                _mm256_extracti128_si256(sum16, 1),
+                            );
                             _mm_storeu_si128(o.add(16) as *mut __m128i, s);
                             for l in 0..8 {
-                                (o.add(2 * l) as *mut u16).write_unaligned((row(l, b) as *const u16).read_unaligned());
+                                (o.add(2 * l) as *mut u16)
+                                    .write_unaligned((row(l, b) as *const u16).read_unaligned());
                             }
                         } else {
                             let o = dst.add(b * R8_Q4_BLOCK);
                             let qo = if ty == WType::Q4_1 { 4 } else { 2 };
                             let y: [__m256i; 4] = std::array::from_fn(|l| {
-                                _mm256_loadu2_m128i(row(l + 4, b).add(qo) as *const __m128i, row(l, b).add(qo) as *const __m128i)
+                                _mm256_loadu2_m128i(
+                                    row(l + 4, b).add(qo) as *const __m128i,
+                                    row(l, b).add(qo) as *const __m128i,
+                                )
                             });
                             let t0 = _mm256_unpacklo_epi32(y[0], y[1]);
                             let t1 = _mm256_unpackhi_epi32(y[0], y[1]);
                             let t2 = _mm256_unpacklo_epi32(y[2], y[3]);
                             let t3 = _mm256_unpackhi_epi32(y[2], y[3]);
-                            _mm256_storeu_si256(o.add(32) as *mut __m256i, _mm256_unpacklo_epi64(t0, t2));
-                            _mm256_storeu_si256(o.add(64) as *mut __m256i, _mm256_unpackhi_epi64(t0, t2));
-                            _mm256_storeu_si256(o.add(96) as *mut __m256i, _mm256_unpacklo_epi64(t1, t3));
-                            _mm256_storeu_si256(o.add(128) as *mut __m256i, _mm256_unpackhi_epi64(t1, t3));
+                            _mm256_storeu_si256(
+                                o.add(32) as *mut __m256i,
+                                _mm256_unpacklo_epi64(t0, t2),
+                            );
+                            _mm256_storeu_si256(
+                                o.add(64) as *mut __m256i,
+                                _mm256_unpackhi_epi64(t0, t2),
+                            );
+                            _mm256_storeu_si256(
+                                o.add(96) as *mut __m256i,
+                                _mm256_unpacklo_epi64(t1, t3),
+                            );
+                            _mm256_storeu_si256(
+                                o.add(128) as *mut __m256i,
+                                _mm256_unpackhi_epi64(t1, t3),
+                            );
                             let mut dv = [0u16; 8];
                             for l in 0..8 {
                                 let r = row(l, b) as *const u16;
                                 dv[l] = r.read_unaligned();
                                 if ty == WType::Q4_1 {
-                                    (o.add(16 + 2 * l) as *mut u16).write_unaligned(r.add(1).read_unaligned());
+                                    (o.add(16 + 2 * l) as *mut u16)
+                                        .write_unaligned(r.add(1).read_unaligned());
                                 }
                             }
                             let d = _mm_loadu_si128(dv.as_ptr() as *const __m128i);
                             _mm_storeu_si128(o as *mut __m128i, d);
                             if ty == WType::Q4_0 {
                                 let m = _mm256_mul_ps(_mm256_cvtph_ps(d), _mm256_set1_ps(-8.0));
-                                _mm_storeu_si128(o.add(16) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(m));
+                                _mm_storeu_si128(
+                                    o.add(16) as *mut __m128i,
+                                    _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(m),
+                                );
                             }
                         }
+                    }
+                }
+            }
+
+            /// Stores 32 signed bytes `q` as `q·a + b` floats (mul then add: bitwise equal to the scalar code).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn store32_i8(q: __m256i, a: __m256, b: __m256, y: *mut f32) {
+                unsafe {
+                    let lo = _mm256_castsi256_si128(q);
+                    let hi = _mm256_extracti128_si256(q, 1);
+                    let parts = [lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)];
+                    for (i, p) in parts.into_iter().enumerate() {
+                        let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p));
+                        _mm256_storeu_ps(y.add(8 * i), _mm256_add_ps(_mm256_mul_ps(f, a), b));
+                    }
+                }
+            }
+
+            /// Like `store32_i8` for 16 values with a different scale/offset per 16 (Q6_K sub-blocks).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn store16_i8(q: __m128i, a: __m256, b: __m256, y: *mut f32) {
+                unsafe {
+                    for (i, p) in [q, _mm_srli_si128(q, 8)].into_iter().enumerate() {
+                        let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p));
+                        _mm256_storeu_ps(y.add(8 * i), _mm256_add_ps(_mm256_mul_ps(f, a), b));
+                    }
+                }
+            }
+
+            /// SIMD twin of `dequant_row_raw` for every non-packed type; identical results.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn dequant_row(ty: WType, src: &[u8], y: &mut [f32]) {
+                unsafe {
+                    let m4 = _mm256_set1_epi8(0x0F);
+                    let zero = _mm256_setzero_ps();
+                    let yp = y.as_mut_ptr();
+                    let sp = src.as_ptr();
+                    let n = y.len();
+                    match ty {
+                        WType::F16 | WType::BF16 | WType::F32 => {
+                            let mut i = 0;
+                            while i + 8 <= n {
+                                let v = match ty {
+                                    WType::F32 => _mm256_loadu_ps(sp.add(4 * i) as *const f32),
+                                    WType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(
+                                        sp.add(2 * i) as *const __m128i
+                                    )),
+                                    _ => _mm256_castsi256_ps(_mm256_slli_epi32(
+                                        _mm256_cvtepu16_epi32(_mm_loadu_si128(
+                                            sp.add(2 * i) as *const __m128i
+                                        )),
+                                        16,
+                                    )),
+                                };
+                                _mm256_storeu_ps(yp.add(i), v);
+                                i += 8;
+                            }
+                            if i < n {
+                                let eb = if ty == WType::F32 { 4 } else { 2 };
+                                dequant_row_raw(ty, &src[i * eb..n * eb], &mut y[i..n]);
+                            }
+                        }
+                        WType::Q4_0 | WType::Q4_1 | WType::Q5_0 | WType::Q5_1 | WType::Q8_0 => {
+                            let bs = ty.block_bytes();
+                            // bit j of a 32-bit word → byte j
+                            let shuf = _mm256_setr_epi8(
+                                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2,
+                                2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+                            );
+                            let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                            for b in 0..n / 32 {
+                                let blk = sp.add(b * bs);
+                                let d = _mm256_set1_ps(h16(src, b * bs));
+                                let y = yp.add(32 * b);
+                                match ty {
+                                    WType::Q8_0 => store32_i8(
+                                        _mm256_loadu_si256(blk.add(2) as *const __m256i),
+                                        d,
+                                        zero,
+                                        y,
+                                    ),
+                                    _ => {
+                                        let qo = match ty {
+                                            WType::Q4_0 => 2,
+                                            WType::Q4_1 => 4,
+                                            WType::Q5_0 => 6,
+                                            _ => 8,
+                                        };
+                                        let q = _mm_loadu_si128(blk.add(qo) as *const __m128i);
+                                        let mut v = _mm256_set_m128i(
+                                            _mm_and_si128(
+                                                _mm_srli_epi16(q, 4),
+                                                _mm256_castsi256_si128(m4),
+                                            ),
+                                            _mm_and_si128(q, _mm256_castsi256_si128(m4)),
+                                        );
+                                        if matches!(ty, WType::Q5_0 | WType::Q5_1) {
+                                            let qh =
+                                                (blk.add(qo - 4) as *const i32).read_unaligned();
+                                            let hb =
+                                                _mm256_shuffle_epi8(_mm256_set1_epi32(qh), shuf);
+                                            let hb =
+                                                _mm256_cmpeq_epi8(_mm256_and_si256(hb, bits), bits);
+                                            v = _mm256_or_si256(
+                                                v,
+                                                _mm256_and_si256(hb, _mm256_set1_epi8(0x10)),
+                                            );
+                                        }
+                                        let (off, m) = match ty {
+                                            WType::Q4_0 => (8, zero),
+                                            WType::Q5_0 => (16, zero),
+                                            WType::Q4_1 | WType::Q5_1 => {
+                                                (0, _mm256_set1_ps(h16(src, b * bs + 2)))
+                                            }
+                                            _ => unreachable!(),
+                                        };
+                                        store32_i8(
+                                            _mm256_sub_epi8(v, _mm256_set1_epi8(off)),
+                                            d,
+                                            m,
+                                            y,
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        WType::Q4K | WType::Q5K => {
+                            let bs = ty.block_bytes();
+                            let one = _mm256_set1_epi8(1);
+                            for b in 0..n / 256 {
+                                let blk = &src[b * bs..(b + 1) * bs];
+                                let d = h16(blk, 0);
+                                let dmin = h16(blk, 2);
+                                let sc = &blk[4..16];
+                                let (qh, ql) = if ty == WType::Q5K {
+                                    (blk.as_ptr().add(16), blk.as_ptr().add(48))
+                                } else {
+                                    (blk.as_ptr(), blk.as_ptr().add(16))
+                                };
+                                let qhv = _mm256_loadu_si256(qh as *const __m256i);
+                                for c in 0..4 {
+                                    let (s1, mn1) = kq_scale_min(2 * c, sc);
+                                    let (s2, mn2) = kq_scale_min(2 * c + 1, sc);
+                                    let q = _mm256_loadu_si256(ql.add(32 * c) as *const __m256i);
+                                    let mut lo = _mm256_and_si256(q, m4);
+                                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                                    if ty == WType::Q5K {
+                                        let sh = _mm_cvtsi32_si128(2 * c as i32);
+                                        let h1 = _mm256_and_si256(_mm256_srl_epi16(qhv, sh), one);
+                                        let h2 = _mm256_and_si256(
+                                            _mm256_srl_epi16(
+                                                qhv,
+                                                _mm_cvtsi32_si128(2 * c as i32 + 1),
+                                            ),
+                                            one,
+                                        );
+                                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(h1, 4));
+                                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(h2, 4));
+                                    }
+                                    let y = yp.add(256 * b + 64 * c);
+                                    // y = d1·q − m1 as mul then add of −m1 (same rounding as the scalar sub)
+                                    store32_i8(
+                                        lo,
+                                        _mm256_set1_ps(d * s1 as f32),
+                                        _mm256_set1_ps(-(dmin * mn1 as f32)),
+                                        y,
+                                    );
+                                    store32_i8(
+                                        hi,
+                                        _mm256_set1_ps(d * s2 as f32),
+                                        _mm256_set1_ps(-(dmin * mn2 as f32)),
+                                        y.add(32),
+                                    );
+                                }
+                            }
+                        }
+                        WType::Q6K => {
+                            let m3 = _mm256_set1_epi8(3);
+                            let c32 = _mm256_set1_epi8(32);
+                            for b in 0..n / 256 {
+                                let blk = &src[b * 210..(b + 1) * 210];
+                                let d = h16(blk, 208);
+                                for half in 0..2 {
+                                    let bp = blk.as_ptr();
+                                    let a = _mm256_loadu_si256(bp.add(64 * half) as *const __m256i);
+                                    let bq = _mm256_loadu_si256(
+                                        bp.add(64 * half + 32) as *const __m256i
+                                    );
+                                    let h = _mm256_loadu_si256(
+                                        bp.add(128 + 32 * half) as *const __m256i
+                                    );
+                                    let hb = |s: i32| -> __m256i {
+                                        let v = match s {
+                                            0 => h,
+                                            2 => _mm256_srli_epi16(h, 2),
+                                            4 => _mm256_srli_epi16(h, 4),
+                                            _ => _mm256_srli_epi16(h, 6),
+                                        };
+                                        _mm256_slli_epi16(_mm256_and_si256(v, m3), 4)
+                                    };
+                                    let qs = [
+                                        _mm256_sub_epi8(
+                                            _mm256_or_si256(_mm256_and_si256(a, m4), hb(0)),
+                                            c32,
+                                        ),
+                                        _mm256_sub_epi8(
+                                            _mm256_or_si256(_mm256_and_si256(bq, m4), hb(2)),
+                                            c32,
+                                        ),
+                                        _mm256_sub_epi8(
+                                            _mm256_or_si256(
+                                                _mm256_and_si256(_mm256_srli_epi16(a, 4), m4),
+                                                hb(4),
+                                            ),
+                                            c32,
+                                        ),
+                                        _mm256_sub_epi8(
+                                            _mm256_or_si256(
+                                                _mm256_and_si256(_mm256_srli_epi16(bq, 4), m4),
+                                                hb(6),
+                                            ),
+                                            c32,
+                                        ),
+                                    ];
+                                    let sc = &blk[192 + 8 * half..200 + 8 * half];
+                                    for (k, q) in qs.into_iter().enumerate() {
+                                        let y = yp.add(256 * b + 128 * half + 32 * k);
+                                        let s0 = _mm256_set1_ps(d * (sc[2 * k] as i8 as f32));
+                                        let s1 = _mm256_set1_ps(d * (sc[2 * k + 1] as i8 as f32));
+                                        store16_i8(_mm256_castsi256_si128(q), s0, zero, y);
+                                        store16_i8(
+                                            _mm256_extracti128_si256(q, 1),
+                                            s1,
+                                            zero,
+                                            y.add(16),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        _ => unreachable!(),
                     }
                 }
             }
@@ -1007,7 +1393,13 @@ macro_rules! simd_impl {
             /// Q4_0R8/Q4_1R8 panel × T tokens → `out[t*os .. +8]`.
             #[target_feature(enable = $feat)]
             pub unsafe fn q4r8<const T: usize>(
-                p: *const u8, nb: usize, x: *const i8, xs: usize, ds: *const [f32; 2], out: *mut f32, os: usize,
+                p: *const u8,
+                nb: usize,
+                x: *const i8,
+                xs: usize,
+                ds: *const [f32; 2],
+                out: *mut f32,
+                os: usize,
             ) {
                 unsafe {
                     let m4 = _mm256_set1_epi8(0x0F);
@@ -1029,7 +1421,10 @@ macro_rules! simd_impl {
                                     acc[t] = $dp(acc[t], w1, x1);
                                 } else {
                                     // |pair| <= 2·15·127, eight of them fit in i16
-                                    let s = _mm256_add_epi16(_mm256_maddubs_epi16(w0, x0), _mm256_maddubs_epi16(w1, x1));
+                                    let s = _mm256_add_epi16(
+                                        _mm256_maddubs_epi16(w0, x0),
+                                        _mm256_maddubs_epi16(w1, x1),
+                                    );
                                     acc[t] = _mm256_add_epi16(acc[t], s);
                                 }
                             }
@@ -1039,8 +1434,16 @@ macro_rules! simd_impl {
                         let m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
                         for t in 0..T {
                             let s = *ds.add(t * nb + b);
-                            let isum = if VNNI { acc[t] } else { _mm256_madd_epi16(acc[t], ones) };
-                            facc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(s[0])), facc[t]);
+                            let isum = if VNNI {
+                                acc[t]
+                            } else {
+                                _mm256_madd_epi16(acc[t], ones)
+                            };
+                            facc[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(isum),
+                                _mm256_mul_ps(d, _mm256_set1_ps(s[0])),
+                                facc[t],
+                            );
                             facc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(s[1]), facc[t]);
                         }
                     }
@@ -1053,7 +1456,13 @@ macro_rules! simd_impl {
             /// Q8_0R8 panel × T tokens. With VNNI `x` must be the `q+128` bytes (row sums correct it).
             #[target_feature(enable = $feat)]
             pub unsafe fn q8r8<const T: usize>(
-                p: *const u8, nb: usize, x: *const u8, xs: usize, ds: *const [f32; 2], out: *mut f32, os: usize,
+                p: *const u8,
+                nb: usize,
+                x: *const u8,
+                xs: usize,
+                ds: *const [f32; 2],
+                out: *mut f32,
+                os: usize,
             ) {
                 unsafe {
                     let ones = _mm256_set1_epi16(1);
@@ -1061,7 +1470,9 @@ macro_rules! simd_impl {
                     for b in 0..nb {
                         let bp = p.add(b * R8_Q8_BLOCK);
                         let mut acc = if VNNI {
-                            let ws = _mm256_cvtepi16_epi32(_mm_loadu_si128(bp.add(16) as *const __m128i));
+                            let ws = _mm256_cvtepi16_epi32(_mm_loadu_si128(
+                                bp.add(16) as *const __m128i
+                            ));
                             [_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(ws, 7)); T]
                         } else {
                             [_mm256_setzero_si256(); T]
@@ -1084,7 +1495,11 @@ macro_rules! simd_impl {
                         let d = _mm256_cvtph_ps(_mm_loadu_si128(bp as *const __m128i));
                         for t in 0..T {
                             let s = *ds.add(t * nb + b);
-                            facc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[t]), _mm256_mul_ps(d, _mm256_set1_ps(s[0])), facc[t]);
+                            facc[t] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(acc[t]),
+                                _mm256_mul_ps(d, _mm256_set1_ps(s[0])),
+                                facc[t],
+                            );
                         }
                     }
                     for t in 0..T {
@@ -1095,7 +1510,14 @@ macro_rules! simd_impl {
 
             /// f32 panel (`[k][16]`) × T tokens → `out[t*os .. +16]`.
             #[target_feature(enable = $feat)]
-            pub unsafe fn f32p<const T: usize>(p: *const f32, k: usize, x: *const f32, xs: usize, out: *mut f32, os: usize) {
+            pub unsafe fn f32p<const T: usize>(
+                p: *const f32,
+                k: usize,
+                x: *const f32,
+                xs: usize,
+                out: *mut f32,
+                os: usize,
+            ) {
                 unsafe {
                     let mut a0 = [_mm256_setzero_ps(); T];
                     let mut a1 = [_mm256_setzero_ps(); T];
@@ -1119,8 +1541,17 @@ macro_rules! simd_impl {
             /// `out` points at (token 0, first row of the group); `valid` = rows of the group that exist.
             #[target_feature(enable = $feat)]
             pub unsafe fn r8_group(
-                ty: WType, panels: *const u8, pb: usize, npan: usize, valid: usize, nb: usize, qa: &QAct, t0: usize,
-                nt: usize, out: *mut f32, os: usize,
+                ty: WType,
+                panels: *const u8,
+                pb: usize,
+                npan: usize,
+                valid: usize,
+                nb: usize,
+                qa: &QAct,
+                t0: usize,
+                nt: usize,
+                out: *mut f32,
+                os: usize,
             ) {
                 unsafe {
                     let k = qa.k;
@@ -1131,11 +1562,20 @@ macro_rules! simd_impl {
                         let tt = (nt - t).min(TQ);
                         for pi in 0..npan {
                             let full = (pi + 1) * 8 <= valid;
-                            let (o, ost) = if full { (out.add(t * os + pi * 8), os) } else { (tmp.as_mut_ptr(), 8) };
+                            let (o, ost) = if full {
+                                (out.add(t * os + pi * 8), os)
+                            } else {
+                                (tmp.as_mut_ptr(), 8)
+                            };
                             let pp = panels.add(pi * pb);
                             let dst = ds.add(t * nb);
                             if ty == WType::Q8_0R8 {
-                                let xp = if VNNI { qa.xu.as_ptr() } else { qa.qs.as_ptr() as *const u8 }.add((t0 + t) * k);
+                                let xp = if VNNI {
+                                    qa.xu.as_ptr()
+                                } else {
+                                    qa.qs.as_ptr() as *const u8
+                                }
+                                .add((t0 + t) * k);
                                 seq_tiles!(tt, TQ, q8r8(pp, nb, xp, k, dst, o, ost));
                             } else {
                                 let xp = qa.qs.as_ptr().add((t0 + t) * k);
@@ -1144,7 +1584,11 @@ macro_rules! simd_impl {
                             if !full {
                                 let vr = valid.saturating_sub(pi * 8).min(8);
                                 for i in 0..tt {
-                                    std::ptr::copy_nonoverlapping(tmp.as_ptr().add(8 * i), out.add((t + i) * os + pi * 8), vr);
+                                    std::ptr::copy_nonoverlapping(
+                                        tmp.as_ptr().add(8 * i),
+                                        out.add((t + i) * os + pi * 8),
+                                        vr,
+                                    );
                                 }
                             }
                         }
@@ -1156,7 +1600,14 @@ macro_rules! simd_impl {
             /// f32 panels (16 rows each) over `nt` tokens.
             #[target_feature(enable = $feat)]
             pub unsafe fn f32_group(
-                panels: *const f32, k: usize, npan: usize, valid: usize, x: *const f32, nt: usize, out: *mut f32, os: usize,
+                panels: *const f32,
+                k: usize,
+                npan: usize,
+                valid: usize,
+                x: *const f32,
+                nt: usize,
+                out: *mut f32,
+                os: usize,
             ) {
                 unsafe {
                     let mut tmp = [0f32; 16 * $tf];
@@ -1165,14 +1616,22 @@ macro_rules! simd_impl {
                         let tt = (nt - t).min(TF);
                         for pi in 0..npan {
                             let full = (pi + 1) * 16 <= valid;
-                            let (o, ost) = if full { (out.add(t * os + pi * 16), os) } else { (tmp.as_mut_ptr(), 16) };
+                            let (o, ost) = if full {
+                                (out.add(t * os + pi * 16), os)
+                            } else {
+                                (tmp.as_mut_ptr(), 16)
+                            };
                             let pp = panels.add(pi * 16 * k);
                             let xp = x.add(t * k);
                             seq_tiles!(tt, TF, f32p(pp, k, xp, k, o, ost));
                             if !full {
                                 let vr = valid.saturating_sub(pi * 16).min(16);
                                 for i in 0..tt {
-                                    std::ptr::copy_nonoverlapping(tmp.as_ptr().add(16 * i), out.add((t + i) * os + pi * 16), vr);
+                                    std::ptr::copy_nonoverlapping(
+                                        tmp.as_ptr().add(16 * i),
+                                        out.add((t + i) * os + pi * 16),
+                                        vr,
+                                    );
                                 }
                             }
                         }
@@ -1186,7 +1645,11 @@ macro_rules! simd_impl {
             /// R rows of raw Q4_0 (`Q40`) or Q4_1 × one quantized token.
             #[target_feature(enable = $feat)]
             pub unsafe fn q4_direct<const R: usize, const Q40: bool>(
-                rows: &[*const u8; R], nb: usize, xq: *const i8, ds: *const [f32; 2], res: &mut [f32; R],
+                rows: &[*const u8; R],
+                nb: usize,
+                xq: *const i8,
+                ds: *const [f32; 2],
+                res: &mut [f32; R],
             ) {
                 unsafe {
                     let (bs, qo) = if Q40 { (18, 2) } else { (20, 4) };
@@ -1200,7 +1663,10 @@ macro_rules! simd_impl {
                         for i in 0..R {
                             let blk = rows[i].add(b * bs);
                             let q = _mm_loadu_si128(blk.add(qo) as *const __m128i);
-                            let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m4), _mm_and_si128(q, m4));
+                            let w = _mm256_set_m128i(
+                                _mm_and_si128(_mm_srli_epi16(q, 4), m4),
+                                _mm_and_si128(q, m4),
+                            );
                             let isum = if VNNI {
                                 $dp(_mm256_setzero_si256(), w, xv)
                             } else {
@@ -1209,10 +1675,16 @@ macro_rules! simd_impl {
                             let dm = if Q40 {
                                 _mm_cvtph_ps(_mm_set1_epi16((blk as *const i16).read_unaligned()))
                             } else {
-                                _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const i32).read_unaligned()))
+                                _mm_cvtph_ps(_mm_cvtsi32_si128(
+                                    (blk as *const i32).read_unaligned(),
+                                ))
                             };
                             let prod = _mm_mul_ps(dm, dsv);
-                            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_broadcastss_ps(prod), acc[i]);
+                            acc[i] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(isum),
+                                _mm256_broadcastss_ps(prod),
+                                acc[i],
+                            );
                             mac[i] = _mm_add_ps(mac[i], prod);
                         }
                     }
@@ -1226,7 +1698,11 @@ macro_rules! simd_impl {
             /// R rows of raw Q8_0 × one quantized token.
             #[target_feature(enable = $feat)]
             pub unsafe fn q8_direct<const R: usize>(
-                rows: &[*const u8; R], nb: usize, xq: *const i8, ds: *const [f32; 2], res: &mut [f32; R],
+                rows: &[*const u8; R],
+                nb: usize,
+                xq: *const i8,
+                ds: *const [f32; 2],
+                res: &mut [f32; R],
             ) {
                 unsafe {
                     let ones = _mm256_set1_epi16(1);
@@ -1244,9 +1720,15 @@ macro_rules! simd_impl {
                             } else {
                                 _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones)
                             };
-                            let d = _mm_cvtph_ps(_mm_cvtsi32_si128((blk as *const u16).read_unaligned() as i32));
+                            let d = _mm_cvtph_ps(_mm_cvtsi32_si128(
+                                (blk as *const u16).read_unaligned() as i32,
+                            ));
                             let dd = _mm_mul_ss(d, dx);
-                            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_broadcastss_ps(dd), acc[i]);
+                            acc[i] = _mm256_fmadd_ps(
+                                _mm256_cvtepi32_ps(isum),
+                                _mm256_broadcastss_ps(dd),
+                                acc[i],
+                            );
                         }
                     }
                     for i in 0..R {
@@ -1261,9 +1743,13 @@ macro_rules! simd_impl {
                 unsafe {
                     match TY {
                         0 => _mm256_loadu_ps((p as *const f32).add(i)),
-                        1 => _mm256_cvtph_ps(_mm_loadu_si128((p as *const u16).add(i) as *const __m128i)),
+                        1 => _mm256_cvtph_ps(_mm_loadu_si128(
+                            (p as *const u16).add(i) as *const __m128i
+                        )),
                         _ => _mm256_castsi256_ps(_mm256_slli_epi32(
-                            _mm256_cvtepu16_epi32(_mm_loadu_si128((p as *const u16).add(i) as *const __m128i)),
+                            _mm256_cvtepu16_epi32(_mm_loadu_si128(
+                                (p as *const u16).add(i) as *const __m128i
+                            )),
                             16,
                         )),
                     }
@@ -1272,7 +1758,12 @@ macro_rules! simd_impl {
 
             /// R rows of f32 (TY=0) / f16 (1) / bf16 (2) data × one f32 token.
             #[target_feature(enable = $feat)]
-            pub unsafe fn fdot<const R: usize, const TY: u8>(rows: &[*const u8; R], k: usize, x: *const f32, res: &mut [f32; R]) {
+            pub unsafe fn fdot<const R: usize, const TY: u8>(
+                rows: &[*const u8; R],
+                k: usize,
+                x: *const f32,
+                res: &mut [f32; R],
+            ) {
                 unsafe {
                     let mut a0 = [_mm256_setzero_ps(); R];
                     let mut a1 = [_mm256_setzero_ps(); R];
@@ -1298,8 +1789,14 @@ macro_rules! simd_impl {
                         for j in kk..k {
                             let w = match TY {
                                 0 => (rows[i] as *const f32).add(j).read_unaligned(),
-                                1 => f16::from_bits((rows[i] as *const u16).add(j).read_unaligned()).to_f32(),
-                                _ => half::bf16::from_bits((rows[i] as *const u16).add(j).read_unaligned()).to_f32(),
+                                1 => {
+                                    f16::from_bits((rows[i] as *const u16).add(j).read_unaligned())
+                                        .to_f32()
+                                }
+                                _ => half::bf16::from_bits(
+                                    (rows[i] as *const u16).add(j).read_unaligned(),
+                                )
+                                .to_f32(),
                             };
                             s += w * *x.add(j);
                         }
@@ -1330,11 +1827,25 @@ macro_rules! seq_tiles {
 }
 
 #[cfg(target_arch = "x86_64")]
-simd_impl!(avx2, "avx2,fma,f16c", false, _mm256_dpbusd_avx_epi32, 4, 6);
+simd_impl!(avx2, "avx2,fma,f16c", false, _mm256_dpbusd_avx_epi32, 6, 6);
 #[cfg(target_arch = "x86_64")]
-simd_impl!(avxvnni, "avx2,fma,f16c,avxvnni", true, _mm256_dpbusd_avx_epi32, 4, 6);
+simd_impl!(
+    avxvnni,
+    "avx2,fma,f16c,avxvnni",
+    true,
+    _mm256_dpbusd_avx_epi32,
+    6,
+    6
+);
 #[cfg(target_arch = "x86_64")]
-simd_impl!(avx512vnni, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", true, _mm256_dpbusd_epi32, 8, 6);
+simd_impl!(
+    avx512vnni,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    true,
+    _mm256_dpbusd_epi32,
+    8,
+    6
+);
 
 /// Binds `$m` to the SIMD module of `$isa` (never called with `Isa::Scalar`).
 #[cfg(target_arch = "x86_64")]
@@ -1362,10 +1873,6 @@ macro_rules! with_simd {
 // Drivers
 // ---------------------------------------------------------------------------------------------
 
-/// Raw Q4_0/Q4_1/Q8_0 weights use the direct (row-layout) kernels below this many tokens and R8 panels
-/// (repacked per call) from it on. Measured on the SmolLM2 decode step, repacking wins already at n = 1
-/// (the direct Q8_0 kernel streams its 34-byte rows poorly), so the direct kernels only serve `matmul_rows`.
-const PANEL_MIN_N: usize = 1;
 /// Float / dequantized weights use f32 panels from this many tokens on.
 const F32_PANEL_MIN_N: usize = 4;
 /// Panel bytes one task keeps hot (L2-sized share).
@@ -1392,7 +1899,11 @@ enum Path {
 
 fn path_of(ty: WType, exact: bool) -> Path {
     match ty {
-        WType::Q4_0 | WType::Q4_1 | WType::Q8_0 | WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8 if !exact => Path::Quant,
+        WType::Q4_0 | WType::Q4_1 | WType::Q8_0 | WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8
+            if !exact =>
+        {
+            Path::Quant
+        }
         _ => Path::Float,
     }
 }
@@ -1420,20 +1931,15 @@ pub fn matmul_isa(isa: Isa, exact: bool, w: &Weight, x: &[f32], n: usize, out: &
     let out = &mut out[..n * w.rows];
     let path = path_of(w.ty, exact);
     if path == Path::Quant {
-        let want_u = w.ty == WType::Q8_0R8 || (w.ty == WType::Q8_0 && n >= PANEL_MIN_N);
-        let want_u = want_u && matches!(isa, Isa::AvxVnni | Isa::Avx512Vnni);
+        let want_u = matches!(w.ty, WType::Q8_0 | WType::Q8_0R8)
+            && matches!(isa, Isa::AvxVnni | Isa::Avx512Vnni);
         let qa = quantize_acts(isa, x, n, w.cols, sum_kind(w.ty), want_u);
-        if isa == Isa::Scalar {
-            return rows_generic(isa, exact, w, x, Some(&qa), n, out);
-        }
         #[cfg(target_arch = "x86_64")]
-        {
-            if w.ty.is_packed() || n >= PANEL_MIN_N {
-                r8_path(isa, w, &qa, n, out)
-            } else {
-                rows_generic(isa, exact, w, x, Some(&qa), n, out)
-            }
+        if isa != Isa::Scalar {
+            // R8 panels (repacked per call for raw weights): faster than the row-layout kernels from n = 1 on
+            return r8_path(isa, w, &qa, n, out);
         }
+        rows_generic(isa, exact, w, x, Some(&qa), n, out)
     } else {
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar && n >= F32_PANEL_MIN_N {
@@ -1444,15 +1950,30 @@ pub fn matmul_isa(isa: Isa, exact: bool, w: &Weight, x: &[f32], n: usize, out: &
 }
 
 /// Row-parallel evaluation, token loop inside (decode; also every scalar case).
-fn rows_generic(isa: Isa, exact: bool, w: &Weight, x: &[f32], qa: Option<&QAct>, n: usize, out: &mut [f32]) {
+fn rows_generic(
+    isa: Isa,
+    exact: bool,
+    w: &Weight,
+    x: &[f32],
+    qa: Option<&QAct>,
+    n: usize,
+    out: &mut [f32],
+) {
     let rows = w.rows;
     let group = if w.ty.is_packed() { 8 } else { 4 };
-    // ~64 KiB of weights per task at least (decode calls are µs-scale), equal task sizes
-    let row_bytes = w.ty.row_bytes(w.cols).max(1);
-    let min_rows = (65536 / row_bytes).max(group);
+    // up to 8 equal tasks per thread (claimed dynamically), each with at least ~32 KiB of weights
     let units = rows.div_ceil(group);
-    let (_, per_units) = split(units, units.div_ceil(rows.div_ceil(min_rows).max(1)).max(1), threads());
-    let per = per_units * group;
+    let min_units = (32768 / (w.ty.row_bytes(w.cols) * group).max(1)).max(1);
+    let th = threads();
+    let mut tasks = if th > 1 {
+        (8 * th).min((units / min_units).max(1))
+    } else {
+        1
+    };
+    if tasks > th {
+        tasks = tasks / th * th;
+    }
+    let per = units.div_ceil(tasks) * group;
     let ntasks = rows.div_ceil(per);
     let op = OutPtr(out.as_mut_ptr());
     run_tasks(ntasks, &|i| {
@@ -1463,76 +1984,41 @@ fn rows_generic(isa: Isa, exact: bool, w: &Weight, x: &[f32], qa: Option<&QAct>,
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_task(isa: Isa, exact: bool, w: &Weight, x: &[f32], qa: Option<&QAct>, n: usize, r0: usize, r1: usize, op: OutPtr) {
+unsafe fn rows_task(
+    isa: Isa,
+    exact: bool,
+    w: &Weight,
+    x: &[f32],
+    qa: Option<&QAct>,
+    n: usize,
+    r0: usize,
+    r1: usize,
+    op: OutPtr,
+) {
     let rows = w.rows;
     let k = w.cols;
     let put = |t: usize, r: usize, v: f32| unsafe { *op.get().add(t * rows + r) = v };
     if let Some(qa) = qa {
+        // quantized activations reach here only on the scalar path (SIMD uses r8_path)
         let nb = qa.nb;
-        if w.ty.is_packed() {
-            let pb = panel_bytes(w.ty, k);
-            #[cfg(target_arch = "x86_64")]
-            if isa != Isa::Scalar {
-                // packed weights always take r8_path on SIMD
-                unreachable!()
-            }
-            for r in r0..r1 {
-                let panel = &w.data[(r / 8) * pb..(r / 8 + 1) * pb];
-                for t in 0..n {
-                    put(t, r, scalar::r8_row(w.ty, panel, r % 8, &qa.qs[t * k..(t + 1) * k], &qa.ds[t * nb..(t + 1) * nb]));
-                }
-            }
-            return;
-        }
-        if isa == Isa::Scalar {
-            for r in r0..r1 {
-                for t in 0..n {
-                    let (xq, ds) = (&qa.qs[t * k..(t + 1) * k], &qa.ds[t * nb..(t + 1) * nb]);
-                    let v = if w.ty == WType::Q8_0 { scalar::q8_row(w.row(r), xq, ds) } else { scalar::q4_row(w.ty, w.row(r), xq, ds) };
-                    put(t, r, v);
-                }
-            }
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        with_simd!(isa, m => {
-            let rb = w.ty.row_bytes(k);
-            let base = w.data.as_ptr();
+        let pb = if w.ty.is_packed() {
+            panel_bytes(w.ty, k)
+        } else {
+            0
+        };
+        for r in r0..r1 {
             for t in 0..n {
-                let xq = unsafe { qa.qs.as_ptr().add(t * k) };
-                let ds = unsafe { qa.ds.as_ptr().add(t * nb) };
-                let mut r = r0;
-                while r < r1 {
-                    if r + 4 <= r1 {
-                        let rp = [0, 1, 2, 3].map(|i| unsafe { base.add((r + i) * rb) });
-                        let mut res = [0f32; 4];
-                        unsafe {
-                            match w.ty {
-                                WType::Q4_0 => m::q4_direct::<4, true>(&rp, nb, xq, ds, &mut res),
-                                WType::Q4_1 => m::q4_direct::<4, false>(&rp, nb, xq, ds, &mut res),
-                                _ => m::q8_direct::<4>(&rp, nb, xq, ds, &mut res),
-                            }
-                        }
-                        for (i, v) in res.into_iter().enumerate() {
-                            put(t, r + i, v);
-                        }
-                        r += 4;
-                    } else {
-                        let rp = [unsafe { base.add(r * rb) }];
-                        let mut res = [0f32; 1];
-                        unsafe {
-                            match w.ty {
-                                WType::Q4_0 => m::q4_direct::<1, true>(&rp, nb, xq, ds, &mut res),
-                                WType::Q4_1 => m::q4_direct::<1, false>(&rp, nb, xq, ds, &mut res),
-                                _ => m::q8_direct::<1>(&rp, nb, xq, ds, &mut res),
-                            }
-                        }
-                        put(t, r, res[0]);
-                        r += 1;
+                let (xq, ds) = (&qa.qs[t * k..(t + 1) * k], &qa.ds[t * nb..(t + 1) * nb]);
+                let v = match w.ty {
+                    WType::Q8_0 => scalar::q8_row(w.row(r), xq, ds),
+                    WType::Q4_0 | WType::Q4_1 => scalar::q4_row(w.ty, w.row(r), xq, ds),
+                    _ => {
+                        scalar::r8_row(w.ty, &w.data[(r / 8) * pb..(r / 8 + 1) * pb], r % 8, xq, ds)
                     }
-                }
+                };
+                put(t, r, v);
             }
-        });
+        }
         return;
     }
     // f32 activations
@@ -1553,12 +2039,19 @@ unsafe fn rows_task(isa: Isa, exact: bool, w: &Weight, x: &[f32], qa: Option<&QA
             #[cfg(target_arch = "x86_64")]
             if isa != Isa::Scalar {
                 let (ptrs, ty): ([*const u8; 4], u8) = match direct_ty {
-                    Some(ty) => ([0, 1, 2, 3].map(|i| w.data[w.ty.row_bytes(k) * (r + i.min(cnt - 1))..].as_ptr()), ty),
+                    Some(ty) => (
+                        [0, 1, 2, 3]
+                            .map(|i| w.data[w.ty.row_bytes(k) * (r + i.min(cnt - 1))..].as_ptr()),
+                        ty,
+                    ),
                     None => {
                         for i in 0..cnt {
-                            dequant_any(w, r + i, &mut s[i * k..(i + 1) * k]);
+                            dequant_any(isa, w, r + i, &mut s[i * k..(i + 1) * k]);
                         }
-                        ([0, 1, 2, 3].map(|i| s[k * i.min(cnt - 1)..].as_ptr() as *const u8), 0)
+                        (
+                            [0, 1, 2, 3].map(|i| s[k * i.min(cnt - 1)..].as_ptr() as *const u8),
+                            0,
+                        )
                     }
                 };
                 with_simd!(isa, m => {
@@ -1572,8 +2065,8 @@ unsafe fn rows_task(isa: Isa, exact: bool, w: &Weight, x: &[f32], qa: Option<&QA
                                 _ => m::fdot::<4, 2>(&ptrs, k, xp, &mut res),
                             }
                         }
-                        for i in 0..cnt {
-                            put(t, r + i, res[i]);
+                        for (i, &v) in res.iter().enumerate().take(cnt) {
+                            put(t, r + i, v);
                         }
                     }
                 });
@@ -1582,9 +2075,13 @@ unsafe fn rows_task(isa: Isa, exact: bool, w: &Weight, x: &[f32], qa: Option<&QA
             }
             let _ = (direct_ty, exact);
             for i in 0..cnt {
-                dequant_any(w, r + i, &mut s[i * k..(i + 1) * k]);
+                dequant_any(isa, w, r + i, &mut s[i * k..(i + 1) * k]);
                 for t in 0..n {
-                    put(t, r + i, scalar::fdot(&s[i * k..(i + 1) * k], &x[t * k..(t + 1) * k]));
+                    put(
+                        t,
+                        r + i,
+                        scalar::fdot(&s[i * k..(i + 1) * k], &x[t * k..(t + 1) * k]),
+                    );
                 }
             }
             r += cnt;
@@ -1592,8 +2089,22 @@ unsafe fn rows_task(isa: Isa, exact: bool, w: &Weight, x: &[f32], qa: Option<&QA
     });
 }
 
-fn dequant_any(w: &Weight, r: usize, y: &mut [f32]) {
-    if w.ty.is_packed() { dequantize_row(w, r, y) } else { dequant_row_raw(w.ty, w.row(r), y) }
+fn dequant_any(isa: Isa, w: &Weight, r: usize, y: &mut [f32]) {
+    if w.ty.is_packed() {
+        dequantize_row(w, r, y)
+    } else {
+        dequant_fast(isa, w.ty, w.row(r), y)
+    }
+}
+
+fn dequant_fast(isa: Isa, ty: WType, src: &[u8], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: isa != Scalar implies AVX2/FMA/F16C; src holds y.len() weights (checked by the callers).
+        return unsafe { avx2::dequant_row(ty, src, y) };
+    }
+    let _ = isa;
+    dequant_row_raw(ty, src, y)
 }
 
 /// Tasks over (row groups of R8 panels) × (token ranges).
@@ -1609,7 +2120,11 @@ fn r8_path(isa: Isa, w: &Weight, qa: &QAct, n: usize, out: &mut [f32]) {
     let (ngroups, ppt) = split(np, (TASK_PANEL_BYTES / pb).max(1), th);
     // too few row groups for the threads: also split the tokens
     let tq = with_simd!(isa, m => m::TQ);
-    let tok_split = if ngroups >= 2 * th || th == 1 { 1 } else { (2 * th).div_ceil(ngroups).min(n.div_ceil(4 * tq)).max(1) };
+    let tok_split = if ngroups >= 2 * th || th == 1 {
+        1
+    } else {
+        (2 * th).div_ceil(ngroups).min(n.div_ceil(4 * tq)).max(1)
+    };
     let tper = n.div_ceil(tok_split);
     let tsplit = n.div_ceil(tper);
     let op = OutPtr(out.as_mut_ptr());
@@ -1650,7 +2165,11 @@ fn f32_panel_path(isa: Isa, w: &Weight, x: &[f32], n: usize, out: &mut [f32]) {
     let pbf = 16 * k; // floats per panel
     let th = threads();
     let (ngroups, ppt) = split(np, (2 * TASK_PANEL_BYTES / (4 * pbf)).max(1), th);
-    let tok_split = if ngroups >= 2 * th || th == 1 { 1 } else { (2 * th).div_ceil(ngroups).min(n.div_ceil(24)).max(1) };
+    let tok_split = if ngroups >= 2 * th || th == 1 {
+        1
+    } else {
+        (2 * th).div_ceil(ngroups).min(n.div_ceil(24)).max(1)
+    };
     let tper = n.div_ceil(tok_split);
     let tsplit = n.div_ceil(tper);
     let op = OutPtr(out.as_mut_ptr());
@@ -1670,7 +2189,7 @@ fn f32_panel_path(isa: Isa, w: &Weight, x: &[f32], n: usize, out: &mut [f32]) {
                 for l in 0..16 {
                     let r = p * 16 + l;
                     if r < rows {
-                        dequant_any(w, r, &mut row[..k]);
+                        dequant_any(isa, w, r, &mut row[..k]);
                         for kk in 0..k {
                             dst[kk * 16 + l] = row[kk];
                         }
@@ -1700,29 +2219,44 @@ pub fn matmul_rows(w: &Weight, rows: &[usize], x: &[f32], n: usize, out: &mut [f
     if n == 0 || nr == 0 {
         return;
     }
-    let qa = (path_of(w.ty, false) == Path::Quant).then(|| quantize_acts(isa, x, n, k, sum_kind(w.ty), false));
+    let qa = (path_of(w.ty, false) == Path::Quant)
+        .then(|| quantize_acts(isa, x, n, k, sum_kind(w.ty), false));
     let op = OutPtr(out.as_mut_ptr());
     let (ntasks, per) = split(nr, 64, threads());
     run_tasks(ntasks, &|i| {
         let mut row = vec![0f32; k];
-        for (j, &r) in rows.iter().enumerate().take(((i + 1) * per).min(nr)).skip(i * per) {
+        for (j, &r) in rows
+            .iter()
+            .enumerate()
+            .take(((i + 1) * per).min(nr))
+            .skip(i * per)
+        {
             assert!(r < w.rows, "row {r} out of range");
             for t in 0..n {
                 let v = match &qa {
                     Some(qa) => {
-                        let (xq, ds) = (&qa.qs[t * k..(t + 1) * k], &qa.ds[t * qa.nb..(t + 1) * qa.nb]);
+                        let (xq, ds) = (
+                            &qa.qs[t * k..(t + 1) * k],
+                            &qa.ds[t * qa.nb..(t + 1) * qa.nb],
+                        );
                         match w.ty {
                             WType::Q4_0 | WType::Q4_1 => scalar_or_simd_q4(isa, w, r, xq, ds),
                             WType::Q8_0 => scalar_or_simd_q8(isa, w, r, xq, ds),
                             _ => {
                                 let pb = panel_bytes(w.ty, k);
-                                scalar::r8_row(w.ty, &w.data[(r / 8) * pb..(r / 8 + 1) * pb], r % 8, xq, ds)
+                                scalar::r8_row(
+                                    w.ty,
+                                    &w.data[(r / 8) * pb..(r / 8 + 1) * pb],
+                                    r % 8,
+                                    xq,
+                                    ds,
+                                )
                             }
                         }
                     }
                     None => {
                         if t == 0 {
-                            dequant_any(w, r, &mut row);
+                            dequant_any(isa, w, r, &mut row);
                         }
                         scalar::fdot(&row, &x[t * k..(t + 1) * k])
                     }
@@ -1809,9 +2343,15 @@ mod tests {
     fn random_weight(ty: WType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
         let mut d = vec![0u8; ty.data_bytes(rows, cols)];
         match ty {
-            WType::F32 => d.chunks_exact_mut(4).for_each(|c| c.copy_from_slice(&(0.1 * rng.f()).to_le_bytes())),
-            WType::F16 => d.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&f16::from_f32(0.1 * rng.f()).to_le_bytes())),
-            WType::BF16 => d.chunks_exact_mut(2).for_each(|c| c.copy_from_slice(&bf16::from_f32(0.1 * rng.f()).to_le_bytes())),
+            WType::F32 => d
+                .chunks_exact_mut(4)
+                .for_each(|c| c.copy_from_slice(&(0.1 * rng.f()).to_le_bytes())),
+            WType::F16 => d
+                .chunks_exact_mut(2)
+                .for_each(|c| c.copy_from_slice(&f16::from_f32(0.1 * rng.f()).to_le_bytes())),
+            WType::BF16 => d
+                .chunks_exact_mut(2)
+                .for_each(|c| c.copy_from_slice(&bf16::from_f32(0.1 * rng.f()).to_le_bytes())),
             _ => {
                 d.iter_mut().for_each(|b| *b = rng.byte());
                 for blk in d.chunks_exact_mut(ty.block_bytes()) {
@@ -1844,14 +2384,20 @@ mod tests {
 
     fn random_x(n: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
         // mixed magnitudes per block, like real activations
-        (0..n * k).map(|i| rng.f() * if (i / 32) % 3 == 0 { 4.0 } else { 0.5 }).collect()
+        (0..n * k)
+            .map(|i| rng.f() * if (i / 32) % 3 == 0 { 4.0 } else { 0.5 })
+            .collect()
     }
 
     /// Reference: dequantize + f64 dot; also returns Σ|w·x| and the activation-quantization error scale.
     fn reference(w: &Weight, x: &[f32], n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let k = w.cols;
         let mut row = vec![0f32; k];
-        let (mut r, mut a, mut q) = (vec![0.0; n * w.rows], vec![0.0; n * w.rows], vec![0.0; n * w.rows]);
+        let (mut r, mut a, mut q) = (
+            vec![0.0; n * w.rows],
+            vec![0.0; n * w.rows],
+            vec![0.0; n * w.rows],
+        );
         for rr in 0..w.rows {
             dequantize_row(w, rr, &mut row);
             for t in 0..n {
@@ -1860,7 +2406,9 @@ mod tests {
                 for i in 0..k {
                     s += row[i] as f64 * xt[i] as f64;
                     sa += (row[i] as f64 * xt[i] as f64).abs();
-                    let amax = xt[i / 32 * 32..(i / 32 * 32 + 32).min(k)].iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                    let amax = xt[i / 32 * 32..(i / 32 * 32 + 32).min(k)]
+                        .iter()
+                        .fold(0f32, |m, v| m.max(v.abs())) as f64;
                     sq += (row[i] as f64 * amax / 254.0).powi(2);
                 }
                 r[t * w.rows + rr] = s;
@@ -1872,13 +2420,21 @@ mod tests {
     }
 
     fn isas() -> Vec<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni].into_iter().filter(|i| i.available()).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|i| i.available())
+            .collect()
     }
 
     fn check_type(ty: WType, rows: usize, cols: usize, ns: &[usize], seed: u64) {
         let mut rng = Rng(seed);
         let data = random_weight(ty, rows, cols, &mut rng);
-        let raw = Weight { ty, rows, cols, data: &data };
+        let raw = Weight {
+            ty,
+            rows,
+            cols,
+            data: &data,
+        };
         let packed = pack(&raw);
         for &n in ns {
             let x = random_x(n, cols, &mut rng);
@@ -1886,7 +2442,15 @@ mod tests {
             let mut scalar_q = vec![0f32; n * rows];
             matmul_isa(Isa::Scalar, false, &raw, &x, n, &mut scalar_q);
             for isa in isas() {
-                let mut weights = vec![(raw.ty, Weight { ty, rows, cols, data: &data })];
+                let mut weights = vec![(
+                    raw.ty,
+                    Weight {
+                        ty,
+                        rows,
+                        cols,
+                        data: &data,
+                    },
+                )];
                 if let Some(p) = &packed {
                     weights.push((p.ty, p.as_weight()));
                 }
@@ -1897,7 +2461,11 @@ mod tests {
                         let quant = !exact && path_of(*wty, false) == Path::Quant;
                         for i in 0..n * rows {
                             let err = (o[i] as f64 - rf[i]).abs();
-                            let tol = if quant { 4.0 * rq[i] + 2e-3 * ra[i] + 1e-6 } else { 1e-5 * ra[i] + 1e-6 };
+                            let tol = if quant {
+                                4.0 * rq[i] + 2e-3 * ra[i] + 1e-6
+                            } else {
+                                1e-5 * ra[i] + 1e-6
+                            };
                             assert!(
                                 err <= tol,
                                 "{ty:?}/{wty:?} {isa:?} exact={exact} n={n} rows={rows} cols={cols} i={i}: got {} want {} (tol {tol})",
@@ -1907,7 +2475,12 @@ mod tests {
                             if quant {
                                 // same integer math as the scalar path: only float summation order differs
                                 let d = (o[i] - scalar_q[i]).abs() as f64;
-                                assert!(d <= 2e-6 * ra[i] + 1e-6, "{ty:?}/{wty:?} {isa:?} n={n} i={i}: {} vs scalar {}", o[i], scalar_q[i]);
+                                assert!(
+                                    d <= 2e-6 * ra[i] + 1e-6,
+                                    "{ty:?}/{wty:?} {isa:?} n={n} i={i}: {} vs scalar {}",
+                                    o[i],
+                                    scalar_q[i]
+                                );
                             }
                         }
                     }
@@ -1918,10 +2491,16 @@ mod tests {
 
     #[test]
     fn quantized_types_match_reference() {
-        for (i, ty) in [WType::Q4_0, WType::Q4_1, WType::Q8_0].into_iter().enumerate() {
+        for (i, ty) in [WType::Q4_0, WType::Q4_1, WType::Q8_0]
+            .into_iter()
+            .enumerate()
+        {
             check_type(ty, 37, 96, &[1, 2, 3, 5, 13], 11 + i as u64);
             check_type(ty, 64, 576, &[1, 4, 9], 21 + i as u64);
+            check_type(ty, 5, 32, &[1, 2], 31 + i as u64); // one block, a partial panel only
+            check_type(ty, 37, 64, &[100], 41 + i as u64); // few panels, many tokens: token split
         }
+        check_type(WType::F16, 21, 64, &[100], 51);
     }
 
     #[test]
@@ -1955,7 +2534,12 @@ mod tests {
         for ty in [WType::Q4_0, WType::Q4_1, WType::Q8_0] {
             let rows = 19;
             let data = random_weight(ty, rows, 128, &mut rng);
-            let w = Weight { ty, rows, cols: 128, data: &data };
+            let w = Weight {
+                ty,
+                rows,
+                cols: 128,
+                data: &data,
+            };
             let p = pack(&w).unwrap();
             assert_eq!(p.data.len(), p.ty.data_bytes(rows, 128));
             let (mut a, mut b) = (vec![0f32; 128], vec![0f32; 128]);
@@ -1973,7 +2557,12 @@ mod tests {
         for ty in [WType::Q4_1, WType::Q8_0, WType::F16, WType::Q6K] {
             let (rows, cols) = (200, 512);
             let data = random_weight(ty, rows, cols, &mut rng);
-            let w = Weight { ty, rows, cols, data: &data };
+            let w = Weight {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
             for n in [1, 2, 7, 70] {
                 let x = random_x(n, cols, &mut rng);
                 let mut base = vec![0f32; n * rows];
@@ -1991,10 +2580,21 @@ mod tests {
     #[test]
     fn selected_rows_match_full_matmul() {
         let mut rng = Rng(4);
-        for ty in [WType::Q4_0, WType::Q4_1, WType::Q8_0, WType::F32, WType::Q5K] {
+        for ty in [
+            WType::Q4_0,
+            WType::Q4_1,
+            WType::Q8_0,
+            WType::F32,
+            WType::Q5K,
+        ] {
             let (rows, cols) = (50, 256);
             let data = random_weight(ty, rows, cols, &mut rng);
-            let w = Weight { ty, rows, cols, data: &data };
+            let w = Weight {
+                ty,
+                rows,
+                cols,
+                data: &data,
+            };
             let x = random_x(2, cols, &mut rng);
             let mut full = vec![0f32; 2 * rows];
             matmul(&w, &x, 2, &mut full);
@@ -2004,7 +2604,34 @@ mod tests {
             for t in 0..2 {
                 for (j, &r) in sel.iter().enumerate() {
                     let (a, b) = (o[t * sel.len() + j], full[t * rows + r]);
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{ty:?} t={t} row {r}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{ty:?} t={t} row {r}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_dequant_equals_scalar() {
+        let mut rng = Rng(12);
+        for ty in ALL {
+            let cols = if ty.block_elems() == 256 { 512 } else { 96 }
+                + if ty.block_elems() == 1 { 5 } else { 0 };
+            let data = random_weight(ty, 3, cols, &mut rng);
+            let w = Weight {
+                ty,
+                rows: 3,
+                cols,
+                data: &data,
+            };
+            for isa in isas() {
+                for r in 0..3 {
+                    let (mut a, mut b) = (vec![0f32; cols], vec![1f32; cols]);
+                    dequant_row_raw(ty, w.row(r), &mut a);
+                    dequant_fast(isa, ty, w.row(r), &mut b);
+                    assert_eq!(a, b, "{ty:?} {isa:?} row {r}");
                 }
             }
         }
@@ -2019,7 +2646,12 @@ mod tests {
         blk[4] = 3;
         blk[8] = 2;
         blk[16..144].fill(0x55);
-        let w = Weight { ty: WType::Q4K, rows: 1, cols: 256, data: &blk };
+        let w = Weight {
+            ty: WType::Q4K,
+            rows: 1,
+            cols: 256,
+            data: &blk,
+        };
         let mut y = vec![0f32; 256];
         dequantize_row(&w, 0, &mut y);
         assert!(y[..32].iter().all(|&v| v == 14.0), "{:?}", &y[..4]);

@@ -6,7 +6,7 @@
 //! F-measure, as rouge-score users report it.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// A ROUGE variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ fn prf(precision: f64, recall: f64) -> Prf {
 }
 
 thread_local! {
-    static STEMS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::new());
+    static STEMS: RefCell<HashMap<String, String>> = RefCell::new(HashMap::default());
 }
 
 /// rouge-score's `tokenize(text, stemmer)`.
@@ -102,7 +102,7 @@ pub fn tokenize(text: &str, stem: bool) -> Vec<String> {
 }
 
 fn ngrams(tokens: &[String], n: usize) -> HashMap<&[String], u64> {
-    let mut m = HashMap::new();
+    let mut m = HashMap::default();
     if tokens.len() >= n {
         for w in tokens.windows(n) {
             *m.entry(w).or_insert(0) += 1;
@@ -176,8 +176,8 @@ fn score_summary_lcs(refs: &[Vec<String>], cands: &[Vec<String>]) -> Prf {
     if m == 0 || n == 0 {
         return Prf::default();
     }
-    let mut cnt_r: HashMap<&str, i64> = HashMap::new();
-    let mut cnt_c: HashMap<&str, i64> = HashMap::new();
+    let mut cnt_r: HashMap<&str, i64> = HashMap::default();
+    let mut cnt_c: HashMap<&str, i64> = HashMap::default();
     for s in refs {
         for t in s {
             *cnt_r.entry(t).or_insert(0) += 1;

@@ -8,7 +8,7 @@
 
 use super::text::{is_py_space, py_lower, py_rstrip, py_split, py_strip};
 use regex::Regex;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::OnceLock;
 
 /// sacrebleu's BLEU tokenizers.
@@ -44,16 +44,43 @@ fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
     cell.get_or_init(|| Regex::new(pattern).expect("valid regex"))
 }
 
-/// The common post-tokenizer of `13a` and `zh`.
+/// The common post-tokenizer of `13a` and `zh`: sacrebleu's four regex substitutions, each a
+/// left-to-right scan with the same non-overlapping match semantics, then whitespace collapsed.
 fn regexp_tokenize(line: &str) -> String {
-    static R1: OnceLock<Regex> = OnceLock::new();
-    static R2: OnceLock<Regex> = OnceLock::new();
-    static R3: OnceLock<Regex> = OnceLock::new();
-    static R4: OnceLock<Regex> = OnceLock::new();
-    let s = re(&R1, r"([\{-~\[-` -&\(-\+:-@/])").replace_all(line, " $1 ");
-    let s = re(&R2, r"([^0-9])([\.,])").replace_all(&s, "$1 $2 ");
-    let s = re(&R3, r"([\.,])([^0-9])").replace_all(&s, " $1 $2");
-    let s = re(&R4, r"([0-9])(-)").replace_all(&s, "$1 $2 ");
+    // 1. `([\{-~\[-` -&\(-\+:-@/])` → ` \1 `
+    let is_punct = |c: char| matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/');
+    let mut a: Vec<char> = Vec::with_capacity(line.len() * 2);
+    for c in line.chars() {
+        if is_punct(c) {
+            a.extend([' ', c, ' ']);
+        } else {
+            a.push(c);
+        }
+    }
+    let digit = |c: char| c.is_ascii_digit();
+    let dot = |c: char| c == '.' || c == ',';
+    // A two-character pattern `(x)(y)` replaced by `emit(x, y)`, scanning left to right.
+    let pass = |src: &[char], first: &dyn Fn(char) -> bool, second: &dyn Fn(char) -> bool, emit: &dyn Fn(&mut Vec<char>, char, char)| {
+        let mut out = Vec::with_capacity(src.len() + src.len() / 4);
+        let mut i = 0;
+        while i < src.len() {
+            if i + 1 < src.len() && first(src[i]) && second(src[i + 1]) {
+                emit(&mut out, src[i], src[i + 1]);
+                i += 2;
+            } else {
+                out.push(src[i]);
+                i += 1;
+            }
+        }
+        out
+    };
+    // 2. `([^0-9])([\.,])` → `\1 \2 `
+    let b = pass(&a, &|c| !digit(c), &dot, &|o, x, y| o.extend([x, ' ', y, ' ']));
+    // 3. `([\.,])([^0-9])` → ` \1 \2`
+    let c = pass(&b, &dot, &|c| !digit(c), &|o, x, y| o.extend([' ', x, ' ', y]));
+    // 4. `([0-9])(-)` → `\1 \2 `
+    let d = pass(&c, &digit, &|c| c == '-', &|o, x, y| o.extend([x, ' ', y, ' ']));
+    let s: String = d.into_iter().collect();
     py_split(&s).collect::<Vec<_>>().join(" ")
 }
 
@@ -170,34 +197,48 @@ fn preprocess_bleu(s: &str, o: &BleuOptions) -> String {
     tokenize(py_rstrip(s), o.tokenize)
 }
 
-fn word_ngrams<'a>(tokens: &'a [&'a str]) -> HashMap<&'a [&'a str], u64> {
-    let mut m: HashMap<&[&str], u64> = HashMap::with_capacity(tokens.len() * MAX_ORDER);
+/// Counts of the 1..=4-grams of `ids`, each n-gram packed into one integer (ids are ≥ 1, so
+/// n-grams of different lengths never collide).
+fn word_ngrams(ids: &[u32]) -> HashMap<u128, u64> {
+    let mut m: HashMap<u128, u64> = HashMap::with_capacity_and_hasher(ids.len() * MAX_ORDER, Default::default());
     for n in 1..=MAX_ORDER {
-        for w in tokens.windows(n) {
-            *m.entry(w).or_insert(0) += 1;
+        for w in ids.windows(n) {
+            let key = w.iter().fold(0u128, |k, &id| (k << 32) | u128::from(id));
+            *m.entry(key).or_insert(0) += 1;
         }
     }
     m
 }
 
+/// Maps each whitespace-separated token of `text` to an id ≥ 1 in `vocab`.
+fn intern<'a>(text: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
+    py_split(text)
+        .map(|t| {
+            let next = vocab.len() as u32 + 1;
+            *vocab.entry(t).or_insert(next)
+        })
+        .collect()
+}
+
 /// Statistics of one hypothesis against its references.
 pub fn bleu_stats(hyp: &str, refs: &[&str], o: &BleuOptions) -> BleuStats {
     let ref_toks: Vec<String> = refs.iter().map(|r| preprocess_bleu(r, o)).collect();
-    let ref_tokens: Vec<Vec<&str>> = ref_toks.iter().map(|r| py_split(r).collect()).collect();
-    let mut ref_max: HashMap<&[&str], u64> = HashMap::new();
-    for t in &ref_tokens {
-        for (k, v) in word_ngrams(t) {
+    let hyp_tok = preprocess_bleu(hyp, o);
+    let mut vocab: HashMap<&str, u32> = HashMap::default();
+    let ref_ids: Vec<Vec<u32>> = ref_toks.iter().map(|r| intern(r, &mut vocab)).collect();
+    let hyp_ids = intern(&hyp_tok, &mut vocab);
+    let mut ref_max: HashMap<u128, u64> = HashMap::default();
+    for r in &ref_ids {
+        for (k, v) in word_ngrams(r) {
             let e = ref_max.entry(k).or_insert(0);
             *e = (*e).max(v);
         }
     }
-    let hyp_tok = preprocess_bleu(hyp, o);
-    let hyp_tokens: Vec<&str> = py_split(&hyp_tok).collect();
-    let hyp_len = hyp_tokens.len() as u64;
+    let hyp_len = hyp_ids.len() as u64;
     // The closest reference length; ties go to the shorter reference.
     let mut closest: Option<(u64, u64)> = None;
-    for t in &ref_tokens {
-        let len = t.len() as u64;
+    for r in &ref_ids {
+        let len = r.len() as u64;
         let diff = hyp_len.abs_diff(len);
         closest = match closest {
             None => Some((diff, len)),
@@ -208,10 +249,10 @@ pub fn bleu_stats(hyp: &str, refs: &[&str], o: &BleuOptions) -> BleuStats {
     let mut st: BleuStats = [0; 2 + 2 * MAX_ORDER];
     st[0] = hyp_len;
     st[1] = closest.map_or(0, |c| c.1);
-    for (ng, count) in word_ngrams(&hyp_tokens) {
-        let n = ng.len() - 1;
+    for (key, count) in word_ngrams(&hyp_ids) {
+        let n = ((128 - key.leading_zeros() as usize) + 31) / 32 - 1; // order − 1
         st[2 + MAX_ORDER + n] += count;
-        if let Some(r) = ref_max.get(ng) {
+        if let Some(r) = ref_max.get(&key) {
             st[2 + n] += count.min(*r);
         }
     }
@@ -349,19 +390,22 @@ fn chrf_words(sent: &str) -> Vec<&str> {
     out
 }
 
-/// Character n-gram counters (orders 1..=6, whitespace removed) and word n-gram counters.
+/// Character n-gram counters (orders 1..=6, whitespace removed) and word n-gram counters, both
+/// borrowing from the sentence's characters and words.
 struct ChrfNgrams {
-    chars: Vec<HashMap<Vec<char>, u64>>,
-    words: Vec<HashMap<Vec<String>, u64>>,
+    chars: Vec<HashMap<u128, u64>>,
+    words: Vec<HashMap<String, u64>>,
 }
 
-fn chrf_ngrams(sent: &str, o: &ChrfOptions) -> ChrfNgrams {
-    let line: Vec<char> = sent.chars().filter(|c| !is_py_space(*c)).collect();
+fn chrf_ngrams(line: &[char], sent: &str, o: &ChrfOptions) -> ChrfNgrams {
+    // Up to six characters of 21 bits each (+1, so lengths never collide) pack into a u128.
     let chars = (1..=CHAR_ORDER)
         .map(|n| {
-            let mut m = HashMap::new();
-            for w in line.windows(n) {
-                *m.entry(w.to_vec()).or_insert(0) += 1;
+            let mut m: HashMap<u128, u64> = HashMap::with_capacity_and_hasher(line.len(), Default::default());
+            if line.len() >= n {
+                for w in line.windows(n) {
+                    *m.entry(w.iter().fold(0u128, |k, &c| (k << 21) | u128::from(c as u32 + 1))).or_insert(0) += 1;
+                }
             }
             m
         })
@@ -370,17 +414,21 @@ fn chrf_ngrams(sent: &str, o: &ChrfOptions) -> ChrfNgrams {
     if o.word_order > 0 {
         let ws = chrf_words(sent);
         for n in 1..=o.word_order {
-            let mut m = HashMap::new();
+            let mut m: HashMap<String, u64> = HashMap::default();
             if ws.len() >= n {
                 for w in ws.windows(n) {
                     // sacrebleu joins word n-grams with spaces, so a word n-gram is its joined string.
-                    *m.entry(vec![w.join(" ")]).or_insert(0) += 1;
+                    *m.entry(w.join(" ")).or_insert(0) += 1;
                 }
             }
             words.push(m);
         }
     }
     ChrfNgrams { chars, words }
+}
+
+fn no_space_chars(s: &str) -> Vec<char> {
+    s.chars().filter(|c| !is_py_space(*c)).collect()
 }
 
 fn match_stats<K: std::hash::Hash + Eq>(hyp: &HashMap<K, u64>, r: &HashMap<K, u64>, out: &mut Vec<u64>) {
@@ -423,10 +471,14 @@ pub fn chrf_from_stats(st: &[u64]) -> f64 {
 /// Statistics of one hypothesis: those of the reference with the best chrF.
 pub fn chrf_stats(hyp: &str, refs: &[&str], o: &ChrfOptions) -> Vec<u64> {
     let pre = |s: &str| if o.lowercase { py_lower(s) } else { s.to_string() };
-    let h = chrf_ngrams(&pre(hyp), o);
+    let hyp = pre(hyp);
+    let hyp_chars = no_space_chars(&hyp);
+    let h = chrf_ngrams(&hyp_chars, &hyp, o);
     let mut best: Option<(f64, Vec<u64>)> = None;
     for r in refs {
-        let r = chrf_ngrams(&pre(r), o);
+        let r = pre(r);
+        let r_chars = no_space_chars(&r);
+        let r = chrf_ngrams(&r_chars, &r, o);
         let mut st = Vec::with_capacity(3 * (CHAR_ORDER + o.word_order));
         for (hc, rc) in h.chars.iter().zip(&r.chars) {
             match_stats(hc, rc, &mut st);
@@ -456,6 +508,21 @@ mod tests {
     fn thirteen_a() {
         assert_eq!(tokenize("Hello, world! It's 3.5-4 (ok).", Tokenize::Thirteen), "Hello , world ! It's 3.5 - 4 ( ok ) .");
         assert_eq!(tokenize("a &amp; b &lt;c&gt;", Tokenize::Thirteen), "a & b < c >");
+    }
+
+    #[test]
+    fn scans_equal_the_regexes() {
+        // The four substitutions done with the regex crate, for comparison.
+        let by_regex = |line: &str| {
+            let s = Regex::new(r"([\{-~\[-` -&\(-\+:-@/])").unwrap().replace_all(line, " $1 ");
+            let s = Regex::new(r"([^0-9])([\.,])").unwrap().replace_all(&s, "$1 $2 ");
+            let s = Regex::new(r"([\.,])([^0-9])").unwrap().replace_all(&s, " $1 $2");
+            let s = Regex::new(r"([0-9])(-)").unwrap().replace_all(&s, "$1 $2 ");
+            py_split(&s).collect::<Vec<_>>().join(" ")
+        };
+        for line in ["a.,b", "1.,2", "x..y", "3.5-4.", ".,.,", "a,1,b", "9--9", "é.ü,ß", "1-2-3", "(a).[b],{c}", "\"quoted\" 'x' $5.00", "....", ",,,,1"] {
+            assert_eq!(regexp_tokenize(line), by_regex(line), "{line:?}");
+        }
     }
 
     #[test]
