@@ -199,3 +199,145 @@ fn quickstart_suite_runs_offline_on_the_default_model() {
     // Copying a sentence is easy even for a small model.
     assert!(result(&v, "smollm2-135m", "copy", "bleu")["value"].as_f64().unwrap() > 30.0);
 }
+
+/// Writes a Hugging Face copy of the default model: f32 safetensors (Q/K rows un-permuted back to
+/// the half-split rotary layout), config.json, and a tokenizer.json with the same vocabulary,
+/// merges, special tokens and pre-tokenizer (digits split, then byte-level).
+fn write_hf_copy(dir: &std::path::Path) {
+    use llmeval::engine::gguf::{Gguf, MetaValue};
+    let g = Gguf::open(&model_path()).unwrap();
+    let (heads, kv_heads, hd) = (9usize, 3usize, 64usize);
+    let unpermute = |rows: Vec<f32>, n_heads: usize, cols: usize| -> Vec<f32> {
+        let mut out = vec![0f32; rows.len()];
+        for h in 0..n_heads {
+            for i in 0..hd / 2 {
+                for j in 0..2 {
+                    let src = h * hd + 2 * i + j;
+                    let dst = h * hd + j * (hd / 2) + i;
+                    out[dst * cols..(dst + 1) * cols].copy_from_slice(&rows[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        out
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for t in &g.tensors {
+        let n: usize = t.dims.iter().product();
+        let mut v = vec![0f32; n];
+        llmeval::engine::quant::dequantize(t.ty, g.data(t), &mut v).unwrap();
+        let shape: Vec<usize> = t.dims.iter().rev().copied().collect();
+        let cols = t.dims[0];
+        let name = t.name.clone();
+        let hf = if name == "token_embd.weight" {
+            "model.embed_tokens.weight".to_string()
+        } else if name == "output_norm.weight" {
+            "model.norm.weight".to_string()
+        } else {
+            let rest = name.strip_prefix("blk.").unwrap();
+            let (l, part) = rest.split_once('.').unwrap();
+            let p = match part {
+                "attn_norm.weight" => "input_layernorm.weight",
+                "ffn_norm.weight" => "post_attention_layernorm.weight",
+                "attn_q.weight" => "self_attn.q_proj.weight",
+                "attn_k.weight" => "self_attn.k_proj.weight",
+                "attn_v.weight" => "self_attn.v_proj.weight",
+                "attn_output.weight" => "self_attn.o_proj.weight",
+                "ffn_gate.weight" => "mlp.gate_proj.weight",
+                "ffn_up.weight" => "mlp.up_proj.weight",
+                "ffn_down.weight" => "mlp.down_proj.weight",
+                other => panic!("unexpected tensor {other}"),
+            };
+            format!("model.layers.{l}.{p}")
+        };
+        if name.ends_with("attn_q.weight") {
+            v = unpermute(v, heads, cols);
+        } else if name.ends_with("attn_k.weight") {
+            v = unpermute(v, kv_heads, cols);
+        }
+        tensors.push((hf, shape, v));
+    }
+    // safetensors: header length, JSON header, little-endian f32 data.
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape, v) in &tensors {
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + v.len() * 4]}));
+        offset += v.len() * 4;
+    }
+    let header = serde_json::Value::Object(header).to_string();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join("model.safetensors")).unwrap());
+    use std::io::Write;
+    f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(header.as_bytes()).unwrap();
+    for (_, _, v) in &tensors {
+        for x in v {
+            f.write_all(&x.to_le_bytes()).unwrap();
+        }
+    }
+    f.flush().unwrap();
+    let meta = |k: &str| g.meta(k).unwrap().clone();
+    let config = serde_json::json!({
+        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "rms_norm_eps": meta("llama.attention.layer_norm_rms_epsilon").as_f64().unwrap(),
+        "rope_theta": 100000.0, "vocab_size": 49152, "max_position_embeddings": 8192, "tie_word_embeddings": true,
+        "bos_token_id": 1, "eos_token_id": 2,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let strings = |k: &str| -> Vec<String> { g.meta(k).and_then(MetaValue::as_array).unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect() };
+    let tokens = strings("tokenizer.ggml.tokens");
+    let types: Vec<i64> = g.meta("tokenizer.ggml.token_type").and_then(MetaValue::as_array).unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), serde_json::json!(i))).collect();
+    let added: Vec<serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| types[*i] == 3 || types[*i] == 4)
+        .map(|(i, t)| serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": strings("tokenizer.ggml.merges")},
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let chat = g.meta("tokenizer.chat_template").and_then(MetaValue::as_str).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), serde_json::json!({"chat_template": chat, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": false}).to_string()).unwrap();
+}
+
+#[test]
+fn hugging_face_copy_gives_the_same_logits_as_the_gguf() {
+    let dir = TempDir::new("hf-copy");
+    write_hf_copy(dir.path());
+    let mut hf = Engine::load(dir.path(), 2).unwrap();
+    let mut gg = Engine::load(&model_path(), 2).unwrap();
+    hf.model.exact = true;
+    gg.model.exact = true;
+    assert_eq!(hf.info.format, "Hugging Face safetensors");
+    let r = reference();
+    for case in r["tokenize"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(hf.encode(text), ids(&case["ids"]), "tokenizer.json tokens of {text:?}");
+    }
+    let reqs: Vec<ScoreRequest> = r["score"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| ScoreRequest { context: gg.encode(c["context"].as_str().unwrap()), continuation: gg.encode(c["continuation"].as_str().unwrap()) })
+        .collect();
+    let mut a = vec![vec![]; reqs.len()];
+    let mut b = vec![vec![]; reqs.len()];
+    gg.score_batch(&reqs, &mut |i, s| a[i] = s.token_logprobs);
+    hf.score_batch(&reqs, &mut |i, s| b[i] = s.token_logprobs);
+    let mut worst = 0f64;
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        worst = worst.max((x - y).abs());
+    }
+    assert!(worst < 1e-4, "GGUF and safetensors copies differ by {worst} nats");
+    // And greedy generation is the same text.
+    let p = gg.encode("The capital of France is");
+    let o = GenOptions { max_tokens: 12, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] };
+    assert_eq!(gg.generate(&p, &o).tokens, hf.generate(&p, &o).tokens);
+}
