@@ -88,7 +88,7 @@ fn token_field(v: &Value) -> Option<String> {
 }
 
 /// Loads a Hugging Face LLaMA-family directory.
-pub fn load(dir: &Path, pool: rayon::ThreadPool) -> Result<Engine, EngineError> {
+pub fn load(dir: &Path) -> Result<Engine, EngineError> {
     let cfg = read_json(&dir.join("config.json"))?;
     let cpath = dir.join("config.json");
     let arch = cfg["model_type"].as_str().unwrap_or("").to_string();
@@ -212,5 +212,5 @@ pub fn load(dir: &Path, pool: rayon::ThreadPool) -> Result<Engine, EngineError> 
         chat_template: chat_template.is_some(),
     };
     let model = Llama::new(config, tok_embd, layers, out_norm, lm_head);
-    Ok(Engine::assemble(model, Tok::Hf(Box::new(tokenizer)), chat_template, bos, eos, add_bos, info, pool))
+    Ok(Engine::assemble(model, Tok::Hf(Box::new(tokenizer)), chat_template, bos, eos, add_bos, info))
 }

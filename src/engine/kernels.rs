@@ -382,7 +382,7 @@ impl Job {
 }
 
 /// How long an idle worker spins before parking.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(500);
+const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 thread_local! {
     static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -543,6 +543,14 @@ fn current_pool() -> (usize, Option<Arc<Pool>>) {
     );
     let st = POOL.read().unwrap();
     (st.threads, st.pool.clone())
+}
+
+/// Runs `f(i)` for every `i` in `0..ntasks` on the kernels' threads (the caller takes part; indices are
+/// claimed dynamically; a call from inside a task runs inline). Use it for the engine's other parallel loops
+/// (attention heads, norms) so that one pool owns the cores: a second pool (e.g. rayon's) would compete with
+/// these workers while they spin between calls.
+pub fn parallel_for(ntasks: usize, f: &(dyn Fn(usize) + Sync)) {
+    run_tasks(ntasks, f)
 }
 
 /// Runs `f(0..ntasks)` on the pool; tasks are claimed dynamically (callers make them equal-sized).
@@ -2635,6 +2643,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn parallel_for_runs_every_index_once() {
+        let hits: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+        parallel_for(1000, &|i| {
+            hits[i].fetch_add(1, Ordering::Relaxed);
+            // nested use runs inline
+            parallel_for(2, &|_| {});
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
     }
 
     #[test]

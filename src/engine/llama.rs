@@ -195,24 +195,7 @@ impl Llama {
                 let kvh = head / group;
                 let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd]; // [hd]
                 let n = start + i + 1;
-                let mut scores: Vec<f32> = (0..n) // [n]
-                    .map(|p| {
-                        let kp = &ck[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                        qh.iter().zip(kp).map(|(a, b)| a * b).sum::<f32>() * scale
-                    })
-                    .collect();
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                out.fill(0.0);
-                for (p, s) in scores.iter().enumerate() {
-                    let w = s / sum;
-                    let vp = &cv[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                    out.iter_mut().zip(vp).for_each(|(o, x)| *o += w * x);
-                }
+                simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, out);
             });
             layer.wo.matmul(&att, t, &mut proj, self.exact); // proj: [t × d]
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
@@ -237,6 +220,123 @@ impl Llama {
             self.lm_head.matmul(&sel, want.len(), &mut logits, self.exact);
         }
         logits
+    }
+}
+
+/// Attention's inner loops, with an AVX2+FMA version chosen at run time.
+mod simd {
+    /// One query row against the first `n` cached positions: `out = softmax(q·Kᵀ·scale)·V`, where
+    /// position p's key is `k[p·stride + off ..][..q.len()]` (and likewise for values).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { attend_avx2(q, k, v, stride, off, n, scale, out) };
+        }
+        attend_generic(q, k, v, stride, off, n, scale, out)
+    }
+
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn attend_generic(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
+        // Plain loops, no closures: a closure would not inherit the caller's target features.
+        let hd = q.len();
+        let mut scores = vec![0f32; n]; // [n]
+        let mut max = f32::NEG_INFINITY;
+        for p in 0..n {
+            let s = dot_generic(q, &k[p * stride + off..p * stride + off + hd]) * scale;
+            scores[p] = s;
+            max = max.max(s);
+        }
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        out.fill(0.0);
+        for (p, s) in scores.iter().enumerate() {
+            axpy_generic(out, s / sum, &v[p * stride + off..p * stride + off + hd]);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
+        // SAFETY: the assert above bounds every pointer offset by the slices' lengths; the CPU has
+        // AVX2 and FMA (checked by the caller).
+        use std::arch::x86_64::*;
+        let hd = q.len();
+        if hd % 8 != 0 {
+            return attend_generic(q, k, v, stride, off, n, scale, out);
+        }
+        assert!(n == 0 || (n - 1) * stride + off + hd <= k.len().min(v.len()), "cache too short");
+        assert!(out.len() >= hd, "output row too short");
+        unsafe {
+            let mut scores = vec![0f32; n]; // [n]
+            let mut max = f32::NEG_INFINITY;
+            for (p, score) in scores.iter_mut().enumerate() {
+                let kp = k.as_ptr().add(p * stride + off);
+                let mut acc = _mm256_setzero_ps();
+                let mut i = 0;
+                while i < hd {
+                    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), _mm256_loadu_ps(kp.add(i)), acc);
+                    i += 8;
+                }
+                // Horizontal sum of the 8 lanes.
+                let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+                let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+                *score = _mm_cvtss_f32(s1) * scale;
+                max = max.max(*score);
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            out.fill(0.0);
+            let o = out.as_mut_ptr();
+            for (p, s) in scores.iter().enumerate() {
+                let w = _mm256_set1_ps(s / sum);
+                let vp = v.as_ptr().add(p * stride + off);
+                let mut i = 0;
+                while i < hd {
+                    _mm256_storeu_ps(o.add(i), _mm256_fmadd_ps(w, _mm256_loadu_ps(vp.add(i)), _mm256_loadu_ps(o.add(i))));
+                    i += 8;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+        let mut acc = [0f32; 16];
+        let n16 = a.len() / 16 * 16;
+        let mut i = 0;
+        while i < n16 {
+            for j in 0..16 {
+                acc[j] = a[i + j].mul_add(b[i + j], acc[j]);
+            }
+            i += 16;
+        }
+        let mut total = 0f32;
+        for x in acc {
+            total += x;
+        }
+        while i < a.len() {
+            total += a[i] * b[i];
+            i += 1;
+        }
+        total
+    }
+
+    #[inline(always)]
+    fn axpy_generic(out: &mut [f32], w: f32, x: &[f32]) {
+        for i in 0..out.len().min(x.len()) {
+            out[i] = x[i].mul_add(w, out[i]);
+        }
     }
 }
 

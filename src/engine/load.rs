@@ -19,8 +19,6 @@ pub enum EngineError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("chat template: {0}")]
     Template(String),
-    #[error("cannot start {threads} threads: {message}")]
-    Threads { threads: usize, message: String },
 }
 
 fn model_err(path: &Path, message: impl Into<String>) -> EngineError {
@@ -71,7 +69,6 @@ pub struct Engine {
     pub eos: Vec<u32>,
     pub add_bos: bool,
     pub info: ModelInfo,
-    pool: rayon::ThreadPool,
 }
 
 fn meta_usize(g: &Gguf, key: &str) -> Result<usize, EngineError> {
@@ -98,21 +95,19 @@ fn wtype(ty: super::gguf::GgmlType) -> WType {
 impl Engine {
     /// Loads a GGUF file or a Hugging Face directory, with `threads` compute threads.
     pub fn load(path: &Path, threads: usize) -> Result<Engine, EngineError> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads.max(1))
-            .build()
-            .map_err(|e| EngineError::Threads { threads, message: e.to_string() })?;
+        // The kernels' pool is process-wide: the last model loaded sets its size.
+        super::kernels::set_threads(threads.max(1));
         if path.is_dir() {
-            return super::hf::load(path, pool);
+            return super::hf::load(path);
         }
         if !path.exists() {
             return Err(model_err(path, "no such file; fetch the default model with scripts/fetch-model.sh, or give a GGUF file or a Hugging Face directory"));
         }
         let g = Arc::new(Gguf::open(path)?);
-        Self::from_gguf(g, pool)
+        Self::from_gguf(g)
     }
 
-    fn from_gguf(g: Arc<Gguf>, pool: rayon::ThreadPool) -> Result<Engine, EngineError> {
+    fn from_gguf(g: Arc<Gguf>) -> Result<Engine, EngineError> {
         let path = g.path().to_path_buf();
         let arch = g.meta("general.architecture").and_then(MetaValue::as_str).unwrap_or("").to_string();
         let rope_style = match arch.as_str() {
@@ -154,7 +149,7 @@ impl Engine {
             if t.dims.len() != 2 || t.dims[0] != cols || t.dims[1] != rows {
                 return Err(model_err(&path, format!("tensor {name} has shape {:?}, expected [{cols}, {rows}]", t.dims)));
             }
-            Ok(Matrix { ty: wtype(t.ty), rows, cols, data: Bytes::Gguf { file: g.clone(), tensor: i } })
+            Ok(Matrix { ty: wtype(t.ty), rows, cols, data: Bytes::Gguf { file: g.clone(), tensor: i } }.packed())
         };
         let vector = |name: &str, n: usize| -> Result<Vec<f32>, EngineError> {
             let i = index(name).ok_or_else(|| model_err(&path, format!("tensor {name} is missing")))?;
@@ -250,11 +245,11 @@ impl Engine {
             chat_template: chat_template.is_some(),
         };
         let model = Llama::new(config, tok_embd, layers, out_norm, lm_head);
-        Ok(Engine { model, tok: Tok::Gguf(tokenizer), chat_template, bos, eos, add_bos, info, pool })
+        Ok(Engine { model, tok: Tok::Gguf(tokenizer), chat_template, bos, eos, add_bos, info })
     }
 
-    pub(super) fn assemble(model: Llama, tok: Tok, chat_template: Option<String>, bos: Option<u32>, eos: Vec<u32>, add_bos: bool, info: ModelInfo, pool: rayon::ThreadPool) -> Engine {
-        Engine { model, tok, chat_template, bos, eos, add_bos, info, pool }
+    pub(super) fn assemble(model: Llama, tok: Tok, chat_template: Option<String>, bos: Option<u32>, eos: Vec<u32>, add_bos: bool, info: ModelInfo) -> Engine {
+        Engine { model, tok, chat_template, bos, eos, add_bos, info }
     }
 
     /// Token ids of `text` (special tokens parsed, no BOS).
@@ -272,9 +267,9 @@ impl Engine {
         }
     }
 
-    /// Runs `f` on the engine's thread pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+    /// Runs `f` (the kernels parallelise inside it on their own pool).
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
     }
 
     /// A fresh KV cache.

@@ -67,8 +67,29 @@ impl Matrix {
     }
 }
 
-/// Runs `f(row_index, row)` over the `width`-sized rows of `out` on the engine's threads.
+/// Runs `f(row_index, row)` over the `width`-sized rows of `out` on the kernels' thread pool.
 pub fn parallel_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    use rayon::prelude::*;
-    out.par_chunks_mut(width).enumerate().for_each(|(i, row)| f(i, row));
+    struct Rows(*mut f32);
+    // SAFETY: the pointer is only used to hand out disjoint rows, one per task index.
+    unsafe impl Sync for Rows {}
+    let n = out.len() / width;
+    let rows = Rows(out.as_mut_ptr());
+    let rows = &rows;
+    kernels::parallel_for(n, &|i| {
+        // SAFETY: `parallel_for` runs each index in 0..n exactly once, so rows never overlap, and
+        // `out` outlives the call.
+        let row = unsafe { std::slice::from_raw_parts_mut(rows.0.add(i * width), width) };
+        f(i, row);
+    });
+}
+
+impl Matrix {
+    /// Re-lays Q4_0/Q4_1/Q8_0 weights into the kernels' interleaved panels (faster matmuls);
+    /// other types stay as they are, in place.
+    pub fn packed(self) -> Matrix {
+        match kernels::pack(&self.weight()) {
+            Some(p) => Matrix { ty: p.ty, rows: p.rows, cols: p.cols, data: Bytes::Owned(Arc::new(p.data)) },
+            None => self,
+        }
+    }
 }
