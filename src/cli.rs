@@ -552,6 +552,7 @@ fn load_engine(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result
         path: Some(path.display().to_string()),
         device: None,
         threads,
+        evaluate: true,
         api: crate::suite::Api::Completions,
         api_key_env: None,
         concurrency: 1,

@@ -13,6 +13,7 @@ pub mod filter;
 pub mod pyrandom;
 pub mod model;
 pub mod metric;
+pub mod judge;
 pub mod stats;
 pub mod store;
 pub mod run;

@@ -29,6 +29,9 @@ pub struct Item {
     pub choices: Vec<String>,
     /// Index of the gold choice (multiple-choice).
     pub gold: Option<usize>,
+    /// A human's pairwise verdict (`human-label`): the winning model's name or "tie".
+    #[serde(default)]
+    pub human: Option<String>,
 }
 
 /// The template environment shared by suites and judges: strict undefined values, so a missing
@@ -56,6 +59,7 @@ struct Compiled<'a> {
     prompt: minijinja::Template<'a, 'a>,
     target: Option<minijinja::Template<'a, 'a>>,
     category: Option<minijinja::Template<'a, 'a>>,
+    human: Option<minijinja::Template<'a, 'a>>,
     choices: Option<minijinja::Expression<'a, 'a>>,
     gold: Option<minijinja::Expression<'a, 'a>>,
 }
@@ -65,6 +69,7 @@ struct Rendered {
     prompt: String,
     target: Option<String>,
     category: Option<String>,
+    human: Option<String>,
     choices: Vec<String>,
     gold: Option<usize>,
 }
@@ -86,6 +91,7 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
     let prompt = c.prompt.render(&ctx).map_err(|e| fail("prompt", e))?;
     let target = c.target.as_ref().map(|t| t.render(&ctx)).transpose().map_err(|e| fail("target", e))?;
     let category = c.category.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("category", e))?;
+    let human = c.human.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("human-label", e))?;
     let mut choices = Vec::new();
     let mut gold = None;
     if let Some(expr) = &c.choices {
@@ -116,7 +122,7 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
             }
         }
     }
-    Ok(Rendered { prompt, target, category, choices, gold })
+    Ok(Rendered { prompt, target, category, human, choices, gold })
 }
 
 /// Renders every row of a task (at most `limit`) into items, few-shot examples included.
@@ -127,6 +133,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
         prompt: env.template_from_str(task.prompt.get_ref()).map_err(|e| bad("prompt", e))?,
         target: task.target.as_ref().map(|t| env.template_from_str(t.get_ref())).transpose().map_err(|e| bad("target", e))?,
         category: task.category.as_ref().map(|t| env.template_from_str(t.get_ref())).transpose().map_err(|e| bad("category", e))?,
+        human: task.human_label.as_ref().map(|t| env.template_from_str(t.get_ref())).transpose().map_err(|e| bad("human-label", e))?,
         choices: task.choices.as_ref().map(|t| env.compile_expression(t.get_ref())).transpose().map_err(|e| bad("choices", e))?,
         gold: task.gold.as_ref().map(|t| env.compile_expression(t.get_ref())).transpose().map_err(|e| bad("gold", e))?,
     };
@@ -192,7 +199,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
             _ => index.to_string(),
         };
         let doc_hash = crate::util::sha256_hex(serde_json::to_string(&row.fields).expect("JSON map serializes").as_bytes());
-        items.push(Item { index, id, doc_hash, category: r.category, prompt, target: r.target, choices: r.choices, gold: r.gold });
+        items.push(Item { index, id, doc_hash, category: r.category, prompt, target: r.target, choices: r.choices, gold: r.gold, human: r.human });
     }
     Ok(items)
 }

@@ -152,8 +152,35 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     };
     // A resumed run keeps the selection it started with.
     let (tasks_sel, models_sel, limit) = parse_selection(&run.selection);
-    let models = pick(&suite.file.models, |m| m.name.as_str(), &models_sel, "model")?;
+    let selected = pick(&suite.file.models, |m| m.name.as_str(), &models_sel, "model")?;
     let tasks = pick(&suite.file.tasks, |t| t.name.as_str(), &tasks_sel, "task")?;
+    // Judges: every judge metric of the selected tasks, and the models they call.
+    let judges: Vec<(usize, crate::suite::JudgeSpec)> = tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            t.metrics.iter().filter_map(move |m| match crate::suite::MetricSpec::parse(m.get_ref()) {
+                Ok(crate::suite::MetricSpec::Judge(j)) => Some((ti, j)),
+                _ => None,
+            })
+        })
+        .collect();
+    let models: Vec<&crate::suite::ModelConfig> = selected.iter().copied().filter(|m| m.evaluate).collect();
+    if models.is_empty() {
+        return Err(Error::Usage("no model to evaluate: every selected model has evaluate = false".into()));
+    }
+    let mut judge_models: Vec<&crate::suite::ModelConfig> = Vec::new();
+    for (_, j) in &judges {
+        let m = suite.file.models.iter().find(|m| m.name == j.model).expect("validated with the suite");
+        if !models.iter().any(|x| x.name == m.name) && !judge_models.iter().any(|x| x.name == m.name) {
+            judge_models.push(m);
+        }
+        if let Some(b) = &j.baseline {
+            if !models.iter().any(|x| &x.name == b) {
+                return Err(Error::Usage(format!("the judge baseline {b:?} is not among the evaluated models; select it with --models or set evaluate = true")));
+            }
+        }
+    }
 
     // Render everything before the first request: bad rows stop the run here.
     let mut rendered: Vec<Vec<Item>> = Vec::new();
@@ -164,6 +191,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let pipelines: Vec<Pipeline> = tasks.iter().map(|t| Pipeline::new(t)).collect();
     let metrics: Vec<Vec<Box<dyn Metric>>> = tasks.iter().map(|t| crate::metric::for_task(t)).collect();
     let backends: Vec<Box<dyn Model>> = models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
+    let judge_backends: Vec<Box<dyn Model>> = judge_models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
 
     if fresh {
         store.create_run(&run)?;
@@ -285,7 +313,20 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     }
     progress.done();
 
-    let aggregates = aggregate_run(&store, &run.id, &tasks, &metrics, &models.iter().map(|m| m.name.clone()).collect::<Vec<_>>())?;
+    // Judges read the stored answers and write their scores onto the samples.
+    let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    let mut reliability = Vec::new();
+    for (ti, spec) in &judges {
+        let judge_model: &dyn Model = match models.iter().position(|m| m.name == spec.model) {
+            Some(i) => backends[i].as_ref(),
+            None => judge_backends[judge_models.iter().position(|m| m.name == spec.model).expect("built above")].as_ref(),
+        };
+        let tj = crate::judge::TaskJudging { task: tasks[*ti], items: &rendered[*ti], spec: spec.clone(), models: model_names.clone() };
+        reliability.extend(crate::judge::run_judges(&mut store, &run.id, &suite.dir, &tj, judge_model, &spec.model, opts.no_cache)?);
+    }
+
+    let mut aggregates = aggregate_run(&store, &run.id, &tasks, &metrics, &model_names)?;
+    aggregates.extend(reliability);
     store.put_aggregates(&run.id, &aggregates)?;
     let errored = store.samples(&run.id)?.iter().filter(|s| s.error.is_some()).count();
     let status = if errored > 0 { "errored" } else { "complete" };

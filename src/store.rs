@@ -75,7 +75,48 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE
      );",
+    // 2: judge calls: one row per (sample, opponent, order), with the judge's raw text.
+    "CREATE TABLE judgments (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        task TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        item INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        opponent TEXT NOT NULL,
+        ord INTEGER NOT NULL,
+        judge_model TEXT NOT NULL,
+        template TEXT NOT NULL,
+        template_hash TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        raw TEXT,
+        verdict TEXT,
+        error TEXT,
+        PRIMARY KEY (run_id, task, metric, item, model, opponent, ord)
+     );",
 ];
+
+/// One judge call: which sample(s) it judged, in which order, and what the judge said.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Judgment {
+    pub task: String,
+    /// The judge metric, e.g. `judge-pairwise-vs-base`.
+    pub metric: String,
+    pub item: i64,
+    /// The candidate (shown first in order 1).
+    pub model: String,
+    /// The other model of a pairwise comparison; empty for single-answer grading.
+    pub opponent: String,
+    /// 1: candidate shown as A; 2: shown as B.
+    pub order: i64,
+    pub judge_model: String,
+    pub template: String,
+    pub template_hash: String,
+    pub prompt: String,
+    pub raw: Option<String>,
+    /// `A`, `B`, `tie`, a rating, or `unparsed`.
+    pub verdict: Option<String>,
+    pub error: Option<String>,
+}
 
 /// A run's row.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -347,6 +388,51 @@ impl Store {
             .conn
             .prepare_cached("INSERT OR REPLACE INTO responses (key, run_id, kind, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
             .and_then(|mut s| s.execute(params![key, run_id, kind, response, crate::util::now_unix()]));
+        self.db(r).map(|_| ())
+    }
+
+    pub fn put_judgment(&self, run_id: &str, j: &Judgment) -> Result<()> {
+        let r = self.conn.prepare_cached(
+            "INSERT OR REPLACE INTO judgments (run_id, task, metric, item, model, opponent, ord, judge_model, template, template_hash, prompt, raw, verdict, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )
+        .and_then(|mut st| st.execute(params![run_id, j.task, j.metric, j.item, j.model, j.opponent, j.order, j.judge_model, j.template, j.template_hash, j.prompt, j.raw, j.verdict, j.error]));
+        self.db(r).map(|_| ())
+    }
+
+    /// A run's judgments, of one task and metric when given.
+    pub fn judgments(&self, run_id: &str, task: &str, metric: &str) -> Result<Vec<Judgment>> {
+        let mut stmt = self.db(self.conn.prepare(
+            "SELECT task, metric, item, model, opponent, ord, judge_model, template, template_hash, prompt, raw, verdict, error FROM judgments
+             WHERE run_id = ?1 AND (?2 = '' OR task = ?2) AND (?3 = '' OR metric = ?3) ORDER BY task, metric, item, model, opponent, ord",
+        ))?;
+        let rows = self.db(stmt.query_map(params![run_id, task, metric], |r| {
+            Ok(Judgment {
+                task: r.get(0)?,
+                metric: r.get(1)?,
+                item: r.get(2)?,
+                model: r.get(3)?,
+                opponent: r.get(4)?,
+                order: r.get(5)?,
+                judge_model: r.get(6)?,
+                template: r.get(7)?,
+                template_hash: r.get(8)?,
+                prompt: r.get(9)?,
+                raw: r.get(10)?,
+                verdict: r.get(11)?,
+                error: r.get(12)?,
+            })
+        }))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+
+    /// Sets one metric's per-sample score (and statistics `[value]`) on a stored sample.
+    pub fn set_sample_score(&self, run_id: &str, model: &str, task: &str, item: i64, metric: &str, value: f64) -> Result<()> {
+        let r = self.conn.execute(
+            "UPDATE samples SET scores = json_set(scores, '$.' || json_quote(?5), ?6), stats = json_set(stats, '$.' || json_quote(?5), json_array(?6))
+             WHERE run_id = ?1 AND model = ?2 AND task = ?3 AND item = ?4",
+            params![run_id, model, task, item, metric, value],
+        );
         self.db(r).map(|_| ())
     }
 

@@ -73,6 +73,9 @@ pub struct ModelConfig {
     /// (builtin) Compute threads (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Evaluate this model on the tasks (default true); `false` for a model that only judges.
+    #[serde(default = "default_true")]
+    pub evaluate: bool,
     /// `"chat"` (default) or `"completions"`.
     #[serde(default)]
     pub api: Api,
@@ -104,6 +107,10 @@ pub struct ModelConfig {
     /// Extra JSON fields merged into every request body (e.g. `{ top_k = 20 }`).
     #[serde(default)]
     pub extra_body: Option<toml::Table>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_concurrency() -> usize {
@@ -253,10 +260,16 @@ pub struct TaskConfig {
     /// `"take-first"`, `{ regex = "…" }`, `{ map = { … } }`.
     #[serde(default)]
     pub filters: Vec<FilterStep>,
-    /// Metric names; default by kind (`exact-match`; `acc`, `acc-norm`; `loglikelihood`, `acc`;
-    /// `word-perplexity`, `byte-perplexity`, `bits-per-byte`).
+    /// Metrics: names (default by kind: `exact-match`; `acc`, `acc-norm`; `loglikelihood`, `acc`;
+    /// `word-perplexity`, `byte-perplexity`, `bits-per-byte`), or judges:
+    /// `{ judge = "single", model = "gpt4-judge" }`,
+    /// `{ judge = "pairwise", model = "gpt4-judge", baseline = "smollm2" }` or `mode = "all-pairs"`.
     #[serde(default)]
-    pub metrics: Vec<Spanned<String>>,
+    pub metrics: Vec<Spanned<toml::Value>>,
+    /// Template giving a human verdict for pairwise judging: the winning model's name or "tie"
+    /// (agreement and Cohen's kappa with the judge are then reported).
+    #[serde(default)]
+    pub human_label: Option<Spanned<String>>,
 }
 
 fn default_target_delimiter() -> String {
@@ -445,7 +458,24 @@ impl Suite {
             }
         }
         for m in &t.metrics {
-            crate::metric::check_metric(m.get_ref(), t.kind).map_err(|msg| Error::config(self.at(m), format!("task {task:?}: {msg}")))?;
+            match MetricSpec::parse(m.get_ref()).map_err(|msg| Error::config(self.at(m), format!("task {task:?}: {msg}")))? {
+                MetricSpec::Name(name) => crate::metric::check_metric(&name, t.kind).map_err(|msg| Error::config(self.at(m), format!("task {task:?}: {msg}")))?,
+                MetricSpec::Judge(j) => {
+                    if t.kind != TaskKind::Generate {
+                        return Err(Error::config(self.at(m), format!("task {task:?}: judges score generated answers; this is a {} task", kind_name(t.kind))));
+                    }
+                    for (what, name) in std::iter::once(("model", &j.model)).chain(j.baseline.iter().map(|b| ("baseline", b))) {
+                        if !self.file.models.iter().any(|x| &x.name == name) {
+                            let names: Vec<&str> = self.file.models.iter().map(|x| x.name.as_str()).collect();
+                            return Err(Error::config(self.at(m), format!("task {task:?}: judge {what} {name:?} is not a [[model]] of the suite ({})", names.join(", "))));
+                        }
+                    }
+                    crate::judge::load_judge(&j.judge, &self.dir).map_err(|e| Error::config(self.at(m), format!("task {task:?}: {e}")))?;
+                }
+            }
+        }
+        if let Some(h) = &t.human_label {
+            env.template_from_str(h.get_ref()).map_err(|e| Error::config(self.at(h), format!("task {task:?}: human-label: bad template: {}", crate::prompt::jinja_message(&e))))?;
         }
         if t.temperature < 0.0 {
             return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: temperature must be >= 0, got {}", t.temperature)));
@@ -469,6 +499,80 @@ impl Suite {
             }
         }
         Ok(crate::util::sha256_hex(h.as_bytes()))
+    }
+}
+
+/// A task's metric entry: a metric name, or a judge.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricSpec {
+    Name(String),
+    Judge(JudgeSpec),
+}
+
+/// `{ judge = "pairwise", model = "gpt4-judge", baseline = "x" }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JudgeSpec {
+    /// Judge template name (a file in judges/, next to the suite, or built in).
+    pub judge: String,
+    /// The `[[model]]` that judges.
+    pub model: String,
+    /// Pairwise: every model is compared with this one.
+    pub baseline: Option<String>,
+    /// Pairwise: every pair of evaluated models (`mode = "all-pairs"`).
+    pub all_pairs: bool,
+    /// Overrides the judge template's `max-tokens` (a small local judge needs few).
+    pub max_tokens: Option<u32>,
+}
+
+impl JudgeSpec {
+    /// The metric's name in results, e.g. `judge-single`, `judge-pairwise-vs-base`.
+    pub fn metric_name(&self) -> String {
+        match (&self.baseline, self.all_pairs) {
+            (Some(b), _) => format!("judge-{}-vs-{b}", self.judge),
+            (None, true) => format!("judge-{}-all-pairs", self.judge),
+            _ => format!("judge-{}", self.judge),
+        }
+    }
+}
+
+impl MetricSpec {
+    /// Reads a `metrics` entry: a string, or a judge table.
+    pub fn parse(v: &toml::Value) -> std::result::Result<MetricSpec, String> {
+        match v {
+            toml::Value::String(s) => Ok(MetricSpec::Name(s.clone())),
+            toml::Value::Table(t) => {
+                for k in t.keys() {
+                    if !["judge", "model", "baseline", "mode", "max-tokens"].contains(&k.as_str()) {
+                        return Err(format!("unknown key `{k}` in a judge metric; expected judge, model, baseline, mode or max-tokens"));
+                    }
+                }
+                let get = |k: &str| -> std::result::Result<Option<String>, String> {
+                    match t.get(k) {
+                        None => Ok(None),
+                        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                        Some(other) => Err(format!("`{k}` must be a string, found {}", other.type_str())),
+                    }
+                };
+                let judge = get("judge")?.ok_or("a judge metric needs `judge` (e.g. \"single\" or \"pairwise\")")?;
+                let model = get("model")?.ok_or("a judge metric needs `model`, the [[model]] that judges")?;
+                let baseline = get("baseline")?;
+                let all_pairs = match get("mode")?.as_deref() {
+                    None => false,
+                    Some("all-pairs") => true,
+                    Some(m) => return Err(format!("unknown judge mode {m:?}; expected \"all-pairs\"")),
+                };
+                if baseline.is_some() && all_pairs {
+                    return Err("give either baseline or mode = \"all-pairs\", not both".into());
+                }
+                let max_tokens = match t.get("max-tokens") {
+                    None => None,
+                    Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as u32),
+                    Some(other) => return Err(format!("`max-tokens` must be a positive integer, found {other}")),
+                };
+                Ok(MetricSpec::Judge(JudgeSpec { judge, model, baseline, all_pairs, max_tokens }))
+            }
+            other => Err(format!("a metric is a name or a judge table, found {}", other.type_str())),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod support;
 mod core_run;
 mod engine_ref;
 mod faults;
+mod judges;
 mod metrics_golden;
 mod resume;
 mod suite_errors;

@@ -234,6 +234,7 @@ mod tests {
             target: Some(" 42 ".into()),
             choices: choices.iter().map(|s| s.to_string()).collect(),
             gold: Some(gold),
+            human: None,
         }
     }
 

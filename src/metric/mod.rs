@@ -116,12 +116,17 @@ pub fn by_name(name: &str) -> Option<Box<dyn Metric>> {
     })
 }
 
-/// The metrics of a task: the ones it names, or its kind's defaults.
+/// The metrics of a task: the ones it names (judges included), or its kind's defaults.
 pub fn for_task(task: &crate::suite::TaskConfig) -> Vec<Box<dyn Metric>> {
-    let names: Vec<&str> = if task.metrics.is_empty() {
-        names_for(task.kind).0.to_vec()
-    } else {
-        task.metrics.iter().map(|m| m.get_ref().as_str()).collect()
-    };
-    names.into_iter().filter_map(by_name).collect()
+    use crate::suite::MetricSpec;
+    if task.metrics.is_empty() {
+        return names_for(task.kind).0.iter().filter_map(|n| by_name(n)).collect();
+    }
+    task.metrics
+        .iter()
+        .filter_map(|m| match MetricSpec::parse(m.get_ref()).ok()? {
+            MetricSpec::Name(n) => by_name(&n),
+            MetricSpec::Judge(j) => Some(Box::new(crate::judge::JudgeMetric(j.metric_name().leak())) as Box<dyn Metric>),
+        })
+        .collect()
 }

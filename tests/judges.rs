@@ -1,0 +1,208 @@
+//! LLM-as-judge end to end: candidate models and a judge behind loopback servers with scripted
+//! verdicts (consistent, position-biased, unparsable, out of range), and the whole path offline
+//! on the built-in engine.
+
+use crate::server::FakeServer;
+use crate::support::*;
+
+/// The correct sum for the question in a prompt "Q: a+b".
+fn sum_in(text: &str) -> i64 {
+    let q = text.rsplit("Q: ").next().unwrap_or("");
+    let expr = q.lines().next().unwrap_or("").trim();
+    let (a, b) = expr.split_once('+').unwrap_or(("0", "0"));
+    a.trim().parse::<i64>().unwrap_or(0) + b.trim().parse::<i64>().unwrap_or(0)
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let s = text.find(start).map(|i| i + start.len()).unwrap_or(0);
+    let e = text[s..].find(end).map(|i| s + i).unwrap_or(text.len());
+    &text[s..e]
+}
+
+/// The fake judge: rates or compares by correctness; scripted misbehaviour on some questions.
+fn judge(prompt: &str) -> String {
+    let right = sum_in(prompt).to_string();
+    let has = |a: &str| a.split(|c: char| !c.is_ascii_digit() && c != '-').any(|t| t == right);
+    if prompt.contains("[The assistant's answer]") {
+        let a = between(prompt, "[The assistant's answer]", "[End of answer]");
+        if prompt.contains("Q: 11+7") {
+            return "Rating: [[15]]".into(); // out of range: unparsed
+        }
+        if prompt.contains("Q: 48+60") {
+            return "It is fine I guess.".into(); // no verdict: unparsed
+        }
+        return if has(a) { "Correct. Rating: [[9]]".into() } else { "Wrong sum. Rating: [[2]]".into() };
+    }
+    let a = between(prompt, "[Assistant A's answer]", "[End of assistant A's answer]");
+    let b = between(prompt, "[Assistant B's answer]", "[End of assistant B's answer]");
+    if prompt.contains("Q: 85+113") {
+        return "Both look similar. [[A]]".into(); // always the first slot: inconsistent
+    }
+    if prompt.contains("Q: 122+166") {
+        return "Hmm.".into(); // unparsed in both orders
+    }
+    match (has(a), has(b)) {
+        (true, false) => "A is right. [[A]]".into(),
+        (false, true) => "B is right. [[B]]".into(),
+        _ => "Same quality. [[C]]".into(),
+    }
+}
+
+fn suite(good: &str, bad: &str, judge: &str, metrics: &str) -> String {
+    format!(
+        r#"name = "judged"
+[[model]]
+name = "good"
+engine = "openai"
+base-url = "{good}"
+model = "g"
+[[model]]
+name = "bad"
+engine = "openai"
+base-url = "{bad}"
+model = "b"
+[[model]]
+name = "judge"
+engine = "openai"
+base-url = "{judge}"
+model = "j"
+evaluate = false
+
+[[task]]
+name = "arith"
+kind = "generate"
+data = "data/arith.jsonl"
+prompt = "Q: {{{{ question }}}}\nA:"
+target = "{{{{ answer }}}}"
+human-label = "{{{{ human }}}}"
+metrics = {metrics}
+"#
+    )
+}
+
+#[test]
+fn single_and_pairwise_judging_with_reliability() {
+    let good = FakeServer::start(crate::server::arith_answer);
+    let bad = FakeServer::start(|p| format!(" {}", sum_in(p) + 3));
+    let judge_srv = FakeServer::start(judge);
+    let dir = TempDir::new("judges");
+    // 10 items; humans prefer "good" except on two items (one tie, one "bad").
+    let mut rows = String::new();
+    for (i, line) in arith_rows(10).lines().enumerate() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["human"] = serde_json::json!(match i { 3 => "tie", 4 => "bad", _ => "good" });
+        rows.push_str(&v.to_string());
+        rows.push('\n');
+    }
+    dir.write("data/arith.jsonl", &rows);
+    let metrics = r#"["exact-match", { judge = "single", model = "judge" }, { judge = "pairwise", model = "judge", baseline = "bad" }]"#;
+    let s = dir.write("suite.toml", &suite(&good.base_url(), &bad.base_url(), &judge_srv.base_url(), metrics));
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+
+    // What the scripted judge must produce, computed by hand from the same rules.
+    let qs: Vec<String> = arith_rows(10).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_string()).collect();
+    let good_right: Vec<bool> = qs.iter().map(|q| crate::server::arith_answer(&format!("Q: {q}\nA:")).trim() == sum_in(&format!("Q: {q}")).to_string()).collect();
+    let unparsed_single = ["11+7", "48+60"];
+    let ratings: Vec<f64> = qs.iter().zip(&good_right).filter(|(q, _)| !unparsed_single.contains(&q.as_str())).map(|(_, r)| if *r { 9.0 } else { 2.0 }).collect();
+    let r = result(&v, "good", "arith", "judge-single");
+    assert!((r["value"].as_f64().unwrap() - ratings.iter().sum::<f64>() / ratings.len() as f64).abs() < 1e-12, "{r}");
+    assert_eq!(r["n"], ratings.len());
+    let bad_single = result(&v, "bad", "arith", "judge-single");
+    assert!((bad_single["value"].as_f64().unwrap() - 2.0).abs() < 1e-12, "{bad_single}");
+    let rel = |name: &str| result(&v, "judge:judge", "arith", name)["value"].as_f64();
+    assert_eq!(rel("judge-single:parse-failure-rate"), Some(4.0 / 20.0), "2 unparsed items × 2 models");
+
+    // Pairwise vs the baseline: 10 pairs; 1 unparsed (122+166), 1 inconsistent (85+113, first slot).
+    let pw = result(&v, "good", "arith", "judge-pairwise-vs-bad");
+    let mut scores = Vec::new();
+    for (q, right) in qs.iter().zip(&good_right) {
+        match q.as_str() {
+            "122+166" => {}
+            "85+113" => scores.push(0.5),
+            _ => scores.push(if *right { 1.0 } else { 0.5 }),
+        }
+    }
+    assert!((pw["value"].as_f64().unwrap() - scores.iter().sum::<f64>() / scores.len() as f64).abs() < 1e-12, "{pw}");
+    assert_eq!(pw["n"], 9);
+    assert!(v["results"].as_array().unwrap().iter().all(|r| !(r["model"] == "bad" && r["metric"] == "judge-pairwise-vs-bad")), "the baseline is not scored against itself");
+    assert_eq!(rel("judge-pairwise-vs-bad:parse-failure-rate"), Some(0.1));
+    assert_eq!(rel("judge-pairwise-vs-bad:position-consistency"), Some(8.0 / 9.0));
+    assert_eq!(rel("judge-pairwise-vs-bad:position-bias"), Some(1.0), "the one inconsistent pair favoured the first slot");
+    let ties = scores.iter().filter(|s| **s == 0.5).count() as f64;
+    assert_eq!(rel("judge-pairwise-vs-bad:tie-rate"), Some(ties / 9.0));
+    // Human labels: judge winners vs humans over the 9 parsed pairs.
+    let mut pairs = Vec::new();
+    for (i, (q, right)) in qs.iter().zip(&good_right).enumerate() {
+        if q == "122+166" {
+            continue;
+        }
+        let judge_label = if q == "85+113" || !right { "tie" } else { "good" };
+        let human = match i { 3 => "tie", 4 => "bad", _ => "good" };
+        pairs.push((judge_label.to_string(), human.to_string()));
+    }
+    let agree = pairs.iter().filter(|(a, b)| a == b).count() as f64 / pairs.len() as f64;
+    assert!((rel("judge-pairwise-vs-bad:human-agreement").unwrap() - agree).abs() < 1e-12);
+    let kappa = llmeval::judge::cohen_kappa(&pairs).unwrap();
+    assert!((rel("judge-pairwise-vs-bad:cohen-kappa").unwrap() - kappa).abs() < 1e-12);
+
+    // Both orders were asked for every pair; the judge model was never evaluated itself.
+    let log = judge_srv.log();
+    let pairwise_calls = log.iter().filter(|r| r.key.contains("[Assistant A's answer]")).count();
+    assert_eq!(pairwise_calls, 20);
+    assert!(log.iter().all(|r| r.key.contains("[Question]")), "the judge only judges");
+    // Judgments keep the raw text, the judge model and the template hash.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let (n, raw_unparsed): (i64, i64) = conn
+        .query_row("SELECT count(*), sum(verdict = 'unparsed' AND raw IS NOT NULL) FROM judgments WHERE judge_model = 'judge' AND length(template_hash) = 16", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!(n, 40);
+    assert_eq!(raw_unparsed, 4 + 2);
+
+    // Re-running reuses every cached judgment: no judge request.
+    judge_srv.clear_log();
+    let again = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(judge_srv.log().len(), 0);
+    assert_eq!(result(&json_out(&again), "good", "arith", "judge-pairwise-vs-bad")["value"], pw["value"]);
+}
+
+#[test]
+fn judge_metric_errors_are_clear() {
+    let dir = TempDir::new("judge-errors");
+    dir.write("data/arith.jsonl", &arith_rows(2));
+    for (metrics, want) in [
+        (r#"[{ judge = "nope", model = "judge" }]"#, "unknown judge \"nope\""),
+        (r#"[{ judge = "single", model = "ghost" }]"#, "judge model \"ghost\" is not a [[model]]"),
+        (r#"[{ judge = "single" }]"#, "needs `model`"),
+        (r#"[{ judge = "pairwise", model = "judge", baseline = "x", mode = "all-pairs" }]"#, "not both"),
+        (r#"[{ judge = "single", model = "judge", colour = 1 }]"#, "unknown key `colour`"),
+    ] {
+        let s = dir.write("suite.toml", &suite("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", metrics));
+        let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{metrics}");
+        let e = stderr(&out);
+        let line = std::fs::read_to_string(&s).unwrap().lines().position(|l| l.starts_with("metrics")).unwrap() + 1;
+        assert!(e.contains(want) && e.contains(&format!("suite.toml:{line}")), "{metrics}: {e}");
+    }
+}
+
+#[test]
+fn custom_judge_file_next_to_the_suite() {
+    let good = FakeServer::start(crate::server::arith_answer);
+    let judge_srv = FakeServer::start(|p| if p.starts_with("GRADE") { "1\nBecause.".into() } else { "?".into() });
+    let dir = TempDir::new("custom-judge");
+    dir.write("data/arith.jsonl", &arith_rows(3).replace("}\n", ", \"human\": \"tie\"}\n"));
+    dir.write("judges/terse.toml", "name = \"terse\"\nkind = \"pandalm\"\nprompt = \"GRADE {{ question }} | {{ answer_a }} | {{ answer_b }}\"\n");
+    let metrics = r#"[{ judge = "terse", model = "judge", mode = "all-pairs" }]"#;
+    let s = dir.write("suite.toml", &suite(&good.base_url(), &good.base_url(), &judge_srv.base_url(), metrics));
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    // PandaLM verdict "1" in both orders: always the first slot, so every pair is inconsistent.
+    assert_eq!(result(&v, "judge:judge", "arith", "judge-terse-all-pairs:position-consistency")["value"], 0.0);
+    assert_eq!(result(&v, "judge:judge", "arith", "judge-terse-all-pairs:position-bias")["value"], 1.0);
+    assert_eq!(result(&v, "good", "arith", "judge-terse-all-pairs")["value"], 0.5);
+    assert_eq!(result(&v, "bad", "arith", "judge-terse-all-pairs")["value"], 0.5);
+}
