@@ -7,7 +7,7 @@
 
 use crate::dataset::Row;
 use crate::error::{Error, Result};
-use crate::suite::{Suite, TaskConfig, TaskKind};
+use crate::suite::{Suite, TaskConfig};
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 /// One evaluation item of a task, fully rendered.
@@ -169,9 +169,6 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
     for (index, row) in rows.iter().take(n).enumerate() {
         let loc = format!("{}:{}", data_path.display(), row.line);
         let r = render_row(&compiled, task, row, &loc, false)?;
-        if task.kind == TaskKind::Generate && r.target.is_none() {
-            return Err(Error::data(loc, format!("task {:?}: no target", task.name)));
-        }
         let mut prompt = String::new();
         if let (Some(fs), Some(rng)) = (&task.few_shot, rng.as_mut()) {
             // lm-eval: sample n (+1 from the same split), drop the evaluated doc, keep n.

@@ -419,7 +419,14 @@ impl Suite {
                 }
             }
             TaskKind::Generate | TaskKind::Loglikelihood => {
-                if t.target.is_none() {
+                // Judges and diversity metrics need no reference; everything else does.
+                let target_free = |m: &Spanned<toml::Value>| match MetricSpec::parse(m.get_ref()) {
+                    Ok(MetricSpec::Judge(j)) => !j.judge.ends_with("-reference"),
+                    Ok(MetricSpec::Name(n)) => n.starts_with("distinct-"),
+                    Err(_) => false,
+                };
+                let needs_target = t.kind == TaskKind::Loglikelihood || t.metrics.is_empty() || !t.metrics.iter().all(target_free);
+                if t.target.is_none() && needs_target {
                     return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: a {} task needs `target` (a template over the row)", kind_name(t.kind))));
                 }
             }

@@ -206,3 +206,21 @@ fn custom_judge_file_next_to_the_suite() {
     assert_eq!(result(&v, "good", "arith", "judge-terse-all-pairs")["value"], 0.5);
     assert_eq!(result(&v, "bad", "arith", "judge-terse-all-pairs")["value"], 0.5);
 }
+
+#[test]
+fn capabilities_suite_runs_offline_with_the_built_in_model_as_judge() {
+    crate::engine_ref::model_path();
+    let dir = TempDir::new("capabilities");
+    let suite = concat!(env!("CARGO_MANIFEST_DIR"), "/suites/capabilities.toml");
+    let out = llmeval(&["run", suite, "--db", dir.db().to_str().unwrap(), "--json", "--limit", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    // Every judge call was made and recorded, parsed or not (a 135M judge rarely follows the format).
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let (n, with_raw): (i64, i64) = conn.query_row("SELECT count(*), sum(raw IS NOT NULL) FROM judgments", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!((n, with_raw), (4, 4));
+    let failures = result(&v, "judge:smollm2-135m", "open-questions", "judge-single:parse-failure-rate");
+    assert_eq!(failures["n"], 2);
+    assert!(failures["value"].as_f64().unwrap() <= 1.0);
+    assert!(result(&v, "smollm2-135m", "open-questions", "distinct-1")["value"].as_f64().unwrap() > 0.0);
+}
