@@ -32,6 +32,9 @@ pub struct Item {
     /// A human's pairwise verdict (`human-label`): the winning model's name or "tie".
     #[serde(default)]
     pub human: Option<String>,
+    /// Multi-turn tasks: every turn's rendered prompt (`prompt` is the first).
+    #[serde(default)]
+    pub turns: Vec<String>,
 }
 
 /// The template environment shared by suites and judges: strict undefined values, so a missing
@@ -62,6 +65,7 @@ struct Compiled<'a> {
     human: Option<minijinja::Template<'a, 'a>>,
     choices: Option<minijinja::Expression<'a, 'a>>,
     gold: Option<minijinja::Expression<'a, 'a>>,
+    turns: Option<minijinja::Expression<'a, 'a>>,
 }
 
 /// The parts of one row before few-shot examples are added.
@@ -72,6 +76,7 @@ struct Rendered {
     human: Option<String>,
     choices: Vec<String>,
     gold: Option<usize>,
+    turns: Vec<String>,
 }
 
 impl Rendered {
@@ -88,7 +93,7 @@ impl Rendered {
 fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bool) -> Result<Rendered> {
     let ctx = Value::from(minijinja::value::Serde(&row.fields));
     let fail = |field: &str, e: minijinja::Error| Error::data(loc, format!("task {:?}: {field}: {}", task.name, jinja_message(&e)));
-    let prompt = c.prompt.render(&ctx).map_err(|e| fail("prompt", e))?;
+    let prompt = if c.turns.is_some() { String::new() } else { c.prompt.render(&ctx).map_err(|e| fail("prompt", e))? };
     let target = c.target.as_ref().map(|t| t.render(&ctx)).transpose().map_err(|e| fail("target", e))?;
     let category = c.category.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("category", e))?;
     let human = c.human.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("human-label", e))?;
@@ -122,7 +127,23 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
             }
         }
     }
-    Ok(Rendered { prompt, target, category, human, choices, gold })
+    let mut turns = Vec::new();
+    let mut prompt = prompt;
+    if let Some(expr) = &c.turns {
+        let v = expr.eval(&ctx).map_err(|e| fail("turns", e))?;
+        let list: Vec<Value> = v.try_iter().map_err(|_| Error::data(loc, format!("task {:?}: turns: expected a list, got {v}", task.name)))?.collect();
+        if list.is_empty() {
+            return Err(Error::data(loc, format!("task {:?}: turns: the row has no turns", task.name)));
+        }
+        for (i, turn) in list.iter().enumerate() {
+            let mut fields = row.fields.clone();
+            fields.insert("turn".into(), serde_json::Value::String(turn.as_str().map(str::to_string).unwrap_or_else(|| turn.to_string())));
+            fields.insert("turn_index".into(), serde_json::json!(i));
+            turns.push(c.prompt.render(Value::from(minijinja::value::Serde(&fields))).map_err(|e| fail("prompt", e))?);
+        }
+        prompt = turns[0].clone();
+    }
+    Ok(Rendered { prompt, target, category, human, choices, gold, turns })
 }
 
 /// Renders every row of a task (at most `limit`) into items, few-shot examples included.
@@ -136,6 +157,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
         human: task.human_label.as_ref().map(|t| env.template_from_str(t.get_ref())).transpose().map_err(|e| bad("human-label", e))?,
         choices: task.choices.as_ref().map(|t| env.compile_expression(t.get_ref())).transpose().map_err(|e| bad("choices", e))?,
         gold: task.gold.as_ref().map(|t| env.compile_expression(t.get_ref())).transpose().map_err(|e| bad("gold", e))?,
+        turns: task.turns.as_ref().map(|t| env.compile_expression(t.get_ref())).transpose().map_err(|e| bad("turns", e))?,
     };
     let data_path = suite.resolve(task.data.get_ref());
     let n = limit.map_or(rows.len(), |l| l.min(rows.len()));
@@ -196,7 +218,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
             _ => index.to_string(),
         };
         let doc_hash = crate::util::sha256_hex(serde_json::to_string(&row.fields).expect("JSON map serializes").as_bytes());
-        items.push(Item { index, id, doc_hash, category: r.category, prompt, target: r.target, choices: r.choices, gold: r.gold, human: r.human });
+        items.push(Item { index, id, doc_hash, category: r.category, prompt, target: r.target, choices: r.choices, gold: r.gold, human: r.human, turns: r.turns });
     }
     Ok(items)
 }

@@ -153,18 +153,21 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     // A resumed run keeps the selection it started with.
     let (tasks_sel, models_sel, limit) = parse_selection(&run.selection);
     let selected = pick(&suite.file.models, |m| m.name.as_str(), &models_sel, "model")?;
-    let tasks = pick(&suite.file.tasks, |t| t.name.as_str(), &tasks_sel, "task")?;
+    let picked = pick(&suite.file.tasks, |t| t.name.as_str(), &tasks_sel, "task")?;
     // Judges: every judge metric of the selected tasks, and the models they call.
-    let judges: Vec<(usize, crate::suite::JudgeSpec)> = tasks
-        .iter()
-        .enumerate()
-        .flat_map(|(ti, t)| {
-            t.metrics.iter().filter_map(move |m| match crate::suite::MetricSpec::parse(m.get_ref()) {
-                Ok(crate::suite::MetricSpec::Judge(j)) => Some((ti, j)),
-                _ => None,
+    let judge_specs = |tasks: &[&TaskConfig]| -> Vec<(usize, crate::suite::JudgeSpec)> {
+        tasks
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, t)| {
+                t.metrics.iter().filter_map(move |m| match crate::suite::MetricSpec::parse(m.get_ref()) {
+                    Ok(crate::suite::MetricSpec::Judge(j)) => Some((ti, j)),
+                    _ => None,
+                })
             })
-        })
-        .collect();
+            .collect()
+    };
+    let judges = judge_specs(&picked);
     let models: Vec<&crate::suite::ModelConfig> = selected.iter().copied().filter(|m| m.evaluate).collect();
     if models.is_empty() {
         return Err(Error::Usage("no model to evaluate: every selected model has evaluate = false".into()));
@@ -183,11 +186,38 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     }
 
     // Render everything before the first request: bad rows stop the run here.
-    let mut rendered: Vec<Vec<Item>> = Vec::new();
-    for t in &tasks {
+    let mut base_rendered: Vec<Vec<Item>> = Vec::new();
+    for t in &picked {
         let rows = crate::dataset::load(&suite.resolve(t.data.get_ref()))?;
-        rendered.push(crate::prompt::render_task(suite, t, &rows, limit)?);
+        base_rendered.push(crate::prompt::render_task(suite, t, &rows, limit)?);
     }
+    // Multi-turn tasks become one task per turn (turn N named `NAME/turn-N`), run in waves so
+    // that turn N sees the model's own answers to the turns before it.
+    let mut owned: Vec<TaskConfig> = Vec::new();
+    let mut rendered: Vec<Vec<Item>> = Vec::new();
+    let mut turn_of: Vec<usize> = Vec::new();
+    for (bi, t) in picked.iter().enumerate() {
+        if t.turns.is_none() {
+            owned.push((*t).clone());
+            rendered.push(std::mem::take(&mut base_rendered[bi]));
+            turn_of.push(0);
+            continue;
+        }
+        let n_turns = base_rendered[bi].iter().map(|i| i.turns.len()).max().unwrap_or(0);
+        for k in 0..n_turns {
+            let mut tk = (*t).clone();
+            if k > 0 {
+                tk.name = turn_task_name(&t.name, k);
+            }
+            tk.chat = true;
+            owned.push(tk);
+            rendered.push(base_rendered[bi].iter().filter(|i| i.turns.len() > k).map(|i| Item { prompt: i.turns[k].clone(), ..i.clone() }).collect());
+            turn_of.push(k);
+        }
+    }
+    let tasks: Vec<&TaskConfig> = owned.iter().collect();
+    let judges = judge_specs(&tasks);
+    let waves = turn_of.iter().max().map_or(1, |m| m + 1);
     let pipelines: Vec<Pipeline> = tasks.iter().map(|t| Pipeline::new(t)).collect();
     let metrics: Vec<Vec<Box<dyn Metric>>> = tasks.iter().map(|t| crate::metric::for_task(t)).collect();
     let backends: Vec<Box<dyn Model>> = models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
@@ -202,14 +232,24 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let mut progress = crate::progress::Progress::new((total - finished.len().min(total)) as u64, opts.progress);
 
     for (model_cfg, backend) in models.iter().zip(&backends) {
+      for wave in 0..waves {
         progress.set_label(model_cfg.name.clone());
         let identity = backend.identity();
         let caps = backend.capabilities();
+        // Earlier turns' answers of this model, for the conversation history of this wave.
+        let earlier: std::collections::HashMap<(String, i64), Option<String>> = if wave == 0 {
+            Default::default()
+        } else {
+            store.samples(&run.id)?.into_iter().filter(|s| s.model == model_cfg.name).map(|s| ((s.task, s.item), if s.error.is_none() { s.response } else { None })).collect()
+        };
         let mut pending: Vec<Pending> = Vec::new();
         let mut gen_reqs: Vec<(usize, Part, GenRequest)> = Vec::new();
         let mut ll_reqs: Vec<(usize, Part, LoglikelihoodRequest)> = Vec::new();
         let mut roll_reqs: Vec<(usize, Part, RollingRequest)> = Vec::new();
         for (ti, task) in tasks.iter().enumerate() {
+            if turn_of[ti] != wave {
+                continue;
+            }
             let letters = task.kind == TaskKind::MultipleChoice && !caps.loglikelihood;
             if letters {
                 let note = format!(
@@ -248,6 +288,31 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
                     cached: true,
                 };
                 match task.kind {
+                    TaskKind::Generate if wave > 0 => {
+                        // The conversation so far: each earlier turn and the model's own answer.
+                        let base = picked_name(&task.name);
+                        let mut msgs = Vec::new();
+                        let mut missing = None;
+                        for j in 0..wave {
+                            msgs.push(crate::model::Message { role: "user".into(), content: item.turns[j].clone() });
+                            match earlier.get(&(if j == 0 { base.to_string() } else { turn_task_name(base, j) }, item.index as i64)) {
+                                Some(Some(a)) => msgs.push(crate::model::Message { role: "assistant".into(), content: a.clone() }),
+                                _ => missing = Some(j + 1),
+                            }
+                        }
+                        msgs.push(crate::model::Message { role: "user".into(), content: item.prompt.clone() });
+                        if let Some(j) = missing {
+                            p.errors.push(format!("turn {j} has no answer, so turn {} cannot be asked", wave + 1));
+                            p.remaining = 0;
+                            let sample = finish_sample(&run.id, &model_cfg.name, &p);
+                            store.put_sample(&sample)?;
+                            progress.finished(0, true);
+                            continue;
+                        }
+                        let mut r = gen_req(String::new());
+                        r.context = Context::Chat(msgs);
+                        gen_reqs.push((slot, Part::Gen, r));
+                    }
                     TaskKind::Generate => gen_reqs.push((slot, Part::Gen, gen_req(item.prompt.clone()))),
                     TaskKind::MultipleChoice if letters => {
                         p.prompt_shown = letter_prompt(item);
@@ -310,6 +375,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
             progress.done();
             return Err(e);
         }
+      }
     }
     progress.done();
 
@@ -334,6 +400,19 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
     let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
     Ok(RunReport { run, aggregates, errored })
+}
+
+/// The task of turn `k` (0-based) of multi-turn task `base`.
+fn turn_task_name(base: &str, k: usize) -> String {
+    if k == 0 { base.to_string() } else { format!("{base}/turn-{}", k + 1) }
+}
+
+/// The multi-turn task a per-turn task belongs to.
+fn picked_name(name: &str) -> &str {
+    match name.rsplit_once("/turn-") {
+        Some((base, n)) if n.parse::<usize>().is_ok() => base,
+        _ => name,
+    }
 }
 
 /// Per-model dispatch state.

@@ -212,7 +212,13 @@ pub struct TaskConfig {
     /// Data file (JSONL, JSON array or CSV with a header), relative to the suite file.
     pub data: Spanned<String>,
     /// minijinja template over a row giving the prompt (the context, for log-likelihood kinds).
+    /// In a multi-turn task it renders each turn, with `turn` (the turn's text) and `turn_index`.
     pub prompt: Spanned<String>,
+    /// Multi-turn conversations: a minijinja expression giving the row's user turns (e.g.
+    /// `turns`). Each turn is answered with the model's own earlier answers in its history, and
+    /// scored (and judged) per turn: turn 1 under the task's name, turn N as `NAME/turn-N`.
+    #[serde(default)]
+    pub turns: Option<Spanned<String>>,
     /// minijinja template giving the reference answer (`generate`) or continuation
     /// (`loglikelihood`).
     #[serde(default)]
@@ -432,6 +438,11 @@ impl Suite {
             }
             TaskKind::Perplexity => {}
         }
+        if let Some(turns) = &t.turns {
+            if t.kind != TaskKind::Generate || t.few_shot.is_some() {
+                return Err(Error::config(self.at(turns), format!("task {task:?}: turns are for generate tasks without few-shot examples")));
+            }
+        }
         if t.few_shot.is_some() && t.kind == TaskKind::Perplexity {
             return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: few-shot makes no sense for a perplexity task")));
         }
@@ -442,7 +453,7 @@ impl Suite {
                 env.template_from_str(v.get_ref()).map_err(|e| Error::config(self.at(v), format!("task {task:?}: {field}: bad template: {}", crate::prompt::jinja_message(&e))))?;
             }
         }
-        for (field, v) in [("choices", t.choices.as_ref()), ("gold", t.gold.as_ref())] {
+        for (field, v) in [("choices", t.choices.as_ref()), ("gold", t.gold.as_ref()), ("turns", t.turns.as_ref())] {
             if let Some(v) = v {
                 env.compile_expression(v.get_ref()).map_err(|e| Error::config(self.at(v), format!("task {task:?}: {field}: bad expression: {}", crate::prompt::jinja_message(&e))))?;
             }

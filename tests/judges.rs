@@ -224,3 +224,60 @@ fn capabilities_suite_runs_offline_with_the_built_in_model_as_judge() {
     assert!(failures["value"].as_f64().unwrap() <= 1.0);
     assert!(result(&v, "smollm2-135m", "open-questions", "distinct-1")["value"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn multi_turn_answers_use_the_models_own_history_and_are_judged_per_turn() {
+    let model = FakeServer::start(|p| if p.starts_with("Q: ") { crate::server::arith_answer(p) } else { " plus ten is more.".into() });
+    // The judge rates first turns 8 and second turns 4.
+    let judge_srv = FakeServer::start(|p| if p.contains("Add ten") { "Rating: [[4]]".into() } else { "Rating: [[8]]".into() });
+    let dir = TempDir::new("multiturn");
+    let mut rows = String::new();
+    for i in 0..5 {
+        rows.push_str(&serde_json::json!({"turns": [format!("Q: {i}+1"), "Add ten to your answer."]}).to_string());
+        rows.push('\n');
+    }
+    dir.write("data/mt.jsonl", &rows);
+    let suite = format!(
+        r#"name = "mt"
+[[model]]
+name = "m"
+engine = "openai"
+base-url = "{}"
+model = "m"
+[[model]]
+name = "judge"
+engine = "openai"
+base-url = "{}"
+model = "j"
+evaluate = false
+[[task]]
+name = "conv"
+kind = "generate"
+data = "data/mt.jsonl"
+turns = "turns"
+prompt = "{{{{ turn }}}}"
+metrics = [{{ judge = "single", model = "judge" }}]
+"#,
+        model.base_url(),
+        judge_srv.base_url()
+    );
+    let s = dir.write("suite.toml", &suite);
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    assert_eq!(result(&v, "m", "conv", "judge-single")["value"], 8.0);
+    assert_eq!(result(&v, "m", "conv/turn-2", "judge-single")["value"], 4.0);
+    assert_eq!(result(&v, "m", "conv/turn-2", "judge-single")["n"], 5);
+    // Second-turn requests carry the first turn and the model's own first answer.
+    let log = model.log();
+    assert_eq!(log.len(), 10);
+    for r in log.iter().filter(|r| r.key.starts_with("Add ten")) {
+        let msgs = r.body["messages"].as_array().unwrap();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert_eq!(msgs[0]["role"], "user");
+        assert!(msgs[0]["content"].as_str().unwrap().starts_with("Q: "));
+        assert_eq!(msgs[1]["role"], "assistant");
+        let q = msgs[0]["content"].as_str().unwrap();
+        assert_eq!(msgs[1]["content"].as_str().unwrap(), crate::server::arith_answer(q));
+    }
+}

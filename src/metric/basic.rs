@@ -235,6 +235,7 @@ mod tests {
             choices: choices.iter().map(|s| s.to_string()).collect(),
             gold: Some(gold),
             human: None,
+            turns: vec![],
         }
     }
 
