@@ -287,6 +287,21 @@ pub fn run_judges(store: &mut Store, run_id: &str, suite_dir: &Path, tj: &TaskJu
             v
         }
     };
+    // A later turn of a conversation is judged with what came before it (the candidate's own
+    // earlier answers) in the question, for single-answer grading.
+    let (base, turn) = match tj.task.name.rsplit_once("/turn-") {
+        Some((b, n)) => (b.to_string(), n.parse::<usize>().unwrap_or(1).saturating_sub(1)),
+        None => (tj.task.name.clone(), 0),
+    };
+    let earlier = |model: &str, item: &Item| -> String {
+        let mut text = String::new();
+        for j in 0..turn.min(item.turns.len()) {
+            let name = if j == 0 { base.clone() } else { format!("{base}/turn-{}", j + 1) };
+            let a = samples.iter().find(|s| s.model == model && s.task == name && s.item == item.index as i64).and_then(|s| s.response.clone()).unwrap_or_default();
+            text.push_str(&format!("[Turn {}] User: {}\n[Turn {}] Assistant: {}\n\n", j + 1, item.turns[j], j + 1, a));
+        }
+        text
+    };
     let mut calls = Vec::new();
     for item in tj.items {
         let question = item.prompt.as_str();
@@ -294,7 +309,8 @@ pub fn run_judges(store: &mut Store, run_id: &str, suite_dir: &Path, tj: &TaskJu
         for (cand, opp) in &pairs {
             let Some(a) = answer(cand, item.index) else { continue };
             let orders: Vec<(i64, String)> = if judge.template.kind == JudgeKind::Single {
-                vec![(1, render(&judge, &[("question", question), ("answer", &a), ("reference", reference), ("input", "")]).map_err(|m| Error::config(&judge.source, m))?)]
+                let q = if turn > 0 { format!("{}[Turn {}] User: {question}", earlier(cand, item), turn + 1) } else { question.to_string() };
+                vec![(1, render(&judge, &[("question", &q), ("answer", &a), ("reference", reference), ("input", "")]).map_err(|m| Error::config(&judge.source, m))?)]
             } else {
                 let Some(b) = answer(opp, item.index) else { continue };
                 let mut v = Vec::new();

@@ -280,4 +280,8 @@ metrics = [{{ judge = "single", model = "judge" }}]
         let q = msgs[0]["content"].as_str().unwrap();
         assert_eq!(msgs[1]["content"].as_str().unwrap(), crate::server::arith_answer(q));
     }
+    // The second turn is judged with the conversation before it.
+    let second: Vec<String> = judge_srv.log().iter().map(|r| r.key.clone()).filter(|k| k.contains("Add ten")).collect();
+    assert_eq!(second.len(), 5);
+    assert!(second.iter().all(|k| k.contains("[Turn 1] User: Q: ") && k.contains("[Turn 1] Assistant: ") && k.contains("[Turn 2] User: Add ten")), "{}", second[0]);
 }
