@@ -38,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Arena ratings from pairwise battles.
+    Arena {
+        #[command(subcommand)]
+        command: ArenaCommand,
+    },
     /// Inspect and run a local model with the built-in engine.
     Engine {
         #[command(subcommand)]
@@ -64,6 +69,35 @@ struct SampleFiles {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Subcommand)]
+enum ArenaCommand {
+    /// Elo or Bradley-Terry ratings, with bootstrap intervals and ranks.
+    Ratings {
+        #[command(flatten)]
+        db: DbArg,
+        /// FastChat battle log (JSON array or JSON lines with model_a, model_b, winner) instead of
+        /// the database's judged pairs.
+        #[arg(long, value_name = "FILE")]
+        battles: Option<PathBuf>,
+        /// `elo` (online, in battle order) or `bt` (maximum-likelihood Bradley-Terry).
+        #[arg(long, value_parser = ["elo", "bt"])]
+        method: String,
+        /// Elo K-factor.
+        #[arg(long, default_value_t = 4.0)]
+        k: f64,
+        /// Bootstrap resamples for 95% intervals and ranks (0: none).
+        #[arg(long, default_value_t = 0)]
+        bootstrap: usize,
+        #[arg(long, default_value_t = 1234)]
+        seed: u64,
+        /// Fix one model's rating, e.g. `llama-13b=800`.
+        #[arg(long, value_name = "MODEL=RATING")]
+        anchor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -249,6 +283,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => cmd_run(args),
         Command::Metrics { command } => cmd_metrics(command),
         Command::Engine { command } => cmd_engine(command),
+        Command::Arena { command } => cmd_arena(command),
         Command::Runs { command } => match command {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
             RunsCommand::Show { run, db, samples, json } => cmd_runs_show(&db.path(), &run, samples, json),
@@ -634,5 +669,75 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             }
         }
     }
+    Ok(exit::SUCCESS)
+}
+
+fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
+    use crate::arena::{self, Battle, Method, Winner};
+    let ArenaCommand::Ratings { db, battles, method, k, bootstrap, seed, anchor, json } = command;
+    let battles: Vec<Battle> = match &battles {
+        Some(path) => arena::read_battles(path)?,
+        None => {
+            let store = Store::open(&db.path())?;
+            let verdict = |v: &Option<String>| match v.as_deref() {
+                Some("A") => Some(crate::judge::Verdict::A),
+                Some("B") => Some(crate::judge::Verdict::B),
+                Some("tie") => Some(crate::judge::Verdict::Tie),
+                _ => None,
+            };
+            store
+                .judged_pairs()?
+                .into_iter()
+                .filter_map(|(a, b, v1, v2)| {
+                    let winner = match crate::judge::combine(verdict(&v1), verdict(&v2)) {
+                        crate::judge::PairOutcome::Win => Winner::A,
+                        crate::judge::PairOutcome::Loss => Winner::B,
+                        crate::judge::PairOutcome::Unparsed => return None,
+                        _ => Winner::Tie,
+                    };
+                    Some(Battle { model_a: a, model_b: b, winner })
+                })
+                .collect()
+        }
+    };
+    if battles.is_empty() {
+        anyhow::bail!("no battles: give --battles FILE, or run a suite with a pairwise judge first");
+    }
+    let anchor = match &anchor {
+        Some(a) => {
+            let (m, v) = a.split_once('=').ok_or_else(|| anyhow::anyhow!("--anchor {a:?}: expected MODEL=RATING"))?;
+            Some((m.to_string(), v.parse::<f64>().map_err(|_| anyhow::anyhow!("--anchor {a:?}: {v:?} is not a number"))?))
+        }
+        None => None,
+    };
+    let m = if method == "elo" { Method::Elo } else { Method::Bt };
+    let r = arena::rate(&battles, m, k, bootstrap, seed, anchor.as_ref().map(|(a, v)| (a.as_str(), *v)))?;
+    let mut order: Vec<&String> = r.ratings.keys().collect();
+    order.sort_by(|a, b| r.ratings[*b].total_cmp(&r.ratings[*a]));
+    if json {
+        let ci: serde_json::Map<String, Value> = r.ci95.iter().map(|(k, (lo, hi))| (k.clone(), json!([lo, hi]))).collect();
+        print_json(&json!({"method": method, "battles": battles.len(), "ratings": r.ratings, "ci95": ci, "rank": r.rank}));
+        return Ok(exit::SUCCESS);
+    }
+    let counts = |name: &str| battles.iter().filter(|b| b.model_a == name || b.model_b == name).count();
+    let rows: Vec<Vec<String>> = order
+        .iter()
+        .map(|m| {
+            let ci = r.ci95.get(*m).map_or("—".into(), |(lo, hi)| format!("{lo:.1} – {hi:.1}"));
+            vec![r.rank[*m].to_string(), m.to_string(), format!("{:.1}", r.ratings[*m]), ci, counts(m).to_string()]
+        })
+        .collect();
+    println!("{} ratings from {} battles", if m == Method::Elo { "Elo" } else { "Bradley-Terry" }, battles.len());
+    print!("{}", table(&["rank", "model", "rating", "95% CI", "battles"], &rows));
+    let observed = arena::observed_win_rates(&battles);
+    let matrix = |title: &str, cell: &dyn Fn(&str, &str) -> String| {
+        println!("\n{title} (row beats column)");
+        let mut header = vec![""];
+        header.extend(order.iter().map(|s| s.as_str()));
+        let rows: Vec<Vec<String>> = order.iter().map(|a| std::iter::once(a.to_string()).chain(order.iter().map(|b| cell(a, b))).collect()).collect();
+        print!("{}", table(&header, &rows));
+    };
+    matrix("observed win rate", &|a, b| if a == b { "—".into() } else { observed.get(&(a.to_string(), b.to_string())).map_or("".into(), |(w, _)| format!("{w:.2}")) });
+    matrix("predicted win rate", &|a, b| if a == b { "—".into() } else { format!("{:.2}", arena::predicted_win_rate(r.ratings[a], r.ratings[b])) });
     Ok(exit::SUCCESS)
 }

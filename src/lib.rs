@@ -14,6 +14,7 @@ pub mod pyrandom;
 pub mod model;
 pub mod metric;
 pub mod judge;
+pub mod arena;
 pub mod stats;
 pub mod store;
 pub mod run;

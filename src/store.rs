@@ -426,6 +426,20 @@ impl Store {
         rows.map(|r| self.db(r)).collect()
     }
 
+    /// Every pairwise judgment in the database, both orders side by side:
+    /// `(model, opponent, verdict of order 1, verdict of order 2)`, oldest run first.
+    pub fn judged_pairs(&self) -> Result<Vec<(String, String, Option<String>, Option<String>)>> {
+        let mut stmt = self.db(self.conn.prepare(
+            "SELECT a.model, a.opponent, a.verdict, b.verdict FROM judgments a JOIN judgments b
+               ON a.run_id = b.run_id AND a.task = b.task AND a.metric = b.metric AND a.item = b.item AND a.model = b.model AND a.opponent = b.opponent
+             JOIN runs r ON r.id = a.run_id
+             WHERE a.ord = 1 AND b.ord = 2 AND a.opponent != '' AND a.error IS NULL AND b.error IS NULL
+             ORDER BY r.started_at, a.run_id, a.task, a.metric, a.item, a.model, a.opponent",
+        ))?;
+        let rows = self.db(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+
     /// Sets one metric's per-sample score (and statistics `[value]`) on a stored sample.
     pub fn set_sample_score(&self, run_id: &str, model: &str, task: &str, item: i64, metric: &str, value: f64) -> Result<()> {
         let r = self.conn.execute(

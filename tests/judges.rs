@@ -160,6 +160,11 @@ fn single_and_pairwise_judging_with_reliability() {
     assert_eq!(n, 40);
     assert_eq!(raw_unparsed, 4 + 2);
 
+    // Judged pairs are arena battles: 9 parsed pairs between good and bad.
+    let ratings = json_out(&llmeval(&["arena", "ratings", "--db", dir.db().to_str().unwrap(), "--method", "elo", "--json"]));
+    assert_eq!(ratings["battles"], 9);
+    assert!(ratings["ratings"]["good"].as_f64().unwrap() > ratings["ratings"]["bad"].as_f64().unwrap());
+
     // Re-running reuses every cached judgment: no judge request.
     judge_srv.clear_log();
     let again = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);

@@ -4,6 +4,7 @@
 pub mod server;
 mod support;
 
+mod arena;
 mod core_run;
 mod engine_ref;
 mod faults;

@@ -1,0 +1,320 @@
+//! ⑦ Arena ratings from pairwise battles, as FastChat computes them: online Elo in battle order,
+//! and the maximum-likelihood Bradley-Terry model (ties half a win each way, no regularisation,
+//! θ summing to zero), with seeded bootstrap intervals and FastChat's ranks.
+//!
+//! Pure functions over battles; battles come from a FastChat-style log file or from the judged
+//! pairs in the store.
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+/// One battle's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    A,
+    B,
+    Tie,
+    /// FastChat's "tie (bothbad)": a tie in the ratings.
+    TieBothBad,
+}
+
+impl Winner {
+    pub fn parse(s: &str) -> Option<Winner> {
+        match s {
+            "model_a" => Some(Winner::A),
+            "model_b" => Some(Winner::B),
+            "tie" => Some(Winner::Tie),
+            "tie (bothbad)" => Some(Winner::TieBothBad),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Winner::A => "model_a",
+            Winner::B => "model_b",
+            Winner::Tie => "tie",
+            Winner::TieBothBad => "tie (bothbad)",
+        }
+    }
+    /// Score of model A: 1, 0 or ½.
+    fn score_a(self) -> f64 {
+        match self {
+            Winner::A => 1.0,
+            Winner::B => 0.0,
+            _ => 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Battle {
+    pub model_a: String,
+    pub model_b: String,
+    pub winner: Winner,
+}
+
+/// Reads FastChat battle logs: a JSON array, or JSON lines, of objects with `model_a`, `model_b`
+/// and `winner` (other fields are ignored).
+pub fn read_battles(path: &std::path::Path) -> Result<Vec<Battle>> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let (values, lines): (Vec<serde_json::Value>, Vec<usize>) = if text.trim_start().starts_with('[') {
+        let arr: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {e}")))?;
+        let n = arr.len();
+        (arr, (1..=n).collect())
+    } else {
+        let mut v = Vec::new();
+        let mut l = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            v.push(serde_json::from_str(line).map_err(|e| Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {e}")))?);
+            l.push(i + 1);
+        }
+        (v, l)
+    };
+    let mut out = Vec::with_capacity(values.len());
+    for (v, line) in values.iter().zip(lines) {
+        let at = || format!("{}:{line}", path.display());
+        let field = |k: &str| v.get(k).and_then(|x| x.as_str()).ok_or_else(|| Error::data(at(), format!("battle has no string field `{k}`")));
+        let (a, b, w) = (field("model_a")?, field("model_b")?, field("winner")?);
+        let winner = Winner::parse(w).ok_or_else(|| Error::data(at(), format!("unknown winner {w:?}; expected model_a, model_b, tie or \"tie (bothbad)\"")))?;
+        out.push(Battle { model_a: a.to_string(), model_b: b.to_string(), winner });
+    }
+    Ok(out)
+}
+
+/// FastChat's `compute_elo`: K = 4, base 10, scale 400, initial 1000, battles in order.
+pub fn elo(battles: &[Battle], k: f64) -> BTreeMap<String, f64> {
+    let mut r: BTreeMap<String, f64> = BTreeMap::new();
+    for b in battles {
+        let ra = *r.entry(b.model_a.clone()).or_insert(1000.0);
+        let rb = *r.entry(b.model_b.clone()).or_insert(1000.0);
+        let ea = 1.0 / (1.0 + 10f64.powf((rb - ra) / 400.0));
+        let eb = 1.0 / (1.0 + 10f64.powf((ra - rb) / 400.0));
+        let sa = b.winner.score_a();
+        *r.get_mut(&b.model_a).expect("inserted") += k * (sa - ea);
+        *r.get_mut(&b.model_b).expect("inserted") += k * (1.0 - sa - eb);
+    }
+    r
+}
+
+/// Maximum-likelihood Bradley-Terry ratings `400·θ + 1000` with Σθ = 0 (FastChat's logistic
+/// regression without penalty, started from zero), by Newton's method.
+pub fn bradley_terry(battles: &[Battle]) -> BTreeMap<String, f64> {
+    let mut names: Vec<String> = battles.iter().flat_map(|b| [b.model_a.clone(), b.model_b.clone()]).collect();
+    names.sort();
+    names.dedup();
+    let idx: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    let p = names.len();
+    // Sufficient statistics: for each ordered pair (a, b), A's score (ties half) and battle count.
+    let mut wins = vec![0f64; p * p];
+    let mut games = vec![0f64; p * p];
+    for b in battles {
+        let (i, j) = (idx[b.model_a.as_str()], idx[b.model_b.as_str()]);
+        wins[i * p + j] += b.winner.score_a();
+        games[i * p + j] += 1.0;
+    }
+    let ln10 = std::f64::consts::LN_10;
+    let mut beta = vec![0f64; p];
+    for _ in 0..100 {
+        // Gradient and Hessian of the log-likelihood in β (d = ln10·(β_i − β_j)).
+        let mut g = vec![0f64; p];
+        let mut h = vec![0f64; p * p];
+        for i in 0..p {
+            for j in 0..p {
+                let n = games[i * p + j];
+                if n == 0.0 {
+                    continue;
+                }
+                let s = 1.0 / (1.0 + (-ln10 * (beta[i] - beta[j])).exp());
+                let r = ln10 * (wins[i * p + j] - n * s);
+                g[i] += r;
+                g[j] -= r;
+                let w = ln10 * ln10 * n * s * (1.0 - s);
+                h[i * p + i] += w;
+                h[j * p + j] += w;
+                h[i * p + j] -= w;
+                h[j * p + i] -= w;
+            }
+        }
+        // Solve (H + 11ᵀ/p) Δ = g: the added term fixes the free constant without changing the
+        // step within the sum-zero subspace.
+        for i in 0..p {
+            for j in 0..p {
+                h[i * p + j] += 1.0 / p as f64;
+            }
+        }
+        let Some(delta) = solve(&mut h, &mut g.clone(), p) else { break };
+        let mut step = 0f64;
+        for i in 0..p {
+            beta[i] += delta[i];
+            step = step.max(delta[i].abs());
+        }
+        let mean = beta.iter().sum::<f64>() / p as f64;
+        beta.iter_mut().for_each(|b| *b -= mean);
+        if step < 1e-12 {
+            break;
+        }
+    }
+    names.into_iter().zip(beta).map(|(n, b)| (n, 400.0 * b + 1000.0)).collect()
+}
+
+/// Gaussian elimination with partial pivoting; `None` when singular.
+fn solve(a: &mut [f64], b: &mut [f64], n: usize) -> Option<Vec<f64>> {
+    for c in 0..n {
+        let piv = (c..n).max_by(|&x, &y| a[x * n + c].abs().total_cmp(&a[y * n + c].abs()))?;
+        if a[piv * n + c].abs() < 1e-300 {
+            return None;
+        }
+        for k in 0..n {
+            a.swap(c * n + k, piv * n + k);
+        }
+        b.swap(c, piv);
+        for r in c + 1..n {
+            let f = a[r * n + c] / a[c * n + c];
+            for k in c..n {
+                a[r * n + k] -= f * a[c * n + k];
+            }
+            b[r] -= f * b[c];
+        }
+    }
+    let mut x = vec![0f64; n];
+    for r in (0..n).rev() {
+        let s: f64 = (r + 1..n).map(|k| a[r * n + k] * x[k]).sum();
+        x[r] = (b[r] - s) / a[r * n + r];
+    }
+    Some(x)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Elo,
+    Bt,
+}
+
+/// Ratings with bootstrap intervals and ranks.
+#[derive(Debug, Clone)]
+pub struct Ratings {
+    pub ratings: BTreeMap<String, f64>,
+    pub ci95: BTreeMap<String, (f64, f64)>,
+    pub rank: BTreeMap<String, usize>,
+}
+
+/// Ratings by `method`; with `bootstrap > 0`, battles are resampled with replacement that many
+/// times (seeded) for 95% percentile intervals, and ranks are FastChat's: 1 + the number of
+/// models whose lower bound exceeds this model's upper bound. `anchor` shifts every rating so that
+/// one model has the given value.
+pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: u64, anchor: Option<(&str, f64)>) -> Result<Ratings> {
+    let compute = |b: &[Battle]| match method {
+        Method::Elo => elo(b, k),
+        Method::Bt => bradley_terry(b),
+    };
+    let shift = |r: &mut BTreeMap<String, f64>| -> Result<()> {
+        if let Some((m, v)) = anchor {
+            let cur = *r.get(m).ok_or_else(|| Error::Usage(format!("--anchor {m}: no battles of model {m:?}")))?;
+            r.values_mut().for_each(|x| *x += v - cur);
+        }
+        Ok(())
+    };
+    let mut ratings = compute(battles);
+    shift(&mut ratings)?;
+    let mut ci95 = BTreeMap::new();
+    if bootstrap > 0 && !battles.is_empty() {
+        let mut rng = crate::stats::SplitMix64::new(seed);
+        let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut resampled = Vec::with_capacity(battles.len());
+        for _ in 0..bootstrap {
+            resampled.clear();
+            resampled.extend((0..battles.len()).map(|_| battles[rng.below(battles.len())].clone()));
+            let mut r = compute(&resampled);
+            if let Some((m, v)) = anchor {
+                if let Some(cur) = r.get(m).copied() {
+                    r.values_mut().for_each(|x| *x += v - cur);
+                }
+            }
+            for (name, v) in r {
+                samples.entry(name).or_default().push(v);
+            }
+        }
+        for (name, mut v) in samples {
+            v.sort_by(f64::total_cmp);
+            ci95.insert(name, (crate::stats::percentile(&v, 0.025), crate::stats::percentile(&v, 0.975)));
+        }
+    }
+    let rank = ratings
+        .keys()
+        .map(|m| {
+            let r = match ci95.get(m) {
+                Some(&(_, hi)) => 1 + ci95.iter().filter(|(o, (lo, _))| *o != m && *lo > hi).count(),
+                None => 1 + ratings.iter().filter(|(o, v)| *o != m && **v > ratings[m]).count(),
+            };
+            (m.clone(), r)
+        })
+        .collect();
+    Ok(Ratings { ratings, ci95, rank })
+}
+
+/// Observed share of wins of row over column (ties half), and the count of battles.
+pub fn observed_win_rates(battles: &[Battle]) -> BTreeMap<(String, String), (f64, usize)> {
+    let mut acc: BTreeMap<(String, String), (f64, usize)> = BTreeMap::new();
+    for b in battles {
+        let s = b.winner.score_a();
+        let e = acc.entry((b.model_a.clone(), b.model_b.clone())).or_insert((0.0, 0));
+        e.0 += s;
+        e.1 += 1;
+        let e = acc.entry((b.model_b.clone(), b.model_a.clone())).or_insert((0.0, 0));
+        e.0 += 1.0 - s;
+        e.1 += 1;
+    }
+    acc.into_iter().map(|(k, (w, n))| (k, (w / n as f64, n))).collect()
+}
+
+/// Predicted probability that `a` beats `b` under Elo/BT ratings.
+pub fn predicted_win_rate(ra: f64, rb: f64) -> f64 {
+    1.0 / (1.0 + 10f64.powf((rb - ra) / 400.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(a: &str, bb: &str, w: Winner) -> Battle {
+        Battle { model_a: a.into(), model_b: bb.into(), winner: w }
+    }
+
+    #[test]
+    fn elo_by_hand() {
+        // First battle from 1000/1000: expected 0.5, A wins: +2 / -2.
+        let r = elo(&[b("x", "y", Winner::A)], 4.0);
+        assert_eq!(r["x"], 1002.0);
+        assert_eq!(r["y"], 998.0);
+        let r = elo(&[b("x", "y", Winner::TieBothBad)], 4.0);
+        assert_eq!(r["x"], 1000.0);
+    }
+
+    #[test]
+    fn bt_two_models_closed_form() {
+        // 3 wins, 1 loss: p = 0.75 → θx − θy = log10(3); centred, ratings 1000 ± 200·log10(3).
+        let bs = vec![b("x", "y", Winner::A), b("x", "y", Winner::A), b("y", "x", Winner::B), b("x", "y", Winner::B)];
+        let r = bradley_terry(&bs);
+        let d = 200.0 * 3f64.log10();
+        assert!((r["x"] - (1000.0 + d)).abs() < 1e-9, "{r:?}");
+        assert!((r["y"] - (1000.0 - d)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn ranks_from_intervals() {
+        let mut bs = Vec::new();
+        for i in 0..300 {
+            bs.push(b("strong", "weak", if i % 10 < 8 { Winner::A } else { Winner::B }));
+            bs.push(b("mid", "weak", if i % 10 < 6 { Winner::A } else { Winner::Tie }));
+        }
+        let r = rate(&bs, Method::Bt, 4.0, 200, 7, Some(("weak", 800.0))).unwrap();
+        assert_eq!(r.ratings["weak"], 800.0);
+        assert_eq!(r.rank["strong"], 1);
+        assert!(r.rank["weak"] > 1);
+        let again = rate(&bs, Method::Bt, 4.0, 200, 7, Some(("weak", 800.0))).unwrap();
+        assert_eq!(r.ci95, again.ci95, "seeded");
+    }
+}
