@@ -86,78 +86,120 @@ pub fn read_battles(path: &std::path::Path) -> Result<Vec<Battle>> {
 
 /// FastChat's `compute_elo`: K = 4, base 10, scale 400, initial 1000, battles in order.
 pub fn elo(battles: &[Battle], k: f64) -> BTreeMap<String, f64> {
-    let mut r: BTreeMap<String, f64> = BTreeMap::new();
-    for b in battles {
-        let ra = *r.entry(b.model_a.clone()).or_insert(1000.0);
-        let rb = *r.entry(b.model_b.clone()).or_insert(1000.0);
-        let ea = 1.0 / (1.0 + 10f64.powf((rb - ra) / 400.0));
-        let eb = 1.0 / (1.0 + 10f64.powf((ra - rb) / 400.0));
-        let sa = b.winner.score_a();
-        *r.get_mut(&b.model_a).expect("inserted") += k * (sa - ea);
-        *r.get_mut(&b.model_b).expect("inserted") += k * (1.0 - sa - eb);
+    let ix = Indexed::new(battles);
+    let r = ix.rate(&mut (0..battles.len()), Method::Elo, k);
+    ix.names.into_iter().zip(r).filter_map(|(n, v)| v.map(|v| (n, v))).collect()
+}
+
+/// Battles as model indices and A's score, for fast resampling.
+struct Indexed {
+    names: Vec<String>,
+    a: Vec<u32>,
+    b: Vec<u32>,
+    score_a: Vec<f64>,
+}
+
+impl Indexed {
+    fn new(battles: &[Battle]) -> Indexed {
+        let mut names: Vec<String> = battles.iter().flat_map(|b| [b.model_a.clone(), b.model_b.clone()]).collect();
+        names.sort();
+        names.dedup();
+        let idx: BTreeMap<&str, u32> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+        Indexed {
+            a: battles.iter().map(|b| idx[b.model_a.as_str()]).collect(),
+            b: battles.iter().map(|b| idx[b.model_b.as_str()]).collect(),
+            score_a: battles.iter().map(|b| b.winner.score_a()).collect(),
+            names,
+        }
     }
-    r
+
+    /// Ratings from the battles at `picks` (indices, repeats allowed), in that order.
+    fn rate(&self, picks: &mut dyn Iterator<Item = usize>, method: Method, k: f64) -> Vec<Option<f64>> {
+        let p = self.names.len();
+        match method {
+            Method::Elo => {
+                let mut r = vec![None; p];
+                for i in picks {
+                    let (x, y) = (self.a[i] as usize, self.b[i] as usize);
+                    let ra = *r[x].get_or_insert(1000.0);
+                    let rb = *r[y].get_or_insert(1000.0);
+                    let ea = 1.0 / (1.0 + 10f64.powf((rb - ra) / 400.0));
+                    let eb = 1.0 / (1.0 + 10f64.powf((ra - rb) / 400.0));
+                    let sa = self.score_a[i];
+                    r[x] = Some(ra + k * (sa - ea));
+                    r[y] = Some(rb + k * (1.0 - sa - eb));
+                }
+                r
+            }
+            Method::Bt => {
+                let mut wins = vec![0f64; p * p];
+                let mut games = vec![0f64; p * p];
+                for i in picks {
+                    let (x, y) = (self.a[i] as usize, self.b[i] as usize);
+                    wins[x * p + y] += self.score_a[i];
+                    games[x * p + y] += 1.0;
+                }
+                bt_from_counts(&wins, &games, p)
+            }
+        }
+    }
 }
 
 /// Maximum-likelihood Bradley-Terry ratings `400·θ + 1000` with Σθ = 0 (FastChat's logistic
 /// regression without penalty, started from zero), by Newton's method.
 pub fn bradley_terry(battles: &[Battle]) -> BTreeMap<String, f64> {
-    let mut names: Vec<String> = battles.iter().flat_map(|b| [b.model_a.clone(), b.model_b.clone()]).collect();
-    names.sort();
-    names.dedup();
-    let idx: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-    let p = names.len();
-    // Sufficient statistics: for each ordered pair (a, b), A's score (ties half) and battle count.
-    let mut wins = vec![0f64; p * p];
-    let mut games = vec![0f64; p * p];
-    for b in battles {
-        let (i, j) = (idx[b.model_a.as_str()], idx[b.model_b.as_str()]);
-        wins[i * p + j] += b.winner.score_a();
-        games[i * p + j] += 1.0;
-    }
+    let ix = Indexed::new(battles);
+    let r = ix.rate(&mut (0..battles.len()), Method::Bt, 0.0);
+    ix.names.into_iter().zip(r).filter_map(|(n, v)| v.map(|v| (n, v))).collect()
+}
+
+/// Bradley-Terry from `wins[a·p + b]` (A's score, ties half) and `games[a·p + b]`; models with no
+/// battle get `None` and take no part.
+fn bt_from_counts(wins: &[f64], games: &[f64], p: usize) -> Vec<Option<f64>> {
+    let present: Vec<usize> = (0..p).filter(|&i| (0..p).any(|j| games[i * p + j] + games[j * p + i] > 0.0)).collect();
+    let q = present.len();
     let ln10 = std::f64::consts::LN_10;
-    let mut beta = vec![0f64; p];
+    let mut beta = vec![0f64; q];
     for _ in 0..100 {
-        // Gradient and Hessian of the log-likelihood in β (d = ln10·(β_i − β_j)).
-        let mut g = vec![0f64; p];
-        let mut h = vec![0f64; p * p];
-        for i in 0..p {
-            for j in 0..p {
+        let mut g = vec![0f64; q];
+        let mut h = vec![0f64; q * q];
+        for (x, &i) in present.iter().enumerate() {
+            for (y, &j) in present.iter().enumerate() {
                 let n = games[i * p + j];
                 if n == 0.0 {
                     continue;
                 }
-                let s = 1.0 / (1.0 + (-ln10 * (beta[i] - beta[j])).exp());
+                let s = 1.0 / (1.0 + (-ln10 * (beta[x] - beta[y])).exp());
                 let r = ln10 * (wins[i * p + j] - n * s);
-                g[i] += r;
-                g[j] -= r;
+                g[x] += r;
+                g[y] -= r;
                 let w = ln10 * ln10 * n * s * (1.0 - s);
-                h[i * p + i] += w;
-                h[j * p + j] += w;
-                h[i * p + j] -= w;
-                h[j * p + i] -= w;
+                h[x * q + x] += w;
+                h[y * q + y] += w;
+                h[x * q + y] -= w;
+                h[y * q + x] -= w;
             }
         }
-        // Solve (H + 11ᵀ/p) Δ = g: the added term fixes the free constant without changing the
+        // Solve (H + 11ᵀ/q) Δ = g: the added term fixes the free constant without changing the
         // step within the sum-zero subspace.
-        for i in 0..p {
-            for j in 0..p {
-                h[i * p + j] += 1.0 / p as f64;
-            }
-        }
-        let Some(delta) = solve(&mut h, &mut g.clone(), p) else { break };
+        h.iter_mut().for_each(|v| *v += 1.0 / q as f64);
+        let Some(delta) = solve(&mut h, &mut g, q) else { break };
         let mut step = 0f64;
-        for i in 0..p {
-            beta[i] += delta[i];
-            step = step.max(delta[i].abs());
+        for x in 0..q {
+            beta[x] += delta[x];
+            step = step.max(delta[x].abs());
         }
-        let mean = beta.iter().sum::<f64>() / p as f64;
+        let mean = beta.iter().sum::<f64>() / q as f64;
         beta.iter_mut().for_each(|b| *b -= mean);
         if step < 1e-12 {
             break;
         }
     }
-    names.into_iter().zip(beta).map(|(n, b)| (n, 400.0 * b + 1000.0)).collect()
+    let mut out = vec![None; p];
+    for (x, &i) in present.iter().enumerate() {
+        out[i] = Some(400.0 * beta[x] + 1000.0);
+    }
+    out
 }
 
 /// Gaussian elimination with partial pivoting; `None` when singular.
@@ -206,40 +248,56 @@ pub struct Ratings {
 /// models whose lower bound exceeds this model's upper bound. `anchor` shifts every rating so that
 /// one model has the given value.
 pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: u64, anchor: Option<(&str, f64)>) -> Result<Ratings> {
-    let compute = |b: &[Battle]| match method {
-        Method::Elo => elo(b, k),
-        Method::Bt => bradley_terry(b),
+    let ix = Indexed::new(battles);
+    let anchor_idx = match anchor {
+        Some((m, v)) => Some((ix.names.iter().position(|n| n == m).ok_or_else(|| Error::Usage(format!("--anchor {m}: no battles of model {m:?}")))?, v)),
+        None => None,
     };
-    let shift = |r: &mut BTreeMap<String, f64>| -> Result<()> {
-        if let Some((m, v)) = anchor {
-            let cur = *r.get(m).ok_or_else(|| Error::Usage(format!("--anchor {m}: no battles of model {m:?}")))?;
-            r.values_mut().for_each(|x| *x += v - cur);
+    let shift = |r: &mut Vec<Option<f64>>| {
+        if let Some((i, v)) = anchor_idx {
+            if let Some(cur) = r[i] {
+                r.iter_mut().flatten().for_each(|x| *x += v - cur);
+            }
         }
-        Ok(())
     };
-    let mut ratings = compute(battles);
-    shift(&mut ratings)?;
+    let mut full = ix.rate(&mut (0..battles.len()), method, k);
+    shift(&mut full);
+    let ratings: BTreeMap<String, f64> = ix.names.iter().zip(&full).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
     let mut ci95 = BTreeMap::new();
     if bootstrap > 0 && !battles.is_empty() {
-        let mut rng = crate::stats::SplitMix64::new(seed);
-        let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        let mut resampled = Vec::with_capacity(battles.len());
-        for _ in 0..bootstrap {
-            resampled.clear();
-            resampled.extend((0..battles.len()).map(|_| battles[rng.below(battles.len())].clone()));
-            let mut r = compute(&resampled);
-            if let Some((m, v)) = anchor {
-                if let Some(cur) = r.get(m).copied() {
-                    r.values_mut().for_each(|x| *x += v - cur);
-                }
+        // Each resample draws from its own generator (seed, round), so the result does not depend
+        // on how rounds are spread over threads.
+        let n = battles.len();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(bootstrap);
+        let rounds: Vec<Vec<Option<f64>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let ix = &ix;
+                    let shift = &shift;
+                    scope.spawn(move || {
+                        (t..bootstrap)
+                            .step_by(threads)
+                            .map(|round| {
+                                let mut rng = crate::stats::SplitMix64::new(seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                                let mut r = ix.rate(&mut (0..n).map(|_| rng.below(n)), method, k);
+                                shift(&mut r);
+                                (round, r)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let mut all: Vec<(usize, Vec<Option<f64>>)> = handles.into_iter().flat_map(|h| h.join().expect("bootstrap worker panicked")).collect();
+            all.sort_by_key(|x| x.0);
+            all.into_iter().map(|x| x.1).collect()
+        });
+        for (i, name) in ix.names.iter().enumerate() {
+            let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[i]).collect();
+            if v.is_empty() {
+                continue;
             }
-            for (name, v) in r {
-                samples.entry(name).or_default().push(v);
-            }
-        }
-        for (name, mut v) in samples {
             v.sort_by(f64::total_cmp);
-            ci95.insert(name, (crate::stats::percentile(&v, 0.025), crate::stats::percentile(&v, 0.975)));
+            ci95.insert(name.clone(), (crate::stats::percentile(&v, 0.025), crate::stats::percentile(&v, 0.975)));
         }
     }
     let rank = ratings
