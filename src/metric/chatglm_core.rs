@@ -110,19 +110,6 @@ fn rouge_n(hyp: &[String], reference: &[String], n: usize) -> f64 {
     rouge_f(overlap, h.len(), r.len())
 }
 
-/// Length of the longest common subsequence of two word sequences.
-fn lcs_len(a: &[String], b: &[String]) -> usize {
-    let mut prev = vec![0usize; b.len() + 1];
-    let mut cur = vec![0usize; b.len() + 1];
-    for x in a {
-        for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
-        }
-        std::mem::swap(&mut prev, &mut cur);
-    }
-    prev[b.len()]
-}
-
 /// rouge-1, rouge-2 and rouge-l F values, exactly as
 /// `Rouge().get_scores(" ".join(hyp_tokens), " ".join(ref_tokens))[0][k]["f"]`.
 ///
@@ -137,7 +124,7 @@ pub fn rouge_chinese_f(hyp_tokens: &[String], ref_tokens: &[String]) -> (f64, f6
     if hyp.is_empty() || reference.is_empty() {
         return (0.0, 0.0, 0.0);
     }
-    let lcs = lcs_len(&reference, &hyp);
+    let lcs = super::rouge::lcs_len(&reference, &hyp);
     (
         rouge_n(&hyp, &reference, 1),
         rouge_n(&hyp, &reference, 2),

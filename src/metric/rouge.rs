@@ -120,8 +120,8 @@ fn score_ngrams(target: &[String], prediction: &[String], n: usize) -> Prf {
     prf(overlap as f64 / pc.max(1) as f64, overlap as f64 / tc.max(1) as f64)
 }
 
-/// LCS length with two rows.
-fn lcs_len(a: &[String], b: &[String]) -> usize {
+/// Length of the longest common subsequence of two token sequences (two DP rows).
+pub fn lcs_len(a: &[String], b: &[String]) -> usize {
     let mut prev = vec![0usize; b.len() + 1];
     let mut cur = vec![0usize; b.len() + 1];
     for x in a {
