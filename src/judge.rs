@@ -313,9 +313,16 @@ pub fn run_judges(store: &mut Store, run_id: &str, suite_dir: &Path, tj: &TaskJu
                 vec![(1, render(&judge, &[("question", &q), ("answer", &a), ("reference", reference), ("input", "")]).map_err(|m| Error::config(&judge.source, m))?)]
             } else {
                 let Some(b) = answer(opp, item.index) else { continue };
+                // A later turn: each answer is shown with the assistant's own conversation so far.
+                let (q, a, b) = if turn > 0 {
+                    let conv = |m: &str, ans: &str| format!("{}[Turn {}] User: {question}\n[Turn {}] Assistant: {ans}", earlier(m, item), turn + 1, turn + 1);
+                    (format!("(Judge the answers to turn {} of this conversation.) {question}", turn + 1), conv(cand, &a), conv(opp, &b))
+                } else {
+                    (question.to_string(), a, b)
+                };
                 let mut v = Vec::new();
                 for (order, (x, y)) in [(1, (&a, &b)), (2, (&b, &a))] {
-                    v.push((order, render(&judge, &[("question", question), ("answer_a", x), ("answer_b", y), ("reference", reference), ("input", "")]).map_err(|m| Error::config(&judge.source, m))?));
+                    v.push((order, render(&judge, &[("question", &q), ("answer_a", x), ("answer_b", y), ("reference", reference), ("input", "")]).map_err(|m| Error::config(&judge.source, m))?));
                 }
                 v
             };

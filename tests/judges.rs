@@ -250,6 +250,11 @@ engine = "openai"
 base-url = "{}"
 model = "m"
 [[model]]
+name = "m2"
+engine = "openai"
+base-url = "{}"
+model = "m2"
+[[model]]
 name = "judge"
 engine = "openai"
 base-url = "{}"
@@ -261,8 +266,9 @@ kind = "generate"
 data = "data/mt.jsonl"
 turns = "turns"
 prompt = "{{{{ turn }}}}"
-metrics = [{{ judge = "single", model = "judge" }}]
+metrics = [{{ judge = "single", model = "judge" }}, {{ judge = "pairwise", model = "judge", mode = "all-pairs" }}]
 "#,
+        model.base_url(),
         model.base_url(),
         judge_srv.base_url()
     );
@@ -275,7 +281,7 @@ metrics = [{{ judge = "single", model = "judge" }}]
     assert_eq!(result(&v, "m", "conv/turn-2", "judge-single")["n"], 5);
     // Second-turn requests carry the first turn and the model's own first answer.
     let log = model.log();
-    assert_eq!(log.len(), 10);
+    assert_eq!(log.len(), 20, "two models, five conversations, two turns");
     for r in log.iter().filter(|r| r.key.starts_with("Add ten")) {
         let msgs = r.body["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 3, "{msgs:?}");
@@ -286,7 +292,12 @@ metrics = [{{ judge = "single", model = "judge" }}]
         assert_eq!(msgs[1]["content"].as_str().unwrap(), crate::server::arith_answer(q));
     }
     // The second turn is judged with the conversation before it.
-    let second: Vec<String> = judge_srv.log().iter().map(|r| r.key.clone()).filter(|k| k.contains("Add ten")).collect();
-    assert_eq!(second.len(), 5);
+    let judged: Vec<String> = judge_srv.log().iter().map(|r| r.key.clone()).collect();
+    let second: Vec<&String> = judged.iter().filter(|k| k.contains("Add ten") && k.contains("[The assistant's answer]")).collect();
+    assert_eq!(second.len(), 10);
     assert!(second.iter().all(|k| k.contains("[Turn 1] User: Q: ") && k.contains("[Turn 1] Assistant: ") && k.contains("[Turn 2] User: Add ten")), "{}", second[0]);
+    // Pairwise, second turn: both assistants' conversations, in both orders.
+    let pairs: Vec<&String> = judged.iter().filter(|k| k.contains("[Assistant A's answer]") && k.contains("turn 2")).collect();
+    assert_eq!(pairs.len(), 10);
+    assert!(pairs.iter().all(|k| k.matches("[Turn 1] Assistant: ").count() == 2), "{}", pairs[0]);
 }
