@@ -376,3 +376,103 @@ mod tests {
         assert_eq!(r.ci95, again.ci95, "seeded");
     }
 }
+
+/// An arena file (`arena/*.toml`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArenaFile {
+    /// Name; an interrupted arena of this name resumes.
+    pub name: String,
+    /// The suite whose models and generate-task prompts battle (relative to the arena file).
+    pub suite: String,
+    /// The models that battle (names of the suite's `[[model]]`s); default: all evaluated ones.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+    /// The judge: `{ judge = "pairwise", model = "gpt4-judge" }`.
+    pub judge: toml::Value,
+    /// Prompts sampled for each pair of models (each judged in both orders).
+    #[serde(default = "default_battles")]
+    pub battles_per_pair: usize,
+    /// Seed of the prompt sample.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_battles() -> usize {
+    50
+}
+
+/// Runs (or resumes) an arena: samples prompts from the suite's generate tasks, lets every pair of
+/// models answer them, and judges each pair in both orders; the judged pairs are the battles that
+/// `arena ratings --db` reads.
+pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -> Result<crate::run::RunReport> {
+    use crate::suite::{MetricSpec, Suite, TaskKind};
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let arena: ArenaFile = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| crate::util::line_of(&text, s.start)).unwrap_or(0);
+        Error::config(format!("{}:{line}", path.display()), e.message().trim_end().to_string())
+    })?;
+    let at = || path.display().to_string();
+    let spec = match MetricSpec::parse(&arena.judge) {
+        Ok(MetricSpec::Judge(j)) => j,
+        Ok(MetricSpec::Name(n)) if n == "human" => return Err(Error::config(at(), "judge = \"human\": human votes come from `llmeval arena vote`, which this build does not have yet; use a model judge")),
+        Ok(MetricSpec::Name(n)) => return Err(Error::config(at(), format!("judge = {n:?}: expected a table like {{ judge = \"pairwise\", model = \"gpt4-judge\" }}"))),
+        Err(m) => return Err(Error::config(at(), format!("judge: {m}"))),
+    };
+    if spec.baseline.is_some() {
+        return Err(Error::config(at(), "judge: an arena compares every pair of models; leave out baseline"));
+    }
+    let suite_path = path.parent().unwrap_or(std::path::Path::new("")).join(&arena.suite);
+    let base = Suite::load(&suite_path)?;
+    let mut file = base.file.clone();
+    let wanted: Vec<String> = arena.models.clone().unwrap_or_else(|| file.models.iter().filter(|m| m.evaluate).map(|m| m.name.clone()).collect());
+    for w in &wanted {
+        if !file.models.iter().any(|m| &m.name == w) {
+            return Err(Error::config(at(), format!("model {w:?} is not a [[model]] of {}", suite_path.display())));
+        }
+    }
+    if !file.models.iter().any(|m| m.name == spec.model) {
+        return Err(Error::config(at(), format!("judge model {:?} is not a [[model]] of {}", spec.model, suite_path.display())));
+    }
+    crate::judge::load_judge(&spec.judge, &base.dir).map_err(|e| Error::config(at(), format!("judge: {e}")))?;
+    if wanted.len() < 2 {
+        return Err(Error::config(at(), "an arena needs at least two models"));
+    }
+    for m in &mut file.models {
+        m.evaluate = wanted.contains(&m.name);
+    }
+    file.tasks.retain(|t| t.kind == TaskKind::Generate && t.turns.is_none());
+    if file.tasks.is_empty() {
+        return Err(Error::config(at(), format!("{} has no single-turn generate task to take prompts from", suite_path.display())));
+    }
+    let mut judge_table = toml::Table::new();
+    judge_table.insert("judge".into(), toml::Value::String(spec.judge.clone()));
+    judge_table.insert("model".into(), toml::Value::String(spec.model.clone()));
+    judge_table.insert("mode".into(), toml::Value::String("all-pairs".into()));
+    if let Some(n) = spec.max_tokens {
+        judge_table.insert("max-tokens".into(), toml::Value::Integer(i64::from(n)));
+    }
+    // Sample the prompts (the same for every pair, so each pair gets battles-per-pair battles).
+    let mut pool: Vec<(String, usize)> = Vec::new();
+    for t in &file.tasks {
+        let rows = crate::dataset::load(&base.resolve(t.data.get_ref()))?;
+        pool.extend((0..rows.len()).map(|i| (t.name.clone(), i)));
+    }
+    let k = arena.battles_per_pair.min(pool.len());
+    let mut rng = crate::pyrandom::PyRandom::new(arena.seed);
+    let mut items: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for j in rng.sample(pool.len(), k) {
+        items.entry(pool[j].0.clone()).or_default().push(pool[j].1);
+    }
+    for t in &mut file.tasks {
+        t.metrics = vec![toml::Spanned::new(0..0, toml::Value::Table(judge_table.clone()))];
+    }
+    file.tasks.retain(|t| items.contains_key(&t.name));
+    file.name = format!("arena:{}", arena.name);
+    let suite = Suite { file, path: suite_path.clone(), dir: base.dir.clone(), text: format!("{}\n# arena\n{text}", base.text) };
+    let store = crate::store::Store::open(db)?;
+    let resume = store.latest_unfinished(&suite.file.name)?.is_some();
+    drop(store);
+    let opts = crate::run::RunOptions { db: db.to_path_buf(), resume, no_cache, progress: true, items: Some(items), ..Default::default() };
+    crate::run::run_suite(&suite, &opts)
+}

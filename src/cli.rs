@@ -73,6 +73,18 @@ struct SampleFiles {
 
 #[derive(Subcommand)]
 enum ArenaCommand {
+    /// Run (or resume) an arena: sampled prompts, every pair of models, judged in both orders.
+    Run {
+        /// The arena file (TOML).
+        arena: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+        /// Ask the models again instead of reusing cached answers.
+        #[arg(long)]
+        no_cache: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Elo or Bradley-Terry ratings, with bootstrap intervals and ranks.
     Ratings {
         #[command(flatten)]
@@ -308,6 +320,7 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
         resume: args.resume,
         no_cache: args.no_cache,
         progress: true,
+        items: None,
     };
     if args.resume && (opts.limit.is_some() || opts.tasks.is_some() || opts.models.is_some()) {
         eprintln!("note: --resume continues with the selection the run started with; --limit/--tasks/--models are ignored");
@@ -674,7 +687,23 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
 
 fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     use crate::arena::{self, Battle, Method, Winner};
-    let ArenaCommand::Ratings { db, battles, method, k, bootstrap, seed, anchor, json } = command;
+    let (db, battles, method, k, bootstrap, seed, anchor, json) = match command {
+        ArenaCommand::Run { arena: file, db, no_cache, json } => {
+            let report = arena::run_arena(&file, &db.path(), no_cache).with_context(|| format!("running arena {}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run_json(&report.run, &report.aggregates)).expect("JSON"));
+            } else {
+                print!("{}", results_table(&report.run, &report.aggregates));
+                println!("stored in {} as run {}; `llmeval arena ratings --db {} --method bt` rates the battles", db.path().display(), report.run.id, db.path().display());
+            }
+            if report.errored > 0 {
+                eprintln!("{} item(s) errored; `llmeval arena run {}` again retries them", report.errored, file.display());
+                return Ok(exit::FAILURE);
+            }
+            return Ok(exit::SUCCESS);
+        }
+        ArenaCommand::Ratings { db, battles, method, k, bootstrap, seed, anchor, json } => (db, battles, method, k, bootstrap, seed, anchor, json),
+    };
     let battles: Vec<Battle> = match &battles {
         Some(path) => arena::read_battles(path)?,
         None => {
@@ -701,7 +730,7 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
         }
     };
     if battles.is_empty() {
-        anyhow::bail!("no battles: give --battles FILE, or run a suite with a pairwise judge first");
+        anyhow::bail!("no battles: give --battles FILE, or run an arena or a suite with a pairwise judge first (pairs whose verdicts could not be parsed in both orders are not battles)");
     }
     let anchor = match &anchor {
         Some(a) => {

@@ -26,6 +26,8 @@ pub struct RunOptions {
     pub resume: bool,
     pub no_cache: bool,
     pub progress: bool,
+    /// Only these item indices of these tasks (the arena's sampled prompts).
+    pub items: Option<BTreeMap<String, Vec<usize>>>,
 }
 
 /// A finished (or resumed and finished) run.
@@ -67,7 +69,7 @@ struct Pending<'a> {
 }
 
 fn selection_json(opts: &RunOptions) -> Value {
-    json!({"tasks": opts.tasks, "models": opts.models, "limit": opts.limit})
+    json!({"tasks": opts.tasks, "models": opts.models, "limit": opts.limit, "items": opts.items})
 }
 
 fn pick<'a, T>(all: &'a [T], name: impl Fn(&T) -> &str, wanted: &Option<Vec<String>>, what: &str) -> Result<Vec<&'a T>> {
@@ -152,6 +154,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     };
     // A resumed run keeps the selection it started with.
     let (tasks_sel, models_sel, limit) = parse_selection(&run.selection);
+    let item_sel: Option<BTreeMap<String, Vec<usize>>> = run.selection.get("items").and_then(|v| serde_json::from_value(v.clone()).ok());
     let selected = pick(&suite.file.models, |m| m.name.as_str(), &models_sel, "model")?;
     let picked = pick(&suite.file.tasks, |t| t.name.as_str(), &tasks_sel, "task")?;
     // Judges: every judge metric of the selected tasks, and the models they call.
@@ -189,7 +192,12 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let mut base_rendered: Vec<Vec<Item>> = Vec::new();
     for t in &picked {
         let rows = crate::dataset::load(&suite.resolve(t.data.get_ref()))?;
-        base_rendered.push(crate::prompt::render_task(suite, t, &rows, limit)?);
+        let mut items = crate::prompt::render_task(suite, t, &rows, limit)?;
+        if let Some(sel) = &item_sel {
+            let keep = sel.get(&t.name).cloned().unwrap_or_default();
+            items.retain(|i| keep.contains(&i.index));
+        }
+        base_rendered.push(items);
     }
     // Multi-turn tasks become one task per turn (turn N named `NAME/turn-N`), run in waves so
     // that turn N sees the model's own answers to the turns before it.

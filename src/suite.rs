@@ -101,7 +101,7 @@ pub struct ModelConfig {
     /// `max-tokens`).
     #[serde(default)]
     pub tokens_per_minute: Option<f64>,
-    /// System message prepended to chat requests.
+    /// System message prepended to chat requests (builtin: to chat-formatted prompts).
     #[serde(default)]
     pub system_prompt: Option<String>,
     /// Extra JSON fields merged into every request body (e.g. `{ top_k = 20 }`).

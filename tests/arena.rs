@@ -80,3 +80,86 @@ fn elo_by_hand_from_fastchat_formula() {
     assert!((r.ratings["y"] - (998.0 + 4.0 * (1.0 - ey))).abs() < 1e-12);
     assert!((r.ratings["x"] - (1002.0 - 4.0 * (1.0 - ey))).abs() < 1e-12);
 }
+
+/// An arena over loopback models and a judge that prefers the correct sum.
+fn arena_files(dir: &TempDir, a: &str, b: &str, c: &str, judge: &str, per_pair: usize) -> std::path::PathBuf {
+    dir.write("data/arith.jsonl", &arith_rows(40));
+    let model = |name: &str, url: &str| format!("[[model]]\nname = \"{name}\"\nengine = \"openai\"\nbase-url = \"{url}\"\nmodel = \"{name}\"\nconcurrency = 2\n\n");
+    let suite = format!(
+        "name = \"arena-models\"\n{}{}{}{}[[task]]\nname = \"arith\"\nkind = \"generate\"\ndata = \"data/arith.jsonl\"\nprompt = \"Q: {{{{ question }}}}\\nA:\"\ntarget = \"{{{{ answer }}}}\"\n",
+        model("good", a),
+        model("bad", b),
+        model("worse", c),
+        model("judge", judge).replace("concurrency = 2", "concurrency = 2\nevaluate = false"),
+    );
+    dir.write("suite.toml", &suite);
+    dir.write(
+        "arena.toml",
+        &format!("name = \"t\"\nsuite = \"suite.toml\"\nmodels = [\"good\", \"bad\", \"worse\"]\njudge = {{ judge = \"pairwise\", model = \"judge\" }}\nbattles-per-pair = {per_pair}\nseed = 7\n"),
+    )
+}
+
+fn sum_of(text: &str) -> i64 {
+    let q = text.rsplit("Q: ").next().unwrap_or("");
+    let (x, y) = q.lines().next().unwrap_or("").split_once('+').unwrap_or(("0", "0"));
+    x.trim().parse::<i64>().unwrap_or(0) + y.trim().parse::<i64>().unwrap_or(0)
+}
+
+fn correct_judge(p: &str) -> String {
+    let right = sum_of(p).to_string();
+    let between = |s: &str, e: &str| -> String {
+        let i = p.find(s).map(|i| i + s.len()).unwrap_or(0);
+        p[i..].split(e).next().unwrap_or("").to_string()
+    };
+    let a = between("[Assistant A's answer]", "[End of assistant A's answer]").trim().to_string();
+    let b = between("[Assistant B's answer]", "[End of assistant B's answer]").trim().to_string();
+    match (a == right, b == right) {
+        (true, false) => "[[A]]".into(),
+        (false, true) => "[[B]]".into(),
+        _ => "[[C]]".into(),
+    }
+}
+
+#[test]
+fn arena_run_samples_prompts_judges_every_pair_and_resumes() {
+    use crate::server::FakeServer;
+    use std::time::{Duration, Instant};
+    let good = FakeServer::start(|p| format!("{}", sum_of(p)));
+    let bad = FakeServer::start(|p| format!("{}", sum_of(p) + 1));
+    let worse = FakeServer::start(|p| format!("{}", sum_of(p) + 2));
+    let judge = FakeServer::start(correct_judge);
+    judge.set_latency(Duration::from_millis(20));
+    let dir = TempDir::new("arena-run");
+    let arena = arena_files(&dir, &good.base_url(), &bad.base_url(), &worse.base_url(), &judge.base_url(), 12);
+    // Kill it part-way through the judging, then run it again: the same run resumes.
+    let mut child = std::process::Command::new(BIN)
+        .args(["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while judge.answered() < 20 {
+        assert!(t.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first = judge.answered();
+    judge.clear_log();
+    let out = llmeval(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // 3 pairs × 12 prompts × 2 orders = 72 judge calls in all; the resumed run made the rest.
+    assert!(judge.log().len() <= 72 - first + 2 && judge.log().len() >= 72 - first - 2, "{} after {first}", judge.log().len());
+    let runs = json_out(&llmeval(&["runs", "list", "--db", dir.db().to_str().unwrap(), "--json"]));
+    assert_eq!(runs.as_array().unwrap().len(), 1, "resumed, not restarted");
+    // Every pair gets 12 battles; ratings order the models by correctness.
+    let r = json_out(&llmeval(&["arena", "ratings", "--db", dir.db().to_str().unwrap(), "--method", "bt", "--json"]));
+    assert_eq!(r["battles"], 36);
+    let rating = |m: &str| r["ratings"][m].as_f64().unwrap();
+    assert!(rating("good") > rating("bad") && rating("bad") >= rating("worse") - 1e-9, "{r}");
+    // Prompts are a seeded sample of the suite's items, the same for every pair.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let items: i64 = conn.query_row("SELECT count(DISTINCT item) FROM judgments", [], |x| x.get(0)).unwrap();
+    assert_eq!(items, 12);
+}

@@ -14,6 +14,8 @@ pub struct BuiltinModel {
     engine: Engine,
     path: PathBuf,
     identity: Value,
+    /// System message put before every conversation (`system-prompt`).
+    system_prompt: Option<String>,
 }
 
 impl BuiltinModel {
@@ -39,8 +41,9 @@ impl BuiltinModel {
             "bytes": meta.as_ref().map(|m| m.len()),
             "modified": meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
             "llmeval": env!("CARGO_PKG_VERSION"),
+            "system-prompt": cfg.system_prompt,
         });
-        Ok(BuiltinModel { engine, path, identity })
+        Ok(BuiltinModel { engine, path, identity, system_prompt: cfg.system_prompt.clone() })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -53,7 +56,8 @@ impl BuiltinModel {
         match context {
             Context::Text(t) => Ok(self.with_bos(self.engine.encode(t))),
             Context::Chat(msgs) => {
-                let pairs: Vec<(String, String)> = msgs.iter().map(|m| (m.role.clone(), m.content.clone())).collect();
+                let system = self.system_prompt.iter().filter(|_| msgs.first().is_none_or(|m| m.role != "system")).map(|s| ("system".to_string(), s.clone()));
+                let pairs: Vec<(String, String)> = system.chain(msgs.iter().map(|m| (m.role.clone(), m.content.clone()))).collect();
                 let text = self.engine.render_chat(&pairs).map_err(|e| format!("{} : {e}", self.path.display()))?;
                 Ok(self.engine.encode(&text))
             }
