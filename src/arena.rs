@@ -476,3 +476,53 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
     let opts = crate::run::RunOptions { db: db.to_path_buf(), resume, no_cache, progress: true, items: Some(items), ..Default::default() };
     crate::run::run_suite(&suite, &opts)
 }
+
+/// The pairs of the arena's latest run that `voter` has not voted on yet, in a shuffled order with
+/// shuffled sides (so position and order tell nothing).
+pub fn pairs_to_vote(store: &crate::store::Store, arena_path: &std::path::Path, voter: &str) -> Result<(String, Vec<crate::tui::vote::Pair>)> {
+    let text = std::fs::read_to_string(arena_path).map_err(|source| Error::Read { path: arena_path.to_path_buf(), source })?;
+    let arena: ArenaFile = toml::from_str(&text).map_err(|e| Error::config(arena_path.display().to_string(), e.message().trim_end().to_string()))?;
+    let suite_name = format!("arena:{}", arena.name);
+    let run = store.runs()?.into_iter().find(|r| r.suite == suite_name).ok_or_else(|| {
+        Error::Usage(format!("no run of arena {:?} in {}; run `llmeval arena run {}` first", arena.name, store.path().display(), arena_path.display()))
+    })?;
+    let samples = store.samples(&run.id)?;
+    let voted: std::collections::BTreeSet<(String, i64, String, String)> = store
+        .judged_pairs()?
+        .into_iter()
+        .filter(|p| p.judge == format!("human:{voter}"))
+        .flat_map(|p| [(p.task.clone(), p.item, p.model.clone(), p.opponent.clone()), (p.task, p.item, p.opponent, p.model)])
+        .collect();
+    let mut by_item: BTreeMap<(String, i64), Vec<&crate::store::Sample>> = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.error.is_none() && s.response.is_some()) {
+        by_item.entry((s.task.clone(), s.item)).or_default().push(s);
+    }
+    let mut rng = crate::stats::SplitMix64::new(crate::util::now_unix().to_bits());
+    let mut pairs = Vec::new();
+    for ((task, item), ss) in &by_item {
+        for i in 0..ss.len() {
+            for j in i + 1..ss.len() {
+                let (mut x, mut y) = (ss[i], ss[j]);
+                if voted.contains(&(task.clone(), *item, x.model.clone(), y.model.clone())) {
+                    continue;
+                }
+                if rng.below(2) == 1 {
+                    std::mem::swap(&mut x, &mut y);
+                }
+                pairs.push(crate::tui::vote::Pair {
+                    task: task.clone(),
+                    item: *item,
+                    prompt: x.prompt.clone(),
+                    first: x.model.clone(),
+                    first_answer: x.response.clone().unwrap_or_default(),
+                    second: y.model.clone(),
+                    second_answer: y.response.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    for i in (1..pairs.len()).rev() {
+        pairs.swap(i, rng.below(i + 1));
+    }
+    Ok((run.id, pairs))
+}

@@ -73,6 +73,16 @@ struct SampleFiles {
 
 #[derive(Subcommand)]
 enum ArenaCommand {
+    /// Vote in the terminal: two anonymous answers side by side; names shown after the vote.
+    Vote {
+        /// The arena file (TOML); its latest run provides the answers.
+        arena: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+        /// Your name, recorded as judge `human:NAME` [default: $USER].
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Run (or resume) an arena: sampled prompts, every pair of models, judged in both orders.
     Run {
         /// The arena file (TOML).
@@ -703,6 +713,21 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
             return Ok(exit::SUCCESS);
         }
         ArenaCommand::Ratings { db, battles, method, k, bootstrap, seed, anchor, json } => (db, battles, method, k, bootstrap, seed, anchor, json),
+        ArenaCommand::Vote { arena: file, db, name } => {
+            let name = name.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "anonymous".into());
+            let store = Store::open(&db.path())?;
+            let (run_id, pairs) = arena::pairs_to_vote(&store, &file, &name)?;
+            if pairs.is_empty() {
+                println!("nothing to vote on: every pair of the latest run of {} has a vote from {name}", file.display());
+                return Ok(exit::SUCCESS);
+            }
+            if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                anyhow::bail!("arena vote needs a terminal");
+            }
+            let n = crate::tui::vote::event_loop(&store, &run_id, &name, crate::tui::vote::State::new(pairs))?;
+            println!("{n} vote(s) recorded as human:{name}");
+            return Ok(exit::SUCCESS);
+        }
     };
     let battles: Vec<Battle> = match &battles {
         Some(path) => arena::read_battles(path)?,
@@ -714,11 +739,13 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
                 Some("tie") => Some(crate::judge::Verdict::Tie),
                 _ => None,
             };
-            store
-                .judged_pairs()?
+            let pairs = store.judged_pairs()?;
+            report_human_agreement(&pairs, &verdict);
+            pairs
                 .into_iter()
-                .filter_map(|(a, b, v1, v2)| {
-                    let winner = match crate::judge::combine(verdict(&v1), verdict(&v2)) {
+                .filter_map(|p| {
+                    let (a, b) = (p.model, p.opponent);
+                    let winner = match crate::judge::combine(verdict(&p.order1), verdict(&p.order2)) {
                         crate::judge::PairOutcome::Win => Winner::A,
                         crate::judge::PairOutcome::Loss => Winner::B,
                         crate::judge::PairOutcome::Unparsed => return None,
@@ -769,4 +796,38 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     matrix("observed win rate", &|a, b| if a == b { "—".into() } else { observed.get(&(a.to_string(), b.to_string())).map_or("".into(), |(w, _)| format!("{w:.2}")) });
     matrix("predicted win rate", &|a, b| if a == b { "—".into() } else { format!("{:.2}", arena::predicted_win_rate(r.ratings[a], r.ratings[b])) });
     Ok(exit::SUCCESS)
+}
+
+/// Prints how often a model judge and people agree, on pairs both have judged.
+fn report_human_agreement(pairs: &[crate::store::JudgedPair], verdict: &dyn Fn(&Option<String>) -> Option<crate::judge::Verdict>) {
+    use std::collections::BTreeMap;
+    // (task, item, unordered pair) → (judge label, human label), labels as the winning model or "tie".
+    let label = |p: &crate::store::JudgedPair| -> Option<String> {
+        match crate::judge::combine(verdict(&p.order1), verdict(&p.order2)) {
+            crate::judge::PairOutcome::Win => Some(p.model.clone()),
+            crate::judge::PairOutcome::Loss => Some(p.opponent.clone()),
+            crate::judge::PairOutcome::Unparsed => None,
+            _ => Some("tie".into()),
+        }
+    };
+    let key = |p: &crate::store::JudgedPair| {
+        let (a, b) = if p.model < p.opponent { (p.model.clone(), p.opponent.clone()) } else { (p.opponent.clone(), p.model.clone()) };
+        (p.task.clone(), p.item, a, b)
+    };
+    let mut judge: BTreeMap<_, String> = BTreeMap::new();
+    let mut human: BTreeMap<_, String> = BTreeMap::new();
+    for p in pairs {
+        if let Some(l) = label(p) {
+            if p.judge.starts_with("human:") { human.insert(key(p), l) } else { judge.insert(key(p), l) };
+        }
+    }
+    let both: Vec<(String, String)> = human.iter().filter_map(|(k, h)| judge.get(k).map(|j| (j.clone(), h.clone()))).collect();
+    if both.is_empty() {
+        return;
+    }
+    let (with, n) = crate::judge::agreement(&both, true);
+    let (without, m) = crate::judge::agreement(&both, false);
+    let kappa = crate::judge::cohen_kappa(&both);
+    let f = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.3}"));
+    eprintln!("judge vs human: agreement {} (n={n}), without ties {} (n={m}), Cohen's kappa {}", f(with), f(without), f(kappa));
 }

@@ -21,6 +21,7 @@ pub mod run;
 pub mod progress;
 pub mod util;
 pub mod engine;
+pub mod tui;
 pub mod cli;
 
 pub use error::{Error, Result};

@@ -95,6 +95,19 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// A pair judged in both orders (`model` shown first in order 1).
+#[derive(Debug, Clone)]
+pub struct JudgedPair {
+    pub model: String,
+    pub opponent: String,
+    pub order1: Option<String>,
+    pub order2: Option<String>,
+    pub task: String,
+    pub item: i64,
+    /// The judge model, or `human:<name>` for a person's vote.
+    pub judge: String,
+}
+
 /// One judge call: which sample(s) it judged, in which order, and what the judge said.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Judgment {
@@ -426,17 +439,18 @@ impl Store {
         rows.map(|r| self.db(r)).collect()
     }
 
-    /// Every pairwise judgment in the database, both orders side by side:
-    /// `(model, opponent, verdict of order 1, verdict of order 2)`, oldest run first.
-    pub fn judged_pairs(&self) -> Result<Vec<(String, String, Option<String>, Option<String>)>> {
+    /// Every pairwise judgment in the database, both orders side by side, oldest run first.
+    pub fn judged_pairs(&self) -> Result<Vec<JudgedPair>> {
         let mut stmt = self.db(self.conn.prepare(
-            "SELECT a.model, a.opponent, a.verdict, b.verdict FROM judgments a JOIN judgments b
+            "SELECT a.model, a.opponent, a.verdict, b.verdict, a.task, a.item, a.judge_model FROM judgments a JOIN judgments b
                ON a.run_id = b.run_id AND a.task = b.task AND a.metric = b.metric AND a.item = b.item AND a.model = b.model AND a.opponent = b.opponent
              JOIN runs r ON r.id = a.run_id
              WHERE a.ord = 1 AND b.ord = 2 AND a.opponent != '' AND a.error IS NULL AND b.error IS NULL
              ORDER BY r.started_at, a.run_id, a.task, a.metric, a.item, a.model, a.opponent",
         ))?;
-        let rows = self.db(stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))))?;
+        let rows = self.db(stmt.query_map([], |r| {
+            Ok(JudgedPair { model: r.get(0)?, opponent: r.get(1)?, order1: r.get(2)?, order2: r.get(3)?, task: r.get(4)?, item: r.get(5)?, judge: r.get(6)? })
+        }))?;
         rows.map(|r| self.db(r)).collect()
     }
 

@@ -163,3 +163,34 @@ fn arena_run_samples_prompts_judges_every_pair_and_resumes() {
     let items: i64 = conn.query_row("SELECT count(DISTINCT item) FROM judgments", [], |x| x.get(0)).unwrap();
     assert_eq!(items, 12);
 }
+
+#[test]
+fn human_votes_are_battles_and_agreement_with_the_judge_is_reported() {
+    use crate::server::FakeServer;
+    let good = FakeServer::start(|p| format!("{}", sum_of(p)));
+    let bad = FakeServer::start(|p| format!("{}", sum_of(p) + 1));
+    let worse = FakeServer::start(|p| format!("{}", sum_of(p) + 2));
+    let judge = FakeServer::start(correct_judge);
+    let dir = TempDir::new("arena-vote");
+    let arena = arena_files(&dir, &good.base_url(), &bad.base_url(), &worse.base_url(), &judge.base_url(), 4);
+    let out = llmeval(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let store = llmeval::store::Store::open(&dir.db()).unwrap();
+    let (run_id, pairs) = llmeval::arena::pairs_to_vote(&store, &arena, "ann").unwrap();
+    assert_eq!(pairs.len(), 12, "3 pairs × 4 prompts");
+    // Ann agrees with the (correct) judge on "good", and calls the other pairs ties.
+    for p in &pairs {
+        let vote = if p.first == "good" {
+            llmeval::tui::vote::Vote::First
+        } else if p.second == "good" {
+            llmeval::tui::vote::Vote::Second
+        } else {
+            llmeval::tui::vote::Vote::BothBad
+        };
+        llmeval::tui::vote::store_vote(&store, &run_id, "ann", p, vote).unwrap();
+    }
+    assert!(llmeval::arena::pairs_to_vote(&store, &arena, "ann").unwrap().1.is_empty(), "voted pairs are not offered again");
+    let out = llmeval(&["arena", "ratings", "--db", dir.db().to_str().unwrap(), "--method", "elo", "--json"]);
+    assert_eq!(json_out(&out)["battles"], 24, "12 judged + 12 voted");
+    assert!(stderr(&out).contains("judge vs human: agreement 1.000 (n=12)"), "{}", stderr(&out));
+}
