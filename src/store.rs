@@ -93,6 +93,22 @@ const MIGRATIONS: &[&str] = &[
         error TEXT,
         PRIMARY KEY (run_id, task, metric, item, model, opponent, ord)
      );",
+    // 3: battles, FastChat's shape, from pairwise judgments with both orders parsed (two different
+    // verdicts are a tie; a person's "both bad" is "tie (bothbad)").
+    "CREATE VIEW battles AS
+     SELECT a.run_id, a.task, a.item AS prompt_id, a.model AS model_a, a.opponent AS model_b,
+        CASE
+          WHEN a.verdict = 'A' AND b.verdict = 'B' THEN 'model_a'
+          WHEN a.verdict = 'B' AND b.verdict = 'A' THEN 'model_b'
+          WHEN a.raw = 'BothBad' THEN 'tie (bothbad)'
+          ELSE 'tie'
+        END AS winner,
+        a.judge_model AS judge,
+        CASE WHEN instr(a.task, '/turn-') > 0 THEN CAST(substr(a.task, instr(a.task, '/turn-') + 6) AS INTEGER) ELSE 1 END AS turn
+     FROM judgments a JOIN judgments b
+       ON a.run_id = b.run_id AND a.task = b.task AND a.metric = b.metric AND a.item = b.item AND a.model = b.model AND a.opponent = b.opponent
+     WHERE a.ord = 1 AND b.ord = 2 AND a.opponent != '' AND a.error IS NULL AND b.error IS NULL
+       AND a.verdict IN ('A', 'B', 'tie') AND b.verdict IN ('A', 'B', 'tie');",
 ];
 
 /// A pair judged in both orders (`model` shown first in order 1).

@@ -192,5 +192,11 @@ fn human_votes_are_battles_and_agreement_with_the_judge_is_reported() {
     assert!(llmeval::arena::pairs_to_vote(&store, &arena, "ann").unwrap().1.is_empty(), "voted pairs are not offered again");
     let out = llmeval(&["arena", "ratings", "--db", dir.db().to_str().unwrap(), "--method", "elo", "--json"]);
     assert_eq!(json_out(&out)["battles"], 24, "12 judged + 12 voted");
+    // The same battles, FastChat-shaped, in the database.
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM battles WHERE judge = 'human:ann' AND winner = 'tie (bothbad)' AND turn = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 4, "the bad-vs-worse pairs");
+    let n: i64 = conn.query_row("SELECT count(*) FROM battles WHERE judge = 'judge' AND winner IN ('model_a', 'model_b')", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 8, "good beats the others on every prompt");
     assert!(stderr(&out).contains("judge vs human: agreement 1.000 (n=12)"), "{}", stderr(&out));
 }
