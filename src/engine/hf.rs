@@ -5,7 +5,7 @@
 //! keep the half-split rotary layout, so no un-permuting is needed.
 
 use super::kernels::WType;
-use super::llama::{Config, Layer, Llama, RopeStyle};
+use super::llama::{Config, LayerNames, Llama, RopeStyle};
 use super::load::{EngineError, ModelInfo, Tok};
 use super::{Bytes, Engine, Matrix};
 use serde_json::Value;
@@ -147,25 +147,22 @@ pub fn load(dir: &Path) -> Result<Engine, EngineError> {
         Ok(to_f32(t))
     };
     let opt = |name: &str, n: usize| if tensors.contains_key(name) { vector(name, n).map(Some) } else { Ok(None) };
-    let (c, q_dim, kv_dim) = (&config, n_heads * head_dim, n_kv_heads * head_dim);
-    let mut layers = Vec::new();
-    for l in 0..c.n_layers {
-        let p = |s: &str| format!("model.layers.{l}.{s}");
-        layers.push(Layer {
-            attn_norm: vector(&p("input_layernorm.weight"), dim)?,
-            wq: matrix(&p("self_attn.q_proj.weight"), q_dim, dim)?,
-            wk: matrix(&p("self_attn.k_proj.weight"), kv_dim, dim)?,
-            wv: matrix(&p("self_attn.v_proj.weight"), kv_dim, dim)?,
-            wo: matrix(&p("self_attn.o_proj.weight"), dim, q_dim)?,
-            bq: opt(&p("self_attn.q_proj.bias"), q_dim)?,
-            bk: opt(&p("self_attn.k_proj.bias"), kv_dim)?,
-            bv: opt(&p("self_attn.v_proj.bias"), kv_dim)?,
-            ffn_norm: vector(&p("post_attention_layernorm.weight"), dim)?,
-            w_gate: matrix(&p("mlp.gate_proj.weight"), c.ffn_dim, dim)?,
-            w_up: matrix(&p("mlp.up_proj.weight"), c.ffn_dim, dim)?,
-            w_down: matrix(&p("mlp.down_proj.weight"), dim, c.ffn_dim)?,
-        });
-    }
+    const HF_NAMES: LayerNames = LayerNames {
+        attn_norm: "model.layers.{l}.input_layernorm.weight",
+        q: "model.layers.{l}.self_attn.q_proj.weight",
+        k: "model.layers.{l}.self_attn.k_proj.weight",
+        v: "model.layers.{l}.self_attn.v_proj.weight",
+        o: "model.layers.{l}.self_attn.o_proj.weight",
+        q_bias: "model.layers.{l}.self_attn.q_proj.bias",
+        k_bias: "model.layers.{l}.self_attn.k_proj.bias",
+        v_bias: "model.layers.{l}.self_attn.v_proj.bias",
+        ffn_norm: "model.layers.{l}.post_attention_layernorm.weight",
+        gate: "model.layers.{l}.mlp.gate_proj.weight",
+        up: "model.layers.{l}.mlp.up_proj.weight",
+        down: "model.layers.{l}.mlp.down_proj.weight",
+    };
+    let c = &config;
+    let layers = super::llama::build_layers(c, &HF_NAMES, &matrix, &vector, &opt)?;
     let tok_embd = matrix("model.embed_tokens.weight", c.vocab, dim)?;
     let lm_head = if tensors.contains_key("lm_head.weight") { matrix("lm_head.weight", c.vocab, dim)? } else { tok_embd.clone() };
     let out_norm = vector("model.norm.weight", dim)?;

@@ -51,6 +51,53 @@ pub struct Layer {
     pub w_down: Matrix,
 }
 
+/// The tensor names of one block's weights, in a file format's naming; `{l}` is the layer.
+pub struct LayerNames {
+    pub attn_norm: &'static str,
+    pub q: &'static str,
+    pub k: &'static str,
+    pub v: &'static str,
+    pub o: &'static str,
+    pub q_bias: &'static str,
+    pub k_bias: &'static str,
+    pub v_bias: &'static str,
+    pub ffn_norm: &'static str,
+    pub gate: &'static str,
+    pub up: &'static str,
+    pub down: &'static str,
+}
+
+/// Builds every block from a format's tensor lookups: `matrix(name, rows, cols)`, `vector(name,
+/// n)` and `opt_vector` (biases, which only some architectures have).
+pub fn build_layers<E>(
+    c: &Config,
+    names: &LayerNames,
+    matrix: impl Fn(&str, usize, usize) -> Result<Matrix, E>,
+    vector: impl Fn(&str, usize) -> Result<Vec<f32>, E>,
+    opt_vector: impl Fn(&str, usize) -> Result<Option<Vec<f32>>, E>,
+) -> Result<Vec<Layer>, E> {
+    let (d, q_dim, kv_dim) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    (0..c.n_layers)
+        .map(|l| {
+            let n = |pattern: &str| pattern.replace("{l}", &l.to_string());
+            Ok(Layer {
+                attn_norm: vector(&n(names.attn_norm), d)?,
+                wq: matrix(&n(names.q), q_dim, d)?,
+                wk: matrix(&n(names.k), kv_dim, d)?,
+                wv: matrix(&n(names.v), kv_dim, d)?,
+                wo: matrix(&n(names.o), d, q_dim)?,
+                bq: opt_vector(&n(names.q_bias), q_dim)?,
+                bk: opt_vector(&n(names.k_bias), kv_dim)?,
+                bv: opt_vector(&n(names.v_bias), kv_dim)?,
+                ffn_norm: vector(&n(names.ffn_norm), d)?,
+                w_gate: matrix(&n(names.gate), c.ffn_dim, d)?,
+                w_up: matrix(&n(names.up), c.ffn_dim, d)?,
+                w_down: matrix(&n(names.down), d, c.ffn_dim)?,
+            })
+        })
+        .collect()
+}
+
 /// A loaded model.
 pub struct Llama {
     pub config: Config,

@@ -3,7 +3,7 @@
 
 use super::gguf::{Gguf, GgufError, MetaValue};
 use super::kernels::WType;
-use super::llama::{Cache, Config, Layer, Llama, RopeStyle};
+use super::llama::{Cache, Config, LayerNames, Llama, RopeStyle};
 use super::tokenizer::{Tokenizer, TokenizerSpec};
 use super::{Bytes, Matrix};
 use std::path::{Path, PathBuf};
@@ -162,25 +162,22 @@ impl Engine {
             Ok(out)
         };
         let opt_vector = |name: &str, n: usize| -> Result<Option<Vec<f32>>, EngineError> { if index(name).is_some() { vector(name, n).map(Some) } else { Ok(None) } };
-        let (c, q_dim, kv_dim) = (&config, n_heads * head_dim, n_kv_heads * head_dim);
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for l in 0..c.n_layers {
-            let b = |s: &str| format!("blk.{l}.{s}");
-            layers.push(Layer {
-                attn_norm: vector(&b("attn_norm.weight"), dim)?,
-                wq: matrix(&b("attn_q.weight"), q_dim, dim)?,
-                wk: matrix(&b("attn_k.weight"), kv_dim, dim)?,
-                wv: matrix(&b("attn_v.weight"), kv_dim, dim)?,
-                wo: matrix(&b("attn_output.weight"), dim, q_dim)?,
-                bq: opt_vector(&b("attn_q.bias"), q_dim)?,
-                bk: opt_vector(&b("attn_k.bias"), kv_dim)?,
-                bv: opt_vector(&b("attn_v.bias"), kv_dim)?,
-                ffn_norm: vector(&b("ffn_norm.weight"), dim)?,
-                w_gate: matrix(&b("ffn_gate.weight"), c.ffn_dim, dim)?,
-                w_up: matrix(&b("ffn_up.weight"), c.ffn_dim, dim)?,
-                w_down: matrix(&b("ffn_down.weight"), dim, c.ffn_dim)?,
-            });
-        }
+        const GGUF_NAMES: LayerNames = LayerNames {
+            attn_norm: "blk.{l}.attn_norm.weight",
+            q: "blk.{l}.attn_q.weight",
+            k: "blk.{l}.attn_k.weight",
+            v: "blk.{l}.attn_v.weight",
+            o: "blk.{l}.attn_output.weight",
+            q_bias: "blk.{l}.attn_q.bias",
+            k_bias: "blk.{l}.attn_k.bias",
+            v_bias: "blk.{l}.attn_v.bias",
+            ffn_norm: "blk.{l}.ffn_norm.weight",
+            gate: "blk.{l}.ffn_gate.weight",
+            up: "blk.{l}.ffn_up.weight",
+            down: "blk.{l}.ffn_down.weight",
+        };
+        let c = &config;
+        let layers = super::llama::build_layers(c, &GGUF_NAMES, &matrix, &vector, &opt_vector)?;
         let tok_embd = matrix("token_embd.weight", c.vocab, dim)?;
         let lm_head = if index("output.weight").is_some() { matrix("output.weight", c.vocab, dim)? } else { tok_embd.clone() };
         let out_norm = vector("output_norm.weight", dim)?;
