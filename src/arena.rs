@@ -388,7 +388,8 @@ pub struct ArenaFile {
     /// The models that battle (names of the suite's `[[model]]`s); default: all evaluated ones.
     #[serde(default)]
     pub models: Option<Vec<String>>,
-    /// The judge: `{ judge = "pairwise", model = "gpt4-judge" }`.
+    /// The judge: `{ judge = "pairwise", model = "gpt4-judge" }`, or `"human"` (answers only;
+    /// people vote with `llmeval arena vote`).
     pub judge: toml::Value,
     /// Prompts sampled for each pair of models (each judged in both orders).
     #[serde(default = "default_battles")]
@@ -413,13 +414,14 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
         Error::config(format!("{}:{line}", path.display()), e.message().trim_end().to_string())
     })?;
     let at = || path.display().to_string();
+    // `judge = "human"`: collect the answers only; people vote on them with `arena vote`.
     let spec = match MetricSpec::parse(&arena.judge) {
-        Ok(MetricSpec::Judge(j)) => j,
-        Ok(MetricSpec::Name(n)) if n == "human" => return Err(Error::config(at(), "judge = \"human\": human votes come from `llmeval arena vote`, which this build does not have yet; use a model judge")),
+        Ok(MetricSpec::Judge(j)) => Some(j),
+        Ok(MetricSpec::Name(n)) if n == "human" => None,
         Ok(MetricSpec::Name(n)) => return Err(Error::config(at(), format!("judge = {n:?}: expected a table like {{ judge = \"pairwise\", model = \"gpt4-judge\" }}"))),
         Err(m) => return Err(Error::config(at(), format!("judge: {m}"))),
     };
-    if spec.baseline.is_some() {
+    if spec.as_ref().is_some_and(|s| s.baseline.is_some()) {
         return Err(Error::config(at(), "judge: an arena compares every pair of models; leave out baseline"));
     }
     let suite_path = path.parent().unwrap_or(std::path::Path::new("")).join(&arena.suite);
@@ -431,10 +433,12 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
             return Err(Error::config(at(), format!("model {w:?} is not a [[model]] of {}", suite_path.display())));
         }
     }
-    if !file.models.iter().any(|m| m.name == spec.model) {
-        return Err(Error::config(at(), format!("judge model {:?} is not a [[model]] of {}", spec.model, suite_path.display())));
+    if let Some(spec) = &spec {
+        if !file.models.iter().any(|m| m.name == spec.model) {
+            return Err(Error::config(at(), format!("judge model {:?} is not a [[model]] of {}", spec.model, suite_path.display())));
+        }
+        crate::judge::load_judge(&spec.judge, &base.dir).map_err(|e| Error::config(at(), format!("judge: {e}")))?;
     }
-    crate::judge::load_judge(&spec.judge, &base.dir).map_err(|e| Error::config(at(), format!("judge: {e}")))?;
     if wanted.len() < 2 {
         return Err(Error::config(at(), "an arena needs at least two models"));
     }
@@ -445,13 +449,19 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
     if file.tasks.is_empty() {
         return Err(Error::config(at(), format!("{} has no single-turn generate task to take prompts from", suite_path.display())));
     }
-    let mut judge_table = toml::Table::new();
-    judge_table.insert("judge".into(), toml::Value::String(spec.judge.clone()));
-    judge_table.insert("model".into(), toml::Value::String(spec.model.clone()));
-    judge_table.insert("mode".into(), toml::Value::String("all-pairs".into()));
-    if let Some(n) = spec.max_tokens {
-        judge_table.insert("max-tokens".into(), toml::Value::Integer(i64::from(n)));
-    }
+    let metric = match &spec {
+        Some(spec) => {
+            let mut judge_table = toml::Table::new();
+            judge_table.insert("judge".into(), toml::Value::String(spec.judge.clone()));
+            judge_table.insert("model".into(), toml::Value::String(spec.model.clone()));
+            judge_table.insert("mode".into(), toml::Value::String("all-pairs".into()));
+            if let Some(n) = spec.max_tokens {
+                judge_table.insert("max-tokens".into(), toml::Value::Integer(i64::from(n)));
+            }
+            toml::Value::Table(judge_table)
+        }
+        None => toml::Value::String("distinct-1".into()),
+    };
     // Sample the prompts (the same for every pair, so each pair gets battles-per-pair battles).
     let mut pool: Vec<(String, usize)> = Vec::new();
     for t in &file.tasks {
@@ -465,7 +475,7 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
         items.entry(pool[j].0.clone()).or_default().push(pool[j].1);
     }
     for t in &mut file.tasks {
-        t.metrics = vec![toml::Spanned::new(0..0, toml::Value::Table(judge_table.clone()))];
+        t.metrics = vec![toml::Spanned::new(0..0, metric.clone())];
     }
     file.tasks.retain(|t| items.contains_key(&t.name));
     file.name = format!("arena:{}", arena.name);

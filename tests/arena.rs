@@ -199,4 +199,12 @@ fn human_votes_are_battles_and_agreement_with_the_judge_is_reported() {
     let n: i64 = conn.query_row("SELECT count(*) FROM battles WHERE judge = 'judge' AND winner IN ('model_a', 'model_b')", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 8, "good beats the others on every prompt");
     assert!(stderr(&out).contains("judge vs human: agreement 1.000 (n=12)"), "{}", stderr(&out));
+
+    // judge = "human": the arena only collects answers, for people to vote on.
+    let human = dir.write("human.toml", &std::fs::read_to_string(&arena).unwrap().replace("judge = { judge = \"pairwise\", model = \"judge\" }", "judge = \"human\"").replace("name = \"t\"", "name = \"h\""));
+    judge.clear_log();
+    let out = llmeval(&["arena", "run", human.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(judge.log().is_empty(), "no model judge is called");
+    assert_eq!(llmeval::arena::pairs_to_vote(&store, &human, "bob").unwrap().1.len(), 12);
 }
