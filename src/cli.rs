@@ -38,6 +38,31 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Compare a candidate run with a baseline; exit 1 on a significant regression.
+    Gate {
+        #[command(flatten)]
+        db: DbArg,
+        /// Baseline run: id, prefix or tag.
+        #[arg(long)]
+        baseline: String,
+        /// Candidate run: id, prefix, tag or `latest`.
+        #[arg(long)]
+        candidate: String,
+        /// Allowed drop of a metric, e.g. `exact-match=0.02` (repeatable; default 0).
+        #[arg(long = "max-drop", value_name = "METRIC=DELTA")]
+        max_drop: Vec<String>,
+        /// Significance level.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+        /// Write JUnit XML here (one test case per task × metric).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// Write a GitHub-flavoured markdown summary here.
+        #[arg(long, value_name = "FILE")]
+        markdown: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Arena ratings from pairwise battles.
     Arena {
         #[command(subcommand)]
@@ -306,6 +331,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Metrics { command } => cmd_metrics(command),
         Command::Engine { command } => cmd_engine(command),
         Command::Arena { command } => cmd_arena(command),
+        Command::Gate { db, baseline, candidate, max_drop, alpha, junit, markdown, json } => cmd_gate(&db.path(), &baseline, &candidate, &max_drop, alpha, junit, markdown, json),
         Command::Runs { command } => match command {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
             RunsCommand::Show { run, db, samples, json } => cmd_runs_show(&db.path(), &run, samples, json),
@@ -830,4 +856,45 @@ fn report_human_agreement(pairs: &[crate::store::JudgedPair], verdict: &dyn Fn(&
     let kappa = crate::judge::cohen_kappa(&both);
     let f = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.3}"));
     eprintln!("judge vs human: agreement {} (n={n}), without ties {} (n={m}), Cohen's kappa {}", f(with), f(without), f(kappa));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[String], alpha: f64, junit: Option<PathBuf>, markdown: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
+    let store = Store::open(db)?;
+    let b = store.resolve_run(baseline)?;
+    let c = store.resolve_run(candidate)?;
+    let mut tolerances = std::collections::BTreeMap::new();
+    for m in max_drop {
+        let (name, v) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("--max-drop {m:?}: expected METRIC=DELTA"))?;
+        let v: f64 = v.parse().map_err(|_| anyhow::anyhow!("--max-drop {m:?}: {v:?} is not a number"))?;
+        tolerances.insert(name.to_string(), v);
+    }
+    if !(alpha > 0.0 && alpha < 1.0) {
+        anyhow::bail!("--alpha {alpha}: must be between 0 and 1");
+    }
+    let cs = crate::gate::compare(&store.samples(&b.id)?, &store.samples(&c.id)?, &tolerances, alpha, 1234);
+    if cs.is_empty() {
+        anyhow::bail!("runs {} and {} share no scored item (same model, task and document); nothing to compare", b.id, c.id);
+    }
+    let failed = cs.iter().any(|x| x.regression);
+    if let Some(p) = &junit {
+        std::fs::write(p, crate::gate::junit(&cs)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &markdown {
+        std::fs::write(p, crate::gate::markdown(&cs, &b.id, &c.id)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if json {
+        print_json(&json!({"verdict": if failed { "regression" } else { "pass" }, "baseline": b.id, "candidate": c.id, "alpha": alpha, "comparisons": cs}));
+    } else {
+        let rows: Vec<Vec<String>> = cs
+            .iter()
+            .map(|x| vec![x.model.clone(), x.task.clone(), x.metric.clone(), format!("{:.4}", x.baseline), format!("{:.4}", x.candidate), format!("{:+.4}", x.drop), format!("{:.4}", x.p_value), if x.regression { "REGRESSION".into() } else { "ok".into() }])
+            .collect();
+        println!("baseline {} → candidate {} (alpha {alpha})", b.id, c.id);
+        print!("{}", table(&["model", "task", "metric", "baseline", "candidate", "drop", "p", "verdict"], &rows));
+        for x in cs.iter().filter(|x| x.regression && !x.flipped.is_empty()) {
+            println!("{} / {} / {}: right before, wrong now: {}", x.model, x.task, x.metric, x.flipped.join(", "));
+        }
+    }
+    Ok(if failed { exit::FAILURE } else { exit::SUCCESS })
 }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod metric;
 pub mod judge;
 pub mod arena;
+pub mod gate;
 pub mod stats;
 pub mod store;
 pub mod run;

@@ -8,6 +8,7 @@ mod arena;
 mod core_run;
 mod engine_ref;
 mod faults;
+mod gate;
 mod judges;
 mod metrics_golden;
 mod resume;
