@@ -99,12 +99,6 @@ fn arena_files(dir: &TempDir, a: &str, b: &str, c: &str, judge: &str, per_pair: 
     )
 }
 
-fn sum_of(text: &str) -> i64 {
-    let q = text.rsplit("Q: ").next().unwrap_or("");
-    let (x, y) = q.lines().next().unwrap_or("").split_once('+').unwrap_or(("0", "0"));
-    x.trim().parse::<i64>().unwrap_or(0) + y.trim().parse::<i64>().unwrap_or(0)
-}
-
 fn correct_judge(p: &str) -> String {
     let right = sum_of(p).to_string();
     let between = |s: &str, e: &str| -> String {

@@ -4,12 +4,6 @@
 use crate::server::FakeServer;
 use crate::support::*;
 
-fn sum_of(p: &str) -> i64 {
-    let q = p.rsplit("Q: ").next().unwrap_or("");
-    let (x, y) = q.lines().next().unwrap_or("").split_once('+').unwrap_or(("0", "0"));
-    x.trim().parse::<i64>().unwrap_or(0) + y.trim().parse::<i64>().unwrap_or(0)
-}
-
 #[test]
 fn gate_fails_on_a_significant_drop_and_passes_otherwise() {
     let right = FakeServer::start(|p| format!(" {}", sum_of(p)));

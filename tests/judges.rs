@@ -5,14 +5,6 @@
 use crate::server::FakeServer;
 use crate::support::*;
 
-/// The correct sum for the question in a prompt "Q: a+b".
-fn sum_in(text: &str) -> i64 {
-    let q = text.rsplit("Q: ").next().unwrap_or("");
-    let expr = q.lines().next().unwrap_or("").trim();
-    let (a, b) = expr.split_once('+').unwrap_or(("0", "0"));
-    a.trim().parse::<i64>().unwrap_or(0) + b.trim().parse::<i64>().unwrap_or(0)
-}
-
 fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     let s = text.find(start).map(|i| i + start.len()).unwrap_or(0);
     let e = text[s..].find(end).map(|i| s + i).unwrap_or(text.len());
@@ -21,7 +13,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
 
 /// The fake judge: rates or compares by correctness; scripted misbehaviour on some questions.
 fn judge(prompt: &str) -> String {
-    let right = sum_in(prompt).to_string();
+    let right = sum_of(prompt).to_string();
     let has = |a: &str| a.split(|c: char| !c.is_ascii_digit() && c != '-').any(|t| t == right);
     if prompt.contains("[The assistant's answer]") {
         let a = between(prompt, "[The assistant's answer]", "[End of answer]");
@@ -83,7 +75,7 @@ metrics = {metrics}
 #[test]
 fn single_and_pairwise_judging_with_reliability() {
     let good = FakeServer::start(crate::server::arith_answer);
-    let bad = FakeServer::start(|p| format!(" {}", sum_in(p) + 3));
+    let bad = FakeServer::start(|p| format!(" {}", sum_of(p) + 3));
     let judge_srv = FakeServer::start(judge);
     let dir = TempDir::new("judges");
     // 10 items; humans prefer "good" except on two items (one tie, one "bad").
@@ -103,7 +95,7 @@ fn single_and_pairwise_judging_with_reliability() {
 
     // What the scripted judge must produce, computed by hand from the same rules.
     let qs: Vec<String> = arith_rows(10).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["question"].as_str().unwrap().to_string()).collect();
-    let good_right: Vec<bool> = qs.iter().map(|q| crate::server::arith_answer(&format!("Q: {q}\nA:")).trim() == sum_in(&format!("Q: {q}")).to_string()).collect();
+    let good_right: Vec<bool> = qs.iter().map(|q| crate::server::arith_answer(&format!("Q: {q}\nA:")).trim() == sum_of(&format!("Q: {q}")).to_string()).collect();
     let unparsed_single = ["11+7", "48+60"];
     let ratings: Vec<f64> = qs.iter().zip(&good_right).filter(|(q, _)| !unparsed_single.contains(&q.as_str())).map(|(_, r)| if *r { 9.0 } else { 2.0 }).collect();
     let r = result(&v, "good", "arith", "judge-single");

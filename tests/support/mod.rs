@@ -118,3 +118,10 @@ pub fn result<'a>(v: &'a Value, model: &str, task: &str, metric: &str) -> &'a Va
         .find(|r| r["model"] == model && r["task"] == task && r["metric"] == metric)
         .unwrap_or_else(|| panic!("no result {model}/{task}/{metric} in {v}"))
 }
+
+/// The correct sum for the last "Q: a+b" question in a prompt (0 when there is none).
+pub fn sum_of(text: &str) -> i64 {
+    let q = text.rsplit("Q: ").next().unwrap_or("");
+    let (a, b) = q.lines().next().unwrap_or("").split_once('+').unwrap_or(("0", "0"));
+    a.trim().parse::<i64>().unwrap_or(0) + b.trim().parse::<i64>().unwrap_or(0)
+}
