@@ -333,6 +333,78 @@ pub fn predicted_win_rate(ra: f64, rb: f64) -> f64 {
     1.0 / (1.0 + 10f64.powf((rb - ra) / 400.0))
 }
 
+/// A stored verdict as a pairwise verdict (`A`, `B`, `tie`); anything else is not one.
+fn pair_verdict(v: &Option<String>) -> Option<crate::judge::Verdict> {
+    match v.as_deref() {
+        Some("A") => Some(crate::judge::Verdict::A),
+        Some("B") => Some(crate::judge::Verdict::B),
+        Some("tie") => Some(crate::judge::Verdict::Tie),
+        _ => None,
+    }
+}
+
+/// Battles from the store's judged pairs: both orders combined by [`crate::judge::combine`]; a
+/// tie or an inconsistent pair is a tie, a pair unparsed in either order is no battle.
+pub fn battles_from_pairs(pairs: &[crate::store::JudgedPair]) -> Vec<Battle> {
+    use crate::judge::PairOutcome;
+    pairs
+        .iter()
+        .filter_map(|p| {
+            let winner = match crate::judge::combine(pair_verdict(&p.order1), pair_verdict(&p.order2)) {
+                PairOutcome::Win => Winner::A,
+                PairOutcome::Loss => Winner::B,
+                PairOutcome::Unparsed => return None,
+                _ => Winner::Tie,
+            };
+            Some(Battle { model_a: p.model.clone(), model_b: p.opponent.clone(), winner })
+        })
+        .collect()
+}
+
+/// How often a model judge and people agree, on pairs both judged (FastChat's
+/// `compute_agreement`, with and without ties, and Cohen's kappa).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HumanAgreement {
+    pub agreement: Option<f64>,
+    pub n: usize,
+    pub agreement_without_ties: Option<f64>,
+    pub n_without_ties: usize,
+    pub cohen_kappa: Option<f64>,
+}
+
+/// Judge-vs-human agreement over the pairs that a model judge and a person (`human:NAME`) both
+/// judged; `None` when there are none. Labels are the winning model or `tie`.
+pub fn human_agreement(pairs: &[crate::store::JudgedPair]) -> Option<HumanAgreement> {
+    use crate::judge::PairOutcome;
+    let label = |p: &crate::store::JudgedPair| -> Option<String> {
+        match crate::judge::combine(pair_verdict(&p.order1), pair_verdict(&p.order2)) {
+            PairOutcome::Win => Some(p.model.clone()),
+            PairOutcome::Loss => Some(p.opponent.clone()),
+            PairOutcome::Unparsed => None,
+            _ => Some("tie".into()),
+        }
+    };
+    // (task, item, unordered pair) → label.
+    let key = |p: &crate::store::JudgedPair| {
+        let (a, b) = if p.model < p.opponent { (p.model.clone(), p.opponent.clone()) } else { (p.opponent.clone(), p.model.clone()) };
+        (p.task.clone(), p.item, a, b)
+    };
+    let mut judge: BTreeMap<_, String> = BTreeMap::new();
+    let mut human: BTreeMap<_, String> = BTreeMap::new();
+    for p in pairs {
+        if let Some(l) = label(p) {
+            if p.judge.starts_with("human:") { human.insert(key(p), l) } else { judge.insert(key(p), l) };
+        }
+    }
+    let both: Vec<(String, String)> = human.iter().filter_map(|(k, h)| judge.get(k).map(|j| (j.clone(), h.clone()))).collect();
+    if both.is_empty() {
+        return None;
+    }
+    let (agreement, n) = crate::judge::agreement(&both, true);
+    let (agreement_without_ties, n_without_ties) = crate::judge::agreement(&both, false);
+    Some(HumanAgreement { agreement, n, agreement_without_ties, n_without_ties, cohen_kappa: crate::judge::cohen_kappa(&both) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

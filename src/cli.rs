@@ -722,7 +722,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
 }
 
 fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
-    use crate::arena::{self, Battle, Method, Winner};
+    use crate::arena::{self, Battle, Method};
     let (db, battles, method, k, bootstrap, seed, anchor, json) = match command {
         ArenaCommand::Run { arena: file, db, no_cache, json } => {
             let report = arena::run_arena(&file, &db.path(), no_cache).with_context(|| format!("running arena {}", file.display()))?;
@@ -759,27 +759,12 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
         Some(path) => arena::read_battles(path)?,
         None => {
             let store = Store::open(&db.path())?;
-            let verdict = |v: &Option<String>| match v.as_deref() {
-                Some("A") => Some(crate::judge::Verdict::A),
-                Some("B") => Some(crate::judge::Verdict::B),
-                Some("tie") => Some(crate::judge::Verdict::Tie),
-                _ => None,
-            };
             let pairs = store.judged_pairs()?;
-            report_human_agreement(&pairs, &verdict);
-            pairs
-                .into_iter()
-                .filter_map(|p| {
-                    let (a, b) = (p.model, p.opponent);
-                    let winner = match crate::judge::combine(verdict(&p.order1), verdict(&p.order2)) {
-                        crate::judge::PairOutcome::Win => Winner::A,
-                        crate::judge::PairOutcome::Loss => Winner::B,
-                        crate::judge::PairOutcome::Unparsed => return None,
-                        _ => Winner::Tie,
-                    };
-                    Some(Battle { model_a: a, model_b: b, winner })
-                })
-                .collect()
+            if let Some(h) = arena::human_agreement(&pairs) {
+                let f = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.3}"));
+                eprintln!("judge vs human: agreement {} (n={}), without ties {} (n={}), Cohen's kappa {}", f(h.agreement), h.n, f(h.agreement_without_ties), h.n_without_ties, f(h.cohen_kappa));
+            }
+            arena::battles_from_pairs(&pairs)
         }
     };
     if battles.is_empty() {
@@ -822,40 +807,6 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     matrix("observed win rate", &|a, b| if a == b { "—".into() } else { observed.get(&(a.to_string(), b.to_string())).map_or("".into(), |(w, _)| format!("{w:.2}")) });
     matrix("predicted win rate", &|a, b| if a == b { "—".into() } else { format!("{:.2}", arena::predicted_win_rate(r.ratings[a], r.ratings[b])) });
     Ok(exit::SUCCESS)
-}
-
-/// Prints how often a model judge and people agree, on pairs both have judged.
-fn report_human_agreement(pairs: &[crate::store::JudgedPair], verdict: &dyn Fn(&Option<String>) -> Option<crate::judge::Verdict>) {
-    use std::collections::BTreeMap;
-    // (task, item, unordered pair) → (judge label, human label), labels as the winning model or "tie".
-    let label = |p: &crate::store::JudgedPair| -> Option<String> {
-        match crate::judge::combine(verdict(&p.order1), verdict(&p.order2)) {
-            crate::judge::PairOutcome::Win => Some(p.model.clone()),
-            crate::judge::PairOutcome::Loss => Some(p.opponent.clone()),
-            crate::judge::PairOutcome::Unparsed => None,
-            _ => Some("tie".into()),
-        }
-    };
-    let key = |p: &crate::store::JudgedPair| {
-        let (a, b) = if p.model < p.opponent { (p.model.clone(), p.opponent.clone()) } else { (p.opponent.clone(), p.model.clone()) };
-        (p.task.clone(), p.item, a, b)
-    };
-    let mut judge: BTreeMap<_, String> = BTreeMap::new();
-    let mut human: BTreeMap<_, String> = BTreeMap::new();
-    for p in pairs {
-        if let Some(l) = label(p) {
-            if p.judge.starts_with("human:") { human.insert(key(p), l) } else { judge.insert(key(p), l) };
-        }
-    }
-    let both: Vec<(String, String)> = human.iter().filter_map(|(k, h)| judge.get(k).map(|j| (j.clone(), h.clone()))).collect();
-    if both.is_empty() {
-        return;
-    }
-    let (with, n) = crate::judge::agreement(&both, true);
-    let (without, m) = crate::judge::agreement(&both, false);
-    let kappa = crate::judge::cohen_kappa(&both);
-    let f = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.3}"));
-    eprintln!("judge vs human: agreement {} (n={n}), without ties {} (n={m}), Cohen's kappa {}", f(with), f(without), f(kappa));
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -29,7 +29,7 @@ pub struct Comparison {
 }
 
 /// Metrics where lower is better.
-fn lower_is_better(metric: &str) -> bool {
+pub fn lower_is_better(metric: &str) -> bool {
     metric.ends_with("perplexity") || metric == "bits-per-byte" || metric.ends_with(":parse-failure-rate")
 }
 

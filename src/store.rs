@@ -114,6 +114,7 @@ const MIGRATIONS: &[&str] = &[
 /// A pair judged in both orders (`model` shown first in order 1).
 #[derive(Debug, Clone)]
 pub struct JudgedPair {
+    pub run_id: String,
     pub model: String,
     pub opponent: String,
     pub order1: Option<String>,
@@ -458,14 +459,14 @@ impl Store {
     /// Every pairwise judgment in the database, both orders side by side, oldest run first.
     pub fn judged_pairs(&self) -> Result<Vec<JudgedPair>> {
         let mut stmt = self.db(self.conn.prepare(
-            "SELECT a.model, a.opponent, a.verdict, b.verdict, a.task, a.item, a.judge_model FROM judgments a JOIN judgments b
+            "SELECT a.model, a.opponent, a.verdict, b.verdict, a.task, a.item, a.judge_model, a.run_id FROM judgments a JOIN judgments b
                ON a.run_id = b.run_id AND a.task = b.task AND a.metric = b.metric AND a.item = b.item AND a.model = b.model AND a.opponent = b.opponent
              JOIN runs r ON r.id = a.run_id
              WHERE a.ord = 1 AND b.ord = 2 AND a.opponent != '' AND a.error IS NULL AND b.error IS NULL
              ORDER BY r.started_at, a.run_id, a.task, a.metric, a.item, a.model, a.opponent",
         ))?;
         let rows = self.db(stmt.query_map([], |r| {
-            Ok(JudgedPair { model: r.get(0)?, opponent: r.get(1)?, order1: r.get(2)?, order2: r.get(3)?, task: r.get(4)?, item: r.get(5)?, judge: r.get(6)? })
+            Ok(JudgedPair { model: r.get(0)?, opponent: r.get(1)?, order1: r.get(2)?, order2: r.get(3)?, task: r.get(4)?, item: r.get(5)?, judge: r.get(6)?, run_id: r.get(7)? })
         }))?;
         rows.map(|r| self.db(r)).collect()
     }
