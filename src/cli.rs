@@ -63,6 +63,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a self-contained HTML report (leaderboard, charts, arena, judges, samples, runs).
+    Report {
+        #[command(flatten)]
+        db: DbArg,
+        /// Runs to include: id, prefix, tag or `latest` (repeatable) [default: the latest finished
+        /// run of every suite].
+        #[arg(long, num_args = 1.., value_name = "RUN")]
+        runs: Vec<String>,
+        /// Only runs of this suite (by default its latest finished run).
+        #[arg(long, value_name = "NAME")]
+        suite: Option<String>,
+        /// The HTML file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Arena ratings from pairwise battles.
     Arena {
         #[command(subcommand)]
@@ -331,6 +346,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Metrics { command } => cmd_metrics(command),
         Command::Engine { command } => cmd_engine(command),
         Command::Arena { command } => cmd_arena(command),
+        Command::Report { db, runs, suite, out } => cmd_report(&db.path(), &runs, suite.as_deref(), &out),
         Command::Gate { db, baseline, candidate, max_drop, alpha, junit, markdown, json } => cmd_gate(&db.path(), &baseline, &candidate, &max_drop, alpha, junit, markdown, json),
         Command::Runs { command } => match command {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
@@ -806,6 +822,18 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     };
     matrix("observed win rate", &|a, b| if a == b { "—".into() } else { observed.get(&(a.to_string(), b.to_string())).map_or("".into(), |(w, _)| format!("{w:.2}")) });
     matrix("predicted win rate", &|a, b| if a == b { "—".into() } else { format!("{:.2}", arena::predicted_win_rate(r.ratings[a], r.ratings[b])) });
+    Ok(exit::SUCCESS)
+}
+
+fn cmd_report(db: &std::path::Path, runs: &[String], suite: Option<&str>, out: &std::path::Path) -> anyhow::Result<u8> {
+    if !db.exists() {
+        anyhow::bail!("database {} does not exist; run a suite first or give --db", db.display());
+    }
+    let store = Store::open(db)?;
+    let chosen = crate::results::select_runs(&store, runs, suite)?;
+    let samples = crate::report::write(&store, &chosen, out)?;
+    let ids: Vec<&str> = chosen.iter().map(|r| r.id.as_str()).collect();
+    println!("wrote {} ({} run(s): {}; {samples} sample(s))", out.display(), chosen.len(), ids.join(", "));
     Ok(exit::SUCCESS)
 }
 

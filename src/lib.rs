@@ -16,6 +16,8 @@ pub mod metric;
 pub mod judge;
 pub mod arena;
 pub mod gate;
+pub mod results;
+pub mod report;
 pub mod stats;
 pub mod store;
 pub mod run;
