@@ -48,10 +48,11 @@
       [x.cell.value, x.cell.ci_low, x.cell.ci_high].forEach(function (v) { if (v !== null && v !== undefined) { vals.push(v); } });
     });
     if (vals.length === 0) { fig.appendChild(h('p', { 'class': 'note' }, 'no values')); return fig; }
-    var dom = col.range ? [Math.min(col.range[0], Math.min.apply(null, vals)), Math.max(col.range[1], Math.max.apply(null, vals))]
-      : niceDomain(Math.min(0, Math.min.apply(null, vals)), Math.max.apply(null, vals));
+    // A metric with a fixed range is drawn on it (an interval reaching past it is cut at its end).
+    var dom = col.range ? col.range : niceDomain(Math.min(0, Math.min.apply(null, vals)), Math.max.apply(null, vals));
+    var clamp = function (v) { return Math.max(dom[0], Math.min(dom[1], v)); };
     var labelW = 160, plotW = 380, rowH = 24, top = 8, W = labelW + plotW + 70, H = top + rows.length * rowH + 24;
-    var x = function (v) { return labelW + (v - dom[0]) / (dom[1] - dom[0]) * plotW; };
+    var x = function (v) { return labelW + (clamp(v) - dom[0]) / (dom[1] - dom[0]) * plotW; };
     var g = s('svg', { width: W, height: H, viewBox: '0 0 ' + W + ' ' + H, role: 'img' });
     for (var t = 0; t <= 4; t++) {
       var tv = dom[0] + (dom[1] - dom[0]) * t / 4;
@@ -93,15 +94,16 @@
   if (radar.axes.length < 3) {
     radarBox.appendChild(h('p', { 'class': 'note' }, 'A radar needs at least three axes (task categories, or tasks, whose primary metric has a fixed range); these runs have ' + radar.axes.length + '.'));
   } else {
-    var R = 110, C = 170, n = radar.axes.length;
+    // Room around the circle for axis labels of up to 20 characters.
+    var R = 100, CX = 225, CY = 135, n = radar.axes.length;
     var pt = function (k, r) {
       var a = -Math.PI / 2 + 2 * Math.PI * k / n;
-      return [C + r * Math.cos(a), C + r * Math.sin(a)];
+      return [CX + r * Math.cos(a), CY + r * Math.sin(a)];
     };
     lb.rows.forEach(function (row, i) {
       var fig = h('figure', { 'class': 'radar-chart' });
       fig.appendChild(h('figcaption', null, row.label));
-      var g = s('svg', { width: 2 * C, height: 2 * C, viewBox: '0 0 ' + 2 * C + ' ' + 2 * C, role: 'img' });
+      var g = s('svg', { width: 2 * CX, height: 2 * CY, viewBox: '0 0 ' + 2 * CX + ' ' + 2 * CY, role: 'img' });
       [0.25, 0.5, 0.75, 1].forEach(function (f) {
         var ring = [];
         for (var k = 0; k < n; k++) { ring.push(pt(k, R * f).join(',')); }
@@ -109,9 +111,9 @@
       });
       radar.axes.forEach(function (axis, k) {
         var end = pt(k, R), lab = pt(k, R + 14);
-        g.appendChild(s('line', { 'class': 'axis', x1: C, y1: C, x2: end[0], y2: end[1] }));
-        var anchor = Math.abs(lab[0] - C) < 4 ? 'middle' : (lab[0] > C ? 'start' : 'end');
-        g.appendChild(tip(s('text', { x: lab[0], y: lab[1] + 4, 'text-anchor': anchor }, clip(axis.label, 22)), axis.label));
+        g.appendChild(s('line', { 'class': 'axis', x1: CX, y1: CY, x2: end[0], y2: end[1] }));
+        var anchor = Math.abs(lab[0] - CX) < 4 ? 'middle' : (lab[0] > CX ? 'start' : 'end');
+        g.appendChild(tip(s('text', { x: lab[0], y: lab[1] + 4, 'text-anchor': anchor }, clip(axis.label, 20)), axis.label));
       });
       var values = radar.series[i];
       var pts = values.map(function (v, k) { return pt(k, R * (v === null ? 0 : v)).join(','); });
@@ -154,7 +156,7 @@
     document.getElementById('arena-intervals').appendChild(g);
 
     var cell = 46, lw = 150, th = 120, n = models.length;
-    var hm = s('svg', { width: lw + n * cell + 10, height: th + n * cell + 10, role: 'img' });
+    var hm = s('svg', { width: lw + n * cell + 110, height: th + n * cell + 10, role: 'img' });
     var rate = {};
     arena.win_rates.forEach(function (w) { rate[JSON.stringify([w.model, w.opponent])] = w; });
     models.forEach(function (m, k) {
@@ -248,8 +250,8 @@
     d.appendChild(field('target', x.target));
     if (x.error) { d.appendChild(field('error', x.error)); }
     x.judgments.forEach(function (j) {
-      var head = 'judge ' + j.judge + ' (' + j.metric + ')' + (j.opponent ? ' vs ' + j.opponent + ', this answer in slot ' + j.slot : '') +
-        ': ' + (j.error ? 'call failed' : (j.verdict === null ? '—' : j.verdict));
+      var head = 'judge ' + j.judge + ' (' + j.metric + ')' + (j.opponent ? ' vs ' + j.opponent + ', this answer shown as ' + j.slot : '') +
+        ': ' + (j.error ? 'call failed' : 'verdict ' + (j.verdict === null ? '—' : j.verdict));
       d.appendChild(field(head, j.error ? j.error : j.raw));
     });
     d.setAttribute('data-run', x.run_id);

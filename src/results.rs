@@ -564,6 +564,8 @@ impl SampleFilter {
 /// Everything a results view shows of the chosen runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
+    /// Not serialized: the runs' stored configs hold endpoints that a shared view has no use for.
+    #[serde(skip_serializing)]
     pub runs: Vec<Run>,
     pub leaderboard: Leaderboard,
     pub radar: Radar,

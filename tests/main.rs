@@ -11,5 +11,6 @@ mod faults;
 mod gate;
 mod judges;
 mod metrics_golden;
+mod report;
 mod resume;
 mod suite_errors;
