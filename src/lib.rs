@@ -3,7 +3,8 @@
 //! The modules follow the data flow: a [`suite`] file names models and tasks; [`dataset`] rows are
 //! rendered into requests by [`prompt`]; a [`model`] answers them in batches; [`metric`]s score the
 //! responses and [`stats`] aggregates them; [`run`] drives all of it and writes every sample, as it
-//! finishes, into the SQLite [`store`], which every view reads afterwards.
+//! finishes, into the SQLite [`store`], which every view reads afterwards: [`results`] (the read
+//! model of leaderboards), [`report`] (the HTML report), [`gate`] and [`arena`].
 
 pub mod error;
 pub mod suite;

@@ -329,6 +329,7 @@ mod tests {
             run: r.clone(),
             aggregates: vec![Aggregate { model: "<img src=x onerror=alert(1)>".into(), task: "</td>t".into(), category: String::new(), metric: "acc".into(), value: Some(0.5), stderr: None, ci95: Some((0.4, 0.6)), n: 4, errors: 0 }],
             pairwise: Default::default(),
+            primary: Default::default(),
         };
         let lb = Leaderboard::build(&[data], None);
         let results = Results { runs: vec![r.clone()], radar: lb.radar(), leaderboard: lb, arena: None, reliability: vec![] };

@@ -82,6 +82,31 @@ pub struct RunData {
     pub aggregates: Vec<Aggregate>,
     /// `(task, metric)` of the judge metrics that compared pairs of answers.
     pub pairwise: BTreeSet<(String, String)>,
+    /// Task → its primary metric, from the suite stored with the run.
+    pub primary: HashMap<String, String>,
+}
+
+/// Each task's primary metric from a run's stored suite: the first of its `metrics`, or its
+/// kind's first default. Tasks whose entry cannot be read are left out (their first reported
+/// metric is used).
+pub fn primary_metrics(config: &serde_json::Value) -> HashMap<String, String> {
+    use crate::suite::{MetricSpec, TaskKind};
+    let mut out = HashMap::new();
+    for t in config["tasks"].as_array().into_iter().flatten() {
+        let Some(name) = t["name"].as_str() else { continue };
+        let first = match t["metrics"].as_array().and_then(|m| m.first()) {
+            Some(m) => match serde_json::from_value::<toml::Value>(m.clone()).ok().and_then(|v| MetricSpec::parse(&v).ok()) {
+                Some(MetricSpec::Name(n)) => Some(n),
+                Some(MetricSpec::Judge(j)) => Some(j.metric_name()),
+                None => None,
+            },
+            None => serde_json::from_value::<TaskKind>(t["kind"].clone()).ok().and_then(|k| crate::metric::names_for(k).0.first().map(|m| m.to_string())),
+        };
+        if let Some(m) = first {
+            out.insert(name.to_string(), m);
+        }
+    }
+    out
 }
 
 /// Reads the aggregates and judge kinds of `runs`.
@@ -89,7 +114,7 @@ pub fn load(store: &Store, runs: &[Run]) -> Result<Vec<RunData>> {
     runs.iter()
         .map(|run| {
             let pairwise = store.judgments(&run.id, "", "")?.into_iter().filter(|j| !j.opponent.is_empty()).map(|j| (j.task, j.metric)).collect();
-            Ok(RunData { run: run.clone(), aggregates: store.aggregates(&run.id)?, pairwise })
+            Ok(RunData { run: run.clone(), aggregates: store.aggregates(&run.id)?, pairwise, primary: primary_metrics(&run.config) })
         })
         .collect()
 }
@@ -193,7 +218,8 @@ impl Leaderboard {
         // Columns in order of first appearance, grouped by task, whole-task columns first.
         let mut groups: Vec<(String, String)> = Vec::new();
         let mut columns: Vec<Column> = Vec::new();
-        let mut primary: HashMap<(String, String), String> = HashMap::new();
+        // (suite, task) → (primary metric, a run that has the task).
+        let mut primary: HashMap<(String, String), (String, String)> = HashMap::new();
         let mut rows: Vec<Row> = Vec::new();
         let mut cells: Vec<(usize, (String, String, String, String), Cell)> = Vec::new();
         for d in data {
@@ -204,8 +230,17 @@ impl Leaderboard {
                 if !groups.contains(&group) {
                     groups.push(group.clone());
                 }
-                if a.category.is_empty() {
-                    primary.entry(group.clone()).or_insert_with(|| a.metric.clone());
+                // The suite names the primary metric (a turn of a multi-turn task: the task's);
+                // else the first the task reports.
+                let base = a.task.split_once("/turn-").map_or(a.task.as_str(), |(b, _)| b);
+                match d.primary.get(base) {
+                    Some(m) => {
+                        primary.entry(group.clone()).or_insert_with(|| (m.clone(), d.run.id.clone()));
+                    }
+                    None if a.category.is_empty() => {
+                        primary.entry(group.clone()).or_insert_with(|| (a.metric.clone(), d.run.id.clone()));
+                    }
+                    None => {}
                 }
                 let key = (suite.clone(), a.task.clone(), a.metric.clone(), a.category.clone());
                 if !columns.iter().any(|c| (&c.suite, &c.task, &c.metric, &c.category) == (&key.0, &key.1, &key.2, &key.3)) {
@@ -237,11 +272,30 @@ impl Leaderboard {
                 cells.push((row, key, Cell { value: a.value, ci_low, ci_high, n: a.n, errors: a.errors, run_id: d.run.id.clone() }));
             }
         }
+        // A primary metric without any value (a judge that never gave a parsable verdict) still
+        // gets its column: empty, and counted, so no overall hides that.
+        for g in &groups {
+            let Some((metric, run_id)) = primary.get(g) else { continue };
+            if !columns.iter().any(|c| c.suite == g.0 && c.task == g.1 && &c.metric == metric && c.category.is_empty()) {
+                let pairwise = data.iter().any(|d| &d.run.id == run_id && d.pairwise.contains(&(g.1.clone(), metric.clone())));
+                let task_label = if suites_of_task[g.1.as_str()].len() > 1 { format!("{}/{}", g.0, g.1) } else { g.1.clone() };
+                columns.push(Column {
+                    suite: g.0.clone(),
+                    task: g.1.clone(),
+                    metric: metric.clone(),
+                    category: String::new(),
+                    label: format!("{task_label} · {metric}"),
+                    primary: false,
+                    range: metric_range(metric, pairwise),
+                    higher_is_better: !crate::gate::lower_is_better(metric),
+                });
+            }
+        }
         for c in &mut columns {
-            c.primary = c.category.is_empty() && primary.get(&(c.suite.clone(), c.task.clone())) == Some(&c.metric);
+            c.primary = c.category.is_empty() && primary.get(&(c.suite.clone(), c.task.clone())).is_some_and(|p| p.0 == c.metric);
         }
         let group_of = |c: &Column| groups.iter().position(|g| g.0 == c.suite && g.1 == c.task).unwrap_or(usize::MAX);
-        columns.sort_by_key(|c| (group_of(c), !c.category.is_empty()));
+        columns.sort_by_key(|c| (group_of(c), !c.category.is_empty(), !c.primary));
         for r in &mut rows {
             r.cells = vec![None; columns.len()];
         }
@@ -614,7 +668,37 @@ mod tests {
     }
 
     fn data(id: &str, suite: &str, aggregates: Vec<Aggregate>, pairwise: &[(&str, &str)]) -> RunData {
-        RunData { run: run(id, suite), aggregates, pairwise: pairwise.iter().map(|(t, m)| (t.to_string(), m.to_string())).collect() }
+        RunData { run: run(id, suite), aggregates, pairwise: pairwise.iter().map(|(t, m)| (t.to_string(), m.to_string())).collect(), primary: HashMap::new() }
+    }
+
+    #[test]
+    fn primary_metrics_come_from_the_stored_suite() {
+        let config = serde_json::json!({"tasks": [
+            {"name": "open", "kind": "generate", "metrics": [{"judge": "single", "model": "j", "max-tokens": 48}, "distinct-1"]},
+            {"name": "pairs", "kind": "generate", "metrics": [{"judge": "pairwise", "model": "j", "baseline": "b"}]},
+            {"name": "mc", "kind": "multiple-choice", "metrics": []},
+            {"name": "ppl", "kind": "perplexity"},
+            {"name": "copy", "kind": "generate", "metrics": ["bleu", "chrf"]},
+        ]});
+        let p = primary_metrics(&config);
+        assert_eq!(p["open"], "judge-single");
+        assert_eq!(p["pairs"], "judge-pairwise-vs-b");
+        assert_eq!(p["mc"], "acc");
+        assert_eq!(p["ppl"], "word-perplexity");
+        assert_eq!(p["copy"], "bleu");
+    }
+
+    #[test]
+    fn a_primary_metric_without_values_is_an_empty_counted_column() {
+        // The judge never gave a parsable verdict: no judge-single aggregate, only distinct-1.
+        let mut d = data("r1", "s", vec![agg("x", "open", "", "distinct-1", Some(0.4)), agg("x", "arith", "", "exact-match", Some(0.5)), agg("x", "open/turn-2", "", "distinct-1", Some(0.3))], &[]);
+        d.primary = [("open".to_string(), "judge-single".to_string()), ("arith".to_string(), "exact-match".to_string())].into_iter().collect();
+        let lb = Leaderboard::build(&[d], None);
+        let labels: Vec<&str> = lb.columns.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, ["open · judge-single", "open · distinct-1", "arith · exact-match", "open/turn-2 · judge-single", "open/turn-2 · distinct-1"]);
+        assert_eq!(lb.overall_columns, [0, 2, 3]);
+        assert!(lb.rows[0].cells[0].is_none());
+        assert_eq!(lb.rows[0].overall, None, "not the mean of whatever else the task reported");
     }
 
     #[test]
