@@ -64,7 +64,7 @@
       g.appendChild(tip(s('text', { x: labelW - 6, y: y + rowH / 2 + 4, 'text-anchor': 'end' }, clip(r.label, 24)), r.label));
       var c = r.cell;
       if (c.value === null || c.value === undefined) {
-        g.appendChild(s('text', { x: labelW + 4, y: y + rowH / 2 + 4 }, 'no value (' + c.errors + ' errored)'));
+        g.appendChild(s('text', { x: labelW + 4, y: y + rowH / 2 + 4 }, c.errors ? 'no value (' + c.errors + ' errored)' : 'no value'));
         return;
       }
       var x0 = x(Math.max(dom[0], Math.min(0, dom[1]))), x1 = x(c.value);

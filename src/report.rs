@@ -128,16 +128,20 @@ fn fmt(v: f64, range: Option<(f64, f64)>) -> String {
 fn cell_text(lb: &Leaderboard, row: usize, col: usize) -> TableCell {
     let c = &lb.columns[col];
     match &lb.rows[row].cells[col] {
-        None => TableCell { text: "—".into(), title: "not evaluated".into(), sort: String::new(), task: String::new() },
+        None => TableCell { text: "—".into(), title: "no result".into(), sort: String::new(), task: String::new() },
         Some(x) => {
-            let text = match (x.value, x.ci_low.zip(x.ci_high)) {
-                (Some(v), Some((lo, hi))) => format!("{} ± {}", fmt(v, c.range), fmt((hi - lo) / 2.0, c.range)),
-                (Some(v), None) => fmt(v, c.range),
-                (None, _) => "—".into(),
-            };
-            let ci = x.ci_low.zip(x.ci_high).map_or(String::new(), |(lo, hi)| format!(", 95% CI [{}, {}]", fmt(lo, c.range), fmt(hi, c.range)));
             let errors = if x.errors > 0 { format!(", {} errored", x.errors) } else { String::new() };
-            TableCell { text: if x.errors > 0 { format!("{text} ({} err)", x.errors) } else { text }, title: format!("n = {}{ci}{errors}; run {}", x.n, x.run_id), sort: x.value.map_or(String::new(), |v| v.to_string()), task: c.task.clone() }
+            let (text, title) = match (x.value, x.ci_low.zip(x.ci_high)) {
+                (Some(v), Some((lo, hi))) => (format!("{} ± {}", fmt(v, c.range), fmt((hi - lo) / 2.0, c.range)), format!("n = {}, 95% CI [{}, {}]{errors}", x.n, fmt(lo, c.range), fmt(hi, c.range))),
+                (Some(v), None) => (fmt(v, c.range), format!("n = {}{errors}", x.n)),
+                (None, _) => ("no value".into(), format!("no item could be scored (n = {}{errors})", x.n)),
+            };
+            TableCell {
+                text: if x.errors > 0 { format!("{text} ({} err)", x.errors) } else { text },
+                title: format!("{title}; run {}", x.run_id),
+                sort: x.value.map_or(String::new(), |v| v.to_string()),
+                task: c.task.clone(),
+            }
         }
     }
 }
@@ -330,6 +334,7 @@ mod tests {
             aggregates: vec![Aggregate { model: "<img src=x onerror=alert(1)>".into(), task: "</td>t".into(), category: String::new(), metric: "acc".into(), value: Some(0.5), stderr: None, ci95: Some((0.4, 0.6)), n: 4, errors: 0 }],
             pairwise: Default::default(),
             primary: Default::default(),
+            evaluated: vec![],
         };
         let lb = Leaderboard::build(&[data], None);
         let results = Results { runs: vec![r.clone()], radar: lb.radar(), leaderboard: lb, arena: None, reliability: vec![] };

@@ -84,6 +84,9 @@ pub struct RunData {
     pub pairwise: BTreeSet<(String, String)>,
     /// Task → its primary metric, from the suite stored with the run.
     pub primary: HashMap<String, String>,
+    /// `(model, task)` pairs with samples: a model evaluated on a task has a row and the task's
+    /// primary column even when no metric has a value.
+    pub evaluated: Vec<(String, String)>,
 }
 
 /// Each task's primary metric from a run's stored suite: the first of its `metrics`, or its
@@ -114,7 +117,7 @@ pub fn load(store: &Store, runs: &[Run]) -> Result<Vec<RunData>> {
     runs.iter()
         .map(|run| {
             let pairwise = store.judgments(&run.id, "", "")?.into_iter().filter(|j| !j.opponent.is_empty()).map(|j| (j.task, j.metric)).collect();
-            Ok(RunData { run: run.clone(), aggregates: store.aggregates(&run.id)?, pairwise, primary: primary_metrics(&run.config) })
+            Ok(RunData { run: run.clone(), aggregates: store.aggregates(&run.id)?, pairwise, primary: primary_metrics(&run.config), evaluated: store.sample_keys(&run.id)? })
         })
         .collect()
 }
@@ -148,7 +151,8 @@ impl Column {
 /// A model's result on one column.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cell {
-    /// `None` when no item could be scored (all errored).
+    /// `None` when no item could be scored (all errored, or no metric value: a judge that never
+    /// gave a parsable verdict).
     pub value: Option<f64>,
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
@@ -211,10 +215,11 @@ impl Leaderboard {
         }
         let mut suites_of_task: HashMap<&str, BTreeSet<&str>> = HashMap::new();
         for d in data {
-            for a in &d.aggregates {
-                suites_of_task.entry(a.task.as_str()).or_default().insert(d.run.suite.as_str());
+            for task in d.aggregates.iter().map(|a| &a.task).chain(d.evaluated.iter().map(|e| &e.1)) {
+                suites_of_task.entry(task.as_str()).or_default().insert(d.run.suite.as_str());
             }
         }
+        let shared = |task: &str| suites_of_task.get(task).is_some_and(|s| s.len() > 1);
         // Columns in order of first appearance, grouped by task, whole-task columns first.
         let mut groups: Vec<(String, String)> = Vec::new();
         let mut columns: Vec<Column> = Vec::new();
@@ -225,15 +230,25 @@ impl Leaderboard {
         for d in data {
             let suite = d.run.suite.clone();
             let split = runs_of_suite[suite.as_str()] > 1;
+            let row_of = |rows: &mut Vec<Row>, model: &str| -> usize {
+                let (run_id, label) = if split { (Some(d.run.id.clone()), format!("{model} @ {}", d.run.id)) } else { (None, model.to_string()) };
+                match rows.iter().position(|r| r.model == model && r.run_id == run_id) {
+                    Some(i) => i,
+                    None => {
+                        rows.push(Row { model: model.to_string(), run_id, label, cells: Vec::new(), overall: None, arena: None });
+                        rows.len() - 1
+                    }
+                }
+            };
+            // The suite names the primary metric (a turn of a multi-turn task: the task's).
+            let configured = |task: &str| d.primary.get(task.split_once("/turn-").map_or(task, |(b, _)| b));
             for a in d.aggregates.iter().filter(|a| !a.model.starts_with("judge:")) {
                 let group = (suite.clone(), a.task.clone());
                 if !groups.contains(&group) {
                     groups.push(group.clone());
                 }
-                // The suite names the primary metric (a turn of a multi-turn task: the task's);
-                // else the first the task reports.
-                let base = a.task.split_once("/turn-").map_or(a.task.as_str(), |(b, _)| b);
-                match d.primary.get(base) {
+                // Without the suite's word, the first metric the task reports.
+                match configured(&a.task) {
                     Some(m) => {
                         primary.entry(group.clone()).or_insert_with(|| (m.clone(), d.run.id.clone()));
                     }
@@ -244,7 +259,7 @@ impl Leaderboard {
                 }
                 let key = (suite.clone(), a.task.clone(), a.metric.clone(), a.category.clone());
                 if !columns.iter().any(|c| (&c.suite, &c.task, &c.metric, &c.category) == (&key.0, &key.1, &key.2, &key.3)) {
-                    let task_label = if suites_of_task[a.task.as_str()].len() > 1 { format!("{suite}/{}", a.task) } else { a.task.clone() };
+                    let task_label = if shared(&a.task) { format!("{suite}/{}", a.task) } else { a.task.clone() };
                     let mut label = format!("{task_label} · {}", a.metric);
                     if !a.category.is_empty() {
                         label.push_str(&format!(" / {}", a.category));
@@ -260,16 +275,20 @@ impl Leaderboard {
                         higher_is_better: !crate::gate::lower_is_better(&a.metric),
                     });
                 }
-                let (run_id, label) = if split { (Some(d.run.id.clone()), format!("{} @ {}", a.model, d.run.id)) } else { (None, a.model.clone()) };
-                let row = match rows.iter().position(|r| r.model == a.model && r.run_id == run_id) {
-                    Some(i) => i,
-                    None => {
-                        rows.push(Row { model: a.model.clone(), run_id, label, cells: Vec::new(), overall: None, arena: None });
-                        rows.len() - 1
-                    }
-                };
+                let row = row_of(&mut rows, &a.model);
                 let (ci_low, ci_high) = (a.ci95.map(|c| c.0), a.ci95.map(|c| c.1));
                 cells.push((row, key, Cell { value: a.value, ci_low, ci_high, n: a.n, errors: a.errors, run_id: d.run.id.clone() }));
+            }
+            // Models evaluated on a task without any value there still get a row and the column.
+            for (model, task) in &d.evaluated {
+                row_of(&mut rows, model);
+                let group = (suite.clone(), task.clone());
+                if let Some(m) = configured(task) {
+                    if !groups.contains(&group) {
+                        groups.push(group.clone());
+                    }
+                    primary.entry(group).or_insert_with(|| (m.clone(), d.run.id.clone()));
+                }
             }
         }
         // A primary metric without any value (a judge that never gave a parsable verdict) still
@@ -278,7 +297,7 @@ impl Leaderboard {
             let Some((metric, run_id)) = primary.get(g) else { continue };
             if !columns.iter().any(|c| c.suite == g.0 && c.task == g.1 && &c.metric == metric && c.category.is_empty()) {
                 let pairwise = data.iter().any(|d| &d.run.id == run_id && d.pairwise.contains(&(g.1.clone(), metric.clone())));
-                let task_label = if suites_of_task[g.1.as_str()].len() > 1 { format!("{}/{}", g.0, g.1) } else { g.1.clone() };
+                let task_label = if shared(&g.1) { format!("{}/{}", g.0, g.1) } else { g.1.clone() };
                 columns.push(Column {
                     suite: g.0.clone(),
                     task: g.1.clone(),
@@ -302,6 +321,16 @@ impl Leaderboard {
         for (row, key, cell) in cells {
             if let Some(i) = columns.iter().position(|c| (&c.suite, &c.task, &c.metric, &c.category) == (&key.0, &key.1, &key.2, &key.3)) {
                 rows[row].cells[i] = Some(cell);
+            }
+        }
+        // A model evaluated on a task with no value on its primary metric: an empty cell (n = 0),
+        // not a missing one.
+        for d in data {
+            let split = runs_of_suite[d.run.suite.as_str()] > 1;
+            for (model, task) in &d.evaluated {
+                let run_id = split.then(|| d.run.id.clone());
+                let (Some(r), Some(c)) = (rows.iter().position(|r| &r.model == model && r.run_id == run_id), columns.iter().position(|c| c.suite == d.run.suite && &c.task == task && c.primary)) else { continue };
+                rows[r].cells[c].get_or_insert_with(|| Cell { value: None, ci_low: None, ci_high: None, n: 0, errors: 0, run_id: d.run.id.clone() });
             }
         }
         let overall_columns: Vec<usize> = (0..columns.len()).filter(|&i| columns[i].primary && columns[i].range.is_some()).collect();
@@ -668,7 +697,7 @@ mod tests {
     }
 
     fn data(id: &str, suite: &str, aggregates: Vec<Aggregate>, pairwise: &[(&str, &str)]) -> RunData {
-        RunData { run: run(id, suite), aggregates, pairwise: pairwise.iter().map(|(t, m)| (t.to_string(), m.to_string())).collect(), primary: HashMap::new() }
+        RunData { run: run(id, suite), aggregates, pairwise: pairwise.iter().map(|(t, m)| (t.to_string(), m.to_string())).collect(), primary: HashMap::new(), evaluated: vec![] }
     }
 
     #[test]
@@ -699,6 +728,23 @@ mod tests {
         assert_eq!(lb.overall_columns, [0, 2, 3]);
         assert!(lb.rows[0].cells[0].is_none());
         assert_eq!(lb.rows[0].overall, None, "not the mean of whatever else the task reported");
+    }
+
+    #[test]
+    fn a_model_with_samples_but_no_values_has_a_row() {
+        // An arena whose judge never gave a parsable verdict: samples, no aggregates of the models.
+        let mut d = data("r1", "arena:a", vec![agg("judge:j", "open", "", "judge-pairwise-all-pairs:parse-failure-rate", Some(1.0))], &[]);
+        d.primary = [("open".to_string(), "judge-pairwise-all-pairs".to_string())].into_iter().collect();
+        d.evaluated = vec![("x".into(), "open".into()), ("y".into(), "open".into())];
+        let lb = Leaderboard::build(&[d.clone()], None);
+        assert_eq!(lb.columns.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(), ["open · judge-pairwise-all-pairs"]);
+        // With another suite's task of the same name, both are told apart by suite.
+        let other = data("r2", "s", vec![agg("x", "open", "", "acc", Some(0.5))], &[]);
+        let both = Leaderboard::build(&[d, other], None);
+        assert_eq!(both.columns.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(), ["arena:a/open · judge-pairwise-all-pairs", "s/open · acc"]);
+        assert_eq!(lb.rows.iter().map(|r| r.model.as_str()).collect::<Vec<_>>(), ["x", "y"]);
+        let empty = Cell { value: None, ci_low: None, ci_high: None, n: 0, errors: 0, run_id: "r1".into() };
+        assert!(lb.rows.iter().all(|r| r.cells == vec![Some(empty.clone())] && r.overall.is_none()), "{:?}", lb.rows);
     }
 
     #[test]

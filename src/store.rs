@@ -430,6 +430,13 @@ impl Store {
         self.db(r).map(|_| ())
     }
 
+    /// The distinct `(model, task)` pairs a run has samples of, in model, task order.
+    pub fn sample_keys(&self, run_id: &str) -> Result<Vec<(String, String)>> {
+        let mut stmt = self.db(self.conn.prepare("SELECT DISTINCT model, task FROM samples WHERE run_id = ?1 ORDER BY model, task"))?;
+        let rows = self.db(stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?))))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+
     /// A run's judgments, of one task and metric when given.
     pub fn judgments(&self, run_id: &str, task: &str, metric: &str) -> Result<Vec<Judgment>> {
         let mut stmt = self.db(self.conn.prepare(
