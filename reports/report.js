@@ -274,6 +274,14 @@
   }
   [search, fModel, fTask, fOutcome].forEach(function (c) { c.addEventListener('input', function () { shown = PAGE; render(); }); });
   more.addEventListener('click', function () { shown += PAGE; render(); });
+  // The filters can be given in the address: #samples?model=…&task=…&outcome=…&q=…
+  if (location.hash.indexOf('#samples?') === 0) {
+    var params = new URLSearchParams(location.hash.slice('#samples?'.length));
+    fModel.value = params.get('model') || '';
+    fTask.value = params.get('task') || '';
+    fOutcome.value = params.get('outcome') || '';
+    search.value = params.get('q') || '';
+  }
   // A leaderboard cell opens that model's samples of that task.
   Array.prototype.forEach.call(document.querySelectorAll('table.sortable tbody td[data-task]'), function (td) {
     if (td.getAttribute('data-task') === '') { return; }

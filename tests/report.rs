@@ -238,6 +238,26 @@ fn report_renders_hostile_outputs_as_text_and_draws_its_charts_in_chromium() {
         assert!(dom.contains(m), "run metadata: {m}");
     }
 
+    // The drill-down's filters and search, given in the address, against the stored samples.
+    let shown = json_out(&llmeval(&["runs", "show", &run_id, "--db", db, "--samples", "--json"]));
+    let samples = shown["samples"].as_array().unwrap();
+    let correct = samples.iter().filter(|x| x["model"] == HOSTILE_MODEL && x["scores"]["exact-match"] == 1.0).count();
+    let arith_correct = samples.iter().filter(|x| x["model"] == HOSTILE_MODEL && x["task"] == "arith" && x["scores"]["exact-match"] == 1.0).count();
+    let needle = "tom &amp; jerry";
+    let found = samples.iter().filter(|x| ["item_id", "prompt", "response", "answer", "target"].iter().any(|k| x[*k].as_str().is_some_and(|t| t.to_lowercase().contains(needle)))).count();
+    assert!(correct > 0 && arith_correct > 0 && found > 0 && found < 28, "the filters must select something and not everything");
+    let enc = |s: &str| s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
+    for (query, want) in [
+        (format!("model={}&outcome=correct", enc(HOSTILE_MODEL)), correct),
+        (format!("model={}&task=arith&outcome=correct", enc(HOSTILE_MODEL)), arith_correct),
+        (format!("q={}", enc(needle)), found),
+    ] {
+        let url_file = PathBuf::from(format!("{}#samples?{query}", html_path.display()));
+        let dom = headless(&chromium, &profile, &["--dump-dom".into(), "--virtual-time-budget=5000".into()], &url_file);
+        assert!(dom.contains(&format!("showing {want} of {want} matching (28 in all)")), "#samples?{query}: want {want}");
+        assert_eq!(dom.matches("class=\"sample\"").count(), want, "#samples?{query}");
+    }
+
     // A screenshot renders (a page of some substance, not an error page).
     let shot = dir.path().join("report.png");
     headless(&chromium, &profile, &[format!("--screenshot={}", shot.display()), "--window-size=1280,2400".into(), "--virtual-time-budget=5000".into()], &html_path);
