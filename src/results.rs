@@ -4,8 +4,8 @@
 //!
 //! Design decision: the read model shows the stored aggregates exactly as `run` computed them
 //! (value, 95% interval, n, errors) and derives only two figures, each defined here once.
-//! **Overall** is the mean, over the tasks counted, of each task's *primary* metric (the first it
-//! reports: the first of its `metrics`, or its kind's default) scaled to 0–1 by the metric's fixed
+//! **Overall** is the mean, over the tasks counted, of each task's *primary* metric (the first of
+//! its `metrics` in the suite, or its kind's first default) scaled to 0–1 by the metric's fixed
 //! range — exact-match, contains, F1, acc, ROUGE, distinct-n and a pairwise judge's win rate are
 //! 0–1; BLEU, chrF and the ChatGLM metrics 0–100; a single-answer judge's rating 1–10, scaled as
 //! (r − 1)/9. A task whose primary metric has no fixed range (log-likelihood, perplexities, bits
@@ -53,13 +53,13 @@ pub fn select_runs(store: &Store, keys: &[String], suite: Option<&str>) -> Resul
         return Ok(out);
     }
     let all = store.runs()?;
-    if let Some(s) = suite {
-        if !all.iter().any(|r| r.suite == s) {
-            let mut names: Vec<&str> = all.iter().map(|r| r.suite.as_str()).collect();
-            names.sort();
-            names.dedup();
-            return Err(Error::Usage(format!("no run of suite {s:?} in {}; its suites: {}", store.path().display(), if names.is_empty() { "none".into() } else { names.join(", ") })));
-        }
+    if let Some(s) = suite
+        && !all.iter().any(|r| r.suite == s)
+    {
+        let mut names: Vec<&str> = all.iter().map(|r| r.suite.as_str()).collect();
+        names.sort();
+        names.dedup();
+        return Err(Error::Usage(format!("no run of suite {s:?} in {}; its suites: {}", store.path().display(), if names.is_empty() { "none".into() } else { names.join(", ") })));
     }
     // Newest first, so the first finished run met of a suite is its latest.
     for r in all {
@@ -226,7 +226,9 @@ impl Leaderboard {
         // (suite, task) → (primary metric, a run that has the task).
         let mut primary: HashMap<(String, String), (String, String)> = HashMap::new();
         let mut rows: Vec<Row> = Vec::new();
-        let mut cells: Vec<(usize, (String, String, String, String), Cell)> = Vec::new();
+        // (row, (suite, task, metric, category), cell)
+        type Placed = (usize, (String, String, String, String), Cell);
+        let mut cells: Vec<Placed> = Vec::new();
         for d in data {
             let suite = d.run.suite.clone();
             let split = runs_of_suite[suite.as_str()] > 1;
