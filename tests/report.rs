@@ -242,14 +242,14 @@ fn report_renders_hostile_outputs_as_text_and_draws_its_charts_in_chromium() {
     let shown = json_out(&llmeval(&["runs", "show", &run_id, "--db", db, "--samples", "--json"]));
     let samples = shown["samples"].as_array().unwrap();
     let correct = samples.iter().filter(|x| x["model"] == HOSTILE_MODEL && x["scores"]["exact-match"] == 1.0).count();
-    let arith_correct = samples.iter().filter(|x| x["model"] == HOSTILE_MODEL && x["task"] == "arith" && x["scores"]["exact-match"] == 1.0).count();
+    let good_arith_wrong = samples.iter().filter(|x| x["model"] == "good" && x["task"] == "arith" && x["scores"]["exact-match"] == 0.0).count();
     let needle = "tom &amp; jerry";
     let found = samples.iter().filter(|x| ["item_id", "prompt", "response", "answer", "target"].iter().any(|k| x[*k].as_str().is_some_and(|t| t.to_lowercase().contains(needle)))).count();
-    assert!(correct > 0 && arith_correct > 0 && found > 0 && found < 28, "the filters must select something and not everything");
+    assert!(correct > 0 && good_arith_wrong > 0 && found > 0 && found < 28, "the filters must select something and not everything");
     let enc = |s: &str| s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
     for (query, want) in [
         (format!("model={}&outcome=correct", enc(HOSTILE_MODEL)), correct),
-        (format!("model={}&task=arith&outcome=correct", enc(HOSTILE_MODEL)), arith_correct),
+        ("model=good&task=arith&outcome=incorrect".to_string(), good_arith_wrong),
         (format!("q={}", enc(needle)), found),
     ] {
         let url_file = PathBuf::from(format!("{}#samples?{query}", html_path.display()));
