@@ -11,7 +11,7 @@
 //! second line of defence.
 
 use crate::error::{Error, Result};
-use crate::results::{Leaderboard, Results, SampleView};
+use crate::results::{format_value, Leaderboard, Results, SampleView};
 use crate::store::{Run, Store};
 use serde::Serialize;
 use serde_json::Value;
@@ -117,27 +117,19 @@ struct TableCell {
     task: String,
 }
 
-/// A value with as many decimals as its scale needs.
-fn fmt(v: f64, range: Option<(f64, f64)>) -> String {
-    match range {
-        Some((_, hi)) if hi <= 1.0 => format!("{v:.3}"),
-        _ => format!("{v:.2}"),
-    }
-}
-
 fn cell_text(lb: &Leaderboard, row: usize, col: usize) -> TableCell {
     let c = &lb.columns[col];
     match &lb.rows[row].cells[col] {
         None => TableCell { text: "—".into(), title: "no result".into(), sort: String::new(), task: String::new() },
         Some(x) => {
             let errors = if x.errors > 0 { format!(", {} errored", x.errors) } else { String::new() };
-            let (text, title) = match (x.value, x.ci_low.zip(x.ci_high)) {
-                (Some(v), Some((lo, hi))) => (format!("{} ± {}", fmt(v, c.range), fmt((hi - lo) / 2.0, c.range)), format!("n = {}, 95% CI [{}, {}]{errors}", x.n, fmt(lo, c.range), fmt(hi, c.range))),
-                (Some(v), None) => (fmt(v, c.range), format!("n = {}{errors}", x.n)),
-                (None, _) => ("no value".into(), format!("no item could be scored (n = {}{errors})", x.n)),
+            let title = match (x.value, x.ci_low.zip(x.ci_high)) {
+                (Some(_), Some((lo, hi))) => format!("n = {}, 95% CI [{}, {}]{errors}", x.n, format_value(lo, c.range), format_value(hi, c.range)),
+                (Some(_), None) => format!("n = {}{errors}", x.n),
+                (None, _) => format!("no item could be scored (n = {}{errors})", x.n),
             };
             TableCell {
-                text: if x.errors > 0 { format!("{text} ({} err)", x.errors) } else { text },
+                text: x.text(c),
                 title: format!("{title}; run {}", x.run_id),
                 sort: x.value.map_or(String::new(), |v| v.to_string()),
                 task: c.task.clone(),

@@ -139,6 +139,14 @@ pub struct Column {
     pub higher_is_better: bool,
 }
 
+/// A value with as many decimals as its scale needs: three on a metric bounded by 1, two otherwise.
+pub fn format_value(v: f64, range: Option<(f64, f64)>) -> String {
+    match range {
+        Some((_, hi)) if hi <= 1.0 => format!("{v:.3}"),
+        _ => format!("{v:.2}"),
+    }
+}
+
 impl Column {
     /// `value` scaled to 0–1 by the metric's range (1 best), when it has one.
     pub fn normalize(&self, value: f64) -> Option<f64> {
@@ -159,6 +167,19 @@ pub struct Cell {
     pub n: i64,
     pub errors: i64,
     pub run_id: String,
+}
+
+impl Cell {
+    /// The cell as the views show it: `value ± half the 95% interval` (the value alone without an
+    /// interval, `no value` without a value), then `(N err)` when items errored.
+    pub fn text(&self, column: &Column) -> String {
+        let text = match (self.value, self.ci_low.zip(self.ci_high)) {
+            (Some(v), Some((lo, hi))) => format!("{} ± {}", format_value(v, column.range), format_value((hi - lo) / 2.0, column.range)),
+            (Some(v), None) => format_value(v, column.range),
+            (None, _) => "no value".into(),
+        };
+        if self.errors > 0 { format!("{text} ({} err)", self.errors) } else { text }
+    }
 }
 
 /// A model's arena rating.
