@@ -78,6 +78,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Browse the leaderboard in the terminal: sort, filter, read each cell's samples (plain text
+    /// when stdout is not a terminal).
+    Leaderboard {
+        #[command(flatten)]
+        db: DbArg,
+        /// Runs to show: id, prefix, tag or `latest` (repeatable) [default: the latest finished run
+        /// of every suite].
+        #[arg(long, num_args = 1.., value_name = "RUN")]
+        runs: Vec<String>,
+        /// Only runs of this suite (by default its latest finished run).
+        #[arg(long, value_name = "NAME")]
+        suite: Option<String>,
+        /// Print the table as plain text and exit.
+        #[arg(long)]
+        plain: bool,
+    },
     /// Arena ratings from pairwise battles.
     Arena {
         #[command(subcommand)]
@@ -346,6 +362,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Metrics { command } => cmd_metrics(command),
         Command::Engine { command } => cmd_engine(command),
         Command::Arena { command } => cmd_arena(command),
+        Command::Leaderboard { db, runs, suite, plain } => cmd_leaderboard(&db.path(), &runs, suite.as_deref(), plain),
         Command::Report { db, runs, suite, out } => cmd_report(&db.path(), &runs, suite.as_deref(), &out),
         Command::Gate { db, baseline, candidate, max_drop, alpha, junit, markdown, json } => cmd_gate(&db.path(), &baseline, &candidate, &max_drop, alpha, junit, markdown, json),
         Command::Runs { command } => match command {
@@ -834,6 +851,27 @@ fn cmd_report(db: &std::path::Path, runs: &[String], suite: Option<&str>, out: &
     let samples = crate::report::write(&store, &chosen, out)?;
     let ids: Vec<&str> = chosen.iter().map(|r| r.id.as_str()).collect();
     println!("wrote {} ({} run(s): {}; {samples} sample(s))", out.display(), chosen.len(), ids.join(", "));
+    Ok(exit::SUCCESS)
+}
+
+fn cmd_leaderboard(db: &std::path::Path, runs: &[String], suite: Option<&str>, plain: bool) -> anyhow::Result<u8> {
+    use crate::tui::leaderboard;
+    if !db.exists() {
+        anyhow::bail!("database {} does not exist; run a suite first or give --db", db.display());
+    }
+    let store = Store::open(db)?;
+    let chosen = crate::results::select_runs(&store, runs, suite)?;
+    let data = crate::results::load(&store, &chosen)?;
+    let terminal = !plain && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let size = if terminal { ratatui::crossterm::terminal::size().unwrap_or((80, 24)) } else { (80, 24) };
+    let state = leaderboard::State::new(data, store.judged_pairs()?, size);
+    if !terminal {
+        let ids: Vec<String> = chosen.iter().map(|r| format!("{} ({})", r.id, r.suite)).collect();
+        println!("{}", leaderboard::one_line(&format!("leaderboard of {} run(s): {}", chosen.len(), ids.join(", "))));
+        print!("{}", leaderboard::plain(&state.board));
+        return Ok(exit::SUCCESS);
+    }
+    leaderboard::run(&store, state).context("leaderboard")?;
     Ok(exit::SUCCESS)
 }
 
