@@ -10,6 +10,7 @@ mod engine_ref;
 mod faults;
 mod gate;
 mod judges;
+mod leaderboard;
 mod metrics_golden;
 mod report;
 mod resume;
