@@ -41,11 +41,64 @@ fn tokenization_equals_llama_cpp() {
     }
 }
 
-/// The gap to llama.cpp that the engine is held to today. The bar is 0.05 nats per token:
-/// not met yet. The engine's exact path equals an independent float64 forward pass (next test), so
-/// the gap is llama.cpp's own rounding (8-bit activations, f16 scales and KV cache), which the
-/// quantized path does not yet reproduce bit for bit.
-const LLAMA_CPP_GAP: f64 = 0.4;
+/// Largest per-token log-probability difference allowed from llama.cpp. The bar is 0.05
+/// nats; the engine reproduces llama.cpp's arithmetic bit for bit (engine/numerics.rs and the Q4_1
+/// kernels), so any difference beyond rounding of the final log-softmax means that reproduction
+/// broke — "merely close" arithmetic misses by 0.1-0.4 nats on this 8-bit model.
+const LLAMA_CPP_GAP: f64 = 1e-3;
+
+fn extra() -> Value {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goldens/llamacpp_extra.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// Scores every case as one batch (prefix sharing included) and returns the largest per-token
+/// difference from the case's llama.cpp log-probabilities.
+fn worst_logprob_gap(cases: &[Value]) -> f64 {
+    let e = engine();
+    let reqs: Vec<ScoreRequest> = cases
+        .iter()
+        .map(|c| {
+            let ctx = e.encode(c["context"].as_str().unwrap());
+            let cont = e.encode(c["continuation"].as_str().unwrap());
+            assert_eq!(ctx, ids(&c["context_ids"]), "context tokens of {}", c["context"]);
+            assert_eq!(cont, ids(&c["continuation_ids"]), "continuation tokens of {}", c["continuation"]);
+            ScoreRequest { context: ctx, continuation: cont }
+        })
+        .collect();
+    let mut got = vec![None; reqs.len()];
+    e.score_batch(&reqs, &mut |i, s| got[i] = Some(s));
+    let mut worst = 0f64;
+    for (c, g) in cases.iter().zip(got) {
+        let g = g.expect("every request scored");
+        assert_eq!(g.is_greedy, c["is_greedy"].as_bool().unwrap(), "is_greedy of {} + {}", c["context"], c["continuation"]);
+        for (ours, theirs) in g.token_logprobs.iter().zip(c["token_logprobs"].as_array().unwrap()) {
+            let d = (ours - theirs.as_f64().unwrap()).abs();
+            worst = worst.max(d);
+            assert!(d <= LLAMA_CPP_GAP, "{} + {}: {ours} vs llama.cpp {theirs}", c["context"], c["continuation"]);
+        }
+    }
+    worst
+}
+
+/// Greedy continuations over their first `n` tokens: how many equal llama.cpp's.
+fn identical_greedy(cases: &[Value], n: usize) -> usize {
+    let e = engine();
+    let mut same = 0;
+    for c in cases {
+        let prompt = c["prompt"].as_str().unwrap();
+        let prompt_ids = if c["chat"].as_bool().unwrap() { e.encode(&e.render_chat(&[("user".into(), prompt.into())]).unwrap()) } else { e.encode(prompt) };
+        assert_eq!(prompt_ids, ids(&c["prompt_ids"]), "prompt tokens of {prompt:?}");
+        let g = e.generate(&prompt_ids, &GenOptions { max_tokens: n, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] });
+        let want: Vec<u32> = ids(&c["tokens"]).into_iter().take(n).collect();
+        if g.tokens == want {
+            same += 1;
+        } else {
+            eprintln!("differs on {prompt:?}: {:?} vs {:?}", e.decode(&g.tokens), e.decode(&want));
+        }
+    }
+    same
+}
 
 #[test]
 fn exact_forward_equals_float64_reference() {
@@ -68,32 +121,15 @@ fn exact_forward_equals_float64_reference() {
 }
 
 #[test]
-fn continuation_logprobs_close_to_llama_cpp() {
-    let r = reference();
-    let e = engine();
-    let cases = r["score"].as_array().unwrap();
-    let reqs: Vec<ScoreRequest> = cases
-        .iter()
-        .map(|c| {
-            let ctx = e.encode(c["context"].as_str().unwrap());
-            let cont = e.encode(c["continuation"].as_str().unwrap());
-            assert_eq!(ctx, ids(&c["context_ids"]), "context tokens of {}", c["context"]);
-            assert_eq!(cont, ids(&c["continuation_ids"]), "continuation tokens of {}", c["continuation"]);
-            ScoreRequest { context: ctx, continuation: cont }
-        })
-        .collect();
-    let mut got = vec![None; reqs.len()];
-    e.score_batch(&reqs, &mut |i, s| got[i] = Some(s));
-    let mut worst = 0f64;
-    for (c, g) in cases.iter().zip(got) {
-        let g = g.expect("every request scored");
-        for (ours, theirs) in g.token_logprobs.iter().zip(c["token_logprobs"].as_array().unwrap()) {
-            let d = (ours - theirs.as_f64().unwrap()).abs();
-            worst = worst.max(d);
-            assert!(d <= LLAMA_CPP_GAP, "{} + {}: {ours} vs llama.cpp {theirs}", c["context"], c["continuation"]);
-        }
-    }
-    eprintln!("largest per-token difference from llama.cpp: {worst:.4} nats");
+fn continuation_logprobs_equal_llama_cpp() {
+    let worst = worst_logprob_gap(reference()["score"].as_array().unwrap());
+    eprintln!("largest per-token difference from llama.cpp (shared reference): {worst:.2e} nats");
+}
+
+#[test]
+fn continuation_logprobs_equal_llama_cpp_on_more_text() {
+    let worst = worst_logprob_gap(extra()["score"].as_array().unwrap());
+    eprintln!("largest per-token difference from llama.cpp (tests/goldens/llamacpp_extra.json): {worst:.2e} nats");
 }
 
 #[test]
@@ -113,27 +149,14 @@ fn prefix_sharing_does_not_change_scores() {
 
 #[test]
 fn greedy_generation_matches_llama_cpp() {
-    let r = reference();
-    let e = engine();
-    let cases = r["generate"].as_array().unwrap();
-    let mut same = 0;
-    for c in cases {
-        let prompt = c["prompt"].as_str().unwrap();
-        let prompt_ids = if c["chat"].as_bool().unwrap() { e.encode(&e.render_chat(&[("user".into(), prompt.into())]).unwrap()) } else { e.encode(prompt) };
-        assert_eq!(prompt_ids, ids(&c["prompt_ids"]), "prompt tokens of {prompt:?}");
-        let g = e.generate(&prompt_ids, &GenOptions { max_tokens: 16, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] });
-        let want: Vec<u32> = ids(&c["tokens"]).into_iter().take(16).collect();
-        if g.tokens == want {
-            same += 1;
-        } else {
-            eprintln!("differs on {prompt:?}: {:?} vs {:?}", e.decode(&g.tokens), e.decode(&want));
-        }
+    // The bar is 90% over 16 tokens; with llama.cpp's arithmetic every one is identical,
+    // over all the reference's 24 tokens too.
+    for (name, cases) in [("shared reference", reference()["generate"].clone()), ("llamacpp_extra.json", extra()["generate"].clone())] {
+        let cases = cases.as_array().unwrap();
+        let same = identical_greedy(cases, 24);
+        eprintln!("{same} of {} greedy continuations identical to llama.cpp over 24 tokens ({name})", cases.len());
+        assert_eq!(same, cases.len(), "{name}: {same} of {} identical", cases.len());
     }
-    // The bar is 90%. Today 6 of 12 are identical over 16 tokens; the others agree for
-    // several tokens and part ways after a near-tie between two tokens (see the printed
-    // differences), because the quantized arithmetic is not yet llama.cpp's to the bit.
-    eprintln!("{same} of {} greedy continuations identical to llama.cpp over 16 tokens", cases.len());
-    assert!(same * 2 >= cases.len(), "{same} of {} greedy continuations identical over 16 tokens", cases.len());
 }
 
 #[test]

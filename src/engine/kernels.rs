@@ -883,6 +883,32 @@ fn quantize_acts(isa: Isa, x: &[f32], n: usize, k: usize, sk: SumKind, want_u: b
 // Scalar kernels (reference math for every SIMD path)
 // ---------------------------------------------------------------------------------------------
 
+/// llama.cpp's `ggml_vec_dot_q4_1_q8_1` (AVX2) accumulation for one row × one token, bit for bit:
+/// per 32-block, eight lanes (lane g: weights 4g..4g+3 of the block's first half, lane 4+g: the
+/// same of its second half) each chain `fma(d·d_x, Σ, acc)`; the min terms `m·s_x` are summed
+/// apart in f32; lanes are added in `hsum_float_8`'s order, then the min sum.
+#[derive(Default)]
+struct Q4Acc {
+    acc: [f32; 8],
+    summs: f32,
+}
+
+impl Q4Acc {
+    #[inline]
+    fn block(&mut self, d: f32, m: f32, lanes: &[i32; 8], ds: [f32; 2]) {
+        let dd = d * ds[0];
+        for (a, &v) in self.acc.iter_mut().zip(lanes) {
+            *a = dd.mul_add(v as f32, *a);
+        }
+        self.summs += m * ds[1];
+    }
+
+    #[inline]
+    fn finish(&self) -> f32 {
+        super::numerics::hsum8(&self.acc) + self.summs
+    }
+}
+
 mod scalar {
     use super::*;
 
@@ -890,20 +916,20 @@ mod scalar {
     pub fn q4_row(ty: WType, row: &[u8], xq: &[i8], ds: &[[f32; 2]]) -> f32 {
         let q40 = ty == WType::Q4_0;
         let (bs, qo) = if q40 { (18, 2) } else { (20, 4) };
-        let (mut s1, mut s2) = (0f32, 0f32);
+        let mut acc = Q4Acc::default();
         for (b, blk) in row.chunks_exact(bs).enumerate() {
             let x = &xq[32 * b..32 * b + 32];
-            let mut isum = 0i32;
-            for j in 0..16 {
-                let q = blk[qo + j];
-                isum += (q & 15) as i32 * x[j] as i32 + (q >> 4) as i32 * x[j + 16] as i32;
+            // lane g: elements 4g..4g+3 (low nibbles of bytes 4g..), lane 4+g: their high nibbles
+            let mut lanes = [0i32; 8];
+            for (j, &q) in blk[qo..qo + 16].iter().enumerate() {
+                lanes[j / 4] += (q & 15) as i32 * x[j] as i32;
+                lanes[4 + j / 4] += (q >> 4) as i32 * x[j + 16] as i32;
             }
             let d = h16(blk, 0);
-            let m = if q40 { d } else { h16(blk, 2) };
-            s1 += (d * ds[b][0]) * isum as f32;
-            s2 += m * ds[b][1];
+            let m = if q40 { -8.0 * d } else { h16(blk, 2) };
+            acc.block(d, m, &lanes, ds[b]);
         }
-        if q40 { s1 - 8.0 * s2 } else { s1 + s2 }
+        acc.finish()
     }
 
     /// Raw Q8_0 row × one quantized token.
@@ -921,6 +947,7 @@ mod scalar {
     pub fn r8_row(ty: WType, panel: &[u8], l: usize, xq: &[i8], ds: &[[f32; 2]]) -> f32 {
         let nb = ds.len();
         let mut s = 0f32;
+        let mut q4 = Q4Acc::default();
         for b in 0..nb {
             let x = &xq[32 * b..32 * b + 32];
             if ty == WType::Q8_0R8 {
@@ -934,18 +961,18 @@ mod scalar {
                 s += (h16(bp, 2 * l) * ds[b][0]) * isum as f32;
             } else {
                 let bp = &panel[b * R8_Q4_BLOCK..];
-                let mut isum = 0i32;
+                let mut lanes = [0i32; 8];
                 for g in 0..4 {
                     for i in 0..4 {
                         let q = bp[32 + 32 * g + 4 * l + i];
-                        isum += (q & 15) as i32 * x[4 * g + i] as i32
-                            + (q >> 4) as i32 * x[16 + 4 * g + i] as i32;
+                        lanes[g] += (q & 15) as i32 * x[4 * g + i] as i32;
+                        lanes[4 + g] += (q >> 4) as i32 * x[16 + 4 * g + i] as i32;
                     }
                 }
-                s += (h16(bp, 2 * l) * ds[b][0]) * isum as f32 + h16(bp, 16 + 2 * l) * ds[b][1];
+                q4.block(h16(bp, 2 * l), h16(bp, 16 + 2 * l), &lanes, ds[b]);
             }
         }
-        s
+        if ty == WType::Q8_0R8 { s } else { q4.finish() }
     }
 
     pub fn fdot(a: &[f32], b: &[f32]) -> f32 {
@@ -970,7 +997,7 @@ mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 macro_rules! simd_impl {
-    ($name:ident, $feat:literal, $vnni:expr, $dp:ident, $tq:literal, $tf:literal) => {
+    ($name:ident, $feat:literal, $vnni:expr, $dp:ident, $tq:literal, $tq4:literal, $tf:literal) => {
         #[allow(
             clippy::missing_safety_doc,
             clippy::too_many_arguments,
@@ -982,8 +1009,10 @@ macro_rules! simd_impl {
             use std::arch::x86_64::*;
 
             const VNNI: bool = $vnni;
-            /// Token tile of the int8 panel kernels.
+            /// Token tile of the int8 panel kernels (Q8_0).
             pub const TQ: usize = $tq;
+            /// Token tile of the Q4 panel kernel (eight accumulators per token).
+            pub const TQ4: usize = $tq4;
             /// Token tile of the f32 panel kernel (16 rows).
             pub const TF: usize = $tf;
 
@@ -1398,7 +1427,8 @@ macro_rules! simd_impl {
 
             // ---- R8 panel kernels: 8 rows (one per 32-bit lane) × T tokens ----
 
-            /// Q4_0R8/Q4_1R8 panel × T tokens → `out[t*os .. +8]`.
+            /// Q4_0R8/Q4_1R8 panel × T tokens → `out[t*os .. +8]`, in llama.cpp's order (see
+            /// `Q4Acc`): lane = row, and per row eight accumulators, one per 4-weight group.
             #[target_feature(enable = $feat)]
             pub unsafe fn q4r8<const T: usize>(
                 p: *const u8,
@@ -1412,10 +1442,20 @@ macro_rules! simd_impl {
                 unsafe {
                     let m4 = _mm256_set1_epi8(0x0F);
                     let ones = _mm256_set1_epi16(1);
-                    let mut facc = [_mm256_setzero_ps(); T];
+                    let zero = _mm256_setzero_si256();
+                    let mut facc = [[_mm256_setzero_ps(); 8]; T];
+                    let mut summs = [_mm256_setzero_ps(); T];
                     for b in 0..nb {
                         let bp = p.add(b * R8_Q4_BLOCK);
-                        let mut acc = [_mm256_setzero_si256(); T];
+                        let dm = _mm256_loadu_si256(bp as *const __m256i);
+                        let d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
+                        let m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
+                        let mut dd = [_mm256_setzero_ps(); T];
+                        for t in 0..T {
+                            let s = *ds.add(t * nb + b);
+                            dd[t] = _mm256_mul_ps(d, _mm256_set1_ps(s[0]));
+                            summs[t] = _mm256_add_ps(summs[t], _mm256_mul_ps(m, _mm256_set1_ps(s[1])));
+                        }
                         for g in 0..4 {
                             let v = _mm256_loadu_si256(bp.add(32 + 32 * g) as *const __m256i);
                             let w0 = _mm256_and_si256(v, m4);
@@ -1424,39 +1464,28 @@ macro_rules! simd_impl {
                                 let xp = x.add(t * xs + b * 32 + 4 * g) as *const u8;
                                 let x0 = bcast4(xp);
                                 let x1 = bcast4(xp.add(16));
-                                if VNNI {
-                                    acc[t] = $dp(acc[t], w0, x0);
-                                    acc[t] = $dp(acc[t], w1, x1);
+                                let (l0, l1) = if VNNI {
+                                    ($dp(zero, w0, x0), $dp(zero, w1, x1))
                                 } else {
-                                    // |pair| <= 2·15·127, eight of them fit in i16
-                                    let s = _mm256_add_epi16(
-                                        _mm256_maddubs_epi16(w0, x0),
-                                        _mm256_maddubs_epi16(w1, x1),
-                                    );
-                                    acc[t] = _mm256_add_epi16(acc[t], s);
-                                }
+                                    (
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(w0, x0), ones),
+                                        _mm256_madd_epi16(_mm256_maddubs_epi16(w1, x1), ones),
+                                    )
+                                };
+                                facc[t][g] = _mm256_fmadd_ps(dd[t], _mm256_cvtepi32_ps(l0), facc[t][g]);
+                                facc[t][4 + g] = _mm256_fmadd_ps(dd[t], _mm256_cvtepi32_ps(l1), facc[t][4 + g]);
                             }
-                        }
-                        let dm = _mm256_loadu_si256(bp as *const __m256i);
-                        let d = _mm256_cvtph_ps(_mm256_castsi256_si128(dm));
-                        let m = _mm256_cvtph_ps(_mm256_extracti128_si256(dm, 1));
-                        for t in 0..T {
-                            let s = *ds.add(t * nb + b);
-                            let isum = if VNNI {
-                                acc[t]
-                            } else {
-                                _mm256_madd_epi16(acc[t], ones)
-                            };
-                            facc[t] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(isum),
-                                _mm256_mul_ps(d, _mm256_set1_ps(s[0])),
-                                facc[t],
-                            );
-                            facc[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(s[1]), facc[t]);
                         }
                     }
                     for t in 0..T {
-                        _mm256_storeu_ps(out.add(t * os), facc[t]);
+                        let a = &facc[t];
+                        // hsum_float_8's pairing: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)), then + Σ m·s
+                        let r0 = _mm256_add_ps(a[4], a[0]);
+                        let r1 = _mm256_add_ps(a[5], a[1]);
+                        let r2 = _mm256_add_ps(a[6], a[2]);
+                        let r3 = _mm256_add_ps(a[7], a[3]);
+                        let sum = _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
+                        _mm256_storeu_ps(out.add(t * os), _mm256_add_ps(sum, summs[t]));
                     }
                 }
             }
@@ -1566,8 +1595,9 @@ macro_rules! simd_impl {
                     let ds = qa.ds.as_ptr().add(t0 * nb);
                     let mut tmp = [0f32; 8 * $tq];
                     let mut t = 0;
+                    let tmax = if ty == WType::Q8_0R8 { TQ } else { TQ4 };
                     while t < nt {
-                        let tt = (nt - t).min(TQ);
+                        let tt = (nt - t).min(tmax);
                         for pi in 0..npan {
                             let full = (pi + 1) * 8 <= valid;
                             let (o, ost) = if full {
@@ -1587,7 +1617,7 @@ macro_rules! simd_impl {
                                 seq_tiles!(tt, TQ, q8r8(pp, nb, xp, k, dst, o, ost));
                             } else {
                                 let xp = qa.qs.as_ptr().add((t0 + t) * k);
-                                seq_tiles!(tt, TQ, q4r8(pp, nb, xp, k, dst, o, ost));
+                                seq_tiles!(tt, TQ4, q4r8(pp, nb, xp, k, dst, o, ost));
                             }
                             if !full {
                                 let vr = valid.saturating_sub(pi * 8).min(8);
@@ -1835,7 +1865,7 @@ macro_rules! seq_tiles {
 }
 
 #[cfg(target_arch = "x86_64")]
-simd_impl!(avx2, "avx2,fma,f16c", false, _mm256_dpbusd_avx_epi32, 6, 6);
+simd_impl!(avx2, "avx2,fma,f16c", false, _mm256_dpbusd_avx_epi32, 6, 1, 6);
 #[cfg(target_arch = "x86_64")]
 simd_impl!(
     avxvnni,
@@ -1843,6 +1873,7 @@ simd_impl!(
     true,
     _mm256_dpbusd_avx_epi32,
     6,
+    1,
     6
 );
 #[cfg(target_arch = "x86_64")]
@@ -1852,6 +1883,7 @@ simd_impl!(
     true,
     _mm256_dpbusd_epi32,
     8,
+    2,
     6
 );
 
@@ -2480,7 +2512,16 @@ mod tests {
                                 o[i],
                                 rf[i]
                             );
-                            if quant {
+                            if quant && ty == WType::Q4_1 {
+                                // llama.cpp's Q4_1 order in every kernel: the same bits as the scalar path
+                                assert_eq!(
+                                    o[i].to_bits(),
+                                    scalar_q[i].to_bits(),
+                                    "{ty:?}/{wty:?} {isa:?} n={n} i={i}: {} vs scalar {}",
+                                    o[i],
+                                    scalar_q[i]
+                                );
+                            } else if quant {
                                 // same integer math as the scalar path: only float summation order differs
                                 let d = (o[i] - scalar_q[i]).abs() as f64;
                                 assert!(

@@ -6,6 +6,7 @@
 //! come in two layouts: GGUF llama/mistral weights are permuted for interleaved pairs, HF and
 //! qwen2 weights rotate the two halves of each head.
 
+use super::numerics::{self, AttnOrder};
 use super::Matrix;
 
 /// How rotary position embeddings pair the dimensions of a head.
@@ -106,10 +107,14 @@ pub struct Llama {
     pub out_norm: Vec<f32>,
     /// The LM head; the embedding matrix itself when embeddings are tied.
     pub lm_head: Matrix,
-    /// `inv_freq[i] = theta^(-2i/head_dim)`.
+    /// `inv_freq[i] = theta^(-2i/head_dim)` (exact path).
     inv_freq: Vec<f32>,
-    /// Multiply in f32 throughout instead of quantizing activations as llama.cpp does (slower;
-    /// the mathematically exact forward pass, used to check the model against a reference).
+    /// `theta^(-2/head_dim)`: llama.cpp's per-pair angle factor.
+    theta_scale: f32,
+    /// Multiply in f32 throughout, with an f32 KV cache and libm functions, instead of
+    /// reproducing llama.cpp's arithmetic (8-bit activations, f16 cache, ggml's polynomial exp;
+    /// see [`numerics`]). Slower; the mathematically exact forward pass, used to check the model
+    /// against an independent reference.
     pub exact: bool,
 }
 
@@ -165,14 +170,15 @@ impl Llama {
     pub fn new(config: Config, tok_embd: Matrix, layers: Vec<Layer>, out_norm: Vec<f32>, lm_head: Matrix) -> Llama {
         let hd = config.head_dim;
         let inv_freq = (0..hd / 2).map(|i| config.rope_theta.powf(-(2.0 * i as f32) / hd as f32)).collect();
-        Llama { config, tok_embd, layers, out_norm, lm_head, inv_freq, exact: false }
+        let theta_scale = config.rope_theta.powf(-2.0 / hd as f32);
+        Llama { config, tok_embd, layers, out_norm, lm_head, inv_freq, theta_scale, exact: false }
     }
 
     pub fn kv_dim(&self) -> usize {
         self.config.n_kv_heads * self.config.head_dim
     }
 
-    /// Rotates one head vector in place for position `pos`.
+    /// Rotates one head vector in place for position `pos` (exact path).
     fn rope(&self, head: &mut [f32], pos: usize) {
         let hd = self.config.head_dim;
         for (i, f) in self.inv_freq.iter().enumerate() {
@@ -188,8 +194,16 @@ impl Llama {
     }
 
     /// Runs `tokens` (appended after the cache's positions) through the model and returns the
-    /// logits at each index of `want` (indices into `tokens`), as `want.len() × vocab`.
+    /// logits at each index of `want` (indices into `tokens`), as `want.len() × vocab`. Attention
+    /// follows llama.cpp's arithmetic for a batch of this many tokens.
     pub fn forward(&self, cache: &mut Cache, tokens: &[u32], want: &[usize]) -> Vec<f32> {
+        let order = if tokens.len() >= 2 { AttnOrder::Batch } else { AttnOrder::Single };
+        self.forward_ordered(cache, tokens, want, order)
+    }
+
+    /// [`Llama::forward`] with llama.cpp's attention arithmetic chosen by the caller: scoring
+    /// reproduces one batch over context and continuation even when only the continuation is fed.
+    pub fn forward_ordered(&self, cache: &mut Cache, tokens: &[u32], want: &[usize], order: AttnOrder) -> Vec<f32> {
         let c = &self.config;
         let (t, d, hd) = (tokens.len(), c.dim, c.head_dim);
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
@@ -211,9 +225,29 @@ impl Llama {
         let mut gate = vec![0f32; t * c.ffn_dim]; // [t × ffn]
         let mut up = vec![0f32; t * c.ffn_dim]; // [t × ffn]
 
+        let norm = |x: &[f32], w: &[f32], out: &mut [f32]| {
+            if self.exact {
+                rms_norm(x, w, c.rms_eps, out)
+            } else {
+                numerics::rms_norm(x, w, c.rms_eps, out)
+            }
+        };
+        // llama.cpp's rotary angles, one row of (cos, sin) per new position: [t][hd/2]
+        let angles: Vec<Vec<(f32, f32)>> = if self.exact {
+            Vec::new()
+        } else {
+            (0..t)
+                .map(|i| {
+                    let mut a = Vec::with_capacity(hd / 2);
+                    numerics::rope_angles(start + i, hd / 2, self.theta_scale, &mut a);
+                    a
+                })
+                .collect()
+        };
+
         for (li, layer) in self.layers.iter().enumerate() {
             // ── attention ──
-            rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut h); // h: [t × d]
+            norm(&x, &layer.attn_norm, &mut h); // h: [t × d]
             layer.wq.matmul(&h, t, &mut q, self.exact); // q: [t × nh·hd]
             layer.wk.matmul(&h, t, &mut k, self.exact); // k: [t × kv_dim]
             layer.wv.matmul(&h, t, &mut v, self.exact); // v: [t × kv_dim]
@@ -224,12 +258,27 @@ impl Llama {
                     }
                 }
             }
-            for i in 0..t {
-                for head in q[i * nh * hd..(i + 1) * nh * hd].chunks_exact_mut(hd) {
-                    self.rope(head, start + i);
+            if self.exact {
+                for i in 0..t {
+                    for head in q[i * nh * hd..(i + 1) * nh * hd].chunks_exact_mut(hd) {
+                        self.rope(head, start + i);
+                    }
+                    for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
+                        self.rope(head, start + i);
+                    }
                 }
-                for head in k[i * kv_dim..(i + 1) * kv_dim].chunks_exact_mut(hd) {
-                    self.rope(head, start + i);
+            } else {
+                let (step, off) = match c.rope_style {
+                    RopeStyle::Interleaved => (2, 1),
+                    RopeStyle::Half => (1, hd / 2),
+                };
+                for (i, a) in angles.iter().enumerate() {
+                    numerics::rope_heads(&mut q[i * nh * hd..(i + 1) * nh * hd], hd, a, step, off);
+                    numerics::rope_heads(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, a, step, off);
+                }
+                // llama.cpp keeps an f16 cache and multiplies f16 queries with it
+                for buf in [&mut q, &mut k, &mut v] {
+                    buf.iter_mut().for_each(|x| *x = numerics::round_f16(*x));
                 }
             }
             cache.k[li].extend_from_slice(&k); // cache.k[li]: [(start+t) × kv_dim]
@@ -242,16 +291,26 @@ impl Llama {
                 let kvh = head / group;
                 let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd]; // [hd]
                 let n = start + i + 1;
-                simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, out);
+                if self.exact {
+                    simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, out);
+                } else {
+                    numerics::attend(order, qh, ck, cv, kv_dim, kvh * hd, n, scale, out);
+                }
             });
             layer.wo.matmul(&att, t, &mut proj, self.exact); // proj: [t × d]
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
             // ── feed-forward (SwiGLU) ──
-            rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut h); // h: [t × d]
+            norm(&x, &layer.ffn_norm, &mut h); // h: [t × d]
             layer.w_gate.matmul(&h, t, &mut gate, self.exact); // gate: [t × ffn]
             layer.w_up.matmul(&h, t, &mut up, self.exact); // up: [t × ffn]
-            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u); // gate: [t × ffn]
+            if self.exact {
+                gate.iter_mut().zip(&up).for_each(|(g, u)| *g = silu(*g) * u); // gate: [t × ffn]
+            } else {
+                for (g, u) in gate.chunks_exact_mut(c.ffn_dim).zip(up.chunks_exact(c.ffn_dim)) {
+                    numerics::swiglu(g, u); // g: [ffn]
+                }
+            }
             layer.w_down.matmul(&gate, t, &mut proj, self.exact); // proj: [t × d]
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
@@ -260,7 +319,7 @@ impl Llama {
         // Final norm and LM head, only at the wanted positions.
         let mut sel = vec![0f32; want.len() * d]; // [w × d]
         for (row, &i) in sel.chunks_exact_mut(d).zip(want) {
-            rms_norm(&x[i * d..(i + 1) * d], &self.out_norm, c.rms_eps, row);
+            norm(&x[i * d..(i + 1) * d], &self.out_norm, row);
         }
         let mut logits = vec![0f32; want.len() * c.vocab]; // [w × vocab]
         if !want.is_empty() {

@@ -11,6 +11,7 @@ pub mod hf;
 pub mod kernels;
 pub mod llama;
 pub mod load;
+pub mod numerics;
 pub mod quant;
 pub mod session;
 pub mod tokenizer;

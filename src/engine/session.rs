@@ -5,6 +5,7 @@
 //! computed once for all its choices and a few-shot preamble once for a whole task.
 
 use super::llama::{logprob_and_greedy, Cache};
+use super::numerics::AttnOrder;
 use super::Engine;
 
 /// Score `continuation` given `context` (token ids; the context must not be empty).
@@ -47,18 +48,25 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 impl Engine {
     /// Prefill chunk: long inputs go through the model in slices of this many tokens, which keeps
-    /// activations in cache and memory bounded.
-    const CHUNK: usize = 256;
+    /// memory bounded; llama.cpp's default micro-batch, so a one-token remainder gets the same
+    /// single-token attention arithmetic as there.
+    const CHUNK: usize = 512;
 
     /// Feeds `tokens` after the cache's content, returning logits at `want` (indices into `tokens`).
-    fn feed(&self, cache: &mut Cache, tokens: &[u32], want: &[usize]) -> Vec<f32> {
+    /// `order`: the attention arithmetic to reproduce; `None` follows each chunk's size, as
+    /// llama.cpp does when it evaluates exactly these slices.
+    fn feed(&self, cache: &mut Cache, tokens: &[u32], want: &[usize], order: Option<AttnOrder>) -> Vec<f32> {
         let vocab = self.model.config.vocab;
         let mut out = Vec::with_capacity(want.len() * vocab);
         let mut start = 0;
         while start < tokens.len() {
             let end = (start + Self::CHUNK).min(tokens.len());
             let w: Vec<usize> = want.iter().filter(|&&i| i >= start && i < end).map(|&i| i - start).collect();
-            out.extend(self.model.forward(cache, &tokens[start..end], &w));
+            let chunk = &tokens[start..end];
+            out.extend(match order {
+                Some(o) => self.model.forward_ordered(cache, chunk, &w, o),
+                None => self.model.forward(cache, chunk, &w),
+            });
             start = end;
         }
         out
@@ -91,7 +99,8 @@ impl Engine {
                 cache.truncate(keep, kv_dim);
                 let fed = &input[keep..];
                 let want: Vec<usize> = (first_pred - keep..fed.len()).collect();
-                let logits = self.install(|| self.feed(&mut cache, fed, &want));
+                // as llama.cpp evaluating context and continuation in one batch
+                let logits = self.install(|| self.feed(&mut cache, fed, &want, Some(AttnOrder::Batch)));
                 let vocab = self.model.config.vocab;
                 let mut res = ScoreResult { logprob: 0.0, is_greedy: true, token_logprobs: Vec::with_capacity(n_cont) };
                 for (j, &tok) in r.continuation.iter().enumerate() {
@@ -141,7 +150,7 @@ impl Engine {
             if prompt.len() + opts.max_tokens > max_ctx && prompt.len() > max_ctx / 2 {
                 prompt = &prompt[prompt.len() - (max_ctx.saturating_sub(opts.max_tokens)).max(1)..];
             }
-            let mut logits = self.feed(&mut cache, prompt, &[prompt.len() - 1]);
+            let mut logits = self.feed(&mut cache, prompt, &[prompt.len() - 1], None);
             let mut rng = crate::stats::SplitMix64::new(opts.seed);
             let mut tokens = Vec::new();
             let mut finish = "length";
@@ -230,7 +239,7 @@ impl Engine {
             let vocab = self.model.config.vocab;
             let mut cache = self.cache();
             let t = std::time::Instant::now();
-            let mut logits = self.feed(&mut cache, &ids, &[ids.len() - 1]);
+            let mut logits = self.feed(&mut cache, &ids, &[ids.len() - 1], None);
             let prefill = prompt_len as f64 / t.elapsed().as_secs_f64();
             let t = std::time::Instant::now();
             for _ in 0..decode {

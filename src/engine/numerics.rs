@@ -1,0 +1,620 @@
+//! llama.cpp's float arithmetic outside the matmuls, reproduced bit for bit.
+//!
+//! A 135M model with 8-bit activations is chaotic: one activation that lands on the other side of a
+//! rounding boundary moves a log-probability by tenths of a nat, so "the same maths" is not enough
+//! to give llama.cpp's numbers. Every operation here follows the order, precision and rounding of
+//! ggml's CPU backend as built for AVX2+FMA (the reference build): RMS norm summed in f64, RoPE from
+//! an incrementally multiplied angle, an f16 KV cache with f16 queries and f16 attention weights,
+//! ggml's own polynomial `expf` for softmax and SiLU, and the lane layouts of its dot products
+//! (tinyBLAS for batches of two or more tokens, `ggml_vec_dot_f16` for a single token). Each
+//! function has a scalar form that the AVX2 forms must equal exactly (tested below).
+
+use half::f16;
+
+/// Rounds to the nearest f16 (ties to even) and back, as ggml's f32→f16 copies do.
+#[inline]
+pub fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// Sum of 8 lanes in the order of ggml's `hsum_float_8` and tinyBLAS's `hsum`:
+/// `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`.
+#[inline]
+pub fn hsum8(a: &[f32; 8]) -> f32 {
+    let r = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// ggml's AVX2 `ggml_v_expf`, one lane (a polynomial, not libm's `expf`).
+#[inline]
+pub fn v_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r);
+    let n = z - r;
+    let b = (-n).mul_add(f32::from_bits(0x35bf_be8e), (-n).mul_add(f32::from_bits(0x3f31_7200), x));
+    let e = z.to_bits() << 23;
+    let k = f32::from_bits(e.wrapping_add(1f32.to_bits()));
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(u, f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3eff_fedb)))
+        .mul_add(u, f32::from_bits(0x3f7f_fff6) * b);
+    if n.abs() <= 126.0 || n.is_nan() {
+        return k.mul_add(j, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f32::from_bits(g.wrapping_add(0x7f00_0000));
+    let s2 = f32::from_bits(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
+}
+
+/// `silu(x) · g` over a row as ggml's `ggml_vec_swiglu_f32`: polynomial exp on groups of 8, libm
+/// `expf` on the tail.
+pub fn swiglu(x: &mut [f32], g: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { x86::swiglu(x, g) };
+    }
+    let n8 = x.len() / 8 * 8;
+    for (v, g) in x[..n8].iter_mut().zip(g) {
+        *v = *v / (1.0 + v_expf(0.0 - *v)) * g;
+    }
+    for (v, g) in x[n8..].iter_mut().zip(&g[n8..]) {
+        *v = *v / (1.0 + (-*v).exp()) * g;
+    }
+}
+
+/// In-place softmax of one row of scores as ggml's `soft_max` op: polynomial exp on groups of 8
+/// (each group summed as [`hsum8`], the groups in f64), libm `expf` on the tail, then a multiply
+/// by the f32 reciprocal of the f64 sum. Returns nothing; `x` holds the weights.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let n8 = x.len() / 8 * 8;
+    let mut sum = 0f64;
+    #[cfg(target_arch = "x86_64")]
+    let simd = avx2();
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    for c in x[..n8].chunks_exact_mut(8) {
+        let mut v = [0f32; 8];
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX2 and FMA; `c` holds 8 values.
+            unsafe {
+                x86::exp8_sub(c, max, &mut v)
+            };
+        } else {
+            for (o, s) in v.iter_mut().zip(c.iter()) {
+                *o = v_expf(s - max);
+            }
+        }
+        c.copy_from_slice(&v);
+        sum += f64::from(hsum8(&v));
+    }
+    for s in &mut x[n8..] {
+        *s = (*s - max).exp();
+        sum += f64::from(*s);
+    }
+    let inv = (1.0 / sum) as f32;
+    x.iter_mut().for_each(|s| *s *= inv);
+}
+
+/// Dot product in tinyBLAS's order (llama.cpp's attention for two or more tokens): lane `l` chains
+/// fused multiply-adds over elements `l, l+8, …`; lanes summed as [`hsum8`].
+#[inline(always)]
+pub fn dot_tiled(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a.chunks(8).zip(b.chunks(8)) {
+        for l in 0..ca.len().min(cb.len()) {
+            acc[l] = ca[l].mul_add(cb[l], acc[l]);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// Dot product in `ggml_vec_dot_f16`'s order (llama.cpp's attention for a single token): four
+/// 8-lane accumulators over chunks of 32, reduced pairwise then with two horizontal adds; a tail
+/// past the last full chunk is added in f64.
+#[inline(always)]
+pub fn dot_vec(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let np = n / 32 * 32;
+    let mut acc = [[0f32; 8]; 4];
+    for (ca, cb) in a[..np].chunks_exact(32).zip(b[..np].chunks_exact(32)) {
+        for (j, accj) in acc.iter_mut().enumerate() {
+            for (l, al) in accj.iter_mut().enumerate() {
+                *al = ca[8 * j + l].mul_add(cb[8 * j + l], *al);
+            }
+        }
+    }
+    let mut x0 = [0f32; 8];
+    for (l, x) in x0.iter_mut().enumerate() {
+        *x = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t0 = [x0[0] + x0[4], x0[1] + x0[5], x0[2] + x0[6], x0[3] + x0[7]];
+    let mut sum = f64::from((t0[0] + t0[1]) + (t0[2] + t0[3]));
+    for e in np..n {
+        sum += f64::from(a[e] * b[e]);
+    }
+    sum as f32
+}
+
+/// Which of llama.cpp's two attention arithmetics a forward pass reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnOrder {
+    /// A batch of two or more tokens (tinyBLAS).
+    Batch,
+    /// A single token (`ggml_vec_dot_f16`).
+    Single,
+}
+
+/// One query row against `n` cached positions with llama.cpp's arithmetic: `q`, keys and values
+/// are already f16-rounded; scores `q·k · scale`, softmax, weights rounded to f16, then the
+/// weighted sum of values. Keys/values of position `p` are `k[p·stride + off ..][..q.len()]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    assert!(n == 0 || (n - 1) * stride + off + hd <= k.len().min(v.len()), "cache too short");
+    assert!(out.len() >= hd, "output row too short");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() && hd % 8 == 0 {
+        // SAFETY: the CPU has AVX2, FMA and F16C; the asserts above bound every position's slice.
+        return unsafe { x86::attend(order, q, k, v, stride, off, n, scale, out) };
+    }
+    attend_impl(order, q, k, v, stride, off, n, scale, out)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_impl(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    // tinyBLAS takes a batch only when the inner size is a multiple of 8 (scores) and the rows a
+    // multiple of 4 (values); otherwise ggml falls back to its per-row dot product
+    let kq_tiled = order == AttnOrder::Batch && hd % 8 == 0;
+    let kqv_tiled = order == AttnOrder::Batch && hd % 4 == 0;
+    let n8 = n.div_ceil(8) * 8;
+    let mut w = vec![f32::NEG_INFINITY; n8]; // [n8] scores, then weights; masked padding
+    for (p, s) in w[..n].iter_mut().enumerate() {
+        let kp = &k[p * stride + off..p * stride + off + hd]; // [hd]
+        let dot = if kq_tiled { dot_tiled(kp, q) } else { dot_vec(kp, q) };
+        *s = dot * scale;
+    }
+    softmax(&mut w);
+    w.truncate(n);
+    w.iter_mut().for_each(|x| *x = round_f16(*x));
+    if kqv_tiled {
+        // lane p % 8 of every output element chains over positions p, p+8, …
+        let mut acc = vec![0f32; 8 * hd]; // [8 lanes × hd]
+        for (p, &wp) in w.iter().enumerate() {
+            let vp = &v[p * stride + off..p * stride + off + hd]; // [hd]
+            let a = &mut acc[(p % 8) * hd..(p % 8 + 1) * hd];
+            for (a, &x) in a.iter_mut().zip(vp) {
+                *a = x.mul_add(wp, *a);
+            }
+        }
+        let lane = |l: usize, d: usize| acc[l * hd + d];
+        for (d, o) in out[..hd].iter_mut().enumerate() {
+            let r = [lane(4, d) + lane(0, d), lane(5, d) + lane(1, d), lane(6, d) + lane(2, d), lane(7, d) + lane(3, d)];
+            *o = (r[0] + r[2]) + (r[1] + r[3]);
+        }
+    } else {
+        // ggml_vec_dot_f16 over the (zero-padded, multiple of 32) positions: accumulator
+        // (p / 8) % 4, lane p % 8
+        let mut acc = vec![0f32; 32 * hd]; // [4 accumulators × 8 lanes × hd]
+        for (p, &wp) in w.iter().enumerate() {
+            let vp = &v[p * stride + off..p * stride + off + hd]; // [hd]
+            let slot = ((p / 8) % 4) * 8 + p % 8;
+            let a = &mut acc[slot * hd..(slot + 1) * hd];
+            for (a, &x) in a.iter_mut().zip(vp) {
+                *a = x.mul_add(wp, *a);
+            }
+        }
+        let at = |j: usize, l: usize, d: usize| acc[(j * 8 + l) * hd + d];
+        for (d, o) in out[..hd].iter_mut().enumerate() {
+            let mut x0 = [0f32; 8];
+            for (l, x) in x0.iter_mut().enumerate() {
+                *x = (at(0, l, d) + at(2, l, d)) + (at(1, l, d) + at(3, l, d));
+            }
+            let t0 = [x0[0] + x0[4], x0[1] + x0[5], x0[2] + x0[6], x0[3] + x0[7]];
+            *o = (t0[0] + t0[1]) + (t0[2] + t0[3]);
+        }
+    }
+}
+
+/// RMS norm as ggml: squares summed in f64, the mean and the scale in f32, then `x·scale·w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let mut sum = 0f64;
+        for v in xr {
+            sum += f64::from(v * v);
+        }
+        let mean = (sum / d as f64) as f32;
+        let scale = 1.0f32 / (mean + eps).sqrt();
+        for ((o, v), g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// RoPE angles of one position as ggml's cache: `θ₀ = pos`, `θᵢ₊₁ = θᵢ · base^(-2/dims)` in f32,
+/// then libm `cosf`/`sinf`. Returns `(cos, sin)` per pair.
+pub fn rope_angles(pos: usize, pairs: usize, theta_scale: f32, out: &mut Vec<(f32, f32)>) {
+    out.clear();
+    let mut theta = pos as f32;
+    for _ in 0..pairs {
+        out.push((theta.cos(), theta.sin()));
+        theta *= theta_scale;
+    }
+}
+
+/// Rotates pair `(x0, x1)` as ggml's `rotate_pairs` compiled with FMA contraction.
+#[inline(always)]
+pub fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
+    (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
+}
+
+/// Rotates every head of `rows` (heads of `hd` values) by `angles`; pair `i` is
+/// `(i·step, i·step + off)`: `step = 2, off = 1` for interleaved pairs, `step = 1, off = hd/2` for
+/// halves.
+pub fn rope_heads(rows: &mut [f32], hd: usize, angles: &[(f32, f32)], step: usize, off: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { rope_heads_fma(rows, hd, angles, step, off) };
+    }
+    rope_heads_impl(rows, hd, angles, step, off)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rope_heads_fma(rows: &mut [f32], hd: usize, angles: &[(f32, f32)], step: usize, off: usize) {
+    rope_heads_impl(rows, hd, angles, step, off)
+}
+
+#[inline(always)]
+fn rope_heads_impl(rows: &mut [f32], hd: usize, angles: &[(f32, f32)], step: usize, off: usize) {
+    for head in rows.chunks_exact_mut(hd) {
+        for (i, &(cos, sin)) in angles.iter().enumerate() {
+            let (a, b) = (i * step, i * step + off);
+            (head[a], head[b]) = rotate(head[a], head[b], cos, sin);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    use std::sync::OnceLock;
+    static YES: OnceLock<bool> = OnceLock::new();
+    *YES.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// ggml's AVX2 `ggml_v_expf`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn v_expf(x: __m256) -> __m256 {
+        let r = _mm256_set1_ps(f32::from_bits(0x4b40_0000));
+        let z = _mm256_fmadd_ps(x, _mm256_set1_ps(f32::from_bits(0x3fb8_aa3b)), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(
+            n,
+            _mm256_set1_ps(f32::from_bits(0x35bf_be8e)),
+            _mm256_fnmadd_ps(n, _mm256_set1_ps(f32::from_bits(0x3f31_7200)), x),
+        );
+        let e = _mm256_slli_epi32(_mm256_castps_si256(z), 23);
+        let k = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_castps_si256(_mm256_set1_ps(1.0))));
+        let absn = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+        let c = _mm256_cmp_ps(absn, _mm256_set1_ps(126.0), _CMP_GT_OQ);
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3c07_2010)), b, _mm256_set1_ps(f32::from_bits(0x3d2b_9f17))),
+                u,
+                _mm256_fmadd_ps(_mm256_set1_ps(f32::from_bits(0x3e2a_af33)), b, _mm256_set1_ps(f32::from_bits(0x3eff_fedb))),
+            ),
+            u,
+            _mm256_mul_ps(_mm256_set1_ps(f32::from_bits(0x3f7f_fff6)), b),
+        );
+        if _mm256_movemask_ps(c) == 0 {
+            return _mm256_fmadd_ps(j, k, k);
+        }
+        let g = _mm256_and_si256(
+            _mm256_castps_si256(_mm256_cmp_ps(n, _mm256_setzero_ps(), _CMP_LE_OQ)),
+            _mm256_set1_epi32(0x8200_0000u32 as i32),
+        );
+        let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+        let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+        let d = _mm256_cmp_ps(absn, _mm256_set1_ps(192.0), _CMP_GT_OQ);
+        _mm256_or_ps(
+            _mm256_and_ps(d, _mm256_mul_ps(s1, s1)),
+            _mm256_andnot_ps(
+                d,
+                _mm256_or_ps(
+                    _mm256_and_ps(c, _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1)),
+                    _mm256_andnot_ps(c, _mm256_fmadd_ps(k, j, k)),
+                ),
+            ),
+        )
+    }
+
+    /// `((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))`, as `hsum8`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn hsum(a: __m256) -> f32 {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
+    }
+
+    thread_local! {
+        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// `super::attend_impl` with AVX2 registers: the same lane layouts and operation order, so the
+    /// same bits. `q.len()` must be a multiple of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attend(order: super::AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
+        let hd = q.len();
+        let tiled = order == super::AttnOrder::Batch;
+        SCORES.with(|buf| {
+            let mut w = buf.borrow_mut();
+            let n8 = n.div_ceil(8) * 8;
+            w.clear();
+            w.resize(n8, f32::NEG_INFINITY);
+            // SAFETY (whole block): the caller checked (n-1)·stride + off + hd <= k.len(), v.len()
+            // and out.len() >= hd; w has n8 >= n entries; hd % 8 == 0.
+            unsafe {
+                let (kp, vp, qp) = (k.as_ptr().add(off), v.as_ptr().add(off), q.as_ptr());
+                // scores
+                for (p, s) in w[..n].iter_mut().enumerate() {
+                    let kr = kp.add(p * stride);
+                    let dot = if tiled {
+                        let mut acc = _mm256_setzero_ps();
+                        for c in (0..hd).step_by(8) {
+                            acc = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c)), _mm256_loadu_ps(qp.add(c)), acc);
+                        }
+                        hsum(acc)
+                    } else {
+                        let np = hd / 32 * 32;
+                        let mut a = [_mm256_setzero_ps(); 4];
+                        for c in (0..np).step_by(32) {
+                            for (j, aj) in a.iter_mut().enumerate() {
+                                *aj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *aj);
+                            }
+                        }
+                        let x0 = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+                        let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps(x0, 1));
+                        let mut t = [0f32; 4];
+                        _mm_storeu_ps(t.as_mut_ptr(), t0);
+                        let mut sum = f64::from((t[0] + t[1]) + (t[2] + t[3]));
+                        for e in np..hd {
+                            sum += f64::from(*kr.add(e) * *qp.add(e));
+                        }
+                        sum as f32
+                    };
+                    *s = dot * scale;
+                }
+                // softmax (masked padding up to n8), then weights rounded to f16
+                let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let wp = w.as_mut_ptr();
+                let mut sum = 0f64;
+                for c in (0..n8).step_by(8) {
+                    let e = v_expf(_mm256_sub_ps(_mm256_loadu_ps(wp.add(c)), _mm256_set1_ps(max)));
+                    _mm256_storeu_ps(wp.add(c), e);
+                    sum += f64::from(hsum(e));
+                }
+                let inv = _mm256_set1_ps((1.0 / sum) as f32);
+                for c in (0..n8).step_by(8) {
+                    let x = _mm256_mul_ps(_mm256_loadu_ps(wp.add(c)), inv);
+                    _mm256_storeu_ps(wp.add(c), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)));
+                }
+                // weighted values, one 8-dimension chunk at a time
+                let op = out.as_mut_ptr();
+                for c in (0..hd).step_by(8) {
+                    if tiled {
+                        // accumulator l takes positions p ≡ l (mod 8)
+                        let mut a = [_mm256_setzero_ps(); 8];
+                        for (p, &wv) in w[..n].iter().enumerate() {
+                            let l = p % 8;
+                            a[l] = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(p * stride + c)), _mm256_set1_ps(wv), a[l]);
+                        }
+                        let r0 = _mm256_add_ps(a[4], a[0]);
+                        let r1 = _mm256_add_ps(a[5], a[1]);
+                        let r2 = _mm256_add_ps(a[6], a[2]);
+                        let r3 = _mm256_add_ps(a[7], a[3]);
+                        _mm256_storeu_ps(op.add(c), _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3)));
+                    } else {
+                        // slot p % 32 = 8·((p/8) % 4) + p % 8 chains over p, p+32, …
+                        let mut slots = [_mm256_setzero_ps(); 32];
+                        for (slot, acc) in slots.iter_mut().enumerate() {
+                            let mut a = _mm256_setzero_ps();
+                            let mut p = slot;
+                            while p < n {
+                                a = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(p * stride + c)), _mm256_set1_ps(w[p]), a);
+                                p += 32;
+                            }
+                            *acc = a;
+                        }
+                        let mut x0 = [_mm256_setzero_ps(); 8];
+                        for (l, x) in x0.iter_mut().enumerate() {
+                            *x = _mm256_add_ps(_mm256_add_ps(slots[l], slots[16 + l]), _mm256_add_ps(slots[8 + l], slots[24 + l]));
+                        }
+                        let t0 = _mm256_add_ps(x0[0], x0[4]);
+                        let t1 = _mm256_add_ps(x0[1], x0[5]);
+                        let t2 = _mm256_add_ps(x0[2], x0[6]);
+                        let t3 = _mm256_add_ps(x0[3], x0[7]);
+                        _mm256_storeu_ps(op.add(c), _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+                    }
+                }
+            }
+        })
+    }
+
+    /// `out = v_expf(x - max)` for 8 values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp8_sub(x: &[f32], max: f32, out: &mut [f32; 8]) {
+        assert!(x.len() >= 8);
+        // SAFETY: 8 readable and 8 writable floats (asserted / by type).
+        unsafe {
+            let v = v_expf(_mm256_sub_ps(_mm256_loadu_ps(x.as_ptr()), _mm256_set1_ps(max)));
+            _mm256_storeu_ps(out.as_mut_ptr(), v);
+        }
+    }
+
+    /// ggml's `ggml_vec_swiglu_f32` with AVX2: `x ← x / (1 + exp(-x)) · g`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu(x: &mut [f32], g: &[f32]) {
+        let n = x.len().min(g.len());
+        let n8 = n / 8 * 8;
+        // SAFETY: every access is below n8 <= len of both slices.
+        unsafe {
+            let one = _mm256_set1_ps(1.0);
+            let mut i = 0;
+            while i < n8 {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i));
+                let e = v_expf(_mm256_sub_ps(_mm256_setzero_ps(), xv));
+                let s = _mm256_div_ps(xv, _mm256_add_ps(one, e));
+                _mm256_storeu_ps(x.as_mut_ptr().add(i), _mm256_mul_ps(s, _mm256_loadu_ps(g.as_ptr().add(i))));
+                i += 8;
+            }
+        }
+        for i in n8..n {
+            x[i] = x[i] / (1.0 + (-x[i]).exp()) * g[i];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xs() -> Vec<f32> {
+        let mut v = vec![0.0, -0.0, 1.0, -1.0, 88.0, -88.0, 100.0, -100.0, 130.0, -130.0, 200.0, -200.0];
+        v.extend([f32::NEG_INFINITY, f32::INFINITY, 1e-30, -87.3, 87.3, 0.5, -0.5]);
+        let mut s = 0x1234_5678u32;
+        for _ in 0..20000 {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            v.push((s as f32 / u32::MAX as f32 - 0.5) * 60.0);
+        }
+        while v.len() % 8 != 0 {
+            v.push(0.25);
+        }
+        v
+    }
+
+    #[test]
+    fn polynomial_exp_is_close_to_libm() {
+        for x in xs() {
+            let (a, b) = (v_expf(x), x.exp());
+            if b.is_finite() && b > 1e-37 {
+                assert!(((a - b) / b).abs() < 4e-7, "{x}: {a} vs {b}");
+            } else if b == 0.0 {
+                assert!(a < 1e-37, "{x}: {a}");
+            }
+        }
+        assert_eq!(v_expf(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_forms_equal_the_scalar_forms() {
+        if !avx2() {
+            return;
+        }
+        let x = xs();
+        for c in x.chunks_exact(8) {
+            let mut out = [0f32; 8];
+            // SAFETY: checked above that the CPU has AVX2 and FMA.
+            unsafe { x86::exp8_sub(c, 0.75, &mut out) };
+            for (o, v) in out.iter().zip(c) {
+                assert_eq!(o.to_bits(), v_expf(v - 0.75).to_bits(), "{v}");
+            }
+        }
+        let g: Vec<f32> = x.iter().map(|v| v * 0.37 + 0.1).collect();
+        let mut a = x.clone();
+        // SAFETY: as above.
+        unsafe { x86::swiglu(&mut a, &g) };
+        for i in 0..x.len() {
+            let want = x[i] / (1.0 + v_expf(0.0 - x[i])) * g[i];
+            assert!(a[i].to_bits() == want.to_bits() || (a[i].is_nan() && want.is_nan()), "{}", x[i]);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_attention_equals_the_scalar_form() {
+        if !avx2() {
+            return;
+        }
+        let mut seed = 99u32;
+        let mut r = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            round_f16((seed as f32 / u32::MAX as f32 - 0.5) * 4.0)
+        };
+        for (hd, stride, n) in [(64, 192, 1), (64, 192, 7), (64, 192, 77), (32, 64, 40), (96, 96, 300), (8, 24, 33)] {
+            let k: Vec<f32> = (0..n * stride).map(|_| r()).collect();
+            let v: Vec<f32> = (0..n * stride).map(|_| r()).collect();
+            let q: Vec<f32> = (0..hd).map(|_| r()).collect();
+            for order in [AttnOrder::Batch, AttnOrder::Single] {
+                let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
+                attend_impl(order, &q, &k, &v, stride, stride - hd, n, 0.125, &mut a);
+                // SAFETY: checked above that the CPU has AVX2 and FMA (F16C comes with them here).
+                unsafe { x86::attend(order, &q, &k, &v, stride, stride - hd, n, 0.125, &mut b) };
+                for d in 0..hd {
+                    assert_eq!(a[d].to_bits(), b[d].to_bits(), "{order:?} hd={hd} n={n} d={d}: {} vs {}", a[d], b[d]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_masks() {
+        let mut w = vec![1.0, 2.0, 3.0, f32::NEG_INFINITY, 0.5, 0.0, -1.0, 2.5, 1.5, f32::NEG_INFINITY];
+        softmax(&mut w);
+        let s: f32 = w.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+        assert_eq!(w[3], 0.0);
+        assert_eq!(w[9], 0.0);
+    }
+
+    #[test]
+    fn dot_orders_follow_their_lane_layouts() {
+        let a: Vec<f32> = (0..64).map(|i| 1.0 + i as f32 * 1e-3).collect();
+        let b: Vec<f32> = (0..64).map(|i| 1.0 - i as f32 * 7e-4).collect();
+        // tiled: 8 lanes of 8 fmas each
+        let mut lanes = [0f32; 8];
+        for i in 0..64 {
+            lanes[i % 8] = a[i].mul_add(b[i], lanes[i % 8]);
+        }
+        assert_eq!(dot_tiled(&a, &b).to_bits(), hsum8(&lanes).to_bits());
+        let exact: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+        assert!((f64::from(dot_vec(&a, &b)) - exact).abs() < 1e-4);
+        // a tail past the last full chunk is summed in f64
+        let t = dot_vec(&a[..40], &b[..40]);
+        assert!((f64::from(t) - a[..40].iter().zip(&b[..40]).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum::<f64>()).abs() < 1e-4);
+    }
+
+    #[test]
+    fn hsum8_pairs_lanes_as_ggml() {
+        let a = [1e8f32, 1.0, -1e8, 1.0, 1.0, 0.0, 0.0, 0.0];
+        // (a0+a4) + (a2+a6) = (1e8+1) + (-1e8) = 0 in f32; (a1+a5)+(a3+a7) = 2
+        assert_eq!(hsum8(&a), 2.0);
+    }
+}
