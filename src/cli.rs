@@ -23,6 +23,18 @@ struct DbArg {
     db: Option<PathBuf>,
 }
 
+/// Which runs a view shows (the leaderboard and the report).
+#[derive(Args)]
+struct RunSelect {
+    /// Runs to show: id, prefix, tag or `latest` (repeatable) [default: the latest finished run of
+    /// every suite].
+    #[arg(long, num_args = 1.., value_name = "RUN")]
+    runs: Vec<String>,
+    /// Only runs of this suite (by default its latest finished run).
+    #[arg(long, value_name = "NAME")]
+    suite: Option<String>,
+}
+
 impl DbArg {
     fn path(&self) -> PathBuf {
         self.db.clone().or_else(|| std::env::var_os("LLMEVAL_DB").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("llmeval.db"))
@@ -67,13 +79,8 @@ enum Command {
     Report {
         #[command(flatten)]
         db: DbArg,
-        /// Runs to include: id, prefix, tag or `latest` (repeatable) [default: the latest finished
-        /// run of every suite].
-        #[arg(long, num_args = 1.., value_name = "RUN")]
-        runs: Vec<String>,
-        /// Only runs of this suite (by default its latest finished run).
-        #[arg(long, value_name = "NAME")]
-        suite: Option<String>,
+        #[command(flatten)]
+        select: RunSelect,
         /// The HTML file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -83,13 +90,8 @@ enum Command {
     Leaderboard {
         #[command(flatten)]
         db: DbArg,
-        /// Runs to show: id, prefix, tag or `latest` (repeatable) [default: the latest finished run
-        /// of every suite].
-        #[arg(long, num_args = 1.., value_name = "RUN")]
-        runs: Vec<String>,
-        /// Only runs of this suite (by default its latest finished run).
-        #[arg(long, value_name = "NAME")]
-        suite: Option<String>,
+        #[command(flatten)]
+        select: RunSelect,
         /// Print the table as plain text and exit.
         #[arg(long)]
         plain: bool,
@@ -362,8 +364,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Metrics { command } => cmd_metrics(command),
         Command::Engine { command } => cmd_engine(command),
         Command::Arena { command } => cmd_arena(command),
-        Command::Leaderboard { db, runs, suite, plain } => cmd_leaderboard(&db.path(), &runs, suite.as_deref(), plain),
-        Command::Report { db, runs, suite, out } => cmd_report(&db.path(), &runs, suite.as_deref(), &out),
+        Command::Leaderboard { db, select, plain } => cmd_leaderboard(&db.path(), &select.runs, select.suite.as_deref(), plain),
+        Command::Report { db, select, out } => cmd_report(&db.path(), &select.runs, select.suite.as_deref(), &out),
         Command::Gate { db, baseline, candidate, max_drop, alpha, junit, markdown, json } => cmd_gate(&db.path(), &baseline, &candidate, &max_drop, alpha, junit, markdown, json),
         Command::Runs { command } => match command {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
