@@ -895,7 +895,7 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
     if cs.is_empty() {
         anyhow::bail!("runs {} and {} share no scored item (same model, task and document); nothing to compare", b.id, c.id);
     }
-    let failed = cs.iter().any(|x| x.regression);
+    let failed = cs.iter().any(|x| x.failed());
     if let Some(p) = &junit {
         std::fs::write(p, crate::gate::junit(&cs)).with_context(|| format!("writing {}", p.display()))?;
     }
@@ -907,12 +907,15 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
     } else {
         let rows: Vec<Vec<String>> = cs
             .iter()
-            .map(|x| vec![x.model.clone(), x.task.clone(), x.metric.clone(), format!("{:.4}", x.baseline), format!("{:.4}", x.candidate), format!("{:+.4}", x.drop), format!("{:.4}", x.p_value), if x.regression { "REGRESSION".into() } else { "ok".into() }])
+            .map(|x| vec![x.model.clone(), x.task.clone(), x.metric.clone(), format!("{:.4}", x.baseline), format!("{:.4}", x.candidate), format!("{:+.4}", x.drop), format!("{:.4}", x.p_value), if x.missing { "MISSING".into() } else if x.regression { "REGRESSION".into() } else { "ok".into() }])
             .collect();
         println!("baseline {} → candidate {} (alpha {alpha})", b.id, c.id);
         print!("{}", table(&["model", "task", "metric", "baseline", "candidate", "drop", "p", "verdict"], &rows));
         for x in cs.iter().filter(|x| x.regression && !x.flipped.is_empty()) {
             println!("{} / {} / {}: right before, wrong now: {}", x.model, x.task, x.metric, x.flipped.join(", "));
+        }
+        for x in cs.iter().filter(|x| x.missing) {
+            println!("{} / {} / {}: scored in the baseline, missing from the candidate", x.model, x.task, x.metric);
         }
     }
     Ok(if failed { exit::FAILURE } else { exit::SUCCESS })

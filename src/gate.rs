@@ -4,7 +4,9 @@
 //! Binary metrics get an exact McNemar test on the discordant items; per-sample continuous scores
 //! get a seeded paired bootstrap of the mean difference; corpus metrics a paired bootstrap of the
 //! corpus difference. A comparison fails only when the drop exceeds its tolerance *and* is
-//! significant at alpha.
+//! significant at alpha. A model × task × metric that the baseline scored and the candidate did
+//! not (a task dropped from the suite, every item errored) fails too: a gate must not pass by
+//! comparing less.
 
 use crate::store::Sample;
 use std::collections::BTreeMap;
@@ -24,8 +26,18 @@ pub struct Comparison {
     pub test: &'static str,
     pub p_value: f64,
     pub regression: bool,
+    /// The baseline scored this and the candidate has no scored item for it (`n` = 0; candidate,
+    /// drop and p are NaN). Counts as a failure.
+    pub missing: bool,
     /// Items right in the baseline and wrong in the candidate (binary metrics).
     pub flipped: Vec<String>,
+}
+
+impl Comparison {
+    /// Whether this comparison fails the gate.
+    pub fn failed(&self) -> bool {
+        self.regression || self.missing
+    }
 }
 
 /// Metrics where lower is better.
@@ -78,6 +90,22 @@ pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<
         }
     }
     let mut out = Vec::new();
+    // What the baseline scored and the candidate did not.
+    let mut scored: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    for b in base.values() {
+        for (metric, bs) in &b.stats {
+            if let Ok(v) = serde_json::from_value::<Vec<f64>>(bs.clone()) {
+                scored.entry((b.model.clone(), b.task.clone(), metric.clone())).or_default().push(v.first().copied().unwrap_or(f64::NAN));
+            }
+        }
+    }
+    for ((model, task, metric), vals) in scored {
+        if !groups.contains_key(&(model.clone(), task.clone(), metric.clone())) {
+            let baseline = vals.iter().sum::<f64>() / vals.len() as f64;
+            let tolerance = tolerances.get(&metric).copied().unwrap_or(0.0);
+            out.push(Comparison { model, task, metric, n: 0, baseline, candidate: f64::NAN, drop: f64::NAN, tolerance, test: "missing in candidate", p_value: f64::NAN, regression: false, missing: true, flipped: vec![] });
+        }
+    }
     for ((model, task, metric), pairs) in groups {
         let Some(m) = crate::metric::by_name(&metric) else {
             // Judge metrics: per-sample means.
@@ -94,7 +122,7 @@ pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<
             let (drop, p) = paired_bootstrap(n, &|idx| sign * (agg(0, idx) - agg(1, idx)), 1000, seed);
             let all: Vec<usize> = (0..n).collect();
             let tol = tolerances.get(&metric).copied().unwrap_or(0.0);
-            out.push(Comparison { model, task, metric, n, baseline: agg(0, &all), candidate: agg(1, &all), drop, tolerance: tol, test: "paired bootstrap (corpus)", p_value: p, regression: drop > tol && p < alpha, flipped: vec![] });
+            out.push(Comparison { model, task, metric, n, baseline: agg(0, &all), candidate: agg(1, &all), drop, tolerance: tol, test: "paired bootstrap (corpus)", p_value: p, regression: drop > tol && p < alpha, missing: false, flipped: vec![] });
             continue;
         }
         let binary = pairs.iter().all(|(_, b, c)| (b[0] == 0.0 || b[0] == 1.0) && (c[0] == 0.0 || c[0] == 1.0));
@@ -107,7 +135,7 @@ pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<
             let tol = tolerances.get(&metric).copied().unwrap_or(0.0);
             let p = mcnemar_exact(b, c);
             let flipped = pairs.iter().filter(|(_, x, y)| x[0] == 1.0 && y[0] == 0.0).map(|p| p.0.clone()).collect();
-            out.push(Comparison { model, task, metric, n, baseline: bv, candidate: cv, drop: bv - cv, tolerance: tol, test: "exact McNemar", p_value: p, regression: bv - cv > tol && p < alpha, flipped });
+            out.push(Comparison { model, task, metric, n, baseline: bv, candidate: cv, drop: bv - cv, tolerance: tol, test: "exact McNemar", p_value: p, regression: bv - cv > tol && p < alpha, missing: false, flipped });
         } else {
             out.push(continuous(&model, &task, &metric, &pairs, tolerances, alpha, seed));
         }
@@ -134,6 +162,7 @@ fn continuous(model: &str, task: &str, metric: &str, pairs: &[(String, Vec<f64>,
         test: "paired bootstrap",
         p_value: p,
         regression: drop > tol && p < alpha,
+        missing: false,
         flipped: vec![],
     }
 }
@@ -142,15 +171,25 @@ fn xml(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-/// JUnit XML: one test case per model × task × metric; a regression is a failure.
+/// JUnit XML (`tests/goldens/junit.xsd`): one test case per model × task × metric; a regression
+/// or a missing comparison is a failure.
 pub fn junit(cs: &[Comparison]) -> String {
-    let failures = cs.iter().filter(|c| c.regression).count();
-    let mut out = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n  <testsuite name=\"llmeval gate\" tests=\"{}\" failures=\"{failures}\">\n", cs.len());
+    let failures = cs.iter().filter(|c| c.failed()).count();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"llmeval gate\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\">\n  <testsuite name=\"llmeval gate\" tests=\"{n}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\">\n",
+        n = cs.len()
+    );
     for c in cs {
         out.push_str(&format!("    <testcase classname=\"{}\" name=\"{} {}\">", xml(&c.model), xml(&c.task), xml(&c.metric)));
-        if c.regression {
+        if c.missing {
             out.push_str(&format!(
-                "\n      <failure message=\"{} dropped by {:.4} (tolerance {}), p = {:.4} ({})\">{}</failure>\n    ",
+                "\n      <failure type=\"missing\" message=\"{} was scored in the baseline ({:.4}) and not in the candidate\">the candidate run has no scored item of this model and task</failure>\n    ",
+                xml(&c.metric),
+                c.baseline
+            ));
+        } else if c.regression {
+            out.push_str(&format!(
+                "\n      <failure type=\"regression\" message=\"{} dropped by {:.4} (tolerance {}), p = {:.4} ({})\">{}</failure>\n    ",
                 xml(&c.metric),
                 c.drop,
                 c.tolerance,
@@ -167,11 +206,11 @@ pub fn junit(cs: &[Comparison]) -> String {
 
 /// A GitHub-flavoured markdown summary.
 pub fn markdown(cs: &[Comparison], baseline: &str, candidate: &str) -> String {
-    let failed = cs.iter().any(|c| c.regression);
+    let failed = cs.iter().any(|c| c.failed());
     let mut out = format!("### llmeval gate: {}\n\nBaseline `{baseline}` → candidate `{candidate}`\n\n| model | task | metric | baseline | candidate | drop | test | p | verdict |\n|---|---|---|---|---|---|---|---|---|\n", if failed { "❌ regression" } else { "✅ pass" });
     for c in cs {
         let md = |s: &str| s.replace('|', "\\|");
-        out.push_str(&format!("| {} | {} | {} | {:.4} | {:.4} | {:+.4} | {} | {:.4} | {} |\n", md(&c.model), md(&c.task), md(&c.metric), c.baseline, c.candidate, c.drop, c.test, c.p_value, if c.regression { "regression" } else { "ok" }));
+        out.push_str(&format!("| {} | {} | {} | {:.4} | {:.4} | {:+.4} | {} | {:.4} | {} |\n", md(&c.model), md(&c.task), md(&c.metric), c.baseline, c.candidate, c.drop, c.test, c.p_value, if c.missing { "missing" } else if c.regression { "regression" } else { "ok" }));
     }
     for c in cs.iter().filter(|c| c.regression && !c.flipped.is_empty()) {
         out.push_str(&format!("\n{} / {} / {}: right before, wrong now: {}\n", md_escape(&c.model), md_escape(&c.task), c.metric, c.flipped.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")));

@@ -1,5 +1,7 @@
-//! The regression gate on two real runs against loopback servers: a candidate that got worse on
-//! many items fails with exit 1 and names the items; one that is the same passes; tolerances apply.
+//! The regression gate on real runs against loopback servers with known outcomes: a candidate that
+//! got worse on many items fails with exit 1 and names the items; a drop within noise, an
+//! improvement and the same run pass; a task missing from the candidate fails; tolerances apply;
+//! the JUnit output validates against `tests/goldens/junit.xsd` (xmllint).
 
 use crate::server::FakeServer;
 use crate::support::*;
@@ -43,6 +45,7 @@ fn gate_fails_on_a_significant_drop_and_passes_otherwise() {
     assert_eq!(em["test"], "exact McNemar");
     let bleu = v["comparisons"].as_array().unwrap().iter().find(|c| c["metric"] == "bleu").unwrap();
     assert_eq!(bleu["test"], "paired bootstrap (corpus)");
+    validate_junit(&junit);
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<testcase classname=\"remote-x\" name=\"arith exact-match\">") && xml.contains("<failure"), "{xml}");
     let md = std::fs::read_to_string(&md).unwrap();
@@ -59,4 +62,82 @@ fn gate_fails_on_a_significant_drop_and_passes_otherwise() {
     let out = llmeval(&["gate", "--db", db.to_str().unwrap(), "--baseline", "nope", "--candidate", "latest"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no run or tag named \"nope\""), "{}", stderr(&out));
+}
+
+/// Validates a JUnit file against the schema with xmllint (libxml2-utils; `.ci/run` installs it).
+fn validate_junit(path: &std::path::Path) {
+    let xsd = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goldens/junit.xsd");
+    let out = std::process::Command::new("xmllint").args(["--noout", "--schema", xsd]).arg(path).output();
+    let out = out.unwrap_or_else(|e| panic!("xmllint is needed to validate JUnit output ({e}): apt-get install -y libxml2-utils"));
+    assert!(out.status.success(), "{} does not validate: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn gate_passes_noise_and_improvements_and_fails_a_missing_task() {
+    let right = FakeServer::start(|p| format!(" {}", sum_of(p)));
+    // Wrong on one question of 60: a drop, but McNemar's p is 1.
+    let once = FakeServer::start(|p| { let s = sum_of(p); format!(" {}", if s == 18 { s + 1 } else { s }) });
+    // Wrong on every third question.
+    let poor = FakeServer::start(|p| { let s = sum_of(p); format!(" {}", if s % 3 == 0 { s + 1 } else { s }) });
+    let dir = TempDir::new("gate-outcomes");
+    dir.write("data/arith.jsonl", &arith_rows(60));
+    let db = dir.db();
+    let run = |url: &str, two_tasks: bool| {
+        let mut text = arith_suite(url, "");
+        if two_tasks {
+            let task = &text[text.find("[[task]]").unwrap()..];
+            text = format!("{text}\n{}", task.replacen("name = \"arith\"", "name = \"arith-again\"", 1));
+        }
+        let suite = dir.write("suite.toml", &text);
+        let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json", "--no-cache"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        json_out(&out)["run_id"].as_str().unwrap().to_string()
+    };
+    let gate = |base: &str, cand: &str, junit: Option<&std::path::Path>| {
+        let mut args = vec!["gate", "--db", db.to_str().unwrap(), "--baseline", base, "--candidate", cand, "--json"];
+        if let Some(j) = junit {
+            args.extend(["--junit", j.to_str().unwrap()]);
+        }
+        let out = llmeval(&args);
+        let v = json_out(&out);
+        (out.status.code(), v)
+    };
+    let exact_match = |v: &serde_json::Value, task: &str| v["comparisons"].as_array().unwrap().iter().find(|c| c["metric"] == "exact-match" && c["task"] == task).cloned().unwrap();
+
+    let base = run(&right.base_url(), true);
+    // A drop within noise passes, and still names the item that flipped.
+    let noisy = run(&once.base_url(), true);
+    let (code, v) = gate(&base, &noisy, None);
+    assert_eq!(code, Some(0), "{v}");
+    let em = exact_match(&v, "arith");
+    assert!((em["drop"].as_f64().unwrap() - 1.0 / 60.0).abs() < 1e-12, "{em}");
+    assert_eq!(em["p_value"].as_f64().unwrap(), 1.0);
+    assert_eq!(em["regression"], false);
+    assert_eq!(em["flipped"], serde_json::json!(["q0"]));
+
+    // An improvement passes: the baseline is the poor run, the candidate the right one.
+    let poor_run = run(&poor.base_url(), true);
+    let (code, v) = gate(&poor_run, &base, None);
+    assert_eq!(code, Some(0), "{v}");
+    let em = exact_match(&v, "arith");
+    assert!(em["drop"].as_f64().unwrap() < -0.3, "{em}");
+    assert!(em["p_value"].as_f64().unwrap() < 0.001, "an improvement this large is significant: {em}");
+    assert_eq!(v["verdict"], "pass");
+    // ... and the reverse is a regression.
+    let (code, _) = gate(&base, &poor_run, None);
+    assert_eq!(code, Some(1));
+
+    // A candidate without one of the baseline's tasks fails, even with every other item right.
+    let fewer = run(&right.base_url(), false);
+    let junit = dir.path().join("missing.xml");
+    let (code, v) = gate(&base, &fewer, Some(&junit));
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["verdict"], "regression");
+    let gone = exact_match(&v, "arith-again");
+    assert_eq!(gone["missing"], true);
+    assert_eq!(gone["n"], 0);
+    assert_eq!(exact_match(&v, "arith")["regression"], false);
+    validate_junit(&junit);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("type=\"missing\""), "{xml}");
 }
