@@ -389,10 +389,10 @@ impl Suite {
                     if m.threads == Some(0) {
                         return Err(Error::config(&whole, format!("model {:?}: threads must be at least 1", m.name)));
                     }
-                    if let Some(d) = &m.device {
-                        if let Err(e) = d.get_ref().parse::<crate::engine::device::Device>() {
-                            return Err(Error::config(self.at(d), format!("model {:?}: device: {e}", m.name)));
-                        }
+                    if let Some(d) = &m.device
+                        && let Err(e) = d.get_ref().parse::<crate::engine::device::Device>()
+                    {
+                        return Err(Error::config(self.at(d), format!("model {:?}: device: {e}", m.name)));
                     }
                 }
             }

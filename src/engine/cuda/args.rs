@@ -79,9 +79,12 @@ kernel_args!(CombineArgs => AttnCombine {
 kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
 
+/// A kernel, its argument struct's name and fields.
+pub type ArgsInfo = (Kernel, &'static str, &'static [(&'static str, &'static str)]);
+
 /// Every argument struct's (kernel, struct name, fields), for the source check.
-pub fn all() -> Vec<(Kernel, &'static str, &'static [(&'static str, &'static str)])> {
-    fn one<A: KernelArgs>() -> (Kernel, &'static str, &'static [(&'static str, &'static str)]) {
+pub fn all() -> Vec<ArgsInfo> {
+    fn one<A: KernelArgs>() -> ArgsInfo {
         (A::KERNEL, A::STRUCT, A::FIELDS)
     }
     vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<CombineArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>()]

@@ -228,11 +228,11 @@ pub fn score<F: Forward>(f: &mut F, pool: &mut BlockPool, lim: Limits, reqs: &[S
         let n_cont = input.len() - first_pred;
         let table = [shared, fresh].concat();
         // the previous request's blocks are no longer needed for sharing
-        if let Some(p) = prev.take() {
-            if !pending.iter().any(|&(it, _, _)| it == p) {
-                let t = std::mem::take(&mut items[p].table);
-                pool.release(&t);
-            }
+        if let Some(p) = prev.take()
+            && !pending.iter().any(|&(it, _, _)| it == p)
+        {
+            let t = std::mem::take(&mut items[p].table);
+            pool.release(&t);
         }
         items.push(Item { req: i, input, first_pred, table, done: keep, result: ScoreResult { logprob: 0.0, is_greedy: true, token_logprobs: Vec::with_capacity(n_cont) }, continuation: r.continuation[r.continuation.len() - n_cont..].to_vec() });
         let it = items.len() - 1;
@@ -258,6 +258,7 @@ pub fn score<F: Forward>(f: &mut F, pool: &mut BlockPool, lim: Limits, reqs: &[S
 
 /// Runs the pending pass; requests whose last tokens were in it go to `sink` and give back their
 /// blocks (except `keep`, the one the next request may share).
+#[allow(clippy::too_many_arguments)]
 fn flush<F: Forward>(f: &mut F, items: &mut [Item], pending: &mut Vec<(usize, usize, usize)>, pass_tokens: &mut usize, pool: &mut BlockPool, keep: Option<usize>, tile_tokens: usize, sink: &mut dyn FnMut(usize, ScoreResult)) -> Result<(), F::Error> {
     if pending.is_empty() {
         return Ok(());

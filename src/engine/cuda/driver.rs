@@ -61,7 +61,7 @@ pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
     let prog = nv::create_program(&src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
     let opts = compile_options(arch, w, k);
     // SAFETY: `prog` is a live program; it is destroyed below on every path.
-    let out = unsafe {
+    unsafe {
         let compiled = nv::compile_program(prog, &opts);
         let r = match compiled {
             Err(e) => {
@@ -74,10 +74,7 @@ pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
                 if st == nvs::nvrtcResult::NVRTC_SUCCESS {
                     let mut code = vec![0u8; n];
                     let st = nvs::nvrtcGetCUBIN(prog, code.as_mut_ptr().cast());
-                    if st != nvs::nvrtcResult::NVRTC_SUCCESS {
-                        return Err(format!("nvrtcGetCUBIN: {st:?}"));
-                    }
-                    Ok(code)
+                    if st == nvs::nvrtcResult::NVRTC_SUCCESS { Ok(code) } else { Err(format!("nvrtcGetCUBIN: {st:?}")) }
                 } else {
                     Err(format!("nvrtcGetCUBINSize: {st:?}"))
                 }
@@ -86,8 +83,7 @@ pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
         };
         let _ = nv::destroy_program(prog);
         r
-    };
-    out
+    }
 }
 
 /// A replayable recording of a decode step.
@@ -116,6 +112,8 @@ pub struct Gemm {
 pub trait Backend: Send {
     /// `cuda:N (name)`
     fn label(&self) -> &str;
+    /// Makes the device current on the calling thread.
+    fn bind(&self) -> Result<(), DeviceError>;
     /// Free and total device memory in bytes.
     fn memory(&self) -> Result<(usize, usize), DeviceError>;
     /// `bytes` of zeroed device memory.
@@ -250,6 +248,9 @@ impl Cuda {
 impl Backend for Cuda {
     fn label(&self) -> &str {
         &self.label
+    }
+    fn bind(&self) -> Result<(), DeviceError> {
+        self.current()
     }
 
     fn memory(&self) -> Result<(usize, usize), DeviceError> {

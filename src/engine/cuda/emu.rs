@@ -139,6 +139,9 @@ impl Backend for Emu {
     fn label(&self) -> &str {
         "emulated GPU"
     }
+    fn bind(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
     fn memory(&self) -> Result<(usize, usize), DeviceError> {
         Ok((self.memory, self.memory))
     }

@@ -32,8 +32,12 @@ use std::sync::Mutex;
 const ATT_ROWS: usize = 16;
 /// Keys per shared-memory tile of the attention kernel (`ATT_BK`).
 const ATT_BK: usize = 32;
-/// Keys per split of a decode step's attention: many blocks per sequence, merged in order.
-const DECODE_SPLIT: usize = 256;
+/// A decode step's attention splits each sequence's keys into at most this many blocks (of a
+/// power-of-two length, 64 keys at least), merged in order: enough blocks to keep the GPU busy at
+/// batch 1. The split length depends on the model's context length only.
+const DECODE_SPLITS: usize = 32;
+/// KV cache memory at most.
+const KV_MAX_BYTES: usize = 16 << 30;
 /// The longest sequence the GPU engine runs (sizes its scratch buffers).
 const MAX_CONTEXT: usize = 16384;
 /// Tokens per packed pass.
@@ -203,7 +207,7 @@ impl GpuModel {
         let c = model.config.clone();
         let label = gpu.label().to_string();
         let group = c.n_heads / c.n_kv_heads;
-        if c.head_dim % 32 != 0 || c.head_dim > 256 || group > ATT_ROWS {
+        if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 || group > ATT_ROWS {
             return Err(cfg_err(&label, format!("the GPU kernels need head_dim a multiple of 32 up to 256 and at most {ATT_ROWS} query heads per KV head (this model: head_dim {}, {group})", c.head_dim)));
         }
         let (d, hd, nkv) = (c.dim, c.head_dim, c.n_kv_heads);
@@ -216,7 +220,8 @@ impl GpuModel {
         let s = PASS_SEQS;
         let chunk = ((256usize << 20) / (c.vocab * 4)).clamp(GEN_SLOTS, t);
         let tile_cap = t / tile_tokens + s;
-        let dec_splits = ctx.div_ceil(DECODE_SPLIT).next_power_of_two();
+        let decode_split = (ctx / DECODE_SPLITS).next_power_of_two().max(64);
+        let dec_splits = ctx.div_ceil(decode_split).next_power_of_two();
         let part_rows = (tile_cap * nkv).max(GEN_SLOTS * nkv * dec_splits) * ATT_ROWS;
         let table_cap = s * ctx.div_ceil(BLOCK);
 
@@ -241,7 +246,7 @@ impl GpuModel {
             graphs: HashMap::new(),
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
-            decode_split: DECODE_SPLIT,
+            decode_split,
             last_chunk: (0, 0),
             allocs: Vec::new(),
         };
@@ -308,7 +313,7 @@ impl GpuModel {
         inner.gpu.sync()?;
         let (free, _) = inner.gpu.memory()?;
         let block_bytes = 2 * c.n_layers * BLOCK * kv_dim * es;
-        let budget = free.saturating_sub(1 << 30) / 10 * 9;
+        let budget = (free.saturating_sub(1 << 30) / 10 * 9).min(KV_MAX_BYTES);
         let blocks = (budget / block_bytes).min(s * ctx.div_ceil(BLOCK));
         if blocks < ctx.div_ceil(BLOCK).min(64) {
             return Err(cfg_err(&label, format!("not enough GPU memory for a KV cache ({} MiB free after the weights)", free >> 20)));
@@ -321,13 +326,16 @@ impl GpuModel {
         Ok(GpuModel { inner: Mutex::new(inner), label, prec, max_context: ctx })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    /// The model's state, its device made current on this thread.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, DeviceError> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.gpu.bind()?;
+        Ok(g)
     }
 
     /// Scores requests in packed passes with shared prefixes (semantics of `Engine::score_batch`).
     pub fn score(&self, reqs: &[ScoreRequest], max_len: usize, sink: &mut dyn FnMut(usize, ScoreResult)) -> Result<(), DeviceError> {
-        let mut g = self.lock();
+        let mut g = self.lock()?;
         let lim = g.limits();
         let mut pool = BlockPool::new(g.blocks);
         batch::score(&mut *g, &mut pool, lim, reqs, max_len.min(self.max_context), sink)
@@ -336,7 +344,7 @@ impl GpuModel {
     /// Generates for every prompt with continuous batching over [`GEN_SLOTS`] sequences.
     #[allow(clippy::too_many_arguments)]
     pub fn generate(&self, prompts: &[Vec<u32>], opts: &[GenOptions], eos: &[u32], max_ctx: usize, slots: usize, decode: &dyn Fn(&[u32]) -> String, sink: &mut dyn FnMut(usize, Generated)) -> Result<(), DeviceError> {
-        let mut g = self.lock();
+        let mut g = self.lock()?;
         let lim = g.limits();
         let mut pool = BlockPool::new(g.blocks);
         batch::generate(&mut *g, &mut pool, lim, slots.min(GEN_SLOTS), prompts, opts, eos, max_ctx.min(self.max_context), decode, sink)
@@ -345,7 +353,7 @@ impl GpuModel {
     /// Smaller passes and decode splits than the buffers allow (tests: chunking, split merging).
     #[cfg(test)]
     fn tune(&self, tokens: usize, seqs: usize, decode_split: usize, lm_chunk: usize) {
-        let mut g = self.lock();
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.chunk = lm_chunk.clamp(1, g.chunk);
         g.pass.tokens = tokens.clamp(1, PASS_TOKENS);
         g.pass.seqs = seqs.clamp(1, PASS_SEQS);
@@ -354,7 +362,7 @@ impl GpuModel {
 
     /// Bytes of the weights on the device, and of the KV cache.
     pub fn memory(&self) -> (usize, usize) {
-        let g = self.lock();
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let c = &g.cfg;
         let (d, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let per_layer = (q + 2 * kv) * d + d * q + 3 * c.ffn_dim * d;
@@ -493,7 +501,7 @@ impl GpuModel {
     /// `steps` greedy tokens together, generated tokens/s over all of them).
     pub fn bench(&self, prompt: &[u32], batch: usize, steps: usize) -> Result<(f64, f64), DeviceError> {
         use self::batch::{pack, Span};
-        let mut g = self.lock();
+        let mut g = self.lock()?;
         let lim = g.limits();
         let batch = batch.clamp(1, GEN_SLOTS);
         let prompt = &prompt[..prompt.len().min(lim.tokens).min(self.max_context - steps - 1)];
