@@ -461,7 +461,6 @@ fn run_json(run: &Run, aggs: &[Aggregate]) -> Value {
         "run_id": run.id,
         "suite": run.suite,
         "status": run.status,
-        "notes": run.notes,
         "results": aggs.iter().filter(|a| a.category.is_empty()).map(|a| result_json(a, false)).collect::<Vec<_>>(),
     })
 }

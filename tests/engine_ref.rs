@@ -220,7 +220,9 @@ fn quickstart_suite_runs_offline_on_the_default_model() {
     }
     // device = "auto" without a GPU: the CPU, and the run's notes say why
     if llmeval::engine::device::probe_cuda(0).is_err() {
-        let notes = v["notes"].as_array().unwrap();
+        let show = llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]);
+        let show = json_out(&show);
+        let notes = show["notes"].as_array().unwrap();
         assert!(notes.iter().any(|n| n.as_str().unwrap().starts_with("smollm2-135m: device auto: running on the CPU (")), "{notes:?}");
     }
     // The 135M model knows some facts: above the 25% chance level of four choices.

@@ -115,8 +115,8 @@ pub fn probe_cuda(ordinal: usize) -> Result<GpuInfo, String> {
         Ok(GpuInfo { ordinal, name, capability, memory })
     })
     .unwrap_or_else(|_| Err("the CUDA driver lacks a function this build needs (driver too old?)".into()))?;
-    if info.capability < (7, 0) {
-        return Err(format!("{} has compute capability {}.{}; the engine needs 7.0 or newer", info.name, info.capability.0, info.capability.1));
+    if info.capability < (7, 5) {
+        return Err(format!("{} has compute capability {}.{}; the engine needs 7.5 or newer", info.name, info.capability.0, info.capability.1));
     }
     if !loads(cudarc::nvrtc::sys::is_culib_present) {
         return Err(format!("{} found, but NVRTC (libnvrtc.so.12) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH", info.name));
@@ -166,7 +166,7 @@ mod tests {
     #[test]
     fn the_real_probe_never_panics() {
         match probe_cuda(0) {
-            Ok(g) => assert!(g.capability >= (7, 0) && !g.name.is_empty()),
+            Ok(g) => assert!(g.capability >= (7, 5) && !g.name.is_empty()),
             Err(reason) => {
                 eprintln!("probe_cuda(0): {reason}");
                 assert!(!reason.is_empty());
