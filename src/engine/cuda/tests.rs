@@ -341,6 +341,9 @@ fn emulated_gpu_generates_like_the_cpu() {
             assert_eq!(gpu.tokens, cpu_greedy(&model, p, opts[i].max_tokens), "shape {n}, prompt {i}");
             assert_eq!(gpu.finish_reason, "length");
         }
+        // the speed measurement's own passes (three sequences decoding together) run too
+        let (prefill, decode) = g.bench(&prompts[4], 3, 5).expect("bench");
+        assert!(prefill > 0.0 && decode > 0.0 && prefill.is_finite() && decode.is_finite());
     }
 }
 
