@@ -193,6 +193,13 @@ struct ModelArg {
     json: bool,
 }
 
+#[derive(Args)]
+struct DeviceArg {
+    /// auto (a CUDA GPU if one is usable, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
 #[derive(Subcommand)]
 enum EngineCommand {
     /// Architecture, sizes, tensor types, tokenizer.
@@ -213,6 +220,8 @@ enum EngineCommand {
     Generate {
         #[command(flatten)]
         m: ModelArg,
+        #[command(flatten)]
+        d: DeviceArg,
         #[arg(long)]
         prompt: String,
         /// Wrap the prompt in the model's chat template as a user message.
@@ -225,6 +234,8 @@ enum EngineCommand {
     Score {
         #[command(flatten)]
         m: ModelArg,
+        #[command(flatten)]
+        d: DeviceArg,
         #[arg(long)]
         context: String,
         #[arg(long)]
@@ -234,6 +245,11 @@ enum EngineCommand {
     Bench {
         #[command(flatten)]
         m: ModelArg,
+        #[command(flatten)]
+        d: DeviceArg,
+        /// Sequences decoding together (GPU only; the CPU decodes one).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
 }
 
@@ -662,14 +678,14 @@ fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
     Ok(exit::SUCCESS)
 }
 
-fn load_engine(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result<crate::model::builtin::BuiltinModel> {
+fn load_engine(path: &std::path::Path, threads: Option<usize>, device: Option<&str>) -> anyhow::Result<crate::model::builtin::BuiltinModel> {
     let cfg = crate::suite::ModelConfig {
         name: path.display().to_string(),
         engine: crate::suite::Engine::Builtin,
         base_url: String::new(),
         model: String::new(),
         path: Some(path.display().to_string()),
-        device: None,
+        device: Some(toml::Spanned::new(0..0, device.unwrap_or("cpu").to_string())),
         threads,
         evaluate: true,
         api: crate::suite::Api::Completions,
@@ -683,14 +699,18 @@ fn load_engine(path: &std::path::Path, threads: Option<usize>) -> anyhow::Result
         system_prompt: None,
         extra_body: None,
     };
-    Ok(crate::model::builtin::BuiltinModel::new(&cfg, std::path::Path::new(""))?)
+    let m = crate::model::builtin::BuiltinModel::new(&cfg, std::path::Path::new(""))?;
+    if let Some(note) = m.device_note() {
+        eprintln!("{note}");
+    }
+    Ok(m)
 }
 
 fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
     use crate::model::{Context, LoglikelihoodRequest, Message, Model};
     match command {
         EngineCommand::Info { model, json } => {
-            let m = load_engine(&model, Some(1))?;
+            let m = load_engine(&model, Some(1), None)?;
             let info = &m.engine().info;
             if json {
                 print_json(&serde_json::to_value(info).expect("JSON"));
@@ -703,7 +723,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             }
         }
         EngineCommand::Tokenize { m, text } => {
-            let model = load_engine(&m.model, m.threads)?;
+            let model = load_engine(&m.model, m.threads, None)?;
             let ids = model.engine().encode(&text);
             if m.json {
                 print_json(&json!({"ids": ids}));
@@ -713,8 +733,8 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 }
             }
         }
-        EngineCommand::Generate { m, prompt, chat, max_tokens } => {
-            let model = load_engine(&m.model, m.threads)?;
+        EngineCommand::Generate { m, d, prompt, chat, max_tokens } => {
+            let model = load_engine(&m.model, m.threads, Some(&d.device))?;
             let context = if chat { Context::Chat(vec![Message { role: "user".into(), content: prompt.clone() }]) } else { Context::Text(prompt.clone()) };
             let prompt_text = match &context {
                 Context::Chat(msgs) => model.engine().render_chat(&msgs.iter().map(|x| (x.role.clone(), x.content.clone())).collect::<Vec<_>>())?,
@@ -724,15 +744,18 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             if !chat && model.engine().add_bos {
                 prompt_ids.splice(0..0, model.engine().bos);
             }
-            let g = model.engine().generate(&prompt_ids, &crate::engine::session::GenOptions { max_tokens, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] });
+            let opts = crate::engine::session::GenOptions { max_tokens, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] };
+            let mut out = None;
+            model.engine().generate_all(std::slice::from_ref(&prompt_ids), std::slice::from_ref(&opts), &mut |_, g| out = Some(g))?;
+            let g = out.ok_or_else(|| anyhow::anyhow!("no generation"))?;
             if m.json {
                 print_json(&json!({"text": g.text, "tokens": g.tokens, "prompt_tokens": prompt_ids}));
             } else {
                 println!("{}", g.text);
             }
         }
-        EngineCommand::Score { m, context, continuation } => {
-            let model = load_engine(&m.model, m.threads)?;
+        EngineCommand::Score { m, d, context, continuation } => {
+            let model = load_engine(&m.model, m.threads, Some(&d.device))?;
             let mut result = None;
             model.loglikelihood(&[LoglikelihoodRequest { context, continuation: continuation.clone() }], &mut |_, o| result = Some(o.result));
             let ll = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
@@ -743,13 +766,15 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 println!("logprob {:.6} · greedy {} · {} token(s)", ll.logprob, ll.is_greedy, tokens.len());
             }
         }
-        EngineCommand::Bench { m } => {
-            let model = load_engine(&m.model, m.threads)?;
-            let (prefill, decode) = model.engine().bench(512, 128);
+        EngineCommand::Bench { m, d, batch } => {
+            let model = load_engine(&m.model, m.threads, Some(&d.device))?;
+            let e = model.engine();
+            let batch = if e.gpu.is_some() { batch.max(1) } else { 1 };
+            let (prefill, decode) = e.bench_on(512, 128, batch)?;
             if m.json {
-                print_json(&json!({"prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode}));
+                print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "decode_batch": batch}));
             } else {
-                println!("prefill {prefill:.1} tokens/s (512-token prompt) · decode {decode:.1} tokens/s (128 tokens)");
+                println!("{}: prefill {prefill:.1} tokens/s (512-token prompt) · decode {decode:.1} tokens/s (128 tokens, batch {batch})", e.device_label());
             }
         }
     }

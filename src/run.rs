@@ -235,6 +235,11 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
         store.create_run(&run)?;
     }
     let mut notes = run.notes.clone();
+    for n in backends.iter().chain(&judge_backends).flat_map(|b| b.notes()) {
+        if !notes.contains(&n) {
+            notes.push(n);
+        }
+    }
     let finished = store.finished_keys(&run.id)?;
     let total: usize = models.len() * rendered.iter().map(Vec::len).sum::<usize>();
     let mut progress = crate::progress::Progress::new((total - finished.len().min(total)) as u64, opts.progress);

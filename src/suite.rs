@@ -69,7 +69,7 @@ pub struct ModelConfig {
     pub path: Option<String>,
     /// (builtin) `"auto"` (default), `"cpu"`, `"cuda"` or `"cuda:N"`.
     #[serde(default)]
-    pub device: Option<String>,
+    pub device: Option<Spanned<String>>,
     /// (builtin) Compute threads (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
@@ -388,6 +388,11 @@ impl Suite {
                     }
                     if m.threads == Some(0) {
                         return Err(Error::config(&whole, format!("model {:?}: threads must be at least 1", m.name)));
+                    }
+                    if let Some(d) = &m.device
+                        && let Err(e) = d.get_ref().parse::<crate::engine::device::Device>()
+                    {
+                        return Err(Error::config(self.at(d), format!("model {:?}: device: {e}", m.name)));
                     }
                 }
             }

@@ -218,6 +218,13 @@ fn quickstart_suite_runs_offline_on_the_default_model() {
         let x = r["value"].as_f64().unwrap();
         assert!(x.is_finite() && x >= 0.0, "{task}/{metric}: {r}");
     }
+    // device = "auto" without a GPU: the CPU, and the run's notes say why
+    if llmeval::engine::device::probe_cuda(0).is_err() {
+        let show = llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]);
+        let show = json_out(&show);
+        let notes = show["notes"].as_array().unwrap();
+        assert!(notes.iter().any(|n| n.as_str().unwrap().starts_with("smollm2-135m: device auto: running on the CPU (")), "{notes:?}");
+    }
     // The 135M model knows some facts: above the 25% chance level of four choices.
     assert!(result(&v, "smollm2-135m", "facts", "acc")["value"].as_f64().unwrap() > 0.25);
     // Copying a sentence is easy even for a small model.
@@ -364,4 +371,36 @@ fn hugging_face_copy_gives_the_same_logits_as_the_gguf() {
     let p = gg.encode("The capital of France is");
     let o = GenOptions { max_tokens: 12, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] };
     assert_eq!(gg.generate(&p, &o).tokens, hf.generate(&p, &o).tokens);
+}
+
+/// `--device`: `auto` falls back to the CPU with one line on stderr when no GPU is usable; `cuda`
+/// without one and malformed names are errors (exit 2) that say what was asked and what is missing.
+#[test]
+fn device_flag_selects_falls_back_and_refuses() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let score = |device: &str| llmeval(&["engine", "score", "--model", m, "--device", device, "--context", "The capital of France is", "--continuation", " Paris", "--json"]);
+    let cpu = score("cpu");
+    assert_eq!(cpu.status.code(), Some(0), "{}", stderr(&cpu));
+    assert_eq!(stderr(&cpu), "", "the CPU was asked for: nothing to say");
+    match llmeval::engine::device::probe_cuda(0) {
+        Err(reason) => {
+            let auto = score("auto");
+            assert_eq!(auto.status.code(), Some(0), "{}", stderr(&auto));
+            assert_eq!(stderr(&auto), format!("{m}: device auto: running on the CPU ({reason})\n"));
+            assert_eq!(json_out(&auto)["logprob"], json_out(&cpu)["logprob"]);
+            let cuda = score("cuda");
+            assert_eq!(cuda.status.code(), Some(2));
+            assert_eq!(stderr(&cuda), format!("error: model {m}: device cuda:0: {reason}\n"));
+        }
+        Ok(gpu) => eprintln!("a GPU is present ({}): the fallback is not exercised here; benches/gpu-check.sh checks the GPU path", gpu.name),
+    }
+    let far = score("cuda:7");
+    assert_eq!(far.status.code(), Some(2), "{}", stderr(&far));
+    assert!(stderr(&far).starts_with(&format!("error: model {m}: device cuda:7: ")) && !stderr(&far).contains("panicked"), "{}", stderr(&far));
+    for bad in ["gpu", "cuda:x"] {
+        let out = score(bad);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(stderr(&out), format!("error: model {m}: unknown device \"{bad}\"; expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"\n"));
+    }
 }

@@ -109,3 +109,18 @@ fn unknown_task_selection() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no task named \"nope\"") && stderr(&out).contains("arith"), "{}", stderr(&out));
 }
+
+#[test]
+fn bad_device() {
+    let dir = TempDir::new("device");
+    dir.write("data/arith.jsonl", &arith_rows(3));
+    for bad in ["gpu", "cuda:x", "cuda:"] {
+        let suite = arith_suite("http://127.0.0.1:9/v1", "")
+            .replace("engine = \"openai\"\nbase-url = \"http://127.0.0.1:9/v1\"\nmodel = \"served-model-name\"\napi = \"chat\"", &format!("engine = \"builtin\"\npath = \"missing.gguf\"\ndevice = \"{bad}\""));
+        let suite = dir.write("suite.toml", &suite);
+        let err = run_err(&suite, &dir);
+        let line = line_of(&suite, "device =");
+        assert!(err.contains(&format!("suite.toml:{line}")), "{bad}: {err}");
+        assert!(err.contains(&format!("device: unknown device \"{bad}\"")) && err.contains("\"cuda:N\""), "{bad}: {err}");
+    }
+}

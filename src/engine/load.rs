@@ -19,6 +19,8 @@ pub enum EngineError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("chat template: {0}")]
     Template(String),
+    #[error(transparent)]
+    Device(#[from] super::device::DeviceError),
 }
 
 fn model_err(path: &Path, message: impl Into<String>) -> EngineError {
@@ -69,6 +71,9 @@ pub struct Engine {
     pub eos: Vec<u32>,
     pub add_bos: bool,
     pub info: ModelInfo,
+    /// The model's copy on a GPU, when [`Engine::place`] put it there; scoring and generation
+    /// then run on it, and `model` (the CPU engine) only serves as its source.
+    pub gpu: Option<super::cuda::GpuModel>,
 }
 
 fn meta_usize(g: &Gguf, key: &str) -> Result<usize, EngineError> {
@@ -242,11 +247,11 @@ impl Engine {
             chat_template: chat_template.is_some(),
         };
         let model = Llama::new(config, tok_embd, layers, out_norm, lm_head);
-        Ok(Engine { model, tok: Tok::Gguf(tokenizer), chat_template, bos, eos, add_bos, info })
+        Ok(Engine { model, tok: Tok::Gguf(tokenizer), chat_template, bos, eos, add_bos, info, gpu: None })
     }
 
     pub(super) fn assemble(model: Llama, tok: Tok, chat_template: Option<String>, bos: Option<u32>, eos: Vec<u32>, add_bos: bool, info: ModelInfo) -> Engine {
-        Engine { model, tok, chat_template, bos, eos, add_bos, info }
+        Engine { model, tok, chat_template, bos, eos, add_bos, info, gpu: None }
     }
 
     /// Token ids of `text` (special tokens parsed, no BOS).

@@ -1,11 +1,14 @@
-//! The built-in inference engine: GGUF and safetensors LLaMA-family models on the CPU.
+//! The built-in inference engine: GGUF and safetensors LLaMA-family models on the CPU, or on an
+//! NVIDIA GPU ([`cuda`]) chosen at run time ([`device`]).
 //!
 //! Nothing in here knows about suites or metrics; [`crate::model::builtin`] adapts it to the
-//! harness. Weights stay in their file format (memory-mapped GGUF blocks, or safetensors
-//! f32/f16/bf16) and are multiplied by [`kernels`] directly, so loading is instant and memory is
-//! the file's size.
+//! harness. On the CPU, weights stay in their file format (memory-mapped GGUF blocks, or
+//! safetensors f32/f16/bf16) and are multiplied by [`kernels`] directly, so loading is instant and
+//! memory is the file's size.
 
 pub mod chat_template;
+pub mod cuda;
+pub mod device;
 pub mod gguf;
 pub mod hf;
 pub mod kernels;

@@ -4,7 +4,9 @@
 //! request keeps the longest prefix it shares with the one before, so a multiple-choice context is
 //! computed once for all its choices and a few-shot preamble once for a whole task.
 
+use super::device::{choose, probe_cuda, Choice, Device};
 use super::llama::{logprob_and_greedy, Cache};
+use super::load::EngineError;
 use super::numerics::AttnOrder;
 use super::Engine;
 
@@ -42,8 +44,96 @@ pub struct Generated {
     pub finish_reason: &'static str,
 }
 
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// What the model is fed to score a continuation of `n_cont` tokens ending `full` (context then
+/// continuation), and the index of the input position whose logits predict the continuation's
+/// first token. lm-eval: the model sees the last `max_len + 1` tokens, minus the final one.
+pub(crate) fn score_input(full: &[u32], n_cont: usize, max_len: usize) -> (&[u32], usize) {
+    let mut seq = full;
+    if seq.len() > max_len + 1 {
+        seq = &seq[seq.len() - (max_len + 1)..];
+    }
+    let input = &seq[..seq.len().saturating_sub(1)];
+    (input, input.len().saturating_sub(n_cont))
+}
+
+/// The prompt a generation feeds: a prompt too long to leave room for `max_tokens` keeps its tail.
+pub(crate) fn gen_prompt(prompt: &[u32], max_tokens: usize, max_ctx: usize) -> &[u32] {
+    if prompt.len() + max_tokens > max_ctx && prompt.len() > max_ctx / 2 {
+        &prompt[prompt.len() - (max_ctx.saturating_sub(max_tokens)).max(1)..]
+    } else {
+        prompt
+    }
+}
+
+/// One generation between model steps: the tokens so far, how it ended, its sampler. The CPU and
+/// GPU loops both drive it, so stopping rules are defined once.
+pub(crate) struct GenState<'a> {
+    opts: &'a GenOptions,
+    eos: &'a [u32],
+    rng: crate::stats::SplitMix64,
+    pub tokens: Vec<u32>,
+    pub finish: &'static str,
+}
+
+impl<'a> GenState<'a> {
+    pub fn new(opts: &'a GenOptions, eos: &'a [u32]) -> Self {
+        GenState { opts, eos, rng: crate::stats::SplitMix64::new(opts.seed), tokens: Vec::new(), finish: "length" }
+    }
+
+    /// Whether the next step needs the whole row of logits (sampling), not only its argmax.
+    pub fn needs_logits(&self) -> bool {
+        self.opts.temperature > 0.0
+    }
+
+    /// Given the logits after the last fed token (`argmax` of them, and the row itself when
+    /// [`GenState::needs_logits`]) and the sequence's length so far, picks the next token: `Some`
+    /// to feed it, `None` when the generation has ended.
+    pub fn advance(&mut self, argmax: u32, logits: Option<&[f32]>, seq_len: usize, max_ctx: usize, decode: &dyn Fn(&[u32]) -> String) -> Option<u32> {
+        if self.tokens.len() >= self.opts.max_tokens || seq_len >= max_ctx {
+            return None;
+        }
+        let next = match logits {
+            Some(l) if self.needs_logits() => sample(l, self.opts, &mut self.rng),
+            _ => argmax,
+        };
+        if self.eos.contains(&next) {
+            self.finish = "stop";
+            return None;
+        }
+        self.tokens.push(next);
+        if !self.opts.stop.is_empty() {
+            let text = decode(&self.tokens);
+            if self.opts.stop.iter().any(|s| !s.is_empty() && text.contains(s.as_str())) {
+                self.finish = "stop";
+                return None;
+            }
+        }
+        Some(next)
+    }
+
+    /// The result: the decoded text cut at the first stop string.
+    pub fn finish(self, decode: &dyn Fn(&[u32]) -> String) -> Generated {
+        let mut text = decode(&self.tokens);
+        if let Some(cut) = self.opts.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(cut);
+        }
+        Generated { text, tokens: self.tokens, finish_reason: self.finish }
+    }
+}
+
+/// Index of the largest logit, the first on ties.
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 impl Engine {
@@ -88,13 +178,7 @@ impl Engine {
                     sink(i, ScoreResult { logprob: 0.0, is_greedy: true, token_logprobs: vec![] });
                     continue;
                 }
-                // lm-eval: the model sees the last max_len + 1 tokens, minus the final one.
-                let mut seq: &[u32] = &full[i];
-                if seq.len() > max_len + 1 {
-                    seq = &seq[seq.len() - (max_len + 1)..];
-                }
-                let input = &seq[..seq.len() - 1];
-                let first_pred = input.len() - n_cont; // position whose logits predict continuation[0]
+                let (input, first_pred) = score_input(&full[i], n_cont, max_len);
                 let keep = common_prefix(&cache.tokens, input).min(first_pred);
                 cache.truncate(keep, kv_dim);
                 let fed = &input[keep..];
@@ -146,49 +230,22 @@ impl Engine {
             let vocab = self.model.config.vocab;
             let max_ctx = self.model.config.ctx_len;
             let mut cache = self.cache();
-            let mut prompt = prompt;
-            if prompt.len() + opts.max_tokens > max_ctx && prompt.len() > max_ctx / 2 {
-                prompt = &prompt[prompt.len() - (max_ctx.saturating_sub(opts.max_tokens)).max(1)..];
-            }
+            let prompt = gen_prompt(prompt, opts.max_tokens, max_ctx);
             let mut logits = self.feed(&mut cache, prompt, &[prompt.len() - 1], None);
-            let mut rng = crate::stats::SplitMix64::new(opts.seed);
-            let mut tokens = Vec::new();
-            let mut finish = "length";
-            while tokens.len() < opts.max_tokens && cache.len() < max_ctx {
-                let next = sample(&logits[..vocab], opts, &mut rng);
-                if self.eos.contains(&next) {
-                    finish = "stop";
-                    break;
-                }
-                tokens.push(next);
-                if !opts.stop.is_empty() {
-                    let text = self.decode(&tokens);
-                    if opts.stop.iter().any(|s| !s.is_empty() && text.contains(s.as_str())) {
-                        finish = "stop";
-                        break;
-                    }
-                }
+            let decode = |t: &[u32]| self.decode(t);
+            let mut state = GenState::new(opts, &self.eos);
+            while let Some(next) = state.advance(argmax(&logits[..vocab]), Some(&logits[..vocab]), cache.len(), max_ctx, &decode) {
                 logits = self.model.forward(&mut cache, &[next], &[0]);
             }
-            let mut text = self.decode(&tokens);
-            if let Some(cut) = opts.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
-            }
-            Generated { text, tokens, finish_reason: finish }
+            state.finish(&decode)
         })
     }
 }
 
 /// Picks the next token: argmax at temperature 0, else temperature / top-k / top-p sampling.
-fn sample(logits: &[f32], o: &GenOptions, rng: &mut crate::stats::SplitMix64) -> u32 {
+pub(crate) fn sample(logits: &[f32], o: &GenOptions, rng: &mut crate::stats::SplitMix64) -> u32 {
     if o.temperature <= 0.0 {
-        let mut best = 0;
-        for (i, &l) in logits.iter().enumerate() {
-            if l > logits[best] {
-                best = i;
-            }
-        }
-        return best as u32;
+        return argmax(logits);
     }
     let mut idx: Vec<usize> = (0..logits.len()).collect();
     idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
@@ -229,12 +286,7 @@ impl Engine {
     /// Prefill and decode speed in tokens/s: a `prompt_len`-token prompt through the model in one
     /// batch, then `decode` greedy single-token steps.
     pub fn bench(&self, prompt_len: usize, decode: usize) -> (f64, f64) {
-        let text = "The quick brown fox jumps over the lazy dog while the evaluation harness measures how fast a small language model reads and writes text. ";
-        let mut ids = Vec::new();
-        while ids.len() < prompt_len {
-            ids.extend(self.encode(text));
-        }
-        ids.truncate(prompt_len);
+        let ids = self.bench_prompt(prompt_len);
         self.install(|| {
             let vocab = self.model.config.vocab;
             let mut cache = self.cache();
@@ -248,5 +300,83 @@ impl Engine {
             }
             (prefill, decode as f64 / t.elapsed().as_secs_f64())
         })
+    }
+}
+
+impl Engine {
+    /// Puts the engine on `device`: the CPU, or a GPU the weights are uploaded to (f32 when
+    /// `model.exact`). `auto` without a usable GPU stays on the CPU and returns the reason as a
+    /// note; `cuda`/`cuda:N` without one is an error.
+    pub fn place(&mut self, device: Device) -> Result<Option<String>, EngineError> {
+        self.gpu = None;
+        match choose(device, probe_cuda)? {
+            Choice::Cpu { note } => Ok(note),
+            Choice::Cuda(info) => match super::cuda::GpuModel::load(&self.model, &info) {
+                Ok(g) => {
+                    self.gpu = Some(g);
+                    Ok(None)
+                }
+                Err(e) if device == Device::Auto => Ok(Some(format!("device auto: running on the CPU ({e})"))),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    /// Where scoring and generation run: `cpu`, or the GPU with its weights' storage type.
+    pub fn device_label(&self) -> String {
+        match &self.gpu {
+            Some(g) => format!("{} {}", g.label, g.prec.name()),
+            None => "cpu".into(),
+        }
+    }
+
+    /// [`Engine::score_batch`] on the engine's device.
+    pub fn score(&self, reqs: &[ScoreRequest], sink: &mut dyn FnMut(usize, ScoreResult)) -> Result<(), EngineError> {
+        match &self.gpu {
+            Some(g) => Ok(g.score(reqs, self.model.config.ctx_len.max(2), sink)?),
+            None => {
+                self.score_batch(reqs, sink);
+                Ok(())
+            }
+        }
+    }
+
+    /// Generates for every prompt: on a GPU all together (continuous batching), on the CPU one
+    /// after another; `sink(i, result)` as each finishes.
+    pub fn generate_all(&self, prompts: &[Vec<u32>], opts: &[GenOptions], sink: &mut dyn FnMut(usize, Generated)) -> Result<(), EngineError> {
+        match &self.gpu {
+            Some(g) => {
+                let decode = |t: &[u32]| self.decode(t);
+                Ok(g.generate(prompts, opts, &self.eos, self.model.config.ctx_len, super::cuda::GEN_SLOTS, &decode, sink)?)
+            }
+            None => {
+                for (i, (p, o)) in prompts.iter().zip(opts).enumerate() {
+                    if p.is_empty() {
+                        sink(i, Generated { text: String::new(), tokens: vec![], finish_reason: "length" });
+                    } else {
+                        sink(i, self.generate(p, o));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Engine::bench`] on the engine's device; on a GPU, decode runs `batch` sequences together.
+    pub fn bench_on(&self, prompt_len: usize, decode: usize, batch: usize) -> Result<(f64, f64), EngineError> {
+        match &self.gpu {
+            Some(g) => Ok(g.bench(&self.bench_prompt(prompt_len), batch, decode.max(2))?),
+            None => Ok(self.bench(prompt_len, decode)),
+        }
+    }
+
+    fn bench_prompt(&self, prompt_len: usize) -> Vec<u32> {
+        let text = "The quick brown fox jumps over the lazy dog while the evaluation harness measures how fast a small language model reads and writes text. ";
+        let mut ids = Vec::new();
+        while ids.len() < prompt_len.max(1) {
+            ids.extend(self.encode(text));
+        }
+        ids.truncate(prompt_len.max(1));
+        ids
     }
 }

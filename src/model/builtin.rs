@@ -3,6 +3,7 @@
 
 use super::{Capabilities, Context, GenRequest, Generation, Loglikelihood, LoglikelihoodRequest, Model, Outcome, RollingRequest, Sink};
 use crate::engine::session::{GenOptions, ScoreRequest};
+use crate::engine::device::Device;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::suite::ModelConfig;
@@ -12,6 +13,8 @@ use std::time::Instant;
 
 pub struct BuiltinModel {
     engine: Engine,
+    /// Why `device = "auto"` stayed on the CPU, for the run's notes.
+    note: Option<String>,
     path: PathBuf,
     identity: Value,
     /// System message put before every conversation (`system-prompt`).
@@ -27,13 +30,10 @@ impl BuiltinModel {
         if !path.exists() && Path::new(rel).exists() {
             path = PathBuf::from(rel); // relative to the working directory, as a fallback
         }
-        match cfg.device.as_deref().unwrap_or("auto") {
-            "auto" | "cpu" => {}
-            d if d == "cuda" || d.starts_with("cuda:") => return Err(err(format!("device {d:?}: this build runs the built-in engine on the CPU only; use device = \"cpu\" or \"auto\""))),
-            d => return Err(err(format!("unknown device {d:?}; expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""))),
-        }
+        let device: Device = cfg.device.as_ref().map_or("auto", |d| d.get_ref().as_str()).parse().map_err(|e| err(format!("{e}")))?;
         let threads = cfg.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let engine = Engine::load(&path, threads).map_err(|e| err(format!("{e}")))?;
+        let mut engine = Engine::load(&path, threads).map_err(|e| err(format!("{e}")))?;
+        let note = engine.place(device).map_err(|e| err(format!("{e}")))?.map(|n| format!("{}: {n}", cfg.name));
         let meta = std::fs::metadata(&path).ok();
         let identity = json!({
             "engine": "builtin",
@@ -43,11 +43,21 @@ impl BuiltinModel {
             "llmeval": env!("CARGO_PKG_VERSION"),
             "system-prompt": cfg.system_prompt,
         });
-        Ok(BuiltinModel { engine, path, identity, system_prompt: cfg.system_prompt.clone() })
+        let mut identity = identity;
+        if engine.gpu.is_some() {
+            // GPU arithmetic differs from the CPU's in the last digits: its answers are cached apart
+            identity["backend"] = json!(format!("cuda {}", engine.gpu.as_ref().map_or("", |g| g.prec.name())));
+        }
+        Ok(BuiltinModel { engine, note, path, identity, system_prompt: cfg.system_prompt.clone() })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Why `device = "auto"` stayed on the CPU (no driver, no GPU), if it did.
+    pub fn device_note(&self) -> Option<&str> {
+        self.note.as_deref()
     }
 
     /// Token ids of a prompt: raw text (BOS first when the model asks for it), or a conversation
@@ -88,15 +98,38 @@ impl Model for BuiltinModel {
         Capabilities { loglikelihood: true }
     }
 
+    fn notes(&self) -> Vec<String> {
+        self.note.iter().cloned().collect()
+    }
+
     fn generate(&self, requests: &[GenRequest], sink: Sink<'_, Generation>) {
+        let start = Instant::now();
+        let mut prompts = Vec::new();
+        let mut opts = Vec::new();
+        let mut index = Vec::new(); // request of each prompt
         for (i, r) in requests.iter().enumerate() {
-            let start = Instant::now();
-            let result = self.prompt_ids(&r.context).map(|ids| {
-                let opts = GenOptions { max_tokens: r.max_tokens as usize, temperature: r.temperature, top_k: None, top_p: r.top_p, seed: r.seed.unwrap_or(0), stop: r.stop.clone() };
-                let g = self.engine.generate(&ids, &opts);
-                Generation { text: g.text, prompt_tokens: Some(ids.len() as u64), completion_tokens: Some(g.tokens.len() as u64), finish_reason: Some(g.finish_reason.into()) }
-            });
-            sink(i, Outcome { result, latency_ms: start.elapsed().as_secs_f64() * 1e3, attempts: 1 });
+            match self.prompt_ids(&r.context) {
+                Ok(ids) => {
+                    prompts.push(ids);
+                    opts.push(GenOptions { max_tokens: r.max_tokens as usize, temperature: r.temperature, top_k: None, top_p: r.top_p, seed: r.seed.unwrap_or(0), stop: r.stop.clone() });
+                    index.push(i);
+                }
+                Err(e) => sink(i, Outcome { result: Err(e), latency_ms: 0.0, attempts: 1 }),
+            }
+        }
+        let mut done = vec![false; prompts.len()];
+        let mut last = start;
+        let result = self.engine.generate_all(&prompts, &opts, &mut |j, g| {
+            let now = Instant::now();
+            let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
+            last = now;
+            done[j] = true;
+            sink(index[j], Outcome { result: Ok(Generation { text: g.text, prompt_tokens: Some(prompts[j].len() as u64), completion_tokens: Some(g.tokens.len() as u64), finish_reason: Some(g.finish_reason.into()) }), latency_ms, attempts: 1 });
+        });
+        if let Err(e) = result {
+            for (j, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
+                sink(index[j], Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+            }
         }
     }
 
@@ -112,13 +145,20 @@ impl Model for BuiltinModel {
             })
             .collect();
         let mut last = Instant::now();
-        self.engine.score_batch(&reqs, &mut |i, s| {
+        let mut done = vec![false; reqs.len()];
+        let result = self.engine.score(&reqs, &mut |i, s| {
             let now = Instant::now();
             let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
             last = now;
             let tokens = reqs[i].continuation.len() as u64;
+            done[i] = true;
             sink(i, Outcome { result: Ok(Loglikelihood { logprob: s.logprob, is_greedy: s.is_greedy, tokens }), latency_ms, attempts: 1 });
         });
+        if let Err(e) = result {
+            for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
+                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+            }
+        }
     }
 
     fn loglikelihood_rolling(&self, requests: &[RollingRequest], sink: Sink<'_, Loglikelihood>) {
@@ -127,12 +167,13 @@ impl Model for BuiltinModel {
             let start = Instant::now();
             let windows = self.engine.rolling_windows(&self.engine.encode(&r.text), prefix);
             let mut total = Loglikelihood { logprob: 0.0, is_greedy: true, tokens: 0 };
-            self.engine.score_batch(&windows, &mut |j, s| {
+            let result = self.engine.score(&windows, &mut |j, s| {
                 total.logprob += s.logprob;
                 total.is_greedy &= s.is_greedy;
                 total.tokens += windows[j].continuation.len() as u64;
             });
-            sink(i, Outcome { result: Ok(total), latency_ms: start.elapsed().as_secs_f64() * 1e3, attempts: 1 });
+            let result = result.map(|()| total).map_err(|e| format!("{}: {e}", self.path.display()));
+            sink(i, Outcome { result, latency_ms: start.elapsed().as_secs_f64() * 1e3, attempts: 1 });
         }
     }
 }

@@ -108,6 +108,10 @@ pub trait Model: Send + Sync {
     /// The log-probability of every token of the text; `is_greedy`/`tokens` as for
     /// `loglikelihood`.
     fn loglikelihood_rolling(&self, requests: &[RollingRequest], sink: Sink<'_, Loglikelihood>);
+    /// Facts about how the model runs that belong in the run's notes (a device fallback).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Builds the backend a suite's `[[model]]` table describes (`suite_dir` resolves paths).

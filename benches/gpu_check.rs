@@ -1,0 +1,209 @@
+//! The GPU engine on a real GPU: correctness against the CPU's exact path, and speed. Run by
+//! `benches/gpu-check.sh` on a machine with an NVIDIA GPU; every figure is one line on stdout,
+//! and the exit code is 1 when a correctness check fails.
+//!
+//!   gpu_check check MODEL [--golden FILE] [--label NAME]
+//!   gpu_check speed MODEL [--bandwidth TB/S] [--label NAME] [--json FILE]
+//!
+//! `check` scores the golden cases (or, without `--golden`, synthetic token sequences) and
+//! generates greedily on the CPU (exact f32 path), on the GPU in f32, and on the GPU in its fast
+//! storage type (f16/bf16); f32 must match the CPU within 1e-2 nats per token with identical
+//! greedy tokens, and give the same numbers alone as in one batch. `speed` measures the fast
+//! type: prefill, decode at batch 1 and 32, and log-likelihood throughput on multiple-choice
+//! requests that `gpu_check.py baseline` builds the same way for transformers.
+
+use llmeval::engine::device::Device;
+use llmeval::engine::session::{GenOptions, ScoreRequest, ScoreResult};
+use llmeval::engine::Engine;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Largest per-token difference allowed between the GPU's f32 path and the CPU's exact path.
+const F32_GAP: f64 = 1e-2;
+/// Largest per-token difference allowed between one request alone and in a batch (f32).
+const BATCH_GAP: f64 = 1e-3;
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn load(path: &Path, exact: bool, device: Device) -> Engine {
+    let mut e = Engine::load(path, threads()).unwrap_or_else(|e| fail(&format!("cannot load {}: {e}", path.display())));
+    e.model.exact = exact;
+    if let Some(note) = e.place(device).unwrap_or_else(|e| fail(&format!("{device}: {e}"))) {
+        fail(&note);
+    }
+    e
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("gpu_check: {msg}");
+    std::process::exit(2)
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect()).unwrap_or_default()
+}
+
+/// Deterministic token ids in `256..vocab` (the same formula as gpu_check.py).
+fn synth(a: u64, b: u64, vocab: usize) -> u32 {
+    (((a * 7919 + b * 104_729 + 13) % (vocab as u64 - 256)) + 256) as u32
+}
+
+/// Score requests and greedy prompts: from a golden file, or synthetic.
+fn cases(golden: Option<&Path>, vocab: usize) -> (Vec<ScoreRequest>, Vec<Vec<u32>>) {
+    if let Some(p) = golden {
+        let text = std::fs::read_to_string(p).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
+        let score = v["score"].as_array().map(|a| a.iter().map(|c| ScoreRequest { context: ids(&c["context_ids"]), continuation: ids(&c["continuation_ids"]) }).filter(|r| !r.context.is_empty()).collect()).unwrap_or_default();
+        // twelve prompts keep the CPU's side of the check short
+        let prompts = v["generate"].as_array().map(|a| a.iter().map(|c| ids(&c["prompt_ids"])).filter(|p| !p.is_empty()).take(12).collect()).unwrap_or_default();
+        return (score, prompts);
+    }
+    let mut score = Vec::new();
+    for (g, len) in [20usize, 60, 150, 300].into_iter().enumerate() {
+        let ctx: Vec<u32> = (0..len).map(|i| synth(g as u64, i as u64, vocab)).collect();
+        for c in 0..4u64 {
+            let cont = (0..1 + (c as usize * 2 + g) % 6).map(|j| synth(1000 + g as u64 * 10 + c, j as u64, vocab)).collect();
+            score.push(ScoreRequest { context: ctx.clone(), continuation: cont });
+        }
+    }
+    let prompts = [10usize, 50, 120, 200].iter().enumerate().map(|(p, &len)| (0..len).map(|i| synth(5000 + p as u64, i as u64, vocab)).collect()).collect();
+    (score, prompts)
+}
+
+fn score_all(e: &Engine, reqs: &[ScoreRequest]) -> Vec<ScoreResult> {
+    let mut out = vec![None; reqs.len()];
+    let run = e.score(reqs, &mut |i, r| out[i] = Some(r));
+    run.unwrap_or_else(|err| fail(&format!("scoring on {}: {err}", e.device_label())));
+    out.into_iter().map(|r| r.unwrap_or_else(|| fail("a request was not scored"))).collect()
+}
+
+fn greedy(e: &Engine, prompts: &[Vec<u32>], n: usize) -> Vec<Vec<u32>> {
+    let opts: Vec<GenOptions> = prompts.iter().map(|_| GenOptions { max_tokens: n, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] }).collect();
+    let mut out = vec![Vec::new(); prompts.len()];
+    let run = e.generate_all(prompts, &opts, &mut |i, g| out[i] = g.tokens);
+    run.unwrap_or_else(|err| fail(&format!("generating on {}: {err}", e.device_label())));
+    out
+}
+
+/// Largest and mean per-token |a − b|, and how many tokens.
+fn gaps(a: &[ScoreResult], b: &[ScoreResult]) -> (f64, f64, usize) {
+    let d: Vec<f64> = a.iter().zip(b).flat_map(|(x, y)| x.token_logprobs.iter().zip(&y.token_logprobs).map(|(p, q)| (p - q).abs())).collect();
+    let max = d.iter().copied().fold(0.0, f64::max);
+    (max, d.iter().sum::<f64>() / d.len().max(1) as f64, d.len())
+}
+
+fn verdict(ok: bool, failures: &mut usize) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        *failures += 1;
+        "FAIL"
+    }
+}
+
+fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
+    let mut failures = 0;
+    let t = Instant::now();
+    let cpu = load(model, true, Device::Cpu);
+    let vocab = cpu.model.config.vocab;
+    let (reqs, prompts) = cases(golden, vocab);
+    let gen_len = if cpu.info.parameters > 500_000_000 { 16 } else { 32 };
+    let cpu_scores = score_all(&cpu, &reqs);
+    let cpu_tokens: Vec<Vec<u32>> = prompts.iter().map(|p| greedy(&cpu, std::slice::from_ref(p), gen_len).remove(0)).collect();
+    drop(cpu);
+    println!("[{label}] CPU exact path: {} requests, {} greedy prompts × {gen_len} tokens ({:.1} s)", reqs.len(), prompts.len(), t.elapsed().as_secs_f64());
+
+    for exact in [true, false] {
+        let gpu = load(model, exact, Device::Cuda(0));
+        let name = gpu.device_label();
+        let scores = score_all(&gpu, &reqs);
+        let (max, mean, n) = gaps(&scores, &cpu_scores);
+        let greedy_flags = scores.iter().zip(&cpu_scores).filter(|(a, b)| a.is_greedy == b.is_greedy).count();
+        let tokens = greedy(&gpu, &prompts, gen_len);
+        let same = tokens.iter().zip(&cpu_tokens).filter(|(a, b)| a == b).count();
+        let first_diff: Vec<String> = tokens.iter().zip(&cpu_tokens).map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count().to_string()).collect();
+        // one request at a time against the whole batch
+        let alone: Vec<ScoreResult> = reqs.iter().map(|r| score_all(&gpu, std::slice::from_ref(r)).remove(0)).collect();
+        let (bmax, _, _) = gaps(&alone, &scores);
+        let bitwise = alone.iter().zip(&scores).filter(|(a, b)| a == b).count();
+        if exact {
+            println!("[{label}] {name} vs CPU exact: per-token log-prob max |Δ| {max:.2e}, mean {mean:.2e} nats over {n} tokens (limit {F32_GAP:.0e}): {}", verdict(max <= F32_GAP, &mut failures));
+            println!("[{label}] {name} vs CPU exact: is_greedy equal on {greedy_flags}/{} requests", reqs.len());
+            println!("[{label}] {name} vs CPU exact: greedy tokens identical on {same}/{} prompts (identical prefix lengths {}): {}", prompts.len(), first_diff.join(" "), verdict(same == prompts.len(), &mut failures));
+            println!("[{label}] {name} batch invariance: alone vs in one batch max |Δ| {bmax:.2e} nats, bitwise equal {bitwise}/{} (limit {BATCH_GAP:.0e}): {}", reqs.len(), verdict(bmax <= BATCH_GAP, &mut failures));
+        } else {
+            println!("[{label}] {name} vs CPU exact (information): per-token max |Δ| {max:.2e}, mean {mean:.2e} nats over {n} tokens; is_greedy equal {greedy_flags}/{}; greedy tokens identical {same}/{} (identical prefix lengths {})", reqs.len(), prompts.len(), first_diff.join(" "));
+            println!("[{label}] {name} batch invariance (information): alone vs in one batch max |Δ| {bmax:.2e} nats, bitwise equal {bitwise}/{}", reqs.len());
+        }
+    }
+    failures
+}
+
+/// The multiple-choice requests of the throughput test (same formula as gpu_check.py): `groups`
+/// contexts of 192 tokens, four continuations of 1 to 8 tokens each.
+fn mc_requests(groups: usize, vocab: usize) -> Vec<ScoreRequest> {
+    let mut out = Vec::new();
+    for g in 0..groups as u64 {
+        let ctx: Vec<u32> = (0..192).map(|i| synth(g, i, vocab)).collect();
+        for c in 0..4u64 {
+            let n = 1 + (c * 3 + g) % 8;
+            out.push(ScoreRequest { context: ctx.clone(), continuation: (0..n).map(|j| synth(100_000 + g * 4 + c, j, vocab)).collect() });
+        }
+    }
+    out
+}
+
+fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Path>) {
+    let e = load(model, false, Device::Cuda(0));
+    let gpu = e.gpu.as_ref().unwrap_or_else(|| fail("no GPU"));
+    let vocab = e.model.config.vocab;
+    let prompt: Vec<u32> = (0..512).map(|i| synth(42, i, vocab)).collect();
+    let run = |batch: usize| gpu.bench(&prompt, batch, 128).unwrap_or_else(|err| fail(&format!("bench: {err}")));
+    let _ = run(1); // warm-up: graphs recorded, clocks up
+    let (prefill, decode1) = run(1);
+    let (_, decode32) = run(32);
+    let reqs = mc_requests(512, vocab);
+    let _ = score_all(&e, &reqs[..64]);
+    let t = Instant::now();
+    let _ = score_all(&e, &reqs);
+    let secs = t.elapsed().as_secs_f64();
+    let tokens: usize = reqs.iter().map(|r| r.context.len() + r.continuation.len()).sum();
+    let (weights, kv) = gpu.memory();
+    println!("[{label}] {} · weights {:.2} GB ({}), KV cache {:.1} GB", e.device_label(), weights as f64 / 1e9, gpu.prec.name(), kv as f64 / 1e9);
+    println!("[{label}] llmeval prefill {prefill:.0} tokens/s (512-token prompt)");
+    println!("[{label}] llmeval decode batch 1: {decode1:.1} tokens/s · batch 32: {decode32:.1} tokens/s (128 tokens after a 512-token prompt)");
+    println!("[{label}] llmeval log-likelihood: {} requests ({} groups of 4 choices, 192-token contexts) in {secs:.2} s = {:.0} requests/s, {:.0} tokens/s", reqs.len(), reqs.len() / 4, reqs.len() as f64 / secs, tokens as f64 / secs);
+    let bound = bandwidth.map(|bw| bw * 1e12 / weights as f64);
+    if let Some(b) = bound {
+        println!("[{label}] decode batch 1 bandwidth bound {b:.1} tokens/s (weights {:.2} GB / {:.2} TB/s); llmeval at {:.0}% of it", weights as f64 / 1e9, bandwidth.unwrap_or(0.0), 100.0 * decode1 / b);
+    }
+    if let Some(p) = json_out {
+        let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32,
+            "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bandwidth_bound_b1": bound});
+        std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let (Some(cmd), Some(model)) = (args.first(), args.get(1)) else {
+        fail("usage: gpu_check check|speed MODEL [--golden FILE] [--bandwidth TB/S] [--label NAME] [--json FILE]");
+    };
+    let model = PathBuf::from(model);
+    let label = flag("--label").unwrap_or_else(|| model.display().to_string());
+    match cmd.as_str() {
+        "check" => {
+            let failures = check(&model, flag("--golden").as_deref().map(Path::new), &label);
+            if failures > 0 {
+                println!("[{label}] {failures} check(s) FAILED");
+                std::process::exit(1);
+            }
+        }
+        "speed" => speed(&model, flag("--bandwidth").and_then(|b| b.parse().ok()), &label, flag("--json").as_deref().map(Path::new)),
+        other => fail(&format!("unknown command {other:?}")),
+    }
+}

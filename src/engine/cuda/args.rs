@@ -1,0 +1,91 @@
+//! The kernels' argument structs, field for field as in `kernels.cu` (each kernel takes one such
+//! struct by value); a test parses the CUDA source and checks names, order and types.
+
+/// A device address (a pointer in the kernel's struct).
+pub type DPtr = u64;
+
+/// The kernels of `kernels.cu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Embed,
+    RmsNorm,
+    RopeStore,
+    AttnPartial,
+    AttnCombine,
+    Swiglu,
+    LogitsReduce,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 7] = [Kernel::Embed, Kernel::RmsNorm, Kernel::RopeStore, Kernel::AttnPartial, Kernel::AttnCombine, Kernel::Swiglu, Kernel::LogitsReduce];
+
+    /// The `extern "C"` name in the source.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Embed => "embed",
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::RopeStore => "rope_store",
+            Kernel::AttnPartial => "attn_partial",
+            Kernel::AttnCombine => "attn_combine",
+            Kernel::Swiglu => "swiglu",
+            Kernel::LogitsReduce => "logits_reduce",
+        }
+    }
+}
+
+/// A kernel's argument struct.
+pub trait KernelArgs: Copy {
+    const KERNEL: Kernel;
+    /// The C struct's name.
+    const STRUCT: &'static str;
+    /// (field, Rust type) in order.
+    const FIELDS: &'static [(&'static str, &'static str)];
+    /// The struct's bytes, as the kernel receives them.
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: every implementor is a `#[repr(C)]` struct of u64/i32/f32 fields (see the
+        // macro below), so all its bytes are initialised plain data.
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), std::mem::size_of::<Self>()) }
+    }
+}
+
+macro_rules! kernel_args {
+    ($(#[$doc:meta])* $name:ident => $kernel:ident { $($field:ident : $ty:ident),* $(,)? }) => {
+        $(#[$doc])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name { $(pub $field: $ty),* }
+        impl KernelArgs for $name {
+            const KERNEL: Kernel = Kernel::$kernel;
+            const STRUCT: &'static str = stringify!($name);
+            const FIELDS: &'static [(&'static str, &'static str)] = &[$((stringify!($field), stringify!($ty))),*];
+        }
+    };
+}
+
+kernel_args!(EmbedArgs => Embed { emb: DPtr, tok: DPtr, x: DPtr, d: i32, n: i32 });
+kernel_args!(NormArgs => RmsNorm { x: DPtr, w: DPtr, rows: DPtr, out: DPtr, d: i32, n: i32, eps: f32 });
+kernel_args!(RopeArgs => RopeStore {
+    qkv: DPtr, bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
+    n: i32, nh: i32, nkv: i32, hd: i32, half_style: i32, bs: i32,
+});
+kernel_args!(AttnArgs => AttnPartial {
+    qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr,
+    n_tiles: i32, nh: i32, nkv: i32, hd: i32, bs: i32, split_len: i32, max_splits: i32, scale: f32,
+});
+kernel_args!(CombineArgs => AttnCombine {
+    tiles: DPtr, pos: DPtr, part_acc: DPtr, part_ml: DPtr, att: DPtr,
+    n_tiles: i32, nh: i32, nkv: i32, hd: i32, split_len: i32, max_splits: i32,
+});
+kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
+kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
+
+/// A kernel, its argument struct's name and fields.
+pub type ArgsInfo = (Kernel, &'static str, &'static [(&'static str, &'static str)]);
+
+/// Every argument struct's (kernel, struct name, fields), for the source check.
+pub fn all() -> Vec<ArgsInfo> {
+    fn one<A: KernelArgs>() -> ArgsInfo {
+        (A::KERNEL, A::STRUCT, A::FIELDS)
+    }
+    vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<CombineArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>()]
+}

@@ -1,0 +1,407 @@
+//! What the GPU engine asks of a device ([`Backend`]), and its CUDA implementation through
+//! cudarc's thin `result`/`sys` layers: one context, one stream, NVRTC compilation of
+//! `kernels.cu`, cuBLAS GEMMs, and CUDA graphs for decode steps.
+//!
+//! Everything is ordered on one stream; the only host waits are downloads. Device memory is plain
+//! addresses (`u64`) owned by the caller, freed with [`Backend::free`]. The tests implement the
+//! same trait on the CPU (`emu.rs`), running the kernels' source compiled for the host.
+
+use super::args::{Kernel, KernelArgs};
+use crate::engine::device::{DeviceError, GpuInfo};
+use cudarc::cublas::sys as blas;
+use cudarc::driver::{result, sys};
+use std::ffi::{c_void, CString};
+
+/// The kernel source, compiled at run time.
+pub const SOURCE: &str = include_str!("kernels.cu");
+
+/// Storage type of weights and GEMM inputs (the source's `LLM_WT` / `LLM_KT` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prec {
+    F32 = 0,
+    F16 = 1,
+    Bf16 = 2,
+}
+
+impl Prec {
+    pub fn bytes(self) -> usize {
+        if self == Prec::F32 {
+            4
+        } else {
+            2
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Prec::F32 => "f32",
+            Prec::F16 => "f16",
+            Prec::Bf16 => "bf16",
+        }
+    }
+    fn cuda(self) -> blas::cudaDataType {
+        match self {
+            Prec::F32 => blas::cudaDataType::CUDA_R_32F,
+            Prec::F16 => blas::cudaDataType::CUDA_R_16F,
+            Prec::Bf16 => blas::cudaDataType::CUDA_R_16BF,
+        }
+    }
+}
+
+/// NVRTC options for the source with weights in `w` and the KV cache in `k`.
+pub fn compile_options(arch: &str, w: Prec, k: Prec) -> Vec<String> {
+    vec![format!("--gpu-architecture={arch}"), "--std=c++17".into(), format!("-DLLM_WT={}", w as i32), format!("-DLLM_KT={}", k as i32), "--fmad=true".into()]
+}
+
+/// Compiles [`SOURCE`] with NVRTC: CUBIN for a real architecture (`sm_90`), PTX for a virtual one
+/// (`compute_90`). The error is NVRTC's log.
+pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
+    use cudarc::nvrtc::{result as nv, sys as nvs};
+    let src = CString::new(SOURCE).map_err(|e| e.to_string())?;
+    let name = CString::new("kernels.cu").expect("no NUL");
+    let prog = nv::create_program(&src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+    let opts = compile_options(arch, w, k);
+    // SAFETY: `prog` is a live program; it is destroyed below on every path.
+    unsafe {
+        let compiled = nv::compile_program(prog, &opts);
+        let r = match compiled {
+            Err(e) => {
+                let log = nv::get_program_log(prog).map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
+                Err(format!("NVRTC ({e:?}): {}", log.trim_end_matches('\0')))
+            }
+            Ok(()) if arch.starts_with("sm_") => {
+                let mut n = 0usize;
+                let st = nvs::nvrtcGetCUBINSize(prog, &mut n);
+                if st == nvs::nvrtcResult::NVRTC_SUCCESS {
+                    let mut code = vec![0u8; n];
+                    let st = nvs::nvrtcGetCUBIN(prog, code.as_mut_ptr().cast());
+                    if st == nvs::nvrtcResult::NVRTC_SUCCESS { Ok(code) } else { Err(format!("nvrtcGetCUBIN: {st:?}")) }
+                } else {
+                    Err(format!("nvrtcGetCUBINSize: {st:?}"))
+                }
+            }
+            Ok(()) => nv::get_ptx(prog).map(|p| p.iter().map(|&c| c as u8).collect()).map_err(|e| format!("nvrtcGetPTX: {e:?}")),
+        };
+        let _ = nv::destroy_program(prog);
+        r
+    }
+}
+
+/// A replayable recording of a decode step.
+pub struct Graph {
+    exec: sys::CUgraphExec,
+}
+
+// SAFETY: an instantiated graph is a handle usable from any thread of its context; the model
+// launches it only under its mutex.
+unsafe impl Send for Graph {}
+
+/// One GEMM: `c[m × n] (+)= a[m × k] · w[n × k]ᵀ`, row-major, `a`/`w` in the model's storage type,
+/// `c` f32. Rows of `a` are tokens; rows of `w` are output features.
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub w: u64,
+    pub c: u64,
+    pub accumulate: bool,
+}
+
+/// A device that runs the engine's kernels and GEMMs.
+pub trait Backend: Send {
+    /// `cuda:N (name)`
+    fn label(&self) -> &str;
+    /// Makes the device current on the calling thread.
+    fn bind(&self) -> Result<(), DeviceError>;
+    /// Free and total device memory in bytes.
+    fn memory(&self) -> Result<(usize, usize), DeviceError>;
+    /// `bytes` of zeroed device memory.
+    fn alloc(&self, bytes: usize) -> Result<u64, DeviceError>;
+    fn free(&self, p: u64);
+    /// Copies `src` to `dst` (ordered after earlier work; `src` may be reused at once).
+    fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<(), DeviceError>;
+    /// Waits for earlier work, then copies `src` into `dst`.
+    fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<(), DeviceError>;
+    fn sync(&self) -> Result<(), DeviceError>;
+    /// Allows a kernel up to `bytes` of dynamic shared memory.
+    fn set_shared(&self, k: Kernel, bytes: usize) -> Result<(), DeviceError>;
+    /// Launches `k` with its argument struct's bytes.
+    fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError>;
+    fn gemm(&self, g: &Gemm) -> Result<(), DeviceError>;
+    /// Records what `f` enqueues as a graph (nothing runs); `None` when the backend cannot (the
+    /// caller then runs `f` directly).
+    fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError>;
+    fn replay(&self, g: &Graph) -> Result<(), DeviceError>;
+    fn drop_graph(&self, g: Graph);
+}
+
+fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: callers pass slices of plain numbers (i32, f32, f64, u8).
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+fn as_bytes_mut<T: Copy>(v: &mut [T]) -> &mut [u8] {
+    // SAFETY: as above; every bit pattern is a valid value of these types.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+impl dyn Backend {
+    pub fn upload<T: Copy>(&self, dst: u64, src: &[T]) -> Result<(), DeviceError> {
+        self.upload_bytes(dst, as_bytes(src))
+    }
+    pub fn download<T: Copy>(&self, src: u64, dst: &mut [T]) -> Result<(), DeviceError> {
+        self.download_bytes(src, as_bytes_mut(dst))
+    }
+    pub fn launch<A: KernelArgs>(&self, grid: [u32; 3], block: u32, shared: u32, args: &A) -> Result<(), DeviceError> {
+        if grid.contains(&0) {
+            return Ok(());
+        }
+        self.launch_raw(A::KERNEL, grid, block, shared, args.bytes())
+    }
+}
+
+/// A CUDA GPU.
+pub struct Cuda {
+    pub label: String,
+    pub info: GpuInfo,
+    dev: sys::CUdevice,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    blas: blas::cublasHandle_t,
+    module: sys::CUmodule,
+    funcs: Vec<sys::CUfunction>,
+    workspace: u64,
+    prec: Prec,
+    exact: bool,
+}
+
+// SAFETY: the handles are used from one thread at a time (the model keeps its backend behind a
+// mutex) and the context is made current before each use.
+unsafe impl Send for Cuda {}
+
+fn err(label: &str, what: &str, detail: impl std::fmt::Debug) -> DeviceError {
+    DeviceError::Cuda { device: label.to_string(), what: what.to_string(), detail: format!("{detail:?}") }
+}
+
+/// Runs a CUDA-calling closure, turning cudarc's panics (a symbol missing from an old driver) into
+/// errors.
+fn guarded<T>(label: &str, what: &str, f: impl FnOnce() -> Result<T, DeviceError>) -> Result<T, DeviceError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        Err(err(label, what, msg))
+    })
+}
+
+impl Cuda {
+    /// Opens the GPU, compiles the kernels for it (weights in `prec`; `exact`: f32 GEMMs without
+    /// reduced-precision shortcuts) and creates the cuBLAS handle.
+    pub fn open(info: &GpuInfo, prec: Prec, kv: Prec, exact: bool) -> Result<Cuda, DeviceError> {
+        let label = format!("cuda:{} ({})", info.ordinal, info.name);
+        let l = label.clone();
+        guarded(&label, "starting the GPU", move || {
+            result::init().map_err(|e| err(&l, "cuInit", e))?;
+            let dev = result::device::get(info.ordinal as i32).map_err(|e| err(&l, "cuDeviceGet", e))?;
+            // SAFETY: `dev` is a valid device; the context is released in Drop.
+            let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(|e| err(&l, "cuDevicePrimaryCtxRetain", e))?;
+            // SAFETY: `ctx` was just retained.
+            unsafe { result::ctx::set_current(ctx) }.map_err(|e| err(&l, "cuCtxSetCurrent", e))?;
+            let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| err(&l, "cuStreamCreate", e))?;
+            let arch = format!("sm_{}{}", info.capability.0, info.capability.1);
+            let image = match compile(&arch, prec, kv) {
+                Ok(c) => c,
+                // an NVRTC older than the GPU: PTX for the newest architecture it knows, JIT-compiled by the driver
+                Err(_) => {
+                    let mut p = compile("compute_80", prec, kv).map_err(|e| err(&l, "compiling the kernels", e))?;
+                    p.push(0);
+                    p
+                }
+            };
+            // SAFETY: `image` is a CUBIN or a NUL-terminated PTX text that outlives the call.
+            let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(|e| err(&l, "cuModuleLoadData", e))?;
+            let mut funcs = Vec::new();
+            for k in Kernel::ALL {
+                // SAFETY: `module` is loaded.
+                funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
+            }
+            let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact };
+            // SAFETY: handle and stream are live; the workspace lives as long as the handle.
+            unsafe {
+                cudarc::cublas::result::set_stream(handle, stream.cast()).map_err(|e| err(&l, "cublasSetStream", e))?;
+                let ws_bytes = 64 << 20;
+                gpu.workspace = gpu.alloc(ws_bytes)?;
+                blas::cublasSetWorkspace_v2(handle, gpu.workspace as *mut c_void, ws_bytes).result().map_err(|e| err(&l, "cublasSetWorkspace", e))?;
+                let mode = if exact { blas::cublasMath_t::CUBLAS_PEDANTIC_MATH } else { blas::cublasMath_t::CUBLAS_DEFAULT_MATH };
+                blas::cublasSetMathMode(handle, mode).result().map_err(|e| err(&l, "cublasSetMathMode", e))?;
+            }
+            Ok(gpu)
+        })
+    }
+
+    fn current(&self) -> Result<(), DeviceError> {
+        // SAFETY: the context lives until Drop.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| err(&self.label, "cuCtxSetCurrent", e))
+    }
+}
+
+impl Backend for Cuda {
+    fn label(&self) -> &str {
+        &self.label
+    }
+    fn bind(&self) -> Result<(), DeviceError> {
+        self.current()
+    }
+
+    fn memory(&self) -> Result<(usize, usize), DeviceError> {
+        self.current()?;
+        result::mem_get_info().map_err(|e| err(&self.label, "cuMemGetInfo", e))
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<u64, DeviceError> {
+        self.current()?;
+        // SAFETY: plain allocation; zeroed below before any use.
+        unsafe {
+            let p = result::malloc_sync(bytes.max(256)).map_err(|e| err(&self.label, &format!("allocating {} MiB", bytes >> 20), e))?;
+            result::memset_d8_async(p, 0, bytes.max(256), self.stream).map_err(|e| err(&self.label, "cuMemsetD8", e))?;
+            Ok(p)
+        }
+    }
+
+    fn free(&self, p: u64) {
+        if p != 0 {
+            // SAFETY: `p` came from `alloc` and is freed once (callers own their addresses).
+            unsafe {
+                let _ = result::stream::synchronize(self.stream);
+                let _ = result::free_sync(p);
+            }
+        }
+    }
+
+    fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<(), DeviceError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller sized `dst` for `src`; pageable copies are staged before returning.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }.map_err(|e| err(&self.label, "cuMemcpyHtoDAsync", e))
+    }
+
+    fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<(), DeviceError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller sized `src` for `dst`; the stream is synchronised before reading.
+        unsafe {
+            result::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| err(&self.label, "cuMemcpyDtoHAsync", e))?;
+            result::stream::synchronize(self.stream).map_err(|e| err(&self.label, "running the kernels", e))
+        }
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        // SAFETY: the stream is live.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(|e| err(&self.label, "running the kernels", e))
+    }
+
+    fn set_shared(&self, k: Kernel, bytes: usize) -> Result<(), DeviceError> {
+        // SAFETY: the function handle is live.
+        unsafe { sys::cuFuncSetAttribute(self.funcs[k as usize], sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32) }.result().map_err(|e| err(&self.label, "cuFuncSetAttribute", e))
+    }
+
+    fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
+        let mut params = [args.as_ptr() as *mut c_void];
+        // SAFETY: the struct matches the kernel's parameter (checked against the source by a
+        // test) and every address in it is live device memory sized by the caller.
+        unsafe { result::launch_kernel(self.funcs[k as usize], (grid[0], grid[1], grid[2]), (block, 1, 1), shared, self.stream, &mut params) }.map_err(|e| err(&self.label, &format!("launching {}", k.name()), e))
+    }
+
+    fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
+        if g.m == 0 {
+            return Ok(());
+        }
+        let (alpha, beta) = (1f32, if g.accumulate { 1f32 } else { 0f32 });
+        let t = self.prec.cuda();
+        let compute = if self.exact { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC } else { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F };
+        // Column-major view: cᵀ[n × m] = w[n × k] · aᵀ[k × m], with w stored as k × n (op T).
+        // SAFETY: the addresses are live device buffers of the shapes given.
+        unsafe {
+            blas::cublasGemmEx(
+                self.blas,
+                blas::cublasOperation_t::CUBLAS_OP_T,
+                blas::cublasOperation_t::CUBLAS_OP_N,
+                g.n as i32,
+                g.m as i32,
+                g.k as i32,
+                (&alpha as *const f32).cast(),
+                g.w as *const c_void,
+                t,
+                g.k as i32,
+                g.a as *const c_void,
+                t,
+                g.k as i32,
+                (&beta as *const f32).cast(),
+                g.c as *mut c_void,
+                blas::cudaDataType::CUDA_R_32F,
+                g.n as i32,
+                compute,
+                blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        }
+        .result()
+        .map_err(|e| err(&self.label, &format!("cublasGemmEx {}×{}×{}", g.m, g.n, g.k), e))
+    }
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError> {
+        self.current()?;
+        // SAFETY: the stream is live; capture is ended on every path.
+        unsafe {
+            if result::stream::begin_capture(self.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).is_err() {
+                return Ok(None);
+            }
+            let recorded = f();
+            let graph = result::stream::end_capture(self.stream);
+            match (recorded, graph) {
+                (Ok(()), Ok(g)) if !g.is_null() => {
+                    let exec = result::graph::instantiate(g, sys::CUgraphInstantiate_flags(0));
+                    let _ = result::graph::destroy(g);
+                    Ok(exec.ok().map(|exec| Graph { exec }))
+                }
+                (_, Ok(g)) => {
+                    if !g.is_null() {
+                        let _ = result::graph::destroy(g);
+                    }
+                    Ok(None)
+                }
+                _ => Ok(None),
+            }
+        }
+    }
+
+    fn replay(&self, g: &Graph) -> Result<(), DeviceError> {
+        // SAFETY: the graph was instantiated on this context and its buffers are still live.
+        unsafe { result::graph::launch(g.exec, self.stream) }.map_err(|e| err(&self.label, "cuGraphLaunch", e))
+    }
+
+    fn drop_graph(&self, g: Graph) {
+        // SAFETY: instantiated by `capture`, destroyed once.
+        unsafe {
+            let _ = result::graph::exec_destroy(g.exec);
+        }
+    }
+}
+
+impl Drop for Cuda {
+    fn drop(&mut self) {
+        // SAFETY: every handle was created in `open` and is released once, in reverse order.
+        unsafe {
+            let _ = result::ctx::set_current(self.ctx);
+            let _ = result::stream::synchronize(self.stream);
+            let _ = cudarc::cublas::result::destroy_handle(self.blas);
+            if self.workspace != 0 {
+                let _ = result::free_sync(self.workspace);
+            }
+            let _ = result::module::unload(self.module);
+            let _ = result::stream::destroy(self.stream);
+            let _ = result::primary_ctx::release(self.dev);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+// CPU emulation of the CUDA subset `kernels.cu` uses, so the tests can run the kernels without a
+// GPU: `g++ -DLLM_HOST -include emu.h kernels.cu` builds a library whose kernels are plain
+// functions, and `emu_launch` runs a grid block by block, each block's threads as fibers on one OS
+// thread, switching at __syncthreads and at warp shuffles (a barrier of the warp's 32 lanes).
+// Blocks run one at a time, so `__shared__` variables are function statics (thread-local, so
+// tests may launch from several threads at once).
+#pragma once
+#define _GNU_SOURCE 1
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <setjmp.h>
+#include <ucontext.h>
+#include <vector>
+
+#define LLM_HOST 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __shared__ static thread_local
+#define LLM_INF INFINITY
+typedef unsigned short u16;
+
+struct EmuDim { unsigned x, y, z; };
+static thread_local EmuDim threadIdx, blockIdx, blockDim, gridDim;
+static thread_local unsigned char* emu_dyn_smem;
+#define LLM_DYN_SHARED(name) float* name = (float*)emu_dyn_smem
+
+#define LLM_KERNEL(name, Args)                                                    \
+  static void name##_body(const Args a);                                          \
+  extern "C" void name(const void* p) { name##_body(*(const Args*)p); }          \
+  extern "C" unsigned long name##_args_size() { return sizeof(Args); }            \
+  static void name##_body(const Args a)
+
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+static inline int min(int a, int b) { return a < b ? a : b; }
+
+static inline float bf16_to_f(u16 x) { return __uint_as_float(((unsigned)x) << 16); }
+static inline u16 f_to_bf16(float f) {
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (u16)(u >> 16);
+}
+static inline float f16_to_f(u16 x) { _Float16 h; memcpy(&h, &x, 2); return (float)h; }
+static inline u16 f_to_f16(float f) { _Float16 h = (_Float16)f; u16 x; memcpy(&x, &h, 2); return x; }
+
+// ── fibers: started with makecontext/setcontext, switched with _setjmp/_longjmp ──
+enum EmuState { EMU_NEW, EMU_RUN, EMU_BLOCK, EMU_WARP, EMU_DONE };
+struct EmuFiber { ucontext_t ctx; jmp_buf env; EmuState state; };
+static thread_local std::vector<EmuFiber> emu_fibers;
+static thread_local std::vector<char> emu_stacks;
+static thread_local jmp_buf emu_sched;
+static thread_local unsigned emu_cur;
+static thread_local void (*emu_kernel)(const void*);
+static thread_local const void* emu_args;
+static thread_local float emu_shfl[32][32];
+static const size_t EMU_STACK = 256 * 1024;
+
+static void emu_wait(EmuState s) {
+  emu_fibers[emu_cur].state = s;
+  if (!_setjmp(emu_fibers[emu_cur].env)) _longjmp(emu_sched, 1);
+}
+static inline void __syncthreads() { emu_wait(EMU_BLOCK); }
+static inline float emu_exchange(float v, unsigned src) {
+  const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  emu_shfl[warp][lane] = v;
+  emu_wait(EMU_WARP);
+  const float r = emu_shfl[warp][src % 32];
+  emu_wait(EMU_WARP);
+  return r;
+}
+static inline float __shfl_xor_sync(unsigned, float v, int o) { return emu_exchange(v, (threadIdx.x % 32) ^ (unsigned)o); }
+static inline float __shfl_sync(unsigned, float v, int src) { return emu_exchange(v, (unsigned)src); }
+
+static void emu_entry() {
+  emu_kernel(emu_args);
+  emu_fibers[emu_cur].state = EMU_DONE;
+  _longjmp(emu_sched, 1);
+}
+
+// Runs `kernel` over the grid; returns 0, or 1 if a block deadlocked (threads stuck at different
+// barriers) or the block has more than 1024 threads or is not whole warps.
+extern "C" int emu_launch(void (*kernel)(const void*), const void* args, unsigned gx, unsigned gy, unsigned gz, unsigned block, unsigned shared) {
+  if (block == 0 || block > 1024 || block % 32 != 0) return 1;
+  std::vector<unsigned char> smem(shared + 16);
+  emu_dyn_smem = smem.data();
+  emu_kernel = kernel;
+  emu_args = args;
+  emu_fibers.assign(block, EmuFiber{});
+  emu_stacks.resize((size_t)block * EMU_STACK);
+  gridDim = EmuDim{gx, gy, gz};
+  blockDim = EmuDim{block, 1, 1};
+  for (unsigned z = 0; z < gz; z++)
+    for (unsigned y = 0; y < gy; y++)
+      for (unsigned x = 0; x < gx; x++) {
+        blockIdx = EmuDim{x, y, z};
+        for (unsigned t = 0; t < block; t++) {
+          EmuFiber& f = emu_fibers[t];
+          getcontext(&f.ctx);
+          f.ctx.uc_stack.ss_sp = &emu_stacks[(size_t)t * EMU_STACK];
+          f.ctx.uc_stack.ss_size = EMU_STACK;
+          f.ctx.uc_link = nullptr;
+          makecontext(&f.ctx, emu_entry, 0);
+          f.state = EMU_NEW;
+        }
+        for (;;) {
+          bool ran = false;
+          for (unsigned t = 0; t < block; t++) {
+            const EmuState st = emu_fibers[t].state;
+            if (st != EMU_RUN && st != EMU_NEW) continue;
+            emu_cur = t;
+            threadIdx = EmuDim{t, 0, 0};
+            emu_fibers[t].state = EMU_RUN;
+            if (!_setjmp(emu_sched)) {
+              if (st == EMU_NEW) setcontext(&emu_fibers[t].ctx);
+              else _longjmp(emu_fibers[t].env, 1);
+            }
+            ran = true;
+          }
+          unsigned done = 0, at_block = 0;
+          for (unsigned t = 0; t < block; t++) {
+            done += emu_fibers[t].state == EMU_DONE;
+            at_block += emu_fibers[t].state == EMU_BLOCK;
+          }
+          if (done == block) break;
+          bool released = false;
+          for (unsigned w = 0; w < block / 32; w++) {
+            unsigned at_warp = 0;
+            for (unsigned l = 0; l < 32; l++) at_warp += emu_fibers[w * 32 + l].state == EMU_WARP;
+            if (at_warp == 32) {
+              for (unsigned l = 0; l < 32; l++) emu_fibers[w * 32 + l].state = EMU_RUN;
+              released = true;
+            }
+          }
+          if (!released && at_block > 0 && at_block + done == block) {
+            if (done > 0) return 1;  // some threads left while others wait at __syncthreads
+            for (unsigned t = 0; t < block; t++) emu_fibers[t].state = EMU_RUN;
+            released = true;
+          }
+          if (!released && !ran) return 1;
+        }
+      }
+  return 0;
+}

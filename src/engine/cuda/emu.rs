@@ -1,0 +1,216 @@
+//! A [`Backend`] on the CPU for the tests: `kernels.cu` compiled by the host's C++ compiler with
+//! `emu.h` (each block's threads as fibers), GEMMs as plain f32 loops, memory as host
+//! allocations. It runs the GPU engine's host code and kernels end to end without a GPU; what it
+//! cannot check is NVRTC, cuBLAS, CUDA graphs and the hardware.
+
+use super::args::Kernel;
+use super::driver::{Backend, Gemm, Graph, Prec, SOURCE};
+use crate::engine::device::DeviceError;
+use std::alloc::Layout;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+type KernelFn = unsafe extern "C" fn(*const u8);
+type LaunchFn = unsafe extern "C" fn(KernelFn, *const u8, u32, u32, u32, u32, u32) -> i32;
+type SizeFn = unsafe extern "C" fn() -> u64;
+
+pub struct Emu {
+    lib: *mut libc::c_void,
+    launch: LaunchFn,
+    kernels: Vec<KernelFn>,
+    sizes: Vec<usize>,
+    prec: Prec,
+    memory: usize,
+    allocs: Mutex<HashMap<u64, Layout>>,
+}
+
+// SAFETY: the library handle and function pointers are immutable after `new`; allocations are
+// guarded by their mutex; the model calls the backend from one thread at a time.
+unsafe impl Send for Emu {}
+
+fn err(what: &str, detail: impl Into<String>) -> DeviceError {
+    DeviceError::Cuda { device: "emulated GPU".into(), what: what.into(), detail: detail.into() }
+}
+
+/// Why there is no emulated GPU.
+#[derive(Debug)]
+pub enum EmuError {
+    /// No C++ compiler on this machine (the tests that need one say they were skipped).
+    NoCompiler(String),
+    /// Anything else: the kernels do not compile, the library does not load.
+    Failed(String),
+}
+
+/// Where the emulation library for `prec` is built (once per test process).
+fn build(prec: Prec) -> Result<PathBuf, EmuError> {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let failed = |e: std::io::Error| EmuError::Failed(e.to_string());
+    let dir = std::env::temp_dir().join(format!("llmeval-emu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let lib = dir.join(format!("kernels-{}.so", prec.name()));
+    if lib.exists() {
+        return Ok(lib);
+    }
+    let header = dir.join("emu.h");
+    std::fs::write(&header, include_str!("emu.h")).map_err(failed)?;
+    let src = dir.join("kernels.cu");
+    std::fs::write(&src, SOURCE).map_err(failed)?;
+    let tmp = dir.join(format!("kernels-{}.so.tmp", prec.name()));
+    let out = std::process::Command::new(std::env::var("CXX").unwrap_or_else(|_| "c++".into()))
+        .args(["-O2", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function"])
+        .arg(format!("-DLLM_WT={}", prec as i32))
+        .arg(format!("-DLLM_KT={}", prec as i32))
+        .arg("-include")
+        .arg(&header)
+        .args(["-x", "c++"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .map_err(|e| EmuError::NoCompiler(format!("cannot run a C++ compiler (c++, or $CXX): {e}")))?;
+    if !out.status.success() {
+        return Err(EmuError::Failed(format!("the C++ compiler rejected kernels.cu:\n{}", String::from_utf8_lossy(&out.stderr))));
+    }
+    std::fs::rename(&tmp, &lib).map_err(failed)?;
+    Ok(lib)
+}
+
+impl Emu {
+    /// Compiles the kernels for `prec` with the host's C++ compiler.
+    pub fn new(prec: Prec, memory: usize) -> Result<Emu, EmuError> {
+        let path = build(prec)?;
+        let c = std::ffi::CString::new(path.to_string_lossy().into_owned()).map_err(|e| EmuError::Failed(e.to_string()))?;
+        // SAFETY: a library we just built; RTLD_LOCAL keeps each precision's symbols apart.
+        let lib = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        if lib.is_null() {
+            return Err(EmuError::Failed(format!("cannot load {}", path.display())));
+        }
+        let sym = |name: &str| -> Result<*mut libc::c_void, EmuError> {
+            let n = std::ffi::CString::new(name).expect("no NUL");
+            // SAFETY: `lib` is a live handle.
+            let p = unsafe { libc::dlsym(lib, n.as_ptr()) };
+            if p.is_null() { Err(EmuError::Failed(format!("{name} is missing from the emulation library"))) } else { Ok(p) }
+        };
+        // SAFETY: the symbols have these C signatures (emu.h).
+        unsafe {
+            let launch: LaunchFn = std::mem::transmute(sym("emu_launch")?);
+            let mut kernels = Vec::new();
+            let mut sizes = Vec::new();
+            for k in Kernel::ALL {
+                kernels.push(std::mem::transmute::<*mut libc::c_void, KernelFn>(sym(k.name())?));
+                let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
+                sizes.push(size() as usize);
+            }
+            Ok(Emu { lib, launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()) })
+        }
+    }
+
+    /// `sizeof` of each kernel's argument struct as the C++ compiler laid it out.
+    pub fn arg_sizes(&self) -> &[usize] {
+        &self.sizes
+    }
+
+    fn read(&self, p: u64, i: usize) -> f32 {
+        // SAFETY: `p` is an allocation of ours holding at least i + 1 elements of the storage type.
+        unsafe {
+            match self.prec {
+                Prec::F32 => *(p as *const f32).add(i),
+                Prec::F16 => half::f16::from_bits(*(p as *const u16).add(i)).to_f32(),
+                Prec::Bf16 => half::bf16::from_bits(*(p as *const u16).add(i)).to_f32(),
+            }
+        }
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        for (p, layout) in self.allocs.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            // SAFETY: allocated in `alloc` with this layout.
+            unsafe { std::alloc::dealloc(p as *mut u8, layout) };
+        }
+        // SAFETY: the handle came from dlopen; nothing of the library is used after this.
+        unsafe { libc::dlclose(self.lib) };
+    }
+}
+
+impl Backend for Emu {
+    fn label(&self) -> &str {
+        "emulated GPU"
+    }
+    fn bind(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn memory(&self) -> Result<(usize, usize), DeviceError> {
+        Ok((self.memory, self.memory))
+    }
+    fn alloc(&self, bytes: usize) -> Result<u64, DeviceError> {
+        let layout = Layout::from_size_align(bytes.max(256), 256).map_err(|e| err("alloc", e.to_string()))?;
+        // SAFETY: non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(err("alloc", format!("{bytes} bytes")));
+        }
+        self.allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as u64, layout);
+        Ok(p as u64)
+    }
+    fn free(&self, p: u64) {
+        if let Some(layout) = self.allocs.lock().unwrap_or_else(|e| e.into_inner()).remove(&p) {
+            // SAFETY: allocated in `alloc` with this layout, freed once.
+            unsafe { std::alloc::dealloc(p as *mut u8, layout) };
+        }
+    }
+    fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<(), DeviceError> {
+        // SAFETY: the engine sizes `dst` for `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
+        Ok(())
+    }
+    fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<(), DeviceError> {
+        // SAFETY: the engine sizes `src` for `dst`.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+    fn sync(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn set_shared(&self, _k: Kernel, _bytes: usize) -> Result<(), DeviceError> {
+        Ok(())
+    }
+    fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
+        if args.len() != self.sizes[k as usize] {
+            return Err(err(k.name(), format!("argument struct of {} bytes, the kernel's is {}", args.len(), self.sizes[k as usize])));
+        }
+        // SAFETY: the kernel reads its argument struct and the device addresses in it, all live
+        // allocations of this backend sized by the engine.
+        let rc = unsafe { (self.launch)(self.kernels[k as usize], args.as_ptr(), grid[0], grid[1], grid[2], block, shared) };
+        if rc != 0 {
+            return Err(err(k.name(), "a block's threads stopped at different barriers (or a bad block size)"));
+        }
+        Ok(())
+    }
+    fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
+        // c[m × n] (+)= a[m × k] · w[n × k]ᵀ, each dot product in k order (the same for any m)
+        for i in 0..g.m {
+            for j in 0..g.n {
+                let mut acc = 0f32;
+                for x in 0..g.k {
+                    acc += self.read(g.a, i * g.k + x) * self.read(g.w, j * g.k + x);
+                }
+                // SAFETY: `c` holds m × n f32.
+                unsafe {
+                    let c = (g.c as *mut f32).add(i * g.n + j);
+                    *c = if g.accumulate { *c + acc } else { acc };
+                }
+            }
+        }
+        Ok(())
+    }
+    fn capture(&self, _f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError> {
+        Ok(None)
+    }
+    fn replay(&self, _g: &Graph) -> Result<(), DeviceError> {
+        Err(err("replay", "the emulation records no graphs"))
+    }
+    fn drop_graph(&self, _g: Graph) {}
+}

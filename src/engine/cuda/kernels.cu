@@ -1,0 +1,412 @@
+// The GPU engine's kernels: everything of the forward pass except the dense matrix products
+// (cuBLAS). Compiled at run time by NVRTC with no CUDA headers; `LLM_WT` picks the storage type of
+// weights and GEMM inputs (0 = f32, 1 = f16, 2 = bf16), `LLM_KT` the KV cache's.
+//
+// Batch invariance: every kernel computes a token's values from that token's inputs (and its own
+// sequence's cache) with a reduction order fixed by the model's sizes, never by the batch: a
+// block reduces one row, attention walks keys in tiles aligned to position 0, and the partial
+// softmax of the key splits is merged in split order.
+//
+// Each kernel takes one argument, a struct that `src/engine/cuda/args.rs` mirrors field for field.
+// `LLM_KERNEL(name, Args)` declares it; for the CPU emulation the tests run (`emu.h`, included
+// before this file with `LLM_HOST` set) it is a plain function.
+
+#ifndef LLM_WT
+#define LLM_WT 0
+#endif
+#ifndef LLM_KT
+#define LLM_KT LLM_WT
+#endif
+
+#ifndef LLM_HOST
+#define LLM_KERNEL(name, Args) extern "C" __global__ void name(const Args a)
+#define LLM_DYN_SHARED(name) extern __shared__ float name[]
+#define LLM_INF __int_as_float(0x7f800000)
+typedef unsigned short u16;
+
+__device__ __forceinline__ float bf16_to_f(u16 x) { return __int_as_float(((unsigned)x) << 16); }
+__device__ __forceinline__ u16 f_to_bf16(float f) {
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);                      // round to nearest even
+  return (u16)(u >> 16);
+}
+__device__ __forceinline__ float f16_to_f(u16 x) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x));
+  return f;
+}
+__device__ __forceinline__ u16 f_to_f16(float f) {
+  u16 h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+#endif
+
+#define FULL_MASK 0xffffffffu
+
+// ── storage types ──
+#if LLM_WT == 0
+typedef float wt;
+__device__ __forceinline__ float w2f(wt x) { return x; }
+__device__ __forceinline__ wt f2w(float x) { return x; }
+#elif LLM_WT == 1
+typedef u16 wt;
+__device__ __forceinline__ float w2f(wt x) { return f16_to_f(x); }
+__device__ __forceinline__ wt f2w(float x) { return f_to_f16(x); }
+#else
+typedef u16 wt;
+__device__ __forceinline__ float w2f(wt x) { return bf16_to_f(x); }
+__device__ __forceinline__ wt f2w(float x) { return f_to_bf16(x); }
+#endif
+
+#if LLM_KT == 0
+typedef float kt;
+__device__ __forceinline__ float k2f(kt x) { return x; }
+__device__ __forceinline__ kt f2k(float x) { return x; }
+#elif LLM_KT == 1
+typedef u16 kt;
+__device__ __forceinline__ float k2f(kt x) { return f16_to_f(x); }
+__device__ __forceinline__ kt f2k(float x) { return f_to_f16(x); }
+#else
+typedef u16 kt;
+__device__ __forceinline__ float k2f(kt x) { return bf16_to_f(x); }
+__device__ __forceinline__ kt f2k(float x) { return f_to_bf16(x); }
+#endif
+
+// Attention geometry (mirrored by src/engine/cuda/mod.rs).
+#define ATT_WARPS 4       // warps per attention block
+#define ATT_ROWS_PER_WARP 4
+#define ATT_ROWS 16       // query rows (token × head of one KV group) per block
+#define ATT_BK 32         // keys per shared-memory tile
+#define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
+
+// Sum of a block's `v` (blockDim.x a multiple of 32, ≤ 1024) in a fixed tree order; every thread
+// gets the total. `scratch` holds 32 floats.
+__device__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float t = lane < nw ? scratch[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(FULL_MASK, t, o);
+  return t;
+}
+
+// ── embedding: x[t, :] = emb[tok[t], :] ──
+struct EmbedArgs {
+  const wt* emb;   // [vocab × d]
+  const int* tok;  // [n]
+  float* x;        // [n × d]
+  int d;
+  int n;
+};
+LLM_KERNEL(embed, EmbedArgs) {
+  const int t = blockIdx.x;
+  if (t >= a.n) return;
+  const wt* row = a.emb + (long long)a.tok[t] * a.d;
+  float* out = a.x + (long long)t * a.d;
+  for (int i = threadIdx.x; i < a.d; i += blockDim.x) out[i] = w2f(row[i]);
+}
+
+// ── RMSNorm: out[r, :] = x[src, :] / sqrt(mean(x²) + eps) · w, src = rows ? rows[r] : r ──
+struct NormArgs {
+  const float* x;    // [* × d]
+  const float* w;    // [d]
+  const int* rows;   // [n] or null
+  wt* out;           // [n × d]
+  int d;
+  int n;
+  float eps;
+};
+LLM_KERNEL(rms_norm, NormArgs) {
+  __shared__ float scratch[32];
+  const int r = blockIdx.x;
+  if (r >= a.n) return;
+  const int src = a.rows ? a.rows[r] : r;
+  const float* xr = a.x + (long long)src * a.d;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < a.d; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum(ss, scratch);
+  const float scale = 1.0f / sqrtf(ss / (float)a.d + a.eps);
+  wt* out = a.out + (long long)r * a.d;
+  for (int i = threadIdx.x; i < a.d; i += blockDim.x) out[i] = f2w(xr[i] * scale * a.w[i]);
+}
+
+// ── q/k/v bias, rotary embedding, and the KV cache write ──
+// qkv rows are [q (nh·hd) | k (nkv·hd) | v (nkv·hd)]; q is rotated in place, k and v go to the
+// token's cache slot: block tables[blk_off[seq] + pos / bs], row pos % bs.
+struct RopeArgs {
+  float* qkv;              // [n × (nh + 2·nkv)·hd]
+  const float* bias;       // [(nh + 2·nkv)·hd] or null
+  const float* inv_freq;   // [hd / 2]
+  const int* pos;          // [n]
+  const int* seq_of;       // [n]
+  const int* blk_off;      // [seqs]
+  const int* tables;       // block ids
+  kt* kc;                  // this layer's keys:   [blocks × bs × nkv·hd]
+  kt* vc;                  // this layer's values: [blocks × bs × nkv·hd]
+  int n;
+  int nh;
+  int nkv;
+  int hd;
+  int half_style;          // 1: pairs (i, i + hd/2); 0: pairs (2i, 2i + 1)
+  int bs;
+};
+LLM_KERNEL(rope_store, RopeArgs) {
+  const int t = blockIdx.x;
+  if (t >= a.n) return;
+  const int width = (a.nh + 2 * a.nkv) * a.hd, kvd = a.nkv * a.hd;
+  float* row = a.qkv + (long long)t * width;
+  if (a.bias) {
+    for (int i = threadIdx.x; i < width; i += blockDim.x) row[i] += a.bias[i];
+    __syncthreads();
+  }
+  const int p = a.pos[t], hh = a.hd / 2;
+  // one thread per rotated pair of the q and k heads
+  const int pairs = (a.nh + a.nkv) * hh;
+  for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
+    const int head = j / hh, i = j % hh;
+    float* h = row + head * a.hd;  // k heads follow the q heads
+    const int i0 = a.half_style ? i : 2 * i, i1 = a.half_style ? i + hh : 2 * i + 1;
+    float s, c;
+    sincosf((float)p * a.inv_freq[i], &s, &c);
+    const float x0 = h[i0], x1 = h[i1];
+    h[i0] = x0 * c - x1 * s;
+    h[i1] = x0 * s + x1 * c;
+  }
+  __syncthreads();
+  const int seq = a.seq_of[t];
+  const long long slot = (long long)a.tables[a.blk_off[seq] + p / a.bs] * a.bs + p % a.bs;
+  kt* kd = a.kc + slot * kvd;
+  kt* vd = a.vc + slot * kvd;
+  const float* ks = row + a.nh * a.hd;
+  const float* vs = ks + kvd;
+  for (int i = threadIdx.x; i < kvd; i += blockDim.x) {
+    kd[i] = f2k(ks[i]);
+    vd[i] = f2k(vs[i]);
+  }
+}
+
+// ── attention, pass 1: one block per (query tile, KV head, key split) ──
+// A tile is `count` consecutive tokens of one sequence (packed index t0..); its rows are
+// (token i, head g of the KV head's group), row = i·group + g. The block covers keys
+// [split·split_len, (split+1)·split_len) up to the tile's last position and leaves, per row, the
+// running max m, the sum l of exp(s − m) and the unnormalised Σ exp(s − m)·v.
+struct AttnArgs {
+  const float* qkv;       // [n × (nh + 2·nkv)·hd], q rotated
+  const kt* kc;           // this layer's keys
+  const kt* vc;           // this layer's values
+  const int* tiles;       // [n_tiles × 4]: seq, t0, count, unused
+  const int* pos;         // [n]
+  const int* blk_off;     // [seqs]
+  const int* tables;
+  float* part_acc;        // [n_tiles × nkv × max_splits × ATT_ROWS × hd]
+  float* part_ml;         // [n_tiles × nkv × max_splits × ATT_ROWS × 2]
+  int n_tiles;
+  int nh;
+  int nkv;
+  int hd;
+  int bs;
+  int split_len;
+  int max_splits;
+  float scale;
+};
+LLM_KERNEL(attn_partial, AttnArgs) {
+  LLM_DYN_SHARED(smem);
+  const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  if (tile >= a.n_tiles) return;
+  const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
+  const int group = a.nh / a.nkv, hd = a.hd, nc = hd / 32;
+  const int rows = count * group;
+  const int kmax = a.pos[t0 + count - 1];
+  const int k_lo = split * a.split_len;
+  if (k_lo > kmax) return;  // the combine pass never reads this split
+  const int k_hi = min(k_lo + a.split_len - 1, kmax);
+  const int width = (a.nh + 2 * a.nkv) * hd, kvd = a.nkv * hd;
+
+  float* Ks = smem;                        // [ATT_BK × (hd + 1)]
+  float* Vs = Ks + ATT_BK * (hd + 1);      // [ATT_BK × hd]
+  float* Qs = Vs + ATT_BK * hd;            // [ATT_ROWS × hd]
+  for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+    const int r = i / hd, d = i % hd;
+    const int tok = t0 + r / group, head = kvh * group + r % group;
+    Qs[i] = a.qkv[(long long)tok * width + head * hd + d];
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][ATT_MAXC];
+  int qpos[ATT_ROWS_PER_WARP];
+#pragma unroll
+  for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
+    const int r = warp * ATT_ROWS_PER_WARP + j;
+    m[j] = -LLM_INF;
+    l[j] = 0.0f;
+    qpos[j] = r < rows ? a.pos[t0 + r / group] : -1;
+#pragma unroll
+    for (int c = 0; c < ATT_MAXC; c++) acc[j][c] = 0.0f;
+  }
+  const int* table = a.tables + a.blk_off[seq];
+  for (int kb = k_lo; kb <= k_hi; kb += ATT_BK) {
+    const int nk = min(ATT_BK, k_hi - kb + 1);
+    __syncthreads();
+    for (int i = threadIdx.x; i < nk * hd; i += blockDim.x) {
+      const int j = i / hd, d = i % hd, p = kb + j;
+      const long long slot = (long long)table[p / a.bs] * a.bs + p % a.bs;
+      Ks[j * (hd + 1) + d] = k2f(a.kc[slot * kvd + kvh * hd + d]);
+      Vs[j * hd + d] = k2f(a.vc[slot * kvd + kvh * hd + d]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
+      const int r = warp * ATT_ROWS_PER_WARP + j;
+      if (r >= rows) continue;  // uniform across the warp
+      const int key = kb + lane;
+      const bool valid = lane < nk && key <= qpos[j];
+      float s = -LLM_INF;
+      if (valid) {
+        const float* q = Qs + r * hd;
+        const float* k = Ks + lane * (hd + 1);
+        float dot = 0.0f;
+        for (int d = 0; d < hd; d++) dot += q[d] * k[d];
+        s = dot * a.scale;
+      }
+      float mx = s;
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
+      const float new_m = fmaxf(m[j], mx);
+      if (new_m == -LLM_INF) continue;  // no visible key yet (uniform: mx is warp-wide)
+      const float p = valid ? expf(s - new_m) : 0.0f;
+      const float corr = expf(m[j] - new_m);  // 0 while m was −∞
+      float ps = p;
+      for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(FULL_MASK, ps, o);
+      l[j] = l[j] * corr + ps;
+#pragma unroll
+      for (int c = 0; c < ATT_MAXC; c++) acc[j][c] *= corr;
+      for (int kk = 0; kk < nk; kk++) {
+        const float pk = __shfl_sync(FULL_MASK, p, kk);
+#pragma unroll
+        for (int c = 0; c < ATT_MAXC; c++)
+          if (c < nc) acc[j][c] += pk * Vs[kk * hd + lane + 32 * c];
+      }
+      m[j] = new_m;
+    }
+  }
+  const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * ATT_ROWS;
+#pragma unroll
+  for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
+    const int r = warp * ATT_ROWS_PER_WARP + j;
+    if (r >= rows) continue;
+#pragma unroll
+    for (int c = 0; c < ATT_MAXC; c++)
+      if (c < nc) a.part_acc[(base + r) * hd + lane + 32 * c] = acc[j][c];
+    if (lane == 0) {
+      a.part_ml[(base + r) * 2] = m[j];
+      a.part_ml[(base + r) * 2 + 1] = l[j];
+    }
+  }
+}
+
+// ── attention, pass 2: merge a row's splits in split order and normalise ──
+struct CombineArgs {
+  const int* tiles;         // [n_tiles × 4]
+  const int* pos;           // [n]
+  const float* part_acc;
+  const float* part_ml;
+  wt* att;                  // [n × nh·hd]
+  int n_tiles;
+  int nh;
+  int nkv;
+  int hd;
+  int split_len;
+  int max_splits;
+};
+LLM_KERNEL(attn_combine, CombineArgs) {
+  const int tile = blockIdx.x, kvh = blockIdx.y;
+  if (tile >= a.n_tiles) return;
+  const int t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
+  const int group = a.nh / a.nkv, hd = a.hd, rows = count * group;
+  const long long base = (long long)(tile * a.nkv + kvh) * a.max_splits;
+  for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+    const int r = i / hd, d = i % hd;
+    const int tok = t0 + r / group, head = kvh * group + r % group;
+    const int ns = a.pos[tok] / a.split_len + 1;
+    float mx = -LLM_INF;
+    for (int s = 0; s < ns; s++) mx = fmaxf(mx, a.part_ml[((base + s) * ATT_ROWS + r) * 2]);
+    float num = 0.0f, den = 0.0f;
+    for (int s = 0; s < ns; s++) {
+      const long long pr = (base + s) * ATT_ROWS + r;
+      const float ms = a.part_ml[pr * 2];
+      if (ms == -LLM_INF) continue;
+      const float w = expf(ms - mx);
+      den += a.part_ml[pr * 2 + 1] * w;
+      num += a.part_acc[pr * hd + d] * w;
+    }
+    a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num / den);
+  }
+}
+
+// ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows are [gate (ffn) | up (ffn)] ──
+struct SwigluArgs {
+  const float* gu;  // [n × 2·ffn]
+  wt* act;          // [n × ffn]
+  int n;
+  int ffn;
+};
+LLM_KERNEL(swiglu, SwigluArgs) {
+  const int t = blockIdx.x;
+  if (t >= a.n) return;
+  const float* g = a.gu + (long long)t * 2 * a.ffn;
+  const float* u = g + a.ffn;
+  wt* out = a.act + (long long)t * a.ffn;
+  for (int j = threadIdx.x; j < a.ffn; j += blockDim.x) {
+    const float x = g[j];
+    out[j] = f2w(x / (1.0f + expf(-x)) * u[j]);
+  }
+}
+
+// ── per row of logits: log-softmax at the target (f64, as the CPU) and the argmax (first on ties) ──
+struct ReduceArgs {
+  const float* logits;  // [n × vocab]
+  const int* target;    // [n] or null
+  double* lp;           // [n]
+  int* am;              // [n]
+  int vocab;
+  int n;
+};
+LLM_KERNEL(logits_reduce, ReduceArgs) {
+  __shared__ float sv[1024];
+  __shared__ int si[1024];
+  __shared__ double sd[1024];
+  const int r = blockIdx.x, tid = threadIdx.x, nt = blockDim.x;
+  if (r >= a.n) return;
+  const float* row = a.logits + (long long)r * a.vocab;
+  float best = -LLM_INF;
+  int bi = 0x7fffffff;
+  for (int i = tid; i < a.vocab; i += nt)
+    if (row[i] > best || bi == 0x7fffffff) { best = row[i]; bi = i; }
+  sv[tid] = best;
+  si[tid] = bi;
+  __syncthreads();
+  for (int o = nt / 2; o > 0; o >>= 1) {
+    if (tid < o) {
+      const float v2 = sv[tid + o];
+      const int i2 = si[tid + o];
+      if (v2 > sv[tid] || (v2 == sv[tid] && i2 < si[tid])) { sv[tid] = v2; si[tid] = i2; }
+    }
+    __syncthreads();
+  }
+  const float mx = sv[0];
+  const int arg = si[0];
+  double s = 0.0;
+  for (int i = tid; i < a.vocab; i += nt) s += exp((double)(row[i] - mx));
+  sd[tid] = s;
+  __syncthreads();
+  for (int o = nt / 2; o > 0; o >>= 1) {
+    if (tid < o) sd[tid] += sd[tid + o];
+    __syncthreads();
+  }
+  if (tid == 0) {
+    a.am[r] = arg;
+    a.lp[r] = a.target ? (double)(row[a.target[r]] - mx) - log(sd[0]) : 0.0;
+  }
+}

@@ -1,0 +1,547 @@
+//! The built-in engine on an NVIDIA GPU (CUDA through cudarc), the CPU engine's twin behind the
+//! same [`Engine`](super::Engine) calls.
+//!
+//! Design decision: the GPU runs *packed passes* — any mix of sequences, each a span of new
+//! tokens at known positions over a paged KV cache ([`batch`]) — and nothing else. Scoring,
+//! prefix sharing, chunked prefill, generation and continuous batching are host-side schedules of
+//! such passes, tested on the CPU with a toy model; the device side is one forward pass
+//! (`kernels.cu` + cuBLAS) whose per-token arithmetic never depends on what else is in the pass.
+//!
+//! Weights are uploaded once: GGUF blocks dequantized to f16, safetensors bf16/f16 as they are
+//! (f32 → bf16); with `exact` everything is f32 (the check against the CPU's exact path).
+//! Q/K/V and gate/up are fused into one matrix each, so a layer is four GEMMs.
+
+pub mod args;
+pub mod batch;
+pub mod driver;
+#[cfg(test)]
+mod emu;
+
+use self::args::*;
+use self::batch::{BlockPool, Forward, Limits, Packed, RowOut, BLOCK};
+use self::driver::{Backend, Cuda, Gemm, Graph, Prec};
+use super::device::{DeviceError, GpuInfo};
+use super::kernels::WType;
+use super::llama::{Config, Llama, RopeStyle};
+use super::session::{GenOptions, Generated, ScoreRequest, ScoreResult};
+use super::Matrix;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Query rows (token × head of one KV group) per attention block (`ATT_ROWS` in the source).
+const ATT_ROWS: usize = 16;
+/// Keys per shared-memory tile of the attention kernel (`ATT_BK`).
+const ATT_BK: usize = 32;
+/// A decode step's attention splits each sequence's keys into at most this many blocks (of a
+/// power-of-two length, 64 keys at least), merged in order: enough blocks to keep the GPU busy at
+/// batch 1. The split length depends on the model's context length only.
+const DECODE_SPLITS: usize = 32;
+/// KV cache memory at most.
+const KV_MAX_BYTES: usize = 16 << 30;
+/// The longest sequence the GPU engine runs (sizes its scratch buffers).
+const MAX_CONTEXT: usize = 16384;
+/// Tokens per packed pass.
+const PASS_TOKENS: usize = 4096;
+/// Sequences per packed pass.
+const PASS_SEQS: usize = 256;
+/// Sequences decoding together.
+pub const GEN_SLOTS: usize = 64;
+
+/// One transformer block on the device (addresses; shapes in the comments).
+struct LayerW {
+    attn_norm: u64, // [d] f32
+    wqkv: u64,      // [(nh + 2·nkv)·hd × d] wt
+    bqkv: u64,      // [(nh + 2·nkv)·hd] f32, or 0
+    wo: u64,        // [d × nh·hd] wt
+    ffn_norm: u64,  // [d] f32
+    wgu: u64,       // [2·ffn × d] wt: gate rows, then up rows
+    wdown: u64,     // [d × ffn] wt
+}
+
+/// Activations and index arrays, sized for one pass of [`PASS_TOKENS`] tokens.
+struct Buffers {
+    x: u64,      // [T × d] f32 residual stream
+    hn: u64,     // [T × d] wt normalised input of a GEMM
+    qkv: u64,    // [T × qkv_dim] f32
+    att: u64,    // [T × nh·hd] wt attention output
+    gu: u64,     // [T × 2·ffn] f32
+    act: u64,    // [T × ffn] wt
+    sel: u64,    // [C × d] wt final-normed wanted rows
+    logits: u64, // [C × vocab] f32
+    lp: u64,     // [T] f64
+    am: u64,     // [T] i32
+    tok: u64,    // [T] i32
+    pos: u64,    // [T] i32
+    seq_of: u64, // [T] i32
+    blk_off: u64, // [S] i32
+    tables: u64, // [table_cap] i32
+    tiles: u64,  // [tile_cap × 4] i32
+    want: u64,   // [T] i32
+    target: u64, // [T] i32
+    part_acc: u64, // [part_rows × hd] f32
+    part_ml: u64,  // [part_rows × 2] f32
+}
+
+struct Inner {
+    gpu: Box<dyn Backend>,
+    cfg: Config,
+    prec: Prec,
+    emb: u64,      // [vocab × d] wt
+    lm_head: u64,  // [vocab × d] wt (the embedding when tied)
+    out_norm: u64, // [d] f32
+    inv_freq: u64, // [hd / 2] f32
+    layers: Vec<LayerW>,
+    kc: u64, // [layers × blocks × BLOCK × kv_dim] kt
+    vc: u64,
+    blocks: usize,
+    buf: Buffers,
+    /// LM-head rows per chunk (C)
+    chunk: usize,
+    table_cap: usize,
+    tile_cap: usize,
+    part_rows: usize,
+    kv_bytes: usize,
+    graphs: HashMap<(usize, usize), Graph>,
+    graphs_work: bool,
+    /// tokens and sequences per pass (at most the buffers' [`PASS_TOKENS`], [`PASS_SEQS`])
+    pass: Limits,
+    /// keys per split of a decode step's attention
+    decode_split: usize,
+    /// rows of the last pass's final LM-head chunk: (first wanted row, count)
+    last_chunk: (usize, usize),
+    allocs: Vec<u64>,
+}
+
+/// A model resident on a GPU.
+pub struct GpuModel {
+    inner: Mutex<Inner>,
+    /// `cuda:N (name)`
+    pub label: String,
+    pub prec: Prec,
+    /// Largest sequence (tokens) it runs.
+    pub max_context: usize,
+}
+
+fn cfg_err(label: &str, msg: String) -> DeviceError {
+    DeviceError::Cuda { device: label.into(), what: "loading the model".into(), detail: msg }
+}
+
+/// The storage type for a model's weights on the GPU.
+pub fn precision_for(model: &Llama) -> Prec {
+    if model.exact {
+        return Prec::F32;
+    }
+    let l = &model.layers[0];
+    let wide = [&l.wq, &l.w_gate, &model.tok_embd].iter().any(|m| matches!(m.ty, WType::BF16 | WType::F32));
+    if wide {
+        Prec::Bf16
+    } else {
+        Prec::F16
+    }
+}
+
+/// `m` as rows of `prec` bytes, converted on the CPU (dequantized first when needed).
+fn weight_bytes(m: &Matrix, prec: Prec, rows: std::ops::Range<usize>) -> Vec<u8> {
+    let same = matches!((m.ty, prec), (WType::F32, Prec::F32) | (WType::F16, Prec::F16) | (WType::BF16, Prec::Bf16));
+    let es = prec.bytes();
+    if same {
+        let raw = m.data.as_slice();
+        return raw[rows.start * m.cols * es..rows.end * m.cols * es].to_vec();
+    }
+    let n = rows.len();
+    let mut f = vec![0f32; n * m.cols];
+    super::parallel_rows(&mut f, m.cols, |i, row| m.row(rows.start + i, row));
+    let mut out = Vec::with_capacity(n * m.cols * es);
+    match prec {
+        Prec::F32 => f.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        Prec::F16 => f.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        Prec::Bf16 => f.iter().for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+    }
+    out
+}
+
+impl Inner {
+    fn alloc(&mut self, bytes: usize) -> Result<u64, DeviceError> {
+        let p = self.gpu.alloc(bytes)?;
+        self.allocs.push(p);
+        Ok(p)
+    }
+
+    /// Uploads matrices one after another into one allocation (row blocks of 4096 rows at a time).
+    fn upload_stacked(&mut self, parts: &[&Matrix], prec: Prec) -> Result<u64, DeviceError> {
+        let cols = parts[0].cols;
+        let rows: usize = parts.iter().map(|m| m.rows).sum();
+        let dst = self.alloc(rows * cols * prec.bytes())?;
+        let mut off = 0;
+        for m in parts {
+            let mut r = 0;
+            while r < m.rows {
+                let end = (r + 4096).min(m.rows);
+                let bytes = weight_bytes(m, prec, r..end);
+                self.gpu.upload(dst + off as u64, &bytes)?;
+                self.gpu.sync()?;
+                off += bytes.len();
+                r = end;
+            }
+        }
+        Ok(dst)
+    }
+
+    fn upload_f32(&mut self, v: &[f32]) -> Result<u64, DeviceError> {
+        let p = self.alloc(v.len() * 4)?;
+        self.gpu.upload(p, v)?;
+        Ok(p)
+    }
+}
+
+impl GpuModel {
+    /// Uploads `model` to the GPU `info` describes (f32 throughout when `model.exact`).
+    pub fn load(model: &Llama, info: &GpuInfo) -> Result<GpuModel, DeviceError> {
+        let prec = precision_for(model);
+        let gpu = Cuda::open(info, prec, prec, model.exact)?;
+        Self::with_backend(model, Box::new(gpu), prec)
+    }
+
+    /// Uploads `model` through `gpu`, whose kernels were built for weights in `prec`.
+    pub fn with_backend(model: &Llama, gpu: Box<dyn Backend>, prec: Prec) -> Result<GpuModel, DeviceError> {
+        let c = model.config.clone();
+        let label = gpu.label().to_string();
+        let group = c.n_heads / c.n_kv_heads;
+        if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 || group > ATT_ROWS {
+            return Err(cfg_err(&label, format!("the GPU kernels need head_dim a multiple of 32 up to 256 and at most {ATT_ROWS} query heads per KV head (this model: head_dim {}, {group})", c.head_dim)));
+        }
+        let (d, hd, nkv) = (c.dim, c.head_dim, c.n_kv_heads);
+        let (q_dim, kv_dim) = (c.n_heads * hd, nkv * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let es = prec.bytes();
+        let ctx = c.ctx_len.clamp(2, MAX_CONTEXT);
+        let tile_tokens = (ATT_ROWS / group).max(1);
+        let t = PASS_TOKENS;
+        let s = PASS_SEQS;
+        let chunk = ((256usize << 20) / (c.vocab * 4)).clamp(GEN_SLOTS, t);
+        let tile_cap = t / tile_tokens + s;
+        let decode_split = (ctx / DECODE_SPLITS).next_power_of_two().max(64);
+        let dec_splits = ctx.div_ceil(decode_split).next_power_of_two();
+        let part_rows = (tile_cap * nkv).max(GEN_SLOTS * nkv * dec_splits) * ATT_ROWS;
+        let table_cap = s * ctx.div_ceil(BLOCK);
+
+        let mut inner = Inner {
+            gpu,
+            cfg: c.clone(),
+            prec,
+            emb: 0,
+            lm_head: 0,
+            out_norm: 0,
+            inv_freq: 0,
+            layers: Vec::new(),
+            kc: 0,
+            vc: 0,
+            blocks: 0,
+            buf: Buffers { x: 0, hn: 0, qkv: 0, att: 0, gu: 0, act: 0, sel: 0, logits: 0, lp: 0, am: 0, tok: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, tiles: 0, want: 0, target: 0, part_acc: 0, part_ml: 0 },
+            chunk,
+            table_cap,
+            tile_cap,
+            part_rows,
+            kv_bytes: 0,
+            graphs: HashMap::new(),
+            graphs_work: true,
+            pass: Limits { tokens: t, seqs: s, tile_tokens },
+            decode_split,
+            last_chunk: (0, 0),
+            allocs: Vec::new(),
+        };
+        // ── weights ──
+        inner.emb = inner.upload_stacked(&[&model.tok_embd], prec)?;
+        let tied = model.lm_head.data.as_slice().as_ptr() == model.tok_embd.data.as_slice().as_ptr();
+        inner.lm_head = if tied { inner.emb } else { inner.upload_stacked(&[&model.lm_head], prec)? };
+        inner.out_norm = inner.upload_f32(&model.out_norm)?;
+        let inv_freq: Vec<f32> = (0..hd / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f32) / hd as f32)).collect();
+        inner.inv_freq = inner.upload_f32(&inv_freq)?;
+        for l in &model.layers {
+            let bqkv = if l.bq.is_some() || l.bk.is_some() || l.bv.is_some() {
+                let mut b = vec![0f32; qkv_dim];
+                for (v, off) in [(&l.bq, 0), (&l.bk, q_dim), (&l.bv, q_dim + kv_dim)] {
+                    if let Some(v) = v {
+                        b[off..off + v.len()].copy_from_slice(v);
+                    }
+                }
+                inner.upload_f32(&b)?
+            } else {
+                0
+            };
+            let lw = LayerW {
+                attn_norm: inner.upload_f32(&l.attn_norm)?,
+                wqkv: inner.upload_stacked(&[&l.wq, &l.wk, &l.wv], prec)?,
+                bqkv,
+                wo: inner.upload_stacked(&[&l.wo], prec)?,
+                ffn_norm: inner.upload_f32(&l.ffn_norm)?,
+                wgu: inner.upload_stacked(&[&l.w_gate, &l.w_up], prec)?,
+                wdown: inner.upload_stacked(&[&l.w_down], prec)?,
+            };
+            inner.layers.push(lw);
+        }
+        // ── pass buffers ──
+        let f = 4;
+        let b = Buffers {
+            x: inner.alloc(t * d * f)?,
+            hn: inner.alloc(t * d.max(q_dim) * es)?,
+            qkv: inner.alloc(t * qkv_dim * f)?,
+            att: inner.alloc(t * q_dim * es)?,
+            gu: inner.alloc(t * 2 * c.ffn_dim * f)?,
+            act: inner.alloc(t * c.ffn_dim * es)?,
+            sel: inner.alloc(chunk * d * es)?,
+            logits: inner.alloc(chunk * c.vocab * f)?,
+            lp: inner.alloc(t * 8)?,
+            am: inner.alloc(t * 4)?,
+            tok: inner.alloc(t * 4)?,
+            pos: inner.alloc(t * 4)?,
+            seq_of: inner.alloc(t * 4)?,
+            blk_off: inner.alloc(s * 4)?,
+            tables: inner.alloc(table_cap * 4)?,
+            tiles: inner.alloc(tile_cap * 16)?,
+            want: inner.alloc(t * 4)?,
+            target: inner.alloc(t * 4)?,
+            part_acc: inner.alloc(part_rows * hd * f)?,
+            part_ml: inner.alloc(part_rows * 2 * f)?,
+        };
+        inner.buf = b;
+        let shared = (ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4;
+        if shared > 48 * 1024 {
+            inner.gpu.set_shared(Kernel::AttnPartial, shared)?;
+        }
+        // ── KV cache: what memory is left, less a margin for cuBLAS, up to what can be used ──
+        inner.gpu.sync()?;
+        let (free, _) = inner.gpu.memory()?;
+        let block_bytes = 2 * c.n_layers * BLOCK * kv_dim * es;
+        let budget = (free.saturating_sub(1 << 30) / 10 * 9).min(KV_MAX_BYTES);
+        let blocks = (budget / block_bytes).min(s * ctx.div_ceil(BLOCK));
+        if blocks < ctx.div_ceil(BLOCK).min(64) {
+            return Err(cfg_err(&label, format!("not enough GPU memory for a KV cache ({} MiB free after the weights)", free >> 20)));
+        }
+        let half = blocks * BLOCK * kv_dim * es * c.n_layers;
+        inner.kc = inner.alloc(half)?;
+        inner.vc = inner.alloc(half)?;
+        inner.blocks = blocks;
+        inner.kv_bytes = 2 * half;
+        Ok(GpuModel { inner: Mutex::new(inner), label, prec, max_context: ctx })
+    }
+
+    /// The model's state, its device made current on this thread.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, DeviceError> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.gpu.bind()?;
+        Ok(g)
+    }
+
+    /// Scores requests in packed passes with shared prefixes (semantics of `Engine::score_batch`).
+    pub fn score(&self, reqs: &[ScoreRequest], max_len: usize, sink: &mut dyn FnMut(usize, ScoreResult)) -> Result<(), DeviceError> {
+        let mut g = self.lock()?;
+        let lim = g.limits();
+        let mut pool = BlockPool::new(g.blocks);
+        batch::score(&mut *g, &mut pool, lim, reqs, max_len.min(self.max_context), sink)
+    }
+
+    /// Generates for every prompt with continuous batching over [`GEN_SLOTS`] sequences.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate(&self, prompts: &[Vec<u32>], opts: &[GenOptions], eos: &[u32], max_ctx: usize, slots: usize, decode: &dyn Fn(&[u32]) -> String, sink: &mut dyn FnMut(usize, Generated)) -> Result<(), DeviceError> {
+        let mut g = self.lock()?;
+        let lim = g.limits();
+        let mut pool = BlockPool::new(g.blocks);
+        batch::generate(&mut *g, &mut pool, lim, slots.min(GEN_SLOTS), prompts, opts, eos, max_ctx.min(self.max_context), decode, sink)
+    }
+
+    /// Smaller passes and decode splits than the buffers allow (tests: chunking, split merging).
+    #[cfg(test)]
+    fn tune(&self, tokens: usize, seqs: usize, decode_split: usize, lm_chunk: usize) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.chunk = lm_chunk.clamp(1, g.chunk);
+        g.pass.tokens = tokens.clamp(1, PASS_TOKENS);
+        g.pass.seqs = seqs.clamp(1, PASS_SEQS);
+        g.decode_split = decode_split.max(1);
+    }
+
+    /// Bytes of the weights on the device, and of the KV cache.
+    pub fn memory(&self) -> (usize, usize) {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let c = &g.cfg;
+        let (d, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let per_layer = (q + 2 * kv) * d + d * q + 3 * c.ffn_dim * d;
+        let tied = g.lm_head == g.emb;
+        let w = (per_layer * c.n_layers + c.vocab * d * if tied { 1 } else { 2 }) * self.prec.bytes();
+        (w, g.kv_bytes)
+    }
+}
+
+impl Inner {
+    fn limits(&self) -> Limits {
+        self.pass
+    }
+
+    /// Enqueues one pass over the uploaded index arrays: `n` tokens, `n_tiles` attention tiles,
+    /// `w` wanted rows. Launch arguments depend only on these counts (a decode step can be
+    /// recorded once as a graph and replayed with new index arrays).
+    fn enqueue(&self, n: usize, n_tiles: usize, w: usize, split: usize, max_splits: usize) -> Result<(), DeviceError> {
+        let c = &self.cfg;
+        let b = &self.buf;
+        let g = &self.gpu;
+        let (d, hd, nh, nkv) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let qkv_dim = q_dim + 2 * kv_dim;
+        let (ni, di) = (n as i32, d as i32);
+        let kt = self.gpu_prec_bytes();
+        let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
+        let shared = ((ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
+        let grid = |x: usize| [x as u32, 1, 1];
+        g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: b.tok, x: b.x, d: di, n: ni })?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let (kc, vc) = (self.kc + li as u64 * layer_kv, self.vc + li as u64 * layer_kv);
+            g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
+            g.gemm(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
+            let half_style = i32::from(c.rope_style == RopeStyle::Half);
+            g.launch(grid(n), 128, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: b.pos, seq_of: b.seq_of, blk_off: b.blk_off, tables: b.tables, kc, vc, n: ni, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, half_style, bs: BLOCK as i32 })?;
+            let scale = 1.0 / (hd as f32).sqrt();
+            g.launch([n_tiles as u32, nkv as u32, max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles: b.tiles, pos: b.pos, blk_off: b.blk_off, tables: b.tables, part_acc: b.part_acc, part_ml: b.part_ml, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, bs: BLOCK as i32, split_len: split as i32, max_splits: max_splits as i32, scale })?;
+            g.launch([n_tiles as u32, nkv as u32, 1], 128, 0, &CombineArgs { tiles: b.tiles, pos: b.pos, part_acc: b.part_acc, part_ml: b.part_ml, att: b.att, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, split_len: split as i32, max_splits: max_splits as i32 })?;
+            g.gemm(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
+            g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
+            g.gemm(&Gemm { m: n, n: 2 * c.ffn_dim, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false })?;
+            g.launch(grid(n), 256, 0, &SwigluArgs { gu: b.gu, act: b.act, n: ni, ffn: c.ffn_dim as i32 })?;
+            g.gemm(&Gemm { m: n, n: d, k: c.ffn_dim, a: b.act, w: l.wdown, c: b.x, accumulate: true })?;
+        }
+        let mut r0 = 0;
+        while r0 < w {
+            let rows = self.chunk.min(w - r0);
+            let off = |base: u64, size: usize| base + (r0 * size) as u64;
+            g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: off(b.want, 4), out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
+            g.gemm(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
+            g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: off(b.target, 4), lp: off(b.lp, 8), am: off(b.am, 4), vocab: c.vocab as i32, n: rows as i32 })?;
+            r0 += rows;
+        }
+        Ok(())
+    }
+
+    fn gpu_prec_bytes(&self) -> usize {
+        // the KV cache uses the weights' storage type
+        self.prec.bytes()
+    }
+}
+
+impl Forward for Inner {
+    type Error = DeviceError;
+
+    fn run(&mut self, p: &Packed, decode: bool) -> Result<Vec<RowOut>, DeviceError> {
+        let (n, w, nt, spans) = (p.tokens(), p.want.len(), p.tiles(), p.blk_off.len());
+        let nkv = self.cfg.n_kv_heads;
+        let (split, max_splits) = if decode { (self.decode_split, (p.max_pos() / self.decode_split + 1).next_power_of_two()) } else { (MAX_CONTEXT, 1) };
+        let label = self.gpu.label().to_string();
+        if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * ATT_ROWS > self.part_rows {
+            return Err(DeviceError::Cuda { device: label, what: "packing a pass".into(), detail: format!("{n} tokens, {w} rows, {spans} sequences, {nt} tiles, {} table entries, last position {} exceed the engine's buffers", p.tables.len(), p.max_pos()) });
+        }
+        let b = &self.buf;
+        self.gpu.upload(b.tok, &p.tok)?;
+        self.gpu.upload(b.pos, &p.pos)?;
+        self.gpu.upload(b.seq_of, &p.seq_of)?;
+        self.gpu.upload(b.blk_off, &p.blk_off)?;
+        self.gpu.upload(b.tables, &p.tables)?;
+        self.gpu.upload(b.tiles, &p.tiles)?;
+        self.gpu.upload(b.want, &p.want)?;
+        self.gpu.upload(b.target, &p.target)?;
+        let key = (n, max_splits);
+        if decode && self.graphs_work && !self.graphs.contains_key(&key) {
+            let this = &*self;
+            match this.gpu.capture(&mut || this.enqueue(n, nt, w, split, max_splits))? {
+                Some(g) => {
+                    self.graphs.insert(key, g);
+                }
+                None => self.graphs_work = false,
+            }
+        }
+        match self.graphs.get(&key).filter(|_| decode) {
+            Some(g) => self.gpu.replay(g)?,
+            None => self.enqueue(n, nt, w, split, max_splits)?,
+        }
+        let last = if w == 0 { 0 } else { (w - 1) % self.chunk + 1 };
+        self.last_chunk = (w - last, last);
+        let mut lp = vec![0f64; w];
+        let mut am = vec![0i32; w];
+        self.gpu.download(self.buf.lp, &mut lp)?;
+        self.gpu.download(self.buf.am, &mut am)?;
+        Ok(lp.into_iter().zip(am).map(|(logprob, a)| RowOut { logprob, argmax: a.max(0) as u32 }).collect())
+    }
+
+    fn logits(&mut self, row: usize) -> Result<Vec<f32>, DeviceError> {
+        let (first, count) = self.last_chunk;
+        if row < first || row >= first + count {
+            return Err(DeviceError::Cuda { device: self.gpu.label().to_string(), what: "reading logits".into(), detail: format!("row {row} is not in the last LM-head chunk ({first}..{})", first + count) });
+        }
+        let v = self.cfg.vocab;
+        let mut out = vec![0f32; v];
+        self.gpu.download(self.buf.logits + ((row - first) * v * 4) as u64, &mut out)?;
+        Ok(out)
+    }
+
+    fn too_long(&self, tokens: usize, blocks: usize) -> DeviceError {
+        DeviceError::Cuda { device: self.gpu.label().to_string(), what: "KV cache".into(), detail: format!("a sequence of {tokens} tokens needs more than the {blocks} blocks of {BLOCK} tokens that fit in GPU memory") }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for (_, g) in self.graphs.drain() {
+            self.gpu.drop_graph(g);
+        }
+        for p in self.allocs.drain(..) {
+            self.gpu.free(p);
+        }
+    }
+}
+
+impl GpuModel {
+    /// Prefill speed (one `prompt`, tokens/s) and decode speed (`batch` copies of it advancing
+    /// `steps` greedy tokens together, generated tokens/s over all of them).
+    pub fn bench(&self, prompt: &[u32], batch: usize, steps: usize) -> Result<(f64, f64), DeviceError> {
+        use self::batch::{pack, Span};
+        let mut g = self.lock()?;
+        let lim = g.limits();
+        let batch = batch.clamp(1, GEN_SLOTS);
+        let steps = steps.clamp(2, self.max_context / 2);
+        let prompt = &prompt[..prompt.len().min(lim.tokens).min(self.max_context - steps - 1)];
+        if prompt.is_empty() {
+            return Err(DeviceError::Cuda { device: self.label.clone(), what: "bench".into(), detail: "an empty prompt".into() });
+        }
+        let mut pool = BlockPool::new(g.blocks);
+        let per_seq = (prompt.len() + steps + 1).div_ceil(BLOCK);
+        let tables: Vec<Vec<u32>> = (0..batch).map(|_| pool.alloc(per_seq).ok_or_else(|| g.too_long(prompt.len() + steps, g.blocks))).collect::<Result<_, _>>()?;
+        // prefill alone (timed), then the other copies' prefills
+        let one = |t: &Vec<u32>| Span { table: t.clone(), start: 0, tokens: prompt.to_vec(), want: vec![(prompt.len() - 1, None)] };
+        g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false)?; // warm-up: clocks up, caches filled
+        let reps = 3;
+        let t0 = std::time::Instant::now();
+        let mut first = Vec::new();
+        for _ in 0..reps {
+            first = g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false)?;
+        }
+        let prefill = (reps * prompt.len()) as f64 / t0.elapsed().as_secs_f64();
+        let mut next: Vec<u32> = vec![first[0].argmax; batch];
+        for t in &tables[1..] {
+            g.run(&pack(&[one(t)], lim.tile_tokens), false)?;
+        }
+        let step = |g: &mut Inner, next: &[u32], pos: usize| -> Result<Vec<RowOut>, DeviceError> {
+            let spans: Vec<Span> = tables.iter().zip(next).map(|(t, &tok)| Span { table: t.clone(), start: pos, tokens: vec![tok], want: vec![(0, None)] }).collect();
+            g.run(&pack(&spans, 1), true)
+        };
+        // one untimed step records the decode graph
+        let warm = step(&mut g, &next, prompt.len())?;
+        next = warm.iter().map(|r| r.argmax).collect();
+        let t0 = std::time::Instant::now();
+        for s in 1..steps {
+            let rows = step(&mut g, &next, prompt.len() + s)?;
+            next = rows.iter().map(|r| r.argmax).collect();
+        }
+        let decode = ((steps - 1) * batch) as f64 / t0.elapsed().as_secs_f64();
+        Ok((prefill, decode))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,368 @@
+//! Checks of the GPU engine that need no GPU: the kernel source against the Rust side that
+//! launches it, and (where the library is found) NVRTC compiling it.
+
+use super::args::{self, Kernel};
+use super::driver::{compile, Prec, SOURCE};
+
+/// The source without comments.
+fn code() -> String {
+    let mut out = String::new();
+    let mut rest = SOURCE;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("//") {
+            rest = r.find('\n').map_or("", |i| &r[i..]);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            rest = r.find("*/").map_or("", |i| &r[i + 2..]);
+        } else {
+            let c = rest.chars().next().expect("non-empty");
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    out
+}
+
+/// `LLM_KERNEL(name, Args)` declarations: (name, struct).
+fn declared_kernels(code: &str) -> Vec<(String, String)> {
+    code.match_indices("LLM_KERNEL(")
+        .filter_map(|(i, _)| {
+            let inner = &code[i + "LLM_KERNEL(".len()..];
+            let inner = &inner[..inner.find(')')?];
+            let (a, b) = inner.split_once(',')?;
+            Some((a.trim().to_string(), b.trim().to_string()))
+        })
+        .filter(|(name, _)| name != "name") // the macro's own definition
+        .collect()
+}
+
+/// The fields of `struct name { ... };` as (field, kind) with kind "DPtr", "i32" or "f32".
+fn struct_fields(code: &str, name: &str) -> Vec<(String, String)> {
+    let start = code.find(&format!("struct {name} {{")).unwrap_or_else(|| panic!("struct {name} is not in kernels.cu"));
+    let body = &code[start..];
+    let body = &body[body.find('{').expect("brace") + 1..body.find("};").expect("end of struct")];
+    body.split(';')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|decl| {
+            let field = decl.rsplit(|c: char| c.is_whitespace() || c == '*').next().expect("field name").to_string();
+            let kind = if decl.contains('*') {
+                "DPtr"
+            } else if decl.starts_with("int ") {
+                "i32"
+            } else if decl.starts_with("float ") {
+                "f32"
+            } else {
+                panic!("struct {name}: field `{decl}` has a type the Rust side cannot mirror")
+            };
+            (field, kind.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_launched_kernel_is_in_the_source_with_the_same_arguments() {
+    let code = code();
+    let declared = declared_kernels(&code);
+    assert_eq!(declared.len(), Kernel::ALL.len(), "kernels.cu declares {declared:?}");
+    for (kernel, strukt, fields) in args::all() {
+        assert!(declared.contains(&(kernel.name().to_string(), strukt.to_string())), "LLM_KERNEL({}, {strukt}) is missing from kernels.cu", kernel.name());
+        let want: Vec<(String, String)> = fields.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect();
+        assert_eq!(struct_fields(&code, strukt), want, "struct {strukt}: kernels.cu and args.rs differ");
+    }
+    for k in Kernel::ALL {
+        assert!(Kernel::ALL.iter().filter(|j| j.name() == k.name()).count() == 1);
+    }
+}
+
+#[test]
+fn kernel_source_is_balanced_and_needs_no_headers() {
+    let code = code();
+    for (open, close) in [('{', '}'), ('(', ')'), ('[', ']')] {
+        let mut depth = 0i64;
+        for (i, c) in code.chars().enumerate() {
+            if c == open {
+                depth += 1;
+            } else if c == close {
+                depth -= 1;
+                assert!(depth >= 0, "unbalanced {close} at character {i}");
+            }
+        }
+        assert_eq!(depth, 0, "unbalanced {open}{close}");
+    }
+    assert!(!code.contains("#include"), "NVRTC gets no CUDA headers: kernels.cu must define what it uses");
+    // the geometry the host assumes
+    for (name, value) in [("ATT_ROWS", super::ATT_ROWS), ("ATT_BK", super::ATT_BK), ("ATT_WARPS", 4), ("ATT_ROWS_PER_WARP", 4), ("ATT_MAXC", 8)] {
+        assert!(code.contains(&format!("#define {name} {value} ")) || code.contains(&format!("#define {name} {value}\n")), "#define {name} {value}");
+    }
+    assert_eq!(super::ATT_ROWS, 4 * 4, "rows per block = warps × rows per warp");
+}
+
+/// Loads NVRTC from `LLMEVAL_NVRTC` (a path to libnvrtc.so.12, e.g. from the
+/// `nvidia-cuda-nvrtc-cu12` wheel) or the library path; `None` with the reason when absent.
+fn nvrtc() -> Result<(), String> {
+    if let Ok(path) = std::env::var("LLMEVAL_NVRTC") {
+        let path = std::path::PathBuf::from(path);
+        // NVRTC opens its builtins library by name: load it first from the same folder
+        let dir = path.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+        let builtins = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libnvrtc-builtins.so")));
+        for lib in builtins.chain(std::iter::once(path.clone())) {
+            let c = std::ffi::CString::new(lib.to_string_lossy().into_owned()).map_err(|e| e.to_string())?;
+            // SAFETY: dlopen of a library file; RTLD_GLOBAL so later dlopen calls by soname find it.
+            let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            if h.is_null() {
+                return Err(format!("{} cannot be loaded (LLMEVAL_NVRTC={})", lib.display(), path.display()));
+            }
+        }
+    }
+    // SAFETY: only tries dlopen on fixed names.
+    if std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false) {
+        Ok(())
+    } else {
+        Err("no libnvrtc found (set LLMEVAL_NVRTC to a libnvrtc.so.13 or .12; .ci/run installs the nvidia-cuda-nvrtc wheel)".into())
+    }
+}
+
+#[test]
+fn nvrtc_compiles_the_kernels_for_every_precision() {
+    if let Err(why) = nvrtc() {
+        eprintln!("SKIPPED (this test checked nothing) nvrtc_compiles_the_kernels_for_every_precision: {why}");
+        return;
+    }
+    for arch in ["compute_80", "compute_90"] {
+        for (w, k) in [(Prec::F32, Prec::F32), (Prec::F16, Prec::F16), (Prec::Bf16, Prec::Bf16)] {
+            let ptx = compile(arch, w, k).unwrap_or_else(|e| panic!("{arch} {w:?}: {e}"));
+            let text = String::from_utf8_lossy(&ptx);
+            for kernel in Kernel::ALL {
+                assert!(text.contains(&format!(".entry {}(", kernel.name())), "{arch} {w:?}: no entry {}", kernel.name());
+            }
+            // one struct parameter per kernel
+            assert!(!text.contains("_param_1"), "{arch} {w:?}: a kernel has more than one parameter");
+        }
+    }
+    // SASS for the cards the check script runs on
+    for arch in ["sm_80", "sm_90"] {
+        let cubin = compile(arch, Prec::Bf16, Prec::Bf16).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: a CUBIN is an ELF file");
+    }
+    eprintln!("NVRTC compiled kernels.cu for compute_80/90 (f32, f16, bf16) and sm_80/90");
+}
+
+// ── the whole GPU engine on the emulated backend ──
+
+use super::emu::{Emu, EmuError};
+use super::GpuModel;
+use crate::engine::kernels::WType;
+use crate::engine::llama::{logprob_and_greedy, Cache, Config, Layer, Llama, RopeStyle};
+use crate::engine::session::{GenOptions, ScoreRequest, ScoreResult};
+use crate::engine::{Bytes, Matrix};
+use std::sync::Arc;
+
+struct Shape {
+    style: RopeStyle,
+    bias: bool,
+    heads: usize,
+    kv_heads: usize,
+    ty: WType,
+}
+
+/// A 2-layer model with random weights (dim 64, head_dim 32, vocab 97), logits spread enough
+/// that greedy choices are not near ties.
+fn tiny(s: &Shape, seed: u64) -> Llama {
+    let mut rng = crate::stats::SplitMix64::new(seed);
+    let mut uniform = move |scale: f32| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale;
+    let c = Config { arch: "llama".into(), n_layers: 2, dim: 64, n_heads: s.heads, n_kv_heads: s.kv_heads, head_dim: 32, ffn_dim: 96, vocab: 97, ctx_len: 512, rope_theta: 10_000.0, rms_eps: 1e-5, rope_style: s.style };
+    let ty = s.ty;
+    let mut matrix = |rows: usize, cols: usize, scale: f32| {
+        let v: Vec<f32> = (0..rows * cols).map(|_| uniform(scale)).collect();
+        let data: Vec<u8> = match ty {
+            WType::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            WType::BF16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+            _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
+        Matrix { ty, rows, cols, data: Bytes::Owned(Arc::new(data)) }
+    };
+    let (d, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    let mut layers = Vec::new();
+    for _ in 0..c.n_layers {
+        let (wq, wk, wv, wo) = (matrix(q, d, 0.4), matrix(kv, d, 0.4), matrix(kv, d, 0.4), matrix(d, q, 0.2));
+        let (w_gate, w_up, w_down) = (matrix(c.ffn_dim, d, 0.3), matrix(c.ffn_dim, d, 0.3), matrix(d, c.ffn_dim, 0.2));
+        layers.push(Layer { attn_norm: vec![1.0; d], wq, wk, wv, wo, bq: None, bk: None, bv: None, ffn_norm: vec![1.0; d], w_gate, w_up, w_down });
+    }
+    let tok_embd = matrix(c.vocab, d, 1.0);
+    let lm_head = matrix(c.vocab, d, 0.5);
+    let mut rng2 = crate::stats::SplitMix64::new(seed ^ 99);
+    let mut bias = |n: usize| s.bias.then(|| (0..n).map(|_| ((rng2.next_u64() % 1000) as f32 / 1000.0 - 0.5) * 0.4).collect::<Vec<f32>>());
+    for l in &mut layers {
+        l.bq = bias(q);
+        l.bk = bias(kv);
+        l.bv = bias(kv);
+        l.attn_norm.iter_mut().enumerate().for_each(|(i, w)| *w = 0.8 + (i % 5) as f32 * 0.1);
+    }
+    Llama::new(c, tok_embd, layers, vec![1.1; d], lm_head)
+}
+
+fn emulated(model: &Llama) -> Option<GpuModel> {
+    let prec = super::precision_for(model);
+    match Emu::new(prec, 4 << 30) {
+        Ok(be) => Some(GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU")),
+        Err(EmuError::NoCompiler(why)) => {
+            eprintln!("SKIPPED (this test checked nothing): no emulated GPU: {why}");
+            None
+        }
+        Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
+    }
+}
+
+/// The CPU's exact forward pass, one request at a time, as `Engine::score_batch` scores.
+fn cpu_score(model: &Llama, r: &ScoreRequest) -> ScoreResult {
+    let full = [r.context.as_slice(), r.continuation.as_slice()].concat();
+    let input = &full[..full.len() - 1];
+    let first = input.len() - r.continuation.len();
+    let want: Vec<usize> = (first..input.len()).collect();
+    let logits = model.forward(&mut Cache::new(model.config.n_layers), input, &want);
+    let v = model.config.vocab;
+    let mut res = ScoreResult { logprob: 0.0, is_greedy: true, token_logprobs: vec![] };
+    for (j, &t) in r.continuation.iter().enumerate() {
+        let (lp, g) = logprob_and_greedy(&logits[j * v..(j + 1) * v], t);
+        res.logprob += lp;
+        res.is_greedy &= g;
+        res.token_logprobs.push(lp);
+    }
+    res
+}
+
+fn cpu_greedy(model: &Llama, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = Cache::new(model.config.n_layers);
+    let mut logits = model.forward(&mut cache, prompt, &[prompt.len() - 1]);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let next = crate::engine::session::argmax(&logits);
+        out.push(next);
+        logits = model.forward(&mut cache, &[next], &[0]);
+    }
+    out
+}
+
+fn requests(seed: u64) -> Vec<ScoreRequest> {
+    let mut rng = crate::stats::SplitMix64::new(seed);
+    let mut tok = move || rng.below(97) as u32;
+    let mut reqs = Vec::new();
+    for len in [3usize, 17, 40] {
+        let ctx: Vec<u32> = (0..len).map(|_| tok()).collect();
+        for k in 1..4 {
+            reqs.push(ScoreRequest { context: ctx.clone(), continuation: (0..k).map(|_| tok()).collect() });
+        }
+    }
+    reqs.push(ScoreRequest { context: (0..70).map(|_| tok()).collect(), continuation: (0..5).map(|_| tok()).collect() });
+    reqs
+}
+
+fn gpu_scores(g: &GpuModel, reqs: &[ScoreRequest]) -> Vec<ScoreResult> {
+    let mut out = vec![None; reqs.len()];
+    g.score(reqs, 512, &mut |i, r| out[i] = Some(r)).expect("scored");
+    out.into_iter().map(|r| r.expect("every request scored")).collect()
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape { style: RopeStyle::Interleaved, bias: false, heads: 4, kv_heads: 2, ty: WType::F32 },
+    Shape { style: RopeStyle::Half, bias: true, heads: 4, kv_heads: 1, ty: WType::F32 },
+    Shape { style: RopeStyle::Half, bias: false, heads: 2, kv_heads: 2, ty: WType::F32 },
+];
+
+#[test]
+fn emulated_gpu_argument_structs_have_the_rust_layout() {
+    let emu = match Emu::new(super::driver::Prec::F32, 1 << 30) {
+        Ok(e) => e,
+        Err(EmuError::NoCompiler(why)) => return eprintln!("SKIPPED (this test checked nothing): {why}"),
+        Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
+    };
+    use super::args::*;
+    let rust = [size_of::<EmbedArgs>(), size_of::<NormArgs>(), size_of::<RopeArgs>(), size_of::<AttnArgs>(), size_of::<CombineArgs>(), size_of::<SwigluArgs>(), size_of::<ReduceArgs>()];
+    assert_eq!(emu.arg_sizes(), &rust);
+}
+
+#[test]
+fn emulated_gpu_scores_like_the_cpu_exact_path() {
+    for (n, shape) in SHAPES.iter().enumerate() {
+        let mut model = tiny(shape, 10 + n as u64);
+        model.exact = true;
+        let Some(g) = emulated(&model) else { return };
+        // passes of 24 tokens: long requests go through in chunks; LM head in chunks of 5 rows
+        g.tune(24, 6, 16, 5);
+        let reqs = requests(n as u64);
+        let got = gpu_scores(&g, &reqs);
+        let mut worst = 0f64;
+        for (r, gpu) in reqs.iter().zip(&got) {
+            let cpu = cpu_score(&model, r);
+            assert_eq!(gpu.token_logprobs.len(), cpu.token_logprobs.len());
+            for (a, b) in gpu.token_logprobs.iter().zip(&cpu.token_logprobs) {
+                worst = worst.max((a - b).abs());
+            }
+            assert_eq!(gpu.is_greedy, cpu.is_greedy, "shape {n}: greedy flag of {r:?}");
+        }
+        eprintln!("shape {n}: largest per-token difference from the CPU exact path {worst:.2e} nats");
+        assert!(worst < 1e-4, "shape {n}: {worst}");
+    }
+}
+
+#[test]
+fn emulated_gpu_results_do_not_depend_on_the_batch() {
+    let mut model = tiny(&SHAPES[0], 3);
+    model.exact = true;
+    let Some(g) = emulated(&model) else { return };
+    let reqs = requests(9);
+    let together = gpu_scores(&g, &reqs);
+    g.tune(7, 2, 16, 3);
+    let chunked = gpu_scores(&g, &reqs);
+    for (i, r) in reqs.iter().enumerate() {
+        let alone = gpu_scores(&g, std::slice::from_ref(r));
+        assert_eq!(alone[0], together[i], "request {i} alone and in one batch");
+        assert_eq!(chunked[i], together[i], "request {i} in small passes");
+    }
+}
+
+#[test]
+fn emulated_gpu_generates_like_the_cpu() {
+    for (n, shape) in SHAPES.iter().enumerate().take(2) {
+        let mut model = tiny(shape, 40 + n as u64);
+        model.exact = true;
+        let Some(g) = emulated(&model) else { return };
+        // decode attention in splits of 16 keys: prompts of up to 45 tokens span three
+        g.tune(64, 8, 16, 64);
+        let mut rng = crate::stats::SplitMix64::new(n as u64);
+        let prompts: Vec<Vec<u32>> = (0..5).map(|i| (0..5 + i * 10).map(|_| rng.below(97) as u32).collect()).collect();
+        let opts: Vec<GenOptions> = (0..5).map(|i| GenOptions { max_tokens: 6 + i, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] }).collect();
+        let mut got = vec![None; prompts.len()];
+        let decode = |t: &[u32]| format!("{t:?}");
+        // two slots: finished sequences are replaced while others decode
+        g.generate(&prompts, &opts, &[], 512, 2, &decode, &mut |i, r| got[i] = Some(r)).expect("generated");
+        for (i, p) in prompts.iter().enumerate() {
+            let gpu = got[i].as_ref().expect("every prompt generated");
+            assert_eq!(gpu.tokens, cpu_greedy(&model, p, opts[i].max_tokens), "shape {n}, prompt {i}");
+            assert_eq!(gpu.finish_reason, "length");
+        }
+        // the speed measurement's own passes (three sequences decoding together) run too
+        let (prefill, decode) = g.bench(&prompts[4], 3, 5).expect("bench");
+        assert!(prefill > 0.0 && decode > 0.0 && prefill.is_finite() && decode.is_finite());
+    }
+}
+
+#[test]
+fn emulated_gpu_in_half_precision_stays_close() {
+    for (ty, name) in [(WType::F32, "bf16 (converted f32 weights)"), (WType::F16, "f16"), (WType::BF16, "bf16")] {
+        let shape = Shape { ty, ..SHAPES[0] };
+        let mut exact = tiny(&shape, 77);
+        let Some(g) = emulated(&exact) else { return };
+        exact.exact = true;
+        let reqs = requests(5);
+        let got = gpu_scores(&g, &reqs);
+        let mut worst = 0f64;
+        for (r, gpu) in reqs.iter().zip(&got) {
+            for (a, b) in gpu.token_logprobs.iter().zip(&cpu_score(&exact, r).token_logprobs) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        eprintln!("{name}: largest per-token difference from the CPU exact path {worst:.2e} nats");
+        assert!(worst < 0.15 && worst > 0.0, "{name}: {worst}");
+    }
+}
