@@ -4,6 +4,13 @@
 use super::args::{self, Kernel};
 use super::driver::{compile, Prec, SOURCE};
 
+/// Says on the real stderr (past the test harness's capture, so it shows in every run) that a
+/// test checked nothing.
+fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED (checked nothing): {test}: {why}");
+}
+
 /// The source without comments.
 fn code() -> String {
     let mut out = String::new();
@@ -125,7 +132,7 @@ fn nvrtc() -> Result<(), String> {
 #[test]
 fn nvrtc_compiles_the_kernels_for_every_precision() {
     if let Err(why) = nvrtc() {
-        eprintln!("SKIPPED (this test checked nothing) nvrtc_compiles_the_kernels_for_every_precision: {why}");
+        skipped("nvrtc_compiles_the_kernels_for_every_precision", &why);
         return;
     }
     for arch in ["compute_80", "compute_90"] {
@@ -206,7 +213,7 @@ fn emulated(model: &Llama) -> Option<GpuModel> {
     match Emu::new(prec, 4 << 30) {
         Ok(be) => Some(GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU")),
         Err(EmuError::NoCompiler(why)) => {
-            eprintln!("SKIPPED (this test checked nothing): no emulated GPU: {why}");
+            skipped("an emulated-GPU test", &why);
             None
         }
         Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
@@ -273,7 +280,7 @@ const SHAPES: [Shape; 3] = [
 fn emulated_gpu_argument_structs_have_the_rust_layout() {
     let emu = match Emu::new(super::driver::Prec::F32, 1 << 30) {
         Ok(e) => e,
-        Err(EmuError::NoCompiler(why)) => return eprintln!("SKIPPED (this test checked nothing): {why}"),
+        Err(EmuError::NoCompiler(why)) => return skipped("emulated_gpu_argument_structs_have_the_rust_layout", &why),
         Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
     };
     use super::args::*;
