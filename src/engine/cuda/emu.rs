@@ -1,7 +1,8 @@
 //! A [`Backend`] on the CPU for the tests: `kernels.cu` compiled by the host's C++ compiler with
 //! `emu.h` (each block's threads as fibers), GEMMs as plain f32 loops, memory as host
-//! allocations. It runs the GPU engine's host code and kernels end to end without a GPU; what it
-//! cannot check is NVRTC, cuBLAS, CUDA graphs and the hardware.
+//! allocations, a captured pass as the list of its launches (what a CUDA graph freezes). It runs the
+//! GPU engine's host code and kernels end to end without a GPU; what it cannot check is the CUDA
+//! driver, NVRTC and cuBLAS themselves, and the hardware (blocks running at once, speed).
 
 use super::args::Kernel;
 use super::driver::{Backend, Gemm, Graph, Prec, SOURCE};
