@@ -119,11 +119,11 @@ step() { # step SECONDS command...: runs with a time limit, logs, records a fail
 }
 
 log "== correctness: GPU f32 vs the CPU's exact path (≤ 1e-2 nats per token, identical greedy tokens, batch invariance)"
-step 100 "$BIN" check "$MODEL" --golden tests/goldens/llamacpp_extra.json --label default-model
-step 200 "$BIN" check $RAND --label random-1.1b
+step 90 "$BIN" check "$MODEL" --golden tests/goldens/llamacpp_extra.json --label default-model
+step 170 "$BIN" check $RAND --label random-1.1b
 log "== speed (fast path)"
-step 40 "$BIN" speed "$MODEL" --label default-model ${BW:+--bandwidth $BW}
-step 100 "$BIN" speed $RAND --label random-1.1b ${BW:+--bandwidth $BW} --json "$OUTDIR/llmeval-speed.json"
+step 30 "$BIN" speed "$MODEL" --label default-model ${BW:+--bandwidth $BW}
+step 90 "$BIN" speed $RAND --label random-1.1b ${BW:+--bandwidth $BW} --json "$OUTDIR/llmeval-speed.json"
 log "== PyTorch + transformers, bf16, same card, same model"
 step 150 python3 benches/gpu_check.py baseline $RAND "$OUTDIR/transformers-speed.json"
 

@@ -86,9 +86,11 @@ pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
     }
 }
 
-/// A replayable recording of a decode step.
-pub struct Graph {
-    exec: sys::CUgraphExec,
+/// A replayable recording of a decode step: a CUDA graph, or a backend's own recording (the
+/// tests' emulation keeps a list of launches, numbered).
+pub enum Graph {
+    Cuda(sys::CUgraphExec),
+    Recorded(usize),
 }
 
 // SAFETY: an instantiated graph is a handle usable from any thread of its context; the model
@@ -363,7 +365,7 @@ impl Backend for Cuda {
                 (Ok(()), Ok(g)) if !g.is_null() => {
                     let exec = result::graph::instantiate(g, sys::CUgraphInstantiate_flags(0));
                     let _ = result::graph::destroy(g);
-                    Ok(exec.ok().map(|exec| Graph { exec }))
+                    Ok(exec.ok().map(Graph::Cuda))
                 }
                 (_, Ok(g)) => {
                     if !g.is_null() {
@@ -377,14 +379,17 @@ impl Backend for Cuda {
     }
 
     fn replay(&self, g: &Graph) -> Result<(), DeviceError> {
+        let Graph::Cuda(exec) = g else { return Err(err(&self.label, "cuGraphLaunch", "not a CUDA graph")) };
         // SAFETY: the graph was instantiated on this context and its buffers are still live.
-        unsafe { result::graph::launch(g.exec, self.stream) }.map_err(|e| err(&self.label, "cuGraphLaunch", e))
+        unsafe { result::graph::launch(*exec, self.stream) }.map_err(|e| err(&self.label, "cuGraphLaunch", e))
     }
 
     fn drop_graph(&self, g: Graph) {
-        // SAFETY: instantiated by `capture`, destroyed once.
-        unsafe {
-            let _ = result::graph::exec_destroy(g.exec);
+        if let Graph::Cuda(exec) = g {
+            // SAFETY: instantiated by `capture`, destroyed once.
+            unsafe {
+                let _ = result::graph::exec_destroy(exec);
+            }
         }
     }
 }

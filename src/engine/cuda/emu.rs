@@ -1,7 +1,8 @@
 //! A [`Backend`] on the CPU for the tests: `kernels.cu` compiled by the host's C++ compiler with
 //! `emu.h` (each block's threads as fibers), GEMMs as plain f32 loops, memory as host
-//! allocations. It runs the GPU engine's host code and kernels end to end without a GPU; what it
-//! cannot check is NVRTC, cuBLAS, CUDA graphs and the hardware.
+//! allocations, a captured pass as the list of its launches (what a CUDA graph freezes). It runs the
+//! GPU engine's host code and kernels end to end without a GPU; what it cannot check is the CUDA
+//! driver, NVRTC and cuBLAS themselves, and the hardware (blocks running at once, speed).
 
 use super::args::Kernel;
 use super::driver::{Backend, Gemm, Graph, Prec, SOURCE};
@@ -15,8 +16,19 @@ type KernelFn = unsafe extern "C" fn(*const u8);
 type LaunchFn = unsafe extern "C" fn(KernelFn, *const u8, u32, u32, u32, u32, u32) -> i32;
 type SizeFn = unsafe extern "C" fn() -> u64;
 
+/// One recorded operation of a captured pass.
+enum Op {
+    Launch(Kernel, [u32; 3], u32, u32, Vec<u8>),
+    Gemm(Gemm),
+}
+
 pub struct Emu {
     lib: *mut libc::c_void,
+    /// Capturing: operations are recorded here instead of run.
+    recording: Mutex<Option<Vec<Op>>>,
+    graphs: Mutex<Vec<Vec<Op>>>,
+    /// How many recorded passes were replayed (tests check the graph path ran).
+    pub replays: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     launch: LaunchFn,
     kernels: Vec<KernelFn>,
     sizes: Vec<usize>,
@@ -103,7 +115,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()) })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()) })
         }
     }
 
@@ -178,6 +190,10 @@ impl Backend for Emu {
         Ok(())
     }
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
+        if let Some(ops) = self.recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            ops.push(Op::Launch(k, grid, block, shared, args.to_vec()));
+            return Ok(());
+        }
         if args.len() != self.sizes[k as usize] {
             return Err(err(k.name(), format!("argument struct of {} bytes, the kernel's is {}", args.len(), self.sizes[k as usize])));
         }
@@ -190,6 +206,10 @@ impl Backend for Emu {
         Ok(())
     }
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
+        if let Some(ops) = self.recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            ops.push(Op::Gemm(*g));
+            return Ok(());
+        }
         // c[m × n] (+)= a[m × k] · w[n × k]ᵀ, each dot product in k order (the same for any m)
         for i in 0..g.m {
             for j in 0..g.n {
@@ -206,11 +226,27 @@ impl Backend for Emu {
         }
         Ok(())
     }
-    fn capture(&self, _f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError> {
-        Ok(None)
+    /// Records the launches and GEMMs of `f` with their arguments, as a CUDA graph does.
+    fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError> {
+        *self.recording.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        let r = f();
+        let ops = self.recording.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
+        r?;
+        let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        graphs.push(ops);
+        Ok(Some(Graph::Recorded(graphs.len() - 1)))
     }
-    fn replay(&self, _g: &Graph) -> Result<(), DeviceError> {
-        Err(err("replay", "the emulation records no graphs"))
+    fn replay(&self, g: &Graph) -> Result<(), DeviceError> {
+        let Graph::Recorded(i) = g else { return Err(err("replay", "not a recording of this backend")) };
+        let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
+        for op in &graphs[*i] {
+            match op {
+                Op::Launch(k, grid, block, shared, args) => self.launch_raw(*k, *grid, *block, *shared, args)?,
+                Op::Gemm(g) => self.gemm(g)?,
+            }
+        }
+        self.replays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
     fn drop_graph(&self, _g: Graph) {}
 }

@@ -4,6 +4,13 @@
 use super::args::{self, Kernel};
 use super::driver::{compile, Prec, SOURCE};
 
+/// Says on the real stderr (past the test harness's capture, so it shows in every run) that a
+/// test checked nothing.
+fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED (checked nothing): {test}: {why}");
+}
+
 /// The source without comments.
 fn code() -> String {
     let mut out = String::new();
@@ -125,7 +132,7 @@ fn nvrtc() -> Result<(), String> {
 #[test]
 fn nvrtc_compiles_the_kernels_for_every_precision() {
     if let Err(why) = nvrtc() {
-        eprintln!("SKIPPED (this test checked nothing) nvrtc_compiles_the_kernels_for_every_precision: {why}");
+        skipped("nvrtc_compiles_the_kernels_for_every_precision", &why);
         return;
     }
     for arch in ["compute_80", "compute_90"] {
@@ -202,11 +209,19 @@ fn tiny(s: &Shape, seed: u64) -> Llama {
 }
 
 fn emulated(model: &Llama) -> Option<GpuModel> {
+    emulated_counting(model).map(|(g, _)| g)
+}
+
+/// The model on the emulated GPU, and the count of recorded decode passes it replays.
+fn emulated_counting(model: &Llama) -> Option<(GpuModel, Arc<std::sync::atomic::AtomicUsize>)> {
     let prec = super::precision_for(model);
     match Emu::new(prec, 4 << 30) {
-        Ok(be) => Some(GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU")),
+        Ok(be) => {
+            let replays = be.replays.clone();
+            Some((GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU"), replays))
+        }
         Err(EmuError::NoCompiler(why)) => {
-            eprintln!("SKIPPED (this test checked nothing): no emulated GPU: {why}");
+            skipped("an emulated-GPU test", &why);
             None
         }
         Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
@@ -273,7 +288,7 @@ const SHAPES: [Shape; 3] = [
 fn emulated_gpu_argument_structs_have_the_rust_layout() {
     let emu = match Emu::new(super::driver::Prec::F32, 1 << 30) {
         Ok(e) => e,
-        Err(EmuError::NoCompiler(why)) => return eprintln!("SKIPPED (this test checked nothing): {why}"),
+        Err(EmuError::NoCompiler(why)) => return skipped("emulated_gpu_argument_structs_have_the_rust_layout", &why),
         Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
     };
     use super::args::*;
@@ -326,7 +341,7 @@ fn emulated_gpu_generates_like_the_cpu() {
     for (n, shape) in SHAPES.iter().enumerate().take(2) {
         let mut model = tiny(shape, 40 + n as u64);
         model.exact = true;
-        let Some(g) = emulated(&model) else { return };
+        let Some((g, replays)) = emulated_counting(&model) else { return };
         // decode attention in splits of 16 keys: prompts of up to 45 tokens span three
         g.tune(64, 8, 16, 64);
         let mut rng = crate::stats::SplitMix64::new(n as u64);
@@ -341,6 +356,8 @@ fn emulated_gpu_generates_like_the_cpu() {
             assert_eq!(gpu.tokens, cpu_greedy(&model, p, opts[i].max_tokens), "shape {n}, prompt {i}");
             assert_eq!(gpu.finish_reason, "length");
         }
+        // decode steps after the first of each shape replay the recorded pass (a CUDA graph on a GPU)
+        assert!(replays.load(std::sync::atomic::Ordering::Relaxed) > 10, "decode passes were replayed");
         // the speed measurement's own passes (three sequences decoding together) run too
         let (prefill, decode) = g.bench(&prompts[4], 3, 5).expect("bench");
         assert!(prefill > 0.0 && decode > 0.0 && prefill.is_finite() && decode.is_finite());
