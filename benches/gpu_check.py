@@ -113,6 +113,18 @@ def baseline(d, out):
 
     res["transformers"] = transformers.__version__
     with torch.inference_mode():
+        # the card's achievable memory bandwidth: a 4 GiB device-to-device copy (bytes read + written)
+        src = torch.empty(1 << 30, dtype=torch.float32, device="cuda").uniform_()
+        dst = torch.empty_like(src)
+        for _ in range(3):
+            dst.copy_(src)
+        sync()
+        t = time.perf_counter()
+        for _ in range(10):
+            dst.copy_(src)
+        sync()
+        res["copy_bandwidth_tb_s"] = 10 * 2 * src.numel() * 4 / (time.perf_counter() - t) / 1e12
+        del src, dst
         for _ in range(2):
             model(prompt)
         sync()
@@ -170,6 +182,7 @@ def baseline(d, out):
         res["loglik_first_requests"] = lps[:16]
     with open(out, "w") as f:
         json.dump(res, f)
+    print(f"{res['device']}: device-to-device copy {res['copy_bandwidth_tb_s']:.2f} TB/s (read + written)")
     print(f"transformers {res['transformers']} (torch {res['torch']}, bf16, {res['device']}): prefill {res['prefill_tokens_per_s']:.0f} tokens/s; "
           f"decode batch 1 {res['decode_b1_tokens_per_s']:.1f}, batch 32 {res['decode_b32_tokens_per_s']:.1f} tokens/s; "
           f"log-likelihood {res['loglik_requests_per_s']:.0f} requests/s, {res['loglik_tokens_per_s']:.0f} tokens/s")

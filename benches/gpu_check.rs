@@ -176,13 +176,15 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     println!("[{label}] llmeval prefill {prefill:.0} tokens/s (512-token prompt)");
     println!("[{label}] llmeval decode batch 1: {decode1:.1} tokens/s · batch 32: {decode32:.1} tokens/s (128 tokens after a 512-token prompt)");
     println!("[{label}] llmeval log-likelihood: {} requests ({} groups of 4 choices, 192-token contexts) in {secs:.2} s = {:.0} requests/s, {:.0} tokens/s", reqs.len(), reqs.len() / 4, reqs.len() as f64 / secs, tokens as f64 / secs);
-    let bound = bandwidth.map(|bw| bw * 1e12 / weights as f64);
+    // a decode step reads every matrix once (the embedding table only a row)
+    let per_token = gpu.bytes_per_token();
+    let bound = bandwidth.map(|bw| bw * 1e12 / per_token as f64);
     if let Some(b) = bound {
-        println!("[{label}] decode batch 1 bandwidth bound {b:.1} tokens/s (weights {:.2} GB / {:.2} TB/s); llmeval at {:.0}% of it", weights as f64 / 1e9, bandwidth.unwrap_or(0.0), 100.0 * decode1 / b);
+        println!("[{label}] decode batch 1 bandwidth bound {b:.1} tokens/s ({:.3} GB read per token / {:.2} TB/s); llmeval at {:.0}% of it", per_token as f64 / 1e9, bandwidth.unwrap_or(0.0), 100.0 * decode1 / b);
     }
     if let Some(p) = json_out {
         let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32,
-            "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bandwidth_bound_b1": bound});
+            "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
     }
 }

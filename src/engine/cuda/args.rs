@@ -14,10 +14,11 @@ pub enum Kernel {
     AttnCombine,
     Swiglu,
     LogitsReduce,
+    Matvec,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [Kernel::Embed, Kernel::RmsNorm, Kernel::RopeStore, Kernel::AttnPartial, Kernel::AttnCombine, Kernel::Swiglu, Kernel::LogitsReduce];
+    pub const ALL: [Kernel; 8] = [Kernel::Embed, Kernel::RmsNorm, Kernel::RopeStore, Kernel::AttnPartial, Kernel::AttnCombine, Kernel::Swiglu, Kernel::LogitsReduce, Kernel::Matvec];
 
     /// The `extern "C"` name in the source.
     pub fn name(self) -> &'static str {
@@ -29,6 +30,7 @@ impl Kernel {
             Kernel::AttnCombine => "attn_combine",
             Kernel::Swiglu => "swiglu",
             Kernel::LogitsReduce => "logits_reduce",
+            Kernel::Matvec => "matvec",
         }
     }
 }
@@ -78,6 +80,10 @@ kernel_args!(CombineArgs => AttnCombine {
 });
 kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
+kernel_args!(MatvecArgs => Matvec {
+    a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
+    m: i32, n: i32, k: i32, mode: i32, accumulate: i32, eps: f32,
+});
 
 /// A kernel, its argument struct's name and fields.
 pub type ArgsInfo = (Kernel, &'static str, &'static [(&'static str, &'static str)]);
@@ -87,5 +93,5 @@ pub fn all() -> Vec<ArgsInfo> {
     fn one<A: KernelArgs>() -> ArgsInfo {
         (A::KERNEL, A::STRUCT, A::FIELDS)
     }
-    vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<CombineArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>()]
+    vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<CombineArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>(), one::<MatvecArgs>()]
 }

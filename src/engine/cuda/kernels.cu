@@ -367,7 +367,7 @@ LLM_KERNEL(swiglu, SwigluArgs) {
 // ── per row of logits: log-softmax at the target (f64, as the CPU) and the argmax (first on ties) ──
 struct ReduceArgs {
   const float* logits;  // [n × vocab]
-  const int* target;    // [n] or null
+  const int* target;    // [n] (-1: none) or null
   double* lp;           // [n]
   int* am;              // [n]
   int vocab;
@@ -397,6 +397,14 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
   }
   const float mx = sv[0];
   const int arg = si[0];
+  const int target = a.target ? a.target[r] : -1;  // uniform across the block
+  if (target < 0) {  // argmax only (a generated token): no log-softmax to compute
+    if (tid == 0) {
+      a.am[r] = arg;
+      a.lp[r] = 0.0;
+    }
+    return;
+  }
   double s = 0.0;
   for (int i = tid; i < a.vocab; i += nt) s += exp((double)(row[i] - mx));
   sd[tid] = s;
@@ -407,6 +415,154 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
   }
   if (tid == 0) {
     a.am[r] = arg;
-    a.lp[r] = a.target ? (double)(row[a.target[r]] - mx) - log(sd[0]) : 0.0;
+    a.lp[r] = (double)(row[target] - mx) - log(sd[0]);
   }
+}
+
+// ── decode matrix products: y[r, j] (+)= Σ_i in(r)[i] · w[j, i] for a handful of rows r ──
+// A decode step's products have a few rows, so they are bound by reading the weights once: each
+// warp streams MV_R weight rows in 16-byte loads (MV_U loads a row in flight) and applies them to
+// up to MV_M input rows that the prologue makes on the fly (`mode`): MV_PLAIN the rows of `a`,
+// MV_NORM RMSNorm of the residual rows of `x` (row rows[r], or r) times `norm_w`, MV_SWIGLU
+// silu(gate)·up of `x`'s [gate | up] rows. Inputs are rounded to the storage type as the prefill
+// path stores them (`rms_norm`, `swiglu`), so the RMSNorm and SwiGLU launches of a layer go away.
+// Batch invariance: lane l sums elements l·MV_VEC + 32·MV_VEC·s in s order, the warp reduces in a
+// fixed tree, and a row's norm scale is one warp's sum in a fixed order: an output depends on its
+// own row only, never on m or on which block ran it.
+#define MV_WARPS 8   // warps per block
+#define MV_R 2       // weight rows per warp
+#define MV_M 8       // input rows per block (grid.x covers more)
+#define MV_U 4       // loads of a weight row in flight per lane
+#define MV_PLAIN 0
+#define MV_NORM 1
+#define MV_SWIGLU 2
+#define MV_VEC (16 / (int)sizeof(wt))  // weights per 16-byte load
+
+struct alignas(16) V16 { unsigned u[4]; };
+struct alignas(16) F4 { float v[4]; };
+
+__device__ __forceinline__ void unpack_w(const V16 q, float* f) {
+#if LLM_WT == 0
+#pragma unroll
+  for (int i = 0; i < 4; i++) f[i] = __uint_as_float(q.u[i]);
+#else
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = w2f((wt)(q.u[i] & 0xffffu));
+    f[2 * i + 1] = w2f((wt)(q.u[i] >> 16));
+  }
+#endif
+}
+
+// MV_VEC consecutive f32 values (16-byte aligned)
+__device__ __forceinline__ void load_f(const float* p, float* f) {
+#pragma unroll
+  for (int h = 0; h < MV_VEC / 4; h++) {
+    const F4 q = *(const F4*)(p + 4 * h);
+#pragma unroll
+    for (int e = 0; e < 4; e++) f[4 * h + e] = q.v[e];
+  }
+}
+
+struct MatvecArgs {
+  const wt* a;           // MV_PLAIN: [m × k]
+  const float* x;        // MV_NORM: [* × k] residual rows; MV_SWIGLU: [m × 2·k] gate | up
+  const float* norm_w;   // MV_NORM: [k]
+  const int* rows;       // MV_NORM: [m] rows of x, or null (row r)
+  const wt* w;           // [n × k]
+  float* y;              // [m × n]
+  int m;
+  int n;
+  int k;                 // a multiple of MV_VEC
+  int mode;
+  int accumulate;
+  float eps;
+};
+LLM_KERNEL(matvec, MatvecArgs) {
+  __shared__ float s_scale[MV_M];
+  __shared__ int s_src[MV_M];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int r0 = blockIdx.x * MV_M, m = min(MV_M, a.m - r0);
+  if (m <= 0) return;  // uniform across the block
+  if (warp < m) {      // one warp per input row: its source row and RMSNorm scale
+    const int src = a.mode == MV_NORM && a.rows ? a.rows[r0 + warp] : r0 + warp;
+    float ss = 0.0f;
+    if (a.mode == MV_NORM) {
+      const float* xr = a.x + (long long)src * a.k;
+      for (int i = lane * 4; i < a.k; i += 128) {
+        const F4 q = *(const F4*)(xr + i);
+#pragma unroll
+        for (int e = 0; e < 4; e++) ss += q.v[e] * q.v[e];
+      }
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(FULL_MASK, ss, o);
+    }
+    if (lane == 0) {
+      s_src[warp] = src;
+      s_scale[warp] = 1.0f / sqrtf(ss / (float)a.k + a.eps);
+    }
+  }
+  __syncthreads();
+  const int j0 = (blockIdx.y * MV_WARPS + warp) * MV_R;
+  if (j0 >= a.n) return;
+  float acc[MV_R][MV_M];
+#pragma unroll
+  for (int rr = 0; rr < MV_R; rr++)
+#pragma unroll
+    for (int r = 0; r < MV_M; r++) acc[rr][r] = 0.0f;
+  const wt* wrow[MV_R];
+#pragma unroll
+  for (int rr = 0; rr < MV_R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
+  const int step = 32 * MV_VEC;
+  for (int base = lane * MV_VEC; base < a.k; base += MV_U * step) {
+    V16 wq[MV_U][MV_R] = {};
+#pragma unroll
+    for (int u = 0; u < MV_U; u++)
+#pragma unroll
+      for (int rr = 0; rr < MV_R; rr++)
+        if (base + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base + u * step);
+#pragma unroll
+    for (int u = 0; u < MV_U; u++) {
+      const int i = base + u * step;
+      if (i >= a.k) break;
+      float wf[MV_R][MV_VEC];
+#pragma unroll
+      for (int rr = 0; rr < MV_R; rr++) unpack_w(wq[u][rr], wf[rr]);
+#pragma unroll
+      for (int r = 0; r < MV_M; r++) {
+        if (r >= m) break;
+        float in[MV_VEC];
+        if (a.mode == MV_PLAIN) {
+          unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
+        } else if (a.mode == MV_NORM) {
+          float xs[MV_VEC], nw[MV_VEC];
+          load_f(a.x + (long long)s_src[r] * a.k + i, xs);
+          load_f(a.norm_w + i, nw);
+#pragma unroll
+          for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(xs[e] * s_scale[r] * nw[e]));
+        } else {
+          float g[MV_VEC], up[MV_VEC];
+          load_f(a.x + (long long)(r0 + r) * 2 * a.k + i, g);
+          load_f(a.x + (long long)(r0 + r) * 2 * a.k + a.k + i, up);
+#pragma unroll
+          for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(g[e] / (1.0f + expf(-g[e])) * up[e]));
+        }
+#pragma unroll
+        for (int rr = 0; rr < MV_R; rr++)
+#pragma unroll
+          for (int e = 0; e < MV_VEC; e++) acc[rr][r] += wf[rr][e] * in[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int rr = 0; rr < MV_R; rr++)
+#pragma unroll
+    for (int r = 0; r < MV_M; r++) {
+      if (r >= m) break;
+      float v = acc[rr][r];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+      if (lane == 0 && j0 + rr < a.n) {
+        float* out = a.y + (long long)(r0 + r) * a.n + j0 + rr;
+        *out = a.accumulate ? *out + v : v;
+      }
+    }
 }

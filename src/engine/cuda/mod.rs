@@ -46,6 +46,16 @@ const PASS_TOKENS: usize = 4096;
 const PASS_SEQS: usize = 256;
 /// Sequences decoding together.
 pub const GEN_SLOTS: usize = 64;
+/// Threads per block of the decode matrix products (`MV_WARPS` warps in the source).
+const MV_THREADS: u32 = 256;
+/// Weight rows per block of the decode matrix products (`MV_WARPS` × `MV_R`).
+const MV_ROWS: usize = 16;
+/// Input rows per block of the decode matrix products (`MV_M`).
+const MV_M: usize = 8;
+/// The decode products' prologues (`MV_PLAIN`, `MV_NORM`, `MV_SWIGLU`).
+const MV_PLAIN: i32 = 0;
+const MV_NORM: i32 = 1;
+const MV_SWIGLU: i32 = 2;
 
 /// One transformer block on the device (addresses; shapes in the comments).
 struct LayerW {
@@ -68,16 +78,8 @@ struct Buffers {
     act: u64,    // [T × ffn] wt
     sel: u64,    // [C × d] wt final-normed wanted rows
     logits: u64, // [C × vocab] f32
-    lp: u64,     // [T] f64
-    am: u64,     // [T] i32
-    tok: u64,    // [T] i32
-    pos: u64,    // [T] i32
-    seq_of: u64, // [T] i32
-    blk_off: u64, // [S] i32
-    tables: u64, // [table_cap] i32
-    tiles: u64,  // [tile_cap × 4] i32
-    want: u64,   // [T] i32
-    target: u64, // [T] i32
+    out: u64,    // [w] f64 log-probs, then [w] i32 argmaxes (one download)
+    idx: u64,    // [5·T + S + 4·tile_cap + table_cap] i32: a pass's index arrays (one upload; see `IdxAt`)
     part_acc: u64, // [part_rows × hd] f32
     part_ml: u64,  // [part_rows × 2] f32
 }
@@ -101,7 +103,9 @@ struct Inner {
     tile_cap: usize,
     part_rows: usize,
     kv_bytes: usize,
-    graphs: HashMap<(usize, usize), Graph>,
+    graphs: HashMap<PassShape, Graph>,
+    /// the decode matvec kernel can run this model (its inner dimensions fill 16-byte loads)
+    matvec_ok: bool,
     graphs_work: bool,
     /// tokens and sequences per pass (at most the buffers' [`PASS_TOKENS`], [`PASS_SEQS`])
     pass: Limits,
@@ -110,6 +114,51 @@ struct Inner {
     /// rows of the last pass's final LM-head chunk: (first wanted row, count)
     last_chunk: (usize, usize),
     allocs: Vec<u64>,
+}
+
+/// Where a pass's index arrays lie in [`Buffers::idx`]: one after another, so one copy uploads
+/// them all. The offsets follow from the pass's counts only, so a recorded decode step (keyed by
+/// its counts) reads each array where the next step of the same counts writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct IdxAt {
+    tok: u64,     // [n] token ids
+    pos: u64,     // [n] positions
+    seq_of: u64,  // [n] span of each token
+    want: u64,    // [w] packed index of each wanted row
+    target: u64,  // [w] target of each wanted row (-1: none)
+    blk_off: u64, // [spans] offset of each span's block table
+    tiles: u64,   // [tiles × 4] attention tiles
+    tables: u64,  // the block tables
+}
+
+impl IdxAt {
+    fn new(base: u64, n: usize, w: usize, spans: usize, tiles: usize) -> IdxAt {
+        let at = |ints: usize| base + 4 * ints as u64;
+        IdxAt { tok: at(0), pos: at(n), seq_of: at(2 * n), want: at(3 * n), target: at(3 * n + w), blk_off: at(3 * n + 2 * w), tiles: at(3 * n + 2 * w + spans), tables: at(3 * n + 2 * w + spans + 4 * tiles) }
+    }
+
+    /// The arrays of `p` in this layout, as one host buffer.
+    fn fill(p: &Packed) -> Vec<i32> {
+        [&p.tok, &p.pos, &p.seq_of, &p.want, &p.target, &p.blk_off, &p.tiles, &p.tables].into_iter().flat_map(|v| v.iter().copied()).collect()
+    }
+}
+
+/// What one pass is made of: the counts that shape its launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PassShape {
+    /// tokens
+    n: usize,
+    /// wanted rows
+    w: usize,
+    /// spans (sequences)
+    spans: usize,
+    /// attention tiles
+    tiles: usize,
+    /// keys per split of the attention, and splits per tile
+    split: usize,
+    max_splits: usize,
+    /// a decode step: its products run as the fused matvec kernel (when the sizes allow)
+    decode: bool,
 }
 
 /// A model resident on a GPU.
@@ -237,13 +286,14 @@ impl GpuModel {
             kc: 0,
             vc: 0,
             blocks: 0,
-            buf: Buffers { x: 0, hn: 0, qkv: 0, att: 0, gu: 0, act: 0, sel: 0, logits: 0, lp: 0, am: 0, tok: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, tiles: 0, want: 0, target: 0, part_acc: 0, part_ml: 0 },
+            buf: Buffers { x: 0, hn: 0, qkv: 0, att: 0, gu: 0, act: 0, sel: 0, logits: 0, out: 0, idx: 0, part_acc: 0, part_ml: 0 },
             chunk,
             table_cap,
             tile_cap,
             part_rows,
             kv_bytes: 0,
             graphs: HashMap::new(),
+            matvec_ok: [d, q_dim, c.ffn_dim].iter().all(|k| k.is_multiple_of(16 / es)),
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_split,
@@ -291,16 +341,8 @@ impl GpuModel {
             act: inner.alloc(t * c.ffn_dim * es)?,
             sel: inner.alloc(chunk * d * es)?,
             logits: inner.alloc(chunk * c.vocab * f)?,
-            lp: inner.alloc(t * 8)?,
-            am: inner.alloc(t * 4)?,
-            tok: inner.alloc(t * 4)?,
-            pos: inner.alloc(t * 4)?,
-            seq_of: inner.alloc(t * 4)?,
-            blk_off: inner.alloc(s * 4)?,
-            tables: inner.alloc(table_cap * 4)?,
-            tiles: inner.alloc(tile_cap * 16)?,
-            want: inner.alloc(t * 4)?,
-            target: inner.alloc(t * 4)?,
+            out: inner.alloc(t * 12)?,
+            idx: inner.alloc((5 * t + s + 4 * tile_cap + table_cap) * 4)?,
             part_acc: inner.alloc(part_rows * hd * f)?,
             part_ml: inner.alloc(part_rows * 2 * f)?,
         };
@@ -360,16 +402,27 @@ impl GpuModel {
         g.decode_split = decode_split.max(1);
     }
 
+    /// Bytes a decode step must read at the least: every layer's matrices and the LM head (not
+    /// the embedding table, of which a step reads one row per sequence). Over the card's memory
+    /// bandwidth this bounds decode at batch 1.
+    pub fn bytes_per_token(&self) -> usize {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        matrix_bytes(&g.cfg, self.prec)
+    }
+
     /// Bytes of the weights on the device, and of the KV cache.
     pub fn memory(&self) -> (usize, usize) {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let c = &g.cfg;
-        let (d, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
-        let per_layer = (q + 2 * kv) * d + d * q + 3 * c.ffn_dim * d;
-        let tied = g.lm_head == g.emb;
-        let w = (per_layer * c.n_layers + c.vocab * d * if tied { 1 } else { 2 }) * self.prec.bytes();
-        (w, g.kv_bytes)
+        let embedding = if g.lm_head == g.emb { 0 } else { g.cfg.vocab * g.cfg.dim * self.prec.bytes() };
+        (matrix_bytes(&g.cfg, self.prec) + embedding, g.kv_bytes)
     }
+}
+
+/// Bytes of every layer's matrices and of the LM head in `prec`.
+fn matrix_bytes(c: &Config, prec: Prec) -> usize {
+    let (d, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    let per_layer = (q + 2 * kv) * d + d * q + 3 * c.ffn_dim * d;
+    (per_layer * c.n_layers + c.vocab * d) * prec.bytes()
 }
 
 impl Inner {
@@ -377,14 +430,18 @@ impl Inner {
         self.pass
     }
 
-    /// Enqueues one pass over the uploaded index arrays: `n` tokens, `n_tiles` attention tiles,
-    /// `w` wanted rows. Launch arguments depend only on these counts (a decode step can be
-    /// recorded once as a graph and replayed with new index arrays).
-    fn enqueue(&self, n: usize, n_tiles: usize, w: usize, split: usize, max_splits: usize) -> Result<(), DeviceError> {
+    /// Enqueues one pass over the uploaded index arrays. Launch arguments depend only on the
+    /// pass's shape (a decode step is recorded once as a graph and replayed with new index
+    /// arrays). A decode step runs its products as the fused `matvec` kernel: RMSNorm and SwiGLU
+    /// become the prologues of the products that read them.
+    fn enqueue(&self, ps: &PassShape) -> Result<(), DeviceError> {
         let c = &self.cfg;
         let b = &self.buf;
         let g = &self.gpu;
-        let (d, hd, nh, nkv) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads);
+        let ix = IdxAt::new(b.idx, ps.n, ps.w, ps.spans, ps.tiles);
+        let (n, w, n_tiles) = (ps.n, ps.w, ps.tiles);
+        let mv = ps.decode && self.matvec_ok;
+        let (d, hd, nh, nkv, ffn) = (c.dim, c.head_dim, c.n_heads, c.n_kv_heads, c.ffn_dim);
         let (q_dim, kv_dim) = (nh * hd, nkv * hd);
         let qkv_dim = q_dim + 2 * kv_dim;
         let (ni, di) = (n as i32, d as i32);
@@ -392,29 +449,55 @@ impl Inner {
         let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
         let shared = ((ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
         let grid = |x: usize| [x as u32, 1, 1];
-        g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: b.tok, x: b.x, d: di, n: ni })?;
+        // y[m × rows] (+)= prologue(input)[m × k] · w[rows × k]ᵀ on the matvec kernel
+        let matvec = |m: usize, rows: usize, k: usize, mode: i32, input: u64, aux: u64, rows_of: u64, w: u64, y: u64, accumulate: bool| {
+            let (a, x) = if mode == MV_PLAIN { (input, 0) } else { (0, input) };
+            let args = MatvecArgs { a, x, norm_w: aux, rows: rows_of, w, y, m: m as i32, n: rows as i32, k: k as i32, mode, accumulate: i32::from(accumulate), eps: c.rms_eps };
+            g.launch([m.div_ceil(MV_M) as u32, rows.div_ceil(MV_ROWS) as u32, 1], MV_THREADS, 0, &args)
+        };
+        g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
         for (li, l) in self.layers.iter().enumerate() {
             let (kc, vc) = (self.kc + li as u64 * layer_kv, self.vc + li as u64 * layer_kv);
-            g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-            g.gemm(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
+            // x [n × d] → qkv [n × qkv_dim]
+            if mv {
+                matvec(n, qkv_dim, d, MV_NORM, b.x, l.attn_norm, 0, l.wqkv, b.qkv, false)?;
+            } else {
+                g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
+                g.gemm(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
+            }
             let half_style = i32::from(c.rope_style == RopeStyle::Half);
-            g.launch(grid(n), 128, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: b.pos, seq_of: b.seq_of, blk_off: b.blk_off, tables: b.tables, kc, vc, n: ni, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, half_style, bs: BLOCK as i32 })?;
+            g.launch(grid(n), 128, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, half_style, bs: BLOCK as i32 })?;
             let scale = 1.0 / (hd as f32).sqrt();
-            g.launch([n_tiles as u32, nkv as u32, max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles: b.tiles, pos: b.pos, blk_off: b.blk_off, tables: b.tables, part_acc: b.part_acc, part_ml: b.part_ml, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, bs: BLOCK as i32, split_len: split as i32, max_splits: max_splits as i32, scale })?;
-            g.launch([n_tiles as u32, nkv as u32, 1], 128, 0, &CombineArgs { tiles: b.tiles, pos: b.pos, part_acc: b.part_acc, part_ml: b.part_ml, att: b.att, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, split_len: split as i32, max_splits: max_splits as i32 })?;
-            g.gemm(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
-            g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-            g.gemm(&Gemm { m: n, n: 2 * c.ffn_dim, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false })?;
-            g.launch(grid(n), 256, 0, &SwigluArgs { gu: b.gu, act: b.act, n: ni, ffn: c.ffn_dim as i32 })?;
-            g.gemm(&Gemm { m: n, n: d, k: c.ffn_dim, a: b.act, w: l.wdown, c: b.x, accumulate: true })?;
+            let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
+            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles: ix.tiles, pos: ix.pos, blk_off: ix.blk_off, tables: ix.tables, part_acc: b.part_acc, part_ml: b.part_ml, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, bs: BLOCK as i32, split_len: split, max_splits, scale })?;
+            // att [n × q_dim]
+            g.launch([n_tiles as u32, nkv as u32, 1], 128, 0, &CombineArgs { tiles: ix.tiles, pos: ix.pos, part_acc: b.part_acc, part_ml: b.part_ml, att: b.att, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, split_len: split, max_splits })?;
+            // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
+            if mv {
+                matvec(n, d, q_dim, MV_PLAIN, b.att, 0, 0, l.wo, b.x, true)?;
+                matvec(n, 2 * ffn, d, MV_NORM, b.x, l.ffn_norm, 0, l.wgu, b.gu, false)?;
+                matvec(n, d, ffn, MV_SWIGLU, b.gu, 0, 0, l.wdown, b.x, true)?;
+            } else {
+                g.gemm(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
+                g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
+                g.gemm(&Gemm { m: n, n: 2 * ffn, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false })?;
+                g.launch(grid(n), 256, 0, &SwigluArgs { gu: b.gu, act: b.act, n: ni, ffn: ffn as i32 })?;
+                g.gemm(&Gemm { m: n, n: d, k: ffn, a: b.act, w: l.wdown, c: b.x, accumulate: true })?;
+            }
         }
+        // the wanted rows, final-normed, through the LM head in chunks: logits [rows × vocab]
         let mut r0 = 0;
         while r0 < w {
             let rows = self.chunk.min(w - r0);
-            let off = |base: u64, size: usize| base + (r0 * size) as u64;
-            g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: off(b.want, 4), out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
-            g.gemm(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
-            g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: off(b.target, 4), lp: off(b.lp, 8), am: off(b.am, 4), vocab: c.vocab as i32, n: rows as i32 })?;
+            let want = ix.want + (r0 * 4) as u64;
+            if mv {
+                matvec(rows, c.vocab, d, MV_NORM, b.x, self.out_norm, want, self.lm_head, b.logits, false)?;
+            } else {
+                g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
+                g.gemm(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
+            }
+            let (lp, am) = (b.out + (r0 * 8) as u64, b.out + (w * 8 + r0 * 4) as u64);
+            g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
             r0 += rows;
         }
         Ok(())
@@ -437,36 +520,33 @@ impl Forward for Inner {
         if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * ATT_ROWS > self.part_rows {
             return Err(DeviceError::Cuda { device: label, what: "packing a pass".into(), detail: format!("{n} tokens, {w} rows, {spans} sequences, {nt} tiles, {} table entries, last position {} exceed the engine's buffers", p.tables.len(), p.max_pos()) });
         }
-        let b = &self.buf;
-        self.gpu.upload(b.tok, &p.tok)?;
-        self.gpu.upload(b.pos, &p.pos)?;
-        self.gpu.upload(b.seq_of, &p.seq_of)?;
-        self.gpu.upload(b.blk_off, &p.blk_off)?;
-        self.gpu.upload(b.tables, &p.tables)?;
-        self.gpu.upload(b.tiles, &p.tiles)?;
-        self.gpu.upload(b.want, &p.want)?;
-        self.gpu.upload(b.target, &p.target)?;
-        let key = (n, max_splits);
-        if decode && self.graphs_work && !self.graphs.contains_key(&key) {
+        let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, decode };
+        self.gpu.upload(self.buf.idx, &IdxAt::fill(p))?;
+        if decode && self.graphs_work && !self.graphs.contains_key(&shape) {
             let this = &*self;
-            match this.gpu.capture(&mut || this.enqueue(n, nt, w, split, max_splits))? {
+            match this.gpu.capture(&mut || this.enqueue(&shape))? {
                 Some(g) => {
-                    self.graphs.insert(key, g);
+                    self.graphs.insert(shape, g);
                 }
                 None => self.graphs_work = false,
             }
         }
-        match self.graphs.get(&key).filter(|_| decode) {
+        match self.graphs.get(&shape).filter(|_| decode) {
             Some(g) => self.gpu.replay(g)?,
-            None => self.enqueue(n, nt, w, split, max_splits)?,
+            None => self.enqueue(&shape)?,
         }
         let last = if w == 0 { 0 } else { (w - 1) % self.chunk + 1 };
         self.last_chunk = (w - last, last);
-        let mut lp = vec![0f64; w];
-        let mut am = vec![0i32; w];
-        self.gpu.download(self.buf.lp, &mut lp)?;
-        self.gpu.download(self.buf.am, &mut am)?;
-        Ok(lp.into_iter().zip(am).map(|(logprob, a)| RowOut { logprob, argmax: a.max(0) as u32 }).collect())
+        // one download: [w] f64 log-probs, then [w] i32 argmaxes
+        let mut out = vec![0u8; w * 12];
+        self.gpu.download(self.buf.out, &mut out)?;
+        let (lp, am) = out.split_at(w * 8);
+        let rows = lp.chunks_exact(8).zip(am.chunks_exact(4)).map(|(l, a)| {
+            let logprob = f64::from_le_bytes(l.try_into().expect("8 bytes"));
+            let argmax = i32::from_le_bytes(a.try_into().expect("4 bytes")).max(0) as u32;
+            RowOut { logprob, argmax }
+        });
+        Ok(rows.collect())
     }
 
     fn logits(&mut self, row: usize) -> Result<Vec<f32>, DeviceError> {

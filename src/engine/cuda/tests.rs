@@ -292,7 +292,7 @@ fn emulated_gpu_argument_structs_have_the_rust_layout() {
         Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
     };
     use super::args::*;
-    let rust = [size_of::<EmbedArgs>(), size_of::<NormArgs>(), size_of::<RopeArgs>(), size_of::<AttnArgs>(), size_of::<CombineArgs>(), size_of::<SwigluArgs>(), size_of::<ReduceArgs>()];
+    let rust = [size_of::<EmbedArgs>(), size_of::<NormArgs>(), size_of::<RopeArgs>(), size_of::<AttnArgs>(), size_of::<CombineArgs>(), size_of::<SwigluArgs>(), size_of::<ReduceArgs>(), size_of::<MatvecArgs>()];
     assert_eq!(emu.arg_sizes(), &rust);
 }
 
@@ -381,5 +381,177 @@ fn emulated_gpu_in_half_precision_stays_close() {
         }
         eprintln!("{name}: largest per-token difference from the CPU exact path {worst:.2e} nats");
         assert!(worst < 0.15 && worst > 0.0, "{name}: {worst}");
+    }
+}
+
+/// The decode products' kernel on its own, for every storage type and prologue: against an f64
+/// reference made from the same rounded inputs, and bitwise the same for a row alone as among
+/// eleven (two blocks of input rows), with row sizes that leave partial warps and blocks.
+#[test]
+fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
+    use super::args::MatvecArgs;
+    use super::driver::Backend;
+    for prec in [Prec::F32, Prec::F16, Prec::Bf16] {
+        let emu = match Emu::new(prec, 1 << 30) {
+            Ok(e) => e,
+            Err(EmuError::NoCompiler(why)) => return skipped("emulated_matvec_matches_a_reference_and_ignores_the_batch", &why),
+            Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
+        };
+        let gpu: &dyn Backend = &emu;
+        let mut rng = crate::stats::SplitMix64::new(prec as u64 + 7);
+        let mut uniform = move |scale: f32| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale;
+        // values as stored in `prec`, and their bytes
+        let store = |v: &[f32]| -> (Vec<f32>, Vec<u8>) {
+            match prec {
+                Prec::F32 => (v.to_vec(), v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Prec::F16 => (v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect(), v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect()),
+                Prec::Bf16 => (v.iter().map(|x| half::bf16::from_f32(*x).to_f32()).collect(), v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect()),
+            }
+        };
+        let round = |x: f32| store(&[x]).0[0];
+        for (k, n) in [(72usize, 37usize), (1040, 21)] {
+            let m = 11;
+            let (wv, wb) = store(&(0..n * k).map(|_| uniform(0.5)).collect::<Vec<f32>>());
+            let w = gpu.alloc(wb.len()).unwrap();
+            gpu.upload(w, &wb).unwrap();
+            for mode in [super::MV_PLAIN, super::MV_NORM, super::MV_SWIGLU] {
+                // inputs as the kernel sees them, rounded to the storage type
+                let (inputs, a, x, norm_w, rows) = match mode {
+                    super::MV_PLAIN => {
+                        let (v, bytes) = store(&(0..m * k).map(|_| uniform(1.0)).collect::<Vec<f32>>());
+                        let a = gpu.alloc(bytes.len()).unwrap();
+                        gpu.upload(a, &bytes).unwrap();
+                        (v, a, 0, 0, vec![])
+                    }
+                    super::MV_NORM => {
+                        // 15 residual rows, 11 of them picked (out of order) through `rows`
+                        let xs: Vec<f32> = (0..15 * k).map(|_| uniform(3.0)).collect();
+                        let nw: Vec<f32> = (0..k).map(|_| 0.5 + uniform(0.5)).collect();
+                        let rows: Vec<i32> = (0..m as i32).map(|r| (r * 7 + 3) % 15).collect();
+                        let mut v = Vec::new();
+                        for &src in &rows {
+                            let row = &xs[src as usize * k..(src as usize + 1) * k];
+                            let ss: f64 = row.iter().map(|&t| f64::from(t) * f64::from(t)).sum();
+                            let scale = (1.0 / (ss / k as f64 + 1e-5).sqrt()) as f32;
+                            v.extend(row.iter().zip(&nw).map(|(&t, &g)| round(t * scale * g)));
+                        }
+                        let (x, nwp, rp) = (gpu.alloc(xs.len() * 4).unwrap(), gpu.alloc(k * 4).unwrap(), gpu.alloc(m * 4).unwrap());
+                        gpu.upload(x, &xs).unwrap();
+                        gpu.upload(nwp, &nw).unwrap();
+                        gpu.upload(rp, &rows).unwrap();
+                        (v, 0, x, nwp, rows.iter().map(|_| rp).collect::<Vec<u64>>())
+                    }
+                    _ => {
+                        let gu: Vec<f32> = (0..m * 2 * k).map(|_| uniform(4.0)).collect();
+                        let mut v = Vec::new();
+                        for r in 0..m {
+                            let (g, u) = gu[r * 2 * k..(r + 1) * 2 * k].split_at(k);
+                            v.extend(g.iter().zip(u).map(|(&g, &u)| round(g / (1.0 + (-g).exp()) * u)));
+                        }
+                        let x = gpu.alloc(gu.len() * 4).unwrap();
+                        gpu.upload(x, &gu).unwrap();
+                        (v, 0, x, 0, vec![])
+                    }
+                };
+                let y = gpu.alloc(m * n * 4).unwrap();
+                let start: Vec<f32> = (0..m * n).map(|_| uniform(1.0)).collect();
+                for accumulate in [false, true] {
+                    gpu.upload(y, &start).unwrap();
+                    let rows_ptr = rows.first().copied().unwrap_or(0);
+                    let args = |m: usize, r0: usize| MatvecArgs {
+                        a: if a == 0 { 0 } else { a + (r0 * k * prec.bytes()) as u64 },
+                        x: if mode == super::MV_SWIGLU { x + (r0 * 2 * k * 4) as u64 } else { x },
+                        norm_w,
+                        rows: if rows_ptr == 0 { 0 } else { rows_ptr + (r0 * 4) as u64 },
+                        w,
+                        y: y + (r0 * n * 4) as u64,
+                        m: m as i32,
+                        n: n as i32,
+                        k: k as i32,
+                        mode,
+                        accumulate: i32::from(accumulate),
+                        eps: 1e-5,
+                    };
+                    let launch = |m: usize, r0: usize| gpu.launch([m.div_ceil(super::MV_M) as u32, n.div_ceil(super::MV_ROWS) as u32, 1], super::MV_THREADS, 0, &args(m, r0)).unwrap();
+                    launch(m, 0);
+                    let mut together = vec![0f32; m * n];
+                    gpu.download(y, &mut together).unwrap();
+                    let tol = if prec == Prec::F32 { 1e-5 } else { 2e-2 };
+                    for r in 0..m {
+                        for j in 0..n {
+                            let dot: f64 = (0..k).map(|i| f64::from(inputs[r * k + i]) * f64::from(wv[j * k + i])).sum();
+                            let want = dot + if accumulate { f64::from(start[r * n + j]) } else { 0.0 };
+                            let got = f64::from(together[r * n + j]);
+                            let scale: f64 = (0..k).map(|i| (f64::from(inputs[r * k + i]) * f64::from(wv[j * k + i])).abs()).sum::<f64>() + 1.0;
+                            assert!((got - want).abs() <= tol * scale, "{prec:?} mode {mode} k {k} row {r} col {j}: {got} vs {want}");
+                        }
+                    }
+                    // each row alone gives the same bits
+                    gpu.upload(y, &start).unwrap();
+                    for r in 0..m {
+                        launch(1, r);
+                    }
+                    let mut alone = vec![0f32; m * n];
+                    gpu.download(y, &mut alone).unwrap();
+                    assert!(alone.iter().zip(&together).all(|(p, q)| p.to_bits() == q.to_bits()), "{prec:?} mode {mode} k {k}: a row alone differs from the batch");
+                }
+            }
+        }
+    }
+}
+
+/// Log-probs read off decode steps (each continuation token fed alone, as generation does), for
+/// `reqs` decoding together or one at a time: [request][continuation token 1..].
+fn decode_logprobs(g: &GpuModel, reqs: &[ScoreRequest], together: bool) -> Vec<Vec<f64>> {
+    use super::batch::{pack, BlockPool, Forward, Span};
+    let mut inner = g.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let tile = inner.limits().tile_tokens;
+    let mut pool = BlockPool::new(inner.blocks);
+    let tables: Vec<Vec<u32>> = reqs.iter().map(|r| pool.alloc((r.context.len() + r.continuation.len()).div_ceil(super::BLOCK) + 1).expect("blocks")).collect();
+    for (r, t) in reqs.iter().zip(&tables) {
+        let span = Span { table: t.clone(), start: 0, tokens: r.context.clone(), want: vec![(r.context.len() - 1, Some(r.continuation[0]))] };
+        inner.run(&pack(&[span], tile), false).expect("prefill");
+    }
+    let mut out = vec![Vec::new(); reqs.len()];
+    let steps = reqs.iter().map(|r| r.continuation.len() - 1).max().unwrap_or(0);
+    for j in 0..steps {
+        let live: Vec<usize> = (0..reqs.len()).filter(|&i| j + 1 < reqs[i].continuation.len()).collect();
+        let groups: Vec<Vec<usize>> = if together { vec![live] } else { live.into_iter().map(|i| vec![i]).collect() };
+        for group in groups {
+            let spans: Vec<Span> = group.iter().map(|&i| Span { table: tables[i].clone(), start: reqs[i].context.len() + j, tokens: vec![reqs[i].continuation[j]], want: vec![(0, Some(reqs[i].continuation[j + 1]))] }).collect();
+            let rows = inner.run(&pack(&spans, 1), true).expect("decode step");
+            for (&i, row) in group.iter().zip(rows) {
+                out[i].push(row.logprob);
+            }
+        }
+    }
+    out
+}
+
+/// Decode steps (the fused matvec products, graph replay, split attention) score as the CPU's
+/// exact path does, and a sequence's numbers are the same bits alone as among others.
+#[test]
+fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
+    for (n, shape) in SHAPES.iter().enumerate() {
+        let mut model = tiny(shape, 60 + n as u64);
+        model.exact = true;
+        let Some(g) = emulated(&model) else { return };
+        g.tune(64, 8, 16, 64);
+        let mut rng = crate::stats::SplitMix64::new(n as u64 + 100);
+        let mut tok = move || rng.below(97) as u32;
+        let reqs: Vec<ScoreRequest> = [(5usize, 7usize), (20, 4), (37, 9), (14, 2)].iter().map(|&(c, k)| ScoreRequest { context: (0..c).map(|_| tok()).collect(), continuation: (0..k).map(|_| tok()).collect() }).collect();
+        let together = decode_logprobs(&g, &reqs, true);
+        let alone = decode_logprobs(&g, &reqs, false);
+        let mut worst = 0f64;
+        for (i, r) in reqs.iter().enumerate() {
+            let cpu = cpu_score(&model, r);
+            assert_eq!(together[i].len(), r.continuation.len() - 1);
+            for (a, b) in together[i].iter().zip(&cpu.token_logprobs[1..]) {
+                worst = worst.max((a - b).abs());
+            }
+            assert!(together[i].iter().zip(&alone[i]).all(|(a, b)| a.to_bits() == b.to_bits()), "shape {n}, request {i}: decoding alone and together differ");
+        }
+        eprintln!("shape {n}: decode steps' largest per-token difference from the CPU exact path {worst:.2e} nats");
+        assert!(worst < 1e-4, "shape {n}: {worst}");
     }
 }
