@@ -82,7 +82,7 @@ kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
 kernel_args!(MatvecArgs => Matvec {
     a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
-    m: i32, n: i32, k: i32, mode: i32, accumulate: i32, eps: f32,
+    m: i32, n: i32, k: i32, mode: i32, glu: i32, accumulate: i32, eps: f32,
 });
 
 /// A kernel, its argument struct's name and fields.

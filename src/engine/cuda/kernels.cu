@@ -345,7 +345,7 @@ LLM_KERNEL(attn_combine, CombineArgs) {
   }
 }
 
-// ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows are [gate (ffn) | up (ffn)] ──
+// ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows interleave them: [g0 u0 g1 u1 …] ──
 struct SwigluArgs {
   const float* gu;  // [n × 2·ffn]
   wt* act;          // [n × ffn]
@@ -355,12 +355,11 @@ struct SwigluArgs {
 LLM_KERNEL(swiglu, SwigluArgs) {
   const int t = blockIdx.x;
   if (t >= a.n) return;
-  const float* g = a.gu + (long long)t * 2 * a.ffn;
-  const float* u = g + a.ffn;
+  const float* gu = a.gu + (long long)t * 2 * a.ffn;
   wt* out = a.act + (long long)t * a.ffn;
   for (int j = threadIdx.x; j < a.ffn; j += blockDim.x) {
-    const float x = g[j];
-    out[j] = f2w(x / (1.0f + expf(-x)) * u[j]);
+    const float x = gu[2 * j];
+    out[j] = f2w(x / (1.0f + expf(-x)) * gu[2 * j + 1]);
   }
 }
 
@@ -424,20 +423,20 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
 // ── decode matrix products: y[r, j] (+)= Σ_i in(r)[i] · w[j, i] for a handful of rows r ──
 // A decode step's products have a few rows, so they are bound by reading the weights once: each
 // warp streams MV_R weight rows in 16-byte loads (MV_U loads a row in flight) and applies them to
-// up to MV_M input rows that the prologue makes on the fly (`mode`): MV_PLAIN the rows of `a`,
-// MV_NORM RMSNorm of the residual rows of `x` (row rows[r], or r) times `norm_w`, MV_SWIGLU
-// silu(gate)·up of `x`'s [gate | up] rows. Inputs are rounded to the storage type as the prefill
-// path stores them (`rms_norm`, `swiglu`), so the RMSNorm and SwiGLU launches of a layer go away.
+// up to MV_M input rows. The input is the rows of `a` (MV_PLAIN), or RMSNorm of the residual rows
+// of `x` (row rows[r], or r) times `norm_w` made on the fly (MV_NORM) and rounded to the storage
+// type as `rms_norm` stores it. With `glu` the weight rows are (gate, up) pairs, one pair a warp,
+// and the output is SwiGLU's silu(gate)·up in the storage type, as `swiglu` writes it. So a
+// decode layer launches neither RMSNorm nor SwiGLU.
 // Batch invariance: lane l sums elements l·MV_VEC + 32·MV_VEC·s in s order, the warp reduces in a
 // fixed tree, and a row's norm scale is one warp's sum in a fixed order: an output depends on its
 // own row only, never on m or on which block ran it.
 #define MV_WARPS 8   // warps per block
-#define MV_R 2       // weight rows per warp
+#define MV_R 2       // weight rows per warp (a gate/up pair with glu)
 #define MV_M 8       // input rows per block (grid.x covers more)
 #define MV_U 4       // loads of a weight row in flight per lane
 #define MV_PLAIN 0
 #define MV_NORM 1
-#define MV_SWIGLU 2
 #define MV_VEC (16 / (int)sizeof(wt))  // weights per 16-byte load
 
 struct alignas(16) V16 { unsigned u[4]; };
@@ -468,15 +467,16 @@ __device__ __forceinline__ void load_f(const float* p, float* f) {
 
 struct MatvecArgs {
   const wt* a;           // MV_PLAIN: [m × k]
-  const float* x;        // MV_NORM: [* × k] residual rows; MV_SWIGLU: [m × 2·k] gate | up
+  const float* x;        // MV_NORM: [* × k] residual rows
   const float* norm_w;   // MV_NORM: [k]
   const int* rows;       // MV_NORM: [m] rows of x, or null (row r)
-  const wt* w;           // [n × k]
-  float* y;              // [m × n]
+  const wt* w;           // [n × k]; with glu, rows 2j and 2j + 1 are feature j's gate and up
+  void* y;               // [m × n] f32; with glu [m × n/2] wt
   int m;
-  int n;
+  int n;                 // even with glu
   int k;                 // a multiple of MV_VEC
   int mode;
+  int glu;
   int accumulate;
   float eps;
 };
@@ -535,18 +535,12 @@ LLM_KERNEL(matvec, MatvecArgs) {
         float in[MV_VEC];
         if (a.mode == MV_PLAIN) {
           unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
-        } else if (a.mode == MV_NORM) {
+        } else {
           float xs[MV_VEC], nw[MV_VEC];
           load_f(a.x + (long long)s_src[r] * a.k + i, xs);
           load_f(a.norm_w + i, nw);
 #pragma unroll
           for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(xs[e] * s_scale[r] * nw[e]));
-        } else {
-          float g[MV_VEC], up[MV_VEC];
-          load_f(a.x + (long long)(r0 + r) * 2 * a.k + i, g);
-          load_f(a.x + (long long)(r0 + r) * 2 * a.k + a.k + i, up);
-#pragma unroll
-          for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(g[e] / (1.0f + expf(-g[e])) * up[e]));
         }
 #pragma unroll
         for (int rr = 0; rr < MV_R; rr++)
@@ -556,15 +550,25 @@ LLM_KERNEL(matvec, MatvecArgs) {
     }
   }
 #pragma unroll
-  for (int rr = 0; rr < MV_R; rr++)
+  for (int r = 0; r < MV_M; r++) {
+    if (r >= m) break;
+    float v[MV_R];
 #pragma unroll
-    for (int r = 0; r < MV_M; r++) {
-      if (r >= m) break;
-      float v = acc[rr][r];
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-      if (lane == 0 && j0 + rr < a.n) {
-        float* out = a.y + (long long)(r0 + r) * a.n + j0 + rr;
-        *out = a.accumulate ? *out + v : v;
+    for (int rr = 0; rr < MV_R; rr++) {
+      v[rr] = acc[rr][r];
+      for (int o = 16; o > 0; o >>= 1) v[rr] += __shfl_xor_sync(FULL_MASK, v[rr], o);
+    }
+    if (lane != 0) continue;
+    if (a.glu) {
+      const float g = v[0], up = v[1];
+      ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(g / (1.0f + expf(-g)) * up);
+    } else {
+#pragma unroll
+      for (int rr = 0; rr < MV_R; rr++) {
+        if (j0 + rr >= a.n) break;
+        float* out = (float*)a.y + (long long)(r0 + r) * a.n + j0 + rr;
+        *out = a.accumulate ? *out + v[rr] : v[rr];
       }
     }
+  }
 }

@@ -9,7 +9,8 @@
 //!
 //! Weights are uploaded once: GGUF blocks dequantized to f16, safetensors bf16/f16 as they are
 //! (f32 → bf16); with `exact` everything is f32 (the check against the CPU's exact path).
-//! Q/K/V and gate/up are fused into one matrix each, so a layer is four GEMMs.
+//! Q/K/V and gate/up are fused into one matrix each (gate and up rows interleaved, so a decode
+//! warp holds both), so a layer is four GEMMs.
 
 pub mod args;
 pub mod batch;
@@ -52,10 +53,9 @@ const MV_THREADS: u32 = 256;
 const MV_ROWS: usize = 16;
 /// Input rows per block of the decode matrix products (`MV_M`).
 const MV_M: usize = 8;
-/// The decode products' prologues (`MV_PLAIN`, `MV_NORM`, `MV_SWIGLU`).
+/// The decode products' inputs (`MV_PLAIN`: rows as stored, `MV_NORM`: RMSNorm made on the fly).
 const MV_PLAIN: i32 = 0;
 const MV_NORM: i32 = 1;
-const MV_SWIGLU: i32 = 2;
 
 /// One transformer block on the device (addresses; shapes in the comments).
 struct LayerW {
@@ -64,7 +64,7 @@ struct LayerW {
     bqkv: u64,      // [(nh + 2·nkv)·hd] f32, or 0
     wo: u64,        // [d × nh·hd] wt
     ffn_norm: u64,  // [d] f32
-    wgu: u64,       // [2·ffn × d] wt: gate rows, then up rows
+    wgu: u64,       // [2·ffn × d] wt: gate and up rows interleaved (g0 u0 g1 u1 …)
     wdown: u64,     // [d × ffn] wt
 }
 
@@ -74,7 +74,7 @@ struct Buffers {
     hn: u64,     // [T × d] wt normalised input of a GEMM
     qkv: u64,    // [T × qkv_dim] f32
     att: u64,    // [T × nh·hd] wt attention output
-    gu: u64,     // [T × 2·ffn] f32
+    gu: u64,     // [T × 2·ffn] f32, gate and up interleaved
     act: u64,    // [T × ffn] wt
     sel: u64,    // [C × d] wt final-normed wanted rows
     logits: u64, // [C × vocab] f32
@@ -236,6 +236,24 @@ impl Inner {
         Ok(dst)
     }
 
+    /// Uploads the rows of `a` and `b` alternately (a0 b0 a1 b1 …), 2048 pairs at a time: a
+    /// SwiGLU's gate and up rows side by side, so one warp of the decode product has both.
+    fn upload_interleaved(&mut self, a: &Matrix, b: &Matrix, prec: Prec) -> Result<u64, DeviceError> {
+        let (rows, cols) = (a.rows, a.cols);
+        let row_bytes = cols * prec.bytes();
+        let dst = self.alloc(2 * rows * row_bytes)?;
+        let mut r = 0;
+        while r < rows {
+            let end = (r + 2048).min(rows);
+            let (ra, rb) = (weight_bytes(a, prec, r..end), weight_bytes(b, prec, r..end));
+            let pairs: Vec<u8> = ra.chunks_exact(row_bytes).zip(rb.chunks_exact(row_bytes)).flat_map(|(x, y)| x.iter().chain(y).copied()).collect();
+            self.gpu.upload(dst + (2 * r * row_bytes) as u64, &pairs)?;
+            self.gpu.sync()?;
+            r = end;
+        }
+        Ok(dst)
+    }
+
     fn upload_f32(&mut self, v: &[f32]) -> Result<u64, DeviceError> {
         let p = self.alloc(v.len() * 4)?;
         self.gpu.upload(p, v)?;
@@ -325,7 +343,7 @@ impl GpuModel {
                 bqkv,
                 wo: inner.upload_stacked(&[&l.wo], prec)?,
                 ffn_norm: inner.upload_f32(&l.ffn_norm)?,
-                wgu: inner.upload_stacked(&[&l.w_gate, &l.w_up], prec)?,
+                wgu: inner.upload_interleaved(&l.w_gate, &l.w_up, prec)?,
                 wdown: inner.upload_stacked(&[&l.w_down], prec)?,
             };
             inner.layers.push(lw);
@@ -449,10 +467,11 @@ impl Inner {
         let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
         let shared = ((ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
         let grid = |x: usize| [x as u32, 1, 1];
-        // y[m × rows] (+)= prologue(input)[m × k] · w[rows × k]ᵀ on the matvec kernel
-        let matvec = |m: usize, rows: usize, k: usize, mode: i32, input: u64, aux: u64, rows_of: u64, w: u64, y: u64, accumulate: bool| {
+        // y[m × rows] (+)= input[m × k] · w[rows × k]ᵀ on the matvec kernel (MV_NORM: the input is
+        // RMSNorm(x) · aux; glu: y[m × rows/2] = SwiGLU of the interleaved gate/up outputs)
+        let matvec = |m: usize, rows: usize, k: usize, mode: i32, input: u64, aux: u64, rows_of: u64, w: u64, y: u64, glu: bool, accumulate: bool| {
             let (a, x) = if mode == MV_PLAIN { (input, 0) } else { (0, input) };
-            let args = MatvecArgs { a, x, norm_w: aux, rows: rows_of, w, y, m: m as i32, n: rows as i32, k: k as i32, mode, accumulate: i32::from(accumulate), eps: c.rms_eps };
+            let args = MatvecArgs { a, x, norm_w: aux, rows: rows_of, w, y, m: m as i32, n: rows as i32, k: k as i32, mode, glu: i32::from(glu), accumulate: i32::from(accumulate), eps: c.rms_eps };
             g.launch([m.div_ceil(MV_M) as u32, rows.div_ceil(MV_ROWS) as u32, 1], MV_THREADS, 0, &args)
         };
         g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
@@ -460,7 +479,7 @@ impl Inner {
             let (kc, vc) = (self.kc + li as u64 * layer_kv, self.vc + li as u64 * layer_kv);
             // x [n × d] → qkv [n × qkv_dim]
             if mv {
-                matvec(n, qkv_dim, d, MV_NORM, b.x, l.attn_norm, 0, l.wqkv, b.qkv, false)?;
+                matvec(n, qkv_dim, d, MV_NORM, b.x, l.attn_norm, 0, l.wqkv, b.qkv, false, false)?;
             } else {
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
                 g.gemm(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
@@ -474,9 +493,9 @@ impl Inner {
             g.launch([n_tiles as u32, nkv as u32, 1], 128, 0, &CombineArgs { tiles: ix.tiles, pos: ix.pos, part_acc: b.part_acc, part_ml: b.part_ml, att: b.att, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, split_len: split, max_splits })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
-                matvec(n, d, q_dim, MV_PLAIN, b.att, 0, 0, l.wo, b.x, true)?;
-                matvec(n, 2 * ffn, d, MV_NORM, b.x, l.ffn_norm, 0, l.wgu, b.gu, false)?;
-                matvec(n, d, ffn, MV_SWIGLU, b.gu, 0, 0, l.wdown, b.x, true)?;
+                matvec(n, d, q_dim, MV_PLAIN, b.att, 0, 0, l.wo, b.x, false, true)?;
+                matvec(n, 2 * ffn, d, MV_NORM, b.x, l.ffn_norm, 0, l.wgu, b.act, true, false)?;
+                matvec(n, d, ffn, MV_PLAIN, b.act, 0, 0, l.wdown, b.x, false, true)?;
             } else {
                 g.gemm(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
@@ -491,7 +510,7 @@ impl Inner {
             let rows = self.chunk.min(w - r0);
             let want = ix.want + (r0 * 4) as u64;
             if mv {
-                matvec(rows, c.vocab, d, MV_NORM, b.x, self.out_norm, want, self.lm_head, b.logits, false)?;
+                matvec(rows, c.vocab, d, MV_NORM, b.x, self.out_norm, want, self.lm_head, b.logits, false, false)?;
             } else {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
                 g.gemm(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;

@@ -384,9 +384,11 @@ fn emulated_gpu_in_half_precision_stays_close() {
     }
 }
 
-/// The decode products' kernel on its own, for every storage type and prologue: against an f64
-/// reference made from the same rounded inputs, and bitwise the same for a row alone as among
-/// eleven (two blocks of input rows), with row sizes that leave partial warps and blocks.
+/// The decode products' kernel on its own, for every storage type, both inputs (as stored, and
+/// RMSNorm made on the fly through a row index) and both outputs (f32, set or accumulated, and
+/// SwiGLU of gate/up pairs in the storage type): against an f64 reference made from the same
+/// rounded inputs, and bitwise the same for a row alone as among eleven (two blocks of input
+/// rows), with sizes that leave partial warps and blocks.
 #[test]
 fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
     use super::args::MatvecArgs;
@@ -409,81 +411,103 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
             }
         };
         let round = |x: f32| store(&[x]).0[0];
-        for (k, n) in [(72usize, 37usize), (1040, 21)] {
-            let m = 11;
+        let load = |bytes: &[u8]| -> Vec<f32> {
+            match prec {
+                Prec::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
+                Prec::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
+                Prec::Bf16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32()).collect(),
+            }
+        };
+        // f32 sums of the same rounded inputs (an input rounded the other way where the norm
+        // scale's last bit differs moves a sum by far less than this share of its terms' size)
+        let sum_tol = 3e-5;
+        // the SwiGLU output is rounded to the storage type
+        let out_tol = match prec {
+            Prec::F32 => 1e-6,
+            Prec::F16 => 1.0 / 1024.0,
+            Prec::Bf16 => 1.0 / 128.0,
+        };
+        let m = 11;
+        for (k, n) in [(72usize, 38usize), (1040, 22)] {
             let (wv, wb) = store(&(0..n * k).map(|_| uniform(0.5)).collect::<Vec<f32>>());
             let w = gpu.alloc(wb.len()).unwrap();
             gpu.upload(w, &wb).unwrap();
-            for mode in [super::MV_PLAIN, super::MV_NORM, super::MV_SWIGLU] {
+            for mode in [super::MV_PLAIN, super::MV_NORM] {
                 // inputs as the kernel sees them, rounded to the storage type
-                let (inputs, a, x, norm_w, rows) = match mode {
-                    super::MV_PLAIN => {
-                        let (v, bytes) = store(&(0..m * k).map(|_| uniform(1.0)).collect::<Vec<f32>>());
-                        let a = gpu.alloc(bytes.len()).unwrap();
-                        gpu.upload(a, &bytes).unwrap();
-                        (v, a, 0, 0, vec![])
+                let (inputs, a, x, norm_w, rows) = if mode == super::MV_PLAIN {
+                    let (v, bytes) = store(&(0..m * k).map(|_| uniform(1.0)).collect::<Vec<f32>>());
+                    let a = gpu.alloc(bytes.len()).unwrap();
+                    gpu.upload(a, &bytes).unwrap();
+                    (v, a, 0, 0, 0)
+                } else {
+                    // 15 residual rows, 11 of them picked (out of order) through `rows`
+                    let xs: Vec<f32> = (0..15 * k).map(|_| uniform(3.0)).collect();
+                    let nw: Vec<f32> = (0..k).map(|_| 0.5 + uniform(0.5)).collect();
+                    let picks: Vec<i32> = (0..m as i32).map(|r| (r * 7 + 3) % 15).collect();
+                    let mut v = Vec::new();
+                    for &src in &picks {
+                        let row = &xs[src as usize * k..(src as usize + 1) * k];
+                        let ss: f64 = row.iter().map(|&t| f64::from(t) * f64::from(t)).sum();
+                        let scale = (1.0 / (ss / k as f64 + 1e-5).sqrt()) as f32;
+                        v.extend(row.iter().zip(&nw).map(|(&t, &g)| round(t * scale * g)));
                     }
-                    super::MV_NORM => {
-                        // 15 residual rows, 11 of them picked (out of order) through `rows`
-                        let xs: Vec<f32> = (0..15 * k).map(|_| uniform(3.0)).collect();
-                        let nw: Vec<f32> = (0..k).map(|_| 0.5 + uniform(0.5)).collect();
-                        let rows: Vec<i32> = (0..m as i32).map(|r| (r * 7 + 3) % 15).collect();
-                        let mut v = Vec::new();
-                        for &src in &rows {
-                            let row = &xs[src as usize * k..(src as usize + 1) * k];
-                            let ss: f64 = row.iter().map(|&t| f64::from(t) * f64::from(t)).sum();
-                            let scale = (1.0 / (ss / k as f64 + 1e-5).sqrt()) as f32;
-                            v.extend(row.iter().zip(&nw).map(|(&t, &g)| round(t * scale * g)));
-                        }
-                        let (x, nwp, rp) = (gpu.alloc(xs.len() * 4).unwrap(), gpu.alloc(k * 4).unwrap(), gpu.alloc(m * 4).unwrap());
-                        gpu.upload(x, &xs).unwrap();
-                        gpu.upload(nwp, &nw).unwrap();
-                        gpu.upload(rp, &rows).unwrap();
-                        (v, 0, x, nwp, rows.iter().map(|_| rp).collect::<Vec<u64>>())
-                    }
-                    _ => {
-                        let gu: Vec<f32> = (0..m * 2 * k).map(|_| uniform(4.0)).collect();
-                        let mut v = Vec::new();
-                        for r in 0..m {
-                            let (g, u) = gu[r * 2 * k..(r + 1) * 2 * k].split_at(k);
-                            v.extend(g.iter().zip(u).map(|(&g, &u)| round(g / (1.0 + (-g).exp()) * u)));
-                        }
-                        let x = gpu.alloc(gu.len() * 4).unwrap();
-                        gpu.upload(x, &gu).unwrap();
-                        (v, 0, x, 0, vec![])
-                    }
+                    let (x, nwp, rp) = (gpu.alloc(xs.len() * 4).unwrap(), gpu.alloc(k * 4).unwrap(), gpu.alloc(m * 4).unwrap());
+                    gpu.upload(x, &xs).unwrap();
+                    gpu.upload(nwp, &nw).unwrap();
+                    gpu.upload(rp, &picks).unwrap();
+                    (v, 0, x, nwp, rp)
+                };
+                let dot = |r: usize, j: usize| -> (f64, f64) {
+                    let terms = (0..k).map(|i| f64::from(inputs[r * k + i]) * f64::from(wv[j * k + i]));
+                    terms.fold((0.0, 1.0), |(s, a), t| (s + t, a + t.abs()))
                 };
                 let y = gpu.alloc(m * n * 4).unwrap();
                 let start: Vec<f32> = (0..m * n).map(|_| uniform(1.0)).collect();
-                for accumulate in [false, true] {
+                for (glu, accumulate) in [(false, false), (false, true), (true, false)] {
                     gpu.upload(y, &start).unwrap();
-                    let rows_ptr = rows.first().copied().unwrap_or(0);
                     let args = |m: usize, r0: usize| MatvecArgs {
                         a: if a == 0 { 0 } else { a + (r0 * k * prec.bytes()) as u64 },
-                        x: if mode == super::MV_SWIGLU { x + (r0 * 2 * k * 4) as u64 } else { x },
+                        x,
                         norm_w,
-                        rows: if rows_ptr == 0 { 0 } else { rows_ptr + (r0 * 4) as u64 },
+                        rows: if rows == 0 { 0 } else { rows + (r0 * 4) as u64 },
                         w,
-                        y: y + (r0 * n * 4) as u64,
+                        y: y + (r0 * if glu { n / 2 * prec.bytes() } else { n * 4 }) as u64,
                         m: m as i32,
                         n: n as i32,
                         k: k as i32,
                         mode,
+                        glu: i32::from(glu),
                         accumulate: i32::from(accumulate),
                         eps: 1e-5,
                     };
                     let launch = |m: usize, r0: usize| gpu.launch([m.div_ceil(super::MV_M) as u32, n.div_ceil(super::MV_ROWS) as u32, 1], super::MV_THREADS, 0, &args(m, r0)).unwrap();
+                    let read = || -> Vec<u8> {
+                        let mut out = vec![0u8; m * n * 4];
+                        gpu.download(y, &mut out).unwrap();
+                        out
+                    };
                     launch(m, 0);
-                    let mut together = vec![0f32; m * n];
-                    gpu.download(y, &mut together).unwrap();
-                    let tol = if prec == Prec::F32 { 1e-5 } else { 2e-2 };
-                    for r in 0..m {
-                        for j in 0..n {
-                            let dot: f64 = (0..k).map(|i| f64::from(inputs[r * k + i]) * f64::from(wv[j * k + i])).sum();
-                            let want = dot + if accumulate { f64::from(start[r * n + j]) } else { 0.0 };
-                            let got = f64::from(together[r * n + j]);
-                            let scale: f64 = (0..k).map(|i| (f64::from(inputs[r * k + i]) * f64::from(wv[j * k + i])).abs()).sum::<f64>() + 1.0;
-                            assert!((got - want).abs() <= tol * scale, "{prec:?} mode {mode} k {k} row {r} col {j}: {got} vs {want}");
+                    let together = read();
+                    let what = format!("{prec:?} mode {mode} glu {glu} accumulate {accumulate} k {k}");
+                    if glu {
+                        let got = load(&together[..m * n / 2 * prec.bytes()]);
+                        for r in 0..m {
+                            for j in 0..n / 2 {
+                                let ((g, ga), (u, ua)) = (dot(r, 2 * j), dot(r, 2 * j + 1));
+                                let silu = g / (1.0 + (-g).exp());
+                                let want = silu * u;
+                                let bound = out_tol * want.abs() + sum_tol * (1.1 * u.abs() * ga + silu.abs() * ua) + 1e-6;
+                                assert!((f64::from(got[r * n / 2 + j]) - want).abs() <= bound, "{what} row {r} feature {j}: {} vs {want}", got[r * n / 2 + j]);
+                            }
+                        }
+                    } else {
+                        let got: Vec<f32> = together.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                        for r in 0..m {
+                            for j in 0..n {
+                                let (d, scale) = dot(r, j);
+                                let want = d + if accumulate { f64::from(start[r * n + j]) } else { 0.0 };
+                                assert!((f64::from(got[r * n + j]) - want).abs() <= sum_tol * scale, "{what} row {r} col {j}: {} vs {want}", got[r * n + j]);
+                            }
                         }
                     }
                     // each row alone gives the same bits
@@ -491,9 +515,7 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                     for r in 0..m {
                         launch(1, r);
                     }
-                    let mut alone = vec![0f32; m * n];
-                    gpu.download(y, &mut alone).unwrap();
-                    assert!(alone.iter().zip(&together).all(|(p, q)| p.to_bits() == q.to_bits()), "{prec:?} mode {mode} k {k}: a row alone differs from the batch");
+                    assert!(read() == together, "{what}: a row alone differs from the batch");
                 }
             }
         }
