@@ -161,10 +161,14 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     let gpu = e.gpu.as_ref().unwrap_or_else(|| fail("no GPU"));
     let vocab = e.model.config.vocab;
     let prompt: Vec<u32> = (0..512).map(|i| synth(42, i, vocab)).collect();
-    let run = |batch: usize| gpu.bench(&prompt, batch, 128).unwrap_or_else(|err| fail(&format!("bench: {err}")));
-    let _ = run(1); // warm-up: graphs recorded, clocks up
-    let (prefill, decode1) = run(1);
-    let (_, decode32) = run(32);
+    let run = |batch: usize, profile: bool| gpu.bench(&prompt, batch, 128, profile).unwrap_or_else(|err| fail(&format!("bench: {err}")));
+    let _ = run(1, false); // warm-up: graphs recorded, clocks up
+    let b1 = run(1, true);
+    let (prefill, decode1) = (b1.prefill, b1.decode);
+    let decode32 = run(32, false).decode;
+    let elem = gpu.prec.bytes() as f64;
+    let prefill_profile = profile_table(&format!("[{label}] prefill pass of 512 tokens, launch by launch"), &b1.prefill_ops, elem, 512.0 / prefill);
+    let decode_profile = profile_table(&format!("[{label}] decode step at batch 1, launch by launch"), &b1.decode_ops, elem, 1.0 / decode1);
     let reqs = mc_requests(512, vocab);
     let _ = score_all(&e, &reqs[..64]);
     let t = Instant::now();
@@ -184,9 +188,35 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     }
     if let Some(p) = json_out {
         let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32,
-            "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound});
+            "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
+            "prefill_profile": prefill_profile, "decode_profile": decode_profile});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
     }
+}
+
+/// Prints a profile grouped by operation (same label: same kernel and shape), largest total
+/// first, with the bandwidth of the weights each read; returns the groups as JSON. `whole` is the
+/// seconds the same work took when timed as a whole (a decode step replayed from its graph).
+fn profile_table(title: &str, ops: &[llmeval::engine::cuda::driver::Timed], elem_bytes: f64, whole: f64) -> Value {
+    let mut groups: Vec<(String, usize, f64, f64)> = Vec::new(); // label, count, ms, weight bytes
+    for o in ops {
+        match groups.iter_mut().find(|g| g.0 == o.label) {
+            Some(g) => {
+                g.1 += 1;
+                g.2 += o.ms;
+                g.3 += o.weights as f64 * elem_bytes;
+            }
+            None => groups.push((o.label.clone(), 1, o.ms, o.weights as f64 * elem_bytes)),
+        }
+    }
+    groups.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let total: f64 = ops.iter().map(|o| o.ms).sum();
+    println!("{title}: {} launches, {:.1} µs timed one by one, {:.1} µs as a whole", ops.len(), total * 1e3, whole * 1e6);
+    for (label, n, ms, bytes) in &groups {
+        let bw = if *bytes > 0.0 { format!(", weights at {:.0} GB/s", bytes / (ms * 1e-3) / 1e9) } else { String::new() };
+        println!("    {:>5.1}%  {:>9.1} µs  {n:>4} × {label}{bw}", 100.0 * ms / total.max(1e-12), ms * 1e3);
+    }
+    json!(groups.iter().map(|(label, n, ms, bytes)| json!({"label": label, "count": n, "us": ms * 1e3, "weight_bytes": bytes})).collect::<Vec<_>>())
 }
 
 fn main() {

@@ -365,7 +365,7 @@ impl Engine {
     /// [`Engine::bench`] on the engine's device; on a GPU, decode runs `batch` sequences together.
     pub fn bench_on(&self, prompt_len: usize, decode: usize, batch: usize) -> Result<(f64, f64), EngineError> {
         match &self.gpu {
-            Some(g) => Ok(g.bench(&self.bench_prompt(prompt_len), batch, decode.max(2))?),
+            Some(g) => g.bench(&self.bench_prompt(prompt_len), batch, decode.max(2), false).map(|b| (b.prefill, b.decode)).map_err(Into::into),
             None => Ok(self.bench(prompt_len, decode)),
         }
     }

@@ -42,6 +42,14 @@ pub trait KernelArgs: Copy {
     const STRUCT: &'static str;
     /// (field, Rust type) in order.
     const FIELDS: &'static [(&'static str, &'static str)];
+    /// What a profile calls this launch.
+    fn label(&self) -> String {
+        Self::KERNEL.name().to_string()
+    }
+    /// Weight elements the launch reads (a profile turns them into achieved bandwidth).
+    fn weights(&self) -> usize {
+        0
+    }
     /// The struct's bytes, as the kernel receives them.
     fn bytes(&self) -> &[u8] {
         // SAFETY: every implementor is a `#[repr(C)]` struct of u64/i32/f32 fields (see the
@@ -51,7 +59,7 @@ pub trait KernelArgs: Copy {
 }
 
 macro_rules! kernel_args {
-    ($(#[$doc:meta])* $name:ident => $kernel:ident { $($field:ident : $ty:ident),* $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident => $kernel:ident { $($field:ident : $ty:ident),* $(,)? } $(profile { $($item:item)* })?) => {
         $(#[$doc])*
         #[repr(C)]
         #[derive(Debug, Clone, Copy)]
@@ -60,6 +68,7 @@ macro_rules! kernel_args {
             const KERNEL: Kernel = Kernel::$kernel;
             const STRUCT: &'static str = stringify!($name);
             const FIELDS: &'static [(&'static str, &'static str)] = &[$((stringify!($field), stringify!($ty))),*];
+            $($($item)*)?
         }
     };
 }
@@ -83,6 +92,15 @@ kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, 
 kernel_args!(MatvecArgs => Matvec {
     a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
     m: i32, n: i32, k: i32, mode: i32, glu: i32, accumulate: i32, eps: f32,
+} profile {
+    fn label(&self) -> String {
+        let input = if self.mode == 1 { "rmsnorm(x)" } else { "a" };
+        let out = if self.glu != 0 { " → swiglu" } else if self.accumulate != 0 { " +=" } else { "" };
+        format!("matvec {}×{} · {input}[{}]{out}", self.n, self.k, self.m)
+    }
+    fn weights(&self) -> usize {
+        self.n.max(0) as usize * self.k.max(0) as usize
+    }
 });
 
 /// A kernel, its argument struct's name and fields.

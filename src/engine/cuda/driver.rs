@@ -136,6 +136,22 @@ pub trait Backend: Send {
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError>;
     fn replay(&self, g: &Graph) -> Result<(), DeviceError>;
     fn drop_graph(&self, g: Graph);
+    /// Starts a profile (`true`): from then on each [`Backend::mark`] times the operation
+    /// enqueued before it. Stopping (`false`) waits for the work and returns each operation's
+    /// label, weight elements and milliseconds, in order.
+    fn profile(&self, on: bool) -> Result<Vec<Timed>, DeviceError>;
+    /// In a profile, ends the time of the operation just enqueued (`what`: its label and weight
+    /// elements); otherwise nothing.
+    fn mark(&self, what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError>;
+}
+
+/// One operation of a profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timed {
+    pub label: String,
+    /// weight elements read (0: none counted)
+    pub weights: usize,
+    pub ms: f64,
 }
 
 fn as_bytes<T: Copy>(v: &[T]) -> &[u8] {
@@ -159,7 +175,13 @@ impl dyn Backend {
         if grid.contains(&0) {
             return Ok(());
         }
-        self.launch_raw(A::KERNEL, grid, block, shared, args.bytes())
+        self.launch_raw(A::KERNEL, grid, block, shared, args.bytes())?;
+        self.mark(&|| (args.label(), args.weights()))
+    }
+    /// [`Backend::gemm`], marked for a profile.
+    pub fn product(&self, g: &Gemm) -> Result<(), DeviceError> {
+        self.gemm(g)?;
+        self.mark(&|| (format!("gemm {}×{}×{}", g.m, g.n, g.k), g.n * g.k))
     }
 }
 
@@ -176,7 +198,12 @@ pub struct Cuda {
     workspace: u64,
     prec: Prec,
     exact: bool,
+    /// a profile's start event and each marked operation's end event
+    profiling: std::sync::Mutex<Option<(sys::CUevent, Vec<Marked>)>>,
 }
+
+/// An operation of a profile in progress: label, weight elements, the event recorded after it.
+type Marked = (String, usize, sys::CUevent);
 
 // SAFETY: the handles are used from one thread at a time (the model keeps its backend behind a
 // mutex) and the context is made current before each use.
@@ -227,7 +254,7 @@ impl Cuda {
                 funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact };
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact, profiling: std::sync::Mutex::new(None) };
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
                 cudarc::cublas::result::set_stream(handle, stream.cast()).map_err(|e| err(&l, "cublasSetStream", e))?;
@@ -382,6 +409,50 @@ impl Backend for Cuda {
         let Graph::Cuda(exec) = g else { return Err(err(&self.label, "cuGraphLaunch", "not a CUDA graph")) };
         // SAFETY: the graph was instantiated on this context and its buffers are still live.
         unsafe { result::graph::launch(*exec, self.stream) }.map_err(|e| err(&self.label, "cuGraphLaunch", e))
+    }
+
+    fn profile(&self, on: bool) -> Result<Vec<Timed>, DeviceError> {
+        self.current()?;
+        let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
+        let event = || -> Result<sys::CUevent, DeviceError> {
+            let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
+            // SAFETY: a live event on this context's stream.
+            unsafe { result::event::record(e, self.stream) }.map_err(|e| err(&self.label, "cuEventRecord", e))?;
+            Ok(e)
+        };
+        let mut out = Vec::new();
+        if let Some((start, marks)) = p.take() {
+            self.sync()?;
+            let mut prev = start;
+            for (label, weights, e) in &marks {
+                // SAFETY: both events were recorded on this stream, which is idle now.
+                let ms = unsafe { result::event::elapsed(prev, *e) }.map_err(|e| err(&self.label, "cuEventElapsedTime", e))?;
+                out.push(Timed { label: label.clone(), weights: *weights, ms: f64::from(ms) });
+                prev = *e;
+            }
+            for e in std::iter::once(start).chain(marks.into_iter().map(|m| m.2)) {
+                // SAFETY: each event is destroyed once; the stream is done with them.
+                unsafe {
+                    let _ = result::event::destroy(e);
+                }
+            }
+        }
+        if on {
+            *p = Some((event()?, Vec::new()));
+        }
+        Ok(out)
+    }
+
+    fn mark(&self, what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError> {
+        let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, marks)) = p.as_mut() {
+            let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
+            // SAFETY: a live event on this context's stream.
+            unsafe { result::event::record(e, self.stream) }.map_err(|e| err(&self.label, "cuEventRecord", e))?;
+            let (label, weights) = what();
+            marks.push((label, weights, e));
+        }
+        Ok(())
     }
 
     fn drop_graph(&self, g: Graph) {

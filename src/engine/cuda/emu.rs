@@ -5,7 +5,7 @@
 //! driver, NVRTC and cuBLAS themselves, and the hardware (blocks running at once, speed).
 
 use super::args::Kernel;
-use super::driver::{Backend, Gemm, Graph, Prec, SOURCE};
+use super::driver::{Backend, Gemm, Graph, Prec, Timed, SOURCE};
 use crate::engine::device::DeviceError;
 use std::alloc::Layout;
 use std::collections::HashMap;
@@ -35,6 +35,8 @@ pub struct Emu {
     prec: Prec,
     memory: usize,
     allocs: Mutex<HashMap<u64, Layout>>,
+    /// a profile: when the last operation ended, and the operations so far
+    profiling: Mutex<Option<(std::time::Instant, Vec<Timed>)>>,
 }
 
 // SAFETY: the library handle and function pointers are immutable after `new`; allocations are
@@ -115,7 +117,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()) })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None) })
         }
     }
 
@@ -249,4 +251,24 @@ impl Backend for Emu {
         Ok(())
     }
     fn drop_graph(&self, _g: Graph) {}
+    /// Times on the host's clock (the emulation has no device clock).
+    fn profile(&self, on: bool) -> Result<Vec<Timed>, DeviceError> {
+        let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
+        let out = p.take().map(|(_, marks)| marks).unwrap_or_default();
+        if on {
+            *p = Some((std::time::Instant::now(), Vec::new()));
+        }
+        Ok(out)
+    }
+    fn mark(&self, what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError> {
+        if self.recording.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Ok(());
+        }
+        if let Some((last, marks)) = self.profiling.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            let (label, weights) = what();
+            marks.push(Timed { label, weights, ms: last.elapsed().as_secs_f64() * 1e3 });
+            *last = std::time::Instant::now();
+        }
+        Ok(())
+    }
 }

@@ -20,7 +20,7 @@ mod emu;
 
 use self::args::*;
 use self::batch::{BlockPool, Forward, Limits, Packed, RowOut, BLOCK};
-use self::driver::{Backend, Cuda, Gemm, Graph, Prec};
+use self::driver::{Backend, Cuda, Gemm, Graph, Prec, Timed};
 use super::device::{DeviceError, GpuInfo};
 use super::kernels::WType;
 use super::llama::{Config, Llama, RopeStyle};
@@ -482,7 +482,7 @@ impl Inner {
                 matvec(n, qkv_dim, d, MV_NORM, b.x, l.attn_norm, 0, l.wqkv, b.qkv, false, false)?;
             } else {
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-                g.gemm(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
+                g.product(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
             }
             let half_style = i32::from(c.rope_style == RopeStyle::Half);
             g.launch(grid(n), 128, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, half_style, bs: BLOCK as i32 })?;
@@ -497,11 +497,11 @@ impl Inner {
                 matvec(n, 2 * ffn, d, MV_NORM, b.x, l.ffn_norm, 0, l.wgu, b.act, true, false)?;
                 matvec(n, d, ffn, MV_PLAIN, b.act, 0, 0, l.wdown, b.x, false, true)?;
             } else {
-                g.gemm(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
+                g.product(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-                g.gemm(&Gemm { m: n, n: 2 * ffn, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false })?;
+                g.product(&Gemm { m: n, n: 2 * ffn, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false })?;
                 g.launch(grid(n), 256, 0, &SwigluArgs { gu: b.gu, act: b.act, n: ni, ffn: ffn as i32 })?;
-                g.gemm(&Gemm { m: n, n: d, k: ffn, a: b.act, w: l.wdown, c: b.x, accumulate: true })?;
+                g.product(&Gemm { m: n, n: d, k: ffn, a: b.act, w: l.wdown, c: b.x, accumulate: true })?;
             }
         }
         // the wanted rows, final-normed, through the LM head in chunks: logits [rows × vocab]
@@ -513,7 +513,7 @@ impl Inner {
                 matvec(rows, c.vocab, d, MV_NORM, b.x, self.out_norm, want, self.lm_head, b.logits, false, false)?;
             } else {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
-                g.gemm(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
+                g.product(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
             }
             let (lp, am) = (b.out + (r0 * 8) as u64, b.out + (w * 8 + r0 * 4) as u64);
             g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
@@ -550,7 +550,7 @@ impl Forward for Inner {
                 None => self.graphs_work = false,
             }
         }
-        match self.graphs.get(&shape).filter(|_| decode) {
+        match self.graphs.get(&shape).filter(|_| decode && self.graphs_work) {
             Some(g) => self.gpu.replay(g)?,
             None => self.enqueue(&shape)?,
         }
@@ -595,10 +595,23 @@ impl Drop for Inner {
     }
 }
 
+/// What [`GpuModel::bench`] measured.
+#[derive(Debug, Clone)]
+pub struct Bench {
+    /// tokens/s of one prompt's prefill
+    pub prefill: f64,
+    /// generated tokens/s over the batch
+    pub decode: f64,
+    /// with a profile: each operation of a prefill pass and of a decode step
+    pub prefill_ops: Vec<Timed>,
+    pub decode_ops: Vec<Timed>,
+}
+
 impl GpuModel {
     /// Prefill speed (one `prompt`, tokens/s) and decode speed (`batch` copies of it advancing
-    /// `steps` greedy tokens together, generated tokens/s over all of them).
-    pub fn bench(&self, prompt: &[u32], batch: usize, steps: usize) -> Result<(f64, f64), DeviceError> {
+    /// `steps` greedy tokens together, generated tokens/s over all of them). With `profile`, one
+    /// more prefill pass and decode step run launch by launch (no graph), each operation timed.
+    pub fn bench(&self, prompt: &[u32], batch: usize, steps: usize, profile: bool) -> Result<Bench, DeviceError> {
         use self::batch::{pack, Span};
         let mut g = self.lock()?;
         let lim = g.limits();
@@ -638,7 +651,20 @@ impl GpuModel {
             next = rows.iter().map(|r| r.argmax).collect();
         }
         let decode = ((steps - 1) * batch) as f64 / t0.elapsed().as_secs_f64();
-        Ok((prefill, decode))
+        let mut out = Bench { prefill, decode, prefill_ops: Vec::new(), decode_ops: Vec::new() };
+        if profile {
+            let graphs = std::mem::replace(&mut g.graphs_work, false);
+            g.gpu.profile(true)?;
+            let timed = g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false);
+            out.prefill_ops = g.gpu.profile(false)?;
+            timed?;
+            g.gpu.profile(true)?;
+            let timed = step(&mut g, &next, prompt.len() + steps);
+            out.decode_ops = g.gpu.profile(false)?;
+            g.graphs_work = graphs;
+            timed?;
+        }
+        Ok(out)
     }
 }
 

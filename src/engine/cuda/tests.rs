@@ -359,8 +359,20 @@ fn emulated_gpu_generates_like_the_cpu() {
         // decode steps after the first of each shape replay the recorded pass (a CUDA graph on a GPU)
         assert!(replays.load(std::sync::atomic::Ordering::Relaxed) > 10, "decode passes were replayed");
         // the speed measurement's own passes (three sequences decoding together) run too
-        let (prefill, decode) = g.bench(&prompts[4], 3, 5).expect("bench");
-        assert!(prefill > 0.0 && decode > 0.0 && prefill.is_finite() && decode.is_finite());
+        let b = g.bench(&prompts[4], 3, 5, true).expect("bench");
+        assert!(b.prefill > 0.0 && b.decode > 0.0 && b.prefill.is_finite() && b.decode.is_finite());
+        // the profile times every operation of a prefill pass and of a decode step: a decode
+        // layer is 7 launches (qkv product, rope, attention, merge, 3 products), the LM head 2
+        let labels = |ops: &[super::driver::Timed]| ops.iter().map(|o| o.label.split(' ').next().unwrap_or("").to_string()).collect::<Vec<_>>();
+        let decode_ops = labels(&b.decode_ops);
+        let layer = ["matvec", "rope_store", "attn_partial", "attn_combine", "matvec", "matvec", "matvec"];
+        let want: Vec<&str> = std::iter::once("embed").chain(layer.iter().copied().cycle().take(7 * model.config.n_layers)).chain(["matvec", "logits_reduce"]).collect();
+        assert_eq!(decode_ops, want, "decode step");
+        assert!(b.decode_ops.iter().filter(|o| o.label.starts_with("matvec")).all(|o| o.weights > 0 && o.label.contains("·")));
+        assert!(b.decode_ops.iter().any(|o| o.label.contains("→ swiglu")) && b.decode_ops.iter().any(|o| o.label.contains("rmsnorm(x)")));
+        let prefill_ops = labels(&b.prefill_ops);
+        assert_eq!(prefill_ops.iter().filter(|l| *l == "gemm").count(), 4 * model.config.n_layers + 1, "prefill: four GEMMs a layer and the LM head");
+        assert!(!prefill_ops.contains(&"matvec".to_string()));
     }
 }
 
