@@ -77,7 +77,7 @@ kernel_args!(EmbedArgs => Embed { emb: DPtr, tok: DPtr, x: DPtr, d: i32, n: i32 
 kernel_args!(NormArgs => RmsNorm { x: DPtr, w: DPtr, rows: DPtr, out: DPtr, d: i32, n: i32, eps: f32 });
 kernel_args!(RopeArgs => RopeStore {
     qkv: DPtr, bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
-    n: i32, nh: i32, nkv: i32, hd: i32, half_style: i32, bs: i32,
+    n: i32, nh: i32, nkv: i32, hd: i32, bs: i32,
 });
 kernel_args!(AttnArgs => AttnPartial {
     qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr,
@@ -91,11 +91,17 @@ kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
 kernel_args!(MatvecArgs => Matvec {
     a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
-    m: i32, n: i32, k: i32, mode: i32, glu: i32, accumulate: i32, eps: f32,
+    bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
+    nh: i32, nkv: i32, hd: i32, bs: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, eps: f32,
 } profile {
     fn label(&self) -> String {
         let input = if self.mode == 1 { "rmsnorm(x)" } else { "a" };
-        let out = if self.glu != 0 { " → swiglu" } else if self.accumulate != 0 { " +=" } else { "" };
+        let out = match (self.out, self.accumulate) {
+            (1, _) => " → swiglu",
+            (2, _) => " → rope, KV cache",
+            (_, 0) => "",
+            _ => " +=",
+        };
         format!("matvec {}×{} · {input}[{}]{out}", self.n, self.k, self.m)
     }
     fn weights(&self) -> usize {

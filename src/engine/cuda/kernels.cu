@@ -136,7 +136,9 @@ LLM_KERNEL(rms_norm, NormArgs) {
 
 // ── q/k/v bias, rotary embedding, and the KV cache write ──
 // qkv rows are [q (nh·hd) | k (nkv·hd) | v (nkv·hd)]; q is rotated in place, k and v go to the
-// token's cache slot: block tables[blk_off[seq] + pos / bs], row pos % bs.
+// token's cache slot: block tables[blk_off[seq] + pos / bs], row pos % bs. Rotated pairs are
+// always (2i, 2i + 1) with frequency inv_freq[i]: a model whose pairs are (i, i + hd/2) has its
+// q and k rows permuted on upload (attention's dot products do not see the order).
 struct RopeArgs {
   float* qkv;              // [n × (nh + 2·nkv)·hd]
   const float* bias;       // [(nh + 2·nkv)·hd] or null
@@ -151,7 +153,6 @@ struct RopeArgs {
   int nh;
   int nkv;
   int hd;
-  int half_style;          // 1: pairs (i, i + hd/2); 0: pairs (2i, 2i + 1)
   int bs;
 };
 LLM_KERNEL(rope_store, RopeArgs) {
@@ -169,12 +170,11 @@ LLM_KERNEL(rope_store, RopeArgs) {
   for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
     const int head = j / hh, i = j % hh;
     float* h = row + head * a.hd;  // k heads follow the q heads
-    const int i0 = a.half_style ? i : 2 * i, i1 = a.half_style ? i + hh : 2 * i + 1;
     float s, c;
     sincosf((float)p * a.inv_freq[i], &s, &c);
-    const float x0 = h[i0], x1 = h[i1];
-    h[i0] = x0 * c - x1 * s;
-    h[i1] = x0 * s + x1 * c;
+    const float x0 = h[2 * i], x1 = h[2 * i + 1];
+    h[2 * i] = x0 * c - x1 * s;
+    h[2 * i + 1] = x0 * s + x1 * c;
   }
   __syncthreads();
   const int seq = a.seq_of[t];
@@ -425,9 +425,11 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
 // warp streams MV_R weight rows in 16-byte loads (MV_U loads a row in flight) and applies them to
 // up to MV_M input rows. The input is the rows of `a` (MV_PLAIN), or RMSNorm of the residual rows
 // of `x` (row rows[r], or r) times `norm_w` made on the fly (MV_NORM) and rounded to the storage
-// type as `rms_norm` stores it. With `glu` the weight rows are (gate, up) pairs, one pair a warp,
-// and the output is SwiGLU's silu(gate)·up in the storage type, as `swiglu` writes it. So a
-// decode layer launches neither RMSNorm nor SwiGLU.
+// type as `rms_norm` stores it. The output (`out`): MV_F32 f32 rows, set or accumulated; MV_GLU
+// the weight rows are (gate, up) pairs, one pair a warp, and the output is SwiGLU's silu(gate)·up
+// in the storage type, as `swiglu` writes it; MV_QKV the q/k/v product of token rows, finished as
+// `rope_store` does (bias, rotation of each (2i, 2i + 1) pair — one pair a warp — q into `y`,
+// k and v into the KV cache). So a decode layer launches neither RMSNorm, RoPE nor SwiGLU.
 // Batch invariance: lane l sums elements l·MV_VEC + 32·MV_VEC·s in s order, the warp reduces in a
 // fixed tree, and a row's norm scale is one warp's sum in a fixed order: an output depends on its
 // own row only, never on m or on which block ran it.
@@ -437,6 +439,9 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
 #define MV_U 4       // loads of a weight row in flight per lane
 #define MV_PLAIN 0
 #define MV_NORM 1
+#define MV_F32 0
+#define MV_GLU 1
+#define MV_QKV 2
 #define MV_VEC (16 / (int)sizeof(wt))  // weights per 16-byte load
 
 struct alignas(16) V16 { unsigned u[4]; };
@@ -470,13 +475,26 @@ struct MatvecArgs {
   const float* x;        // MV_NORM: [* × k] residual rows
   const float* norm_w;   // MV_NORM: [k]
   const int* rows;       // MV_NORM: [m] rows of x, or null (row r)
-  const wt* w;           // [n × k]; with glu, rows 2j and 2j + 1 are feature j's gate and up
-  void* y;               // [m × n] f32; with glu [m × n/2] wt
+  const wt* w;           // [n × k]; MV_GLU: rows 2j and 2j + 1 are feature j's gate and up
+  void* y;               // [m × n] f32 (MV_QKV: only q is written); MV_GLU [m × n/2] wt
+  // MV_QKV: as in RopeArgs (input row r is packed token r)
+  const float* bias;     // [n] or null
+  const float* inv_freq; // [hd / 2]
+  const int* pos;
+  const int* seq_of;
+  const int* blk_off;
+  const int* tables;
+  kt* kc;
+  kt* vc;
+  int nh;
+  int nkv;
+  int hd;
+  int bs;
   int m;
-  int n;                 // even with glu
+  int n;                 // even with MV_GLU and MV_QKV
   int k;                 // a multiple of MV_VEC
   int mode;
-  int glu;
+  int out;
   int accumulate;
   float eps;
 };
@@ -559,9 +577,34 @@ LLM_KERNEL(matvec, MatvecArgs) {
       for (int o = 16; o > 0; o >>= 1) v[rr] += __shfl_xor_sync(FULL_MASK, v[rr], o);
     }
     if (lane != 0) continue;
-    if (a.glu) {
+    if (a.out == MV_GLU) {
       const float g = v[0], up = v[1];
       ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(g / (1.0f + expf(-g)) * up);
+    } else if (a.out == MV_QKV) {
+      const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
+      float x0 = v[0], x1 = v[1];
+      if (a.bias) {
+        x0 += a.bias[j0];
+        x1 += a.bias[j0 + 1];
+      }
+      const int p = a.pos[t];
+      if (j0 < qd + kvd) {  // a q or k pair: rotate
+        float sn, cs;
+        sincosf((float)p * a.inv_freq[(j0 % a.hd) / 2], &sn, &cs);
+        const float r0v = x0 * cs - x1 * sn, r1v = x0 * sn + x1 * cs;
+        x0 = r0v;
+        x1 = r1v;
+      }
+      if (j0 < qd) {
+        float* q = (float*)a.y + (long long)t * a.n + j0;
+        q[0] = x0;
+        q[1] = x1;
+      } else {
+        const long long slot = (long long)a.tables[a.blk_off[a.seq_of[t]] + p / a.bs] * a.bs + p % a.bs;
+        kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
+        dst[0] = f2k(x0);
+        dst[1] = f2k(x1);
+      }
     } else {
 #pragma unroll
       for (int rr = 0; rr < MV_R; rr++) {

@@ -53,9 +53,14 @@ const MV_THREADS: u32 = 256;
 const MV_ROWS: usize = 16;
 /// Input rows per block of the decode matrix products (`MV_M`).
 const MV_M: usize = 8;
-/// The decode products' inputs (`MV_PLAIN`: rows as stored, `MV_NORM`: RMSNorm made on the fly).
+/// The decode products' inputs (`MV_PLAIN`: rows as stored, `MV_NORM`: RMSNorm made on the fly)
+/// and outputs (`MV_F32`: f32 rows, `MV_GLU`: SwiGLU of gate/up pairs, `MV_QKV`: RoPE'd q, and
+/// k/v into the KV cache).
 const MV_PLAIN: i32 = 0;
 const MV_NORM: i32 = 1;
+const MV_F32: i32 = 0;
+const MV_GLU: i32 = 1;
+const MV_QKV: i32 = 2;
 
 /// One transformer block on the device (addresses; shapes in the comments).
 struct LayerW {
@@ -189,6 +194,13 @@ pub fn precision_for(model: &Llama) -> Prec {
     }
 }
 
+/// Where row `i` of a head (of `head_dim` rows) goes when RoPE's pairs (i, i + hd/2) are laid out
+/// as (2i, 2i + 1).
+fn interleaved_row(i: usize, head_dim: usize) -> usize {
+    let (head, j, half) = (i / head_dim, i % head_dim, head_dim / 2);
+    head * head_dim + if j < half { 2 * j } else { 2 * (j - half) + 1 }
+}
+
 /// `m` as rows of `prec` bytes, converted on the CPU (dequantized first when needed).
 fn weight_bytes(m: &Matrix, prec: Prec, rows: std::ops::Range<usize>) -> Vec<u8> {
     let same = matches!((m.ty, prec), (WType::F32, Prec::F32) | (WType::F16, Prec::F16) | (WType::BF16, Prec::Bf16));
@@ -216,24 +228,32 @@ impl Inner {
         Ok(p)
     }
 
-    /// Uploads matrices one after another into one allocation (row blocks of 4096 rows at a time).
+    /// Uploads matrices one after another into one allocation.
     fn upload_stacked(&mut self, parts: &[&Matrix], prec: Prec) -> Result<u64, DeviceError> {
-        let cols = parts[0].cols;
+        let row_bytes = parts[0].cols * prec.bytes();
         let rows: usize = parts.iter().map(|m| m.rows).sum();
-        let dst = self.alloc(rows * cols * prec.bytes())?;
+        let dst = self.alloc(rows * row_bytes)?;
         let mut off = 0;
         for m in parts {
-            let mut r = 0;
-            while r < m.rows {
-                let end = (r + 4096).min(m.rows);
-                let bytes = weight_bytes(m, prec, r..end);
-                self.gpu.upload(dst + off as u64, &bytes)?;
-                self.gpu.sync()?;
-                off += bytes.len();
-                r = end;
-            }
+            self.upload_into(dst + off as u64, m, prec)?;
+            off += m.rows * row_bytes;
         }
         Ok(dst)
+    }
+
+    /// Uploads `m` to `dst`, converted 4096 rows at a time.
+    fn upload_into(&mut self, dst: u64, m: &Matrix, prec: Prec) -> Result<(), DeviceError> {
+        let mut off = 0;
+        let mut r = 0;
+        while r < m.rows {
+            let end = (r + 4096).min(m.rows);
+            let bytes = weight_bytes(m, prec, r..end);
+            self.gpu.upload(dst + off as u64, &bytes)?;
+            self.gpu.sync()?;
+            off += bytes.len();
+            r = end;
+        }
+        Ok(())
     }
 
     /// Uploads the rows of `a` and `b` alternately (a0 b0 a1 b1 …), 2048 pairs at a time: a
@@ -251,6 +271,31 @@ impl Inner {
             self.gpu.sync()?;
             r = end;
         }
+        Ok(dst)
+    }
+
+    /// Uploads q, k and v one after another; with `head_dim` > 0 the rows of q and k are
+    /// reordered head by head so that RoPE's pairs (i, i + hd/2) become (2i, 2i + 1).
+    fn upload_qkv(&mut self, q: &Matrix, k: &Matrix, v: &Matrix, head_dim: usize, prec: Prec) -> Result<u64, DeviceError> {
+        if head_dim == 0 {
+            return self.upload_stacked(&[q, k, v], prec);
+        }
+        let row_bytes = q.cols * prec.bytes();
+        let dst = self.alloc((q.rows + k.rows + v.rows) * row_bytes)?;
+        let mut off = 0;
+        for m in [q, k] {
+            for h in 0..m.rows / head_dim {
+                let rows = weight_bytes(m, prec, h * head_dim..(h + 1) * head_dim);
+                let mut out = vec![0u8; rows.len()];
+                for (i, row) in rows.chunks_exact(row_bytes).enumerate() {
+                    let to = interleaved_row(i, head_dim);
+                    out[to * row_bytes..(to + 1) * row_bytes].copy_from_slice(row);
+                }
+                self.gpu.upload(dst + off as u64, &out)?;
+                off += out.len();
+            }
+        }
+        self.upload_into(dst + off as u64, v, prec)?;
         Ok(dst)
     }
 
@@ -326,11 +371,15 @@ impl GpuModel {
         let inv_freq: Vec<f32> = (0..hd / 2).map(|i| c.rope_theta.powf(-(2.0 * i as f32) / hd as f32)).collect();
         inner.inv_freq = inner.upload_f32(&inv_freq)?;
         for l in &model.layers {
+            // RoPE pairs (i, i + hd/2) become (2i, 2i + 1): q and k rows permuted head by head
+            let pairs = c.rope_style == RopeStyle::Half;
             let bqkv = if l.bq.is_some() || l.bk.is_some() || l.bv.is_some() {
                 let mut b = vec![0f32; qkv_dim];
-                for (v, off) in [(&l.bq, 0), (&l.bk, q_dim), (&l.bv, q_dim + kv_dim)] {
+                for (v, off, permute) in [(&l.bq, 0, pairs), (&l.bk, q_dim, pairs), (&l.bv, q_dim + kv_dim, false)] {
                     if let Some(v) = v {
-                        b[off..off + v.len()].copy_from_slice(v);
+                        for (i, x) in v.iter().enumerate() {
+                            b[off + if permute { interleaved_row(i, hd) } else { i }] = *x;
+                        }
                     }
                 }
                 inner.upload_f32(&b)?
@@ -339,7 +388,7 @@ impl GpuModel {
             };
             let lw = LayerW {
                 attn_norm: inner.upload_f32(&l.attn_norm)?,
-                wqkv: inner.upload_stacked(&[&l.wq, &l.wk, &l.wv], prec)?,
+                wqkv: inner.upload_qkv(&l.wq, &l.wk, &l.wv, if pairs { hd } else { 0 }, prec)?,
                 bqkv,
                 wo: inner.upload_stacked(&[&l.wo], prec)?,
                 ffn_norm: inner.upload_f32(&l.ffn_norm)?,
@@ -467,35 +516,32 @@ impl Inner {
         let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
         let shared = ((ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
         let grid = |x: usize| [x as u32, 1, 1];
-        // y[m × rows] (+)= input[m × k] · w[rows × k]ᵀ on the matvec kernel (MV_NORM: the input is
-        // RMSNorm(x) · aux; glu: y[m × rows/2] = SwiGLU of the interleaved gate/up outputs)
-        let matvec = |m: usize, rows: usize, k: usize, mode: i32, input: u64, aux: u64, rows_of: u64, w: u64, y: u64, glu: bool, accumulate: bool| {
-            let (a, x) = if mode == MV_PLAIN { (input, 0) } else { (0, input) };
-            let args = MatvecArgs { a, x, norm_w: aux, rows: rows_of, w, y, m: m as i32, n: rows as i32, k: k as i32, mode, glu: i32::from(glu), accumulate: i32::from(accumulate), eps: c.rms_eps };
-            g.launch([m.div_ceil(MV_M) as u32, rows.div_ceil(MV_ROWS) as u32, 1], MV_THREADS, 0, &args)
-        };
+        // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
+        let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, bs: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
+        let matvec = |a: MatvecArgs| g.launch([(a.m as usize).div_ceil(MV_M) as u32, (a.n as usize).div_ceil(MV_ROWS) as u32, 1], MV_THREADS, 0, &a);
+        let (nhi, nkvi, hdi, bs) = (nh as i32, nkv as i32, hd as i32, BLOCK as i32);
         g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
         for (li, l) in self.layers.iter().enumerate() {
             let (kc, vc) = (self.kc + li as u64 * layer_kv, self.vc + li as u64 * layer_kv);
-            // x [n × d] → qkv [n × qkv_dim]
+            // x [n × d] → q [n × q_dim] rotated (in qkv), k and v rotated into the cache
             if mv {
-                matvec(n, qkv_dim, d, MV_NORM, b.x, l.attn_norm, 0, l.wqkv, b.qkv, false, false)?;
+                let (x, norm_w, w, y, bias, inv_freq) = (b.x, l.attn_norm, l.wqkv, b.qkv, l.bqkv, self.inv_freq);
+                matvec(MatvecArgs { m: ni, n: qkv_dim as i32, k: di, mode: MV_NORM, x, norm_w, w, y, out: MV_QKV, bias, inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, nh: nhi, nkv: nkvi, hd: hdi, bs, ..none })?;
             } else {
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
                 g.product(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
+                g.launch(grid(n), 256, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nhi, nkv: nkvi, hd: hdi, bs })?;
             }
-            let half_style = i32::from(c.rope_style == RopeStyle::Half);
-            g.launch(grid(n), 128, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, half_style, bs: BLOCK as i32 })?;
             let scale = 1.0 / (hd as f32).sqrt();
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
-            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles: ix.tiles, pos: ix.pos, blk_off: ix.blk_off, tables: ix.tables, part_acc: b.part_acc, part_ml: b.part_ml, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, bs: BLOCK as i32, split_len: split, max_splits, scale })?;
+            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles: ix.tiles, pos: ix.pos, blk_off: ix.blk_off, tables: ix.tables, part_acc: b.part_acc, part_ml: b.part_ml, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, scale })?;
             // att [n × q_dim]
-            g.launch([n_tiles as u32, nkv as u32, 1], 128, 0, &CombineArgs { tiles: ix.tiles, pos: ix.pos, part_acc: b.part_acc, part_ml: b.part_ml, att: b.att, n_tiles: n_tiles as i32, nh: nh as i32, nkv: nkv as i32, hd: hd as i32, split_len: split, max_splits })?;
+            g.launch([n_tiles as u32, nkv as u32, 1], 128, 0, &CombineArgs { tiles: ix.tiles, pos: ix.pos, part_acc: b.part_acc, part_ml: b.part_ml, att: b.att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
-                matvec(n, d, q_dim, MV_PLAIN, b.att, 0, 0, l.wo, b.x, false, true)?;
-                matvec(n, 2 * ffn, d, MV_NORM, b.x, l.ffn_norm, 0, l.wgu, b.act, true, false)?;
-                matvec(n, d, ffn, MV_PLAIN, b.act, 0, 0, l.wdown, b.x, false, true)?;
+                matvec(MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
+                matvec(MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, ..none })?;
+                matvec(MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, ..none })?;
             } else {
                 g.product(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
@@ -510,7 +556,7 @@ impl Inner {
             let rows = self.chunk.min(w - r0);
             let want = ix.want + (r0 * 4) as u64;
             if mv {
-                matvec(rows, c.vocab, d, MV_NORM, b.x, self.out_norm, want, self.lm_head, b.logits, false, false)?;
+                matvec(MatvecArgs { m: rows as i32, n: c.vocab as i32, k: di, mode: MV_NORM, x: b.x, norm_w: self.out_norm, rows: want, w: self.lm_head, y: b.logits, ..none })?;
             } else {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
                 g.product(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
