@@ -10,15 +10,14 @@ pub enum Kernel {
     Embed,
     RmsNorm,
     RopeStore,
-    AttnPartial,
-    AttnCombine,
+    Attention,
     Swiglu,
     LogitsReduce,
     Matvec,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 8] = [Kernel::Embed, Kernel::RmsNorm, Kernel::RopeStore, Kernel::AttnPartial, Kernel::AttnCombine, Kernel::Swiglu, Kernel::LogitsReduce, Kernel::Matvec];
+    pub const ALL: [Kernel; 7] = [Kernel::Embed, Kernel::RmsNorm, Kernel::RopeStore, Kernel::Attention, Kernel::Swiglu, Kernel::LogitsReduce, Kernel::Matvec];
 
     /// The `extern "C"` name in the source.
     pub fn name(self) -> &'static str {
@@ -26,8 +25,7 @@ impl Kernel {
             Kernel::Embed => "embed",
             Kernel::RmsNorm => "rms_norm",
             Kernel::RopeStore => "rope_store",
-            Kernel::AttnPartial => "attn_partial",
-            Kernel::AttnCombine => "attn_combine",
+            Kernel::Attention => "attention",
             Kernel::Swiglu => "swiglu",
             Kernel::LogitsReduce => "logits_reduce",
             Kernel::Matvec => "matvec",
@@ -79,13 +77,9 @@ kernel_args!(RopeArgs => RopeStore {
     qkv: DPtr, bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
     n: i32, nh: i32, nkv: i32, hd: i32, bs: i32,
 });
-kernel_args!(AttnArgs => AttnPartial {
-    qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr,
+kernel_args!(AttnArgs => Attention {
+    qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr, counters: DPtr, att: DPtr,
     n_tiles: i32, nh: i32, nkv: i32, hd: i32, bs: i32, split_len: i32, max_splits: i32, scale: f32,
-});
-kernel_args!(CombineArgs => AttnCombine {
-    tiles: DPtr, pos: DPtr, part_acc: DPtr, part_ml: DPtr, att: DPtr,
-    n_tiles: i32, nh: i32, nkv: i32, hd: i32, split_len: i32, max_splits: i32,
 });
 kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
@@ -117,5 +111,5 @@ pub fn all() -> Vec<ArgsInfo> {
     fn one<A: KernelArgs>() -> ArgsInfo {
         (A::KERNEL, A::STRUCT, A::FIELDS)
     }
-    vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<CombineArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>(), one::<MatvecArgs>()]
+    vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>(), one::<MatvecArgs>()]
 }

@@ -2,8 +2,8 @@
 // GPU: `g++ -DLLM_HOST -include emu.h kernels.cu` builds a library whose kernels are plain
 // functions, and `emu_launch` runs a grid block by block, each block's threads as fibers on one OS
 // thread, switching at __syncthreads and at warp shuffles (a barrier of the warp's 32 lanes).
-// Blocks run one at a time, so `__shared__` variables are function statics (thread-local, so
-// tests may launch from several threads at once).
+// Blocks run one at a time, in a shuffled order (a GPU promises none), so `__shared__` variables
+// are function statics (thread-local, so tests may launch from several threads at once).
 #pragma once
 #define _GNU_SOURCE 1
 #include <cmath>
@@ -74,6 +74,9 @@ static inline float emu_exchange(float v, unsigned src) {
   emu_wait(EMU_WARP);
   return r;
 }
+// Blocks run one after another, so a block's global writes are visible to every later block.
+static inline void __threadfence() {}
+static inline int atomicAdd(int* p, int v) { const int old = *p; *p = old + v; return old; }
 static inline float __shfl_xor_sync(unsigned, float v, int o) { return emu_exchange(v, (threadIdx.x % 32) ^ (unsigned)o); }
 static inline float __shfl_sync(unsigned, float v, int src) { return emu_exchange(v, (unsigned)src); }
 
@@ -95,9 +98,20 @@ extern "C" int emu_launch(void (*kernel)(const void*), const void* args, unsigne
   emu_stacks.resize((size_t)block * EMU_STACK);
   gridDim = EmuDim{gx, gy, gz};
   blockDim = EmuDim{block, 1, 1};
-  for (unsigned z = 0; z < gz; z++)
-    for (unsigned y = 0; y < gy; y++)
-      for (unsigned x = 0; x < gx; x++) {
+  // blocks in a shuffled order (a GPU promises none): the same order for the same launch count
+  static thread_local unsigned long long emu_launches = 0;
+  unsigned long long rng = 0x9e3779b97f4a7c15ull * ++emu_launches;
+  std::vector<unsigned> order((size_t)gx * gy * gz);
+  for (unsigned i = 0; i < order.size(); i++) order[i] = i;
+  for (size_t i = order.size(); i > 1; i--) {
+    rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
+    const size_t j = (size_t)((rng * 0x2545f4914f6cdd1dull) % i);
+    const unsigned t = order[i - 1];
+    order[i - 1] = order[j];
+    order[j] = t;
+  }
+  for (const unsigned b : order) {
+        const unsigned x = b % gx, y = (b / gx) % gy, z = b / (gx * gy);
         blockIdx = EmuDim{x, y, z};
         for (unsigned t = 0; t < block; t++) {
           EmuFiber& f = emu_fibers[t];

@@ -189,11 +189,14 @@ LLM_KERNEL(rope_store, RopeArgs) {
   }
 }
 
-// ── attention, pass 1: one block per (query tile, KV head, key split) ──
+// ── attention: one block per (query tile, KV head, key split) ──
 // A tile is `count` consecutive tokens of one sequence (packed index t0..); its rows are
 // (token i, head g of the KV head's group), row = i·group + g. The block covers keys
 // [split·split_len, (split+1)·split_len) up to the tile's last position and leaves, per row, the
-// running max m, the sum l of exp(s − m) and the unnormalised Σ exp(s − m)·v.
+// running max m, the sum l of exp(s − m) and the unnormalised Σ exp(s − m)·v. The last of a
+// (tile, KV head)'s blocks to finish (a ticket from `counters`, which it resets for the next
+// launch) merges the splits in split order and writes the normalised output: one launch, and the
+// result does not depend on which block finished last.
 struct AttnArgs {
   const float* qkv;       // [n × (nh + 2·nkv)·hd], q rotated
   const kt* kc;           // this layer's keys
@@ -204,6 +207,8 @@ struct AttnArgs {
   const int* tables;
   float* part_acc;        // [n_tiles × nkv × max_splits × ATT_ROWS × hd]
   float* part_ml;         // [n_tiles × nkv × max_splits × ATT_ROWS × 2]
+  int* counters;          // [n_tiles × nkv], zero between launches
+  wt* att;                // [n × nh·hd]
   int n_tiles;
   int nh;
   int nkv;
@@ -213,8 +218,9 @@ struct AttnArgs {
   int max_splits;
   float scale;
 };
-LLM_KERNEL(attn_partial, AttnArgs) {
+LLM_KERNEL(attention, AttnArgs) {
   LLM_DYN_SHARED(smem);
+  __shared__ int s_last;
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   if (tile >= a.n_tiles) return;
   const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
@@ -222,7 +228,7 @@ LLM_KERNEL(attn_partial, AttnArgs) {
   const int rows = count * group;
   const int kmax = a.pos[t0 + count - 1];
   const int k_lo = split * a.split_len;
-  if (k_lo > kmax) return;  // the combine pass never reads this split
+  if (k_lo > kmax) return;  // no key of this split is seen: no partials, no ticket
   const int k_hi = min(k_lo + a.split_len - 1, kmax);
   const int width = (a.nh + 2 * a.nkv) * hd, kvd = a.nkv * hd;
 
@@ -304,46 +310,42 @@ LLM_KERNEL(attn_partial, AttnArgs) {
       a.part_ml[(base + r) * 2 + 1] = l[j];
     }
   }
-}
-
-// ── attention, pass 2: merge a row's splits in split order and normalise ──
-struct CombineArgs {
-  const int* tiles;         // [n_tiles × 4]
-  const int* pos;           // [n]
-  const float* part_acc;
-  const float* part_ml;
-  wt* att;                  // [n × nh·hd]
-  int n_tiles;
-  int nh;
-  int nkv;
-  int hd;
-  int split_len;
-  int max_splits;
-};
-LLM_KERNEL(attn_combine, CombineArgs) {
-  const int tile = blockIdx.x, kvh = blockIdx.y;
-  if (tile >= a.n_tiles) return;
-  const int t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
-  const int group = a.nh / a.nkv, hd = a.hd, rows = count * group;
-  const long long base = (long long)(tile * a.nkv + kvh) * a.max_splits;
+  // the last block of this (tile, KV head) merges: every block that runs writes its partials,
+  // makes them visible device-wide, then takes a ticket
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = a.counters + tile * a.nkv + kvh;
+    const int blocks = kmax / a.split_len + 1;  // the splits that hold keys ≤ kmax
+    s_last = atomicAdd(counter, 1) == blocks - 1;
+    if (s_last) *counter = 0;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  // merge each row's splits in split order and normalise (volatile: other blocks' writes, past L1)
+  const volatile float* pacc = a.part_acc;
+  const volatile float* pml = a.part_ml;
+  const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
   for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
     const int r = i / hd, d = i % hd;
     const int tok = t0 + r / group, head = kvh * group + r % group;
     const int ns = a.pos[tok] / a.split_len + 1;
     float mx = -LLM_INF;
-    for (int s = 0; s < ns; s++) mx = fmaxf(mx, a.part_ml[((base + s) * ATT_ROWS + r) * 2]);
+    for (int s = 0; s < ns; s++) mx = fmaxf(mx, pml[((first + s) * ATT_ROWS + r) * 2]);
     float num = 0.0f, den = 0.0f;
     for (int s = 0; s < ns; s++) {
-      const long long pr = (base + s) * ATT_ROWS + r;
-      const float ms = a.part_ml[pr * 2];
+      const long long pr = (first + s) * ATT_ROWS + r;
+      const float ms = pml[pr * 2];
       if (ms == -LLM_INF) continue;
       const float w = expf(ms - mx);
-      den += a.part_ml[pr * 2 + 1] * w;
-      num += a.part_acc[pr * hd + d] * w;
+      den += pml[pr * 2 + 1] * w;
+      num += pacc[pr * hd + d] * w;
     }
     a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num / den);
   }
 }
+
 
 // ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows interleave them: [g0 u0 g1 u1 …] ──
 struct SwigluArgs {

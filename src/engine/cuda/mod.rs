@@ -87,6 +87,7 @@ struct Buffers {
     idx: u64,    // [5·T + S + 4·tile_cap + table_cap] i32: a pass's index arrays (one upload; see `IdxAt`)
     part_acc: u64, // [part_rows × hd] f32
     part_ml: u64,  // [part_rows × 2] f32
+    counters: u64, // [tile_cap × nkv] i32: the attention's tickets, zero between launches
 }
 
 struct Inner {
@@ -349,7 +350,7 @@ impl GpuModel {
             kc: 0,
             vc: 0,
             blocks: 0,
-            buf: Buffers { x: 0, hn: 0, qkv: 0, att: 0, gu: 0, act: 0, sel: 0, logits: 0, out: 0, idx: 0, part_acc: 0, part_ml: 0 },
+            buf: Buffers { x: 0, hn: 0, qkv: 0, att: 0, gu: 0, act: 0, sel: 0, logits: 0, out: 0, idx: 0, part_acc: 0, part_ml: 0, counters: 0 },
             chunk,
             table_cap,
             tile_cap,
@@ -412,11 +413,12 @@ impl GpuModel {
             idx: inner.alloc((5 * t + s + 4 * tile_cap + table_cap) * 4)?,
             part_acc: inner.alloc(part_rows * hd * f)?,
             part_ml: inner.alloc(part_rows * 2 * f)?,
+            counters: inner.alloc(tile_cap * nkv * 4)?,
         };
         inner.buf = b;
         let shared = (ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4;
         if shared > 48 * 1024 {
-            inner.gpu.set_shared(Kernel::AttnPartial, shared)?;
+            inner.gpu.set_shared(Kernel::Attention, shared)?;
         }
         // ── KV cache: what memory is left, less a margin for cuBLAS, up to what can be used ──
         inner.gpu.sync()?;
@@ -534,9 +536,9 @@ impl Inner {
             }
             let scale = 1.0 / (hd as f32).sqrt();
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
-            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles: ix.tiles, pos: ix.pos, blk_off: ix.blk_off, tables: ix.tables, part_acc: b.part_acc, part_ml: b.part_ml, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, scale })?;
-            // att [n × q_dim]
-            g.launch([n_tiles as u32, nkv as u32, 1], 128, 0, &CombineArgs { tiles: ix.tiles, pos: ix.pos, part_acc: b.part_acc, part_ml: b.part_ml, att: b.att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits })?;
+            // att [n × q_dim]: the key splits and their merge in one launch
+            let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
+            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, scale })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 matvec(MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;

@@ -292,7 +292,7 @@ fn emulated_gpu_argument_structs_have_the_rust_layout() {
         Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
     };
     use super::args::*;
-    let rust = [size_of::<EmbedArgs>(), size_of::<NormArgs>(), size_of::<RopeArgs>(), size_of::<AttnArgs>(), size_of::<CombineArgs>(), size_of::<SwigluArgs>(), size_of::<ReduceArgs>(), size_of::<MatvecArgs>()];
+    let rust = [size_of::<EmbedArgs>(), size_of::<NormArgs>(), size_of::<RopeArgs>(), size_of::<AttnArgs>(), size_of::<SwigluArgs>(), size_of::<ReduceArgs>(), size_of::<MatvecArgs>()];
     assert_eq!(emu.arg_sizes(), &rust);
 }
 
@@ -362,11 +362,11 @@ fn emulated_gpu_generates_like_the_cpu() {
         let b = g.bench(&prompts[4], 3, 5, true).expect("bench");
         assert!(b.prefill > 0.0 && b.decode > 0.0 && b.prefill.is_finite() && b.decode.is_finite());
         // the profile times every operation of a prefill pass and of a decode step: a decode
-        // layer is 6 launches (qkv product with RoPE, attention, merge, 3 products), the LM head 2
+        // layer is 5 launches (qkv product with RoPE, attention, 3 products), the LM head 2
         let labels = |ops: &[super::driver::Timed]| ops.iter().map(|o| o.label.split(' ').next().unwrap_or("").to_string()).collect::<Vec<_>>();
         let decode_ops = labels(&b.decode_ops);
-        let layer = ["matvec", "attn_partial", "attn_combine", "matvec", "matvec", "matvec"];
-        let want: Vec<&str> = std::iter::once("embed").chain(layer.iter().copied().cycle().take(6 * model.config.n_layers)).chain(["matvec", "logits_reduce"]).collect();
+        let layer = ["matvec", "attention", "matvec", "matvec", "matvec"];
+        let want: Vec<&str> = std::iter::once("embed").chain(layer.iter().copied().cycle().take(5 * model.config.n_layers)).chain(["matvec", "logits_reduce"]).collect();
         assert_eq!(decode_ops, want, "decode step");
         assert!(b.decode_ops.iter().filter(|o| o.label.starts_with("matvec")).all(|o| o.weights > 0 && o.label.contains("·")));
         for part in ["→ swiglu", "→ rope, KV cache", "rmsnorm(x)", " +="] {
