@@ -106,6 +106,8 @@ fn verdict(ok: bool, failures: &mut usize) -> &'static str {
 
 fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
     let mut failures = 0;
+    // the GPU first: a machine whose CUDA does not start fails here, before the CPU's long part
+    drop(load(model, true, Device::Cuda(0)));
     let t = Instant::now();
     let cpu = load(model, true, Device::Cpu);
     let vocab = cpu.model.config.vocab;
