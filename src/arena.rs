@@ -254,10 +254,10 @@ pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: 
         None => None,
     };
     let shift = |r: &mut Vec<Option<f64>>| {
-        if let Some((i, v)) = anchor_idx {
-            if let Some(cur) = r[i] {
-                r.iter_mut().flatten().for_each(|x| *x += v - cur);
-            }
+        if let Some((i, v)) = anchor_idx
+            && let Some(cur) = r[i]
+        {
+            r.iter_mut().flatten().for_each(|x| *x += v - cur);
         }
     };
     let mut full = ix.rate(&mut (0..battles.len()), method, k);

@@ -75,12 +75,15 @@ fn paired_bootstrap(n: usize, diff: &dyn Fn(&[usize]) -> f64, iterations: usize,
     (observed, p)
 }
 
+/// One item scored by both runs: (item id, baseline stats, candidate stats).
+type Paired = (String, Vec<f64>, Vec<f64>);
+
 /// Compares `candidate` with `baseline`. `tolerances` maps metric names to allowed drops.
 pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<String, f64>, alpha: f64, seed: u64) -> Vec<Comparison> {
     let key = |s: &Sample| (s.model.clone(), s.task.clone(), s.doc_hash.clone());
     let base: BTreeMap<_, &Sample> = baseline.iter().filter(|s| s.error.is_none()).map(|s| (key(s), s)).collect();
     // (model, task, metric) → paired (item id, baseline stats, candidate stats).
-    let mut groups: BTreeMap<(String, String, String), Vec<(String, Vec<f64>, Vec<f64>)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String, String), Vec<Paired>> = BTreeMap::new();
     for c in candidate.iter().filter(|s| s.error.is_none()) {
         let Some(b) = base.get(&key(c)) else { continue };
         for (metric, cs) in &c.stats {
@@ -143,7 +146,7 @@ pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<
     out
 }
 
-fn continuous(model: &str, task: &str, metric: &str, pairs: &[(String, Vec<f64>, Vec<f64>)], tolerances: &BTreeMap<String, f64>, alpha: f64, seed: u64) -> Comparison {
+fn continuous(model: &str, task: &str, metric: &str, pairs: &[Paired], tolerances: &BTreeMap<String, f64>, alpha: f64, seed: u64) -> Comparison {
     let n = pairs.len();
     let sign = if lower_is_better(metric) { -1.0 } else { 1.0 };
     let mean = |idx: &[usize], side: usize| idx.iter().map(|&i| if side == 0 { pairs[i].1[0] } else { pairs[i].2[0] }).sum::<f64>() / idx.len().max(1) as f64;

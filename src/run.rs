@@ -181,10 +181,10 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
         if !models.iter().any(|x| x.name == m.name) && !judge_models.iter().any(|x| x.name == m.name) {
             judge_models.push(m);
         }
-        if let Some(b) = &j.baseline {
-            if !models.iter().any(|x| &x.name == b) {
-                return Err(Error::Usage(format!("the judge baseline {b:?} is not among the evaluated models; select it with --models or set evaluate = true")));
-            }
+        if let Some(b) = &j.baseline
+            && !models.iter().any(|x| &x.name == b)
+        {
+            return Err(Error::Usage(format!("the judge baseline {b:?} is not among the evaluated models; select it with --models or set evaluate = true")));
         }
     }
 

@@ -354,17 +354,17 @@ impl Suite {
             if m.concurrency == 0 {
                 return Err(Error::config(&whole, format!("model {:?}: concurrency must be at least 1", m.name)));
             }
-            if !(m.timeout_s > 0.0) {
+            if m.timeout_s.is_nan() || m.timeout_s <= 0.0 {
                 return Err(Error::config(&whole, format!("model {:?}: timeout-s must be positive, got {}", m.name, m.timeout_s)));
             }
-            if !(m.retry_initial_s >= 0.0) {
+            if m.retry_initial_s.is_nan() || m.retry_initial_s < 0.0 {
                 return Err(Error::config(&whole, format!("model {:?}: retry-initial-s must be >= 0", m.name)));
             }
             for (key, v) in [("requests-per-minute", m.requests_per_minute), ("tokens-per-minute", m.tokens_per_minute)] {
-                if let Some(v) = v {
-                    if !(v > 0.0) {
-                        return Err(Error::config(&whole, format!("model {:?}: {key} must be positive, got {v}", m.name)));
-                    }
+                if let Some(v) = v
+                    && (v.is_nan() || v <= 0.0)
+                {
+                    return Err(Error::config(&whole, format!("model {:?}: {key} must be positive, got {v}", m.name)));
                 }
             }
             match m.engine {
@@ -413,12 +413,12 @@ impl Suite {
         if !data.is_file() {
             return Err(Error::config(self.at(&t.data), format!("task {task:?}: data file {} does not exist (paths are relative to the suite file)", data.display())));
         }
-        if let Some(fs) = &t.few_shot {
-            if let Some(from) = &fs.from {
-                let p = self.resolve(from.get_ref());
-                if !p.is_file() {
-                    return Err(Error::config(self.at(from), format!("task {task:?}: few-shot file {} does not exist", p.display())));
-                }
+        if let Some(fs) = &t.few_shot
+            && let Some(from) = &fs.from
+        {
+            let p = self.resolve(from.get_ref());
+            if !p.is_file() {
+                return Err(Error::config(self.at(from), format!("task {task:?}: few-shot file {} does not exist", p.display())));
             }
         }
         match t.kind {
@@ -443,10 +443,10 @@ impl Suite {
             }
             TaskKind::Perplexity => {}
         }
-        if let Some(turns) = &t.turns {
-            if t.kind != TaskKind::Generate || t.few_shot.is_some() {
-                return Err(Error::config(self.at(turns), format!("task {task:?}: turns are for generate tasks without few-shot examples")));
-            }
+        if let Some(turns) = &t.turns
+            && (t.kind != TaskKind::Generate || t.few_shot.is_some())
+        {
+            return Err(Error::config(self.at(turns), format!("task {task:?}: turns are for generate tasks without few-shot examples")));
         }
         if t.few_shot.is_some() && t.kind == TaskKind::Perplexity {
             return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: few-shot makes no sense for a perplexity task")));
@@ -474,10 +474,10 @@ impl Suite {
         }
         if let Some(ex) = &t.extract {
             let re = regex::Regex::new(ex.regex.get_ref()).expect("checked above");
-            if let Some(g) = ex.group {
-                if g >= re.captures_len() {
-                    return Err(Error::config(self.at(&ex.regex), format!("task {task:?}: extract group {g} does not exist; the regex has {} group(s)", re.captures_len() - 1)));
-                }
+            if let Some(g) = ex.group
+                && g >= re.captures_len()
+            {
+                return Err(Error::config(self.at(&ex.regex), format!("task {task:?}: extract group {g} does not exist; the regex has {} group(s)", re.captures_len() - 1)));
             }
         }
         for m in &t.metrics {

@@ -379,7 +379,7 @@ fn text_metrics_in_a_suite_report_corpus_values_with_bootstrap_intervals() {
     let samples = show["samples"].as_array().unwrap();
     let hyps: Vec<&str> = samples.iter().map(|s| s["answer"].as_str().unwrap()).collect();
     let refs: Vec<&str> = samples.iter().map(|s| s["target"].as_str().unwrap()).collect();
-    let bleu = llmeval::metric::sacrebleu::corpus_bleu(&hyps, &[refs.clone()], &Default::default()).score;
+    let bleu = llmeval::metric::sacrebleu::corpus_bleu(&hyps, std::slice::from_ref(&refs), &Default::default()).score;
     let r = result(&v, "remote-x", "arith", "bleu");
     assert!((r["value"].as_f64().unwrap() - bleu).abs() < 1e-9, "{r} vs {bleu}");
     let ci = r["ci95"].as_array().unwrap();

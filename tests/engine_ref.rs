@@ -138,7 +138,7 @@ fn prefix_sharing_does_not_change_scores() {
     let ctx = e.encode("Question: What is the capital of France?\nAnswer:");
     let conts = [" Paris", " Berlin", " Madrid is the answer"];
     let reqs: Vec<ScoreRequest> = conts.iter().map(|c| ScoreRequest { context: ctx.clone(), continuation: e.encode(c) }).collect();
-    let mut batched = vec![0.0; 3];
+    let mut batched = [0.0; 3];
     e.score_batch(&reqs, &mut |i, s| batched[i] = s.logprob);
     for (i, r) in reqs.iter().enumerate() {
         let mut alone = 0.0;

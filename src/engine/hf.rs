@@ -162,7 +162,7 @@ pub fn load(dir: &Path) -> Result<Engine, EngineError> {
         down: "model.layers.{l}.mlp.down_proj.weight",
     };
     let c = &config;
-    let layers = super::llama::build_layers(c, &HF_NAMES, &matrix, &vector, &opt)?;
+    let layers = super::llama::build_layers(c, &HF_NAMES, matrix, vector, opt)?;
     let tok_embd = matrix("model.embed_tokens.weight", c.vocab, dim)?;
     let lm_head = if tensors.contains_key("lm_head.weight") { matrix("lm_head.weight", c.vocab, dim)? } else { tok_embd.clone() };
     let out_norm = vector("model.norm.weight", dim)?;

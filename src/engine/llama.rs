@@ -374,7 +374,7 @@ mod simd {
         // AVX2 and FMA (checked by the caller).
         use std::arch::x86_64::*;
         let hd = q.len();
-        if hd % 8 != 0 {
+        if !hd.is_multiple_of(8) {
             return attend_generic(q, k, v, stride, off, n, scale, out);
         }
         assert!(n == 0 || (n - 1) * stride + off + hd <= k.len().min(v.len()), "cache too short");

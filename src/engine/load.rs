@@ -30,7 +30,7 @@ fn model_err(path: &Path, message: impl Into<String>) -> EngineError {
 /// Which tokenizer a model uses.
 pub enum Tok {
     /// Built from GGUF metadata, as llama.cpp does.
-    Gguf(Tokenizer),
+    Gguf(Box<Tokenizer>),
     /// A Hugging Face `tokenizer.json`.
     Hf(Box<tokenizers::Tokenizer>),
 }
@@ -182,7 +182,7 @@ impl Engine {
             down: "blk.{l}.ffn_down.weight",
         };
         let c = &config;
-        let layers = super::llama::build_layers(c, &GGUF_NAMES, &matrix, &vector, &opt_vector)?;
+        let layers = super::llama::build_layers(c, &GGUF_NAMES, matrix, vector, opt_vector)?;
         let tok_embd = matrix("token_embd.weight", c.vocab, dim)?;
         let lm_head = if index("output.weight").is_some() { matrix("output.weight", c.vocab, dim)? } else { tok_embd.clone() };
         let out_norm = vector("output_norm.weight", dim)?;
@@ -211,10 +211,10 @@ impl Engine {
         let mut eos: Vec<u32> = eos_id.into_iter().collect();
         // Chat models end a turn with an end-of-turn token that may differ from EOS.
         for name in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"] {
-            if let Some(i) = (0..tokenizer.vocab_size() as u32).find(|&i| tokenizer.token_str(i) == name) {
-                if !eos.contains(&i) && chat_template.as_deref().is_some_and(|t| t.contains(name)) {
-                    eos.push(i);
-                }
+            if let Some(i) = (0..tokenizer.vocab_size() as u32).find(|&i| tokenizer.token_str(i) == name)
+                && !eos.contains(&i) && chat_template.as_deref().is_some_and(|t| t.contains(name))
+            {
+                eos.push(i);
             }
         }
         let mut tensor_types = std::collections::BTreeMap::new();
@@ -247,7 +247,7 @@ impl Engine {
             chat_template: chat_template.is_some(),
         };
         let model = Llama::new(config, tok_embd, layers, out_norm, lm_head);
-        Ok(Engine { model, tok: Tok::Gguf(tokenizer), chat_template, bos, eos, add_bos, info, gpu: None })
+        Ok(Engine { model, tok: Tok::Gguf(Box::new(tokenizer)), chat_template, bos, eos, add_bos, info, gpu: None })
     }
 
     pub(super) fn assemble(model: Llama, tok: Tok, chat_template: Option<String>, bos: Option<u32>, eos: Vec<u32>, add_bos: bool, info: ModelInfo) -> Engine {

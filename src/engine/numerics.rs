@@ -162,7 +162,7 @@ pub fn attend(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, 
     assert!(n == 0 || (n - 1) * stride + off + hd <= k.len().min(v.len()), "cache too short");
     assert!(out.len() >= hd, "output row too short");
     #[cfg(target_arch = "x86_64")]
-    if avx2() && hd % 8 == 0 {
+    if avx2() && hd.is_multiple_of(8) {
         // SAFETY: the CPU has AVX2, FMA and F16C; the asserts above bound every position's slice.
         return unsafe { x86::attend(order, q, k, v, stride, off, n, scale, out) };
     }
@@ -175,8 +175,8 @@ fn attend_impl(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize,
     let hd = q.len();
     // tinyBLAS takes a batch only when the inner size is a multiple of 8 (scores) and the rows a
     // multiple of 4 (values); otherwise ggml falls back to its per-row dot product
-    let kq_tiled = order == AttnOrder::Batch && hd % 8 == 0;
-    let kqv_tiled = order == AttnOrder::Batch && hd % 4 == 0;
+    let kq_tiled = order == AttnOrder::Batch && hd.is_multiple_of(8);
+    let kqv_tiled = order == AttnOrder::Batch && hd.is_multiple_of(4);
     let n8 = n.div_ceil(8) * 8;
     let mut w = vec![f32::NEG_INFINITY; n8]; // [n8] scores, then weights; masked padding
     for (p, s) in w[..n].iter_mut().enumerate() {

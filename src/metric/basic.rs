@@ -77,11 +77,11 @@ pub fn token_f1(prediction: &str, truth: &str) -> f64 {
     }
     let mut common = 0i64;
     for w in &p {
-        if let Some(c) = counts.get_mut(w.as_str()) {
-            if *c > 0 {
-                *c -= 1;
-                common += 1;
-            }
+        if let Some(c) = counts.get_mut(w.as_str())
+            && *c > 0
+        {
+            *c -= 1;
+            common += 1;
         }
     }
     if common == 0 {

@@ -250,7 +250,7 @@ pub fn bleu_stats(hyp: &str, refs: &[&str], o: &BleuOptions) -> BleuStats {
     st[0] = hyp_len;
     st[1] = closest.map_or(0, |c| c.1);
     for (key, count) in word_ngrams(&hyp_ids) {
-        let n = ((128 - key.leading_zeros() as usize) + 31) / 32 - 1; // order − 1
+        let n = (128 - key.leading_zeros() as usize).div_ceil(32) - 1; // order − 1
         st[2 + MAX_ORDER + n] += count;
         if let Some(r) = ref_max.get(&key) {
             st[2 + n] += count.min(*r);

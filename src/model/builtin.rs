@@ -75,10 +75,10 @@ impl BuiltinModel {
     }
 
     fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
-        if self.engine.add_bos {
-            if let Some(b) = self.engine.bos {
-                ids.insert(0, b);
-            }
+        if self.engine.add_bos
+            && let Some(b) = self.engine.bos
+        {
+            ids.insert(0, b);
         }
         ids
     }

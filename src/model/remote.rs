@@ -14,14 +14,23 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Reads a response body into a result, or says why it cannot.
+type Parse<T> = dyn Fn(&Value) -> std::result::Result<T, String> + Send + Sync;
+
 /// One HTTP request to make and how to read its answer.
 struct Job<T> {
     path: &'static str,
     body: Value,
     /// Estimated tokens, for `tokens-per-minute`.
     tokens: f64,
-    parse: Box<dyn Fn(&Value) -> std::result::Result<T, String> + Send + Sync>,
+    parse: Box<Parse<T>>,
 }
+
+/// A response reader that is a plain function.
+type ParseFn<T> = fn(&Value) -> std::result::Result<T, String>;
+
+/// The jobs not yet taken by a worker, with their indices.
+type Queue<T> = Arc<Mutex<VecDeque<(usize, Job<T>)>>>;
 
 pub struct RemoteModel {
     cfg: ModelConfig,
@@ -57,10 +66,10 @@ impl RemoteModel {
     }
 
     fn with_extra(&self, mut body: Value) -> Value {
-        if let (Some(extra), Value::Object(map)) = (&self.cfg.extra_body, &mut body) {
-            if let Ok(Value::Object(extra)) = serde_json::to_value(extra) {
-                map.extend(extra);
-            }
+        if let (Some(extra), Value::Object(map)) = (&self.cfg.extra_body, &mut body)
+            && let Ok(Value::Object(extra)) = serde_json::to_value(extra)
+        {
+            map.extend(extra);
         }
         body
     }
@@ -82,7 +91,7 @@ impl RemoteModel {
         if jobs.is_empty() {
             return;
         }
-        let queue: Arc<Mutex<VecDeque<(usize, Job<T>)>>> = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect()));
+        let queue: Queue<T> = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect()));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Outcome<T>)>();
         let shared = Arc::new(Shared {
             client: self.client.clone(),
@@ -223,10 +232,10 @@ fn snippet(bytes: &[u8]) -> String {
 
 /// The `error.message` of an OpenAI error body, else the start of the body.
 fn error_detail(bytes: &[u8]) -> String {
-    if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-        if let Some(m) = v.pointer("/error/message").or_else(|| v.get("message")).and_then(Value::as_str) {
-            return m.to_string();
-        }
+    if let Ok(v) = serde_json::from_slice::<Value>(bytes)
+        && let Some(m) = v.pointer("/error/message").or_else(|| v.get("message")).and_then(Value::as_str)
+    {
+        return m.to_string();
     }
     snippet(bytes)
 }
@@ -431,7 +440,7 @@ impl Model for RemoteModel {
                 if !r.stop.is_empty() {
                     body["stop"] = json!(r.stop);
                 }
-                let (path, parse): (&'static str, fn(&Value) -> std::result::Result<Generation, String>) = match self.cfg.api {
+                let (path, parse): (&'static str, ParseFn<Generation>) = match self.cfg.api {
                     Api::Chat => ("/chat/completions", parse_chat),
                     Api::Completions => ("/completions", parse_completion),
                 };

@@ -87,12 +87,10 @@ impl State {
                 self.done += 1;
                 return self.current().cloned().map(|p| (p, v));
             }
-            Action::Skip | Action::Next if self.current().is_some() => {
-                if a == Action::Skip || self.voted.is_some() {
-                    self.index += 1;
-                    self.voted = None;
-                    self.scroll = 0;
-                }
+            Action::Skip | Action::Next if self.current().is_some() && (a == Action::Skip || self.voted.is_some()) => {
+                self.index += 1;
+                self.voted = None;
+                self.scroll = 0;
             }
             Action::Scroll(d) => self.scroll = self.scroll.saturating_add_signed(d),
             Action::Help => self.help = !self.help,

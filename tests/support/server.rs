@@ -172,7 +172,7 @@ pub fn fake_logprob(tokens: &[String], i: usize) -> f64 {
 
 /// Whether the fake model's top token at position `i` is the token itself.
 pub fn fake_is_top(tokens: &[String], i: usize) -> bool {
-    fnv(&tokens[i]) % 3 != 0
+    !fnv(&tokens[i]).is_multiple_of(3)
 }
 
 fn echo_body(prompt: &str) -> Value {
@@ -270,10 +270,10 @@ fn handle(w: &mut TcpStream, st: &State, path: &str, headers: &HashMap<String, S
     if !latency.is_zero() {
         std::thread::sleep(latency);
     }
-    if let Some(required) = st.required_key.lock().unwrap().clone() {
-        if headers.get("authorization") != Some(&format!("Bearer {required}")) {
-            return respond(w, "401 Unauthorized", "", r#"{"error":{"message":"bad key"}}"#);
-        }
+    if let Some(required) = st.required_key.lock().unwrap().clone()
+        && headers.get("authorization") != Some(&format!("Bearer {required}"))
+    {
+        return respond(w, "401 Unauthorized", "", r#"{"error":{"message":"bad key"}}"#);
     }
     let fault = (st.faults.lock().unwrap().clone())(&key, attempt);
     match fault {
@@ -301,10 +301,10 @@ fn handle(w: &mut TcpStream, st: &State, path: &str, headers: &HashMap<String, S
         return respond(w, "404 Not Found", "", r#"{"error":{"message":"not found"}}"#);
     };
     let ok = respond(w, "200 OK", "", &out.to_string());
-    if ok {
-        if let Some(r) = st.log.lock().unwrap().iter_mut().rev().find(|r| r.id == id) {
-            r.answered = true;
-        }
+    if ok
+        && let Some(r) = st.log.lock().unwrap().iter_mut().rev().find(|r| r.id == id)
+    {
+        r.answered = true;
     }
     ok
 }
