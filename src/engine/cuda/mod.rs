@@ -10,7 +10,8 @@
 //! Weights are uploaded once: GGUF blocks dequantized to f16, safetensors bf16/f16 as they are
 //! (f32 → bf16); with `exact` everything is f32 (the check against the CPU's exact path).
 //! Q/K/V and gate/up are fused into one matrix each (gate and up rows interleaved, so a decode
-//! warp holds both), so a layer is four GEMMs.
+//! warp holds both), so a layer is four GEMMs; q and k rows of a model whose RoPE pairs are
+//! (i, i + hd/2) are permuted so the pairs are (2i, 2i + 1) on the GPU whatever the model.
 
 pub mod args;
 pub mod batch;
