@@ -166,6 +166,9 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     let run = |batch: usize, profile: bool| gpu.bench(&prompt, batch, 128, profile).unwrap_or_else(|err| fail(&format!("bench: {err}")));
     let _ = run(1, false); // warm-up: graphs recorded, clocks up
     let b1 = run(1, true);
+    if let Some(why) = &b1.profile_error {
+        println!("[{label}] no launch-by-launch profile: {why}");
+    }
     let (prefill, decode1) = (b1.prefill, b1.decode);
     let decode32 = run(32, false).decode;
     let elem = gpu.prec.bytes() as f64;

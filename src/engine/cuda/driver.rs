@@ -381,28 +381,8 @@ impl Backend for Cuda {
 
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError> {
         self.current()?;
-        // SAFETY: the stream is live; capture is ended on every path.
-        unsafe {
-            if result::stream::begin_capture(self.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).is_err() {
-                return Ok(None);
-            }
-            let recorded = f();
-            let graph = result::stream::end_capture(self.stream);
-            match (recorded, graph) {
-                (Ok(()), Ok(g)) if !g.is_null() => {
-                    let exec = result::graph::instantiate(g, sys::CUgraphInstantiate_flags(0));
-                    let _ = result::graph::destroy(g);
-                    Ok(exec.ok().map(Graph::Cuda))
-                }
-                (_, Ok(g)) => {
-                    if !g.is_null() {
-                        let _ = result::graph::destroy(g);
-                    }
-                    Ok(None)
-                }
-                _ => Ok(None),
-            }
-        }
+        // a driver without the graph calls (cudarc panics on a missing symbol): no graphs
+        guarded(&self.label, "capturing a graph", || Ok(self.capture_graph(f))).or(Ok(None))
     }
 
     fn replay(&self, g: &Graph) -> Result<(), DeviceError> {
@@ -413,6 +393,63 @@ impl Backend for Cuda {
 
     fn profile(&self, on: bool) -> Result<Vec<Timed>, DeviceError> {
         self.current()?;
+        guarded(&self.label, "profiling", || self.profile_events(on))
+    }
+
+    fn mark(&self, what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError> {
+        let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, marks)) = p.as_mut() {
+            guarded(&self.label, "profiling", || {
+                let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
+                // SAFETY: a live event on this context's stream.
+                unsafe { result::event::record(e, self.stream) }.map_err(|e| err(&self.label, "cuEventRecord", e))?;
+                let (label, weights) = what();
+                marks.push((label, weights, e));
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn drop_graph(&self, g: Graph) {
+        if let Graph::Cuda(exec) = g {
+            // SAFETY: instantiated by `capture`, destroyed once.
+            unsafe {
+                let _ = result::graph::exec_destroy(exec);
+            }
+        }
+    }
+}
+
+impl Cuda {
+    /// Records what `f` enqueues as an instantiated graph; `None` where capture fails.
+    fn capture_graph(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Option<Graph> {
+        // SAFETY: the stream is live; capture is ended on every path.
+        unsafe {
+            if result::stream::begin_capture(self.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).is_err() {
+                return None;
+            }
+            let recorded = f();
+            let graph = result::stream::end_capture(self.stream);
+            match (recorded, graph) {
+                (Ok(()), Ok(g)) if !g.is_null() => {
+                    let exec = result::graph::instantiate(g, sys::CUgraphInstantiate_flags(0));
+                    let _ = result::graph::destroy(g);
+                    exec.ok().map(Graph::Cuda)
+                }
+                (_, Ok(g)) => {
+                    if !g.is_null() {
+                        let _ = result::graph::destroy(g);
+                    }
+                    None
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// [`Backend::profile`]'s CUDA calls.
+    fn profile_events(&self, on: bool) -> Result<Vec<Timed>, DeviceError> {
         let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
         let event = || -> Result<sys::CUevent, DeviceError> {
             let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
@@ -441,27 +478,6 @@ impl Backend for Cuda {
             *p = Some((event()?, Vec::new()));
         }
         Ok(out)
-    }
-
-    fn mark(&self, what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError> {
-        let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, marks)) = p.as_mut() {
-            let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
-            // SAFETY: a live event on this context's stream.
-            unsafe { result::event::record(e, self.stream) }.map_err(|e| err(&self.label, "cuEventRecord", e))?;
-            let (label, weights) = what();
-            marks.push((label, weights, e));
-        }
-        Ok(())
-    }
-
-    fn drop_graph(&self, g: Graph) {
-        if let Graph::Cuda(exec) = g {
-            // SAFETY: instantiated by `capture`, destroyed once.
-            unsafe {
-                let _ = result::graph::exec_destroy(exec);
-            }
-        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Emu {
     allocs: Mutex<HashMap<u64, Layout>>,
     /// a profile: when the last operation ended, and the operations so far
     profiling: Mutex<Option<(std::time::Instant, Vec<Timed>)>>,
+    /// Tests: profiles fail, as on a driver without events.
+    pub no_profile: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 // SAFETY: the library handle and function pointers are immutable after `new`; allocations are
@@ -117,7 +119,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None) })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default() })
         }
     }
 
@@ -253,6 +255,9 @@ impl Backend for Emu {
     fn drop_graph(&self, _g: Graph) {}
     /// Times on the host's clock (the emulation has no device clock).
     fn profile(&self, on: bool) -> Result<Vec<Timed>, DeviceError> {
+        if self.no_profile.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(err("profile", "no events on this device"));
+        }
         let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
         let out = p.take().map(|(_, marks)| marks).unwrap_or_default();
         if on {

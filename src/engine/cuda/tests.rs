@@ -378,6 +378,28 @@ fn emulated_gpu_generates_like_the_cpu() {
     }
 }
 
+/// A device whose profile fails still gives its speed figures, with the reason.
+#[test]
+fn a_failing_profile_leaves_the_bench_figures() {
+    let mut model = tiny(&SHAPES[0], 5);
+    model.exact = true;
+    let prec = super::precision_for(&model);
+    let be = match Emu::new(prec, 4 << 30) {
+        Ok(e) => e,
+        Err(EmuError::NoCompiler(why)) => return skipped("a_failing_profile_leaves_the_bench_figures", &why),
+        Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
+    };
+    be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
+    let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+    let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
+    assert!(b.prefill > 0.0 && b.decode > 0.0);
+    assert!(b.prefill_ops.is_empty() && b.decode_ops.is_empty());
+    assert!(b.profile_error.as_deref().is_some_and(|e| e.contains("no events")), "{:?}", b.profile_error);
+    // the model still runs, with its graphs
+    let again = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench again");
+    assert!(again.decode > 0.0);
+}
+
 #[test]
 fn emulated_gpu_in_half_precision_stays_close() {
     for (ty, name) in [(WType::F32, "bf16 (converted f32 weights)"), (WType::F16, "f16"), (WType::BF16, "bf16")] {
