@@ -171,7 +171,7 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     }
     let (prefill, decode1) = (b1.prefill, b1.decode);
     let decode32 = run(32, false).decode;
-    let elem = gpu.prec.bytes() as f64;
+    let elem = gpu.prec.bytes();
     let prefill_profile = profile_table(&format!("[{label}] prefill pass of 512 tokens, launch by launch"), &b1.prefill_ops, elem, 512.0 / prefill);
     let decode_profile = profile_table(&format!("[{label}] decode step at batch 1, launch by launch"), &b1.decode_ops, elem, 1.0 / decode1);
     let reqs = mc_requests(512, vocab);
@@ -199,29 +199,13 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     }
 }
 
-/// Prints a profile grouped by operation (same label: same kernel and shape), largest total
-/// first, with the bandwidth of the weights each read; returns the groups as JSON. `whole` is the
+/// Prints a profile grouped by kernel and shape; returns the groups as JSON. `whole` is the
 /// seconds the same work took when timed as a whole (a decode step replayed from its graph).
-fn profile_table(title: &str, ops: &[llmeval::engine::cuda::driver::Timed], elem_bytes: f64, whole: f64) -> Value {
-    let mut groups: Vec<(String, usize, f64, f64)> = Vec::new(); // label, count, ms, weight bytes
-    for o in ops {
-        match groups.iter_mut().find(|g| g.0 == o.label) {
-            Some(g) => {
-                g.1 += 1;
-                g.2 += o.ms;
-                g.3 += o.weights as f64 * elem_bytes;
-            }
-            None => groups.push((o.label.clone(), 1, o.ms, o.weights as f64 * elem_bytes)),
-        }
-    }
-    groups.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let total: f64 = ops.iter().map(|o| o.ms).sum();
-    println!("{title}: {} launches, {:.1} µs timed one by one, {:.1} µs as a whole", ops.len(), total * 1e3, whole * 1e6);
-    for (label, n, ms, bytes) in &groups {
-        let bw = if *bytes > 0.0 { format!(", weights at {:.0} GB/s", bytes / (ms * 1e-3) / 1e9) } else { String::new() };
-        println!("    {:>5.1}%  {:>9.1} µs  {n:>4} × {label}{bw}", 100.0 * ms / total.max(1e-12), ms * 1e3);
-    }
-    json!(groups.iter().map(|(label, n, ms, bytes)| json!({"label": label, "count": n, "us": ms * 1e3, "weight_bytes": bytes})).collect::<Vec<_>>())
+fn profile_table(title: &str, ops: &[llmeval::engine::cuda::driver::Timed], elem_bytes: usize, whole: f64) -> Value {
+    use llmeval::engine::cuda::profile;
+    let groups = profile::group(ops, elem_bytes);
+    print!("{}", profile::render(title, ops, &groups, whole * 1e6));
+    serde_json::to_value(&groups).unwrap_or(Value::Null)
 }
 
 fn main() {

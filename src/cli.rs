@@ -250,6 +250,9 @@ enum EngineCommand {
         /// Sequences decoding together (GPU only; the CPU decodes one).
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Also time one prefill pass and one decode step launch by launch (GPU only).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -766,15 +769,39 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 println!("logprob {:.6} · greedy {} · {} token(s)", ll.logprob, ll.is_greedy, tokens.len());
             }
         }
-        EngineCommand::Bench { m, d, batch } => {
+        EngineCommand::Bench { m, d, batch, profile } => {
             let model = load_engine(&m.model, m.threads, Some(&d.device))?;
             let e = model.engine();
             let batch = if e.gpu.is_some() { batch.max(1) } else { 1 };
-            let (prefill, decode) = e.bench_on(512, 128, batch)?;
+            if !profile {
+                let (prefill, decode) = e.bench_on(512, 128, batch)?;
+                if m.json {
+                    print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "decode_batch": batch}));
+                } else {
+                    println!("{}: prefill {prefill:.1} tokens/s (512-token prompt) · decode {decode:.1} tokens/s (128 tokens, batch {batch})", e.device_label());
+                }
+                return Ok(exit::SUCCESS);
+            }
+            use crate::engine::cuda::profile::{group, render};
+            let Some(gpu) = &e.gpu else {
+                return Err(crate::Error::Usage(format!("--profile times GPU launches, and {} runs on {}: add --device cuda", m.model.display(), e.device_label())).into());
+            };
+            let b = gpu.bench(&e.bench_prompt(512), batch, 128, true).map_err(crate::engine::EngineError::from)?;
+            let prompt_len = e.bench_prompt(512).len() as f64;
+            let elem = gpu.prec.bytes();
+            let (pg, dg) = (group(&b.prefill_ops, elem), group(&b.decode_ops, elem));
             if m.json {
-                print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "decode_batch": batch}));
+                print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
+                    "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error}));
             } else {
-                println!("{}: prefill {prefill:.1} tokens/s (512-token prompt) · decode {decode:.1} tokens/s (128 tokens, batch {batch})", e.device_label());
+                println!("{}: prefill {:.1} tokens/s (512-token prompt) · decode {:.1} tokens/s (128 tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
+                match &b.profile_error {
+                    Some(why) => println!("no launch-by-launch profile: {why}"),
+                    None => {
+                        print!("{}", render("prefill pass, launch by launch", &b.prefill_ops, &pg, 1e6 * prompt_len / b.prefill));
+                        print!("{}", render(&format!("decode step (batch {batch}), launch by launch"), &b.decode_ops, &dg, 1e6 * batch as f64 / b.decode));
+                    }
+                }
             }
         }
     }

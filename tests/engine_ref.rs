@@ -404,3 +404,13 @@ fn device_flag_selects_falls_back_and_refuses() {
         assert_eq!(stderr(&out), format!("error: model {m}: unknown device \"{bad}\"; expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"\n"));
     }
 }
+
+/// `engine bench --profile` times GPU launches: on the CPU it is an error that says so (exit 2).
+#[test]
+fn bench_profile_needs_a_gpu() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let out = llmeval(&["engine", "bench", "--model", m, "--device", "cpu", "--profile"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(stderr(&out), format!("error: --profile times GPU launches, and {m} runs on cpu: add --device cuda\n"));
+}

@@ -370,7 +370,8 @@ impl Engine {
         }
     }
 
-    fn bench_prompt(&self, prompt_len: usize) -> Vec<u32> {
+    /// The benchmarks' prompt: `prompt_len` tokens of plain English.
+    pub fn bench_prompt(&self, prompt_len: usize) -> Vec<u32> {
         let text = "The quick brown fox jumps over the lazy dog while the evaluation harness measures how fast a small language model reads and writes text. ";
         let mut ids = Vec::new();
         while ids.len() < prompt_len.max(1) {

@@ -16,6 +16,7 @@
 pub mod args;
 pub mod batch;
 pub mod driver;
+pub mod profile;
 #[cfg(test)]
 mod emu;
 

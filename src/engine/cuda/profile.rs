@@ -1,0 +1,82 @@
+//! A pass timed launch by launch, summarised: operations with the same label (kernel and shape)
+//! are one row, largest total first, with the bandwidth at which the row's products read their
+//! weights. The one decision: group by the whole label, so the q/k/v product and the LM head are
+//! separate rows even though both are `matvec`.
+
+use super::driver::Timed;
+use serde::Serialize;
+
+/// Operations of one label.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    pub label: String,
+    pub count: usize,
+    /// total microseconds
+    pub us: f64,
+    /// weight bytes read in all
+    pub weight_bytes: f64,
+}
+
+impl Group {
+    /// GB/s at which the weights were read (None for operations that read none).
+    pub fn weight_gbps(&self) -> Option<f64> {
+        (self.weight_bytes > 0.0 && self.us > 0.0).then(|| self.weight_bytes / (self.us * 1e-6) / 1e9)
+    }
+}
+
+/// `ops` grouped by label, largest total first (ties keep the first seen first); weights are
+/// counted at `elem_bytes` a weight.
+pub fn group(ops: &[Timed], elem_bytes: usize) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for o in ops {
+        let bytes = (o.weights * elem_bytes) as f64;
+        match groups.iter_mut().find(|g| g.label == o.label) {
+            Some(g) => {
+                g.count += 1;
+                g.us += o.ms * 1e3;
+                g.weight_bytes += bytes;
+            }
+            None => groups.push(Group { label: o.label.clone(), count: 1, us: o.ms * 1e3, weight_bytes: bytes }),
+        }
+    }
+    groups.sort_by(|a, b| b.us.total_cmp(&a.us));
+    groups
+}
+
+/// The table as text: a heading line (`whole_us`: the same work timed as a whole, e.g. a decode
+/// step replayed from its graph), then one line a group.
+pub fn render(title: &str, ops: &[Timed], groups: &[Group], whole_us: f64) -> String {
+    let total: f64 = groups.iter().map(|g| g.us).sum();
+    let mut out = format!("{title}: {} launches, {total:.1} µs timed one by one, {whole_us:.1} µs as a whole\n", ops.len());
+    for g in groups {
+        let bw = g.weight_gbps().map_or(String::new(), |b| format!(", weights at {b:.0} GB/s"));
+        out += &format!("  {:>5.1}%  {:>9.1} µs  {:>4} × {}{bw}\n", 100.0 * g.us / total.max(1e-12), g.us, g.count, g.label);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(label: &str, weights: usize, ms: f64) -> Timed {
+        Timed { label: label.into(), weights, ms }
+    }
+
+    #[test]
+    fn groups_by_label_largest_first_with_weight_bandwidth() {
+        let ops = [op("embed", 0, 0.001), op("matvec 10×4", 40, 0.002), op("attention", 0, 0.003), op("matvec 10×4", 40, 0.002), op("matvec 7×4", 28, 0.0005)];
+        let g = group(&ops, 2);
+        let labels: Vec<&str> = g.iter().map(|g| g.label.as_str()).collect();
+        assert_eq!(labels, ["matvec 10×4", "attention", "embed", "matvec 7×4"]);
+        assert_eq!((g[0].count, g[0].weight_bytes), (2, 160.0));
+        assert!((g[0].us - 4.0).abs() < 1e-9);
+        // 160 bytes in 4 µs = 0.04 GB/s
+        assert!((g[0].weight_gbps().unwrap() - 0.04).abs() < 1e-12);
+        assert_eq!(g[1].weight_gbps(), None);
+        let text = render("decode", &ops, &g, 5.0);
+        assert!(text.starts_with("decode: 5 launches, 8.5 µs timed one by one, 5.0 µs as a whole\n"), "{text}");
+        assert!(text.contains("   47.1%        4.0 µs     2 × matvec 10×4, weights at 0 GB/s\n"), "{text}");
+        assert_eq!(text.lines().count(), 5);
+    }
+}
