@@ -208,6 +208,19 @@ fn tiny(s: &Shape, seed: u64) -> Llama {
     Llama::new(c, tok_embd, layers, vec![1.1; d], lm_head)
 }
 
+/// The emulated GPU for `prec`, or `None` (said on stderr for `test`) where there is no C++
+/// compiler.
+fn emu(prec: super::driver::Prec, memory: usize, test: &str) -> Option<Emu> {
+    match Emu::new(prec, memory) {
+        Ok(e) => Some(e),
+        Err(EmuError::NoCompiler(why)) => {
+            skipped(test, &why);
+            None
+        }
+        Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
+    }
+}
+
 fn emulated(model: &Llama) -> Option<GpuModel> {
     emulated_counting(model).map(|(g, _)| g)
 }
@@ -215,17 +228,9 @@ fn emulated(model: &Llama) -> Option<GpuModel> {
 /// The model on the emulated GPU, and the count of recorded decode passes it replays.
 fn emulated_counting(model: &Llama) -> Option<(GpuModel, Arc<std::sync::atomic::AtomicUsize>)> {
     let prec = super::precision_for(model);
-    match Emu::new(prec, 4 << 30) {
-        Ok(be) => {
-            let replays = be.replays.clone();
-            Some((GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU"), replays))
-        }
-        Err(EmuError::NoCompiler(why)) => {
-            skipped("an emulated-GPU test", &why);
-            None
-        }
-        Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
-    }
+    let be = emu(prec, 4 << 30, "an emulated-GPU test")?;
+    let replays = be.replays.clone();
+    Some((GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU"), replays))
 }
 
 /// The CPU's exact forward pass, one request at a time, as `Engine::score_batch` scores.
@@ -286,11 +291,7 @@ const SHAPES: [Shape; 3] = [
 
 #[test]
 fn emulated_gpu_argument_structs_have_the_rust_layout() {
-    let emu = match Emu::new(super::driver::Prec::F32, 1 << 30) {
-        Ok(e) => e,
-        Err(EmuError::NoCompiler(why)) => return skipped("emulated_gpu_argument_structs_have_the_rust_layout", &why),
-        Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
-    };
+    let Some(emu) = emu(super::driver::Prec::F32, 1 << 30, "emulated_gpu_argument_structs_have_the_rust_layout") else { return };
     use super::args::*;
     let rust = [size_of::<EmbedArgs>(), size_of::<NormArgs>(), size_of::<RopeArgs>(), size_of::<AttnArgs>(), size_of::<SwigluArgs>(), size_of::<ReduceArgs>(), size_of::<MatvecArgs>()];
     assert_eq!(emu.arg_sizes(), &rust);
@@ -384,11 +385,7 @@ fn a_failing_profile_leaves_the_bench_figures() {
     let mut model = tiny(&SHAPES[0], 5);
     model.exact = true;
     let prec = super::precision_for(&model);
-    let be = match Emu::new(prec, 4 << 30) {
-        Ok(e) => e,
-        Err(EmuError::NoCompiler(why)) => return skipped("a_failing_profile_leaves_the_bench_figures", &why),
-        Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
-    };
+    let Some(be) = emu(prec, 4 << 30, "a_failing_profile_leaves_the_bench_figures") else { return };
     be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
     let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
@@ -430,11 +427,7 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
     use super::args::MatvecArgs;
     use super::driver::Backend;
     for prec in [Prec::F32, Prec::F16, Prec::Bf16] {
-        let emu = match Emu::new(prec, 1 << 30) {
-            Ok(e) => e,
-            Err(EmuError::NoCompiler(why)) => return skipped("emulated_matvec_matches_a_reference_and_ignores_the_batch", &why),
-            Err(EmuError::Failed(e)) => panic!("emulated GPU: {e}"),
-        };
+        let Some(emu) = emu(prec, 1 << 30, "emulated_matvec_matches_a_reference_and_ignores_the_batch") else { return };
         let gpu: &dyn Backend = &emu;
         let mut rng = crate::stats::SplitMix64::new(prec as u64 + 7);
         let mut uniform = move |scale: f32| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale;
