@@ -191,7 +191,8 @@ LLM_KERNEL(rope_store, RopeArgs) {
 
 // ── attention: one block per (query tile, KV head, key split) ──
 // A tile is `count` consecutive tokens of one sequence (packed index t0..); its rows are
-// (token i, head g of the KV head's group), row = i·group + g. The block covers keys
+// (token i, head g of the KV head's group), row = i·group + g, dealt round-robin to the warps
+// (row r to warp r % ATT_WARPS), so a decode tile's few rows keep every warp busy. The block covers keys
 // [split·split_len, (split+1)·split_len) up to the tile's last position and leaves, per row, the
 // running max m, the sum l of exp(s − m) and the unnormalised Σ exp(s − m)·v. The last of a
 // (tile, KV head)'s blocks to finish (a ticket from `counters`, which it resets for the next
@@ -245,7 +246,7 @@ LLM_KERNEL(attention, AttnArgs) {
   int qpos[ATT_ROWS_PER_WARP];
 #pragma unroll
   for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
-    const int r = warp * ATT_ROWS_PER_WARP + j;
+    const int r = j * ATT_WARPS + warp;
     m[j] = -LLM_INF;
     l[j] = 0.0f;
     qpos[j] = r < rows ? a.pos[t0 + r / group] : -1;
@@ -265,7 +266,7 @@ LLM_KERNEL(attention, AttnArgs) {
     __syncthreads();
 #pragma unroll
     for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
-      const int r = warp * ATT_ROWS_PER_WARP + j;
+      const int r = j * ATT_WARPS + warp;
       if (r >= rows) continue;  // uniform across the warp
       const int key = kb + lane;
       const bool valid = lane < nk && key <= qpos[j];
@@ -300,7 +301,7 @@ LLM_KERNEL(attention, AttnArgs) {
   const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * ATT_ROWS;
 #pragma unroll
   for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
-    const int r = warp * ATT_ROWS_PER_WARP + j;
+    const int r = j * ATT_WARPS + warp;
     if (r >= rows) continue;
 #pragma unroll
     for (int c = 0; c < ATT_MAXC; c++)
