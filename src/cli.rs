@@ -786,8 +786,9 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let Some(gpu) = &e.gpu else {
                 return Err(crate::Error::Usage(format!("--profile times GPU launches, and {} runs on {}: add --device cuda", m.model.display(), e.device_label())).into());
             };
-            let b = gpu.bench(&e.bench_prompt(512), batch, 128, true).map_err(crate::engine::EngineError::from)?;
-            let prompt_len = e.bench_prompt(512).len() as f64;
+            let prompt = e.bench_prompt(512);
+            let b = gpu.bench(&prompt, batch, 128, true).map_err(crate::engine::EngineError::from)?;
+            let prompt_len = prompt.len() as f64;
             let elem = gpu.prec.bytes();
             let (pg, dg) = (group(&b.prefill_ops, elem), group(&b.decode_ops, elem));
             if m.json {

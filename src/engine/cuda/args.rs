@@ -83,16 +83,25 @@ kernel_args!(AttnArgs => Attention {
 });
 kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
+/// `MatvecArgs::mode`, the input (`MV_PLAIN` … in the source): rows as stored, or RMSNorm made on
+/// the fly.
+pub const MV_PLAIN: i32 = 0;
+pub const MV_NORM: i32 = 1;
+/// `MatvecArgs::out`: f32 rows, SwiGLU of gate/up pairs, or RoPE'd q and k/v into the KV cache.
+pub const MV_F32: i32 = 0;
+pub const MV_GLU: i32 = 1;
+pub const MV_QKV: i32 = 2;
+
 kernel_args!(MatvecArgs => Matvec {
     a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
     bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
     nh: i32, nkv: i32, hd: i32, bs: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, eps: f32,
 } profile {
     fn label(&self) -> String {
-        let input = if self.mode == 1 { "rmsnorm(x)" } else { "a" };
+        let input = if self.mode == MV_NORM { "rmsnorm(x)" } else { "a" };
         let out = match (self.out, self.accumulate) {
-            (1, _) => " → swiglu",
-            (2, _) => " → rope, KV cache",
+            (MV_GLU, _) => " → swiglu",
+            (MV_QKV, _) => " → rope, KV cache",
             (_, 0) => "",
             _ => " +=",
         };

@@ -55,19 +55,24 @@ pub fn compile_options(arch: &str, w: Prec, k: Prec) -> Vec<String> {
 /// Compiles [`SOURCE`] with NVRTC: CUBIN for a real architecture (`sm_90`), PTX for a virtual one
 /// (`compute_90`). The error is NVRTC's log.
 pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
+    compile_with(arch, w, k, &[]).map(|(image, _)| image)
+}
+
+/// [`compile`] with `extra` options (e.g. `--ptxas-options=-v`); also returns NVRTC's log.
+pub fn compile_with(arch: &str, w: Prec, k: Prec, extra: &[&str]) -> Result<(Vec<u8>, String), String> {
     use cudarc::nvrtc::{result as nv, sys as nvs};
     let src = CString::new(SOURCE).map_err(|e| e.to_string())?;
     let name = CString::new("kernels.cu").expect("no NUL");
     let prog = nv::create_program(&src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
-    let opts = compile_options(arch, w, k);
+    let mut opts = compile_options(arch, w, k);
+    opts.extend(extra.iter().map(|o| o.to_string()));
     // SAFETY: `prog` is a live program; it is destroyed below on every path.
     unsafe {
         let compiled = nv::compile_program(prog, &opts);
+        let log = nv::get_program_log(prog).map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
+        let log = log.trim_end_matches('\0').to_string();
         let r = match compiled {
-            Err(e) => {
-                let log = nv::get_program_log(prog).map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
-                Err(format!("NVRTC ({e:?}): {}", log.trim_end_matches('\0')))
-            }
+            Err(e) => Err(format!("NVRTC ({e:?}): {log}")),
             Ok(()) if arch.starts_with("sm_") => {
                 let mut n = 0usize;
                 let st = nvs::nvrtcGetCUBINSize(prog, &mut n);
@@ -82,7 +87,7 @@ pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
             Ok(()) => nv::get_ptx(prog).map(|p| p.iter().map(|&c| c as u8).collect()).map_err(|e| format!("nvrtcGetPTX: {e:?}")),
         };
         let _ = nv::destroy_program(prog);
-        r
+        r.map(|image| (image, log))
     }
 }
 
@@ -400,9 +405,7 @@ impl Backend for Cuda {
         let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, marks)) = p.as_mut() {
             guarded(&self.label, "profiling", || {
-                let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
-                // SAFETY: a live event on this context's stream.
-                unsafe { result::event::record(e, self.stream) }.map_err(|e| err(&self.label, "cuEventRecord", e))?;
+                let e = self.record_event()?;
                 let (label, weights) = what();
                 marks.push((label, weights, e));
                 Ok(())
@@ -448,15 +451,17 @@ impl Cuda {
         }
     }
 
+    /// A new event, recorded on the stream after the work enqueued so far.
+    fn record_event(&self) -> Result<sys::CUevent, DeviceError> {
+        let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
+        // SAFETY: a live event on this context's stream.
+        unsafe { result::event::record(e, self.stream) }.map_err(|e| err(&self.label, "cuEventRecord", e))?;
+        Ok(e)
+    }
+
     /// [`Backend::profile`]'s CUDA calls.
     fn profile_events(&self, on: bool) -> Result<Vec<Timed>, DeviceError> {
         let mut p = self.profiling.lock().unwrap_or_else(|e| e.into_inner());
-        let event = || -> Result<sys::CUevent, DeviceError> {
-            let e = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| err(&self.label, "cuEventCreate", e))?;
-            // SAFETY: a live event on this context's stream.
-            unsafe { result::event::record(e, self.stream) }.map_err(|e| err(&self.label, "cuEventRecord", e))?;
-            Ok(e)
-        };
         let mut out = Vec::new();
         if let Some((start, marks)) = p.take() {
             self.sync()?;
@@ -475,7 +480,7 @@ impl Cuda {
             }
         }
         if on {
-            *p = Some((event()?, Vec::new()));
+            *p = Some((self.record_event()?, Vec::new()));
         }
         Ok(out)
     }

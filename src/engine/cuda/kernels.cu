@@ -94,6 +94,20 @@ __device__ float block_sum(float v, float* scratch) {
   return t;
 }
 
+// ── formulas the prefill kernels and the decode products' epilogues share ──
+// RoPE's rotation of the pair (x0, x1) at position p, frequency f
+__device__ __forceinline__ void rope_pair(float& x0, float& x1, int p, float f) {
+  float s, c;
+  sincosf((float)p * f, &s, &c);
+  const float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
+  x0 = r0;
+  x1 = r1;
+}
+// SwiGLU: silu(g) · u
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+// The KV cache row of position p of a sequence whose block table is `table`
+__device__ __forceinline__ long long kv_slot(const int* table, int p, int bs) { return (long long)table[p / bs] * bs + p % bs; }
+
 // ── embedding: x[t, :] = emb[tok[t], :] ──
 struct EmbedArgs {
   const wt* emb;   // [vocab × d]
@@ -170,15 +184,11 @@ LLM_KERNEL(rope_store, RopeArgs) {
   for (int j = threadIdx.x; j < pairs; j += blockDim.x) {
     const int head = j / hh, i = j % hh;
     float* h = row + head * a.hd;  // k heads follow the q heads
-    float s, c;
-    sincosf((float)p * a.inv_freq[i], &s, &c);
-    const float x0 = h[2 * i], x1 = h[2 * i + 1];
-    h[2 * i] = x0 * c - x1 * s;
-    h[2 * i + 1] = x0 * s + x1 * c;
+    rope_pair(h[2 * i], h[2 * i + 1], p, a.inv_freq[i]);
   }
   __syncthreads();
   const int seq = a.seq_of[t];
-  const long long slot = (long long)a.tables[a.blk_off[seq] + p / a.bs] * a.bs + p % a.bs;
+  const long long slot = kv_slot(a.tables + a.blk_off[seq], p, a.bs);
   kt* kd = a.kc + slot * kvd;
   kt* vd = a.vc + slot * kvd;
   const float* ks = row + a.nh * a.hd;
@@ -259,7 +269,7 @@ LLM_KERNEL(attention, AttnArgs) {
     __syncthreads();
     for (int i = threadIdx.x; i < nk * hd; i += blockDim.x) {
       const int j = i / hd, d = i % hd, p = kb + j;
-      const long long slot = (long long)table[p / a.bs] * a.bs + p % a.bs;
+      const long long slot = kv_slot(table, p, a.bs);
       Ks[j * (hd + 1) + d] = k2f(a.kc[slot * kvd + kvh * hd + d]);
       Vs[j * hd + d] = k2f(a.vc[slot * kvd + kvh * hd + d]);
     }
@@ -361,8 +371,7 @@ LLM_KERNEL(swiglu, SwigluArgs) {
   const float* gu = a.gu + (long long)t * 2 * a.ffn;
   wt* out = a.act + (long long)t * a.ffn;
   for (int j = threadIdx.x; j < a.ffn; j += blockDim.x) {
-    const float x = gu[2 * j];
-    out[j] = f2w(x / (1.0f + expf(-x)) * gu[2 * j + 1]);
+    out[j] = f2w(silu_mul(gu[2 * j], gu[2 * j + 1]));
   }
 }
 
@@ -581,8 +590,7 @@ LLM_KERNEL(matvec, MatvecArgs) {
     }
     if (lane != 0) continue;
     if (a.out == MV_GLU) {
-      const float g = v[0], up = v[1];
-      ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(g / (1.0f + expf(-g)) * up);
+      ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(silu_mul(v[0], v[1]));
     } else if (a.out == MV_QKV) {
       const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
       float x0 = v[0], x1 = v[1];
@@ -591,19 +599,13 @@ LLM_KERNEL(matvec, MatvecArgs) {
         x1 += a.bias[j0 + 1];
       }
       const int p = a.pos[t];
-      if (j0 < qd + kvd) {  // a q or k pair: rotate
-        float sn, cs;
-        sincosf((float)p * a.inv_freq[(j0 % a.hd) / 2], &sn, &cs);
-        const float r0v = x0 * cs - x1 * sn, r1v = x0 * sn + x1 * cs;
-        x0 = r0v;
-        x1 = r1v;
-      }
+      if (j0 < qd + kvd) rope_pair(x0, x1, p, a.inv_freq[(j0 % a.hd) / 2]);  // a q or k pair
       if (j0 < qd) {
         float* q = (float*)a.y + (long long)t * a.n + j0;
         q[0] = x0;
         q[1] = x1;
       } else {
-        const long long slot = (long long)a.tables[a.blk_off[a.seq_of[t]] + p / a.bs] * a.bs + p % a.bs;
+        const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p, a.bs);
         kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
         dst[0] = f2k(x0);
         dst[1] = f2k(x1);

@@ -55,14 +55,6 @@ const MV_THREADS: u32 = 256;
 const MV_ROWS: usize = 16;
 /// Input rows per block of the decode matrix products (`MV_M`).
 const MV_M: usize = 8;
-/// The decode products' inputs (`MV_PLAIN`: rows as stored, `MV_NORM`: RMSNorm made on the fly)
-/// and outputs (`MV_F32`: f32 rows, `MV_GLU`: SwiGLU of gate/up pairs, `MV_QKV`: RoPE'd q, and
-/// k/v into the KV cache).
-const MV_PLAIN: i32 = 0;
-const MV_NORM: i32 = 1;
-const MV_F32: i32 = 0;
-const MV_GLU: i32 = 1;
-const MV_QKV: i32 = 2;
 
 /// One transformer block on the device (addresses; shapes in the comments).
 struct LayerW {
@@ -141,8 +133,14 @@ struct IdxAt {
 
 impl IdxAt {
     fn new(base: u64, n: usize, w: usize, spans: usize, tiles: usize) -> IdxAt {
-        let at = |ints: usize| base + 4 * ints as u64;
-        IdxAt { tok: at(0), pos: at(n), seq_of: at(2 * n), want: at(3 * n), target: at(3 * n + w), blk_off: at(3 * n + 2 * w), tiles: at(3 * n + 2 * w + spans), tables: at(3 * n + 2 * w + spans + 4 * tiles) }
+        // each array starts where the one before it ends, in the order `fill` writes them
+        let lens = [n, n, n, w, w, spans, 4 * tiles];
+        let mut at = [base; 8];
+        for (i, len) in lens.iter().enumerate() {
+            at[i + 1] = at[i] + 4 * *len as u64;
+        }
+        let [tok, pos, seq_of, want, target, blk_off, tiles, tables] = at;
+        IdxAt { tok, pos, seq_of, want, target, blk_off, tiles, tables }
     }
 
     /// The arrays of `p` in this layout, as one host buffer.

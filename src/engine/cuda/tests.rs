@@ -102,6 +102,13 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
         assert!(code.contains(&format!("#define {name} {value} ")) || code.contains(&format!("#define {name} {value}\n")), "#define {name} {value}");
     }
     assert_eq!(super::ATT_ROWS, 4 * 4, "rows per block = warps × rows per warp");
+    // the decode products' geometry and switches
+    use super::args::{MV_F32, MV_GLU, MV_NORM, MV_PLAIN, MV_QKV};
+    let mv = [("MV_WARPS", 8i64), ("MV_R", 2), ("MV_M", super::MV_M as i64), ("MV_PLAIN", MV_PLAIN.into()), ("MV_NORM", MV_NORM.into()), ("MV_F32", MV_F32.into()), ("MV_GLU", MV_GLU.into()), ("MV_QKV", MV_QKV.into())];
+    for (name, value) in mv {
+        assert!(code.contains(&format!("#define {name} {value} ")) || code.contains(&format!("#define {name} {value}\n")), "#define {name} {value}");
+    }
+    assert_eq!((super::MV_THREADS, super::MV_ROWS), (8 * 32, 8 * 2), "threads = warps × 32, weight rows = warps × rows per warp");
 }
 
 /// Loads NVRTC from `LLMEVAL_NVRTC` (a path to libnvrtc.so.12, e.g. from the
@@ -146,10 +153,24 @@ fn nvrtc_compiles_the_kernels_for_every_precision() {
             assert!(!text.contains("_param_1"), "{arch} {w:?}: a kernel has more than one parameter");
         }
     }
-    // SASS for the cards the check script runs on
+    // SASS for the cards the check script runs on, with ptxas's resource report: no kernel may
+    // spill registers to local memory (a stack frame is allowed: sincosf's path for huge angles)
     for arch in ["sm_80", "sm_90"] {
-        let cubin = compile(arch, Prec::Bf16, Prec::Bf16).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let (cubin, log) = super::driver::compile_with(arch, Prec::Bf16, Prec::Bf16, &["--ptxas-options=-v"]).unwrap_or_else(|e| panic!("{arch}: {e}"));
         assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: a CUBIN is an ELF file");
+        let mut kernel = String::new();
+        let mut reported = 0;
+        for line in log.lines() {
+            if let Some(k) = line.split("Compiling entry function '").nth(1) {
+                kernel = k.split('\'').next().unwrap_or("").to_string();
+            } else if line.contains("spill stores") {
+                assert!(line.contains(" 0 bytes spill stores, 0 bytes spill loads"), "{arch} {kernel} spills: {line}");
+            } else if let Some(regs) = line.split("Used ").nth(1) {
+                eprintln!("{arch} bf16 {kernel}: {}", regs.split(',').next().unwrap_or(""));
+                reported += 1;
+            }
+        }
+        assert_eq!(reported, Kernel::ALL.len(), "{arch}: ptxas reported every kernel:\n{log}");
     }
     eprintln!("NVRTC compiled kernels.cu for compute_80/90 (f32, f16, bf16) and sm_80/90");
 }
