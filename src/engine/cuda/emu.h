@@ -1,7 +1,8 @@
 // CPU emulation of the CUDA subset `kernels.cu` uses, so the tests can run the kernels without a
 // GPU: `g++ -DLLM_HOST -include emu.h kernels.cu` builds a library whose kernels are plain
 // functions, and `emu_launch` runs a grid block by block, each block's threads as fibers on one OS
-// thread, switching at __syncthreads and at warp shuffles (a barrier of the warp's 32 lanes).
+// thread, switching at __syncthreads and at warp shuffles (a barrier of the warp's 32 lanes), in
+// an order shuffled anew at each barrier.
 // Blocks run one at a time, in a shuffled order (a GPU promises none), so `__shared__` variables
 // are function statics (thread-local, so tests may launch from several threads at once).
 #pragma once
@@ -122,9 +123,20 @@ extern "C" int emu_launch(void (*kernel)(const void*), const void* args, unsigne
           makecontext(&f.ctx, emu_entry, 0);
           f.state = EMU_NEW;
         }
+        std::vector<unsigned> threads(block);
+        for (unsigned t = 0; t < block; t++) threads[t] = t;
         for (;;) {
+          // between barriers, threads run in a new shuffled order each round: a read of another
+          // thread's write that lacks a barrier sees the old value in some round, as on a GPU
+          for (size_t i = threads.size(); i > 1; i--) {
+            rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
+            const size_t j = (size_t)((rng * 0x2545f4914f6cdd1dull) % i);
+            const unsigned t = threads[i - 1];
+            threads[i - 1] = threads[j];
+            threads[j] = t;
+          }
           bool ran = false;
-          for (unsigned t = 0; t < block; t++) {
+          for (const unsigned t : threads) {
             const EmuState st = emu_fibers[t].state;
             if (st != EMU_RUN && st != EMU_NEW) continue;
             emu_cur = t;
