@@ -60,6 +60,8 @@ for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib $(python
   done
 done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# compiled kernels kept beside the check (the second call on a warm machine reuses the first's)
+export LLMEVAL_KERNEL_CACHE=${LLMEVAL_KERNEL_CACHE:-$PWD/.gpu/kernels}
 
 CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
 case "$CARD" in

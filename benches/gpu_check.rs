@@ -174,6 +174,8 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     let elem = gpu.prec.bytes();
     let prefill_profile = profile_table(&format!("[{label}] prefill pass of 512 tokens, launch by launch"), &b1.prefill_ops, elem, 512.0 / prefill);
     let decode_profile = profile_table(&format!("[{label}] decode step at batch 1, launch by launch"), &b1.decode_ops, elem, 1.0 / decode1);
+    let shapes = gpu.matvec_timing();
+    print!("[{label}] {}", llmeval::engine::cuda::profile::render_shapes(&shapes, elem));
     let reqs = mc_requests(512, vocab);
     let _ = score_all(&e, &reqs[..64]);
     let t = Instant::now();
@@ -194,7 +196,7 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     if let Some(p) = json_out {
         let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32,
             "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
-            "prefill_profile": prefill_profile, "decode_profile": decode_profile});
+            "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes)});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
     }
 }

@@ -782,7 +782,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 }
                 return Ok(exit::SUCCESS);
             }
-            use crate::engine::cuda::profile::{group, render};
+            use crate::engine::cuda::profile::{group, render, render_shapes, shapes_json};
             let Some(gpu) = &e.gpu else {
                 return Err(crate::Error::Usage(format!("--profile times GPU launches, and {} runs on {}: add --device cuda", m.model.display(), e.device_label())).into());
             };
@@ -791,9 +791,10 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let prompt_len = prompt.len() as f64;
             let elem = gpu.prec.bytes();
             let (pg, dg) = (group(&b.prefill_ops, elem), group(&b.decode_ops, elem));
+            let shapes = gpu.matvec_timing();
             if m.json {
                 print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
-                    "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error}));
+                    "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes)}));
             } else {
                 println!("{}: prefill {:.1} tokens/s (512-token prompt) · decode {:.1} tokens/s (128 tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
                 match &b.profile_error {
@@ -802,6 +803,9 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                         print!("{}", render("prefill pass, launch by launch", &b.prefill_ops, &pg, 1e6 * prompt_len / b.prefill));
                         print!("{}", render(&format!("decode step (batch {batch}), launch by launch"), &b.decode_ops, &dg, 1e6 * batch as f64 / b.decode));
                     }
+                }
+                if !shapes.is_empty() {
+                    print!("{}", render_shapes(&shapes, elem));
                 }
             }
         }

@@ -119,10 +119,10 @@ pub fn probe_cuda(ordinal: usize) -> Result<GpuInfo, String> {
         return Err(format!("{} has compute capability {}.{}; the engine needs 7.5 or newer", info.name, info.capability.0, info.capability.1));
     }
     if !loads(cudarc::nvrtc::sys::is_culib_present) {
-        return Err(format!("{} found, but NVRTC (libnvrtc.so.12) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH", info.name));
+        return Err(format!("{} found, but NVRTC (libnvrtc.so.13 or .12) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH", info.name));
     }
     if !loads(cudarc::cublas::sys::is_culib_present) {
-        return Err(format!("{} found, but cuBLAS (libcublas.so.12) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH", info.name));
+        return Err(format!("{} found, but cuBLAS (libcublas.so.13 or .12) cannot be loaded: add the CUDA toolkit's lib directory to LD_LIBRARY_PATH", info.name));
     }
     Ok(info)
 }

@@ -13,11 +13,24 @@ pub enum Kernel {
     Attention,
     Swiglu,
     LogitsReduce,
+    /// the decode products, one kernel per [`MvShape`] (`matvec` is the first)
     Matvec,
+    MatvecW8R2U8,
+    MatvecW8R1U8,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 7] = [Kernel::Embed, Kernel::RmsNorm, Kernel::RopeStore, Kernel::Attention, Kernel::Swiglu, Kernel::LogitsReduce, Kernel::Matvec];
+    pub const ALL: [Kernel; 9] = [
+        Kernel::Embed,
+        Kernel::RmsNorm,
+        Kernel::RopeStore,
+        Kernel::Attention,
+        Kernel::Swiglu,
+        Kernel::LogitsReduce,
+        Kernel::Matvec,
+        Kernel::MatvecW8R2U8,
+        Kernel::MatvecW8R1U8,
+    ];
 
     /// The `extern "C"` name in the source.
     pub fn name(self) -> &'static str {
@@ -29,7 +42,65 @@ impl Kernel {
             Kernel::Swiglu => "swiglu",
             Kernel::LogitsReduce => "logits_reduce",
             Kernel::Matvec => "matvec",
+            Kernel::MatvecW8R2U8 => "matvec_w8r2u8",
+            Kernel::MatvecW8R1U8 => "matvec_w8r1u8",
         }
+    }
+
+    /// The kernel whose argument struct this one takes (itself, or `Matvec` for its shapes).
+    pub fn family(self) -> Kernel {
+        if self.mv_shape().is_some() {
+            Kernel::Matvec
+        } else {
+            self
+        }
+    }
+
+    /// The decode product's shape this kernel runs, if it is one.
+    pub fn mv_shape(self) -> Option<MvShape> {
+        MV_SHAPES.iter().find(|s| s.kernel == self).copied()
+    }
+}
+
+/// One shape of the decode product kernel, `matvec_body<W, R, U>` in the source: `warps` warps a
+/// block, `rows` weight rows a warp, `unroll` 16-byte loads of a weight row in flight per lane.
+/// Every shape sums each output in the same order, so which one runs changes the speed, never the
+/// bits; the engine times them on a model's products when it loads (`mod.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MvShape {
+    pub kernel: Kernel,
+    pub warps: u32,
+    pub rows: u32,
+    pub unroll: u32,
+}
+
+/// Input rows per block of the decode products (`MV_M` in the source).
+pub const MV_M: usize = 8;
+
+/// The decode products' shapes, in the order of their `LLM_KERNEL` lines; the first is the one
+/// used when nothing was timed.
+pub const MV_SHAPES: [MvShape; 3] = [
+    MvShape { kernel: Kernel::Matvec, warps: 8, rows: 2, unroll: 4 },
+    MvShape { kernel: Kernel::MatvecW8R2U8, warps: 8, rows: 2, unroll: 8 },
+    MvShape { kernel: Kernel::MatvecW8R1U8, warps: 8, rows: 1, unroll: 8 },
+];
+
+impl MvShape {
+    /// Threads a block.
+    pub fn threads(&self) -> u32 {
+        32 * self.warps
+    }
+    /// The grid of a product of `m` input rows and `n` weight rows.
+    pub fn grid(&self, m: usize, n: usize) -> [u32; 3] {
+        [m.div_ceil(MV_M) as u32, n.div_ceil((self.warps * self.rows) as usize) as u32, 1]
+    }
+    /// Whether it can make output `out` (SwiGLU and RoPE need a warp to hold a pair of rows).
+    pub fn makes(&self, out: i32) -> bool {
+        out == MV_F32 || self.rows == 2
+    }
+    /// `w8 r2 u4`
+    pub fn name(&self) -> String {
+        format!("w{} r{} u{}", self.warps, self.rows, self.unroll)
     }
 }
 

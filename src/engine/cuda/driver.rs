@@ -91,6 +91,43 @@ pub fn compile_with(arch: &str, w: Prec, k: Prec, extra: &[&str]) -> Result<(Vec
     }
 }
 
+/// The NVRTC version, e.g. `13.0` (part of a cached image's name).
+fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two out-parameters; NVRTC is loaded (cudarc panics otherwise, caught by `guarded`).
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    format!("{major}.{minor}")
+}
+
+/// A module image of the kernels, the parts that name it in the kernel cache, and where it came
+/// from.
+struct KernelImage {
+    bytes: Vec<u8>,
+    parts: Vec<Vec<u8>>,
+    origin: super::cache::Origin,
+}
+
+/// The kernels for `arch` as a CUBIN, or, from an NVRTC older than the GPU, PTX for the newest
+/// architecture it knows (JIT-compiled by the driver, NUL-terminated); through the kernel cache in
+/// `dir`.
+fn kernel_image(arch: &str, w: Prec, k: Prec, dir: Option<&std::path::Path>) -> Result<KernelImage, String> {
+    let version = nvrtc_version();
+    let parts = |arch: &str| vec![SOURCE.as_bytes().to_vec(), compile_options(arch, w, k).join(" ").into_bytes(), version.clone().into_bytes()];
+    let native = parts(arch);
+    match super::cache::image(dir, &native, || compile(arch, w, k)) {
+        Ok((bytes, origin)) => Ok(KernelImage { bytes, parts: native, origin }),
+        Err(_) => {
+            let ptx = parts("compute_80");
+            let (bytes, origin) = super::cache::image(dir, &ptx, || {
+                let mut p = compile("compute_80", w, k)?;
+                p.push(0);
+                Ok(p)
+            })?;
+            Ok(KernelImage { bytes, parts: ptx, origin })
+        }
+    }
+}
+
 /// A replayable recording of a decode step: a CUDA graph, or a backend's own recording (the
 /// tests' emulation keeps a list of launches, numbered).
 pub enum Graph {
@@ -177,11 +214,20 @@ impl dyn Backend {
         self.download_bytes(src, as_bytes_mut(dst))
     }
     pub fn launch<A: KernelArgs>(&self, grid: [u32; 3], block: u32, shared: u32, args: &A) -> Result<(), DeviceError> {
+        self.launch_as(A::KERNEL, grid, block, shared, args)
+    }
+    /// [`launch`](Self::launch) of `k`, a kernel that takes `A`'s struct (one of the decode
+    /// product's shapes; a profile names the shape).
+    pub fn launch_as<A: KernelArgs>(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &A) -> Result<(), DeviceError> {
+        debug_assert_eq!(k.family(), A::KERNEL, "{} does not take {}", k.name(), A::STRUCT);
         if grid.contains(&0) {
             return Ok(());
         }
-        self.launch_raw(A::KERNEL, grid, block, shared, args.bytes())?;
-        self.mark(&|| (args.label(), args.weights()))
+        self.launch_raw(k, grid, block, shared, args.bytes())?;
+        self.mark(&|| match k.mv_shape() {
+            Some(s) => (format!("{} ({})", args.label(), s.name()), args.weights()),
+            None => (args.label(), args.weights()),
+        })
     }
     /// [`Backend::gemm`], marked for a profile.
     pub fn product(&self, g: &Gemm) -> Result<(), DeviceError> {
@@ -242,17 +288,20 @@ impl Cuda {
             unsafe { result::ctx::set_current(ctx) }.map_err(|e| err(&l, "cuCtxSetCurrent", e))?;
             let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| err(&l, "cuStreamCreate", e))?;
             let arch = format!("sm_{}{}", info.capability.0, info.capability.1);
-            let image = match compile(&arch, prec, kv) {
-                Ok(c) => c,
-                // an NVRTC older than the GPU: PTX for the newest architecture it knows, JIT-compiled by the driver
-                Err(_) => {
-                    let mut p = compile("compute_80", prec, kv).map_err(|e| err(&l, "compiling the kernels", e))?;
-                    p.push(0);
-                    p
-                }
-            };
             // SAFETY: `image` is a CUBIN or a NUL-terminated PTX text that outlives the call.
-            let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(|e| err(&l, "cuModuleLoadData", e))?;
+            let load = |image: &[u8]| unsafe { result::module::load_data(image.as_ptr().cast()) };
+            let cache_dir = super::cache::dir();
+            let image = kernel_image(&arch, prec, kv, cache_dir.as_deref()).map_err(|e| err(&l, "compiling the kernels", e))?;
+            let module = match load(&image.bytes) {
+                Ok(m) => m,
+                // a cached image the driver refuses: forgotten, and compiled afresh
+                Err(_) if image.origin == super::cache::Origin::Cache => {
+                    super::cache::forget(cache_dir.as_deref(), &image.parts);
+                    let fresh = kernel_image(&arch, prec, kv, None).map_err(|e| err(&l, "compiling the kernels", e))?;
+                    load(&fresh.bytes).map_err(|e| err(&l, "cuModuleLoadData", e))?
+                }
+                Err(e) => return Err(err(&l, "cuModuleLoadData", e)),
+            };
             let mut funcs = Vec::new();
             for k in Kernel::ALL {
                 // SAFETY: `module` is loaded.

@@ -434,8 +434,8 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
 
 // ── decode matrix products: y[r, j] (+)= Σ_i in(r)[i] · w[j, i] for a handful of rows r ──
 // A decode step's products have a few rows, so they are bound by reading the weights once: each
-// warp streams MV_R weight rows in 16-byte loads (MV_U loads a row in flight) and applies them to
-// up to MV_M input rows. The input is the rows of `a` (MV_PLAIN), or RMSNorm of the residual rows
+// of a block's W warps streams R weight rows in 16-byte loads (U loads a row in flight) and
+// applies them to up to MV_M input rows. The input is the rows of `a` (MV_PLAIN), or RMSNorm of the residual rows
 // of `x` (row rows[r], or r) times `norm_w` made on the fly (MV_NORM) and rounded to the storage
 // type as `rms_norm` stores it. The output (`out`): MV_F32 f32 rows, set or accumulated; MV_GLU
 // the weight rows are (gate, up) pairs, one pair a warp, and the output is SwiGLU's silu(gate)·up
@@ -444,11 +444,10 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
 // k and v into the KV cache). So a decode layer launches neither RMSNorm, RoPE nor SwiGLU.
 // Batch invariance: lane l sums elements l·MV_VEC + 32·MV_VEC·s in s order, the warp reduces in a
 // fixed tree, and a row's norm scale is one warp's sum in a fixed order: an output depends on its
-// own row only, never on m or on which block ran it.
-#define MV_WARPS 8   // warps per block
-#define MV_R 2       // weight rows per warp (a gate/up pair with glu)
+// own row only, never on m, on which block ran it, or on W, R and U. So the kernels below, one per
+// (W, R, U), give the same bits; the engine times them on the model's products when it loads and
+// runs each product on the fastest (mod.rs).
 #define MV_M 8       // input rows per block (grid.x covers more)
-#define MV_U 4       // loads of a weight row in flight per lane
 #define MV_PLAIN 0
 #define MV_NORM 1
 #define MV_F32 0
@@ -510,14 +509,17 @@ struct MatvecArgs {
   int accumulate;
   float eps;
 };
-LLM_KERNEL(matvec, MatvecArgs) {
+// W warps a block (grid.y covers n / (W·R) of them), R weight rows a warp (2 with MV_GLU and
+// MV_QKV: a gate/up or rotated pair), U loads of a weight row in flight per lane
+template <int W, int R, int U>
+__device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
   __shared__ float s_scale[MV_M];
   __shared__ int s_src[MV_M];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = blockIdx.x * MV_M, m = min(MV_M, a.m - r0);
   if (m <= 0) return;  // uniform across the block
-  if (warp < m) {      // one warp per input row: its source row and RMSNorm scale
-    const int src = a.mode == MV_NORM && a.rows ? a.rows[r0 + warp] : r0 + warp;
+  for (int rw = warp; rw < m; rw += W) {  // one warp per input row: its source row and RMSNorm scale
+    const int src = a.mode == MV_NORM && a.rows ? a.rows[r0 + rw] : r0 + rw;
     float ss = 0.0f;
     if (a.mode == MV_NORM) {
       const float* xr = a.x + (long long)src * a.k;
@@ -529,36 +531,36 @@ LLM_KERNEL(matvec, MatvecArgs) {
       for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(FULL_MASK, ss, o);
     }
     if (lane == 0) {
-      s_src[warp] = src;
-      s_scale[warp] = 1.0f / sqrtf(ss / (float)a.k + a.eps);
+      s_src[rw] = src;
+      s_scale[rw] = 1.0f / sqrtf(ss / (float)a.k + a.eps);
     }
   }
   __syncthreads();
-  const int j0 = (blockIdx.y * MV_WARPS + warp) * MV_R;
+  const int j0 = (blockIdx.y * W + warp) * R;
   if (j0 >= a.n) return;
-  float acc[MV_R][MV_M];
+  float acc[R][MV_M];
 #pragma unroll
-  for (int rr = 0; rr < MV_R; rr++)
+  for (int rr = 0; rr < R; rr++)
 #pragma unroll
     for (int r = 0; r < MV_M; r++) acc[rr][r] = 0.0f;
-  const wt* wrow[MV_R];
+  const wt* wrow[R];
 #pragma unroll
-  for (int rr = 0; rr < MV_R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
+  for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
   const int step = 32 * MV_VEC;
-  for (int base = lane * MV_VEC; base < a.k; base += MV_U * step) {
-    V16 wq[MV_U][MV_R] = {};
+  for (int base = lane * MV_VEC; base < a.k; base += U * step) {
+    V16 wq[U][R] = {};
 #pragma unroll
-    for (int u = 0; u < MV_U; u++)
+    for (int u = 0; u < U; u++)
 #pragma unroll
-      for (int rr = 0; rr < MV_R; rr++)
+      for (int rr = 0; rr < R; rr++)
         if (base + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base + u * step);
 #pragma unroll
-    for (int u = 0; u < MV_U; u++) {
+    for (int u = 0; u < U; u++) {
       const int i = base + u * step;
       if (i >= a.k) break;
-      float wf[MV_R][MV_VEC];
+      float wf[R][MV_VEC];
 #pragma unroll
-      for (int rr = 0; rr < MV_R; rr++) unpack_w(wq[u][rr], wf[rr]);
+      for (int rr = 0; rr < R; rr++) unpack_w(wq[u][rr], wf[rr]);
 #pragma unroll
       for (int r = 0; r < MV_M; r++) {
         if (r >= m) break;
@@ -573,7 +575,7 @@ LLM_KERNEL(matvec, MatvecArgs) {
           for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(xs[e] * s_scale[r] * nw[e]));
         }
 #pragma unroll
-        for (int rr = 0; rr < MV_R; rr++)
+        for (int rr = 0; rr < R; rr++)
 #pragma unroll
           for (int e = 0; e < MV_VEC; e++) acc[rr][r] += wf[rr][e] * in[e];
       }
@@ -582,41 +584,50 @@ LLM_KERNEL(matvec, MatvecArgs) {
 #pragma unroll
   for (int r = 0; r < MV_M; r++) {
     if (r >= m) break;
-    float v[MV_R];
+    float v[R];
 #pragma unroll
-    for (int rr = 0; rr < MV_R; rr++) {
+    for (int rr = 0; rr < R; rr++) {
       v[rr] = acc[rr][r];
       for (int o = 16; o > 0; o >>= 1) v[rr] += __shfl_xor_sync(FULL_MASK, v[rr], o);
     }
     if (lane != 0) continue;
-    if (a.out == MV_GLU) {
-      ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(silu_mul(v[0], v[1]));
-    } else if (a.out == MV_QKV) {
-      const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
-      float x0 = v[0], x1 = v[1];
-      if (a.bias) {
-        x0 += a.bias[j0];
-        x1 += a.bias[j0 + 1];
+    if constexpr (R == 2) {
+      if (a.out == MV_GLU) {
+        ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(silu_mul(v[0], v[1]));
+        continue;
       }
-      const int p = a.pos[t];
-      if (j0 < qd + kvd) rope_pair(x0, x1, p, a.inv_freq[(j0 % a.hd) / 2]);  // a q or k pair
-      if (j0 < qd) {
-        float* q = (float*)a.y + (long long)t * a.n + j0;
-        q[0] = x0;
-        q[1] = x1;
-      } else {
-        const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p, a.bs);
-        kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
-        dst[0] = f2k(x0);
-        dst[1] = f2k(x1);
+      if (a.out == MV_QKV) {
+        const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
+        float x0 = v[0], x1 = v[1];
+        if (a.bias) {
+          x0 += a.bias[j0];
+          x1 += a.bias[j0 + 1];
+        }
+        const int p = a.pos[t];
+        if (j0 < qd + kvd) rope_pair(x0, x1, p, a.inv_freq[(j0 % a.hd) / 2]);  // a q or k pair
+        if (j0 < qd) {
+          float* q = (float*)a.y + (long long)t * a.n + j0;
+          q[0] = x0;
+          q[1] = x1;
+        } else {
+          const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p, a.bs);
+          kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
+          dst[0] = f2k(x0);
+          dst[1] = f2k(x1);
+        }
+        continue;
       }
-    } else {
+    }
 #pragma unroll
-      for (int rr = 0; rr < MV_R; rr++) {
-        if (j0 + rr >= a.n) break;
-        float* out = (float*)a.y + (long long)(r0 + r) * a.n + j0 + rr;
-        *out = a.accumulate ? *out + v[rr] : v[rr];
-      }
+    for (int rr = 0; rr < R; rr++) {
+      if (j0 + rr >= a.n) break;
+      float* out = (float*)a.y + (long long)(r0 + r) * a.n + j0 + rr;
+      *out = a.accumulate ? *out + v[rr] : v[rr];
     }
   }
 }
+
+// The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).
+LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4>(a); }
+LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8>(a); }
+LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8>(a); }

@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod batch;
+pub mod cache;
 pub mod driver;
 pub mod profile;
 #[cfg(test)]
@@ -49,12 +50,64 @@ const PASS_TOKENS: usize = 4096;
 const PASS_SEQS: usize = 256;
 /// Sequences decoding together.
 pub const GEN_SLOTS: usize = 64;
-/// Threads per block of the decode matrix products (`MV_WARPS` warps in the source).
-const MV_THREADS: u32 = 256;
-/// Weight rows per block of the decode matrix products (`MV_WARPS` × `MV_R`).
-const MV_ROWS: usize = 16;
-/// Input rows per block of the decode matrix products (`MV_M`).
-const MV_M: usize = 8;
+/// Times each shape of the decode product kernel runs on a product (over every layer) when a
+/// model loads; the fastest of the repeats counts.
+const MV_REPEATS: usize = 3;
+
+/// The matrix products of a decode step; each runs on the [`MvShape`] timed fastest for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Product {
+    /// q/k/v of RMSNorm(x), RoPE, the KV cache write
+    Qkv,
+    /// x += attention output · woᵀ
+    Out,
+    /// SwiGLU of RMSNorm(x) · (gate, up)ᵀ
+    GateUp,
+    /// x += activations · downᵀ
+    Down,
+    /// logits of RMSNorm(x)
+    LmHead,
+}
+
+impl Product {
+    pub const ALL: [Product; 5] = [Product::Qkv, Product::Out, Product::GateUp, Product::Down, Product::LmHead];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Product::Qkv => "q/k/v",
+            Product::Out => "attention output",
+            Product::GateUp => "gate/up",
+            Product::Down => "down",
+            Product::LmHead => "LM head",
+        }
+    }
+
+    /// (weight rows n, inner size k, input, output) for a model of config `c`.
+    fn dims(self, c: &Config) -> (usize, usize, i32, i32) {
+        let (d, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        match self {
+            Product::Qkv => (q + 2 * kv, d, MV_NORM, MV_QKV),
+            Product::Out => (d, q, MV_PLAIN, MV_F32),
+            Product::GateUp => (2 * c.ffn_dim, d, MV_NORM, MV_GLU),
+            Product::Down => (d, c.ffn_dim, MV_PLAIN, MV_F32),
+            Product::LmHead => (c.vocab, d, MV_NORM, MV_F32),
+        }
+    }
+}
+
+/// How long each shape of the decode product kernel took on one product of a model, for one
+/// input row (the mean over the layers' matrices, best of [`MV_REPEATS`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MvTiming {
+    pub product: Product,
+    /// weight rows × inner size
+    pub n: usize,
+    pub k: usize,
+    /// each shape that can make the product's output, and its microseconds
+    pub micros: Vec<(MvShape, f64)>,
+    /// the fastest, which the decode steps run
+    pub chosen: MvShape,
+}
 
 /// One transformer block on the device (addresses; shapes in the comments).
 struct LayerW {
@@ -106,6 +159,9 @@ struct Inner {
     graphs: HashMap<PassShape, Graph>,
     /// the decode matvec kernel can run this model (its inner dimensions fill 16-byte loads)
     matvec_ok: bool,
+    /// the shape each [`Product`] runs on, and what timing them found (empty: not timed)
+    mv: [MvShape; 5],
+    mv_timing: Vec<MvTiming>,
     graphs_work: bool,
     /// tokens and sequences per pass (at most the buffers' [`PASS_TOKENS`], [`PASS_SEQS`])
     pass: Limits,
@@ -213,7 +269,12 @@ fn weight_bytes(m: &Matrix, prec: Prec, rows: std::ops::Range<usize>) -> Vec<u8>
     let n = rows.len();
     let mut f = vec![0f32; n * m.cols];
     super::parallel_rows(&mut f, m.cols, |i, row| m.row(rows.start + i, row));
-    let mut out = Vec::with_capacity(n * m.cols * es);
+    to_prec(&f, prec)
+}
+
+/// `f` as the bytes of `prec` values (rounded to nearest).
+fn to_prec(f: &[f32], prec: Prec) -> Vec<u8> {
+    let mut out = Vec::with_capacity(f.len() * prec.bytes());
     match prec {
         Prec::F32 => f.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
         Prec::F16 => f.iter().for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
@@ -358,6 +419,8 @@ impl GpuModel {
             kv_bytes: 0,
             graphs: HashMap::new(),
             matvec_ok: [d, q_dim, c.ffn_dim].iter().all(|k| k.is_multiple_of(16 / es)),
+            mv: [MV_SHAPES[0]; 5],
+            mv_timing: Vec::new(),
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_split,
@@ -434,6 +497,9 @@ impl GpuModel {
         inner.vc = inner.alloc(half)?;
         inner.blocks = blocks;
         inner.kv_bytes = 2 * half;
+        if inner.matvec_ok {
+            inner.time_matvec()?;
+        }
         Ok(GpuModel { inner: Mutex::new(inner), label, prec, max_context: ctx })
     }
 
@@ -469,6 +535,28 @@ impl GpuModel {
         g.pass.tokens = tokens.clamp(1, PASS_TOKENS);
         g.pass.seqs = seqs.clamp(1, PASS_SEQS);
         g.decode_split = decode_split.max(1);
+    }
+
+    /// What timing the decode product kernel's shapes found when the model loaded (empty where
+    /// nothing was timed: the decode steps then run the first shape).
+    pub fn matvec_timing(&self) -> Vec<MvTiming> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).mv_timing.clone()
+    }
+
+    /// Runs every decode product on `shape` where it can make the output (tests: the shapes give
+    /// the same bits).
+    #[cfg(test)]
+    fn force_matvec(&self, shape: MvShape) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let c = g.cfg.clone();
+        for p in Product::ALL {
+            g.mv[p as usize] = if shape.makes(p.dims(&c).3) { shape } else { MV_SHAPES[0] };
+        }
+        // recorded steps hold the old kernels
+        let graphs: Vec<Graph> = g.graphs.drain().map(|(_, v)| v).collect();
+        for gr in graphs {
+            g.gpu.drop_graph(gr);
+        }
     }
 
     /// Bytes a decode step must read at the least: every layer's matrices and the LM head (not
@@ -520,7 +608,10 @@ impl Inner {
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
         let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, bs: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
-        let matvec = |a: MatvecArgs| g.launch([(a.m as usize).div_ceil(MV_M) as u32, (a.n as usize).div_ceil(MV_ROWS) as u32, 1], MV_THREADS, 0, &a);
+        let matvec = |p: Product, a: MatvecArgs| {
+            let s = self.mv[p as usize];
+            g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), 0, &a)
+        };
         let (nhi, nkvi, hdi, bs) = (nh as i32, nkv as i32, hd as i32, BLOCK as i32);
         g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
         for (li, l) in self.layers.iter().enumerate() {
@@ -528,7 +619,7 @@ impl Inner {
             // x [n × d] → q [n × q_dim] rotated (in qkv), k and v rotated into the cache
             if mv {
                 let (x, norm_w, w, y, bias, inv_freq) = (b.x, l.attn_norm, l.wqkv, b.qkv, l.bqkv, self.inv_freq);
-                matvec(MatvecArgs { m: ni, n: qkv_dim as i32, k: di, mode: MV_NORM, x, norm_w, w, y, out: MV_QKV, bias, inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, nh: nhi, nkv: nkvi, hd: hdi, bs, ..none })?;
+                matvec(Product::Qkv, MatvecArgs { m: ni, n: qkv_dim as i32, k: di, mode: MV_NORM, x, norm_w, w, y, out: MV_QKV, bias, inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, nh: nhi, nkv: nkvi, hd: hdi, bs, ..none })?;
             } else {
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
                 g.product(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
@@ -541,9 +632,9 @@ impl Inner {
             g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, scale })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
-                matvec(MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
-                matvec(MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, ..none })?;
-                matvec(MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, ..none })?;
+                matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
+                matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, ..none })?;
+                matvec(Product::Down, MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, ..none })?;
             } else {
                 g.product(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
@@ -558,7 +649,7 @@ impl Inner {
             let rows = self.chunk.min(w - r0);
             let want = ix.want + (r0 * 4) as u64;
             if mv {
-                matvec(MatvecArgs { m: rows as i32, n: c.vocab as i32, k: di, mode: MV_NORM, x: b.x, norm_w: self.out_norm, rows: want, w: self.lm_head, y: b.logits, ..none })?;
+                matvec(Product::LmHead, MatvecArgs { m: rows as i32, n: c.vocab as i32, k: di, mode: MV_NORM, x: b.x, norm_w: self.out_norm, rows: want, w: self.lm_head, y: b.logits, ..none })?;
             } else {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
                 g.product(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
@@ -567,6 +658,87 @@ impl Inner {
             g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
             r0 += rows;
         }
+        Ok(())
+    }
+
+    /// Times every shape of the decode product kernel on each of the model's products (one input
+    /// row, each layer's matrix in turn, so the weights come from memory as in a decode step) and
+    /// keeps the fastest for each. The shapes give the same bits, so this changes speed only. A
+    /// backend without timing keeps the first shape everywhere.
+    fn time_matvec(&mut self) -> Result<(), DeviceError> {
+        let c = self.cfg.clone();
+        let b = &self.buf;
+        // one output row: the widest product's, as f32 (the epilogues are not timed: q/k/v and
+        // gate/up write f32 rows here, not the KV cache and SwiGLU)
+        let widest = Product::ALL.iter().map(|p| p.dims(&c).0).max().unwrap_or(0);
+        let y = if self.chunk * c.vocab >= widest {
+            b.logits
+        } else if PASS_TOKENS * 2 * c.ffn_dim >= widest {
+            b.gu
+        } else {
+            return Ok(());
+        };
+        // inputs that are not zeros: the residual row and the attention and SwiGLU outputs
+        let (q_dim, ffn) = (c.n_heads * c.head_dim, c.ffn_dim);
+        let x: Vec<f32> = (0..c.dim).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        self.gpu.upload(b.x, &x)?;
+        for (dst, len) in [(b.att, q_dim), (b.act, ffn)] {
+            let v: Vec<f32> = (0..len).map(|i| ((i * 53 % 97) as f32 - 48.0) / 96.0).collect();
+            self.gpu.upload_bytes(dst, &to_prec(&v, self.prec))?;
+        }
+        let mut timing = Vec::new();
+        for p in Product::ALL {
+            let (n, k, mode, out) = p.dims(&c);
+            let shapes: Vec<MvShape> = MV_SHAPES.iter().copied().filter(|s| s.makes(out)).collect();
+            // (weights, norm weights) of each launch: every layer's, or the LM head's
+            let mats: Vec<(u64, u64)> = match p {
+                Product::Qkv => self.layers.iter().map(|l| (l.wqkv, l.attn_norm)).collect(),
+                Product::Out => self.layers.iter().map(|l| (l.wo, 0)).collect(),
+                Product::GateUp => self.layers.iter().map(|l| (l.wgu, l.ffn_norm)).collect(),
+                Product::Down => self.layers.iter().map(|l| (l.wdown, 0)).collect(),
+                Product::LmHead => vec![(self.lm_head, self.out_norm)],
+            };
+            let a = match p {
+                Product::Out => b.att,
+                Product::Down => b.act,
+                _ => 0,
+            };
+            let g = &self.gpu;
+            let run = |s: MvShape| -> Result<(), DeviceError> {
+                for &(w, norm_w) in &mats {
+                    let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, bs: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, eps: c.rms_eps };
+                    g.launch_raw(s.kernel, s.grid(1, n), s.threads(), 0, args.bytes())?;
+                }
+                Ok(())
+            };
+            for &s in &shapes {
+                run(s)?; // warm-up
+            }
+            if g.profile(true).is_err() {
+                return Ok(()); // no events: the first shape everywhere
+            }
+            let timed = || -> Result<(), DeviceError> {
+                for _ in 0..MV_REPEATS {
+                    for &s in &shapes {
+                        run(s)?;
+                        g.mark(&|| (s.name(), 0))?;
+                    }
+                }
+                Ok(())
+            };
+            let ran = timed();
+            let ops = g.profile(false);
+            ran?;
+            let Ok(ops) = ops else { return Ok(()) };
+            // each shape's best repeat, per matrix
+            let best = |i: usize| ops.iter().skip(i).step_by(shapes.len()).map(|o| o.ms).fold(f64::INFINITY, f64::min) * 1e3 / mats.len() as f64;
+            let micros: Vec<(MvShape, f64)> = shapes.iter().enumerate().map(|(i, &s)| (s, best(i))).collect();
+            // the fastest; the first of equals
+            let chosen = micros.iter().fold(micros[0], |best, &t| if t.1 < best.1 { t } else { best }).0;
+            self.mv[p as usize] = chosen;
+            timing.push(MvTiming { product: p, n, k, micros, chosen });
+        }
+        self.mv_timing = timing;
         Ok(())
     }
 

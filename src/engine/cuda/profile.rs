@@ -4,6 +4,7 @@
 //! separate rows even though both are `matvec`.
 
 use super::driver::Timed;
+use super::MvTiming;
 use serde::Serialize;
 
 /// Operations of one label.
@@ -55,9 +56,44 @@ pub fn render(title: &str, ops: &[Timed], groups: &[Group], whole_us: f64) -> St
     out
 }
 
+/// What timing the decode product kernel's shapes found when the model loaded, one line a
+/// product: each shape's µs for one input row and the bandwidth at which it read the weights
+/// (`elem_bytes` a weight), `*` on the one the decode steps run.
+pub fn render_shapes(timing: &[MvTiming], elem_bytes: usize) -> String {
+    let mut out = String::from("decode products, each kernel shape (warps, rows a warp, loads in flight) timed on one row when the model loaded; * runs:\n");
+    for t in timing {
+        let bytes = (t.n * t.k * elem_bytes) as f64;
+        let shapes: Vec<String> = t.micros.iter().map(|(s, us)| format!("{}{} {us:.1} µs {:.0} GB/s", s.name(), if *s == t.chosen { "*" } else { "" }, bytes / (us * 1e-6) / 1e9)).collect();
+        out += &format!("  {} {}×{}: {}\n", t.product.name(), t.n, t.k, shapes.join(" · "));
+    }
+    out
+}
+
+/// The same as JSON: `[{"product", "n", "k", "chosen", "micros": {shape: µs}}]`.
+pub fn shapes_json(timing: &[MvTiming]) -> serde_json::Value {
+    let rows = timing.iter().map(|t| {
+        let micros: serde_json::Map<String, serde_json::Value> = t.micros.iter().map(|(s, us)| (s.name(), serde_json::json!(us))).collect();
+        serde_json::json!({"product": t.product.name(), "n": t.n, "k": t.k, "chosen": t.chosen.name(), "micros": micros})
+    });
+    serde_json::Value::Array(rows.collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_timing_names_each_shape_and_marks_the_chosen() {
+        use super::super::{Product, MV_SHAPES};
+        let t = MvTiming { product: Product::Down, n: 1000, k: 500, micros: vec![(MV_SHAPES[0], 2.0), (MV_SHAPES[2], 1.0)], chosen: MV_SHAPES[2] };
+        let text = render_shapes(std::slice::from_ref(&t), 2);
+        // 1 MB in 1 µs = 1000 GB/s
+        assert!(text.ends_with("\n  down 1000×500: w8 r2 u4 2.0 µs 500 GB/s · w8 r1 u8* 1.0 µs 1000 GB/s\n"), "{text}");
+        let j = shapes_json(&[t]);
+        assert_eq!(j[0]["chosen"], "w8 r1 u8");
+        assert_eq!(j[0]["micros"]["w8 r2 u4"], 2.0);
+        assert_eq!((j[0]["product"].as_str(), j[0]["n"].as_u64()), (Some("down"), Some(1000)));
+    }
 
     fn op(label: &str, weights: usize, ms: f64) -> Timed {
         Timed { label: label.into(), weights, ms }

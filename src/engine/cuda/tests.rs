@@ -78,7 +78,16 @@ fn every_launched_kernel_is_in_the_source_with_the_same_arguments() {
     }
     for k in Kernel::ALL {
         assert!(Kernel::ALL.iter().filter(|j| j.name() == k.name()).count() == 1);
+        // a shape of a kernel takes its family's struct
+        let strukt = args::all().into_iter().find(|a| a.0 == k.family()).expect("family has a struct").1;
+        assert!(declared.contains(&(k.name().to_string(), strukt.to_string())), "LLM_KERNEL({}, {strukt}) is missing from kernels.cu", k.name());
     }
+    // each decode product shape's kernel instantiates the body with the table's (W, R, U)
+    for s in args::MV_SHAPES {
+        let line = format!("LLM_KERNEL({}, MatvecArgs) {{ matvec_body<{}, {}, {}>(a); }}", s.kernel.name(), s.warps, s.rows, s.unroll);
+        assert!(code.contains(&line), "kernels.cu lacks `{line}`");
+    }
+    assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len(), "a shape in kernels.cu that MV_SHAPES lacks");
 }
 
 #[test]
@@ -104,15 +113,18 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
     assert_eq!(super::ATT_ROWS, 4 * 4, "rows per block = warps × rows per warp");
     // the decode products' geometry and switches
     use super::args::{MV_F32, MV_GLU, MV_NORM, MV_PLAIN, MV_QKV};
-    let mv = [("MV_WARPS", 8i64), ("MV_R", 2), ("MV_M", super::MV_M as i64), ("MV_PLAIN", MV_PLAIN.into()), ("MV_NORM", MV_NORM.into()), ("MV_F32", MV_F32.into()), ("MV_GLU", MV_GLU.into()), ("MV_QKV", MV_QKV.into())];
+    let mv = [("MV_M", args::MV_M as i64), ("MV_PLAIN", MV_PLAIN.into()), ("MV_NORM", MV_NORM.into()), ("MV_F32", MV_F32.into()), ("MV_GLU", MV_GLU.into()), ("MV_QKV", MV_QKV.into())];
     for (name, value) in mv {
         assert!(code.contains(&format!("#define {name} {value} ")) || code.contains(&format!("#define {name} {value}\n")), "#define {name} {value}");
     }
-    assert_eq!((super::MV_THREADS, super::MV_ROWS), (8 * 32, 8 * 2), "threads = warps × 32, weight rows = warps × rows per warp");
+    // the shapes the host can pick: the first makes every output, a warp holds one or two weight
+    // rows, a block is at most 1024 threads
+    assert!([MV_F32, MV_GLU, MV_QKV].iter().all(|&o| args::MV_SHAPES[0].makes(o)));
+    assert!(args::MV_SHAPES.iter().all(|s| s.threads() <= 1024 && (s.rows == 1 || s.rows == 2)));
 }
 
-/// Loads NVRTC from `LLMEVAL_NVRTC` (a path to libnvrtc.so.12, e.g. from the
-/// `nvidia-cuda-nvrtc-cu12` wheel) or the library path; `None` with the reason when absent.
+/// Loads NVRTC from `LLMEVAL_NVRTC` (a path to libnvrtc.so.13 or .12, e.g. from the
+/// `nvidia-cuda-nvrtc` wheel) or the library path; the reason when absent.
 fn nvrtc() -> Result<(), String> {
     if let Ok(path) = std::env::var("LLMEVAL_NVRTC") {
         let path = std::path::PathBuf::from(path);
@@ -314,7 +326,16 @@ const SHAPES: [Shape; 3] = [
 fn emulated_gpu_argument_structs_have_the_rust_layout() {
     let Some(emu) = emu(super::driver::Prec::F32, 1 << 30, "emulated_gpu_argument_structs_have_the_rust_layout") else { return };
     use super::args::*;
-    let rust = [size_of::<EmbedArgs>(), size_of::<NormArgs>(), size_of::<RopeArgs>(), size_of::<AttnArgs>(), size_of::<SwigluArgs>(), size_of::<ReduceArgs>(), size_of::<MatvecArgs>()];
+    let size = |k: Kernel| match k.family() {
+        Kernel::Embed => size_of::<EmbedArgs>(),
+        Kernel::RmsNorm => size_of::<NormArgs>(),
+        Kernel::RopeStore => size_of::<RopeArgs>(),
+        Kernel::Attention => size_of::<AttnArgs>(),
+        Kernel::Swiglu => size_of::<SwigluArgs>(),
+        Kernel::LogitsReduce => size_of::<ReduceArgs>(),
+        _ => size_of::<MatvecArgs>(),
+    };
+    let rust: Vec<usize> = Kernel::ALL.iter().map(|&k| size(k)).collect();
     assert_eq!(emu.arg_sizes(), &rust);
 }
 
@@ -442,11 +463,12 @@ fn emulated_gpu_in_half_precision_stays_close() {
 /// RMSNorm made on the fly through a row index) and both outputs (f32, set or accumulated, and
 /// SwiGLU of gate/up pairs in the storage type): against an f64 reference made from the same
 /// rounded inputs, and bitwise the same for a row alone as among eleven (two blocks of input
-/// rows), with sizes that leave partial warps and blocks.
+/// rows) and for every shape of the kernel, with sizes that leave partial warps and blocks.
 #[test]
 fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
-    use super::args::MatvecArgs;
+    use super::args::{MatvecArgs, MV_SHAPES};
     use super::driver::Backend;
+    assert!(MV_SHAPES.len() >= 2);
     for prec in [Prec::F32, Prec::F16, Prec::Bf16] {
         let Some(emu) = emu(prec, 1 << 30, "emulated_matvec_matches_a_reference_and_ignores_the_batch") else { return };
         let gpu: &dyn Backend = &emu;
@@ -514,70 +536,76 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                 let y = gpu.alloc(m * n * 4).unwrap();
                 let start: Vec<f32> = (0..m * n).map(|_| uniform(1.0)).collect();
                 for (glu, accumulate) in [(false, false), (false, true), (true, false)] {
-                    gpu.upload(y, &start).unwrap();
-                    let args = |m: usize, r0: usize| MatvecArgs {
-                        bias: 0,
-                        inv_freq: 0,
-                        pos: 0,
-                        seq_of: 0,
-                        blk_off: 0,
-                        tables: 0,
-                        kc: 0,
-                        vc: 0,
-                        nh: 0,
-                        nkv: 0,
-                        hd: 0,
-                        bs: 0,
-                        a: if a == 0 { 0 } else { a + (r0 * k * prec.bytes()) as u64 },
-                        x,
-                        norm_w,
-                        rows: if rows == 0 { 0 } else { rows + (r0 * 4) as u64 },
-                        w,
-                        y: y + (r0 * if glu { n / 2 * prec.bytes() } else { n * 4 }) as u64,
-                        m: m as i32,
-                        n: n as i32,
-                        k: k as i32,
-                        mode,
-                        out: if glu { super::MV_GLU } else { super::MV_F32 },
-                        accumulate: i32::from(accumulate),
-                        eps: 1e-5,
-                    };
-                    let launch = |m: usize, r0: usize| gpu.launch([m.div_ceil(super::MV_M) as u32, n.div_ceil(super::MV_ROWS) as u32, 1], super::MV_THREADS, 0, &args(m, r0)).unwrap();
-                    let read = || -> Vec<u8> {
-                        let mut out = vec![0u8; m * n * 4];
-                        gpu.download(y, &mut out).unwrap();
-                        out
-                    };
-                    launch(m, 0);
-                    let together = read();
-                    let what = format!("{prec:?} mode {mode} glu {glu} accumulate {accumulate} k {k}");
-                    if glu {
-                        let got = load(&together[..m * n / 2 * prec.bytes()]);
-                        for r in 0..m {
-                            for j in 0..n / 2 {
-                                let ((g, ga), (u, ua)) = (dot(r, 2 * j), dot(r, 2 * j + 1));
-                                let silu = g / (1.0 + (-g).exp());
-                                let want = silu * u;
-                                let bound = out_tol * want.abs() + sum_tol * (1.1 * u.abs() * ga + silu.abs() * ua) + 1e-6;
-                                assert!((f64::from(got[r * n / 2 + j]) - want).abs() <= bound, "{what} row {r} feature {j}: {} vs {want}", got[r * n / 2 + j]);
+                    let out = if glu { super::MV_GLU } else { super::MV_F32 };
+                    let mut first: Option<Vec<u8>> = None;
+                    for shape in MV_SHAPES.iter().filter(|s| s.makes(out)) {
+                        gpu.upload(y, &start).unwrap();
+                        let args = |m: usize, r0: usize| MatvecArgs {
+                            bias: 0,
+                            inv_freq: 0,
+                            pos: 0,
+                            seq_of: 0,
+                            blk_off: 0,
+                            tables: 0,
+                            kc: 0,
+                            vc: 0,
+                            nh: 0,
+                            nkv: 0,
+                            hd: 0,
+                            bs: 0,
+                            a: if a == 0 { 0 } else { a + (r0 * k * prec.bytes()) as u64 },
+                            x,
+                            norm_w,
+                            rows: if rows == 0 { 0 } else { rows + (r0 * 4) as u64 },
+                            w,
+                            y: y + (r0 * if glu { n / 2 * prec.bytes() } else { n * 4 }) as u64,
+                            m: m as i32,
+                            n: n as i32,
+                            k: k as i32,
+                            mode,
+                            out: if glu { super::MV_GLU } else { super::MV_F32 },
+                            accumulate: i32::from(accumulate),
+                            eps: 1e-5,
+                        };
+                        let launch = |m: usize, r0: usize| gpu.launch_as(shape.kernel, shape.grid(m, n), shape.threads(), 0, &args(m, r0)).unwrap();
+                        let read = || -> Vec<u8> {
+                            let mut out = vec![0u8; m * n * 4];
+                            gpu.download(y, &mut out).unwrap();
+                            out
+                        };
+                        launch(m, 0);
+                        let together = read();
+                        let what = format!("{prec:?} mode {mode} glu {glu} accumulate {accumulate} k {k} shape {}", shape.name());
+                        if glu {
+                            let got = load(&together[..m * n / 2 * prec.bytes()]);
+                            for r in 0..m {
+                                for j in 0..n / 2 {
+                                    let ((g, ga), (u, ua)) = (dot(r, 2 * j), dot(r, 2 * j + 1));
+                                    let silu = g / (1.0 + (-g).exp());
+                                    let want = silu * u;
+                                    let bound = out_tol * want.abs() + sum_tol * (1.1 * u.abs() * ga + silu.abs() * ua) + 1e-6;
+                                    assert!((f64::from(got[r * n / 2 + j]) - want).abs() <= bound, "{what} row {r} feature {j}: {} vs {want}", got[r * n / 2 + j]);
+                                }
+                            }
+                        } else {
+                            let got: Vec<f32> = together.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                            for r in 0..m {
+                                for j in 0..n {
+                                    let (d, scale) = dot(r, j);
+                                    let want = d + if accumulate { f64::from(start[r * n + j]) } else { 0.0 };
+                                    assert!((f64::from(got[r * n + j]) - want).abs() <= sum_tol * scale, "{what} row {r} col {j}: {} vs {want}", got[r * n + j]);
+                                }
                             }
                         }
-                    } else {
-                        let got: Vec<f32> = together.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                        // each row alone gives the same bits
+                        gpu.upload(y, &start).unwrap();
                         for r in 0..m {
-                            for j in 0..n {
-                                let (d, scale) = dot(r, j);
-                                let want = d + if accumulate { f64::from(start[r * n + j]) } else { 0.0 };
-                                assert!((f64::from(got[r * n + j]) - want).abs() <= sum_tol * scale, "{what} row {r} col {j}: {} vs {want}", got[r * n + j]);
-                            }
+                            launch(1, r);
                         }
+                        assert!(read() == together, "{what}: a row alone differs from the batch");
+                        // and every shape gives the same bits
+                        assert!(first.get_or_insert_with(|| together.clone()) == &together, "{what}: differs from shape {}", MV_SHAPES[0].name());
                     }
-                    // each row alone gives the same bits
-                    gpu.upload(y, &start).unwrap();
-                    for r in 0..m {
-                        launch(1, r);
-                    }
-                    assert!(read() == together, "{what}: a row alone differs from the batch");
                 }
             }
         }
@@ -637,5 +665,40 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
         }
         eprintln!("shape {n}: decode steps' largest per-token difference from the CPU exact path {worst:.2e} nats");
         assert!(worst < 1e-4, "shape {n}: {worst}");
+        // whichever shape of the product kernel runs, the same bits
+        for s in super::MV_SHAPES {
+            g.force_matvec(s);
+            assert_eq!(decode_logprobs(&g, &reqs, true), together, "shape {n}: decode products on {}", s.name());
+        }
     }
+}
+
+/// Loading a model times the product kernel's shapes on each decode product and picks the
+/// fastest; pairs-only outputs (RoPE'd q/k/v, SwiGLU) are timed on two-row shapes only.
+#[test]
+fn emulated_gpu_times_the_product_shapes_when_it_loads() {
+    use super::{Product, MV_SHAPES};
+    let mut model = tiny(&SHAPES[0], 8);
+    model.exact = true;
+    let Some(g) = emulated(&model) else { return };
+    let timing = g.matvec_timing();
+    assert_eq!(timing.iter().map(|t| t.product).collect::<Vec<_>>(), Product::ALL);
+    let c = &model.config;
+    for t in &timing {
+        let pairs = matches!(t.product, Product::Qkv | Product::GateUp);
+        let want: Vec<_> = MV_SHAPES.iter().filter(|s| !pairs || s.rows == 2).copied().collect();
+        assert_eq!(t.micros.iter().map(|m| m.0).collect::<Vec<_>>(), want, "{:?}", t.product);
+        assert!(t.micros.iter().all(|m| m.1 > 0.0 && m.1.is_finite()), "{t:?}");
+        let best = t.micros.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+        assert!(t.micros.iter().any(|m| m.0 == t.chosen && m.1 == best), "{t:?}");
+    }
+    let dims: Vec<(usize, usize)> = timing.iter().map(|t| (t.n, t.k)).collect();
+    let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+    assert_eq!(dims, [(q + 2 * kv, c.dim), (c.dim, q), (2 * c.ffn_dim, c.dim), (c.dim, c.ffn_dim), (c.vocab, c.dim)]);
+    // without timing (no events), the first shape everywhere and nothing reported
+    let prec = super::precision_for(&model);
+    let Some(be) = emu(prec, 4 << 30, "emulated_gpu_times_the_product_shapes_when_it_loads") else { return };
+    be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
+    let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+    assert!(g.matvec_timing().is_empty());
 }
