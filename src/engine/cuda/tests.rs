@@ -168,7 +168,10 @@ fn nvrtc_compiles_the_kernels_for_every_precision() {
     // SASS for the cards the check script runs on, with ptxas's resource report: no kernel may
     // spill registers to local memory (a stack frame is allowed: sincosf's path for huge angles)
     for arch in ["sm_80", "sm_90"] {
+        let t = std::time::Instant::now();
         let (cubin, log) = super::driver::compile_with(arch, Prec::Bf16, Prec::Bf16, &["--ptxas-options=-v"]).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        // what a model's first load on such a card waits for (later loads read the kernel cache)
+        eprintln!("{arch} bf16: NVRTC took {:.1} s", t.elapsed().as_secs_f64());
         assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: a CUBIN is an ELF file");
         let mut kernel = String::new();
         let mut reported = 0;
