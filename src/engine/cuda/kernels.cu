@@ -202,7 +202,9 @@ LLM_KERNEL(rope_store, RopeArgs) {
 // ── attention: one block per (query tile, KV head, key split) ──
 // A tile is `count` consecutive tokens of one sequence (packed index t0..); its rows are
 // (token i, head g of the KV head's group), row = i·group + g, dealt round-robin to the warps
-// (row r to warp r % ATT_WARPS), so a decode tile's few rows keep every warp busy. The block covers keys
+// (row r to warp r % ATT_WARPS), so a decode tile's few rows keep every warp busy. A warp works
+// on its rows together, so each key and value element it reads from shared memory serves all of
+// them (lane = key for the scores, lane = output element for the values). The block covers keys
 // [split·split_len, (split+1)·split_len) up to the tile's last position and leaves, per row, the
 // running max m, the sum l of exp(s − m) and the unnormalised Σ exp(s − m)·v. The last of a
 // (tile, KV head)'s blocks to finish (a ticket from `counters`, which it resets for the next
@@ -252,14 +254,15 @@ LLM_KERNEL(attention, AttnArgs) {
     Qs[i] = a.qkv[(long long)tok * width + head * hd + d];
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // this warp's rows: warp, warp + ATT_WARPS, ... below `rows` (uniform across the warp)
+  const int nr = warp < rows ? (rows - warp + ATT_WARPS - 1) / ATT_WARPS : 0;
   float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][ATT_MAXC];
   int qpos[ATT_ROWS_PER_WARP];
 #pragma unroll
   for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
-    const int r = j * ATT_WARPS + warp;
     m[j] = -LLM_INF;
     l[j] = 0.0f;
-    qpos[j] = r < rows ? a.pos[t0 + r / group] : -1;
+    qpos[j] = j < nr ? a.pos[t0 + (j * ATT_WARPS + warp) / group] : -1;
 #pragma unroll
     for (int c = 0; c < ATT_MAXC; c++) acc[j][c] = 0.0f;
   }
@@ -274,38 +277,64 @@ LLM_KERNEL(attention, AttnArgs) {
       Vs[j * hd + d] = k2f(a.vc[slot * kvd + kvh * hd + d]);
     }
     __syncthreads();
+    if (nr == 0) continue;  // uniform; the next tile's barrier is still reached
+    // lane = key: its scores against all the warp's rows, each key element read once
+    const int key = kb + lane;
+    float s[ATT_ROWS_PER_WARP], p[ATT_ROWS_PER_WARP];
+    bool valid[ATT_ROWS_PER_WARP], live[ATT_ROWS_PER_WARP];
 #pragma unroll
     for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
-      const int r = j * ATT_WARPS + warp;
-      if (r >= rows) continue;  // uniform across the warp
-      const int key = kb + lane;
-      const bool valid = lane < nk && key <= qpos[j];
-      float s = -LLM_INF;
-      if (valid) {
-        const float* q = Qs + r * hd;
-        const float* k = Ks + lane * (hd + 1);
-        float dot = 0.0f;
-        for (int d = 0; d < hd; d++) dot += q[d] * k[d];
-        s = dot * a.scale;
+      valid[j] = j < nr && lane < nk && key <= qpos[j];
+      s[j] = -LLM_INF;
+    }
+    if (lane < nk) {
+      float dot[ATT_ROWS_PER_WARP];
+#pragma unroll
+      for (int j = 0; j < ATT_ROWS_PER_WARP; j++) dot[j] = 0.0f;
+      const float* k = Ks + lane * (hd + 1);
+      for (int d = 0; d < hd; d++) {
+        const float kd = k[d];
+#pragma unroll
+        for (int j = 0; j < ATT_ROWS_PER_WARP; j++)
+          if (j < nr) dot[j] += Qs[(j * ATT_WARPS + warp) * hd + d] * kd;
       }
-      float mx = s;
+#pragma unroll
+      for (int j = 0; j < ATT_ROWS_PER_WARP; j++)
+        if (valid[j]) s[j] = dot[j] * a.scale;
+    }
+    // per row: the running max and sum, rescaled (online softmax)
+#pragma unroll
+    for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
+      p[j] = 0.0f;
+      live[j] = false;
+      if (j >= nr) continue;  // uniform
+      float mx = s[j];
       for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
       const float new_m = fmaxf(m[j], mx);
       if (new_m == -LLM_INF) continue;  // no visible key yet (uniform: mx is warp-wide)
-      const float p = valid ? expf(s - new_m) : 0.0f;
+      live[j] = true;
+      p[j] = valid[j] ? expf(s[j] - new_m) : 0.0f;
       const float corr = expf(m[j] - new_m);  // 0 while m was −∞
-      float ps = p;
+      float ps = p[j];
       for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(FULL_MASK, ps, o);
       l[j] = l[j] * corr + ps;
 #pragma unroll
       for (int c = 0; c < ATT_MAXC; c++) acc[j][c] *= corr;
-      for (int kk = 0; kk < nk; kk++) {
-        const float pk = __shfl_sync(FULL_MASK, p, kk);
+      m[j] = new_m;
+    }
+    // lane = output element: each value element read once for all the warp's rows
+    for (int kk = 0; kk < nk; kk++) {
+      float v[ATT_MAXC];
+#pragma unroll
+      for (int c = 0; c < ATT_MAXC; c++) v[c] = c < nc ? Vs[kk * hd + lane + 32 * c] : 0.0f;
+#pragma unroll
+      for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
+        if (!live[j]) continue;  // uniform
+        const float pk = __shfl_sync(FULL_MASK, p[j], kk);
 #pragma unroll
         for (int c = 0; c < ATT_MAXC; c++)
-          if (c < nc) acc[j][c] += pk * Vs[kk * hd + lane + 32 * c];
+          if (c < nc) acc[j][c] += pk * v[c];
       }
-      m[j] = new_m;
     }
   }
   const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * ATT_ROWS;
