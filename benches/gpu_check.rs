@@ -170,7 +170,8 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
         println!("[{label}] no launch-by-launch profile: {why}");
     }
     let (prefill, decode1) = (b1.prefill, b1.decode);
-    let decode32 = run(32, false).decode;
+    let b32 = run(32, false);
+    let decode32 = b32.decode;
     let elem = gpu.prec.bytes();
     let prefill_profile = profile_table(&format!("[{label}] prefill pass of 512 tokens, launch by launch"), &b1.prefill_ops, elem, 512.0 / prefill);
     let decode_profile = profile_table(&format!("[{label}] decode step at batch 1, launch by launch"), &b1.decode_ops, elem, 1.0 / decode1);
@@ -186,6 +187,9 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     println!("[{label}] {} · weights {:.2} GB ({}), KV cache {:.1} GB", e.device_label(), weights as f64 / 1e9, gpu.prec.name(), kv as f64 / 1e9);
     println!("[{label}] llmeval prefill {prefill:.0} tokens/s (512-token prompt)");
     println!("[{label}] llmeval decode batch 1: {decode1:.1} tokens/s · batch 32: {decode32:.1} tokens/s (128 tokens after a 512-token prompt)");
+    if let (Some(s1), Some(s32)) = (b1.decode_serial, b32.decode_serial) {
+        println!("[{label}] llmeval decode without overlapping launches (each kernel after the last has finished): batch 1 {s1:.1} tokens/s ({:+.1}%) · batch 32 {s32:.1} tokens/s ({:+.1}%)", 100.0 * (decode1 / s1 - 1.0), 100.0 * (decode32 / s32 - 1.0));
+    }
     println!("[{label}] llmeval log-likelihood: {} requests ({} groups of 4 choices, 192-token contexts) in {secs:.2} s = {:.0} requests/s, {:.0} tokens/s", reqs.len(), reqs.len() / 4, reqs.len() as f64 / secs, tokens as f64 / secs);
     // a decode step reads every matrix once (the embedding table only a row)
     let per_token = gpu.bytes_per_token();
@@ -194,7 +198,7 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
         println!("[{label}] decode batch 1 bandwidth bound {b:.1} tokens/s ({:.3} GB read per token / {:.2} TB/s); llmeval at {:.0}% of it", per_token as f64 / 1e9, bandwidth.unwrap_or(0.0), 100.0 * decode1 / b);
     }
     if let Some(p) = json_out {
-        let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32,
+        let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "decode_b1_serial_tokens_per_s": b1.decode_serial, "decode_b32_serial_tokens_per_s": b32.decode_serial,
             "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
             "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes)});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));

@@ -794,9 +794,12 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let shapes = gpu.matvec_timing();
             if m.json {
                 print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
-                    "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes)}));
+                    "decode_serial_tokens_per_s": b.decode_serial, "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes)}));
             } else {
                 println!("{}: prefill {:.1} tokens/s (512-token prompt) · decode {:.1} tokens/s (128 tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
+                if let Some(serial) = b.decode_serial {
+                    println!("decode with each launch waiting for the last to finish (no programmatic dependent launch): {serial:.1} tokens/s");
+                }
                 match &b.profile_error {
                     Some(why) => println!("no launch-by-launch profile: {why}"),
                     None => {

@@ -173,6 +173,10 @@ pub trait Backend: Send {
     /// Launches `k` with its argument struct's bytes.
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError>;
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError>;
+    /// Launches kernels from now on so that each may start while the one before it finishes
+    /// (programmatic dependent launch, where the device has it), or not; returns whether it was
+    /// on. Recorded graphs keep the way their launches were made.
+    fn set_overlap(&self, on: bool) -> bool;
     /// Records what `f` enqueues as a graph (nothing runs); `None` when the backend cannot (the
     /// caller then runs `f` directly).
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError>;
@@ -251,6 +255,8 @@ pub struct Cuda {
     exact: bool,
     /// a profile's start event and each marked operation's end event
     profiling: std::sync::Mutex<Option<(sys::CUevent, Vec<Marked>)>>,
+    /// kernels are launched with programmatic dependent launch (see [`Backend::set_overlap`])
+    pdl: std::sync::atomic::AtomicBool,
 }
 
 /// An operation of a profile in progress: label, weight elements, the event recorded after it.
@@ -308,7 +314,9 @@ impl Cuda {
                 funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact, profiling: std::sync::Mutex::new(None) };
+            // programmatic dependent launch needs sm_90; LLMEVAL_GPU_OVERLAP=off turns it off
+            let pdl = info.capability.0 >= 9 && std::env::var("LLMEVAL_GPU_OVERLAP").map_or(true, |v| v != "off");
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact, profiling: std::sync::Mutex::new(None), pdl: pdl.into() };
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
                 cudarc::cublas::result::set_stream(handle, stream.cast()).map_err(|e| err(&l, "cublasSetStream", e))?;
@@ -392,9 +400,31 @@ impl Backend for Cuda {
 
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
         let mut params = [args.as_ptr() as *mut c_void];
+        let f = self.funcs[k as usize];
+        if self.pdl.load(std::sync::atomic::Ordering::Relaxed) {
+            // may start while the kernel before it finishes: the kernel waits for it (pdl_wait)
+            // SAFETY: a plain C struct (an id and a union of integers) for which zero is valid.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let config = sys::CUlaunchConfig { gridDimX: grid[0], gridDimY: grid[1], gridDimZ: grid[2], blockDimX: block, blockDimY: 1, blockDimZ: 1, sharedMemBytes: shared, hStream: self.stream, attrs: &mut attr, numAttrs: 1 };
+            // SAFETY: as below; `config` and `attr` outlive the call. A driver without
+            // cuLaunchKernelEx (cudarc panics) or that refuses the attribute: plain launches
+            // from then on.
+            let launched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }));
+            match launched {
+                Ok(sys::CUresult::CUDA_SUCCESS) => return Ok(()),
+                _ => self.pdl.store(false, std::sync::atomic::Ordering::Relaxed),
+            }
+        }
         // SAFETY: the struct matches the kernel's parameter (checked against the source by a
         // test) and every address in it is live device memory sized by the caller.
-        unsafe { result::launch_kernel(self.funcs[k as usize], (grid[0], grid[1], grid[2]), (block, 1, 1), shared, self.stream, &mut params) }.map_err(|e| err(&self.label, &format!("launching {}", k.name()), e))
+        unsafe { result::launch_kernel(f, (grid[0], grid[1], grid[2]), (block, 1, 1), shared, self.stream, &mut params) }.map_err(|e| err(&self.label, &format!("launching {}", k.name()), e))
+    }
+
+    fn set_overlap(&self, on: bool) -> bool {
+        let can = self.info.capability.0 >= 9;
+        self.pdl.swap(on && can, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
@@ -436,7 +466,13 @@ impl Backend for Cuda {
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError> {
         self.current()?;
         // a driver without the graph calls (cudarc panics on a missing symbol): no graphs
-        guarded(&self.label, "capturing a graph", || Ok(self.capture_graph(f))).or(Ok(None))
+        let mut attempt = || guarded(&self.label, "capturing a graph", || Ok(self.capture_graph(f))).unwrap_or(None);
+        let graph = attempt();
+        // one that cannot record overlapping launches: plain launches from then on
+        if graph.is_none() && self.set_overlap(false) {
+            return Ok(attempt());
+        }
+        Ok(graph)
     }
 
     fn replay(&self, g: &Graph) -> Result<(), DeviceError> {

@@ -39,6 +39,8 @@ pub struct Emu {
     profiling: Mutex<Option<(std::time::Instant, Vec<Timed>)>>,
     /// Tests: profiles fail, as on a driver without events.
     pub no_profile: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Tests: what [`Backend::set_overlap`] last set (launches run one after another anyway).
+    pub overlap: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 // SAFETY: the library handle and function pointers are immutable after `new`; allocations are
@@ -119,7 +121,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default() })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default() })
         }
     }
 
@@ -208,6 +210,10 @@ impl Backend for Emu {
             return Err(err(k.name(), "a block's threads stopped at different barriers (or a bad block size)"));
         }
         Ok(())
+    }
+    /// Launches run one after another here whatever is set.
+    fn set_overlap(&self, on: bool) -> bool {
+        self.overlap.swap(on, std::sync::atomic::Ordering::Relaxed)
     }
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
         if let Some(ops) = self.recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {

@@ -45,6 +45,19 @@ __device__ __forceinline__ u16 f_to_f16(float f) {
 
 #define FULL_MASK 0xffffffffu
 
+// Programmatic dependent launch (sm_90 and newer, when the host launches a kernel with it): a
+// kernel may start while the one before it finishes. `pdl_wait` holds it until that kernel has
+// finished and its writes are visible; `pdl_trigger` lets the next kernel start. Every kernel
+// triggers, then waits, before it touches anything but the weights (which nothing writes), so
+// each kernel still sees all earlier kernels' writes. Launched without it, both do nothing.
+#if defined(LLM_HOST) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900
+__device__ __forceinline__ void pdl_wait() {}
+__device__ __forceinline__ void pdl_trigger() {}
+#else
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+#endif
+
 // ── storage types ──
 #if LLM_WT == 0
 typedef float wt;
@@ -117,6 +130,8 @@ struct EmbedArgs {
   int n;
 };
 LLM_KERNEL(embed, EmbedArgs) {
+  pdl_trigger();
+  pdl_wait();
   const int t = blockIdx.x;
   if (t >= a.n) return;
   const wt* row = a.emb + (long long)a.tok[t] * a.d;
@@ -135,6 +150,8 @@ struct NormArgs {
   float eps;
 };
 LLM_KERNEL(rms_norm, NormArgs) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float scratch[32];
   const int r = blockIdx.x;
   if (r >= a.n) return;
@@ -170,6 +187,8 @@ struct RopeArgs {
   int bs;
 };
 LLM_KERNEL(rope_store, RopeArgs) {
+  pdl_trigger();
+  pdl_wait();
   const int t = blockIdx.x;
   if (t >= a.n) return;
   const int width = (a.nh + 2 * a.nkv) * a.hd, kvd = a.nkv * a.hd;
@@ -234,6 +253,8 @@ struct AttnArgs {
 LLM_KERNEL(attention, AttnArgs) {
   LLM_DYN_SHARED(smem);
   __shared__ int s_last;
+  pdl_trigger();
+  pdl_wait();
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   if (tile >= a.n_tiles) return;
   const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
@@ -395,6 +416,8 @@ struct SwigluArgs {
   int ffn;
 };
 LLM_KERNEL(swiglu, SwigluArgs) {
+  pdl_trigger();
+  pdl_wait();
   const int t = blockIdx.x;
   if (t >= a.n) return;
   const float* gu = a.gu + (long long)t * 2 * a.ffn;
@@ -416,6 +439,8 @@ struct ReduceArgs {
   int n;
 };
 LLM_KERNEL(logits_reduce, ReduceArgs) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float sv[1024];
   __shared__ int si[1024];
   __shared__ double sd[1024];
@@ -547,6 +572,22 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = blockIdx.x * MV_M, m = min(MV_M, a.m - r0);
   if (m <= 0) return;  // uniform across the block
+  const int j0 = (blockIdx.y * W + warp) * R;
+  const wt* wrow[R];
+#pragma unroll
+  for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
+  const int step = 32 * MV_VEC, base0 = lane * MV_VEC;
+  // the first loads of this warp's weight rows go out before the previous kernel has finished
+  V16 wq[U][R] = {};
+  if (j0 < a.n) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+      for (int rr = 0; rr < R; rr++)
+        if (base0 + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base0 + u * step);
+  }
+  pdl_trigger();
+  pdl_wait();
   for (int rw = warp; rw < m; rw += W) {  // one warp per input row: its source row and RMSNorm scale
     const int src = a.mode == MV_NORM && a.rows ? a.rows[r0 + rw] : r0 + rw;
     float ss = 0.0f;
@@ -565,24 +606,20 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
     }
   }
   __syncthreads();
-  const int j0 = (blockIdx.y * W + warp) * R;
   if (j0 >= a.n) return;
   float acc[R][MV_M];
 #pragma unroll
   for (int rr = 0; rr < R; rr++)
 #pragma unroll
     for (int r = 0; r < MV_M; r++) acc[rr][r] = 0.0f;
-  const wt* wrow[R];
+  for (int base = base0; base < a.k; base += U * step) {
+    if (base != base0) {
 #pragma unroll
-  for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
-  const int step = 32 * MV_VEC;
-  for (int base = lane * MV_VEC; base < a.k; base += U * step) {
-    V16 wq[U][R] = {};
+      for (int u = 0; u < U; u++)
 #pragma unroll
-    for (int u = 0; u < U; u++)
-#pragma unroll
-      for (int rr = 0; rr < R; rr++)
-        if (base + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base + u * step);
+        for (int rr = 0; rr < R; rr++)
+          if (base + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base + u * step);
+    }
 #pragma unroll
     for (int u = 0; u < U; u++) {
       const int i = base + u * step;

@@ -553,10 +553,7 @@ impl GpuModel {
             g.mv[p as usize] = if shape.makes(p.dims(&c).3) { shape } else { MV_SHAPES[0] };
         }
         // recorded steps hold the old kernels
-        let graphs: Vec<Graph> = g.graphs.drain().map(|(_, v)| v).collect();
-        for gr in graphs {
-            g.gpu.drop_graph(gr);
-        }
+        g.drop_graphs();
     }
 
     /// Bytes a decode step must read at the least: every layer's matrices and the LM head (not
@@ -585,6 +582,13 @@ fn matrix_bytes(c: &Config, prec: Prec) -> usize {
 impl Inner {
     fn limits(&self) -> Limits {
         self.pass
+    }
+
+    /// Forgets the recorded decode steps (they are recorded again as they next run).
+    fn drop_graphs(&mut self) {
+        for (_, g) in self.graphs.drain() {
+            self.gpu.drop_graph(g);
+        }
     }
 
     /// Enqueues one pass over the uploaded index arrays. Launch arguments depend only on the
@@ -806,9 +810,7 @@ impl Forward for Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for (_, g) in self.graphs.drain() {
-            self.gpu.drop_graph(g);
-        }
+        self.drop_graphs();
         for p in self.allocs.drain(..) {
             self.gpu.free(p);
         }
@@ -822,6 +824,9 @@ pub struct Bench {
     pub prefill: f64,
     /// generated tokens/s over the batch
     pub decode: f64,
+    /// the same with each kernel launched only after the one before it has finished, where
+    /// `decode` let them overlap (programmatic dependent launch); `None` where it did not
+    pub decode_serial: Option<f64>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -864,16 +869,32 @@ impl GpuModel {
             let spans: Vec<Span> = tables.iter().zip(next).map(|(t, &tok)| Span { table: t.clone(), start: pos, tokens: vec![tok], want: vec![(0, None)] }).collect();
             g.run(&pack(&spans, 1), true)
         };
-        // one untimed step records the decode graph
-        let warm = step(&mut g, &next, prompt.len())?;
-        next = warm.iter().map(|r| r.argmax).collect();
-        let t0 = std::time::Instant::now();
-        for s in 1..steps {
-            let rows = step(&mut g, &next, prompt.len() + s)?;
-            next = rows.iter().map(|r| r.argmax).collect();
+        // `steps` greedy steps after the prompt (again from the prompt's end on a second call:
+        // each step rewrites its position's keys and values); one untimed step records the graph
+        let first_next = next.clone();
+        let decode_run = |g: &mut Inner, next: &mut Vec<u32>| -> Result<f64, DeviceError> {
+            *next = first_next.clone();
+            let warm = step(g, next, prompt.len())?;
+            *next = warm.iter().map(|r| r.argmax).collect();
+            let t0 = std::time::Instant::now();
+            for s in 1..steps {
+                let rows = step(g, next, prompt.len() + s)?;
+                *next = rows.iter().map(|r| r.argmax).collect();
+            }
+            Ok(((steps - 1) * batch) as f64 / t0.elapsed().as_secs_f64())
+        };
+        let decode = decode_run(&mut g, &mut next)?;
+        // the same with launches that wait for each other, where they overlapped
+        let mut decode_serial = None;
+        if g.gpu.set_overlap(false) {
+            g.drop_graphs();
+            let serial = decode_run(&mut g, &mut next);
+            g.gpu.set_overlap(true);
+            g.drop_graphs();
+            decode_serial = Some(serial?);
+            decode_run(&mut g, &mut next)?; // back where the profile below expects
         }
-        let decode = ((steps - 1) * batch) as f64 / t0.elapsed().as_secs_f64();
-        let mut out = Bench { prefill, decode, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        let mut out = Bench { prefill, decode, decode_serial, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);

@@ -163,6 +163,13 @@ fn nvrtc_compiles_the_kernels_for_every_precision() {
             }
             // one struct parameter per kernel
             assert!(!text.contains("_param_1"), "{arch} {w:?}: a kernel has more than one parameter");
+            // for sm_90 every kernel waits for the kernel before it (launches may overlap there);
+            // older architectures have no such instruction
+            for body in text.split(".entry ").skip(1) {
+                let name = body.split('(').next().unwrap_or("");
+                let waits = body.contains("griddepcontrol.wait") && body.contains("griddepcontrol.launch_dependents");
+                assert_eq!(waits, arch == "compute_90", "{arch} {w:?}: {name}'s grid dependency control");
+            }
         }
     }
     // SASS for the cards the check script runs on, with ptxas's resource report: no kernel may
@@ -440,6 +447,28 @@ fn a_failing_profile_leaves_the_bench_figures() {
     // the model still runs, with its graphs
     let again = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench again");
     assert!(again.decode > 0.0);
+}
+
+/// On a device whose launches overlap, the bench also times decode with them serialised, then
+/// puts the overlap back; the model scores the same bits afterwards.
+#[test]
+fn the_bench_times_decode_with_and_without_overlapping_launches() {
+    let mut model = tiny(&SHAPES[0], 6);
+    model.exact = true;
+    let prec = super::precision_for(&model);
+    let Some(be) = emu(prec, 4 << 30, "the_bench_times_decode_with_and_without_overlapping_launches") else { return };
+    let overlap = be.overlap.clone();
+    let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+    let reqs = requests(4);
+    let before = gpu_scores(&g, &reqs);
+    let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench");
+    assert!(b.decode_serial.is_none(), "no overlap, nothing to compare");
+    overlap.store(true, std::sync::atomic::Ordering::Relaxed);
+    let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
+    assert!(b.decode > 0.0 && b.decode_serial.is_some_and(|d| d > 0.0 && d.is_finite()), "{b:?}");
+    assert!(overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap restored");
+    assert_eq!(b.decode_ops.iter().filter(|o| o.label == "logits_reduce").count(), 1, "the profile's decode step ran");
+    assert_eq!(gpu_scores(&g, &reqs), before);
 }
 
 #[test]
