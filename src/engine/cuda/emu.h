@@ -81,6 +81,17 @@ static inline int atomicAdd(int* p, int v) { const int old = *p; *p = old + v; r
 static inline float __shfl_xor_sync(unsigned, float v, int o) { return emu_exchange(v, (threadIdx.x % 32) ^ (unsigned)o); }
 static inline float __shfl_sync(unsigned, float v, int src) { return emu_exchange(v, (unsigned)src); }
 
+// Shuffles `v` with the xorshift state `rng` (Fisher-Yates).
+static void emu_shuffle(std::vector<unsigned>& v, unsigned long long& rng) {
+  for (size_t i = v.size(); i > 1; i--) {
+    rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
+    const size_t j = (size_t)((rng * 0x2545f4914f6cdd1dull) % i);
+    const unsigned t = v[i - 1];
+    v[i - 1] = v[j];
+    v[j] = t;
+  }
+}
+
 static void emu_entry() {
   emu_kernel(emu_args);
   emu_fibers[emu_cur].state = EMU_DONE;
@@ -104,13 +115,7 @@ extern "C" int emu_launch(void (*kernel)(const void*), const void* args, unsigne
   unsigned long long rng = 0x9e3779b97f4a7c15ull * ++emu_launches;
   std::vector<unsigned> order((size_t)gx * gy * gz);
   for (unsigned i = 0; i < order.size(); i++) order[i] = i;
-  for (size_t i = order.size(); i > 1; i--) {
-    rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
-    const size_t j = (size_t)((rng * 0x2545f4914f6cdd1dull) % i);
-    const unsigned t = order[i - 1];
-    order[i - 1] = order[j];
-    order[j] = t;
-  }
+  emu_shuffle(order, rng);
   for (const unsigned b : order) {
         const unsigned x = b % gx, y = (b / gx) % gy, z = b / (gx * gy);
         blockIdx = EmuDim{x, y, z};
@@ -128,13 +133,7 @@ extern "C" int emu_launch(void (*kernel)(const void*), const void* args, unsigne
         for (;;) {
           // between barriers, threads run in a new shuffled order each round: a read of another
           // thread's write that lacks a barrier sees the old value in some round, as on a GPU
-          for (size_t i = threads.size(); i > 1; i--) {
-            rng ^= rng >> 12, rng ^= rng << 25, rng ^= rng >> 27;
-            const size_t j = (size_t)((rng * 0x2545f4914f6cdd1dull) % i);
-            const unsigned t = threads[i - 1];
-            threads[i - 1] = threads[j];
-            threads[j] = t;
-          }
+          emu_shuffle(threads, rng);
           bool ran = false;
           for (const unsigned t : threads) {
             const EmuState st = emu_fibers[t].state;

@@ -431,15 +431,23 @@ fn emulated_gpu_generates_like_the_cpu() {
     }
 }
 
+/// A tiny exact-mode model (`SHAPES[0]`, seed `seed`), and it loaded on an emulated GPU that
+/// `set` adjusted first; `None` (said for `test`) without a C++ compiler.
+fn emulated_with(seed: u64, test: &str, set: impl FnOnce(&Emu)) -> Option<(Llama, GpuModel)> {
+    let mut model = tiny(&SHAPES[0], seed);
+    model.exact = true;
+    let prec = super::precision_for(&model);
+    let be = emu(prec, 4 << 30, test)?;
+    set(&be);
+    let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+    Some((model, g))
+}
+
 /// A device whose profile fails still gives its speed figures, with the reason.
 #[test]
 fn a_failing_profile_leaves_the_bench_figures() {
-    let mut model = tiny(&SHAPES[0], 5);
-    model.exact = true;
-    let prec = super::precision_for(&model);
-    let Some(be) = emu(prec, 4 << 30, "a_failing_profile_leaves_the_bench_figures") else { return };
-    be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
-    let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+    let no_events = |be: &Emu| be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
+    let Some((_, g)) = emulated_with(5, "a_failing_profile_leaves_the_bench_figures", no_events) else { return };
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
     assert!(b.prefill > 0.0 && b.decode > 0.0);
     assert!(b.prefill_ops.is_empty() && b.decode_ops.is_empty());
@@ -453,12 +461,9 @@ fn a_failing_profile_leaves_the_bench_figures() {
 /// puts the overlap back; the model scores the same bits afterwards.
 #[test]
 fn the_bench_times_decode_with_and_without_overlapping_launches() {
-    let mut model = tiny(&SHAPES[0], 6);
-    model.exact = true;
-    let prec = super::precision_for(&model);
-    let Some(be) = emu(prec, 4 << 30, "the_bench_times_decode_with_and_without_overlapping_launches") else { return };
-    let overlap = be.overlap.clone();
-    let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+    let mut overlap = Default::default();
+    let Some((_, g)) = emulated_with(6, "the_bench_times_decode_with_and_without_overlapping_launches", |be| overlap = be.overlap.clone()) else { return };
+    let overlap: Arc<std::sync::atomic::AtomicBool> = overlap;
     let reqs = requests(4);
     let before = gpu_scores(&g, &reqs);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench");
@@ -710,9 +715,7 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
 #[test]
 fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     use super::{Product, MV_SHAPES};
-    let mut model = tiny(&SHAPES[0], 8);
-    model.exact = true;
-    let Some(g) = emulated(&model) else { return };
+    let Some((model, g)) = emulated_with(8, "emulated_gpu_times_the_product_shapes_when_it_loads", |_| ()) else { return };
     let timing = g.matvec_timing();
     assert_eq!(timing.iter().map(|t| t.product).collect::<Vec<_>>(), Product::ALL);
     let c = &model.config;
@@ -728,9 +731,7 @@ fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     let (q, kv) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
     assert_eq!(dims, [(q + 2 * kv, c.dim), (c.dim, q), (2 * c.ffn_dim, c.dim), (c.dim, c.ffn_dim), (c.vocab, c.dim)]);
     // without timing (no events), the first shape everywhere and nothing reported
-    let prec = super::precision_for(&model);
-    let Some(be) = emu(prec, 4 << 30, "emulated_gpu_times_the_product_shapes_when_it_loads") else { return };
-    be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
-    let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+    let no_events = |be: &Emu| be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
+    let Some((_, g)) = emulated_with(8, "emulated_gpu_times_the_product_shapes_when_it_loads", no_events) else { return };
     assert!(g.matvec_timing().is_empty());
 }
