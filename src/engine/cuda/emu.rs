@@ -26,7 +26,8 @@ pub struct Emu {
     lib: *mut libc::c_void,
     /// Capturing: operations are recorded here instead of run.
     recording: Mutex<Option<Vec<Op>>>,
-    graphs: Mutex<Vec<Vec<Op>>>,
+    /// recordings, and whether overlap was on when each was made
+    graphs: Mutex<Vec<(Vec<Op>, bool)>>,
     /// How many recorded passes were replayed (tests check the graph path ran).
     pub replays: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     launch: LaunchFn,
@@ -41,6 +42,9 @@ pub struct Emu {
     pub no_profile: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Tests: what [`Backend::set_overlap`] last set (launches run one after another anyway).
     pub overlap: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Tests: recordings made with overlap on fail to replay, as on a driver that records
+    /// overlapping launches but will not run them.
+    pub refuse_overlap_replays: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 // SAFETY: the library handle and function pointers are immutable after `new`; allocations are
@@ -121,7 +125,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default() })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default() })
         }
     }
 
@@ -243,13 +247,17 @@ impl Backend for Emu {
         let ops = self.recording.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
         r?;
         let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-        graphs.push(ops);
+        graphs.push((ops, self.overlap.load(std::sync::atomic::Ordering::Relaxed)));
         Ok(Some(Graph::Recorded(graphs.len() - 1)))
     }
     fn replay(&self, g: &Graph) -> Result<(), DeviceError> {
         let Graph::Recorded(i) = g else { return Err(err("replay", "not a recording of this backend")) };
         let graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-        for op in &graphs[*i] {
+        let (ops, overlapping) = &graphs[*i];
+        if *overlapping && self.refuse_overlap_replays.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(err("replay", "a recording of overlapping launches"));
+        }
+        for op in ops {
             match op {
                 Op::Launch(k, grid, block, shared, args) => self.launch_raw(*k, *grid, *block, *shared, args)?,
                 Op::Gemm(g) => self.gemm(g)?,

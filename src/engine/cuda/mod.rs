@@ -774,8 +774,18 @@ impl Forward for Inner {
                 None => self.graphs_work = false,
             }
         }
-        match self.graphs.get(&shape).filter(|_| decode && self.graphs_work) {
-            Some(g) => self.gpu.replay(g)?,
+        let replayed = self.graphs.get(&shape).filter(|_| decode && self.graphs_work).map(|g| self.gpu.replay(g));
+        match replayed {
+            Some(Ok(())) => {}
+            // a recording of overlapping launches that the driver will not run: the pass, and
+            // the ones after it, with plain launches
+            Some(Err(e)) => {
+                if !self.gpu.set_overlap(false) {
+                    return Err(e);
+                }
+                self.drop_graphs();
+                self.enqueue(&shape)?;
+            }
             None => self.enqueue(&shape)?,
         }
         let last = if w == 0 { 0 } else { (w - 1) % self.chunk + 1 };
@@ -892,7 +902,6 @@ impl GpuModel {
             g.gpu.set_overlap(true);
             g.drop_graphs();
             decode_serial = Some(serial?);
-            decode_run(&mut g, &mut next)?; // back where the profile below expects
         }
         let mut out = Bench { prefill, decode, decode_serial, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {

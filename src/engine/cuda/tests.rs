@@ -476,6 +476,26 @@ fn the_bench_times_decode_with_and_without_overlapping_launches() {
     assert_eq!(gpu_scores(&g, &reqs), before);
 }
 
+/// A driver that records overlapping launches but will not replay them: the decode step runs
+/// with plain launches from then on, and generation is still the CPU's.
+#[test]
+fn a_refused_recording_of_overlapping_launches_falls_back_to_plain_ones() {
+    let mut overlap = Default::default();
+    let on = |be: &Emu| {
+        be.overlap.store(true, std::sync::atomic::Ordering::Relaxed);
+        be.refuse_overlap_replays.store(true, std::sync::atomic::Ordering::Relaxed);
+        overlap = be.overlap.clone();
+    };
+    let Some((model, g)) = emulated_with(7, "a_refused_recording_of_overlapping_launches_falls_back_to_plain_ones", on) else { return };
+    let overlap: Arc<std::sync::atomic::AtomicBool> = overlap;
+    let prompt: Vec<u32> = (0..12).map(|i| (i * 7 % 97) as u32).collect();
+    let opts = [GenOptions { max_tokens: 6, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] }];
+    let mut got = None;
+    g.generate(std::slice::from_ref(&prompt), &opts, &[], 512, 1, &|t: &[u32]| format!("{t:?}"), &mut |_, r| got = Some(r)).expect("generated");
+    assert_eq!(got.expect("generated").tokens, cpu_greedy(&model, &prompt, 6));
+    assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap turned off");
+}
+
 #[test]
 fn emulated_gpu_in_half_precision_stays_close() {
     for (ty, name) in [(WType::F32, "bf16 (converted f32 weights)"), (WType::F16, "f16"), (WType::BF16, "bf16")] {
