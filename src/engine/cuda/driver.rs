@@ -128,6 +128,16 @@ fn kernel_image(arch: &str, w: Prec, k: Prec, dir: Option<&std::path::Path>) -> 
     }
 }
 
+/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`'s value:
+/// unset, `on` or `1` yes; `off` or `0` no.
+fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
+    match value.map(str::trim) {
+        None | Some("" | "on" | "1") => Ok(true),
+        Some("off" | "0") => Ok(false),
+        Some(other) => Err(format!("LLMEVAL_GPU_OVERLAP={other:?} is neither on nor off (set it to off to launch each kernel after the last has finished, or unset it)")),
+    }
+}
+
 /// A replayable recording of a decode step: a CUDA graph, or a backend's own recording (the
 /// tests' emulation keeps a list of launches, numbered).
 pub enum Graph {
@@ -284,6 +294,7 @@ impl Cuda {
     /// reduced-precision shortcuts) and creates the cuBLAS handle.
     pub fn open(info: &GpuInfo, prec: Prec, kv: Prec, exact: bool) -> Result<Cuda, DeviceError> {
         let label = format!("cuda:{} ({})", info.ordinal, info.name);
+        let overlap = overlap_setting(std::env::var("LLMEVAL_GPU_OVERLAP").ok().as_deref()).map_err(|e| DeviceError::Cuda { device: label.clone(), what: "starting the GPU".into(), detail: e })?;
         let l = label.clone();
         guarded(&label, "starting the GPU", move || {
             result::init().map_err(|e| err(&l, "cuInit", e))?;
@@ -314,9 +325,8 @@ impl Cuda {
                 funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            // programmatic dependent launch needs sm_90; LLMEVAL_GPU_OVERLAP=off turns it off
-            let pdl = info.capability.0 >= 9 && std::env::var("LLMEVAL_GPU_OVERLAP").map_or(true, |v| v != "off");
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact, profiling: std::sync::Mutex::new(None), pdl: pdl.into() };
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
+            gpu.set_overlap(overlap);
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
                 cudarc::cublas::result::set_stream(handle, stream.cast()).map_err(|e| err(&l, "cublasSetStream", e))?;
@@ -585,5 +595,16 @@ impl Drop for Cuda {
             let _ = result::stream::destroy(self.stream);
             let _ = result::primary_ctx::release(self.dev);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_overlap_setting_is_on_off_or_an_error_naming_the_variable() {
+        use super::overlap_setting as o;
+        assert_eq!([o(None), o(Some("")), o(Some("on")), o(Some("1")), o(Some(" off ")), o(Some("0"))], [Ok(true), Ok(true), Ok(true), Ok(true), Ok(false), Ok(false)]);
+        let e = o(Some("false")).unwrap_err();
+        assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off"), "{e}");
     }
 }

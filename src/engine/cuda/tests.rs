@@ -304,6 +304,13 @@ fn emu(prec: super::driver::Prec, memory: usize, test: &str) -> Option<Emu> {
     }
 }
 
+/// [`tiny`] in the exact f32 mode (the GPU's f32 path, compared with the CPU's exact path).
+fn exact_tiny(s: &Shape, seed: u64) -> Llama {
+    let mut model = tiny(s, seed);
+    model.exact = true;
+    model
+}
+
 fn emulated(model: &Llama) -> Option<GpuModel> {
     emulated_counting(model).map(|(g, _)| g)
 }
@@ -392,8 +399,7 @@ fn emulated_gpu_argument_structs_have_the_rust_layout() {
 #[test]
 fn emulated_gpu_scores_like_the_cpu_exact_path() {
     for (n, shape) in SHAPES.iter().enumerate() {
-        let mut model = tiny(shape, 10 + n as u64);
-        model.exact = true;
+        let model = exact_tiny(shape, 10 + n as u64);
         let Some(g) = emulated(&model) else { return };
         // passes of 24 tokens: long requests go through in chunks; LM head in chunks of 5 rows
         g.tune(24, 6, 16, 5);
@@ -415,8 +421,7 @@ fn emulated_gpu_scores_like_the_cpu_exact_path() {
 
 #[test]
 fn emulated_gpu_results_do_not_depend_on_the_batch() {
-    let mut model = tiny(&SHAPES[0], 3);
-    model.exact = true;
+    let model = exact_tiny(&SHAPES[0], 3);
     let Some(g) = emulated(&model) else { return };
     let reqs = requests(9);
     let together = gpu_scores(&g, &reqs);
@@ -432,8 +437,7 @@ fn emulated_gpu_results_do_not_depend_on_the_batch() {
 #[test]
 fn emulated_gpu_generates_like_the_cpu() {
     for (n, shape) in SHAPES.iter().enumerate().take(2) {
-        let mut model = tiny(shape, 40 + n as u64);
-        model.exact = true;
+        let model = exact_tiny(shape, 40 + n as u64);
         let Some((g, replays)) = emulated_counting(&model) else { return };
         // decode attention in splits of 16 keys: prompts of up to 45 tokens span three
         g.tune(64, 8, 16, 64);
@@ -471,23 +475,22 @@ fn emulated_gpu_generates_like_the_cpu() {
     }
 }
 
-/// A tiny exact-mode model (`SHAPES[0]`, seed `seed`), and it loaded on an emulated GPU that
-/// `set` adjusted first; `None` (said for `test`) without a C++ compiler.
-fn emulated_with(seed: u64, test: &str, set: impl FnOnce(&Emu)) -> Option<(Llama, GpuModel)> {
-    let mut model = tiny(&SHAPES[0], seed);
-    model.exact = true;
+/// A tiny exact-mode model (`SHAPES[0]`, seed `seed`), it loaded on an emulated GPU that `set`
+/// adjusted first, and what `set` returned; `None` (said for `test`) without a C++ compiler.
+fn emulated_with<T>(seed: u64, test: &str, set: impl FnOnce(&Emu) -> T) -> Option<(Llama, GpuModel, T)> {
+    let model = exact_tiny(&SHAPES[0], seed);
     let prec = super::precision_for(&model);
     let be = emu(prec, 4 << 30, test)?;
-    set(&be);
+    let t = set(&be);
     let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
-    Some((model, g))
+    Some((model, g, t))
 }
 
 /// A device whose profile fails still gives its speed figures, with the reason.
 #[test]
 fn a_failing_profile_leaves_the_bench_figures() {
     let no_events = |be: &Emu| be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
-    let Some((_, g)) = emulated_with(5, "a_failing_profile_leaves_the_bench_figures", no_events) else { return };
+    let Some((_, g, ())) = emulated_with(5, "a_failing_profile_leaves_the_bench_figures", no_events) else { return };
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
     assert!(b.prefill > 0.0 && b.decode > 0.0);
     assert!(b.prefill_ops.is_empty() && b.decode_ops.is_empty());
@@ -501,9 +504,7 @@ fn a_failing_profile_leaves_the_bench_figures() {
 /// puts the overlap back; the model scores the same bits afterwards.
 #[test]
 fn the_bench_times_decode_with_and_without_overlapping_launches() {
-    let mut overlap = Default::default();
-    let Some((_, g)) = emulated_with(6, "the_bench_times_decode_with_and_without_overlapping_launches", |be| overlap = be.overlap.clone()) else { return };
-    let overlap: Arc<std::sync::atomic::AtomicBool> = overlap;
+    let Some((_, g, overlap)) = emulated_with(6, "the_bench_times_decode_with_and_without_overlapping_launches", |be| be.overlap.clone()) else { return };
     let reqs = requests(4);
     let before = gpu_scores(&g, &reqs);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench");
@@ -520,14 +521,12 @@ fn the_bench_times_decode_with_and_without_overlapping_launches() {
 /// with plain launches from then on, and generation is still the CPU's.
 #[test]
 fn a_refused_recording_of_overlapping_launches_falls_back_to_plain_ones() {
-    let mut overlap = Default::default();
     let on = |be: &Emu| {
         be.overlap.store(true, std::sync::atomic::Ordering::Relaxed);
         be.refuse_overlap_replays.store(true, std::sync::atomic::Ordering::Relaxed);
-        overlap = be.overlap.clone();
+        be.overlap.clone()
     };
-    let Some((model, g)) = emulated_with(7, "a_refused_recording_of_overlapping_launches_falls_back_to_plain_ones", on) else { return };
-    let overlap: Arc<std::sync::atomic::AtomicBool> = overlap;
+    let Some((model, g, overlap)) = emulated_with(7, "a_refused_recording_of_overlapping_launches_falls_back_to_plain_ones", on) else { return };
     let prompt: Vec<u32> = (0..12).map(|i| (i * 7 % 97) as u32).collect();
     let opts = [GenOptions { max_tokens: 6, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] }];
     let mut got = None;
@@ -742,8 +741,7 @@ fn decode_logprobs(g: &GpuModel, reqs: &[ScoreRequest], together: bool) -> Vec<V
 #[test]
 fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
     for (n, shape) in SHAPES.iter().enumerate() {
-        let mut model = tiny(shape, 60 + n as u64);
-        model.exact = true;
+        let model = exact_tiny(shape, 60 + n as u64);
         let Some(g) = emulated(&model) else { return };
         g.tune(64, 8, 16, 64);
         let mut rng = crate::stats::SplitMix64::new(n as u64 + 100);
@@ -775,7 +773,7 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
 #[test]
 fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     use super::{Product, MV_SHAPES};
-    let Some((model, g)) = emulated_with(8, "emulated_gpu_times_the_product_shapes_when_it_loads", |_| ()) else { return };
+    let Some((model, g, ())) = emulated_with(8, "emulated_gpu_times_the_product_shapes_when_it_loads", |_| ()) else { return };
     let timing = g.matvec_timing();
     assert_eq!(timing.iter().map(|t| t.product).collect::<Vec<_>>(), Product::ALL);
     let c = &model.config;
@@ -792,6 +790,6 @@ fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     assert_eq!(dims, [(q + 2 * kv, c.dim), (c.dim, q), (2 * c.ffn_dim, c.dim), (c.dim, c.ffn_dim), (c.vocab, c.dim)]);
     // without timing (no events), the first shape everywhere and nothing reported
     let no_events = |be: &Emu| be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
-    let Some((_, g)) = emulated_with(8, "emulated_gpu_times_the_product_shapes_when_it_loads", no_events) else { return };
+    let Some((_, g, ())) = emulated_with(8, "emulated_gpu_times_the_product_shapes_when_it_loads", no_events) else { return };
     assert!(g.matvec_timing().is_empty());
 }
