@@ -106,7 +106,7 @@ step() { # step SECONDS command...: runs with a time limit, logs, records a fail
 
 if [ "$MODE" != "--second" ]; then
   [ -f $RAND/model.safetensors ] || step 90 python3 benches/gpu_check.py write-model $RAND
-  log "== random 1.1B LLaMA: GPU f32 vs the CPU's exact path (≤ 1e-2 nats per token, identical greedy tokens, batch invariance)"
+  log "== random 1.1B LLaMA: GPU f32 vs the CPU's exact path (≤ 1e-2 nats per token, identical greedy tokens; bitwise batch invariance in f32 and the fast type)"
   step 170 "$BIN" check $RAND --label random-1.1b
   log "== random 1.1B LLaMA: speed (fast path), launch-by-launch profile"
   step 90 "$BIN" speed $RAND --label random-1.1b ${BW:+--bandwidth $BW} --json "$OUTDIR/llmeval-speed.json"
@@ -148,7 +148,7 @@ if [ "$MODE" != "--first" ]; then
       exit 2
     fi
   fi
-  log "== default model: GPU f32 vs the CPU's exact path on tests/goldens/llamacpp_extra.json (≤ 1e-2 nats per token, identical greedy tokens, batch invariance)"
+  log "== default model: GPU f32 vs the CPU's exact path on tests/goldens/llamacpp_extra.json (≤ 1e-2 nats per token, identical greedy tokens; bitwise batch invariance in f32 and the fast type)"
   step 90 "$BIN" check "$MODEL" --golden tests/goldens/llamacpp_extra.json --label default-model
   log "== default model: speed (fast path)"
   step 40 "$BIN" speed "$MODEL" --label default-model ${BW:+--bandwidth $BW}

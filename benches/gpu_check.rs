@@ -8,7 +8,8 @@
 //! `check` scores the golden cases (or, without `--golden`, synthetic token sequences) and
 //! generates greedily on the CPU (exact f32 path), on the GPU in f32, and on the GPU in its fast
 //! storage type (f16/bf16); f32 must match the CPU within 1e-2 nats per token with identical
-//! greedy tokens, and give the same numbers alone as in one batch. `speed` measures the fast
+//! greedy tokens; both types must give bitwise the same numbers for a request alone as in one
+//! batch (the GEMMs run in calls of one shape per product for that). `speed` measures the fast
 //! type: prefill, decode at batch 1 and 32, and log-likelihood throughput on multiple-choice
 //! requests that `gpu_check.py baseline` builds the same way for transformers.
 
@@ -21,8 +22,6 @@ use std::time::Instant;
 
 /// Largest per-token difference allowed between the GPU's f32 path and the CPU's exact path.
 const F32_GAP: f64 = 1e-2;
-/// Largest per-token difference allowed between one request alone and in a batch (f32).
-const BATCH_GAP: f64 = 1e-3;
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -135,10 +134,10 @@ fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
             println!("[{label}] {name} vs CPU exact: per-token log-prob max |Δ| {max:.2e}, mean {mean:.2e} nats over {n} tokens (limit {F32_GAP:.0e}): {}", verdict(max <= F32_GAP, &mut failures));
             println!("[{label}] {name} vs CPU exact: is_greedy equal on {greedy_flags}/{} requests", reqs.len());
             println!("[{label}] {name} vs CPU exact: greedy tokens identical on {same}/{} prompts (identical prefix lengths {}): {}", prompts.len(), first_diff.join(" "), verdict(same == prompts.len(), &mut failures));
-            println!("[{label}] {name} batch invariance: alone vs in one batch max |Δ| {bmax:.2e} nats, bitwise equal {bitwise}/{} (limit {BATCH_GAP:.0e}): {}", reqs.len(), verdict(bmax <= BATCH_GAP, &mut failures));
+            println!("[{label}] {name} batch invariance: alone vs in one batch bitwise equal {bitwise}/{} (max |Δ| {bmax:.2e} nats): {}", reqs.len(), verdict(bitwise == reqs.len(), &mut failures));
         } else {
             println!("[{label}] {name} vs CPU exact (information): per-token max |Δ| {max:.2e}, mean {mean:.2e} nats over {n} tokens; is_greedy equal {greedy_flags}/{}; greedy tokens identical {same}/{} (identical prefix lengths {})", reqs.len(), prompts.len(), first_diff.join(" "));
-            println!("[{label}] {name} batch invariance (information): alone vs in one batch max |Δ| {bmax:.2e} nats, bitwise equal {bitwise}/{}", reqs.len());
+            println!("[{label}] {name} batch invariance: alone vs in one batch bitwise equal {bitwise}/{} (max |Δ| {bmax:.2e} nats): {}", reqs.len(), verdict(bitwise == reqs.len(), &mut failures));
         }
     }
     failures

@@ -162,6 +162,10 @@ pub struct Gemm {
     pub accumulate: bool,
 }
 
+/// Rows of a GEMM call on a GPU: enough output tiles to fill an H100-class card on a 1B model's
+/// narrowest product, and one call for the 512-token prompts of the benchmarks.
+pub const GEMM_ROWS: usize = 512;
+
 /// A device that runs the engine's kernels and GEMMs.
 pub trait Backend: Send {
     /// `cuda:N (name)`
@@ -183,6 +187,13 @@ pub trait Backend: Send {
     /// Launches `k` with its argument struct's bytes.
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError>;
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError>;
+    /// Rows of every [`Backend::gemm`] call the engine makes: a product of more rows runs in
+    /// calls of this many (the last one padded). A GEMM library picks its algorithm, and with it
+    /// each dot product's summation order, by the call's shape; with one shape per product a
+    /// token's numbers do not depend on how many tokens share its pass.
+    fn gemm_rows(&self) -> usize {
+        GEMM_ROWS
+    }
     /// Launches kernels from now on so that each may start while the one before it finishes
     /// (programmatic dependent launch, where the device has it), or not; returns whether it was
     /// on. Recorded graphs keep the way their launches were made.
@@ -243,10 +254,21 @@ impl dyn Backend {
             None => (args.label(), args.weights()),
         })
     }
-    /// [`Backend::gemm`], marked for a profile.
-    pub fn product(&self, g: &Gemm) -> Result<(), DeviceError> {
-        self.gemm(g)?;
-        self.mark(&|| (format!("gemm {}×{}×{}", g.m, g.n, g.k), g.n * g.k))
+    /// `g` as calls of [`Backend::gemm_rows`] rows each, marked for a profile as one operation:
+    /// the last call reads and writes up to `gemm_rows − 1` rows past `g.m` (garbage rows, which
+    /// `a` and `c` must have room for; no other row depends on them). `elem` is the byte size of
+    /// `a`'s elements (`c` is f32).
+    pub fn product(&self, g: &Gemm, elem: usize) -> Result<(), DeviceError> {
+        let r = self.gemm_rows().max(1);
+        let calls = g.m.div_ceil(r);
+        for i in 0..calls {
+            let (a, c) = (g.a + (i * r * g.k * elem) as u64, g.c + (i * r * g.n * 4) as u64);
+            self.gemm(&Gemm { m: r, a, c, ..*g })?;
+        }
+        if calls > 0 {
+            self.mark(&|| (format!("gemm {}×{}×{} ({calls} of {r} rows)", g.m, g.n, g.k), calls * g.n * g.k))?;
+        }
+        Ok(())
     }
 }
 

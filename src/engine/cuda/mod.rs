@@ -5,7 +5,8 @@
 //! tokens at known positions over a paged KV cache ([`batch`]) — and nothing else. Scoring,
 //! prefix sharing, chunked prefill, generation and continuous batching are host-side schedules of
 //! such passes, tested on the CPU with a toy model; the device side is one forward pass
-//! (`kernels.cu` + cuBLAS) whose per-token arithmetic never depends on what else is in the pass.
+//! (`kernels.cu` + cuBLAS, called with one shape per product) whose per-token arithmetic never
+//! depends on what else is in the pass.
 //!
 //! Weights are uploaded once: GGUF blocks dequantized to f16, safetensors bf16/f16 as they are
 //! (f32 → bf16); with `exact` everything is f32 (the check against the CPU's exact path).
@@ -392,7 +393,14 @@ impl GpuModel {
         let tile_tokens = (ATT_ROWS / group).max(1);
         let t = PASS_TOKENS;
         let s = PASS_SEQS;
+        // GEMMs run in calls of `gr` rows (see `Backend::gemm_rows`): the buffers a GEMM reads or
+        // writes have room for the padded last call (`t_gemm` rows), and the LM head's chunk of
+        // rows is whole calls where it is at least one
+        let gr = gpu.gemm_rows().max(1);
+        let t_gemm = t.div_ceil(gr) * gr;
         let chunk = ((256usize << 20) / (c.vocab * 4)).clamp(GEN_SLOTS, t);
+        let chunk = if chunk >= gr { chunk / gr * gr } else { chunk };
+        let chunk_gemm = chunk.div_ceil(gr) * gr;
         let tile_cap = t / tile_tokens + s;
         let decode_split = (ctx / DECODE_SPLITS).next_power_of_two().max(64);
         let dec_splits = ctx.div_ceil(decode_split).next_power_of_two();
@@ -464,14 +472,14 @@ impl GpuModel {
         // ── pass buffers ──
         let f = 4;
         let b = Buffers {
-            x: inner.alloc(t * d * f)?,
-            hn: inner.alloc(t * d.max(q_dim) * es)?,
-            qkv: inner.alloc(t * qkv_dim * f)?,
-            att: inner.alloc(t * q_dim * es)?,
-            gu: inner.alloc(t * 2 * c.ffn_dim * f)?,
-            act: inner.alloc(t * c.ffn_dim * es)?,
-            sel: inner.alloc(chunk * d * es)?,
-            logits: inner.alloc(chunk * c.vocab * f)?,
+            x: inner.alloc(t_gemm * d * f)?,
+            hn: inner.alloc(t_gemm * d.max(q_dim) * es)?,
+            qkv: inner.alloc(t_gemm * qkv_dim * f)?,
+            att: inner.alloc(t_gemm * q_dim * es)?,
+            gu: inner.alloc(t_gemm * 2 * c.ffn_dim * f)?,
+            act: inner.alloc(t_gemm * c.ffn_dim * es)?,
+            sel: inner.alloc(chunk_gemm * d * es)?,
+            logits: inner.alloc(chunk_gemm * c.vocab * f)?,
             out: inner.alloc(t * 12)?,
             idx: inner.alloc((5 * t + s + 4 * tile_cap + table_cap) * 4)?,
             part_acc: inner.alloc(part_rows * hd * f)?,
@@ -607,6 +615,7 @@ impl Inner {
         let qkv_dim = q_dim + 2 * kv_dim;
         let (ni, di) = (n as i32, d as i32);
         let kt = self.gpu_prec_bytes();
+        let es = self.prec.bytes();
         let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
         let shared = ((ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
         let grid = |x: usize| [x as u32, 1, 1];
@@ -626,7 +635,7 @@ impl Inner {
                 matvec(Product::Qkv, MatvecArgs { m: ni, n: qkv_dim as i32, k: di, mode: MV_NORM, x, norm_w, w, y, out: MV_QKV, bias, inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, nh: nhi, nkv: nkvi, hd: hdi, bs, ..none })?;
             } else {
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-                g.product(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false })?;
+                g.product(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false }, es)?;
                 g.launch(grid(n), 256, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nhi, nkv: nkvi, hd: hdi, bs })?;
             }
             let scale = 1.0 / (hd as f32).sqrt();
@@ -640,11 +649,11 @@ impl Inner {
                 matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, ..none })?;
                 matvec(Product::Down, MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, ..none })?;
             } else {
-                g.product(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true })?;
+                g.product(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true }, es)?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-                g.product(&Gemm { m: n, n: 2 * ffn, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false })?;
+                g.product(&Gemm { m: n, n: 2 * ffn, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false }, es)?;
                 g.launch(grid(n), 256, 0, &SwigluArgs { gu: b.gu, act: b.act, n: ni, ffn: ffn as i32 })?;
-                g.product(&Gemm { m: n, n: d, k: ffn, a: b.act, w: l.wdown, c: b.x, accumulate: true })?;
+                g.product(&Gemm { m: n, n: d, k: ffn, a: b.act, w: l.wdown, c: b.x, accumulate: true }, es)?;
             }
         }
         // the wanted rows, final-normed, through the LM head in chunks: logits [rows × vocab]
@@ -656,7 +665,7 @@ impl Inner {
                 matvec(Product::LmHead, MatvecArgs { m: rows as i32, n: c.vocab as i32, k: di, mode: MV_NORM, x: b.x, norm_w: self.out_norm, rows: want, w: self.lm_head, y: b.logits, ..none })?;
             } else {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
-                g.product(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false })?;
+                g.product(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false }, es)?;
             }
             let (lp, am) = (b.out + (r0 * 8) as u64, b.out + (w * 8 + r0 * 4) as u64);
             g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;

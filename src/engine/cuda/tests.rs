@@ -552,6 +552,10 @@ fn emulated_gpu_in_half_precision_stays_close() {
         }
         eprintln!("{name}: largest per-token difference from the CPU exact path {worst:.2e} nats");
         assert!(worst < 0.15 && worst > 0.0, "{name}: {worst}");
+        // in the storage type too, a request alone gives the bits it gives in the batch
+        for (i, r) in reqs.iter().enumerate().step_by(3) {
+            assert_eq!(gpu_scores(&g, std::slice::from_ref(r))[0], got[i], "{name}: request {i} alone and in one batch");
+        }
     }
 }
 
