@@ -56,7 +56,7 @@ pub struct Battle {
 /// Reads FastChat battle logs: a JSON array, or JSON lines, of objects with `model_a`, `model_b`
 /// and `winner` (other fields are ignored).
 pub fn read_battles(path: &std::path::Path) -> Result<Vec<Battle>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
     let (values, lines): (Vec<serde_json::Value>, Vec<usize>) = if text.trim_start().starts_with('[') {
         let arr: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {e}")))?;
         let n = arr.len();
@@ -480,7 +480,7 @@ fn default_battles() -> usize {
 /// `arena ratings --db` reads.
 pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -> Result<crate::run::RunReport> {
     use crate::suite::{MetricSpec, Suite, TaskKind};
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
     let arena: ArenaFile = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| crate::util::line_of(&text, s.start)).unwrap_or(0);
         Error::config(format!("{}:{line}", path.display()), e.message().trim_end().to_string())
@@ -562,7 +562,7 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
 /// The pairs of the arena's latest run that `voter` has not voted on yet, in a shuffled order with
 /// shuffled sides (so position and order tell nothing).
 pub fn pairs_to_vote(store: &crate::store::Store, arena_path: &std::path::Path, voter: &str) -> Result<(String, Vec<crate::tui::vote::Pair>)> {
-    let text = std::fs::read_to_string(arena_path).map_err(|source| Error::Read { path: arena_path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(arena_path).map_err(|source| Error::Read { path: arena_path.to_path_buf(), cause: source })?;
     let arena: ArenaFile = toml::from_str(&text).map_err(|e| Error::config(arena_path.display().to_string(), e.message().trim_end().to_string()))?;
     let suite_name = format!("arena:{}", arena.name);
     let run = store.runs()?.into_iter().find(|r| r.suite == suite_name).ok_or_else(|| {

@@ -644,7 +644,8 @@ fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
             let mut out = serde_json::Map::new();
             let mut rows = Vec::new();
             for (k, t) in types.iter().enumerate() {
-                let mean = |f: fn(&rouge::Prf) -> f64| per.iter().map(|s| f(&s[k])).sum::<f64>() / n;
+                // `+ 0.0`: an empty sum is -0.0 in Rust; no samples print as 0
+                let mean = |f: fn(&rouge::Prf) -> f64| per.iter().map(|s| f(&s[k])).sum::<f64>() / n + 0.0;
                 let (p, r, f) = (mean(|x| x.precision), mean(|x| x.recall), mean(|x| x.fmeasure));
                 out.insert(t.name(), json!({"precision": p, "recall": r, "fmeasure": f}));
                 rows.push(vec![t.name(), format!("{p:.6}"), format!("{r:.6}"), format!("{f:.6}")]);

@@ -17,7 +17,7 @@ pub struct Row {
 /// Loads a data file; the format follows the extension (`.jsonl`/`.ndjson`, `.json`, `.csv`,
 /// `.tsv`).
 pub fn load(path: &Path) -> Result<Vec<Row>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
     let text = match std::str::from_utf8(&bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -149,7 +149,7 @@ mod tests {
 /// so CRLF files read like LF files), or with `jsonl` one JSON string per line (so a sample can
 /// hold newlines). Invalid UTF-8 or a line that is not a JSON string is an error naming the line.
 pub fn read_samples(path: &Path, jsonl: bool) -> Result<Vec<String>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
     let mut out = Vec::new();
     let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
     if bytes.is_empty() {

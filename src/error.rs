@@ -28,12 +28,14 @@ pub enum Error {
     /// A data file row is malformed or a template fails on it.
     #[error("{location}: {message}")]
     Data { location: String, message: String },
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
-    #[error("database {path}: {source}")]
-    Db { path: PathBuf, source: rusqlite::Error },
+    // The cause is in the message and is not the error's `source`, so the CLI's chain does not
+    // print it twice and a message shown on its own still says why.
+    #[error("cannot read {path}: {cause}")]
+    Read { path: PathBuf, cause: std::io::Error },
+    #[error("cannot write {path}: {cause}")]
+    Write { path: PathBuf, cause: std::io::Error },
+    #[error("database {path}: {cause}")]
+    Db { path: PathBuf, cause: rusqlite::Error },
     #[error("database {path}: {message}")]
     Store { path: PathBuf, message: String },
     /// A request that cannot be made at all (not a transient model failure).

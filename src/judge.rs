@@ -76,7 +76,7 @@ const BUILT_IN: &[(&str, &str)] = &[
 pub fn load_judge(name: &str, suite_dir: &Path) -> Result<Judge> {
     let candidates = [suite_dir.join("judges").join(format!("{name}.toml")), suite_dir.join(format!("{name}.toml")), Path::new("judges").join(format!("{name}.toml"))];
     let (text, source) = match candidates.iter().find(|p| p.is_file()) {
-        Some(p) => (std::fs::read_to_string(p).map_err(|source| Error::Read { path: p.clone(), source })?, p.display().to_string()),
+        Some(p) => (std::fs::read_to_string(p).map_err(|source| Error::Read { path: p.clone(), cause: source })?, p.display().to_string()),
         None => match BUILT_IN.iter().find(|(n, _)| *n == name) {
             Some((_, t)) => (t.to_string(), format!("built-in judge {name}")),
             None => {

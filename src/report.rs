@@ -263,7 +263,7 @@ pub fn render(data: &ReportData) -> Result<String> {
 pub fn write(store: &Store, runs: &[Run], out: &Path) -> Result<usize> {
     let data = collect(store, runs)?;
     let html = render(&data)?;
-    std::fs::write(out, html).map_err(|source| Error::Write { path: out.to_path_buf(), source })?;
+    std::fs::write(out, html).map_err(|source| Error::Write { path: out.to_path_buf(), cause: source })?;
     Ok(data.samples.len())
 }
 

@@ -223,16 +223,16 @@ impl Store {
     /// Opens (creating if needed) the database and migrates it to the current schema.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::Write { path: dir.to_path_buf(), cause: source })?;
         }
-        let conn = Connection::open(path).map_err(|source| Error::Db { path: path.to_path_buf(), source })?;
+        let conn = Connection::open(path).map_err(|source| Error::Db { path: path.to_path_buf(), cause: source })?;
         let mut store = Store { conn, path: path.to_path_buf() };
         store.init()?;
         Ok(store)
     }
 
     fn db<T>(&self, r: rusqlite::Result<T>) -> Result<T> {
-        r.map_err(|source| Error::Db { path: self.path.clone(), source })
+        r.map_err(|source| Error::Db { path: self.path.clone(), cause: source })
     }
 
     fn init(&mut self) -> Result<()> {
@@ -249,9 +249,9 @@ impl Store {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction().map_err(|source| Error::Db { path: self.path.clone(), source })?;
+            let tx = self.conn.transaction().map_err(|source| Error::Db { path: self.path.clone(), cause: source })?;
             tx.execute_batch(sql).and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))).and_then(|_| tx.commit())
-                .map_err(|source| Error::Db { path: self.path.clone(), source })?;
+                .map_err(|source| Error::Db { path: self.path.clone(), cause: source })?;
         }
         Ok(())
     }
@@ -491,7 +491,7 @@ impl Store {
     /// Replaces a run's aggregates in one transaction.
     pub fn put_aggregates(&mut self, run_id: &str, rows: &[Aggregate]) -> Result<()> {
         let path = self.path.clone();
-        let e = |source| Error::Db { path: path.clone(), source };
+        let e = |source| Error::Db { path: path.clone(), cause: source };
         let tx = self.conn.transaction().map_err(e)?;
         tx.execute("DELETE FROM aggregates WHERE run_id = ?1", [run_id]).map_err(e)?;
         {

@@ -301,7 +301,7 @@ impl Suite {
     /// Reads, parses and validates a suite file.
     pub fn load(path: &Path) -> Result<Suite> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+            .map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
         Suite::parse(path, text)
     }
 
@@ -517,7 +517,7 @@ impl Suite {
             }
             for f in files {
                 let p = self.resolve(&f);
-                let bytes = std::fs::read(&p).map_err(|source| Error::Read { path: p.clone(), source })?;
+                let bytes = std::fs::read(&p).map_err(|source| Error::Read { path: p.clone(), cause: source })?;
                 h.push_str(&crate::util::sha256_hex(&bytes));
             }
         }

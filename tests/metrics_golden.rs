@@ -108,6 +108,30 @@ fn rouge_equals_rouge_score() {
     }
 }
 
+/// `--lowercase` and the tokenizers that lower-case follow Python 3.11's `str.lower()` on every
+/// code point (tests/goldens/py311_lower.txt, by make_unicode_goldens.py), though Rust's Unicode
+/// tables are newer.
+#[test]
+fn lowercasing_is_python_3_11_on_every_code_point() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goldens/py311_lower.txt")).unwrap();
+    let hex = |h: &str| char::from_u32(u32::from_str_radix(h, 16).unwrap()).unwrap();
+    let mut want = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut f = line.split(' ');
+        let c = hex(f.next().unwrap());
+        want.insert(c, f.map(hex).collect::<String>());
+    }
+    assert!(want.len() > 1400, "{} mappings", want.len());
+    let mut wrong = Vec::new();
+    for c in (0..0x110000u32).filter_map(char::from_u32) {
+        let got = llmeval::metric::text::py_lower(&c.to_string());
+        if got != want.get(&c).cloned().unwrap_or_else(|| c.to_string()) {
+            wrong.push(format!("U+{:04X}", c as u32));
+        }
+    }
+    assert!(wrong.is_empty(), "lower-cased unlike Python 3.11: {}", wrong.join(" "));
+}
+
 fn metrics_cli(args: &[&str]) -> Value {
     let mut all = vec!["metrics"];
     all.extend_from_slice(args);
@@ -168,7 +192,8 @@ fn cli_input_errors_name_file_and_line() {
 
     let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", dir.path().join("missing.txt").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("missing.txt"), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("missing.txt") && e.matches("os error").count() == 1, "the file and the cause once: {e}");
 
     let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", h.to_str().unwrap(), "--jsonl"]);
     assert_eq!(out.status.code(), Some(2));
@@ -177,6 +202,11 @@ fn cli_input_errors_name_file_and_line() {
     let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", h.to_str().unwrap(), "--types", "rouge1,rougeX"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("rougeX"), "{}", stderr(&out));
+
+    // no samples: zeros, not -0
+    let empty = dir.write("empty.txt", "");
+    let v = metrics_cli(&["rouge", "--hyp", empty.to_str().unwrap(), "--ref", empty.to_str().unwrap(), "--json"]);
+    assert!(!v.to_string().contains("-0"), "{v}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! lm-evaluation-harness's `acc`, `acc_norm` (log-likelihood over the choice's character length)
 //! and perplexities.
 
+use super::text::{py_lower, py_split};
 use super::{Evidence, Metric};
 use crate::prompt::Item;
 
@@ -42,16 +43,42 @@ impl Metric for Contains {
     }
 }
 
-/// SQuAD's answer normalisation: lower-case, drop ASCII punctuation, drop the articles a/an/the,
-/// collapse whitespace.
+/// SQuAD's answer normalisation, then `.split()`: lower-case, drop ASCII punctuation
+/// (`string.punctuation`), replace the articles a/an/the between word boundaries
+/// (`re.sub(r"\b(a|an|the)\b", " ", text)`, so "the" in “the” or "the—" goes too), split on
+/// Python's whitespace.
 pub fn squad_normalize(s: &str) -> Vec<String> {
-    let lower = s.to_lowercase();
-    let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
-    no_punct
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .map(str::to_string)
-        .collect()
+    let no_punct: String = py_lower(s).chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    py_split(&drop_articles(&no_punct)).map(str::to_string).collect()
+}
+
+/// `re.sub(r"\b(a|an|the)\b", " ", text)`: a word character is Python's `\w` (alphanumeric or
+/// `_`; Rust's alphanumeric also counts combining letters, such as some vowel signs, that
+/// Python does not).
+fn drop_articles(text: &str) -> String {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut prev: Option<char> = None;
+    let mut i = 0;
+    'scan: while i < text.len() {
+        let rest = &text[i..];
+        if !word(prev) {
+            // the alternatives in order, as the regex tries them
+            for art in ["a", "an", "the"] {
+                if rest.starts_with(art) && !word(rest[art.len()..].chars().next()) {
+                    out.push(' ');
+                    prev = art.chars().last();
+                    i += art.len();
+                    continue 'scan;
+                }
+            }
+        }
+        let c = rest.chars().next().unwrap_or(' ');
+        out.push(c);
+        prev = Some(c);
+        i += c.len_utf8();
+    }
+    out
 }
 
 /// SQuAD token F1 between the extracted answer and the target.
@@ -250,6 +277,10 @@ mod tests {
         assert!((token_f1("cat sat on mat", "cat sat") - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(token_f1("the", "a"), 1.0);
         assert_eq!(token_f1("dog", "cat"), 0.0);
+        // Python's normalize_answer: articles go at word boundaries, not only as whole tokens
+        assert_eq!(squad_normalize("\u{201c}The Eiffel Tower\u{201d} — the—answer"), ["\u{201c}", "eiffel", "tower\u{201d}", "—", "—answer"]);
+        assert_eq!(squad_normalize("An anthem, a_b then\u{1f}THE"), ["anthem", "ab", "then"]);
+        assert_eq!(squad_normalize("the the  a"), Vec::<String>::new());
     }
 
     #[test]

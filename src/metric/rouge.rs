@@ -62,7 +62,7 @@ thread_local! {
 
 /// rouge-score's `tokenize(text, stemmer)`.
 pub fn tokenize(text: &str, stem: bool) -> Vec<String> {
-    let lower = text.to_lowercase();
+    let lower = super::text::py_lower(text);
     let mut tokens = Vec::new();
     let mut cur = String::new();
     let mut flush = |cur: &mut String| {

@@ -40,10 +40,6 @@ impl std::str::FromStr for Tokenize {
     }
 }
 
-fn re(cell: &'static OnceLock<Regex>, pattern: &str) -> &'static Regex {
-    cell.get_or_init(|| Regex::new(pattern).expect("valid regex"))
-}
-
 /// The common post-tokenizer of `13a` and `zh`: sacrebleu's four regex substitutions, each a
 /// left-to-right scan with the same non-overlapping match semantics, then whitespace collapsed.
 fn regexp_tokenize(line: &str) -> String {
@@ -92,13 +88,35 @@ fn tokenize_13a(line: &str) -> String {
     regexp_tokenize(&format!(" {l} "))
 }
 
+/// The `regex` module's `\p{P}`, `\p{S}` and `\p{N}`, which sacrebleu's intl tokenizer uses: its
+/// Unicode tables are pinned here (`data/intl_classes.txt`, written by
+/// tests/goldens/make_unicode_goldens.py) rather than taken from the Rust regex crate's, which
+/// lag a Unicode version behind (U+20C1 SAUDI RIYAL SIGN is a symbol in Unicode 17).
+const INTL_CLASSES: &str = include_str!("data/intl_classes.txt");
+
+/// `\p{class}` of [`INTL_CLASSES`] as a regex character class, negated with `not`.
+fn intl_class(class: char, not: bool) -> String {
+    let ranges = INTL_CLASSES.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).unwrap_or("");
+    let mut out = String::from(if not { "[^" } else { "[" });
+    for r in ranges.split(' ') {
+        for (i, cp) in r.split('-').enumerate() {
+            out += &format!("{}\\x{{{cp}}}", if i > 0 { "-" } else { "" });
+        }
+    }
+    out + "]"
+}
+
 fn tokenize_intl(line: &str) -> String {
     static R1: OnceLock<Regex> = OnceLock::new();
     static R2: OnceLock<Regex> = OnceLock::new();
     static R3: OnceLock<Regex> = OnceLock::new();
-    let s = re(&R1, r"(\P{N})(\p{P})").replace_all(line, "$1 $2 ");
-    let s = re(&R2, r"(\p{P})(\P{N})").replace_all(&s, " $1 $2");
-    let s = re(&R3, r"(\p{S})").replace_all(&s, " $1 ");
+    let compile = |pattern: String| Regex::new(&pattern).expect("valid regex");
+    let r1 = R1.get_or_init(|| compile(format!("({})({})", intl_class('N', true), intl_class('P', false))));
+    let r2 = R2.get_or_init(|| compile(format!("({})({})", intl_class('P', false), intl_class('N', true))));
+    let r3 = R3.get_or_init(|| compile(format!("({})", intl_class('S', false))));
+    let s = r1.replace_all(line, "$1 $2 ");
+    let s = r2.replace_all(&s, " $1 $2");
+    let s = r3.replace_all(&s, " $1 ");
     py_split(&s).collect::<Vec<_>>().join(" ")
 }
 
@@ -522,6 +540,24 @@ mod tests {
         };
         for line in ["a.,b", "1.,2", "x..y", "3.5-4.", ".,.,", "a,1,b", "9--9", "é.ü,ß", "1-2-3", "(a).[b],{c}", "\"quoted\" 'x' $5.00", "....", ",,,,1"] {
             assert_eq!(regexp_tokenize(line), by_regex(line), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn intl_classes_are_the_regex_modules() {
+        // sacrebleu 2.6.0 with regex 2026.5.9 (Unicode 17): U+20C1 is a symbol; "3.5" keeps its
+        // point between digits, "x." loses it
+        assert_eq!(tokenize("a\u{20c1}5 3.5 x. «y»", Tokenize::Intl), "a \u{20c1} 5 3.5 x . « y »");
+        // the pinned classes agree with the regex crate's on what both Unicode versions know
+        for (class, rust) in [('P', r"\p{P}"), ('S', r"\p{S}"), ('N', r"\p{N}")] {
+            let ours = Regex::new(&format!("^{}$", intl_class(class, false))).unwrap();
+            let theirs = Regex::new(&format!("^{rust}$")).unwrap();
+            let assigned = Regex::new(r"^\P{Cn}$").unwrap();
+            let differ: Vec<u32> = (0..0x110000u32).filter_map(char::from_u32).filter(|c| {
+                let t = c.to_string();
+                ours.is_match(&t) != theirs.is_match(&t) && assigned.is_match(&t)
+            }).map(|c| c as u32).collect();
+            assert!(differ.is_empty(), "{class}: {differ:x?}");
         }
     }
 
