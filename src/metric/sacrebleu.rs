@@ -480,7 +480,10 @@ pub fn chrf_from_stats(st: &[u64]) -> f64 {
     avg_p /= eff as f64;
     avg_r /= eff as f64;
     if avg_p + avg_r != 0.0 {
-        100.0 * (1.0 + factor) * avg_p * avg_r / (factor * avg_p + avg_r)
+        // in sacrebleu's order of operations: the best of several references is chosen by this
+        // value, so a rounding difference would pick another reference on a tie
+        let score = (1.0 + factor) * avg_p * avg_r / (factor * avg_p + avg_r);
+        100.0 * score
     } else {
         0.0
     }
@@ -559,6 +562,15 @@ mod tests {
             }).map(|c| c as u32).collect();
             assert!(differ.is_empty(), "{class}: {differ:x?}");
         }
+    }
+
+    #[test]
+    fn chrf_breaks_reference_ties_as_sacrebleu() {
+        // both references score 5.208333333333334 in sacrebleu's arithmetic, so it keeps the
+        // first; computed in another order the first is an ulp lower and the second one won
+        let o = ChrfOptions { word_order: 0, lowercase: false };
+        let refs = vec![vec!["$", "'$%&"], vec!["", "&lt;Aéß“…€-éa٣中1?:"]];
+        assert_eq!(corpus_chrf(&["", "é’€&amp;"], &refs, &o), 4.464285714285714);
     }
 
     #[test]
