@@ -126,8 +126,9 @@ impl Indexed {
                     let ea = 1.0 / (1.0 + 10f64.powf((rb - ra) / 400.0));
                     let eb = 1.0 / (1.0 + 10f64.powf((ra - rb) / 400.0));
                     let sa = self.score_a[i];
-                    r[x] = Some(ra + k * (sa - ea));
-                    r[y] = Some(rb + k * (1.0 - sa - eb));
+                    // `+=` on the current values, as FastChat: a model against itself gets both
+                    r[x] = r[x].map(|v| v + k * (sa - ea));
+                    r[y] = r[y].map(|v| v + k * (1.0 - sa - eb));
                 }
                 r
             }
@@ -155,9 +156,14 @@ pub fn bradley_terry(battles: &[Battle]) -> BTreeMap<String, f64> {
 
 /// Bradley-Terry from `wins[a·p + b]` (A's score, ties half) and `games[a·p + b]`; models with no
 /// battle get `None` and take no part.
+/// Each group of models that never met another group is centred on its own (Σθ = 0 within it):
+/// the likelihood says nothing about how groups compare, and [`bt_notes`] says so.
 fn bt_from_counts(wins: &[f64], games: &[f64], p: usize) -> Vec<Option<f64>> {
-    let present: Vec<usize> = (0..p).filter(|&i| (0..p).any(|j| games[i * p + j] + games[j * p + i] > 0.0)).collect();
+    let present: Vec<usize> = (0..p).filter(|&i| (0..p).any(|j| j != i && games[i * p + j] + games[j * p + i] > 0.0)).collect();
     let q = present.len();
+    let group = components(&present, |i, j| games[i * p + j] + games[j * p + i] > 0.0);
+    let groups = group.iter().max().map_or(0, |g| g + 1);
+    let size: Vec<f64> = (0..groups).map(|c| group.iter().filter(|&&g| g == c).count() as f64).collect();
     let ln10 = std::f64::consts::LN_10;
     let mut beta = vec![0f64; q];
     for _ in 0..100 {
@@ -180,17 +186,25 @@ fn bt_from_counts(wins: &[f64], games: &[f64], p: usize) -> Vec<Option<f64>> {
                 h[y * q + x] -= w;
             }
         }
-        // Solve (H + 11ᵀ/q) Δ = g: the added term fixes the free constant without changing the
-        // step within the sum-zero subspace.
-        h.iter_mut().for_each(|v| *v += 1.0 / q as f64);
+        // Solve (H + Σ_groups 1_c1_cᵀ/|c|) Δ = g: the added terms fix each group's free constant
+        // without changing the step within the sum-zero subspaces.
+        for x in 0..q {
+            for y in 0..q {
+                if group[x] == group[y] {
+                    h[x * q + y] += 1.0 / size[group[x]];
+                }
+            }
+        }
         let Some(delta) = solve(&mut h, &mut g, q) else { break };
         let mut step = 0f64;
         for x in 0..q {
             beta[x] += delta[x];
             step = step.max(delta[x].abs());
         }
-        let mean = beta.iter().sum::<f64>() / q as f64;
-        beta.iter_mut().for_each(|b| *b -= mean);
+        for (c, n) in size.iter().enumerate() {
+            let mean = (0..q).filter(|&x| group[x] == c).map(|x| beta[x]).sum::<f64>() / n;
+            (0..q).filter(|&x| group[x] == c).for_each(|x| beta[x] -= mean);
+        }
         if step < 1e-12 {
             break;
         }
@@ -200,6 +214,67 @@ fn bt_from_counts(wins: &[f64], games: &[f64], p: usize) -> Vec<Option<f64>> {
         out[i] = Some(400.0 * beta[x] + 1000.0);
     }
     out
+}
+
+/// Connected components of `nodes` under `edge` (symmetric), as a component index per node.
+fn components(nodes: &[usize], edge: impl Fn(usize, usize) -> bool) -> Vec<usize> {
+    let mut comp = vec![usize::MAX; nodes.len()];
+    let mut next = 0;
+    for start in 0..nodes.len() {
+        if comp[start] != usize::MAX {
+            continue;
+        }
+        comp[start] = next;
+        let mut stack = vec![start];
+        while let Some(x) = stack.pop() {
+            for y in 0..nodes.len() {
+                if comp[y] == usize::MAX && edge(nodes[x], nodes[y]) {
+                    comp[y] = next;
+                    stack.push(y);
+                }
+            }
+        }
+        next += 1;
+    }
+    comp
+}
+
+/// What the Bradley-Terry ratings of these battles cannot say: groups of models that never met
+/// (each is centred on its own), and models that never lost or never won a point against the
+/// rest of their group (their maximum-likelihood rating is unbounded; the value is where
+/// Newton's method stopped).
+pub fn bt_notes(battles: &[Battle]) -> Vec<String> {
+    let ix = Indexed::new(battles);
+    let p = ix.names.len();
+    let mut score = vec![0f64; p * p]; // points i took from j
+    let mut met = vec![false; p * p];
+    for i in 0..ix.a.len() {
+        let (x, y) = (ix.a[i] as usize, ix.b[i] as usize);
+        if x == y {
+            continue;
+        }
+        score[x * p + y] += ix.score_a[i];
+        score[y * p + x] += 1.0 - ix.score_a[i];
+        met[x * p + y] = true;
+        met[y * p + x] = true;
+    }
+    let present: Vec<usize> = (0..p).filter(|&i| (0..p).any(|j| met[i * p + j])).collect();
+    let group = components(&present, |i, j| met[i * p + j]);
+    let groups = group.iter().max().map_or(0, |g| g + 1);
+    let mut notes = Vec::new();
+    let names = |c: usize| present.iter().zip(&group).filter(|(_, g)| **g == c).map(|(&i, _)| ix.names[i].as_str()).collect::<Vec<_>>().join(", ");
+    if groups > 1 {
+        let list: Vec<String> = (0..groups).map(|c| format!("{{{}}}", names(c))).collect();
+        notes.push(format!("the battles fall into {groups} groups of models that never met ({}): Bradley-Terry ratings compare only within a group (each is centred on 1000); add battles between the groups", list.join(" ")));
+    }
+    for (&i, _) in present.iter().zip(&group) {
+        let (took, gave): (f64, f64) = (0..p).filter(|&j| met[i * p + j]).map(|j| (score[i * p + j], score[j * p + i])).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if gave == 0.0 || took == 0.0 {
+            let what = if gave == 0.0 { "never lost" } else { "never won" };
+            notes.push(format!("{} {what} a battle (not even a tie): its maximum-likelihood Bradley-Terry rating is unbounded, and the value shown is where Newton's method stopped; Elo (--method elo) or more battles give a finite one", ix.names[i]));
+        }
+    }
+    notes
 }
 
 /// Gaussian elimination with partial pivoting; `None` when singular.
@@ -241,6 +316,8 @@ pub struct Ratings {
     pub ratings: BTreeMap<String, f64>,
     pub ci95: BTreeMap<String, (f64, f64)>,
     pub rank: BTreeMap<String, usize>,
+    /// What the numbers cannot say (see [`bt_notes`]), and bootstrap rounds left out.
+    pub notes: Vec<String>,
 }
 
 /// Ratings by `method`; with `bootstrap > 0`, battles are resampled with replacement that many
@@ -253,44 +330,57 @@ pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: 
         Some((m, v)) => Some((ix.names.iter().position(|n| n == m).ok_or_else(|| Error::Usage(format!("--anchor {m}: no battles of model {m:?}")))?, v)),
         None => None,
     };
-    let shift = |r: &mut Vec<Option<f64>>| {
-        if let Some((i, v)) = anchor_idx
-            && let Some(cur) = r[i]
-        {
-            r.iter_mut().flatten().for_each(|x| *x += v - cur);
-        }
+    // false when the anchor model is missing (a resample without it cannot be anchored)
+    let shift = |r: &mut Vec<Option<f64>>| match anchor_idx {
+        Some((i, v)) => match r[i] {
+            Some(cur) => {
+                r.iter_mut().flatten().for_each(|x| *x += v - cur);
+                true
+            }
+            None => false,
+        },
+        None => true,
     };
     let mut full = ix.rate(&mut (0..battles.len()), method, k);
     shift(&mut full);
+    let mut notes = if method == Method::Bt { bt_notes(battles) } else { Vec::new() };
     let ratings: BTreeMap<String, f64> = ix.names.iter().zip(&full).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
     let mut ci95 = BTreeMap::new();
     if bootstrap > 0 && !battles.is_empty() {
-        // Each resample draws from its own generator (seed, round), so the result does not depend
-        // on how rounds are spread over threads.
+        // Each resample draws from its own generator, seeded by the round's draw from a master
+        // generator (well-mixed 64-bit seeds: streams that do not overlap, unlike seeds a few
+        // SplitMix steps apart), so the result does not depend on how rounds are spread over
+        // threads.
         let n = battles.len();
+        let mut master = crate::stats::SplitMix64::new(seed);
+        let seeds: Vec<u64> = (0..bootstrap).map(|_| master.next_u64()).collect();
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(bootstrap);
-        let rounds: Vec<Vec<Option<f64>>> = std::thread::scope(|scope| {
+        let rounds: Vec<Option<Vec<Option<f64>>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let ix = &ix;
-                    let shift = &shift;
+                    let (ix, shift, seeds) = (&ix, &shift, &seeds);
                     scope.spawn(move || {
                         (t..bootstrap)
                             .step_by(threads)
                             .map(|round| {
-                                let mut rng = crate::stats::SplitMix64::new(seed ^ (round as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                                let mut rng = crate::stats::SplitMix64::new(seeds[round]);
                                 let mut r = ix.rate(&mut (0..n).map(|_| rng.below(n)), method, k);
-                                shift(&mut r);
-                                (round, r)
+                                let anchored = shift(&mut r);
+                                (round, anchored.then_some(r))
                             })
                             .collect::<Vec<_>>()
                     })
                 })
                 .collect();
-            let mut all: Vec<(usize, Vec<Option<f64>>)> = handles.into_iter().flat_map(|h| h.join().expect("bootstrap worker panicked")).collect();
+            let mut all: Vec<(usize, Option<Vec<Option<f64>>>)> = handles.into_iter().flat_map(|h| h.join().expect("bootstrap worker panicked")).collect();
             all.sort_by_key(|x| x.0);
             all.into_iter().map(|x| x.1).collect()
         });
+        let skipped = rounds.iter().filter(|r| r.is_none()).count();
+        if skipped > 0 {
+            notes.push(format!("{skipped} of {bootstrap} bootstrap resamples had no battle of the anchor model and were left out of the intervals"));
+        }
+        let rounds: Vec<Vec<Option<f64>>> = rounds.into_iter().flatten().collect();
         for (i, name) in ix.names.iter().enumerate() {
             let mut v: Vec<f64> = rounds.iter().filter_map(|r| r[i]).collect();
             if v.is_empty() {
@@ -310,7 +400,7 @@ pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: 
             (m.clone(), r)
         })
         .collect();
-    Ok(Ratings { ratings, ci95, rank })
+    Ok(Ratings { ratings, ci95, rank, notes })
 }
 
 /// Observed share of wins of row over column (ties half), and the count of battles.
@@ -421,6 +511,73 @@ mod tests {
         assert_eq!(r["y"], 998.0);
         let r = elo(&[b("x", "y", Winner::TieBothBad)], 4.0);
         assert_eq!(r["x"], 1000.0);
+    }
+
+    #[test]
+    fn elo_of_a_model_against_itself_is_fastchats() {
+        // FastChat adds both updates to the one rating: they cancel
+        let r = elo(&[b("x", "x", Winner::A), b("x", "y", Winner::A)], 4.0);
+        assert_eq!(r["x"], 1002.0);
+    }
+
+    #[test]
+    fn bt_groups_that_never_met_are_centred_apart_and_said() {
+        let bs = [b("a", "b", Winner::A), b("b", "a", Winner::B), b("b", "a", Winner::A), b("c", "d", Winner::A), b("d", "c", Winner::A)];
+        let r = bradley_terry(&bs);
+        // a took 2 of 3 from b: θa − θb = log10 2
+        assert!((r["a"] - (1000.0 + 200.0 * 2f64.log10())).abs() < 1e-9 && (r["b"] - (1000.0 - 200.0 * 2f64.log10())).abs() < 1e-9, "{r:?}");
+        assert!((r["c"] - 1000.0).abs() < 1e-9 && (r["d"] - 1000.0).abs() < 1e-9, "{r:?}");
+        let notes = bt_notes(&bs);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("2 groups") && notes[0].contains("{a, b} {c, d}"), "{notes:?}");
+        // a model that never won is named
+        let notes = bt_notes(&[b("a", "z", Winner::A), b("z", "b", Winner::B), b("a", "b", Winner::Tie)]);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("z never won"), "{notes:?}");
+    }
+
+    /// Battles among four models of known strength, a fixed generator.
+    fn simulated(n: usize) -> Vec<Battle> {
+        let mut rng = crate::stats::SplitMix64::new(77);
+        let names = ["p", "q", "r", "s"];
+        (0..n)
+            .map(|_| {
+                let (i, j) = (rng.below(4), rng.below(3));
+                let j = if j >= i { j + 1 } else { j };
+                let p = 1.0 / (1.0 + 10f64.powf((j as f64 - i as f64) * 0.2));
+                let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                b(names[i], names[j], if u < p { Winner::A } else { Winner::B })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bootstrap_resamples_are_independent_for_any_seed() {
+        // Seeds a few generator steps apart once gave resamples that were near-copies of each
+        // other (seed 0: one stream for all rounds), intervals several times too narrow.
+        let bs = simulated(600);
+        let width = |seed: u64| {
+            let r = rate(&bs, Method::Bt, 4.0, 200, seed, None).unwrap();
+            r.ci95.values().map(|(lo, hi)| hi - lo).sum::<f64>() / r.ci95.len() as f64
+        };
+        let reference = width(1234);
+        for seed in [0, 1, 3] {
+            let w = width(seed);
+            assert!(w > 0.75 * reference && w < 1.33 * reference, "seed {seed}: mean interval width {w} vs {reference}");
+        }
+    }
+
+    #[test]
+    fn bootstrap_leaves_out_resamples_without_the_anchor() {
+        let mut bs = simulated(400);
+        bs.push(b("rare", "p", Winner::Tie));
+        let r = rate(&bs, Method::Bt, 4.0, 100, 5, Some(("rare", 5000.0))).unwrap();
+        assert_eq!(r.ratings["rare"], 5000.0);
+        assert_eq!(r.ci95["rare"], (5000.0, 5000.0));
+        for (m, (lo, hi)) in &r.ci95 {
+            assert!(*lo <= r.ratings[m] && r.ratings[m] <= *hi && hi - lo < 500.0, "{m}: {lo} … {hi}");
+        }
+        assert!(r.notes.iter().any(|n| n.contains("bootstrap resamples had no battle of the anchor model")), "{:?}", r.notes);
     }
 
     #[test]

@@ -868,18 +868,26 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     }
     let anchor = match &anchor {
         Some(a) => {
-            let (m, v) = a.split_once('=').ok_or_else(|| anyhow::anyhow!("--anchor {a:?}: expected MODEL=RATING"))?;
-            Some((m.to_string(), v.parse::<f64>().map_err(|_| anyhow::anyhow!("--anchor {a:?}: {v:?} is not a number"))?))
+            // the last `=` splits, so a model name may contain one
+            let (m, v) = a.rsplit_once('=').ok_or_else(|| anyhow::anyhow!("--anchor {a:?}: expected MODEL=RATING"))?;
+            let v = v.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| anyhow::anyhow!("--anchor {a:?}: {v:?} is not a finite number"))?;
+            Some((m.to_string(), v))
         }
         None => None,
     };
+    if !k.is_finite() || k <= 0.0 {
+        anyhow::bail!("--k {k}: the Elo K-factor must be a finite number above 0 (FastChat uses 4)");
+    }
     let m = if method == "elo" { Method::Elo } else { Method::Bt };
     let r = arena::rate(&battles, m, k, bootstrap, seed, anchor.as_ref().map(|(a, v)| (a.as_str(), *v)))?;
+    for note in &r.notes {
+        eprintln!("note: {note}");
+    }
     let mut order: Vec<&String> = r.ratings.keys().collect();
     order.sort_by(|a, b| r.ratings[*b].total_cmp(&r.ratings[*a]));
     if json {
         let ci: serde_json::Map<String, Value> = r.ci95.iter().map(|(k, (lo, hi))| (k.clone(), json!([lo, hi]))).collect();
-        print_json(&json!({"method": method, "battles": battles.len(), "ratings": r.ratings, "ci95": ci, "rank": r.rank}));
+        print_json(&json!({"method": method, "battles": battles.len(), "ratings": r.ratings, "ci95": ci, "rank": r.rank, "notes": r.notes}));
         return Ok(exit::SUCCESS);
     }
     let counts = |name: &str| battles.iter().filter(|b| b.model_a == name || b.model_b == name).count();

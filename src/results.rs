@@ -465,6 +465,8 @@ pub struct Arena {
     pub win_rates: Vec<WinRate>,
     /// Model judge vs people, where both judged the same pairs.
     pub human: Option<HumanAgreement>,
+    /// What the ratings cannot say (groups that never met, unbounded ratings).
+    pub notes: Vec<String>,
 }
 
 impl Arena {
@@ -491,7 +493,7 @@ impl Arena {
             .into_iter()
             .map(|((a, b), (observed, n))| WinRate { predicted: arena::predicted_win_rate(r.ratings[&a], r.ratings[&b]), model: a, opponent: b, observed, battles: n })
             .collect();
-        Ok(Some(Arena { method: "bradley-terry", battles: battles.len(), bootstrap, seed, ratings, win_rates, human: arena::human_agreement(&mine) }))
+        Ok(Some(Arena { method: "bradley-terry", battles: battles.len(), bootstrap, seed, ratings, win_rates, human: arena::human_agreement(&mine), notes: r.notes }))
     }
 }
 

@@ -30,13 +30,25 @@ fn elo_and_bradley_terry_equal_fastchat() {
 }
 
 #[test]
+fn cli_ratings_refuse_a_k_or_anchor_that_is_not_a_finite_number() {
+    for args in [["--k", "nan"], ["--k", "inf"], ["--anchor", "alpha=nan"], ["--anchor", "alpha=1e400"]] {
+        let mut all = vec!["arena", "ratings", "--battles", battles_path(), "--method", "elo"];
+        all.extend_from_slice(&args);
+        let out = llmeval(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(args[0]) && stderr(&out).contains("finite"), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn cli_ratings_json_and_table() {
     let out = llmeval(&["arena", "ratings", "--battles", battles_path(), "--method", "bt", "--bootstrap", "100", "--seed", "3", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v = json_out(&out);
     let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     keys.sort();
-    assert_eq!(keys, ["battles", "ci95", "method", "rank", "ratings"]);
+    assert_eq!(keys, ["battles", "ci95", "method", "notes", "rank", "ratings"]);
+    assert_eq!(v["notes"], serde_json::json!([]));
     assert_eq!(v["battles"], 3000);
     assert_eq!(v["rank"]["alpha"], 1);
     let ci = v["ci95"]["alpha"].as_array().unwrap();
