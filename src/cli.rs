@@ -852,7 +852,13 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
         }
     };
     let battles: Vec<Battle> = match &battles {
-        Some(path) => arena::read_battles(path)?,
+        Some(path) => {
+            let b = arena::read_battles(path)?;
+            if b.is_empty() {
+                anyhow::bail!("{}: no battles in the file (expected a JSON array or JSON lines of {{\"model_a\", \"model_b\", \"winner\"}})", path.display());
+            }
+            b
+        }
         None => {
             let store = Store::open(&db.path())?;
             let pairs = store.judged_pairs()?;

@@ -38,6 +38,11 @@ fn cli_ratings_refuse_a_k_or_anchor_that_is_not_a_finite_number() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(args[0]) && stderr(&out).contains("finite"), "{args:?}: {}", stderr(&out));
     }
+    let dir = TempDir::new("arena-empty");
+    let empty = dir.write("none.jsonl", "\n");
+    let out = llmeval(&["arena", "ratings", "--battles", empty.to_str().unwrap(), "--method", "elo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("none.jsonl: no battles in the file"), "{}", stderr(&out));
 }
 
 #[test]
