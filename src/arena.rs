@@ -244,37 +244,43 @@ fn components(nodes: &[usize], edge: impl Fn(usize, usize) -> bool) -> Vec<usize
 /// rest of their group (their maximum-likelihood rating is unbounded; the value is where
 /// Newton's method stopped).
 pub fn bt_notes(battles: &[Battle]) -> Vec<String> {
-    let ix = Indexed::new(battles);
-    let p = ix.names.len();
-    let mut score = vec![0f64; p * p]; // points i took from j
-    let mut met = vec![false; p * p];
-    for i in 0..ix.a.len() {
-        let (x, y) = (ix.a[i] as usize, ix.b[i] as usize);
-        if x == y {
-            continue;
+    Indexed::new(battles).bt_notes()
+}
+
+impl Indexed {
+    /// [`bt_notes`] of these battles.
+    fn bt_notes(&self) -> Vec<String> {
+        let p = self.names.len();
+        let mut score = vec![0f64; p * p]; // points i took from j
+        let mut met = vec![false; p * p];
+        for i in 0..self.a.len() {
+            let (x, y) = (self.a[i] as usize, self.b[i] as usize);
+            if x == y {
+                continue;
+            }
+            score[x * p + y] += self.score_a[i];
+            score[y * p + x] += 1.0 - self.score_a[i];
+            met[x * p + y] = true;
+            met[y * p + x] = true;
         }
-        score[x * p + y] += ix.score_a[i];
-        score[y * p + x] += 1.0 - ix.score_a[i];
-        met[x * p + y] = true;
-        met[y * p + x] = true;
-    }
-    let present: Vec<usize> = (0..p).filter(|&i| (0..p).any(|j| met[i * p + j])).collect();
-    let group = components(&present, |i, j| met[i * p + j]);
-    let groups = group.iter().max().map_or(0, |g| g + 1);
-    let mut notes = Vec::new();
-    let names = |c: usize| present.iter().zip(&group).filter(|(_, g)| **g == c).map(|(&i, _)| ix.names[i].as_str()).collect::<Vec<_>>().join(", ");
-    if groups > 1 {
-        let list: Vec<String> = (0..groups).map(|c| format!("{{{}}}", names(c))).collect();
-        notes.push(format!("the battles fall into {groups} groups of models that never met ({}): Bradley-Terry ratings compare only within a group (each is centred on 1000); add battles between the groups", list.join(" ")));
-    }
-    for (&i, _) in present.iter().zip(&group) {
-        let (took, gave): (f64, f64) = (0..p).filter(|&j| met[i * p + j]).map(|j| (score[i * p + j], score[j * p + i])).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-        if gave == 0.0 || took == 0.0 {
-            let what = if gave == 0.0 { "never lost" } else { "never won" };
-            notes.push(format!("{} {what} a battle (not even a tie): its maximum-likelihood Bradley-Terry rating is unbounded, and the value shown is where Newton's method stopped; Elo (--method elo) or more battles give a finite one", ix.names[i]));
+        let present: Vec<usize> = (0..p).filter(|&i| (0..p).any(|j| met[i * p + j])).collect();
+        let group = components(&present, |i, j| met[i * p + j]);
+        let groups = group.iter().max().map_or(0, |g| g + 1);
+        let mut notes = Vec::new();
+        let names = |c: usize| present.iter().zip(&group).filter(|(_, g)| **g == c).map(|(&i, _)| self.names[i].as_str()).collect::<Vec<_>>().join(", ");
+        if groups > 1 {
+            let list: Vec<String> = (0..groups).map(|c| format!("{{{}}}", names(c))).collect();
+            notes.push(format!("the battles fall into {groups} groups of models that never met ({}): Bradley-Terry ratings compare only within a group (each is centred on 1000); add battles between the groups", list.join(" ")));
         }
+        for &i in &present {
+            let (took, gave): (f64, f64) = (0..p).filter(|&j| met[i * p + j]).map(|j| (score[i * p + j], score[j * p + i])).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            if gave == 0.0 || took == 0.0 {
+                let what = if gave == 0.0 { "never lost" } else { "never won" };
+                notes.push(format!("{} {what} a battle (not even a tie): its maximum-likelihood Bradley-Terry rating is unbounded, and the value shown is where Newton's method stopped; Elo (--method elo) or more battles give a finite one", self.names[i]));
+            }
+        }
+        notes
     }
-    notes
 }
 
 /// Gaussian elimination with partial pivoting; `None` when singular.
@@ -343,7 +349,7 @@ pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: 
     };
     let mut full = ix.rate(&mut (0..battles.len()), method, k);
     shift(&mut full);
-    let mut notes = if method == Method::Bt { bt_notes(battles) } else { Vec::new() };
+    let mut notes = if method == Method::Bt { ix.bt_notes() } else { Vec::new() };
     let ratings: BTreeMap<String, f64> = ix.names.iter().zip(&full).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
     let mut ci95 = BTreeMap::new();
     if bootstrap > 0 && !battles.is_empty() {
