@@ -130,6 +130,9 @@ fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
         let alone: Vec<ScoreResult> = reqs.iter().map(|r| score_all(&gpu, std::slice::from_ref(r)).remove(0)).collect();
         let (bmax, _, _) = gaps(&alone, &scores);
         let bitwise = alone.iter().zip(&scores).filter(|(a, b)| a == b).count();
+        if let Some(g) = &gpu.gpu {
+            print!("[{label}] {name} {}", llmeval::engine::cuda::profile::render_gemm_choices(&g.gemm_choices()));
+        }
         if exact {
             println!("[{label}] {name} vs CPU exact: per-token log-prob max |Δ| {max:.2e}, mean {mean:.2e} nats over {n} tokens (limit {F32_GAP:.0e}): {}", verdict(max <= F32_GAP, &mut failures));
             println!("[{label}] {name} vs CPU exact: is_greedy equal on {greedy_flags}/{} requests", reqs.len());
@@ -176,6 +179,8 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     let decode_profile = profile_table(&format!("[{label}] decode step at batch 1, launch by launch"), &b1.decode_ops, elem, 1.0 / decode1);
     let shapes = gpu.matvec_timing();
     print!("[{label}] {}", llmeval::engine::cuda::profile::render_shapes(&shapes, elem));
+    let gemms = gpu.gemm_choices();
+    print!("[{label}] {}", llmeval::engine::cuda::profile::render_gemm_choices(&gemms));
     let reqs = mc_requests(512, vocab);
     let _ = score_all(&e, &reqs[..64]);
     let t = Instant::now();
@@ -199,7 +204,7 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     if let Some(p) = json_out {
         let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "decode_b1_serial_tokens_per_s": b1.decode_serial, "decode_b32_serial_tokens_per_s": b32.decode_serial,
             "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
-            "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes)});
+            "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes), "prefill_gemm_ways": llmeval::engine::cuda::profile::gemm_choices_json(&gemms)});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
     }
 }

@@ -783,7 +783,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 }
                 return Ok(exit::SUCCESS);
             }
-            use crate::engine::cuda::profile::{group, render, render_shapes, shapes_json};
+            use crate::engine::cuda::profile::{gemm_choices_json, group, render, render_gemm_choices, render_shapes, shapes_json};
             let Some(gpu) = &e.gpu else {
                 return Err(crate::Error::Usage(format!("--profile times GPU launches, and {} runs on {}: add --device cuda", m.model.display(), e.device_label())).into());
             };
@@ -793,9 +793,10 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let elem = gpu.prec.bytes();
             let (pg, dg) = (group(&b.prefill_ops, elem), group(&b.decode_ops, elem));
             let shapes = gpu.matvec_timing();
+            let gemms = gpu.gemm_choices();
             if m.json {
                 print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
-                    "decode_serial_tokens_per_s": b.decode_serial, "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes)}));
+                    "decode_serial_tokens_per_s": b.decode_serial, "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes), "prefill_gemm_ways": gemm_choices_json(&gemms)}));
             } else {
                 println!("{}: prefill {:.1} tokens/s (512-token prompt) · decode {:.1} tokens/s (128 tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
                 if let Some(serial) = b.decode_serial {
@@ -811,6 +812,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 if !shapes.is_empty() {
                     print!("{}", render_shapes(&shapes, elem));
                 }
+                print!("{}", render_gemm_choices(&gemms));
             }
         }
     }

@@ -306,15 +306,18 @@ impl Engine {
 impl Engine {
     /// Puts the engine on `device`: the CPU, or a GPU the weights are uploaded to (f32 when
     /// `model.exact`). `auto` without a usable GPU stays on the CPU and returns the reason as a
-    /// note; `cuda`/`cuda:N` without one is an error.
+    /// note, as does a GPU whose scores may depend on the batch
+    /// ([`GpuModel::gemm_note`](super::cuda::GpuModel::gemm_note)); `cuda`/`cuda:N` without a
+    /// usable GPU is an error.
     pub fn place(&mut self, device: Device) -> Result<Option<String>, EngineError> {
         self.gpu = None;
         match choose(device, probe_cuda)? {
             Choice::Cpu { note } => Ok(note),
             Choice::Cuda(info) => match super::cuda::GpuModel::load(&self.model, &info) {
                 Ok(g) => {
+                    let note = g.gemm_note();
                     self.gpu = Some(g);
-                    Ok(None)
+                    Ok(note)
                 }
                 Err(e) if device == Device::Auto => Ok(Some(format!("device auto: running on the CPU ({e})"))),
                 Err(e) => Err(e.into()),

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 pub struct BuiltinModel {
     engine: Engine,
-    /// Why `device = "auto"` stayed on the CPU, for the run's notes.
+    /// For the run's notes: why `device = "auto"` stayed on the CPU, or that the GPU's scores may
+    /// depend on the batch.
     note: Option<String>,
     path: PathBuf,
     identity: Value,
@@ -55,7 +56,8 @@ impl BuiltinModel {
         &self.engine
     }
 
-    /// Why `device = "auto"` stayed on the CPU (no driver, no GPU), if it did.
+    /// Why `device = "auto"` stayed on the CPU (no driver, no GPU), or that the GPU's scores may
+    /// depend on the batch.
     pub fn device_note(&self) -> Option<&str> {
         self.note.as_deref()
     }

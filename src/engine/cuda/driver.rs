@@ -160,6 +160,9 @@ pub struct Gemm {
     pub w: u64,
     pub c: u64,
     pub accumulate: bool,
+    /// Which of the backend's ways to run this shape ([`Backend::gemm_ways`]; 0: the library's
+    /// own choice).
+    pub way: usize,
 }
 
 /// Rows of a GEMM call on a GPU: enough output tiles to fill an H100-class card on a 1B model's
@@ -193,6 +196,16 @@ pub trait Backend: Send {
     /// token's numbers do not depend on how many tokens share its pass.
     fn gemm_rows(&self) -> usize {
         GEMM_ROWS
+    }
+    /// How many ways this backend has to run GEMMs of `g`'s shape (`g.way` picks one; way 0, the
+    /// library's own choice, always exists). Each may sum in its own order; the engine keeps the
+    /// first whose rows come out the same wherever they sit in the call.
+    fn gemm_ways(&self, _g: &Gemm) -> usize {
+        1
+    }
+    /// What way `way` of `g`'s shape is, for reports.
+    fn gemm_way_name(&self, _g: &Gemm, way: usize) -> String {
+        format!("way {way}")
     }
     /// Launches kernels from now on so that each may start while the one before it finishes
     /// (programmatic dependent launch, where the device has it), or not; returns whether it was
@@ -272,6 +285,9 @@ impl dyn Backend {
     }
 }
 
+/// Bytes of the GEMM libraries' workspace (cuBLAS's and cuBLASLt's, one stream).
+const WORKSPACE: usize = 64 << 20;
+
 /// A CUDA GPU.
 pub struct Cuda {
     pub label: String,
@@ -283,6 +299,8 @@ pub struct Cuda {
     module: sys::CUmodule,
     funcs: Vec<sys::CUfunction>,
     workspace: u64,
+    /// cuBLASLt's candidate algorithms per GEMM shape (the ways after way 0)
+    lt: std::sync::Mutex<super::lt::Lt>,
     prec: Prec,
     exact: bool,
     /// a profile's start event and each marked operation's end event
@@ -347,14 +365,13 @@ impl Cuda {
                 funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
             gpu.set_overlap(overlap);
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
                 cudarc::cublas::result::set_stream(handle, stream.cast()).map_err(|e| err(&l, "cublasSetStream", e))?;
-                let ws_bytes = 64 << 20;
-                gpu.workspace = gpu.alloc(ws_bytes)?;
-                blas::cublasSetWorkspace_v2(handle, gpu.workspace as *mut c_void, ws_bytes).result().map_err(|e| err(&l, "cublasSetWorkspace", e))?;
+                gpu.workspace = gpu.alloc(WORKSPACE)?;
+                blas::cublasSetWorkspace_v2(handle, gpu.workspace as *mut c_void, WORKSPACE).result().map_err(|e| err(&l, "cublasSetWorkspace", e))?;
                 let mode = if exact { blas::cublasMath_t::CUBLAS_PEDANTIC_MATH } else { blas::cublasMath_t::CUBLAS_DEFAULT_MATH };
                 blas::cublasSetMathMode(handle, mode).result().map_err(|e| err(&l, "cublasSetMathMode", e))?;
             }
@@ -459,9 +476,30 @@ impl Backend for Cuda {
         self.pdl.swap(on && can, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Way 0 is `cublasGemmEx`'s own choice; the others are cuBLASLt's heuristic candidates,
+    /// fastest first (none where cuBLASLt cannot be loaded).
+    fn gemm_ways(&self, g: &Gemm) -> usize {
+        let mut lt = self.lt.lock().unwrap_or_else(|e| e.into_inner());
+        1 + guarded(&self.label, "listing cuBLASLt algorithms", || Ok(lt.count(g, self.prec, self.exact, WORKSPACE))).unwrap_or(0)
+    }
+
+    fn gemm_way_name(&self, g: &Gemm, way: usize) -> String {
+        match way {
+            0 => match &self.lt.lock().unwrap_or_else(|e| e.into_inner()).why {
+                Some(why) => format!("cublasGemmEx's own choice (no cuBLASLt candidates: {why})"),
+                None => "cublasGemmEx's own choice".into(),
+            },
+            w => self.lt.lock().unwrap_or_else(|e| e.into_inner()).name(g, w - 1),
+        }
+    }
+
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
         if g.m == 0 {
             return Ok(());
+        }
+        if g.way > 0 {
+            let lt = self.lt.lock().unwrap_or_else(|e| e.into_inner());
+            return lt.run(g, g.way - 1, self.stream.cast(), (self.workspace, WORKSPACE)).map_err(|e| err(&self.label, "cuBLASLt", e));
         }
         let (alpha, beta) = (1f32, if g.accumulate { 1f32 } else { 0f32 });
         let t = self.prec.cuda();
@@ -610,6 +648,7 @@ impl Drop for Cuda {
             let _ = result::ctx::set_current(self.ctx);
             let _ = result::stream::synchronize(self.stream);
             let _ = cudarc::cublas::result::destroy_handle(self.blas);
+            drop(std::mem::replace(self.lt.get_mut().unwrap_or_else(|e| e.into_inner()), super::lt::Lt::new()));
             if self.workspace != 0 {
                 let _ = result::free_sync(self.workspace);
             }

@@ -45,7 +45,13 @@ pub struct Emu {
     /// Tests: recordings made with overlap on fail to replay, as on a driver that records
     /// overlapping launches but will not run them.
     pub refuse_overlap_replays: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Tests: how many of the [`GEMM_WAYS`] sum a row in an order that depends on where the row
+    /// sits in the call (as stream-K kernels do); the first ones do.
+    pub placement_dependent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Ways the emulation offers to run a GEMM shape ([`Backend::gemm_ways`]).
+pub const GEMM_WAYS: usize = 3;
 
 // SAFETY: the library handle and function pointers are immutable after `new`; allocations are
 // guarded by their mutex; the model calls the backend from one thread at a time.
@@ -125,7 +131,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default() })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), placement_dependent: Default::default() })
         }
     }
 
@@ -224,17 +230,30 @@ impl Backend for Emu {
     fn set_overlap(&self, on: bool) -> bool {
         self.overlap.swap(on, std::sync::atomic::Ordering::Relaxed)
     }
+    fn gemm_ways(&self, _g: &Gemm) -> usize {
+        GEMM_WAYS
+    }
+    fn gemm_way_name(&self, _g: &Gemm, way: usize) -> String {
+        let by_place = way < self.placement_dependent.load(std::sync::atomic::Ordering::Relaxed);
+        format!("emulated way {way}{}", if by_place { " (sums by the row's place)" } else { "" })
+    }
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
         if let Some(ops) = self.recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             ops.push(Op::Gemm(*g));
             return Ok(());
         }
+        if g.way >= GEMM_WAYS {
+            return Err(err("gemm", format!("no way {}", g.way)));
+        }
         // c[m × n] (+)= a[m × k] · w[n × k]ᵀ. As a GEMM library picks its algorithm by the call's
         // shape, each dot product here sums k in 1 to 3 parts by m (so a caller that lets m
-        // vary with the batch gets results that vary with it), the same for every row.
-        let parts = 1 + g.m % 3;
-        let part = g.k.div_ceil(parts).max(1);
+        // vary with the batch gets results that vary with it), the same for every row — except
+        // on a way that depends on the row's place, where the parts also follow the row's tile
+        // of 4 rows.
+        let by_place = g.way < self.placement_dependent.load(std::sync::atomic::Ordering::Relaxed);
         for i in 0..g.m {
+            let parts = 1 + (g.m + if by_place { i / 4 + g.way } else { 0 }) % 3;
+            let part = g.k.div_ceil(parts).max(1);
             for j in 0..g.n {
                 let mut acc = 0f32;
                 for p0 in (0..g.k).step_by(part) {

@@ -5,8 +5,9 @@
 //! tokens at known positions over a paged KV cache ([`batch`]) — and nothing else. Scoring,
 //! prefix sharing, chunked prefill, generation and continuous batching are host-side schedules of
 //! such passes, tested on the CPU with a toy model; the device side is one forward pass
-//! (`kernels.cu` + cuBLAS, called with one shape per product) whose per-token arithmetic never
-//! depends on what else is in the pass.
+//! (`kernels.cu` + cuBLAS, called with one shape per product, in a way checked at load to sum a
+//! row the same wherever it sits in a call) whose per-token arithmetic never depends on what else
+//! is in the pass.
 //!
 //! Weights are uploaded once: GGUF blocks dequantized to f16, safetensors bf16/f16 as they are
 //! (f32 → bf16); with `exact` everything is f32 (the check against the CPU's exact path).
@@ -18,6 +19,7 @@ pub mod args;
 pub mod batch;
 pub mod cache;
 pub mod driver;
+mod lt;
 pub mod profile;
 #[cfg(test)]
 mod emu;
@@ -83,6 +85,11 @@ impl Product {
         }
     }
 
+    /// Whether the product adds to its output (the residual stream) rather than writing it.
+    fn accumulates(self) -> bool {
+        matches!(self, Product::Out | Product::Down)
+    }
+
     /// (weight rows n, inner size k, input, output) for a model of config `c`.
     fn dims(self, c: &Config) -> (usize, usize, i32, i32) {
         let (d, q, kv) = (c.dim, c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
@@ -108,6 +115,19 @@ pub struct MvTiming {
     pub micros: Vec<(MvShape, f64)>,
     /// the fastest, which the decode steps run
     pub chosen: MvShape,
+}
+
+/// How a product's GEMM calls run: the backend's ways tried in order and the one kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GemmChoice {
+    pub product: Product,
+    /// rows of a call × weight rows × inner size
+    pub shape: (usize, usize, usize),
+    /// each way tried: its name, and whether every row came out the same bits wherever it sat in
+    /// the call (an error: why the way could not run)
+    pub tried: Vec<(String, Result<bool, String>)>,
+    /// the way the passes use; `None` when no way gave the same bits (way 0 runs)
+    pub chosen: Option<usize>,
 }
 
 /// One transformer block on the device (addresses; shapes in the comments).
@@ -163,6 +183,9 @@ struct Inner {
     /// the shape each [`Product`] runs on, and what timing them found (empty: not timed)
     mv: [MvShape; 5],
     mv_timing: Vec<MvTiming>,
+    /// the backend's way to run each product's GEMM calls (see [`Inner::choose_gemm_ways`])
+    ways: [usize; 5],
+    gemm_choices: Vec<GemmChoice>,
     graphs_work: bool,
     /// tokens and sequences per pass (at most the buffers' [`PASS_TOKENS`], [`PASS_SEQS`])
     pass: Limits,
@@ -429,6 +452,8 @@ impl GpuModel {
             matvec_ok: [d, q_dim, c.ffn_dim].iter().all(|k| k.is_multiple_of(16 / es)),
             mv: [MV_SHAPES[0]; 5],
             mv_timing: Vec::new(),
+            ways: [0; 5],
+            gemm_choices: Vec::new(),
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_split,
@@ -505,6 +530,7 @@ impl GpuModel {
         inner.vc = inner.alloc(half)?;
         inner.blocks = blocks;
         inner.kv_bytes = 2 * half;
+        inner.choose_gemm_ways()?;
         if inner.matvec_ok {
             inner.time_matvec()?;
         }
@@ -549,6 +575,28 @@ impl GpuModel {
     /// nothing was timed: the decode steps then run the first shape).
     pub fn matvec_timing(&self) -> Vec<MvTiming> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).mv_timing.clone()
+    }
+
+    /// How each product's GEMM calls run (chosen when the model loaded).
+    pub fn gemm_choices(&self) -> Vec<GemmChoice> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).gemm_choices.clone()
+    }
+
+    /// A line for the run's notes when some product has no way to run its GEMM calls that gives
+    /// a row the same bits wherever it sits: scores may then change in their last bits with what
+    /// else shares a pass.
+    pub fn gemm_note(&self) -> Option<String> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let odd: Vec<&str> = g.gemm_choices.iter().filter(|c| c.chosen.is_none()).map(|c| c.product.name()).collect();
+        (!odd.is_empty()).then(|| {
+            format!(
+                "{}: no way the GPU's GEMM library offered for the {} product{} gave a token the same numbers wherever it sat in a call; \
+                 scores may differ in their last digits with what else shares a pass",
+                self.label,
+                odd.join(", "),
+                if odd.len() > 1 { "s" } else { "" }
+            )
+        })
     }
 
     /// Runs every decode product on `shape` where it can make the output (tests: the shapes give
@@ -625,6 +673,11 @@ impl Inner {
             let s = self.mv[p as usize];
             g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), 0, &a)
         };
+        // out[m × n] (+)= input[m × k] · w[n × k]ᵀ as GEMM calls of one shape, on the product's way
+        let gemm = |p: Product, m: usize, a: u64, w: u64, out: u64| {
+            let (n, k, ..) = p.dims(c);
+            g.product(&Gemm { m, n, k, a, w, c: out, accumulate: p.accumulates(), way: self.ways[p as usize] }, es)
+        };
         let (nhi, nkvi, hdi, bs) = (nh as i32, nkv as i32, hd as i32, BLOCK as i32);
         g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
         for (li, l) in self.layers.iter().enumerate() {
@@ -635,7 +688,7 @@ impl Inner {
                 matvec(Product::Qkv, MatvecArgs { m: ni, n: qkv_dim as i32, k: di, mode: MV_NORM, x, norm_w, w, y, out: MV_QKV, bias, inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, nh: nhi, nkv: nkvi, hd: hdi, bs, ..none })?;
             } else {
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-                g.product(&Gemm { m: n, n: qkv_dim, k: d, a: b.hn, w: l.wqkv, c: b.qkv, accumulate: false }, es)?;
+                gemm(Product::Qkv, n, b.hn, l.wqkv, b.qkv)?;
                 g.launch(grid(n), 256, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nhi, nkv: nkvi, hd: hdi, bs })?;
             }
             let scale = 1.0 / (hd as f32).sqrt();
@@ -649,11 +702,11 @@ impl Inner {
                 matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, ..none })?;
                 matvec(Product::Down, MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, ..none })?;
             } else {
-                g.product(&Gemm { m: n, n: d, k: q_dim, a: b.att, w: l.wo, c: b.x, accumulate: true }, es)?;
+                gemm(Product::Out, n, b.att, l.wo, b.x)?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
-                g.product(&Gemm { m: n, n: 2 * ffn, k: d, a: b.hn, w: l.wgu, c: b.gu, accumulate: false }, es)?;
+                gemm(Product::GateUp, n, b.hn, l.wgu, b.gu)?;
                 g.launch(grid(n), 256, 0, &SwigluArgs { gu: b.gu, act: b.act, n: ni, ffn: ffn as i32 })?;
-                g.product(&Gemm { m: n, n: d, k: ffn, a: b.act, w: l.wdown, c: b.x, accumulate: true }, es)?;
+                gemm(Product::Down, n, b.act, l.wdown, b.x)?;
             }
         }
         // the wanted rows, final-normed, through the LM head in chunks: logits [rows × vocab]
@@ -665,12 +718,87 @@ impl Inner {
                 matvec(Product::LmHead, MatvecArgs { m: rows as i32, n: c.vocab as i32, k: di, mode: MV_NORM, x: b.x, norm_w: self.out_norm, rows: want, w: self.lm_head, y: b.logits, ..none })?;
             } else {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
-                g.product(&Gemm { m: rows, n: c.vocab, k: d, a: b.sel, w: self.lm_head, c: b.logits, accumulate: false }, es)?;
+                gemm(Product::LmHead, rows, b.sel, self.lm_head, b.logits)?;
             }
             let (lp, am) = (b.out + (r0 * 8) as u64, b.out + (w * 8 + r0 * 4) as u64);
             g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
             r0 += rows;
         }
+        Ok(())
+    }
+
+    /// Picks, for each product, the first of the backend's ways to run its GEMM calls that gives
+    /// a row the same bits wherever the row sits in a call. Passes call each product in one shape
+    /// (see [`Backend::gemm_rows`]), so with such a way a token's numbers do not depend on what
+    /// else is in its pass; a way that splits the inner dimension by an output tile's place
+    /// (stream-K) fails. The check: one call on random inputs, then the same rows rotated by one
+    /// place (every row moves, and rows at tile edges change tiles), compared bit for bit.
+    fn choose_gemm_ways(&mut self) -> Result<(), DeviceError> {
+        let c = self.cfg.clone();
+        let r = self.gpu.gemm_rows().max(1);
+        let b = &self.buf;
+        let mut rng = crate::stats::SplitMix64::new(0x6e6d);
+        let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect() };
+        let mut choices = Vec::new();
+        for p in Product::ALL {
+            // the buffers the passes use for the product: input, weights, output
+            let (a, w, out) = match (p, self.layers.first()) {
+                (Product::Qkv, Some(l)) => (b.hn, l.wqkv, b.qkv),
+                (Product::Out, Some(l)) => (b.att, l.wo, b.x),
+                (Product::GateUp, Some(l)) => (b.hn, l.wgu, b.gu),
+                (Product::Down, Some(l)) => (b.act, l.wdown, b.x),
+                (Product::LmHead, _) => (b.sel, self.lm_head, b.logits),
+                _ => continue,
+            };
+            let (n, k, ..) = p.dims(&c);
+            // rows rotated down by one place
+            let rotate = |v: &[f32], len: usize| -> Vec<f32> { (0..r).flat_map(|i| v[(i + r - 1) % r * len..][..len].iter().copied()).collect() };
+            // the input, and the output it adds to (the residual stream) where it does
+            let one = (random(r * k), if p.accumulates() { random(r * n) } else { Vec::new() });
+            let two = (rotate(&one.0, k), if p.accumulates() { rotate(&one.1, n) } else { Vec::new() });
+            let call = Gemm { m: r, n, k, a, w, c: out, accumulate: p.accumulates(), way: 0 };
+            let gpu = &self.gpu;
+            let run = |g: &Gemm, (x, start): &(Vec<f32>, Vec<f32>)| -> Result<Vec<f32>, DeviceError> {
+                gpu.upload_bytes(a, &to_prec(x, self.prec))?;
+                gpu.upload(out, start)?;
+                gpu.gemm(g)?;
+                let mut y = vec![0f32; r * n];
+                gpu.download(out, &mut y)?;
+                Ok(y)
+            };
+            let mut tried = Vec::new();
+            let mut chosen = None;
+            // the other ways are only listed (a library loaded, heuristics asked) when way 0 fails
+            let (mut way, mut ways) = (0, 1);
+            while way < ways {
+                let g = Gemm { way, ..call };
+                let same = run(&g, &one).and_then(|y1| {
+                    let y2 = run(&g, &two)?;
+                    Ok((0..r).all(|i| y1[i * n..][..n].iter().zip(&y2[(i + 1) % r * n..][..n]).all(|(x, y)| x.to_bits() == y.to_bits())))
+                });
+                match same {
+                    // the library's own choice must run: the passes fall back to it
+                    Err(e) if way == 0 => return Err(e),
+                    Err(e) => tried.push((gpu.gemm_way_name(&g, way), Err(e.to_string()))),
+                    Ok(same) => {
+                        tried.push((gpu.gemm_way_name(&g, way), Ok(same)));
+                        if same {
+                            chosen = Some(way);
+                            break;
+                        }
+                    }
+                }
+                if way == 0 {
+                    ways = gpu.gemm_ways(&call);
+                    // its name now says why there are no others, where there are none
+                    tried[0].0 = gpu.gemm_way_name(&call, 0);
+                }
+                way += 1;
+            }
+            self.ways[p as usize] = chosen.unwrap_or(0);
+            choices.push(GemmChoice { product: p, shape: (r, n, k), tried, chosen });
+        }
+        self.gemm_choices = choices;
         Ok(())
     }
 

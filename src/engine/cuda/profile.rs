@@ -4,7 +4,7 @@
 //! separate rows even though both are `matvec`.
 
 use super::driver::Timed;
-use super::MvTiming;
+use super::{GemmChoice, MvTiming};
 use serde::Serialize;
 
 /// Operations of one label.
@@ -78,9 +78,55 @@ pub fn shapes_json(timing: &[MvTiming]) -> serde_json::Value {
     serde_json::Value::Array(rows.collect())
 }
 
+/// How each product's prefill GEMM calls run: the ways tried when the model loaded, each with
+/// whether a row came out the same bits wherever it sat in a call; * runs.
+pub fn render_gemm_choices(choices: &[GemmChoice]) -> String {
+    let mut out = String::from("prefill GEMM calls, the ways tried when the model loaded (same: a row's bits do not depend on its place in the call); * runs:\n");
+    for c in choices {
+        let (m, n, k) = c.shape;
+        let tried: Vec<String> = c
+            .tried
+            .iter()
+            .enumerate()
+            .map(|(i, (name, r))| {
+                let star = if c.chosen == Some(i) || (c.chosen.is_none() && i == 0) { "*" } else { "" };
+                match r {
+                    Ok(true) => format!("{name}{star}: same"),
+                    Ok(false) => format!("{name}{star}: DIFFERS"),
+                    Err(e) => format!("{name}: failed ({e})"),
+                }
+            })
+            .collect();
+        out += &format!("  {} {m}×{n}×{k}: {}\n", c.product.name(), tried.join(" · "));
+    }
+    out
+}
+
+/// The same as JSON: `[{"product", "m", "n", "k", "chosen", "tried": [{"way", "same", "error"}]}]`.
+pub fn gemm_choices_json(choices: &[GemmChoice]) -> serde_json::Value {
+    let rows = choices.iter().map(|c| {
+        let tried: Vec<serde_json::Value> = c.tried.iter().map(|(name, r)| serde_json::json!({"way": name, "same": r.as_ref().ok(), "error": r.as_ref().err()})).collect();
+        serde_json::json!({"product": c.product.name(), "m": c.shape.0, "n": c.shape.1, "k": c.shape.2, "chosen": c.chosen, "tried": tried})
+    });
+    serde_json::Value::Array(rows.collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemm_choices_name_each_way_tried_and_mark_the_one_that_runs() {
+        use super::super::Product;
+        let c = GemmChoice { product: Product::LmHead, shape: (512, 32000, 2048), tried: vec![("a".into(), Ok(false)), ("b".into(), Err("no".into())), ("c".into(), Ok(true))], chosen: Some(2) };
+        let text = render_gemm_choices(std::slice::from_ref(&c));
+        assert!(text.ends_with("\n  LM head 512×32000×2048: a: DIFFERS · b: failed (no) · c*: same\n"), "{text}");
+        let none = GemmChoice { tried: vec![("a".into(), Ok(false))], chosen: None, ..c.clone() };
+        assert!(render_gemm_choices(&[none]).ends_with(": a*: DIFFERS\n"));
+        let j = gemm_choices_json(&[c]);
+        assert_eq!((j[0]["chosen"].as_u64(), j[0]["m"].as_u64()), (Some(2), Some(512)));
+        assert_eq!((j[0]["tried"][0]["same"].as_bool(), j[0]["tried"][1]["error"].as_str()), (Some(false), Some("no")));
+    }
 
     #[test]
     fn shape_timing_names_each_shape_and_marks_the_chosen() {

@@ -535,6 +535,45 @@ fn a_refused_recording_of_overlapping_launches_falls_back_to_plain_ones() {
     assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap turned off");
 }
 
+/// A GEMM library whose first ways sum a row in an order that depends on the row's place in the
+/// call (as stream-K kernels do): loading tries the ways in turn and keeps the first that gives a
+/// row the same bits anywhere, and scores then do not depend on the batch. Where no way does, the
+/// passes run way 0, the model's note says so, and scores do change with the batch (what the
+/// check guards against).
+#[test]
+fn a_gemm_way_that_sums_by_a_rows_place_is_passed_over() {
+    use super::emu::GEMM_WAYS;
+    let test = "a_gemm_way_that_sums_by_a_rows_place_is_passed_over";
+    let dependent = |n: usize| move |be: &Emu| be.placement_dependent.store(n, std::sync::atomic::Ordering::Relaxed);
+    let reqs = requests(9);
+    // how many requests score differently alone than in one batch
+    let batch_dependent = |g: &GpuModel| {
+        let together = gpu_scores(g, &reqs);
+        reqs.iter().zip(&together).filter(|(r, t)| gpu_scores(g, std::slice::from_ref(*r))[0] != **t).count()
+    };
+    let Some((_, g, ())) = emulated_with(11, test, dependent(0)) else { return };
+    let choices = g.gemm_choices();
+    assert_eq!(choices.iter().map(|c| c.product).collect::<Vec<_>>(), super::Product::ALL);
+    assert!(choices.iter().all(|c| c.chosen == Some(0) && c.tried.len() == 1), "{choices:?}");
+    assert!(g.gemm_note().is_none());
+
+    let Some((_, g, ())) = emulated_with(11, test, dependent(2)) else { return };
+    for c in g.gemm_choices() {
+        assert_eq!(c.chosen, Some(2), "{c:?}");
+        assert_eq!(c.tried.iter().map(|t| t.1.clone()).collect::<Vec<_>>(), [Ok(false), Ok(false), Ok(true)]);
+        assert!(c.tried[0].0.contains("by the row's place"), "{c:?}");
+        assert_eq!(c.shape.0, 6, "calls of the backend's rows");
+    }
+    assert!(g.gemm_note().is_none());
+    assert_eq!(batch_dependent(&g), 0);
+
+    let Some((_, g, ())) = emulated_with(11, test, dependent(GEMM_WAYS)) else { return };
+    assert!(g.gemm_choices().iter().all(|c| c.chosen.is_none() && c.tried.len() == GEMM_WAYS));
+    let note = g.gemm_note().expect("a note");
+    assert!(note.contains("q/k/v, attention output, gate/up, down, LM head products") && note.contains("last digits"), "{note}");
+    assert!(batch_dependent(&g) > 0, "a way that sums by a row's place makes scores depend on the batch");
+}
+
 #[test]
 fn emulated_gpu_in_half_precision_stays_close() {
     for (ty, name) in [(WType::F32, "bf16 (converted f32 weights)"), (WType::F16, "f16"), (WType::BF16, "bf16")] {
