@@ -63,9 +63,13 @@ enum Command {
         /// Allowed drop of a metric, e.g. `exact-match=0.02` (repeatable; default 0).
         #[arg(long = "max-drop", value_name = "METRIC=DELTA")]
         max_drop: Vec<String>,
-        /// Significance level.
+        /// Significance level (two-sided), for the adjusted p-values.
         #[arg(long, default_value_t = 0.05)]
         alpha: f64,
+        /// How p-values are adjusted over the gate's comparisons: `holm` keeps the chance that
+        /// any of them fails on noise at most alpha; `none` tests each at alpha on its own.
+        #[arg(long, value_enum, default_value_t = CorrectionArg::Holm)]
+        correction: CorrectionArg,
         /// Write JUnit XML here (one test case per task × metric).
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
@@ -385,7 +389,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Arena { command } => cmd_arena(command),
         Command::Leaderboard { db, select, plain } => cmd_leaderboard(&db.path(), &select.runs, select.suite.as_deref(), plain),
         Command::Report { db, select, out } => cmd_report(&db.path(), &select.runs, select.suite.as_deref(), &out),
-        Command::Gate { db, baseline, candidate, max_drop, alpha, junit, markdown, json } => cmd_gate(&db.path(), &baseline, &candidate, &max_drop, alpha, junit, markdown, json),
+        Command::Gate { db, baseline, candidate, max_drop, alpha, correction, junit, markdown, json } => cmd_gate(&db.path(), &baseline, &candidate, &max_drop, alpha, correction, junit, markdown, json),
         Command::Runs { command } => match command {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
             RunsCommand::Show { run, db, samples, json } => cmd_runs_show(&db.path(), &run, samples, json),
@@ -954,8 +958,15 @@ fn cmd_leaderboard(db: &std::path::Path, runs: &[String], suite: Option<&str>, p
     Ok(exit::SUCCESS)
 }
 
+/// `llmeval gate --correction`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CorrectionArg {
+    Holm,
+    None,
+}
+
 #[allow(clippy::too_many_arguments)]
-fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[String], alpha: f64, junit: Option<PathBuf>, markdown: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
+fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[String], alpha: f64, correction: CorrectionArg, junit: Option<PathBuf>, markdown: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
     let store = Store::open(db)?;
     let b = store.resolve_run(baseline)?;
     let c = store.resolve_run(candidate)?;
@@ -968,9 +979,18 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
     if !(alpha > 0.0 && alpha < 1.0) {
         anyhow::bail!("--alpha {alpha}: must be between 0 and 1");
     }
-    let cs = crate::gate::compare(&store.samples(&b.id)?, &store.samples(&c.id)?, &tolerances, alpha, 1234);
-    if cs.is_empty() {
+    let correction = match correction {
+        CorrectionArg::Holm => crate::gate::Correction::Holm,
+        CorrectionArg::None => crate::gate::Correction::None,
+    };
+    let cs = crate::gate::compare(&store.samples(&b.id)?, &store.samples(&c.id)?, &tolerances, alpha, correction, 1234);
+    if cs.iter().all(|x| x.n == 0) {
         anyhow::bail!("runs {} and {} share no scored item (same model, task and document); nothing to compare", b.id, c.id);
+    }
+    // a tolerance for a metric the gate never meets would silently not apply (a typo)
+    let compared: std::collections::BTreeSet<&str> = cs.iter().map(|x| x.metric.as_str()).collect();
+    if let Some(name) = tolerances.keys().find(|m| !compared.contains(m.as_str())) {
+        anyhow::bail!("--max-drop {name}=…: no comparison has a metric named {name:?}; the metrics compared are {}", compared.iter().copied().collect::<Vec<_>>().join(", "));
     }
     let failed = cs.iter().any(|x| x.failed());
     if let Some(p) = &junit {
@@ -980,19 +1000,30 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
         std::fs::write(p, crate::gate::markdown(&cs, &b.id, &c.id)).with_context(|| format!("writing {}", p.display()))?;
     }
     if json {
-        print_json(&json!({"verdict": if failed { "regression" } else { "pass" }, "baseline": b.id, "candidate": c.id, "alpha": alpha, "comparisons": cs}));
+        let correction = if correction == crate::gate::Correction::Holm { "holm" } else { "none" };
+        print_json(&json!({"verdict": if failed { "regression" } else { "pass" }, "baseline": b.id, "candidate": c.id, "alpha": alpha, "correction": correction, "comparisons": cs}));
     } else {
         let rows: Vec<Vec<String>> = cs
             .iter()
-            .map(|x| vec![x.model.clone(), x.task.clone(), x.metric.clone(), format!("{:.4}", x.baseline), format!("{:.4}", x.candidate), format!("{:+.4}", x.drop), format!("{:.4}", x.p_value), if x.missing { "MISSING".into() } else if x.regression { "REGRESSION".into() } else { "ok".into() }])
+            .map(|x| {
+                let verdict = match (x.regression, x.missing_items > 0) {
+                    (true, true) => "REGRESSION, MISSING",
+                    (true, false) => "REGRESSION",
+                    (false, true) => "MISSING",
+                    (false, false) => "ok",
+                };
+                let ci = if x.drop_ci.iter().any(|v| v.is_nan()) { "—".to_string() } else { format!("[{:+.4}, {:+.4}]", x.drop_ci[0], x.drop_ci[1]) };
+                vec![x.model.clone(), x.task.clone(), x.metric.clone(), x.n.to_string(), format!("{:.4}", x.baseline), format!("{:.4}", x.candidate), format!("{:+.4}", x.drop), ci, format!("{:.4}", x.p_adjusted), verdict.into()]
+            })
             .collect();
-        println!("baseline {} → candidate {} (alpha {alpha})", b.id, c.id);
-        print!("{}", table(&["model", "task", "metric", "baseline", "candidate", "drop", "p", "verdict"], &rows));
+        let adjusted = if correction == crate::gate::Correction::Holm { format!(", p Holm-adjusted over {} comparisons", cs.iter().filter(|x| x.n > 0).count()) } else { String::new() };
+        println!("baseline {} → candidate {} (alpha {alpha}, two-sided{adjusted})", b.id, c.id);
+        print!("{}", table(&["model", "task", "metric", "n", "baseline", "candidate", "drop", "drop 95% CI", "p", "verdict"], &rows));
         for x in cs.iter().filter(|x| x.regression && !x.flipped.is_empty()) {
             println!("{} / {} / {}: right before, wrong now: {}", x.model, x.task, x.metric, x.flipped.join(", "));
         }
-        for x in cs.iter().filter(|x| x.missing) {
-            println!("{} / {} / {}: scored in the baseline, missing from the candidate", x.model, x.task, x.metric);
+        for x in cs.iter().filter(|x| x.missing_items > 0) {
+            println!("{}", crate::gate::missing_line(x));
         }
     }
     Ok(if failed { exit::FAILURE } else { exit::SUCCESS })

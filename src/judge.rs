@@ -253,6 +253,7 @@ pub struct TaskJudging<'a> {
 /// Runs the judge calls of one task that are not stored yet, then writes each judged sample's
 /// score and returns the reliability aggregates.
 pub fn run_judges(store: &mut Store, run_id: &str, suite_dir: &Path, tj: &TaskJudging, judge_model: &dyn Model, judge_name: &str, no_cache: bool) -> Result<Vec<Aggregate>> {
+    check_human_labels(tj)?;
     let judge = load_judge(&tj.spec.judge, suite_dir)?;
     let metric = tj.spec.metric_name();
     let samples = store.samples(run_id)?;
@@ -412,6 +413,38 @@ fn verdict_of(s: &str) -> Option<Verdict> {
     }
 }
 
+/// A human label as a vote on the pair (`cand`, `opp`), as FastChat's `compute_agreement` reads
+/// votes: `"tie"` for a tie (`tie` or `tie (bothbad)`, any case), the winner's name for a model of
+/// the pair, and `None` — no vote on this pair — for an empty label or another model.
+fn human_vote(label: &str, cand: &str, opp: &str) -> Option<String> {
+    let l = label.trim();
+    if l.eq_ignore_ascii_case("tie") || l.eq_ignore_ascii_case("tie (bothbad)") {
+        Some("tie".into())
+    } else if l == cand || l == opp {
+        Some(l.into())
+    } else {
+        None
+    }
+}
+
+/// Every human label must name a model of the run, a tie, or be empty (no vote): anything else
+/// (a typo, FastChat's `model_a`) would count as a disagreement with the judge.
+fn check_human_labels(tj: &TaskJudging) -> Result<()> {
+    let mut models: Vec<&str> = tj.models.iter().map(String::as_str).collect();
+    models.extend(tj.spec.baseline.as_deref().filter(|b| !models.contains(b)));
+    for it in tj.items {
+        let Some(h) = &it.human else { continue };
+        let l = h.trim();
+        if !l.is_empty() && human_vote(l, "", "").is_none() && !models.contains(&l) {
+            return Err(Error::data(
+                format!("task {:?}, item {}", tj.task.name, it.id),
+                format!("human-label gives {h:?}, which names no model of this run ({}); a human label is the winning model's name, `tie` (or `tie (bothbad)`), or empty for no vote", models.join(", ")),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes per-sample judge scores and returns the task's reliability aggregates.
 fn score_task(store: &mut Store, run_id: &str, tj: &TaskJudging, judge: &Judge, metric: &str) -> Result<Vec<Aggregate>> {
     let judgments = store.judgments(run_id, &tj.task.name, metric)?;
@@ -455,14 +488,14 @@ fn score_task(store: &mut Store, run_id: &str, tj: &TaskJudging, judge: &Judge, 
             let s = outcome.score().expect("parsed");
             per_sample.entry((cand.clone(), *item)).or_default().push(s);
             per_sample.entry((opp.clone(), *item)).or_default().push(1.0 - s);
-            if let Some(h) = tj.items.iter().find(|it| it.index as i64 == *item).and_then(|it| it.human.clone()) {
+            let human = tj.items.iter().find(|it| it.index as i64 == *item).and_then(|it| it.human.as_deref());
+            if let Some(h) = human.and_then(|h| human_vote(h, cand, opp)) {
                 let judge_label = match outcome {
                     PairOutcome::Win => cand.clone(),
                     PairOutcome::Loss => opp.clone(),
                     _ => "tie".to_string(),
                 };
-                let h = h.trim().to_string();
-                human_pairs.push((judge_label, if h.eq_ignore_ascii_case("tie") { "tie".into() } else { h }));
+                human_pairs.push((judge_label, h));
             }
         }
     }
@@ -551,6 +584,9 @@ mod tests {
     #[test]
     fn agreement_and_kappa_by_hand() {
         let p = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>();
+        // votes as FastChat reads them; no vote for an empty label or a model outside the pair
+        let v = |l: &str| human_vote(l, "m1", "m2");
+        assert_eq!([v(" m1 "), v("m2"), v("Tie"), v("tie (bothbad)"), v(""), v("m3")], [Some("m1".into()), Some("m2".into()), Some("tie".into()), Some("tie".into()), None, None]);
         // 10 pairs: judge vs human.
         let pairs = p(&[("x", "x"), ("x", "x"), ("x", "y"), ("y", "y"), ("y", "y"), ("y", "x"), ("tie", "x"), ("tie", "tie"), ("x", "tie"), ("y", "y")]);
         let (a, n) = agreement(&pairs, true);

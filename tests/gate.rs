@@ -44,7 +44,12 @@ fn gate_fails_on_a_significant_drop_and_passes_otherwise() {
     assert!((em["p_value"].as_f64().unwrap() - p).abs() < 1e-12);
     assert_eq!(em["test"], "exact McNemar");
     let bleu = v["comparisons"].as_array().unwrap().iter().find(|c| c["metric"] == "bleu").unwrap();
-    assert_eq!(bleu["test"], "paired bootstrap (corpus)");
+    assert_eq!(bleu["test"], "paired randomization (corpus)");
+    assert_eq!(v["correction"], "holm");
+    // p-values adjusted (Holm) over the two comparisons
+    let want = llmeval::gate::holm(&[em["p_value"].as_f64().unwrap(), bleu["p_value"].as_f64().unwrap()]);
+    assert_eq!([em["p_adjusted"].as_f64().unwrap(), bleu["p_adjusted"].as_f64().unwrap()], [want[0], want[1]]);
+    assert!(want[0] > em["p_value"].as_f64().unwrap(), "{em}");
     validate_junit(&junit);
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("<testcase classname=\"remote-x\" name=\"arith exact-match\">") && xml.contains("<failure"), "{xml}");
@@ -54,6 +59,10 @@ fn gate_fails_on_a_significant_drop_and_passes_otherwise() {
     // A generous tolerance accepts the same drop.
     let out = llmeval(&["gate", "--db", db.to_str().unwrap(), "--baseline", "baseline", "--candidate", &cand, "--max-drop", "exact-match=0.9", "--max-drop", "bleu=100"]);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    // A tolerance for a metric the gate never meets is an error (a typo would silently not apply).
+    let out = llmeval(&["gate", "--db", db.to_str().unwrap(), "--baseline", "baseline", "--candidate", &cand, "--max-drop", "exact_match=0.9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(stderr(&out).contains("--max-drop exact_match=…: no comparison has a metric named \"exact_match\"; the metrics compared are bleu, exact-match"), "{}", stderr(&out));
     // The baseline against itself passes.
     let out = llmeval(&["gate", "--db", db.to_str().unwrap(), "--baseline", &base, "--candidate", &base, "--json"]);
     assert_eq!(out.status.code(), Some(0));
@@ -134,7 +143,7 @@ fn gate_passes_noise_and_improvements_and_fails_a_missing_task() {
     assert_eq!(code, Some(1), "{v}");
     assert_eq!(v["verdict"], "regression");
     let gone = exact_match(&v, "arith-again");
-    assert_eq!(gone["missing"], true);
+    assert_eq!(gone["missing_items"], 60);
     assert_eq!(gone["n"], 0);
     assert_eq!(exact_match(&v, "arith")["regression"], false);
     validate_junit(&junit);

@@ -78,11 +78,13 @@ fn single_and_pairwise_judging_with_reliability() {
     let bad = FakeServer::start(|p| format!(" {}", sum_of(p) + 3));
     let judge_srv = FakeServer::start(judge);
     let dir = TempDir::new("judges");
-    // 10 items; humans prefer "good" except on two items (one tie, one "bad").
+    // 10 items; humans prefer "good" except on three items (a tie, "bad", FastChat's both-bad
+    // tie) and give no vote on one.
+    let human_of = |i: usize| match i { 3 => "tie", 4 => "bad", 6 => "TIE (bothbad)", 7 => "", _ => "good" };
     let mut rows = String::new();
     for (i, line) in arith_rows(10).lines().enumerate() {
         let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
-        v["human"] = serde_json::json!(match i { 3 => "tie", 4 => "bad", _ => "good" });
+        v["human"] = serde_json::json!(human_of(i));
         rows.push_str(&v.to_string());
         rows.push('\n');
     }
@@ -124,18 +126,20 @@ fn single_and_pairwise_judging_with_reliability() {
     assert_eq!(rel("judge-pairwise-vs-bad:position-bias"), Some(1.0), "the one inconsistent pair favoured the first slot");
     let ties = scores.iter().filter(|s| **s == 0.5).count() as f64;
     assert_eq!(rel("judge-pairwise-vs-bad:tie-rate"), Some(ties / 9.0));
-    // Human labels: judge winners vs humans over the 9 parsed pairs.
+    // Human labels: judge winners vs humans over the parsed pairs with a human vote.
     let mut pairs = Vec::new();
     for (i, (q, right)) in qs.iter().zip(&good_right).enumerate() {
-        if q == "122+166" {
+        if q == "122+166" || human_of(i).is_empty() {
             continue;
         }
         let judge_label = if q == "85+113" || !right { "tie" } else { "good" };
-        let human = match i { 3 => "tie", 4 => "bad", _ => "good" };
+        let human = if human_of(i).to_lowercase().starts_with("tie") { "tie" } else { human_of(i) };
         pairs.push((judge_label.to_string(), human.to_string()));
     }
+    assert_eq!(pairs.len(), 8 + usize::from(qs[7] == "122+166"));
     let agree = pairs.iter().filter(|(a, b)| a == b).count() as f64 / pairs.len() as f64;
     assert!((rel("judge-pairwise-vs-bad:human-agreement").unwrap() - agree).abs() < 1e-12);
+    assert_eq!(result(&v, "judge:judge", "arith", "judge-pairwise-vs-bad:human-agreement")["n"], pairs.len());
     let kappa = llmeval::judge::cohen_kappa(&pairs).unwrap();
     assert!((rel("judge-pairwise-vs-bad:cohen-kappa").unwrap() - kappa).abs() < 1e-12);
 
@@ -163,6 +167,22 @@ fn single_and_pairwise_judging_with_reliability() {
     assert_eq!(again.status.code(), Some(0));
     assert_eq!(judge_srv.log().len(), 0);
     assert_eq!(result(&json_out(&again), "good", "arith", "judge-pairwise-vs-bad")["value"], pw["value"]);
+}
+
+#[test]
+fn a_human_label_that_names_no_model_is_an_error() {
+    let good = FakeServer::start(crate::server::arith_answer);
+    let bad = FakeServer::start(|p| format!(" {}", sum_of(p) + 3));
+    let judge_srv = FakeServer::start(judge);
+    let dir = TempDir::new("judge-human-typo");
+    let rows: String = arith_rows(3).lines().enumerate().map(|(i, l)| l.replacen('}', &format!(", \"id\": \"r{i}\", \"human\": \"{}\"}}", if i == 1 { "goood" } else { "good" }), 1) + "\n").collect();
+    dir.write("data/arith.jsonl", &rows);
+    let metrics = r#"[{ judge = "pairwise", model = "judge", baseline = "bad" }]"#;
+    let s = dir.write("suite.toml", &suite(&good.base_url(), &bad.base_url(), &judge_srv.base_url(), metrics));
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("task \"arith\", item r1") && e.contains("human-label gives \"goood\", which names no model of this run (good, bad)"), "{e}");
 }
 
 #[test]

@@ -199,7 +199,11 @@ impl Metric for Perplexity {
         true
     }
     fn aggregate(&self, stats: &[&[f64]]) -> f64 {
-        (-stats.iter().map(|s| s[0]).sum::<f64>() / stats.len() as f64).exp()
+        self.test_statistic(stats).exp()
+    }
+    /// The log perplexity (the mean negative log-likelihood).
+    fn test_statistic(&self, stats: &[&[f64]]) -> f64 {
+        -stats.iter().map(|s| s[0]).sum::<f64>() / stats.len() as f64
     }
 }
 
@@ -231,12 +235,17 @@ impl Metric for RollingPerplexity {
         true
     }
     fn aggregate(&self, stats: &[&[f64]]) -> f64 {
+        let nll = self.test_statistic(stats);
+        match self {
+            RollingPerplexity::BitsPerByte => nll / std::f64::consts::LN_2,
+            _ => nll.exp(),
+        }
+    }
+    /// The negative log-likelihood per word or byte (the log perplexity).
+    fn test_statistic(&self, stats: &[&[f64]]) -> f64 {
         let ll: f64 = stats.iter().map(|s| s[0]).sum();
         let units: f64 = stats.iter().map(|s| s[1]).sum();
-        match self {
-            RollingPerplexity::BitsPerByte => -ll / units / std::f64::consts::LN_2,
-            _ => (-ll / units).exp(),
-        }
+        -ll / units
     }
 }
 

@@ -52,6 +52,11 @@ pub trait Metric: Send + Sync {
     fn aggregate(&self, stats: &[&[f64]]) -> f64 {
         stats.iter().map(|s| s[0]).sum::<f64>() / stats.len() as f64
     }
+    /// A strictly increasing function of [`Metric::aggregate`] that stays finite where the
+    /// aggregate overflows (a perplexity's log); paired tests compare runs on it.
+    fn test_statistic(&self, stats: &[&[f64]]) -> f64 {
+        self.aggregate(stats)
+    }
     /// A single sample's score, for display and paired comparisons.
     fn sample_value(&self, stats: &[f64]) -> f64 {
         self.aggregate(&[stats])
