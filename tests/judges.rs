@@ -72,11 +72,14 @@ metrics = {metrics}
     )
 }
 
+/// A model that answers right, one that answers wrong, and the scripted judge.
+fn servers() -> (FakeServer, FakeServer, FakeServer) {
+    (FakeServer::start(crate::server::arith_answer), FakeServer::start(|p| format!(" {}", sum_of(p) + 3)), FakeServer::start(judge))
+}
+
 #[test]
 fn single_and_pairwise_judging_with_reliability() {
-    let good = FakeServer::start(crate::server::arith_answer);
-    let bad = FakeServer::start(|p| format!(" {}", sum_of(p) + 3));
-    let judge_srv = FakeServer::start(judge);
+    let (good, bad, judge_srv) = servers();
     let dir = TempDir::new("judges");
     // 10 items; humans prefer "good" except on three items (a tie, "bad", FastChat's both-bad
     // tie) and give no vote on one.
@@ -171,9 +174,7 @@ fn single_and_pairwise_judging_with_reliability() {
 
 #[test]
 fn a_human_label_that_names_no_model_is_an_error() {
-    let good = FakeServer::start(crate::server::arith_answer);
-    let bad = FakeServer::start(|p| format!(" {}", sum_of(p) + 3));
-    let judge_srv = FakeServer::start(judge);
+    let (good, bad, judge_srv) = servers();
     let dir = TempDir::new("judge-human-typo");
     let rows: String = arith_rows(3).lines().enumerate().map(|(i, l)| l.replacen('}', &format!(", \"id\": \"r{i}\", \"human\": \"{}\"}}", if i == 1 { "goood" } else { "good" }), 1) + "\n").collect();
     dir.write("data/arith.jsonl", &rows);
