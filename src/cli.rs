@@ -973,7 +973,7 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
     let mut tolerances = std::collections::BTreeMap::new();
     for m in max_drop {
         let (name, v) = m.split_once('=').ok_or_else(|| anyhow::anyhow!("--max-drop {m:?}: expected METRIC=DELTA"))?;
-        let v: f64 = v.parse().map_err(|_| anyhow::anyhow!("--max-drop {m:?}: {v:?} is not a number"))?;
+        let v: f64 = v.parse().ok().filter(|v: &f64| !v.is_nan()).ok_or_else(|| anyhow::anyhow!("--max-drop {m:?}: {v:?} is not a number"))?;
         tolerances.insert(name.to_string(), v);
     }
     if !(alpha > 0.0 && alpha < 1.0) {
@@ -983,7 +983,7 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
         CorrectionArg::Holm => crate::gate::Correction::Holm,
         CorrectionArg::None => crate::gate::Correction::None,
     };
-    let cs = crate::gate::compare(&store.samples(&b.id)?, &store.samples(&c.id)?, &tolerances, alpha, correction, 1234);
+    let cs = crate::gate::compare(&store.samples(&b.id)?, &store.samples(&c.id)?, &tolerances, alpha, correction, 1234).map_err(|e| anyhow::anyhow!("comparing runs {} and {}: {e}", b.id, c.id))?;
     if cs.iter().all(|x| x.n == 0) {
         anyhow::bail!("runs {} and {} share no scored item (same model, task and document); nothing to compare", b.id, c.id);
     }
@@ -1024,6 +1024,11 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
         }
         for x in cs.iter().filter(|x| x.missing_items > 0) {
             println!("{}", crate::gate::missing_line(x));
+        }
+        for x in cs.iter() {
+            if let Some(n) = &x.note {
+                println!("{} / {} / {}: {n}", x.model, x.task, x.metric);
+            }
         }
     }
     Ok(if failed { exit::FAILURE } else { exit::SUCCESS })

@@ -43,6 +43,9 @@ pub struct Comparison {
     pub missing_items: usize,
     /// Items right in the baseline and wrong in the candidate (binary metrics).
     pub flipped: Vec<String>,
+    /// What the figures alone do not say: a metric that overflowed and was compared on its log,
+    /// or too few items for any drop to be significant.
+    pub note: Option<String>,
     /// Whether the candidate is worse (positive drop; for a metric whose values overflowed, the
     /// sign of the drop in its finite form, such as log perplexity); kept for the adjustment.
     #[serde(skip)]
@@ -93,17 +96,20 @@ pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
 
 /// Items up to which the randomization test enumerates every assignment (2^n of them).
 const EXACT_ITEMS: usize = 12;
-/// Random assignments of the Monte Carlo randomization test beyond [`EXACT_ITEMS`].
+/// Random assignments of the Monte Carlo randomization test beyond [`EXACT_ITEMS`]: p ≥ 1/2000.
 const ROUNDS: usize = 1999;
+/// At most this many for a p near that floor, where an adjustment over many comparisons needs a
+/// smaller one (see [`compare`]).
+const MAX_ROUNDS: usize = 199_999;
 /// Resamples of the bootstrap interval of the drop.
 const BOOTSTRAP: usize = 1000;
 
 /// Two-sided paired randomization test that `stat` does not depend on which run is which:
 /// `stat(swap)` is the statistic with item i's two sides exchanged where `swap[i]`. The p-value is
 /// the share of assignments whose |stat| reaches the observed one (a NaN counts as reaching it):
-/// over all 2^n assignments for n ≤ [`EXACT_ITEMS`], else over [`ROUNDS`] seeded random ones and
+/// over all 2^n assignments for n ≤ [`EXACT_ITEMS`], else over `rounds` seeded random ones and
 /// the observed one.
-fn paired_randomization(n: usize, stat: &dyn Fn(&[bool]) -> f64, seed: u64) -> f64 {
+fn paired_randomization(n: usize, stat: &dyn Fn(&[bool]) -> f64, seed: u64, rounds: usize) -> f64 {
     let mut swap = vec![false; n];
     let observed = stat(&swap).abs();
     // equal up to rounding: a sum in another order may miss the observed value by an ulp
@@ -120,11 +126,11 @@ fn paired_randomization(n: usize, stat: &dyn Fn(&[bool]) -> f64, seed: u64) -> f
     }
     let mut rng = crate::stats::SplitMix64::new(seed);
     let mut hits = 1; // the observed assignment
-    for _ in 0..ROUNDS {
+    for _ in 0..rounds {
         swap.iter_mut().for_each(|s| *s = rng.next_u64() >> 63 == 1);
         hits += usize::from(reaches(stat(&swap)));
     }
-    hits as f64 / (ROUNDS + 1) as f64
+    hits as f64 / (rounds + 1) as f64
 }
 
 /// Paired bootstrap 95% percentile interval of `drop(resample)` (seeded; NaN resamples left out,
@@ -152,9 +158,18 @@ type Paired = (String, Vec<f64>, Vec<f64>);
 /// (model, task, metric)
 type Key = (String, String, String);
 
+/// The baseline's scored items' stats for a key, and the items both runs scored.
+type Group = (Vec<Vec<f64>>, Vec<Paired>);
+
 /// Compares `candidate` with `baseline`. `tolerances` maps metric names to allowed drops. Items are
 /// matched by model, task and doc hash (the k-th of several identical documents with the k-th).
-pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<String, f64>, alpha: f64, correction: Correction, seed: u64) -> Vec<Comparison> {
+/// Errors name an item whose statistics do not fit its metric (a corrupted store).
+///
+/// A Monte Carlo p cannot go below 1/(rounds + 1), and Holm multiplies the smallest p by the
+/// number of comparisons m: with a fixed 1999 rounds a gate of 100 comparisons could never fail
+/// a randomization test, however large the drop. So a p near that floor is computed again with
+/// enough rounds for p · m to reach alpha / 10 (at most [`MAX_ROUNDS`]).
+pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<String, f64>, alpha: f64, correction: Correction, seed: u64) -> Result<Vec<Comparison>, String> {
     // (model, task, doc hash, occurrence) of each sample, in the store's order
     let keyed = |samples: &[Sample]| -> Vec<((String, String, String, usize), usize)> {
         let mut seen: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
@@ -173,7 +188,7 @@ pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<
     let stats = |s: &Sample, metric: &str| s.stats.get(metric).and_then(|v| serde_json::from_value::<Vec<f64>>(v.clone()).ok()).filter(|v| !v.is_empty());
     let cand: BTreeMap<_, usize> = keyed(candidate).into_iter().filter(|(_, i)| candidate[*i].error.is_none()).collect();
     // (model, task, metric) → the baseline's scored items' stats, and the pairs
-    let mut groups: BTreeMap<Key, (Vec<Vec<f64>>, Vec<Paired>)> = BTreeMap::new();
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for (key, i) in keyed(baseline) {
         let b = &baseline[i];
         if b.error.is_some() {
@@ -189,27 +204,54 @@ pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<
             g.0.push(bs);
         }
     }
+    // every row of a metric has as many statistics as the first (a corpus aggregate indexes them)
+    for ((model, task, metric), (scored, pairs)) in &groups {
+        let want = scored[0].len();
+        let odd = pairs.iter().flat_map(|(id, b, c)| [(id, b, "baseline"), (id, c, "candidate")]).find(|(_, v, _)| v.len() != want);
+        if let Some((id, v, side)) = odd {
+            return Err(format!("{model} / {task} / {metric}: item {id} has {} statistics in the {side} run where the baseline's items have {want}; the store is damaged or was written by another version of llmeval", v.len()));
+        }
+        if let Some(v) = scored.iter().find(|v| v.len() != want) {
+            return Err(format!("{model} / {task} / {metric}: the baseline has items with {want} and with {} statistics; the store is damaged or was written by another version of llmeval", v.len()));
+        }
+    }
+    let groups: Vec<(Key, Group)> = groups.into_iter().collect();
     let mut out: Vec<Comparison> = groups
-        .into_iter()
+        .iter()
         .map(|((model, task, metric), (scored, pairs))| {
-            let tolerance = tolerances.get(&metric).copied().unwrap_or(0.0);
-            let mut c = test(&metric, &scored, &pairs, seed);
-            c.model = model;
-            c.task = task;
-            c.metric = metric;
-            c.tolerance = tolerance;
+            let mut c = test(metric, scored, pairs, seed, ROUNDS);
+            c.model = model.clone();
+            c.task = task.clone();
+            c.metric = metric.clone();
+            c.tolerance = tolerances.get(metric).copied().unwrap_or(0.0);
             c.missing_items = scored.len() - pairs.len();
             c
         })
         .collect();
+    let m = out.iter().filter(|c| !c.p_value.is_nan()).count();
+    let needed = ((10.0 * m as f64 / alpha).ceil() as usize).min(MAX_ROUNDS);
+    if correction == Correction::Holm && needed > ROUNDS {
+        for (c, (_, (scored, pairs))) in out.iter_mut().zip(&groups) {
+            let near_floor = c.p_value <= 20.0 / (ROUNDS + 1) as f64;
+            if c.n > EXACT_ITEMS && c.test.starts_with("paired randomization") && near_floor {
+                c.p_value = test(&c.metric, scored, pairs, seed, needed).p_value;
+            }
+        }
+    }
     let raw: Vec<f64> = out.iter().map(|c| c.p_value).collect();
     let adjusted = if correction == Correction::Holm { holm(&raw) } else { raw };
     for (c, p) in out.iter_mut().zip(adjusted) {
         c.p_adjusted = p;
         let beyond = if c.drop.is_nan() { c.worse } else { c.drop > c.tolerance };
         c.regression = c.n > 0 && beyond && c.worse && c.p_adjusted < alpha;
+        // the smallest p over 2^n assignments is 2 / 2^n
+        let floor = 2.0 / (1u64 << c.n.min(62)) as f64;
+        if c.test.starts_with("paired randomization") && c.worse && floor >= alpha {
+            let more = format!("with {} items the smallest p this test can give is {floor:.4}, so no drop can be significant at alpha {alpha}", c.n);
+            c.note = Some(c.note.take().map_or(more.clone(), |n| format!("{n}; {more}")));
+        }
     }
-    out
+    Ok(out)
 }
 
 /// Holm's step-down adjustment of `ps` (NaNs stay NaN and do not count): the i-th smallest of the
@@ -229,7 +271,7 @@ pub fn holm(ps: &[f64]) -> Vec<f64> {
 
 /// The comparison of one model × task × metric over `pairs` (`scored`: the baseline's items),
 /// without its names, tolerance and adjustment.
-fn test(metric: &str, scored: &[Vec<f64>], pairs: &[Paired], seed: u64) -> Comparison {
+fn test(metric: &str, scored: &[Vec<f64>], pairs: &[Paired], seed: u64, rounds: usize) -> Comparison {
     let n = pairs.len();
     let m = crate::metric::by_name(metric);
     let sign = if lower_is_better(metric) { -1.0 } else { 1.0 };
@@ -249,6 +291,7 @@ fn test(metric: &str, scored: &[Vec<f64>], pairs: &[Paired], seed: u64) -> Compa
         regression: false,
         missing_items: 0,
         flipped: vec![],
+        note: None,
         worse: false,
     };
     let corpus = m.as_ref().filter(|m| m.is_corpus());
@@ -264,7 +307,11 @@ fn test(metric: &str, scored: &[Vec<f64>], pairs: &[Paired], seed: u64) -> Compa
     let (base_rows, cand_rows) = (side(&unswapped, false), side(&unswapped, true));
     let (baseline, candidate) = (value(&base_rows), value(&cand_rows));
     let drop = sign * (baseline - candidate);
-    let worse = sign * (statistic(&base_rows) - statistic(&cand_rows)) > 0.0;
+    let (base_stat, cand_stat) = (statistic(&base_rows), statistic(&cand_rows));
+    let worse = sign * (base_stat - cand_stat) > 0.0;
+    let note = (!baseline.is_finite() || !candidate.is_finite()).then(|| {
+        format!("{metric} overflowed ({baseline} → {candidate}); the test and the verdict use its log: {base_stat:.4} → {cand_stat:.4}")
+    });
     let resampled = |idx: &[usize], second: bool| -> Vec<&[f64]> { idx.iter().map(|&i| if second { pairs[i].2.as_slice() } else { pairs[i].1.as_slice() }).collect() };
     let drop_ci = bootstrap_interval(n, &|idx| sign * (value(&resampled(idx, false)) - value(&resampled(idx, true))), seed);
     let binary = corpus.is_none() && pairs.iter().all(|(_, b, c)| (b[0] == 0.0 || b[0] == 1.0) && (c[0] == 0.0 || c[0] == 1.0));
@@ -272,18 +319,27 @@ fn test(metric: &str, scored: &[Vec<f64>], pairs: &[Paired], seed: u64) -> Compa
         let went = |from: f64| pairs.iter().filter(move |(_, x, y)| x[0] == from && y[0] == 1.0 - from);
         let flipped = went(1.0).map(|p| p.0.clone()).collect::<Vec<_>>();
         let p_value = mcnemar_exact(flipped.len(), went(0.0).count());
-        return Comparison { baseline, candidate, drop, drop_ci, test: "exact McNemar", p_value, flipped, worse, ..blank };
+        return Comparison { baseline, candidate, drop, drop_ci, test: "exact McNemar", p_value, flipped, note, worse, ..blank };
     }
     let p_value = match corpus {
-        Some(_) => paired_randomization(n, &|swap| statistic(&side(swap, false)) - statistic(&side(swap, true)), seed),
+        Some(_) => paired_randomization(n, &|swap| statistic(&side(swap, false)) - statistic(&side(swap, true)), seed, rounds),
         // the mean difference with each item's sign flipped where swapped
         None => {
             let d: Vec<f64> = pairs.iter().map(|(_, b, c)| b[0] - c[0]).collect();
-            paired_randomization(n, &|swap| d.iter().zip(swap).map(|(d, &s)| if s { -d } else { *d }).sum::<f64>(), seed)
+            paired_randomization(n, &|swap| d.iter().zip(swap).map(|(d, &s)| if s { -d } else { *d }).sum::<f64>(), seed, rounds)
         }
     };
     let test = if corpus.is_some() { "paired randomization (corpus)" } else { "paired randomization" };
-    Comparison { baseline, candidate, drop, drop_ci, test, p_value, worse, ..blank }
+    Comparison { baseline, candidate, drop, drop_ci, test, p_value, note, worse, ..blank }
+}
+
+/// The drop for a message: the number, or where the metric overflowed, its log's.
+fn drop_text(c: &Comparison) -> String {
+    if c.drop.is_nan() {
+        "an amount that overflowed (see the note)".into()
+    } else {
+        format!("{:.4}", c.drop)
+    }
 }
 
 /// What a comparison with missing items lacks, in a sentence.
@@ -311,15 +367,20 @@ pub fn junit(cs: &[Comparison]) -> String {
     for c in cs {
         out.push_str(&format!("    <testcase classname=\"{}\" name=\"{} {}\">", xml(&c.model), xml(&c.task), xml(&c.metric)));
         if c.regression {
+            let detail = if c.flipped.is_empty() {
+                format!("baseline {:.4}, candidate {:.4} over {} items{}", c.baseline, c.candidate, c.n, c.note.as_ref().map_or(String::new(), |n| format!(" ({n})")))
+            } else {
+                format!("items right in the baseline and wrong now: {}", c.flipped.join(", "))
+            };
             out.push_str(&format!(
-                "\n      <failure type=\"regression\" message=\"{} dropped by {:.4} (tolerance {}), p = {:.4} adjusted ({:.4} alone, {})\">{}</failure>\n    ",
+                "\n      <failure type=\"regression\" message=\"{} dropped by {} (tolerance {}), p = {:.4} adjusted ({:.4} alone, {})\">{}</failure>\n    ",
                 xml(&c.metric),
-                c.drop,
+                drop_text(c),
                 c.tolerance,
                 c.p_adjusted,
                 c.p_value,
                 c.test,
-                xml(&format!("items right in the baseline and wrong now: {}", c.flipped.join(", ")))
+                xml(&detail)
             ));
         } else if c.missing_items > 0 {
             out.push_str(&format!("\n      <failure type=\"missing\" message=\"{}\">the gate does not pass by comparing less</failure>\n    ", xml(&missing_line(c))));
@@ -364,6 +425,11 @@ pub fn markdown(cs: &[Comparison], baseline: &str, candidate: &str) -> String {
     }
     for c in cs.iter().filter(|c| c.missing_items > 0) {
         out.push_str(&format!("\n{}\n", md_escape(&missing_line(c))));
+    }
+    for c in cs {
+        if let Some(n) = &c.note {
+            out.push_str(&format!("\n{} / {} / {}: {}\n", md_escape(&c.model), md_escape(&c.task), c.metric, md_escape(n)));
+        }
     }
     out
 }
@@ -410,7 +476,7 @@ mod tests {
     }
 
     fn gate(base: &[Sample], cand: &[Sample], correction: Correction) -> Vec<Comparison> {
-        compare(base, cand, &BTreeMap::new(), 0.05, correction, 1234)
+        compare(base, cand, &BTreeMap::new(), 0.05, correction, 1234).expect("comparable")
     }
 
     #[test]
@@ -500,6 +566,42 @@ mod tests {
         // the better candidate passes
         let c = &gate(&cand, &base, Correction::None)[0];
         assert!(!c.regression, "{c:?}");
+    }
+
+    #[test]
+    fn a_large_drop_stays_significant_among_many_comparisons() {
+        // 30 items 0.9 → 0.1 next to 99 unchanged tasks: Holm multiplies the smallest p by 100,
+        // so the Monte Carlo p must go below its 1999-round floor of 1/2000
+        let mut base = run("big", "rouge1", &vec![Some(vec![0.9]); 30]);
+        let mut cand = run("big", "rouge1", &vec![Some(vec![0.1]); 30]);
+        for t in 0..99 {
+            base.extend(run(&format!("t{t}"), "exact-match", &vec![Some(vec![1.0]); 3]));
+            cand.extend(run(&format!("t{t}"), "exact-match", &vec![Some(vec![1.0]); 3]));
+        }
+        let cs = gate(&base, &cand, Correction::Holm);
+        let big = cs.iter().find(|c| c.task == "big").unwrap();
+        assert!(big.p_value < 1.0 / 2000.0 && big.p_adjusted < 0.05 && big.regression, "{big:?}");
+        assert!(cs.iter().filter(|c| c.task != "big").all(|c| !c.regression));
+    }
+
+    #[test]
+    fn notes_say_what_the_figures_do_not() {
+        // four items cannot reach p < 0.05 (2/16 at best)
+        let c = &gate(&run("t", "rouge1", &vec![Some(vec![0.9]); 4]), &run("t", "rouge1", &vec![Some(vec![0.1]); 4]), Correction::None)[0];
+        assert_eq!(c.note.as_deref(), Some("with 4 items the smallest p this test can give is 0.1250, so no drop can be significant at alpha 0.05"));
+        // an overflowed perplexity names its log's values
+        let c = &gate(&run("t", "perplexity", &vec![Some(vec![-800.0]); 20]), &run("t", "perplexity", &vec![Some(vec![-900.0]); 20]), Correction::None)[0];
+        assert_eq!(c.note.as_deref(), Some("perplexity overflowed (inf → inf); the test and the verdict use its log: 800.0000 → 900.0000"));
+        assert!(junit(std::slice::from_ref(c)).contains("perplexity dropped by an amount that overflowed (see the note)"));
+    }
+
+    #[test]
+    fn statistics_that_do_not_fit_their_metric_are_an_error() {
+        let base = run("t", "bleu", &vec![Some(vec![5.0, 5.0, 4.0, 4.0, 3.0, 3.0, 2.0, 2.0, 6.0, 6.0]); 3]);
+        let mut cand = base.clone();
+        cand[1].stats.insert("bleu".into(), serde_json::json!([5.0, 6.0, 3.0]));
+        let e = compare(&base, &cand, &BTreeMap::new(), 0.05, Correction::Holm, 1).unwrap_err();
+        assert_eq!(e, "m / t / bleu: item q1 has 3 statistics in the candidate run where the baseline's items have 10; the store is damaged or was written by another version of llmeval");
     }
 
     #[test]
