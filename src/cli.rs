@@ -771,7 +771,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             if m.json {
                 print_json(&json!({"logprob": ll.logprob, "is_greedy": ll.is_greedy, "tokens": tokens}));
             } else {
-                println!("logprob {:.6} · greedy {} · {} token(s)", ll.logprob, ll.is_greedy, tokens.len());
+                println!("logprob {:.6} · greedy {} · {} token(s)", ll.logprob, ll.is_greedy.map_or("unknown".into(), |g| g.to_string()), tokens.len());
             }
         }
         EngineCommand::Bench { m, d, batch, profile } => {

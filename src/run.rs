@@ -407,7 +407,13 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let mut aggregates = aggregate_run(&store, &run.id, &tasks, &metrics, &model_names)?;
     aggregates.extend(reliability);
     store.put_aggregates(&run.id, &aggregates)?;
-    let errored = store.samples(&run.id)?.iter().filter(|s| s.error.is_some()).count();
+    let samples = store.samples(&run.id)?;
+    for n in unscored_notes(&samples, &tasks, &rendered, &metrics) {
+        if !notes.contains(&n) {
+            notes.push(n);
+        }
+    }
+    let errored = samples.iter().filter(|s| s.error.is_some()).count();
     let status = if errored > 0 { "errored" } else { "complete" };
     let ended = crate::util::now_unix();
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
@@ -583,6 +589,42 @@ fn finish_sample(run_id: &str, model: &str, p: &Pending) -> Sample {
     }
     s.evidence = Some(serde_json::to_value(&evidence).expect("evidence serializes"));
     s
+}
+
+/// A note for each model × task × metric that some answered items have no value of (the metric
+/// could not score what the model gave: acc-norm without log-probabilities, acc without
+/// `top_logprobs`), with the count and the first reason, recomputed from the stored evidence.
+fn unscored_notes(samples: &[Sample], tasks: &[&TaskConfig], rendered: &[Vec<Item>], metrics: &[Vec<Box<dyn Metric>>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ti, task) in tasks.iter().enumerate() {
+        for m in &metrics[ti] {
+            // (model) → (answered items, unscored items, first reason)
+            let mut by_model: BTreeMap<&str, (usize, usize, Option<String>)> = BTreeMap::new();
+            for s in samples.iter().filter(|s| s.task == task.name && s.error.is_none() && s.evidence.is_some()) {
+                let e = by_model.entry(&s.model).or_default();
+                e.0 += 1;
+                if s.stats.contains_key(m.name()) {
+                    continue;
+                }
+                e.1 += 1;
+                if e.2.is_none() {
+                    let evidence = s.evidence.clone().and_then(|v| serde_json::from_value::<Evidence>(v).ok());
+                    let item = rendered[ti].iter().find(|i| i.index as i64 == s.item);
+                    e.2 = match (item, evidence) {
+                        (Some(item), Some(ev)) => m.score(item, &ev).err(),
+                        _ => None,
+                    };
+                }
+            }
+            for (model, (answered, unscored, why)) in by_model {
+                // a metric that scores (judges write theirs later) but not these items
+                if let (true, Some(why)) = (unscored > 0, why) {
+                    out.push(format!("task {:?}, model {model:?}: {} has no value for {unscored} of {answered} answered items: {why}", task.name, m.name()));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Aggregates of a run, from its stored samples: per model × task × metric, overall and per

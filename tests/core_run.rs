@@ -2,7 +2,7 @@
 //! multiple choice (log-probabilities and the chat fallback), loglikelihood and perplexity tasks,
 //! the API key never stored.
 
-use crate::server::{fake_is_top, fake_logprob, fake_tokens, FakeServer};
+use crate::server::{fake_is_top, fake_logprob, fake_tokens, FakeServer, Fault};
 use crate::support::*;
 
 #[test]
@@ -248,6 +248,20 @@ prompt = "{{{{ text }}}}"
     assert!((result(&v, "m", "ppl", "bits-per-byte")["value"].as_f64().unwrap() - (-total_ll / bytes / std::f64::consts::LN_2)).abs() < 1e-9);
     // Corpus metrics carry a bootstrap interval.
     assert!(result(&v, "m", "ppl", "word-perplexity")["ci95"].is_array());
+
+    // A server that gives no top_logprobs: greediness cannot be told, so acc has no value (not 0)
+    // and the run says why; the log-likelihoods are the same.
+    server.set_faults(|prompt, _| {
+        let mut body = crate::server::echo_body(prompt);
+        body["choices"][0]["logprobs"]["top_logprobs"] = serde_json::Value::Null;
+        Fault::Body(body.to_string())
+    });
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json", "--no-cache"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    assert!((result(&v, "m", "cont", "loglikelihood")["value"].as_f64().unwrap() - mean_ll).abs() < 1e-9);
+    assert!(v["results"].as_array().unwrap().iter().all(|r| r["metric"] != "acc" || r["value"].is_null()), "{v}");
+    assert!(stderr(&out).contains("task \"cont\", model \"m\": acc has no value for 3 of 3 answered items: the server gave no top_logprobs"), "{}", stderr(&out));
 }
 
 /// `len(re.split(r"\s+", t))`.

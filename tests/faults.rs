@@ -61,6 +61,48 @@ fn retry_after_is_honoured() {
 }
 
 #[test]
+fn a_retry_after_too_long_to_wait_errors_the_item_at_once() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_faults(|prompt, _| if prompt.contains("Q: 11+7") { Fault::RateLimited("86400".into()) } else { Fault::None });
+    let dir = TempDir::new("retryafter-long");
+    dir.write("data/arith.jsonl", &arith_rows(20));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let t = std::time::Instant::now();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(60), "waited {:?}", t.elapsed());
+    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
+    let errs: Vec<String> = show["samples"].as_array().unwrap().iter().filter_map(|s| s["error"].as_str().map(str::to_string)).collect();
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].contains("HTTP 429") && errs[0].contains("the server asked to wait 86400 s before retrying, more than llmeval waits: 300 s"), "{errs:?}");
+}
+
+#[test]
+fn an_answer_without_text_is_errored_and_not_cached() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let null = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null},"finish_reason":"content_filter"}]}"#;
+    server.set_faults(move |prompt, _| if prompt.contains("Q: 11+7") { Fault::Body(null.into()) } else { Fault::None });
+    let dir = TempDir::new("nullcontent");
+    dir.write("data/arith.jsonl", &arith_rows(20));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let run = || llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    let out = run();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json_out(&out);
+    let r = result(&v, "remote-x", "arith", "exact-match");
+    assert_eq!((r["errors"].as_u64(), r["n"].as_u64()), (Some(1), Some(19)), "{r}");
+    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
+    let errs: Vec<String> = show["samples"].as_array().unwrap().iter().filter_map(|s| s["error"].as_str().map(str::to_string)).collect();
+    assert_eq!(errs, ["the response has no answer text: message.content is null (finish_reason \"content_filter\")"]);
+    // once the server answers, the item is asked again (nothing was cached) and scored
+    server.set_faults(|_, _| Fault::None);
+    let out = run();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(result(&json_out(&out), "remote-x", "arith", "exact-match")["n"], 20);
+    assert!(server.log().iter().filter(|r| r.key.contains("Q: 11+7")).count() >= 2);
+}
+
+#[test]
 fn permanent_faults_are_errored_not_wrong() {
     let server = FakeServer::start(crate::server::arith_answer);
     server.set_faults(|prompt, _| {

@@ -145,7 +145,7 @@ impl Metric for Acc {
         match e {
             Evidence::Choices { results } => Ok(bool_score(argmax(results.iter().map(|r| r.logprob)) == Some(gold(item)?))),
             Evidence::Letter { picked, .. } => Ok(bool_score(*picked == Some(gold(item)?))),
-            Evidence::Continuation { result } => Ok(bool_score(result.is_greedy)),
+            Evidence::Continuation { result } => result.is_greedy.map(bool_score).ok_or_else(|| "the server gave no top_logprobs, so whether the continuation is the greedy one cannot be told".into()),
             _ => Err("acc needs choice log-likelihoods".into()),
         }
     }
@@ -276,7 +276,7 @@ mod tests {
     }
 
     fn ll(x: f64) -> Loglikelihood {
-        Loglikelihood { logprob: x, is_greedy: false, tokens: 1 }
+        Loglikelihood { logprob: x, is_greedy: Some(false), tokens: 1 }
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Model for BuiltinModel {
             last = now;
             let tokens = reqs[i].continuation.len() as u64;
             done[i] = true;
-            sink(i, Outcome { result: Ok(Loglikelihood { logprob: s.logprob, is_greedy: s.is_greedy, tokens }), latency_ms, attempts: 1 });
+            sink(i, Outcome { result: Ok(Loglikelihood { logprob: s.logprob, is_greedy: Some(s.is_greedy), tokens }), latency_ms, attempts: 1 });
         });
         if let Err(e) = result {
             for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
@@ -168,10 +168,10 @@ impl Model for BuiltinModel {
         for (i, r) in requests.iter().enumerate() {
             let start = Instant::now();
             let windows = self.engine.rolling_windows(&self.engine.encode(&r.text), prefix);
-            let mut total = Loglikelihood { logprob: 0.0, is_greedy: true, tokens: 0 };
+            let mut total = Loglikelihood { logprob: 0.0, is_greedy: Some(true), tokens: 0 };
             let result = self.engine.score(&windows, &mut |j, s| {
                 total.logprob += s.logprob;
-                total.is_greedy &= s.is_greedy;
+                total.is_greedy = total.is_greedy.map(|g| g && s.is_greedy);
                 total.tokens += windows[j].continuation.len() as u64;
             });
             let result = result.map(|()| total).map_err(|e| format!("{}: {e}", self.path.display()));

@@ -65,7 +65,8 @@ pub struct LoglikelihoodRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Loglikelihood {
     pub logprob: f64,
-    pub is_greedy: bool,
+    /// `None` when it cannot be told (a server that gave no `top_logprobs`).
+    pub is_greedy: Option<bool>,
     /// Number of continuation tokens scored.
     pub tokens: u64,
 }

@@ -144,6 +144,9 @@ enum Failure {
     Permanent(String),
 }
 
+/// The longest `Retry-After` llmeval waits.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 impl Shared {
     async fn call<T>(&self, job: &Job<T>, rng: &mut Jitter) -> Outcome<T> {
         let mut attempts = 0;
@@ -164,7 +167,13 @@ impl Shared {
             }
             let backoff = (self.retry_initial * 2f64.powi(attempts as i32 - 1)).min(60.0);
             let delay = match retry_after {
-                Some(d) => d.min(Duration::from_secs(600)),
+                // a server that asks for more than this is not worth waiting for here: the item
+                // errors now, and a later run (or --resume) retries it
+                Some(d) if d > MAX_RETRY_AFTER => {
+                    let message = format!("{message} (the server asked to wait {:.0} s before retrying, more than llmeval waits: {} s)", d.as_secs_f64(), MAX_RETRY_AFTER.as_secs());
+                    return Outcome { result: Err(message), latency_ms, attempts };
+                }
+                Some(d) => d,
                 // "Equal jitter": half the backoff fixed, half random.
                 None => Duration::from_secs_f64(backoff * (0.5 + 0.5 * rng.next_f64())),
             };
@@ -314,10 +323,15 @@ fn usage(v: &Value, key: &str) -> Option<u64> {
 
 fn parse_chat(v: &Value) -> std::result::Result<Generation, String> {
     let choice = v.pointer("/choices/0").ok_or_else(|| format!("response has no choices: {}", snippet(v.to_string().as_bytes())))?;
-    let text = match choice.pointer("/message/content") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => return Err(format!("message.content is not a string: {other}")),
+    let text = match (choice.pointer("/message/content"), choice.pointer("/message/refusal")) {
+        (Some(Value::String(s)), _) => s.clone(),
+        // a refusal is the model's answer: stored and scored as what it said
+        (Some(Value::Null) | None, Some(Value::String(r))) => r.clone(),
+        (Some(Value::Null) | None, _) => {
+            let finish = choice.get("finish_reason").and_then(Value::as_str).map_or(String::new(), |f| format!(" (finish_reason {f:?})"));
+            return Err(format!("the response has no answer text: message.content is {}{finish}", if choice.pointer("/message/content").is_some() { "null" } else { "missing" }));
+        }
+        (Some(other), _) => return Err(format!("message.content is not a string: {other}")),
     };
     Ok(Generation {
         text,
@@ -360,7 +374,9 @@ pub fn sum_logprobs(v: &Value, from: usize, to: usize) -> std::result::Result<Lo
     if logprobs.len() != tokens.len() || offsets.len() != tokens.len() {
         return Err("logprobs arrays have different lengths".into());
     }
-    let mut out = Loglikelihood { logprob: 0.0, is_greedy: true, tokens: 0 };
+    let mut out = Loglikelihood { logprob: 0.0, is_greedy: Some(true), tokens: 0 };
+    // a token without top_logprobs leaves greediness unknown, unless another token settles it
+    let mut unknown = false;
     for i in 0..tokens.len() {
         let start = offsets[i];
         if start >= to {
@@ -377,16 +393,24 @@ pub fn sum_logprobs(v: &Value, from: usize, to: usize) -> std::result::Result<Lo
             }
             return Err(format!("no log-probability for token {i} ({token:?})"));
         };
+        // a probability is at most 1 (a little rounding above 0 is let through)
+        if lp.is_nan() || lp > 1e-4 {
+            return Err(format!("token {i} ({token:?}) has log-probability {lp}, which no probability has (a log-probability is at most 0)"));
+        }
         out.logprob += lp;
         out.tokens += 1;
-        if let Some(Value::Object(alts)) = top.and_then(|t| t.get(i)) {
-            let best = alts.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).max_by(|a, b| a.1.total_cmp(&b.1));
-            if best.is_some_and(|(k, _)| k != token) {
-                out.is_greedy = false;
+        match top.and_then(|t| t.get(i)) {
+            Some(Value::Object(alts)) if !alts.is_empty() => {
+                let best = alts.iter().filter_map(|(k, v)| v.as_f64().map(|x| (k, x))).max_by(|a, b| a.1.total_cmp(&b.1));
+                if best.is_some_and(|(k, _)| k != token) {
+                    out.is_greedy = Some(false);
+                }
             }
-        } else {
-            out.is_greedy = false;
+            _ => unknown = true,
         }
+    }
+    if unknown && out.is_greedy == Some(true) {
+        out.is_greedy = None;
     }
     if out.tokens == 0 && from < to {
         return Err("no continuation token was scored; the server's text offsets do not cover the continuation".into());
@@ -493,7 +517,7 @@ mod tests {
         // "Q: 1+1 A:" + " 2", then one generated token.
         let v = echo(&["Q", ":", " 1+1", " A", ":", " 2", "\n"], &[None, Some(-1.0), Some(-2.0), Some(-0.5), Some(-0.1), Some(-0.25), Some(-3.0)], &["Q", ":", " 1+1", " A", ":", " 2", "\n"]);
         let ll = sum_logprobs(&v, 9, 11).unwrap();
-        assert_eq!(ll, Loglikelihood { logprob: -0.25, is_greedy: true, tokens: 1 });
+        assert_eq!(ll, Loglikelihood { logprob: -0.25, is_greedy: Some(true), tokens: 1 });
         let rolling = sum_logprobs(&v, 0, 11).unwrap();
         assert_eq!(rolling.tokens, 5);
         assert!((rolling.logprob - -3.85).abs() < 1e-12);
@@ -502,7 +526,32 @@ mod tests {
     #[test]
     fn greedy_is_top_token() {
         let v = echo(&["a", " b"], &[None, Some(-2.0)], &["a", " c"]);
-        assert!(!sum_logprobs(&v, 1, 3).unwrap().is_greedy);
+        assert_eq!(sum_logprobs(&v, 1, 3).unwrap().is_greedy, Some(false));
+        // without top_logprobs it cannot be told; one token that is not the top one settles it
+        let mut v = echo(&["a", " b", " c"], &[None, Some(-2.0), Some(-1.0)], &["a", " b", " d"]);
+        v["choices"][0]["logprobs"]["top_logprobs"][1] = Value::Null;
+        assert_eq!(sum_logprobs(&v, 1, 3).unwrap().is_greedy, None);
+        assert_eq!(sum_logprobs(&v, 1, 5).unwrap().is_greedy, Some(false));
+        v["choices"][0]["logprobs"]["top_logprobs"] = Value::Null;
+        assert_eq!(sum_logprobs(&v, 1, 5).unwrap().is_greedy, None);
+    }
+
+    #[test]
+    fn a_log_probability_above_zero_is_an_error() {
+        let v = echo(&["a", " b"], &[None, Some(5.0)], &["a", " b"]);
+        assert!(sum_logprobs(&v, 1, 3).unwrap_err().contains("has log-probability 5, which no probability has"));
+        let v = echo(&["a", " b"], &[None, Some(1e-7)], &["a", " b"]);
+        assert!(sum_logprobs(&v, 1, 3).is_ok(), "rounding above 0");
+    }
+
+    #[test]
+    fn a_chat_answer_without_text_is_an_error_and_a_refusal_is_the_answer() {
+        let answer = |m: Value| parse_chat(&json!({"choices": [{"message": m, "finish_reason": "stop"}]}));
+        assert_eq!(answer(json!({"content": "hi"})).unwrap().text, "hi");
+        assert_eq!(answer(json!({"content": null, "refusal": "I can't help with that."})).unwrap().text, "I can't help with that.");
+        assert_eq!(answer(json!({"content": null})).unwrap_err(), "the response has no answer text: message.content is null (finish_reason \"stop\")");
+        assert_eq!(answer(json!({"role": "assistant"})).unwrap_err(), "the response has no answer text: message.content is missing (finish_reason \"stop\")");
+        assert!(parse_chat(&json!({"choices": [{}]})).is_err());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub enum Fault {
     NotJson,
     /// Answer only after this long.
     Slow(Duration),
+    /// 200 with this body.
+    Body(String),
 }
 
 pub type FaultFn = dyn Fn(&str, usize) -> Fault + Send + Sync;
@@ -175,7 +177,8 @@ pub fn fake_is_top(tokens: &[String], i: usize) -> bool {
     !fnv(&tokens[i]).is_multiple_of(3)
 }
 
-fn echo_body(prompt: &str) -> Value {
+/// The `/completions` answer to `prompt` (echoed with log-probabilities).
+pub fn echo_body(prompt: &str) -> Value {
     let mut tokens = fake_tokens(prompt);
     tokens.push(" zz".into()); // the one generated token
     let mut offsets = Vec::new();
@@ -284,6 +287,7 @@ fn handle(w: &mut TcpStream, st: &State, path: &str, headers: &HashMap<String, S
         Fault::Drop => return false,
         Fault::NotJson => return respond(w, "200 OK", "", "<html>bad gateway</html>"),
         Fault::Slow(d) => std::thread::sleep(d),
+        Fault::Body(b) => return respond(w, "200 OK", "", &b),
     }
     let out = if path.ends_with("/chat/completions") {
         let text = (st.answer.lock().unwrap().clone())(&key);
