@@ -329,7 +329,8 @@ struct RunArgs {
     /// Only these models (comma-separated names).
     #[arg(long, value_delimiter = ',', value_name = "X,Y")]
     models: Option<Vec<String>>,
-    /// Continue the latest unfinished run of this suite.
+    /// Continue the newest run of this suite if it was interrupted or has errored items (those
+    /// are asked again).
     #[arg(long)]
     resume: bool,
     /// Ask the models again instead of reusing cached answers from earlier runs.

@@ -126,8 +126,12 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let mut store = Store::open(&opts.db)?;
     let hash = suite.content_hash()?;
     let (run, fresh) = if opts.resume {
-        let run = store.latest_unfinished(&suite.file.name)?.ok_or_else(|| {
-            Error::Usage(format!("no unfinished run of suite {:?} in {} to resume; run without --resume", suite.file.name, opts.db.display()))
+        let run = store.latest_resumable(&suite.file.name)?.ok_or_else(|| {
+            Error::Usage(format!(
+                "nothing to resume: the newest run of suite {:?} in {} finished with every item answered (or there is none); run without --resume",
+                suite.file.name,
+                opts.db.display()
+            ))
         })?;
         if run.suite_hash != hash {
             return Err(Error::Usage(format!(

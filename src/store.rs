@@ -311,6 +311,14 @@ impl Store {
         self.db(r)
     }
 
+    /// The newest run of `suite`, when it did not finish or has errored items (status `running` or
+    /// `errored`): what `run --resume` continues. A newer complete run means nothing to resume.
+    pub fn latest_resumable(&self, suite: &str) -> Result<Option<Run>> {
+        let sql = format!("SELECT {} FROM runs WHERE suite = ?1 ORDER BY started_at DESC, id DESC LIMIT 1", Self::RUN_COLUMNS);
+        let r = self.conn.query_row(&sql, [suite], Self::run_from_row).optional();
+        Ok(self.db(r)?.filter(|r| r.status == "running" || r.status == "errored"))
+    }
+
     /// A run by id, unique id prefix, tag name, or `latest`.
     pub fn resolve_run(&self, key: &str) -> Result<Run> {
         let runs = self.runs()?;
@@ -557,6 +565,12 @@ mod tests {
         store.put_sample(&Sample { run_id: "r1".into(), model: "m".into(), task: "t".into(), item: 4, error: Some("x".into()), ..Default::default() }).unwrap();
         assert_eq!(store.finished_keys("r1").unwrap().len(), 1);
         assert_eq!(store.latest_unfinished("s").unwrap().unwrap().id, "r1");
+        assert_eq!(store.latest_resumable("s").unwrap().unwrap().id, "r1");
+        store.set_run_status("r1", "errored", Some(2.0), &[]).unwrap();
+        assert!(store.latest_unfinished("s").unwrap().is_none());
+        assert_eq!(store.latest_resumable("s").unwrap().unwrap().id, "r1", "errored items are retried");
+        store.set_run_status("r1", "complete", Some(2.0), &[]).unwrap();
+        assert!(store.latest_resumable("s").unwrap().is_none());
         store.tag_run("r1", "base").unwrap();
         assert_eq!(store.resolve_run("base").unwrap().id, "r1");
         assert_eq!(store.resolve_run("r").unwrap().id, "r1");

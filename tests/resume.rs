@@ -1,6 +1,6 @@
 //! Kill -9 in the middle of a run, resume, and get what an uninterrupted run gets.
 
-use crate::server::FakeServer;
+use crate::server::{FakeServer, Fault};
 use crate::support::*;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -59,7 +59,31 @@ fn sigkill_then_resume_equals_an_uninterrupted_run() {
     // Nothing left to resume.
     let again = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--resume"]);
     assert_eq!(again.status.code(), Some(2));
-    assert!(stderr(&again).contains("no unfinished run"), "{}", stderr(&again));
+    assert!(stderr(&again).contains("nothing to resume"), "{}", stderr(&again));
+}
+
+#[test]
+fn resume_retries_the_errored_items_of_a_finished_run() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_faults(|prompt, _| if prompt.contains("Q: 11+7") { Fault::ServerError } else { Fault::None });
+    let dir = TempDir::new("resume-errored");
+    dir.write("data/arith.jsonl", &arith_rows(20));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "max-retries = 0"));
+    let db = dir.db();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let first = json_out(&out);
+    assert!(stderr(&out).contains("--resume` retries them"), "{}", stderr(&out));
+    server.set_faults(|_, _| Fault::None);
+    server.clear_log();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json", "--resume"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let resumed = json_out(&out);
+    assert_eq!(resumed["run_id"], first["run_id"], "the same run continues");
+    assert_eq!(resumed["status"], "complete");
+    let asked: Vec<String> = server.log().iter().map(|r| r.key.clone()).collect();
+    assert!(asked.len() == 1 && asked[0].contains("Q: 11+7"), "only the errored item is asked again: {asked:?}");
+    assert_eq!(result(&resumed, "remote-x", "arith", "exact-match")["n"], 20);
 }
 
 #[test]
