@@ -92,7 +92,11 @@ impl Rendered {
 /// Renders one row; few-shot `example`s skip the category, which they do not need.
 fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bool) -> Result<Rendered> {
     let ctx = Value::from(minijinja::value::Serde(&row.fields));
-    let fail = |field: &str, e: minijinja::Error| Error::data(loc, format!("task {:?}: {field}: {}", task.name, jinja_message(&e)));
+    let fail = |field: &str, e: minijinja::Error| {
+        // an undefined value is most often a column the row does not have: name the ones it has
+        let columns = if e.kind() == minijinja::ErrorKind::UndefinedError { format!(" (the row's columns are {})", row.fields.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")) } else { String::new() };
+        Error::data(loc, format!("task {:?}: {field}: {}{columns}", task.name, jinja_message(&e)))
+    };
     let prompt = if c.turns.is_some() { String::new() } else { c.prompt.render(&ctx).map_err(|e| fail("prompt", e))? };
     let target = c.target.as_ref().map(|t| t.render(&ctx)).transpose().map_err(|e| fail("target", e))?;
     let category = c.category.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("category", e))?;
@@ -101,6 +105,10 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
     let mut gold = None;
     if let Some(expr) = &c.choices {
         let v = expr.eval(&ctx).map_err(|e| fail("choices", e))?;
+        // a string iterates as its characters, which is never what a list of choices means
+        if v.kind() == minijinja::value::ValueKind::String {
+            return Err(Error::data(loc, format!("task {:?}: choices: expected a list, got the string {v:?}; the expression must give a list (a column holding one, or `[a, b, c]`)", task.name)));
+        }
         let iter = v.try_iter().map_err(|_| Error::data(loc, format!("task {:?}: choices: expected a list, got {v}", task.name)))?;
         choices = iter.map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect();
         if choices.len() < 2 {

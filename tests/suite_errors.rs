@@ -52,6 +52,17 @@ fn template_naming_a_missing_column() {
     std::fs::write(&suite, text).unwrap();
     let err = run_err(&suite, &dir);
     assert!(err.contains("arith.jsonl:1") && err.contains("prompt") && err.contains("undefined"), "{err}");
+    assert!(err.contains("(the row's columns are `answer`, `id`, `question`)"), "the error names the columns there are: {err}");
+}
+
+#[test]
+fn choices_that_are_a_string_not_a_list() {
+    let dir = TempDir::new("choices-string");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap().replace("kind = \"generate\"", "kind = \"multiple-choice\"\nchoices = \"question\"\ngold = \"0\"").replace("metrics = [\"exact-match\"]", "metrics = [\"acc\"]");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("arith.jsonl:1") && err.contains("choices: expected a list, got the string"), "{err}");
 }
 
 #[test]
