@@ -405,6 +405,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// What Ctrl-C prints before the process exits with 130 (see [`on_interrupt_say`]).
+static INTERRUPTED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+extern "C" fn interrupted(_: libc::c_int) {
+    // only async-signal-safe calls: write(2) and _exit(2); every finished sample is already
+    // committed, so exiting here loses nothing a resume cannot redo
+    if let Some(m) = INTERRUPTED.get() {
+        // SAFETY: a static buffer, written to stderr.
+        unsafe { libc::write(2, m.as_ptr().cast(), m.len()) };
+    }
+    // SAFETY: ends the process without running anything else.
+    unsafe { libc::_exit(i32::from(exit::INTERRUPTED)) }
+}
+
+/// Makes Ctrl-C (SIGINT) print `message` and exit with 130 instead of dying silently.
+fn on_interrupt_say(message: String) {
+    if INTERRUPTED.set(message.into_bytes()).is_ok() {
+        // SAFETY: installs a handler that only uses async-signal-safe calls; where SIGINT was
+        // ignored (a background job of a script) it stays ignored.
+        unsafe {
+            if libc::signal(libc::SIGINT, interrupted as *const () as libc::sighandler_t) == libc::SIG_IGN {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+            }
+        }
+    }
+}
+
 fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
     let suite = crate::suite::Suite::load(&args.suite)?;
     let opts = crate::run::RunOptions {
@@ -420,6 +447,7 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
     if args.resume && (opts.limit.is_some() || opts.tasks.is_some() || opts.models.is_some()) {
         eprintln!("note: --resume continues with the selection the run started with; --limit/--tasks/--models are ignored");
     }
+    on_interrupt_say(format!("\ninterrupted: every finished item is stored in {}; `llmeval run {} --db {} --resume` continues\n", opts.db.display(), args.suite.display(), opts.db.display()));
     let report = crate::run::run_suite(&suite, &opts).with_context(|| format!("running suite {}", args.suite.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&run_json(&report.run, &report.aggregates)).expect("JSON"));

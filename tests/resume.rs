@@ -87,6 +87,34 @@ fn resume_retries_the_errored_items_of_a_finished_run() {
 }
 
 #[test]
+fn ctrl_c_says_how_to_resume_and_exits_130() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_latency(Duration::from_millis(15));
+    let dir = TempDir::new("sigint");
+    dir.write("data/arith.jsonl", &arith_rows(200));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 2"));
+    let db = dir.db();
+    let child = std::process::Command::new(BIN)
+        .args(["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while server.answered() < 20 {
+        assert!(t.elapsed() < Duration::from_secs(60), "the run did not progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted: every finished item is stored in") && err.contains("--resume` continues"), "{err}");
+    assert!(!finished_prompts(&db).is_empty());
+}
+
+#[test]
 fn resume_refuses_a_changed_suite() {
     let server = FakeServer::start(crate::server::arith_answer);
     server.set_latency(Duration::from_millis(20));
