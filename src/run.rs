@@ -235,6 +235,15 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let backends: Vec<Box<dyn Model>> = models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
     let judge_backends: Vec<Box<dyn Model>> = judge_models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
 
+    // a task no selected model can serve is a suite error, before anything is stored
+    for (model_cfg, backend) in models.iter().zip(&backends) {
+        if let Some(task) = tasks.iter().find(|t| matches!(t.kind, TaskKind::Loglikelihood | TaskKind::Perplexity) && !backend.capabilities().loglikelihood) {
+            return Err(Error::config(
+                suite.path.display().to_string(),
+                format!("task {:?} needs log-probabilities, which model {:?} (api = \"chat\") cannot give; use api = \"completions\" on a server that supports echo + logprobs", task.name, model_cfg.name),
+            ));
+        }
+    }
     if fresh {
         store.create_run(&run)?;
     }
@@ -343,23 +352,11 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
                         }
                     }
                     TaskKind::Loglikelihood => {
-                        if !caps.loglikelihood {
-                            return Err(Error::Usage(format!(
-                                "task {:?} needs log-probabilities, which model {:?} (api = \"chat\") cannot give; use api = \"completions\" on a server that supports echo + logprobs",
-                                task.name, model_cfg.name
-                            )));
-                        }
                         p.lls = vec![None];
                         let continuation = format!("{}{}", task.target_delimiter, item.target.clone().unwrap_or_default());
                         ll_reqs.push((slot, Part::Continuation, LoglikelihoodRequest { context: item.prompt.clone(), continuation }));
                     }
                     TaskKind::Perplexity => {
-                        if !caps.loglikelihood {
-                            return Err(Error::Usage(format!(
-                                "task {:?} needs log-probabilities, which model {:?} (api = \"chat\") cannot give; use api = \"completions\"",
-                                task.name, model_cfg.name
-                            )));
-                        }
                         p.lls = vec![None];
                         roll_reqs.push((slot, Part::Rolling, RollingRequest { text: item.prompt.clone() }));
                     }

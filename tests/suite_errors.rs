@@ -56,6 +56,18 @@ fn template_naming_a_missing_column() {
 }
 
 #[test]
+fn a_task_the_model_cannot_serve_is_refused_before_a_run_is_stored() {
+    let dir = TempDir::new("needs-logprobs");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap().replace("kind = \"generate\"", "kind = \"loglikelihood\"").replace("metrics = [\"exact-match\"]", "metrics = [\"loglikelihood\"]");
+    std::fs::write(&suite, text).unwrap();
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("suite.toml: task \"arith\" needs log-probabilities, which model \"remote-x\" (api = \"chat\") cannot give"), "{err}");
+    let list = llmeval(&["runs", "list", "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(json_out(&list).as_array().map(Vec::len), Some(0), "no run was left behind");
+}
+
+#[test]
 fn choices_that_are_a_string_not_a_list() {
     let dir = TempDir::new("choices-string");
     let suite = base(&dir, "", "");
