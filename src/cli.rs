@@ -460,7 +460,7 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
     }
     if report.errored > 0 {
         eprintln!(
-            "{} item(s) errored after all retries and were not scored; `llmeval runs show {} --samples` lists them, `llmeval run {} --resume` retries them",
+            "{} item(s) errored and were not scored; `llmeval runs show {} --samples` lists them with their errors, `llmeval run {} --resume` retries them",
             report.errored,
             report.run.id,
             args.suite.display()

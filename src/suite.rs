@@ -331,6 +331,13 @@ impl Suite {
         format!("{}:{}", self.path.display(), line_of(&self.text, value.span().start))
     }
 
+    /// `path:line` of the `index`-th table under `header` (`[[model]]`, `[[task]]`), for errors
+    /// about a table as a whole; the file alone where the table is written another way.
+    fn table_at(&self, header: &str, index: usize) -> String {
+        let line = self.text.lines().enumerate().filter(|(_, l)| l.trim() == header).nth(index).map(|(i, _)| i + 1);
+        line.map_or_else(|| self.path.display().to_string(), |l| format!("{}:{l}", self.path.display()))
+    }
+
     /// Resolves a path written in the suite.
     pub fn resolve(&self, rel: &str) -> PathBuf {
         let p = Path::new(rel);
@@ -347,7 +354,8 @@ impl Suite {
             return Err(Error::config(whole, "no [[task]] table: a suite needs at least one task"));
         }
         let mut seen = std::collections::HashSet::new();
-        for m in &f.models {
+        for (i, m) in f.models.iter().enumerate() {
+            let whole = self.table_at("[[model]]", i);
             if !seen.insert(&m.name) {
                 return Err(Error::config(&whole, format!("model name {:?} is used twice; names must be unique", m.name)));
             }
@@ -398,9 +406,9 @@ impl Suite {
             }
         }
         let mut seen = std::collections::HashSet::new();
-        for t in &f.tasks {
+        for (i, t) in f.tasks.iter().enumerate() {
             if !seen.insert(&t.name) {
-                return Err(Error::config(&whole, format!("task name {:?} is used twice; names must be unique", t.name)));
+                return Err(Error::config(self.table_at("[[task]]", i), format!("task name {:?} is used twice; names must be unique", t.name)));
             }
             self.validate_task(t)?;
         }
@@ -410,6 +418,9 @@ impl Suite {
     fn validate_task(&self, t: &TaskConfig) -> Result<()> {
         let task = &t.name;
         let data = self.resolve(t.data.get_ref());
+        if data.is_dir() {
+            return Err(Error::config(self.at(&t.data), format!("task {task:?}: data {} is a directory; name a .jsonl, .json, .csv or .tsv file in it", data.display())));
+        }
         if !data.is_file() {
             return Err(Error::config(self.at(&t.data), format!("task {task:?}: data file {} does not exist (paths are relative to the suite file)", data.display())));
         }

@@ -100,6 +100,29 @@ fn bad_regex() {
 }
 
 #[test]
+fn duplicate_names_bad_limits_and_a_directory_for_data_name_their_table() {
+    let dir = TempDir::new("tables");
+    let suite = base(&dir, "", "");
+    let text = std::fs::read_to_string(&suite).unwrap();
+    let model = &text[text.find("[[model]]").unwrap()..text.find("[[task]]").unwrap()];
+    let task = &text[text.find("[[task]]").unwrap()..];
+    for (changed, want, table) in [
+        (format!("{text}\n{model}"), "model name \"remote-x\" is used twice", ("[[model]]", 2)),
+        (format!("{text}\n{task}"), "task name \"arith\" is used twice", ("[[task]]", 2)),
+        (text.replacen("[[model]]", "[[model]]\nconcurrency = 0", 1), "concurrency must be at least 1", ("[[model]]", 1)),
+        (text.replacen("[[model]]", "[[model]]\ntimeout-s = -1", 1), "timeout-s must be positive", ("[[model]]", 1)),
+    ] {
+        std::fs::write(&suite, &changed).unwrap();
+        let err = run_err(&suite, &dir);
+        let line = changed.lines().enumerate().filter(|(_, l)| l.trim() == table.0).nth(table.1 - 1).unwrap().0 + 1;
+        assert!(err.contains(&format!("suite.toml:{line}: ")) && err.contains(want), "{want}: {err}");
+    }
+    std::fs::write(&suite, text.replace("data/arith.jsonl", "data")).unwrap();
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("is a directory; name a .jsonl, .json, .csv or .tsv file in it"), "{err}");
+}
+
+#[test]
 fn unknown_metric_and_wrong_types() {
     let dir = TempDir::new("metric");
     let suite = base(&dir, "", "");

@@ -195,14 +195,23 @@ impl Shared {
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !status.is_success() {
             let detail = error_detail(&bytes);
-            let msg = format!("HTTP {}: {detail}", status.as_u16());
+            let hint = match status.as_u16() {
+                401 | 403 => " (check the API key: the model's `api-key-env` names the environment variable that holds it)",
+                404 => " (check the model's `base-url`, which ends before /chat/completions, and `model`)",
+                _ => "",
+            };
+            let msg = format!("HTTP {}: {detail}{hint}", status.as_u16());
             return Err(match status.as_u16() {
                 408 | 409 | 429 | 500..=599 => Failure::Transient(msg, retry_after),
                 _ => Failure::Permanent(msg),
             });
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
-            Failure::Transient(format!("HTTP {} with a body that is not JSON: {}", status.as_u16(), snippet(&bytes)), retry_after)
+            let what = match std::str::from_utf8(&bytes) {
+                Err(e) => format!("a body that is not valid UTF-8 (at byte {})", e.valid_up_to()),
+                Ok(_) => "a body that is not JSON".into(),
+            };
+            Failure::Transient(format!("HTTP {} with {what}: {}", status.as_u16(), snippet(&bytes)), retry_after)
         })?;
         if let Some(err) = value.get("error").filter(|e| !e.is_null()) {
             return Err(Failure::Transient(format!("error in response body: {}", error_detail(err.to_string().as_bytes())), retry_after));
@@ -343,7 +352,11 @@ fn parse_chat(v: &Value) -> std::result::Result<Generation, String> {
 
 fn parse_completion(v: &Value) -> std::result::Result<Generation, String> {
     let choice = v.pointer("/choices/0").ok_or_else(|| format!("response has no choices: {}", snippet(v.to_string().as_bytes())))?;
-    let text = choice.get("text").and_then(Value::as_str).ok_or("choices[0].text is missing")?.to_string();
+    let text = match choice.get("text") {
+        Some(Value::String(s)) => s.clone(),
+        None | Some(Value::Null) => return Err("choices[0].text is missing".into()),
+        Some(other) => return Err(format!("choices[0].text is not a string: {other}")),
+    };
     Ok(Generation {
         text,
         prompt_tokens: usage(v, "prompt_tokens"),
@@ -358,6 +371,9 @@ fn parse_completion(v: &Value) -> std::result::Result<Generation, String> {
 /// when it ends after `from`, and tokens starting at or after `to` (the generated one) are ignored.
 /// Greedy means every scored token is the top entry of `top_logprobs` (lm-eval's rule).
 pub fn sum_logprobs(v: &Value, from: usize, to: usize) -> std::result::Result<Loglikelihood, String> {
+    if v.pointer("/choices/0").is_none() {
+        return Err(format!("response has no choices: {}", snippet(v.to_string().as_bytes())));
+    }
     let lp = v.pointer("/choices/0/logprobs").filter(|x| !x.is_null()).ok_or(
         "the server returned no logprobs; it does not support `echo` with `logprobs` on /completions (use api = \"chat\" to fall back to generation)",
     )?;
@@ -534,6 +550,13 @@ mod tests {
         assert_eq!(sum_logprobs(&v, 1, 5).unwrap().is_greedy, Some(false));
         v["choices"][0]["logprobs"]["top_logprobs"] = Value::Null;
         assert_eq!(sum_logprobs(&v, 1, 5).unwrap().is_greedy, None);
+    }
+
+    #[test]
+    fn completion_text_that_is_not_a_string_says_so() {
+        assert_eq!(parse_completion(&json!({"choices": [{"text": 42}]})).unwrap_err(), "choices[0].text is not a string: 42");
+        assert_eq!(parse_completion(&json!({"choices": [{"text": null}]})).unwrap_err(), "choices[0].text is missing");
+        assert!(sum_logprobs(&json!({"choices": []}), 0, 1).unwrap_err().starts_with("response has no choices"));
     }
 
     #[test]
