@@ -134,7 +134,7 @@ fn correct_judge(p: &str) -> String {
 #[test]
 fn arena_run_samples_prompts_judges_every_pair_and_resumes() {
     use crate::server::FakeServer;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let good = FakeServer::start(|p| format!("{}", sum_of(p)));
     let bad = FakeServer::start(|p| format!("{}", sum_of(p) + 1));
     let worse = FakeServer::start(|p| format!("{}", sum_of(p) + 2));
@@ -143,17 +143,7 @@ fn arena_run_samples_prompts_judges_every_pair_and_resumes() {
     let dir = TempDir::new("arena-run");
     let arena = arena_files(&dir, &good.base_url(), &bad.base_url(), &worse.base_url(), &judge.base_url(), 12);
     // Kill it part-way through the judging, then run it again: the same run resumes.
-    let mut child = std::process::Command::new(BIN)
-        .args(["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while judge.answered() < 20 {
-        assert!(t.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = spawn_until(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()], std::process::Stdio::null(), || judge.answered(), 20);
     child.kill().unwrap();
     child.wait().unwrap();
     let first = judge.answered();

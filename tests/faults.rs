@@ -71,8 +71,7 @@ fn a_retry_after_too_long_to_wait_errors_the_item_at_once() {
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(t.elapsed() < Duration::from_secs(60), "waited {:?}", t.elapsed());
-    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
-    let errs: Vec<String> = show["samples"].as_array().unwrap().iter().filter_map(|s| s["error"].as_str().map(str::to_string)).collect();
+    let errs = sample_errors(&dir.db());
     assert_eq!(errs.len(), 1);
     assert!(errs[0].contains("HTTP 429") && errs[0].contains("the server asked to wait 86400 s before retrying, more than llmeval waits: 300 s"), "{errs:?}");
 }
@@ -91,8 +90,7 @@ fn an_answer_without_text_is_errored_and_not_cached() {
     let v = json_out(&out);
     let r = result(&v, "remote-x", "arith", "exact-match");
     assert_eq!((r["errors"].as_u64(), r["n"].as_u64()), (Some(1), Some(19)), "{r}");
-    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
-    let errs: Vec<String> = show["samples"].as_array().unwrap().iter().filter_map(|s| s["error"].as_str().map(str::to_string)).collect();
+    let errs = sample_errors(&dir.db());
     assert_eq!(errs, ["the response has no answer text: message.content is null (finish_reason \"content_filter\")"]);
     // once the server answers, the item is asked again (nothing was cached) and scored
     server.set_faults(|_, _| Fault::None);
@@ -129,8 +127,7 @@ fn permanent_faults_are_errored_not_wrong() {
     let log = server.log();
     assert_eq!(log.iter().filter(|r| r.key.contains("Q: 11+7")).count(), 3);
     assert_eq!(log.iter().filter(|r| r.key.contains("Q: 48+60")).count(), 1);
-    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--samples", "--json"]));
-    let errs: Vec<String> = show["samples"].as_array().unwrap().iter().filter_map(|s| s["error"].as_str().map(str::to_string)).collect();
+    let errs = sample_errors(&dir.db());
     assert_eq!(errs.len(), 2);
     assert!(errs.iter().any(|e| e.contains("HTTP 500") && e.contains("3 attempts")), "{errs:?}");
     assert!(errs.iter().any(|e| e.contains("HTTP 400") && e.contains("this model does not exist")), "{errs:?}");

@@ -3,7 +3,7 @@
 use crate::server::{FakeServer, Fault};
 use crate::support::*;
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn finished_prompts(db: &std::path::Path) -> HashSet<String> {
     let conn = rusqlite::Connection::open(db).unwrap();
@@ -19,17 +19,7 @@ fn sigkill_then_resume_equals_an_uninterrupted_run() {
     dir.write("data/arith.jsonl", &arith_rows(400));
     let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 4"));
     let db = dir.db();
-    let mut child = std::process::Command::new(BIN)
-        .args(["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while server.answered() < 120 {
-        assert!(t.elapsed() < Duration::from_secs(60), "the run did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = spawn_until(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json"], std::process::Stdio::null(), || server.answered(), 120);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done = finished_prompts(&db);
@@ -94,17 +84,7 @@ fn ctrl_c_says_how_to_resume_and_exits_130() {
     dir.write("data/arith.jsonl", &arith_rows(200));
     let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 2"));
     let db = dir.db();
-    let child = std::process::Command::new(BIN)
-        .args(["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while server.answered() < 20 {
-        assert!(t.elapsed() < Duration::from_secs(60), "the run did not progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let child = spawn_until(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap()], std::process::Stdio::piped(), || server.answered(), 20);
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();

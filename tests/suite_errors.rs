@@ -8,6 +8,13 @@ fn base(dir: &TempDir, task_extra: &str, model_extra: &str) -> std::path::PathBu
     dir.write("suite.toml", &suite)
 }
 
+/// The base suite with `edit` applied to its text.
+fn edited(dir: &TempDir, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let suite = base(dir, "", "");
+    std::fs::write(&suite, edit(std::fs::read_to_string(&suite).unwrap())).unwrap();
+    suite
+}
+
 fn run_err(suite: &std::path::Path, dir: &TempDir) -> String {
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "stdout: {}\nstderr: {}", stdout(&out), stderr(&out));
@@ -36,9 +43,7 @@ fn unknown_field() {
 #[test]
 fn bad_template() {
     let dir = TempDir::new("template");
-    let suite = base(&dir, "", "");
-    let text = std::fs::read_to_string(&suite).unwrap().replace("prompt = \"Q: {{ question }}", "prompt = \"Q: {{ question ");
-    std::fs::write(&suite, text).unwrap();
+    let suite = edited(&dir, |t| t.replace("prompt = \"Q: {{ question }}", "prompt = \"Q: {{ question "));
     let err = run_err(&suite, &dir);
     let line = line_of(&suite, "prompt =");
     assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("prompt") && err.contains("bad template"), "{err}");
@@ -47,9 +52,7 @@ fn bad_template() {
 #[test]
 fn template_naming_a_missing_column() {
     let dir = TempDir::new("column");
-    let suite = base(&dir, "", "");
-    let text = std::fs::read_to_string(&suite).unwrap().replace("{{ question }}", "{{ questoin }}");
-    std::fs::write(&suite, text).unwrap();
+    let suite = edited(&dir, |t| t.replace("{{ question }}", "{{ questoin }}"));
     let err = run_err(&suite, &dir);
     assert!(err.contains("arith.jsonl:1") && err.contains("prompt") && err.contains("undefined"), "{err}");
     assert!(err.contains("(the row's columns are `answer`, `id`, `question`)"), "the error names the columns there are: {err}");
@@ -58,9 +61,7 @@ fn template_naming_a_missing_column() {
 #[test]
 fn a_task_the_model_cannot_serve_is_refused_before_a_run_is_stored() {
     let dir = TempDir::new("needs-logprobs");
-    let suite = base(&dir, "", "");
-    let text = std::fs::read_to_string(&suite).unwrap().replace("kind = \"generate\"", "kind = \"loglikelihood\"").replace("metrics = [\"exact-match\"]", "metrics = [\"loglikelihood\"]");
-    std::fs::write(&suite, text).unwrap();
+    let suite = edited(&dir, |t| t.replace("kind = \"generate\"", "kind = \"loglikelihood\"").replace("metrics = [\"exact-match\"]", "metrics = [\"loglikelihood\"]"));
     let err = run_err(&suite, &dir);
     assert!(err.contains("suite.toml: task \"arith\" needs log-probabilities, which model \"remote-x\" (api = \"chat\") cannot give"), "{err}");
     let list = llmeval(&["runs", "list", "--db", dir.db().to_str().unwrap(), "--json"]);
@@ -70,9 +71,7 @@ fn a_task_the_model_cannot_serve_is_refused_before_a_run_is_stored() {
 #[test]
 fn choices_that_are_a_string_not_a_list() {
     let dir = TempDir::new("choices-string");
-    let suite = base(&dir, "", "");
-    let text = std::fs::read_to_string(&suite).unwrap().replace("kind = \"generate\"", "kind = \"multiple-choice\"\nchoices = \"question\"\ngold = \"0\"").replace("metrics = [\"exact-match\"]", "metrics = [\"acc\"]");
-    std::fs::write(&suite, text).unwrap();
+    let suite = edited(&dir, |t| t.replace("kind = \"generate\"", "kind = \"multiple-choice\"\nchoices = \"question\"\ngold = \"0\"").replace("metrics = [\"exact-match\"]", "metrics = [\"acc\"]"));
     let err = run_err(&suite, &dir);
     assert!(err.contains("arith.jsonl:1") && err.contains("choices: expected a list, got the string"), "{err}");
 }
@@ -80,9 +79,7 @@ fn choices_that_are_a_string_not_a_list() {
 #[test]
 fn missing_data_file() {
     let dir = TempDir::new("missing");
-    let suite = base(&dir, "", "");
-    let text = std::fs::read_to_string(&suite).unwrap().replace("data/arith.jsonl", "data/nope.jsonl");
-    std::fs::write(&suite, text).unwrap();
+    let suite = edited(&dir, |t| t.replace("data/arith.jsonl", "data/nope.jsonl"));
     let err = run_err(&suite, &dir);
     let line = line_of(&suite, "nope.jsonl");
     assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("nope.jsonl") && err.contains("does not exist"), "{err}");
@@ -91,9 +88,7 @@ fn missing_data_file() {
 #[test]
 fn bad_regex() {
     let dir = TempDir::new("regex");
-    let suite = base(&dir, "", "");
-    let text = std::fs::read_to_string(&suite).unwrap().replace("(-?\\\\d+)", "(-?\\\\d+");
-    std::fs::write(&suite, text).unwrap();
+    let suite = edited(&dir, |t| t.replace("(-?\\\\d+)", "(-?\\\\d+"));
     let err = run_err(&suite, &dir);
     let line = line_of(&suite, "extract =");
     assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("bad regex"), "{err}");
@@ -125,9 +120,7 @@ fn duplicate_names_bad_limits_and_a_directory_for_data_name_their_table() {
 #[test]
 fn unknown_metric_and_wrong_types() {
     let dir = TempDir::new("metric");
-    let suite = base(&dir, "", "");
-    let text = std::fs::read_to_string(&suite).unwrap().replace("metrics = [\"exact-match\"]", "metrics = [\"exact-match\", \"acc-norm\"]");
-    std::fs::write(&suite, text).unwrap();
+    let suite = edited(&dir, |t| t.replace("metrics = [\"exact-match\"]", "metrics = [\"exact-match\", \"acc-norm\"]"));
     let err = run_err(&suite, &dir);
     assert!(err.contains("unknown metric \"acc-norm\" for a generate task"), "{err}");
 

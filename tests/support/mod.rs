@@ -47,6 +47,24 @@ pub fn llmeval(args: &[&str]) -> Output {
     Command::new(BIN).args(args).env_remove("LLMEVAL_DB").output().expect("spawn llmeval")
 }
 
+/// Starts `llmeval` with `args` (stdout dropped, stderr to `stderr`) and returns once
+/// `answered()` reaches `n`: a run part-way, to be killed or interrupted.
+pub fn spawn_until(args: &[&str], stderr: std::process::Stdio, answered: impl Fn() -> usize, n: usize) -> std::process::Child {
+    let child = Command::new(BIN).args(args).env_remove("LLMEVAL_DB").stdout(std::process::Stdio::null()).stderr(stderr).spawn().expect("spawn llmeval");
+    let t = std::time::Instant::now();
+    while answered() < n {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "the run did not progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child
+}
+
+/// The error texts of the newest run's samples.
+pub fn sample_errors(db: &std::path::Path) -> Vec<String> {
+    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", db.to_str().unwrap(), "--samples", "--json"]));
+    show["samples"].as_array().unwrap().iter().filter_map(|s| s["error"].as_str().map(str::to_string)).collect()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
