@@ -170,6 +170,48 @@ type Group = (Vec<Vec<f64>>, Vec<Paired>);
 /// a randomization test, however large the drop. So a p near that floor is computed again with
 /// enough rounds for p · m to reach alpha / 10 (at most [`MAX_ROUNDS`]).
 pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<String, f64>, alpha: f64, correction: Correction, seed: u64) -> Result<Vec<Comparison>, String> {
+    let groups = pair_up(baseline, candidate)?;
+    let mut out: Vec<Comparison> = groups
+        .iter()
+        .map(|((model, task, metric), (scored, pairs))| {
+            let mut c = test(metric, scored, pairs, seed, ROUNDS);
+            c.model = model.clone();
+            c.task = task.clone();
+            c.metric = metric.clone();
+            c.tolerance = tolerances.get(metric).copied().unwrap_or(0.0);
+            c.missing_items = scored.len() - pairs.len();
+            c
+        })
+        .collect();
+    let m = out.iter().filter(|c| !c.p_value.is_nan()).count();
+    let needed = ((10.0 * m as f64 / alpha).ceil() as usize).min(MAX_ROUNDS);
+    if correction == Correction::Holm && needed > ROUNDS {
+        for (c, (_, (scored, pairs))) in out.iter_mut().zip(&groups) {
+            let near_floor = c.p_value <= 20.0 / (ROUNDS + 1) as f64;
+            if c.n > EXACT_ITEMS && c.test.starts_with("paired randomization") && near_floor {
+                c.p_value = test(&c.metric, scored, pairs, seed, needed).p_value;
+            }
+        }
+    }
+    let raw: Vec<f64> = out.iter().map(|c| c.p_value).collect();
+    let adjusted = if correction == Correction::Holm { holm(&raw) } else { raw };
+    for (c, p) in out.iter_mut().zip(adjusted) {
+        c.p_adjusted = p;
+        let beyond = if c.drop.is_nan() { c.worse } else { c.drop > c.tolerance };
+        c.regression = c.n > 0 && beyond && c.worse && c.p_adjusted < alpha;
+        // the smallest p over 2^n assignments is 2 / 2^n
+        let floor = 2.0 / (1u64 << c.n.min(62)) as f64;
+        if c.test.starts_with("paired randomization") && c.worse && floor >= alpha {
+            let more = format!("with {} items the smallest p this test can give is {floor:.4}, so no drop can be significant at alpha {alpha}", c.n);
+            c.note = Some(c.note.take().map_or(more.clone(), |n| format!("{n}; {more}")));
+        }
+    }
+    Ok(out)
+}
+
+/// Each model × task × metric the baseline scored: the baseline's stats rows, and the items both
+/// runs scored; an error where a row's length does not fit its metric.
+fn pair_up(baseline: &[Sample], candidate: &[Sample]) -> Result<Vec<(Key, Group)>, String> {
     // (model, task, doc hash, occurrence) of each sample, in the store's order
     let keyed = |samples: &[Sample]| -> Vec<((String, String, String, usize), usize)> {
         let mut seen: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
@@ -215,43 +257,7 @@ pub fn compare(baseline: &[Sample], candidate: &[Sample], tolerances: &BTreeMap<
             return Err(format!("{model} / {task} / {metric}: the baseline has items with {want} and with {} statistics; the store is damaged or was written by another version of llmeval", v.len()));
         }
     }
-    let groups: Vec<(Key, Group)> = groups.into_iter().collect();
-    let mut out: Vec<Comparison> = groups
-        .iter()
-        .map(|((model, task, metric), (scored, pairs))| {
-            let mut c = test(metric, scored, pairs, seed, ROUNDS);
-            c.model = model.clone();
-            c.task = task.clone();
-            c.metric = metric.clone();
-            c.tolerance = tolerances.get(metric).copied().unwrap_or(0.0);
-            c.missing_items = scored.len() - pairs.len();
-            c
-        })
-        .collect();
-    let m = out.iter().filter(|c| !c.p_value.is_nan()).count();
-    let needed = ((10.0 * m as f64 / alpha).ceil() as usize).min(MAX_ROUNDS);
-    if correction == Correction::Holm && needed > ROUNDS {
-        for (c, (_, (scored, pairs))) in out.iter_mut().zip(&groups) {
-            let near_floor = c.p_value <= 20.0 / (ROUNDS + 1) as f64;
-            if c.n > EXACT_ITEMS && c.test.starts_with("paired randomization") && near_floor {
-                c.p_value = test(&c.metric, scored, pairs, seed, needed).p_value;
-            }
-        }
-    }
-    let raw: Vec<f64> = out.iter().map(|c| c.p_value).collect();
-    let adjusted = if correction == Correction::Holm { holm(&raw) } else { raw };
-    for (c, p) in out.iter_mut().zip(adjusted) {
-        c.p_adjusted = p;
-        let beyond = if c.drop.is_nan() { c.worse } else { c.drop > c.tolerance };
-        c.regression = c.n > 0 && beyond && c.worse && c.p_adjusted < alpha;
-        // the smallest p over 2^n assignments is 2 / 2^n
-        let floor = 2.0 / (1u64 << c.n.min(62)) as f64;
-        if c.test.starts_with("paired randomization") && c.worse && floor >= alpha {
-            let more = format!("with {} items the smallest p this test can give is {floor:.4}, so no drop can be significant at alpha {alpha}", c.n);
-            c.note = Some(c.note.take().map_or(more.clone(), |n| format!("{n}; {more}")));
-        }
-    }
-    Ok(out)
+    Ok(groups.into_iter().collect())
 }
 
 /// Holm's step-down adjustment of `ps` (NaNs stay NaN and do not count): the i-th smallest of the
