@@ -480,7 +480,15 @@ impl Backend for Cuda {
     /// fastest first (none where cuBLASLt cannot be loaded).
     fn gemm_ways(&self, g: &Gemm) -> usize {
         let mut lt = self.lt.lock().unwrap_or_else(|e| e.into_inner());
-        1 + guarded(&self.label, "listing cuBLASLt algorithms", || Ok(lt.count(g, self.prec, self.exact, WORKSPACE))).unwrap_or(0)
+        let listed = guarded(&self.label, "listing cuBLASLt algorithms", || Ok(lt.count(g, self.prec, self.exact, WORKSPACE)));
+        match listed {
+            Ok(n) => 1 + n,
+            // cudarc panics where libcublasLt cannot be loaded
+            Err(e) => {
+                lt.why = Some(e.to_string());
+                1
+            }
+        }
     }
 
     fn gemm_way_name(&self, g: &Gemm, way: usize) -> String {
@@ -661,6 +669,17 @@ impl Drop for Cuda {
 
 #[cfg(test)]
 mod tests {
+    /// Without a GPU (or without libcublasLt), listing cuBLASLt's candidates is an error or
+    /// none, never a panic that escapes: the engine then keeps cublasGemmEx's own choice.
+    #[test]
+    fn listing_cublaslt_candidates_without_a_gpu_fails_cleanly() {
+        let mut lt = super::super::lt::Lt::new();
+        let g = super::Gemm { m: 512, n: 256, k: 128, a: 0, w: 0, c: 0, accumulate: false, way: 1 };
+        let listed = super::guarded("test", "listing cuBLASLt algorithms", || Ok(lt.count(&g, super::Prec::Bf16, false, super::WORKSPACE)));
+        assert!(matches!(listed, Err(_) | Ok(0)), "{listed:?}");
+        assert!(lt.run(&g, 0, std::ptr::null_mut(), (0, 0)).is_err(), "nothing listed, nothing runs");
+    }
+
     #[test]
     fn the_overlap_setting_is_on_off_or_an_error_naming_the_variable() {
         use super::overlap_setting as o;
