@@ -372,6 +372,15 @@ enum RunsCommand {
 
 /// Entry point: parses arguments, runs the command, maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    // a reader that stops early (`| head`) is not a failure: exit quietly, as ripgrep does
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info.payload().downcast_ref::<String>().map(String::as_str).or_else(|| info.payload().downcast_ref::<&str>().copied()).unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(i32::from(exit::SUCCESS));
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => ExitCode::from(code),
@@ -395,15 +404,27 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
             RunsCommand::Show { run, db, samples, json } => cmd_runs_show(&db.path(), &run, samples, json),
             RunsCommand::Tag { run, name, db } => {
-                let store = Store::open(&db.path())?;
+                let store = open_existing(&db.path())?;
                 let r = store.resolve_run(&run)?;
+                // a tag that reads as something else would change what other commands resolve
+                if name.is_empty() || name == "latest" || name.chars().any(char::is_control) || store.runs()?.iter().any(|x| x.id.starts_with(&name)) {
+                    anyhow::bail!("runs tag {name:?}: a tag must not be empty, `latest`, a run id or the start of one, or hold control characters; choose another name");
+                }
+                // what the name resolves to now can only be a tag (run ids were refused above)
+                let before = store.resolve_run(&name).ok();
                 store.tag_run(&r.id, &name)?;
-                println!("tagged {} as {name}", r.id);
+                match before {
+                    Some(b) if b.id != r.id => println!("moved tag {name} from {} to {}", b.id, r.id),
+                    _ => println!("tagged {} as {name}", r.id),
+                }
                 Ok(exit::SUCCESS)
             }
         },
     }
 }
+
+/// The most compute threads a model may be given.
+pub const MAX_THREADS: usize = 1024;
 
 /// What Ctrl-C prints before the process exits with 130 (see [`on_interrupt_say`]).
 static INTERRUPTED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
@@ -542,8 +563,17 @@ fn results_table(run: &Run, aggs: &[Aggregate]) -> String {
     format!("suite {} · run {} · {}\n{}", run.suite, run.id, run.status, table(&["model", "task", "metric", "value ± 95% CI", "stderr", "n", "errors"], &rows))
 }
 
+/// The results database for a command that reads it: one that does not exist is an error (it is
+/// not created: a typo in --db would otherwise read as "no runs").
+fn open_existing(db: &std::path::Path) -> anyhow::Result<Store> {
+    if !db.exists() {
+        anyhow::bail!("database {} does not exist; `llmeval run SUITE --db {}` creates it (or give --db the right file)", db.display(), db.display());
+    }
+    Ok(Store::open(db)?)
+}
+
 fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {
-    let store = Store::open(db)?;
+    let store = open_existing(db)?;
     let runs = store.runs()?;
     if json {
         let v: Vec<Value> = runs
@@ -561,7 +591,7 @@ fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {
 }
 
 fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> anyhow::Result<u8> {
-    let store = Store::open(db)?;
+    let store = open_existing(db)?;
     let run = store.resolve_run(key)?;
     let aggs = store.aggregates(&run.id)?;
     let sample_rows = if samples { store.samples(&run.id)? } else { Vec::new() };
@@ -716,6 +746,9 @@ fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
 }
 
 fn load_engine(path: &std::path::Path, threads: Option<usize>, device: Option<&str>) -> anyhow::Result<crate::model::builtin::BuiltinModel> {
+    if let Some(t) = threads.filter(|t| !(1..=MAX_THREADS).contains(t)) {
+        anyhow::bail!("--threads {t}: give 1 to {MAX_THREADS}");
+    }
     let cfg = crate::suite::ModelConfig {
         name: path.display().to_string(),
         engine: crate::suite::Engine::Builtin,
@@ -872,7 +905,7 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
         ArenaCommand::Ratings { db, battles, method, k, bootstrap, seed, anchor, json } => (db, battles, method, k, bootstrap, seed, anchor, json),
         ArenaCommand::Vote { arena: file, db, name } => {
             let name = name.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "anonymous".into());
-            let store = Store::open(&db.path())?;
+            let store = open_existing(&db.path())?;
             let (run_id, pairs) = arena::pairs_to_vote(&store, &file, &name)?;
             if pairs.is_empty() {
                 println!("nothing to vote on: every pair of the latest run of {} has a vote from {name}", file.display());
@@ -895,7 +928,7 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
             b
         }
         None => {
-            let store = Store::open(&db.path())?;
+            let store = open_existing(&db.path())?;
             let pairs = store.judged_pairs()?;
             if let Some(h) = arena::human_agreement(&pairs) {
                 let f = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.3}"));
@@ -918,6 +951,9 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     };
     if !k.is_finite() || k <= 0.0 {
         anyhow::bail!("--k {k}: the Elo K-factor must be a finite number above 0 (FastChat uses 4)");
+    }
+    if bootstrap > 1_000_000 {
+        anyhow::bail!("--bootstrap {bootstrap}: at most 1000000 resamples (FastChat uses 1000)");
     }
     let m = if method == "elo" { Method::Elo } else { Method::Bt };
     let r = arena::rate(&battles, m, k, bootstrap, seed, anchor.as_ref().map(|(a, v)| (a.as_str(), *v)))?;
@@ -955,10 +991,12 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
 }
 
 fn cmd_report(db: &std::path::Path, runs: &[String], suite: Option<&str>, out: &std::path::Path) -> anyhow::Result<u8> {
-    if !db.exists() {
-        anyhow::bail!("database {} does not exist; run a suite first or give --db", db.display());
+    let store = open_existing(db)?;
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(out), std::fs::canonicalize(db))
+        && a == b
+    {
+        anyhow::bail!("--out {} is the database itself; name an .html file", out.display());
     }
-    let store = Store::open(db)?;
     let chosen = crate::results::select_runs(&store, runs, suite)?;
     let samples = crate::report::write(&store, &chosen, out)?;
     let ids: Vec<&str> = chosen.iter().map(|r| r.id.as_str()).collect();
@@ -971,7 +1009,7 @@ fn cmd_leaderboard(db: &std::path::Path, runs: &[String], suite: Option<&str>, p
     if !db.exists() {
         anyhow::bail!("database {} does not exist; run a suite first or give --db", db.display());
     }
-    let store = Store::open(db)?;
+    let store = open_existing(db)?;
     let chosen = crate::results::select_runs(&store, runs, suite)?;
     let data = crate::results::load(&store, &chosen)?;
     let terminal = !plain && std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -996,7 +1034,7 @@ enum CorrectionArg {
 
 #[allow(clippy::too_many_arguments)]
 fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[String], alpha: f64, correction: CorrectionArg, junit: Option<PathBuf>, markdown: Option<PathBuf>, json: bool) -> anyhow::Result<u8> {
-    let store = Store::open(db)?;
+    let store = open_existing(db)?;
     let b = store.resolve_run(baseline)?;
     let c = store.resolve_run(candidate)?;
     let mut tolerances = std::collections::BTreeMap::new();

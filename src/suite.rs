@@ -394,8 +394,8 @@ impl Suite {
                     if !m.base_url.is_empty() || m.api_key_env.is_some() {
                         return Err(Error::config(&whole, format!("model {:?}: base-url and api-key-env are for engine = \"openai\"", m.name)));
                     }
-                    if m.threads == Some(0) {
-                        return Err(Error::config(&whole, format!("model {:?}: threads must be at least 1", m.name)));
+                    if let Some(t) = m.threads.filter(|t| !(1..=crate::cli::MAX_THREADS).contains(t)) {
+                        return Err(Error::config(&whole, format!("model {:?}: threads = {t}: give 1 to {}", m.name, crate::cli::MAX_THREADS)));
                     }
                     if let Some(d) = &m.device
                         && let Err(e) = d.get_ref().parse::<crate::engine::device::Device>()

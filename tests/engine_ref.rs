@@ -182,6 +182,25 @@ fn cli_engine_forms() {
 }
 
 #[test]
+fn engine_arguments_out_of_range_are_errors_before_any_work() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    // a continuation longer than the 8192-token context: an error at once (it panicked after
+    // minutes of work)
+    let long = " one".repeat(8300);
+    let t = std::time::Instant::now();
+    let out = llmeval(&["engine", "score", "--model", m, "--context", "Count:", "--continuation", &long]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("a continuation of 8300 tokens does not fit the model's context of 8192 tokens"), "{}", stderr(&out));
+    assert!(t.elapsed() < std::time::Duration::from_secs(60), "{:?}", t.elapsed());
+    for bad in ["0", "100000"] {
+        let out = llmeval(&["engine", "tokenize", "--model", m, "--text", "hi", "--threads", bad]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains(&format!("--threads {bad}: give 1 to 1024")), "{}", stderr(&out));
+    }
+}
+
+#[test]
 fn broken_model_files_give_one_clear_error() {
     let dir = TempDir::new("broken-gguf");
     let bytes = std::fs::read(model_path()).unwrap();

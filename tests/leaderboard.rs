@@ -339,3 +339,67 @@ fn leaderboard_in_a_terminal_sorts_drills_down_searches_and_restores_the_termina
         assert!(modes.iter().any(|x| x == m) && !modes.iter().any(|x| *x == format!("-{m}")), "raw mode left on ({m}):\n{}", s.join("\n"));
     }
 }
+
+/// Commands that read the results database neither create it nor overwrite it, and a tag never
+/// shadows a run.
+#[test]
+fn reading_commands_leave_the_database_alone_and_tags_stay_unambiguous() {
+    let dir = TempDir::new("db-safety");
+    let missing = dir.path().join("typo.db");
+    for args in [vec!["runs", "list"], vec!["leaderboard", "--plain"], vec!["report", "--out", "r.html"]] {
+        let mut a = args.clone();
+        a.extend(["--db", missing.to_str().unwrap()]);
+        let out = llmeval(&a);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains("typo.db does not exist"), "{args:?}: {}", stderr(&out));
+    }
+    assert!(!missing.exists(), "a read did not create the database");
+
+    let server = crate::server::FakeServer::start(crate::server::arith_answer);
+    dir.write("data/arith.jsonl", &arith_rows(3));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let db = dir.db();
+    let db = db.to_str().unwrap();
+    let run = |_| json_out(&llmeval(&["run", suite.to_str().unwrap(), "--db", db, "--json"]))["run_id"].as_str().unwrap().to_string();
+    let (first, second) = (run(0), run(1));
+    // --out naming the database is refused, and the database still reads
+    let out = llmeval(&["report", "--db", db, "--out", db]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is the database itself"), "{}", stderr(&out));
+    assert_eq!(llmeval(&["runs", "list", "--db", db]).status.code(), Some(0));
+    // tags that would read as a run, `latest`, nothing, or control characters are refused
+    for bad in [second.as_str(), &second[..6], "latest", "", "a\u{1b}b"] {
+        let out = llmeval(&["runs", "tag", &first, bad, "--db", db]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(stderr(&out).contains("a tag must not be empty, `latest`, a run id"), "{}", stderr(&out));
+    }
+    // moving a tag says so
+    assert_eq!(stdout(&llmeval(&["runs", "tag", &first, "baseline", "--db", db])).trim(), format!("tagged {first} as baseline"));
+    assert_eq!(stdout(&llmeval(&["runs", "tag", &second, "baseline", "--db", db])).trim(), format!("moved tag baseline from {first} to {second}"));
+}
+
+/// A reader that stops early (`| head`) ends the command quietly, exit 0, not with a panic.
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: a fresh pipe; its read end is closed before the child writes.
+    unsafe { assert_eq!(libc::pipe(fds.as_mut_ptr()), 0) };
+    // SAFETY: both descriptors were just made and are owned here once each.
+    let (read, write) = unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = std::process::Command::new(BIN).args(["metrics", "--help"]).stdout(std::process::Stdio::from(write)).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    let dir = TempDir::new("pipe");
+    dir.write("h.txt", "a b c\n");
+    let mut fds = [0i32; 2];
+    // SAFETY: as above.
+    unsafe { assert_eq!(libc::pipe(fds.as_mut_ptr()), 0) };
+    let (read, write) = unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let h = dir.path().join("h.txt");
+    let out = std::process::Command::new(BIN).args(["metrics", "bleu", "--hyp", h.to_str().unwrap(), "--ref", h.to_str().unwrap()]).stdout(std::process::Stdio::from(write)).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

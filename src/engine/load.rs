@@ -21,6 +21,8 @@ pub enum EngineError {
     Template(String),
     #[error(transparent)]
     Device(#[from] super::device::DeviceError),
+    #[error("a continuation of {tokens} tokens does not fit the model's context of {context} tokens (it needs at least one token of context before it)")]
+    TooLong { tokens: usize, context: usize },
 }
 
 fn model_err(path: &Path, message: impl Into<String>) -> EngineError {

@@ -146,13 +146,22 @@ impl Model for BuiltinModel {
                 ScoreRequest { context, continuation: self.engine.encode(&r.continuation) }
             })
             .collect();
+        // a continuation longer than the context errors its own item, not the others
+        let context = self.engine.model.config.ctx_len.max(2);
+        let mut done: Vec<bool> = reqs.iter().map(|r| r.continuation.len() >= context).collect();
+        for (i, r) in reqs.iter().enumerate().filter(|(i, _)| done[*i]) {
+            let e = crate::engine::EngineError::TooLong { tokens: r.continuation.len(), context };
+            sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+        }
+        let fits: Vec<usize> = (0..reqs.len()).filter(|&i| !done[i]).collect();
+        let reqs: Vec<ScoreRequest> = fits.iter().map(|&i| reqs[i].clone()).collect();
         let mut last = Instant::now();
-        let mut done = vec![false; reqs.len()];
-        let result = self.engine.score(&reqs, &mut |i, s| {
+        let result = self.engine.score(&reqs, &mut |j, s| {
+            let i = fits[j];
             let now = Instant::now();
             let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
             last = now;
-            let tokens = reqs[i].continuation.len() as u64;
+            let tokens = reqs[j].continuation.len() as u64;
             done[i] = true;
             sink(i, Outcome { result: Ok(Loglikelihood { logprob: s.logprob, is_greedy: Some(s.is_greedy), tokens }), latency_ms, attempts: 1 });
         });
