@@ -236,12 +236,23 @@ impl Store {
     }
 
     fn init(&mut self) -> Result<()> {
-        let r = self.conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;");
-        self.db(r)?;
         let version: i64 = {
             let r = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0));
             self.db(r)?
         };
+        // another program's database is left as it is: llmeval's schema goes into new files only
+        if version == 0 {
+            let tables: Vec<String> = {
+                let mut stmt = self.db(self.conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"))?;
+                let rows = self.db(stmt.query_map([], |r| r.get(0)))?;
+                rows.collect::<rusqlite::Result<_>>().map_err(|source| Error::Db { path: self.path.clone(), cause: source })?
+            };
+            if !tables.is_empty() {
+                return Err(Error::Store { path: self.path.clone(), message: format!("not an llmeval database: it holds other tables ({}); give --db a new file or an llmeval database", tables.join(", ")) });
+            }
+        }
+        let r = self.conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;");
+        self.db(r)?;
         if version as usize > MIGRATIONS.len() {
             return Err(Error::Store {
                 path: self.path.clone(),
@@ -540,6 +551,20 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_programs_database_is_refused_and_left_alone() {
+        let path = std::env::temp_dir().join(format!("llmeval-foreign-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE foo (x); CREATE TABLE bar (y);").unwrap();
+        let e = Store::open(&path).err().expect("refused").to_string();
+        assert!(e.contains("not an llmeval database: it holds other tables (bar, foo)"), "{e}");
+        let c = Connection::open(&path).unwrap();
+        let (version, mode): (i64, String) = (c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap(), c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap());
+        assert_eq!((version, mode.as_str()), (0, "delete"), "nothing was written");
+        drop(c);
+        let _ = std::fs::remove_file(&path);
+    }
 
     #[test]
     fn migrates_and_round_trips() {
