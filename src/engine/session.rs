@@ -334,12 +334,18 @@ impl Engine {
     }
 
     /// [`Engine::score_batch`] on the engine's device.
-    /// A continuation longer than the context is an error for the whole call, before any work.
-    pub fn score(&self, reqs: &[ScoreRequest], sink: &mut dyn FnMut(usize, ScoreResult)) -> Result<(), EngineError> {
+    /// Whether `r` can be scored: its continuation must leave room for a token of context.
+    pub fn fits(&self, r: &ScoreRequest) -> Result<(), EngineError> {
         let context = self.model.config.ctx_len.max(2);
-        if let Some(r) = reqs.iter().find(|r| r.continuation.len() >= context) {
+        if r.continuation.len() >= context {
             return Err(EngineError::TooLong { tokens: r.continuation.len(), context });
         }
+        Ok(())
+    }
+
+    /// A request that does not [`fit`](Engine::fits) is an error for the whole call, before any work.
+    pub fn score(&self, reqs: &[ScoreRequest], sink: &mut dyn FnMut(usize, ScoreResult)) -> Result<(), EngineError> {
+        reqs.iter().try_for_each(|r| self.fits(r))?;
         match &self.gpu {
             Some(g) => Ok(g.score(reqs, self.model.config.ctx_len.max(2), sink)?),
             None => {

@@ -146,12 +146,13 @@ impl Model for BuiltinModel {
                 ScoreRequest { context, continuation: self.engine.encode(&r.continuation) }
             })
             .collect();
-        // a continuation longer than the context errors its own item, not the others
-        let context = self.engine.model.config.ctx_len.max(2);
-        let mut done: Vec<bool> = reqs.iter().map(|r| r.continuation.len() >= context).collect();
-        for (i, r) in reqs.iter().enumerate().filter(|(i, _)| done[*i]) {
-            let e = crate::engine::EngineError::TooLong { tokens: r.continuation.len(), context };
-            sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+        // a request that does not fit errors its own item, not the others
+        let mut done = vec![false; reqs.len()];
+        for (i, r) in reqs.iter().enumerate() {
+            if let Err(e) = self.engine.fits(r) {
+                done[i] = true;
+                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+            }
         }
         let fits: Vec<usize> = (0..reqs.len()).filter(|&i| !done[i]).collect();
         let reqs: Vec<ScoreRequest> = fits.iter().map(|&i| reqs[i].clone()).collect();
