@@ -223,6 +223,71 @@ fn broken_model_files_give_one_clear_error() {
     assert!(stderr(&out).contains("fetch-model"), "{}", stderr(&out));
 }
 
+/// Metadata and weights that load but cannot give a number: each is an error that names the file
+/// and the key or tensor, before any work; NaN in a matrix the load does not scan errors the
+/// items it spoils instead of storing NaN scores.
+#[test]
+fn damaged_model_values_are_errors_naming_the_key() {
+    use llmeval::engine::gguf::Gguf;
+    let dir = TempDir::new("damaged-model");
+    let bytes = std::fs::read(model_path()).unwrap();
+    // A metadata value sits after its key's bytes and a u32 type tag.
+    let patch_meta = |key: &str, value: &[u8]| {
+        let mut b = bytes.clone();
+        let at = b.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len() + 4;
+        b[at..at + value.len()].copy_from_slice(value);
+        b
+    };
+    let g = Gguf::open(&model_path()).unwrap();
+    let tensor_at = |name: &str| g.tensor(name).unwrap().offset;
+    let mut nan_norm = bytes.clone();
+    let at = tensor_at("output_norm.weight");
+    nan_norm[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    for (name, data, want) in [
+        ("theta.gguf", patch_meta("llama.rope.freq_base", &f32::NAN.to_le_bytes()), "llama.rope.freq_base is NaN"),
+        ("eps.gguf", patch_meta("llama.attention.layer_norm_rms_epsilon", &(-1f32).to_le_bytes()), "llama.attention.layer_norm_rms_epsilon is -1"),
+        ("layers.gguf", patch_meta("llama.block_count", &0u32.to_le_bytes()), "llama.block_count is 0"),
+        ("ctx.gguf", patch_meta("llama.context_length", &0u32.to_le_bytes()), "llama.context_length is 0"),
+        ("norm.gguf", nan_norm, "tensor output_norm.weight holds NaN at index 0"),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, &data).unwrap();
+        let out = llmeval(&["engine", "info", p.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let e = stderr(&out);
+        assert!(e.contains(name) && e.contains(want) && !e.contains("panicked"), "{name}: {e}");
+    }
+    // The same checks on a Hugging Face config.json (they come before the weights are opened).
+    for (key, value) in [("num_hidden_layers", "0"), ("rms_norm_eps", "-0.5"), ("max_position_embeddings", "1"), ("head_dim", "63")] {
+        let hf = dir.path().join(format!("hf-{key}"));
+        std::fs::create_dir_all(&hf).unwrap();
+        let config = format!(r#"{{"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "{key}": {value}}}"#);
+        std::fs::write(hf.join("config.json"), config).unwrap();
+        let out = llmeval(&["engine", "info", hf.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let e = stderr(&out);
+        assert!(e.contains("config.json") && e.contains(&format!("{key} is {value}")), "{key}: {e}");
+    }
+    // NaN in token 0's row of the tied embedding / LM head: every log-probability is NaN.
+    let mut nan_row = bytes.clone();
+    let at = tensor_at("token_embd.weight");
+    nan_row[at..at + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    std::fs::write(dir.path().join("nanrow.gguf"), &nan_row).unwrap();
+    dir.write("mc.jsonl", "{\"q\": \"Two plus two is\", \"choices\": [\" four\", \" five\"], \"label\": 0}\n");
+    let suite = dir.write(
+        "suite.toml",
+        "name = \"damaged\"\n[[model]]\nname = \"nan\"\nengine = \"builtin\"\npath = \"nanrow.gguf\"\ndevice = \"cpu\"\n\
+         [[task]]\nname = \"mc\"\nkind = \"multiple-choice\"\ndata = \"mc.jsonl\"\nprompt = \"{{ q }}\"\nchoices = \"choices\"\ngold = \"label\"\nmetrics = [\"acc\"]\n",
+    );
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    let errors = sample_errors(&dir.db());
+    assert!(errors.iter().any(|e| e.contains("nanrow.gguf") && e.contains("log-probability of NaN")), "{errors:?} {}", stderr(&out));
+    let v = json_out(&out);
+    let r = result(&v, "nan", "mc", "acc");
+    assert_eq!(r["errors"], 1, "{r}");
+    assert!(r["value"].is_null(), "a NaN score was stored: {r}");
+}
+
 #[test]
 fn quickstart_suite_runs_offline_on_the_default_model() {
     model_path();

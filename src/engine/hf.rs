@@ -5,7 +5,7 @@
 //! keep the half-split rotary layout, so no un-permuting is needed.
 
 use super::kernels::WType;
-use super::llama::{Config, LayerNames, Llama, RopeStyle};
+use super::llama::{Config, ConfigKeys, LayerNames, Llama, RopeStyle};
 use super::load::{EngineError, ModelInfo, Tok};
 use super::{Bytes, Engine, Matrix};
 use serde_json::Value;
@@ -117,6 +117,16 @@ pub fn load(dir: &Path) -> Result<Engine, EngineError> {
         rms_eps: cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32,
         rope_style: RopeStyle::Half,
     };
+    let keys = ConfigKeys {
+        n_layers: "num_hidden_layers".into(),
+        head_dim: "head_dim".into(),
+        ffn_dim: "intermediate_size".into(),
+        vocab: "vocab_size".into(),
+        ctx_len: "max_position_embeddings".into(),
+        rope_theta: "rope_theta".into(),
+        rms_eps: "rms_norm_eps".into(),
+    };
+    config.check(&keys).map_err(|m| err(&cpath, m))?;
 
     let mut tensors = HashMap::new();
     let index = dir.join("model.safetensors.index.json");
@@ -144,7 +154,9 @@ pub fn load(dir: &Path) -> Result<Engine, EngineError> {
         if t.shape != [n] {
             return Err(err(&wpath, format!("tensor {name} has shape {:?}, expected [{n}]", t.shape)));
         }
-        Ok(to_f32(t))
+        let out = to_f32(t);
+        super::llama::check_finite(name, &out).map_err(|m| err(&wpath, m))?;
+        Ok(out)
     };
     let opt = |name: &str, n: usize| if tensors.contains_key(name) { vector(name, n).map(Some) } else { Ok(None) };
     const HF_NAMES: LayerNames = LayerNames {

@@ -35,6 +35,55 @@ pub struct Config {
     pub rope_style: RopeStyle,
 }
 
+/// The metadata keys a format stores [`Config`]'s values under, for error messages.
+pub struct ConfigKeys {
+    pub n_layers: String,
+    pub head_dim: String,
+    pub ffn_dim: String,
+    pub vocab: String,
+    pub ctx_len: String,
+    pub rope_theta: String,
+    pub rms_eps: String,
+}
+
+impl Config {
+    /// Values the forward pass cannot run with (a layerless model, an odd head size for RoPE, a
+    /// NaN or non-positive RoPE base or norm epsilon), named by the file's `keys`.
+    pub fn check(&self, keys: &ConfigKeys) -> Result<(), String> {
+        let bad = |key: &str, value: String, why: &str| Err(format!("{key} is {value}: {why}; the file's metadata is damaged or not a LLaMA-family model's"));
+        if self.n_layers == 0 {
+            return bad(&keys.n_layers, "0".into(), "a model needs at least one layer");
+        }
+        if self.head_dim < 2 || self.head_dim % 2 != 0 {
+            return bad(&keys.head_dim, self.head_dim.to_string(), "rotary embeddings need an even head size of at least 2");
+        }
+        if self.ffn_dim == 0 {
+            return bad(&keys.ffn_dim, "0".into(), "the feed-forward size must be at least 1");
+        }
+        if self.vocab == 0 {
+            return bad(&keys.vocab, "0".into(), "the vocabulary is empty");
+        }
+        if self.ctx_len < 2 {
+            return bad(&keys.ctx_len, self.ctx_len.to_string(), "the context must hold at least 2 tokens");
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(&keys.rope_theta, self.rope_theta.to_string(), "the RoPE base must be a positive number");
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return bad(&keys.rms_eps, self.rms_eps.to_string(), "the RMSNorm epsilon must be a number of at least 0");
+        }
+        Ok(())
+    }
+}
+
+/// A norm weight or bias that holds NaN or infinity would turn every score into NaN.
+pub fn check_finite(name: &str, v: &[f32]) -> Result<(), String> {
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(format!("tensor {name} holds {} at index {i}: the weights are damaged", v[i])),
+        None => Ok(()),
+    }
+}
+
 /// One transformer block's weights.
 pub struct Layer {
     pub attn_norm: Vec<f32>,

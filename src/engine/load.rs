@@ -3,7 +3,7 @@
 
 use super::gguf::{Gguf, GgufError, MetaValue};
 use super::kernels::WType;
-use super::llama::{Cache, Config, LayerNames, Llama, RopeStyle};
+use super::llama::{Cache, Config, ConfigKeys, LayerNames, Llama, RopeStyle};
 use super::tokenizer::{Tokenizer, TokenizerSpec};
 use super::{Bytes, Matrix};
 use std::path::{Path, PathBuf};
@@ -148,6 +148,16 @@ impl Engine {
             rms_eps: g.meta(&k("attention.layer_norm_rms_epsilon")).and_then(MetaValue::as_f64).unwrap_or(1e-5) as f32,
             rope_style,
         };
+        let keys = ConfigKeys {
+            n_layers: k("block_count"),
+            head_dim: k("attention.key_length"),
+            ffn_dim: k("feed_forward_length"),
+            vocab: "tokenizer.ggml.tokens".into(),
+            ctx_len: k("context_length"),
+            rope_theta: k("rope.freq_base"),
+            rms_eps: k("attention.layer_norm_rms_epsilon"),
+        };
+        config.check(&keys).map_err(|m| model_err(&path, m))?;
 
         let index = |name: &str| g.tensors.iter().position(|t| t.name == name);
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, EngineError> {
@@ -166,6 +176,7 @@ impl Engine {
             }
             let mut out = vec![0f32; n];
             super::quant::dequantize(t.ty, g.data(t), &mut out).map_err(|e| model_err(&path, format!("tensor {name}: {e}")))?;
+            super::llama::check_finite(name, &out).map_err(|m| model_err(&path, m))?;
             Ok(out)
         };
         let opt_vector = |name: &str, n: usize| -> Result<Option<Vec<f32>>, EngineError> { if index(name).is_some() { vector(name, n).map(Some) } else { Ok(None) } };

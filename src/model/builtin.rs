@@ -85,6 +85,15 @@ impl BuiltinModel {
         ids
     }
 
+    /// A log-probability, or an error when it is NaN or infinite: weights with NaN or infinity
+    /// in them, which would otherwise be stored as a score.
+    fn finite(&self, logprob: f64) -> std::result::Result<f64, String> {
+        if logprob.is_finite() {
+            return Ok(logprob);
+        }
+        Err(format!("{}: the model gave a log-probability of {logprob}; its weights hold NaN or infinity, or overflow in this precision", self.path.display()))
+    }
+
     /// The token lm-eval puts before an empty context or a rolling text.
     fn prefix_token(&self) -> u32 {
         self.engine.eos.first().copied().or(self.engine.bos).unwrap_or(0)
@@ -164,7 +173,8 @@ impl Model for BuiltinModel {
             last = now;
             let tokens = reqs[j].continuation.len() as u64;
             done[i] = true;
-            sink(i, Outcome { result: Ok(Loglikelihood { logprob: s.logprob, is_greedy: Some(s.is_greedy), tokens }), latency_ms, attempts: 1 });
+            let result = self.finite(s.logprob).map(|logprob| Loglikelihood { logprob, is_greedy: Some(s.is_greedy), tokens });
+            sink(i, Outcome { result, latency_ms, attempts: 1 });
         });
         if let Err(e) = result {
             for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
@@ -184,7 +194,7 @@ impl Model for BuiltinModel {
                 total.is_greedy = total.is_greedy.map(|g| g && s.is_greedy);
                 total.tokens += windows[j].continuation.len() as u64;
             });
-            let result = result.map(|()| total).map_err(|e| format!("{}: {e}", self.path.display()));
+            let result = result.map_err(|e| format!("{}: {e}", self.path.display())).and_then(|()| self.finite(total.logprob).map(|_| total));
             sink(i, Outcome { result, latency_ms: start.elapsed().as_secs_f64() * 1e3, attempts: 1 });
         }
     }
