@@ -54,7 +54,7 @@ impl Config {
         if self.n_layers == 0 {
             return bad(&keys.n_layers, "0".into(), "a model needs at least one layer");
         }
-        if self.head_dim < 2 || self.head_dim % 2 != 0 {
+        if self.head_dim < 2 || !self.head_dim.is_multiple_of(2) {
             return bad(&keys.head_dim, self.head_dim.to_string(), "rotary embeddings need an even head size of at least 2");
         }
         if self.ffn_dim == 0 {
