@@ -569,7 +569,12 @@ fn open_existing(db: &std::path::Path) -> anyhow::Result<Store> {
     if !db.exists() {
         anyhow::bail!("database {} does not exist; `llmeval run SUITE --db {}` creates it (or give --db the right file)", db.display(), db.display());
     }
-    Ok(Store::open(db)?)
+    match Store::open(db) {
+        Ok(s) => Ok(s),
+        // a database this user may only read (a shared results file, a read-only mount) still reads
+        Err(e @ crate::error::Error::Db { .. }) => Ok(Store::open_read_only(db).map_err(|_| e)?),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {

@@ -215,6 +215,18 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// `path` for an SQLite `file:` URI: `?`, `#` and `%` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '?' | '#' | '%' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn finite(x: Option<f64>) -> Option<f64> {
     x.filter(|v| v.is_finite())
 }
@@ -229,6 +241,39 @@ impl Store {
         let mut store = Store { conn, path: path.to_path_buf() };
         store.init()?;
         Ok(store)
+    }
+
+    /// Opens a database this process may not write (a read-only file, directory or mount) for
+    /// reading: no WAL switch, no migration. It must already hold the current schema.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db_err = |source| Error::Db { path: path.to_path_buf(), cause: source };
+        // `mode=ro` still needs to create the WAL index beside a WAL database; where even that is
+        // refused, `immutable=1` reads the file as it is.
+        let mut last = None;
+        for query in ["mode=ro", "immutable=1"] {
+            let uri = format!("file:{}?{query}", uri_path(path));
+            let conn = match Connection::open_with_flags(&uri, flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
+                Ok(version) if version as usize == MIGRATIONS.len() => return Ok(Store { conn, path: path.to_path_buf() }),
+                Ok(0) => return Err(Error::Store { path: path.to_path_buf(), message: "not an llmeval database (and this process cannot write it)".into() }),
+                Ok(version) => {
+                    return Err(Error::Store {
+                        path: path.to_path_buf(),
+                        message: format!("schema version {version} is not this llmeval's ({}), and the file cannot be written to upgrade it; open it once with write access, or with the llmeval that wrote it", MIGRATIONS.len()),
+                    })
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(db_err(last.expect("one attempt was made")))
     }
 
     fn db<T>(&self, r: rusqlite::Result<T>) -> Result<T> {
@@ -603,5 +648,31 @@ mod tests {
         // Reopening does not re-run migrations.
         let store = Store::open(&path).unwrap();
         assert_eq!(store.samples("r1").unwrap().len(), 2);
+        drop(store);
+        // Read-only: the same rows, and writing is refused rather than done.
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.samples("r1").unwrap().len(), 2);
+        assert_eq!(ro.resolve_run("base").unwrap().id, "r1");
+        assert!(ro.tag_run("r1", "other").is_err());
+        drop(ro);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn read_only_open_needs_the_current_schema() {
+        let dir = std::env::temp_dir().join(format!("llmeval-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = dir.join("old #1?.db");
+        Connection::open(&old).unwrap().execute_batch("CREATE TABLE runs (id); PRAGMA user_version = 1;").unwrap();
+        let e = Store::open_read_only(&old).err().expect("refused").to_string();
+        assert!(e.contains("old #1?.db") && e.contains("schema version 1 is not this llmeval's") && e.contains("write access"), "{e}");
+        let empty = dir.join("empty.db");
+        Connection::open(&empty).unwrap().execute_batch("CREATE TABLE t (x);").unwrap();
+        let e = Store::open_read_only(&empty).err().expect("refused").to_string();
+        assert!(e.contains("not an llmeval database"), "{e}");
+        let e = Store::open_read_only(&dir.join("missing.db")).err().expect("refused").to_string();
+        assert!(e.contains("missing.db"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -402,3 +402,61 @@ fn text_metrics_in_a_suite_report_corpus_values_with_bootstrap_intervals() {
         assert!(result(&v, "remote-x", "arith", m)["value"].as_f64().is_some(), "{m}");
     }
 }
+
+/// A results database this user may only read (a shared file, a read-only mount): the reading
+/// commands read it; nothing is written beside it. As root, file modes do not bind, so the commands
+/// run as `nobody` through `setpriv` where it exists.
+#[test]
+fn read_only_database_is_read_by_the_reading_commands() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = FakeServer::start(crate::server::arith_answer);
+    let dir = TempDir::new("ro-db");
+    dir.write("data/arith.jsonl", &arith_rows(6));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let db_dir = dir.path().join("shared");
+    std::fs::create_dir_all(&db_dir).unwrap();
+    let db = db_dir.join("results.db");
+    let db_s = db.to_str().unwrap();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let uid = String::from_utf8(std::process::Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    let as_nobody = uid.trim() == "0";
+    if as_nobody && std::process::Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: running as root without setpriv, a read-only file cannot be made");
+        return;
+    }
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let report = std::env::temp_dir().join(format!("llmeval-ro-report-{}.html", std::process::id()));
+    let report_s = report.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut c = if as_nobody {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN]);
+            c
+        } else {
+            std::process::Command::new(BIN)
+        };
+        c.args(args).env_remove("LLMEVAL_DB").output().unwrap()
+    };
+    for args in [
+        vec!["runs", "list", "--db", db_s],
+        vec!["runs", "show", "latest", "--db", db_s, "--json"],
+        vec!["leaderboard", "--db", db_s],
+        vec!["report", "--db", db_s, "--out", report_s],
+        vec!["gate", "--db", db_s, "--baseline", "latest", "--candidate", "latest"],
+    ] {
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
+    let show = json_out(&run(&["runs", "show", "latest", "--db", db_s, "--json"]));
+    assert_eq!(show["status"], "complete", "{show}");
+    // Writing commands say the database cannot be written.
+    let out = run(&["runs", "tag", "latest", "base", "--db", db_s]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("results.db") && stderr(&out).contains("readonly"), "{}", stderr(&out));
+    let names: Vec<String> = std::fs::read_dir(&db_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["results.db"], "nothing was written beside the database");
+    std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _ = std::fs::remove_file(&report);
+}
