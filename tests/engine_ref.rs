@@ -257,6 +257,18 @@ fn damaged_model_values_are_errors_naming_the_key() {
         let e = stderr(&out);
         assert!(e.contains(name) && e.contains(want) && !e.contains("panicked"), "{name}: {e}");
     }
+    // A chat template that does not parse: the error names the file and the metadata key.
+    let mut bad_template = bytes.clone();
+    let key = b"tokenizer.chat_template";
+    let at = bad_template.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 12;
+    assert_eq!(&bad_template[at..at + 6], b"{% for");
+    bad_template[at..at + 6].copy_from_slice(b"{% fxr");
+    let p = dir.path().join("template.gguf");
+    std::fs::write(&p, &bad_template).unwrap();
+    let out = llmeval(&["engine", "generate", "--model", p.to_str().unwrap(), "--chat", "--prompt", "Hi", "--max-tokens", "1", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = stderr(&out);
+    assert!(e.contains("template.gguf (metadata key tokenizer.chat_template): chat template: bad template"), "{e}");
     // The same checks on a Hugging Face config.json (they come before the weights are opened).
     for (key, value) in [("num_hidden_layers", "0"), ("rms_norm_eps", "-0.5"), ("max_position_embeddings", "1"), ("head_dim", "63")] {
         let hf = dir.path().join(format!("hf-{key}"));

@@ -17,8 +17,8 @@ pub enum EngineError {
     Model { path: PathBuf, message: String },
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("chat template: {0}")]
-    Template(String),
+    #[error("{origin}: chat template: {message}")]
+    Template { origin: String, message: String },
     #[error(transparent)]
     Device(#[from] super::device::DeviceError),
     #[error("a continuation of {tokens} tokens does not fit the model's context of {context} tokens (it needs at least one token of context before it)")]
@@ -294,9 +294,18 @@ impl Engine {
 
     /// Renders a conversation with the model's chat template (generation prompt added).
     pub fn render_chat(&self, messages: &[(String, String)]) -> Result<String, EngineError> {
-        let template = self.chat_template.as_deref().ok_or_else(|| EngineError::Template("the model has no chat template".into()))?;
+        let error = |message: String| EngineError::Template { origin: self.chat_template_origin(), message };
+        let template = self.chat_template.as_deref().ok_or_else(|| error("the model has none; give the prompt as plain text (drop the task's `chat = true`, or --chat)".into()))?;
         let tok = |id: Option<u32>| id.map(|i| self.decode_token(i)).unwrap_or_default();
-        super::chat_template::render(template, messages, true, &tok(self.bos), &tok(self.eos.first().copied())).map_err(EngineError::Template)
+        super::chat_template::render(template, messages, true, &tok(self.bos), &tok(self.eos.first().copied())).map_err(error)
+    }
+
+    /// Where the chat template comes from: the GGUF metadata key or the Hugging Face file.
+    fn chat_template_origin(&self) -> String {
+        match self.tok {
+            Tok::Gguf(_) => format!("{} (metadata key tokenizer.chat_template)", self.info.path),
+            Tok::Hf(_) => format!("{} (key chat_template)", Path::new(&self.info.path).join("tokenizer_config.json").display()),
+        }
     }
 
     fn decode_token(&self, id: u32) -> String {

@@ -70,7 +70,7 @@ impl BuiltinModel {
             Context::Chat(msgs) => {
                 let system = self.system_prompt.iter().filter(|_| msgs.first().is_none_or(|m| m.role != "system")).map(|s| ("system".to_string(), s.clone()));
                 let pairs: Vec<(String, String)> = system.chain(msgs.iter().map(|m| (m.role.clone(), m.content.clone()))).collect();
-                let text = self.engine.render_chat(&pairs).map_err(|e| format!("{} : {e}", self.path.display()))?;
+                let text = self.engine.render_chat(&pairs).map_err(|e| e.to_string())?;
                 Ok(self.engine.encode(&text))
             }
         }
