@@ -487,8 +487,9 @@ impl Ctx<'_, '_> {
             to_send.push((slot, part, key));
             batch.push(req);
         }
+        let mut answered = vec![false; to_send.len()];
         let mut sink = |i: usize, outcome: Outcome<Resp>| {
-            if self.failure.is_some() {
+            if self.failure.is_some() || std::mem::replace(&mut answered[i], true) {
                 return;
             }
             let (slot, part, key) = &to_send[i];
@@ -502,6 +503,14 @@ impl Ctx<'_, '_> {
             self.complete(pending, *slot, *part, outcome, &apply, false);
         };
         call(backend, &batch, &mut sink);
+        // a request the backend never answered (a failure inside it) errors its item: the run
+        // must not read as complete with the item missing
+        for (i, (slot, part, _)) in to_send.iter().enumerate() {
+            if !answered[i] && self.failure.is_none() {
+                let result = Err(format!("the model gave no answer to this {kind} request (a failure inside llmeval; --resume retries it)"));
+                self.complete(pending, *slot, *part, Outcome { result, latency_ms: 0.0, attempts: 1 }, &apply, false);
+            }
+        }
     }
 
     fn complete<Resp>(&mut self, pending: &mut [Pending], slot: usize, part: Part, outcome: Outcome<Resp>, apply: &impl Fn(&mut Pending, Part, Resp), cached: bool) {

@@ -109,6 +109,11 @@ pub struct ModelConfig {
     pub extra_body: Option<toml::Table>,
 }
 
+/// The longest request timeout a suite may set: a week.
+const MAX_SECONDS: f64 = 604_800.0;
+/// The slowest rate limit a suite may set, per minute.
+const MIN_RATE: f64 = 0.001;
+
 fn default_true() -> bool {
     true
 }
@@ -362,17 +367,17 @@ impl Suite {
             if m.concurrency == 0 {
                 return Err(Error::config(&whole, format!("model {:?}: concurrency must be at least 1", m.name)));
             }
-            if m.timeout_s.is_nan() || m.timeout_s <= 0.0 {
-                return Err(Error::config(&whole, format!("model {:?}: timeout-s must be positive, got {}", m.name, m.timeout_s)));
+            if !(m.timeout_s > 0.0 && m.timeout_s <= MAX_SECONDS) {
+                return Err(Error::config(&whole, format!("model {:?}: timeout-s = {}: give seconds above 0, at most {MAX_SECONDS} (a week)", m.name, m.timeout_s)));
             }
-            if m.retry_initial_s.is_nan() || m.retry_initial_s < 0.0 {
-                return Err(Error::config(&whole, format!("model {:?}: retry-initial-s must be >= 0", m.name)));
+            if !(m.retry_initial_s >= 0.0 && m.retry_initial_s <= 60.0) {
+                return Err(Error::config(&whole, format!("model {:?}: retry-initial-s = {}: give 0 to 60 seconds", m.name, m.retry_initial_s)));
             }
             for (key, v) in [("requests-per-minute", m.requests_per_minute), ("tokens-per-minute", m.tokens_per_minute)] {
                 if let Some(v) = v
-                    && (v.is_nan() || v <= 0.0)
+                    && !(v >= MIN_RATE && v.is_finite())
                 {
-                    return Err(Error::config(&whole, format!("model {:?}: {key} must be positive, got {v}", m.name)));
+                    return Err(Error::config(&whole, format!("model {:?}: {key} = {v}: give a number of at least {MIN_RATE} (one in a thousand minutes)", m.name)));
                 }
             }
             match m.engine {

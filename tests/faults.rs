@@ -63,7 +63,13 @@ fn retry_after_is_honoured() {
 #[test]
 fn a_retry_after_too_long_to_wait_errors_the_item_at_once() {
     let server = FakeServer::start(crate::server::arith_answer);
-    server.set_faults(|prompt, _| if prompt.contains("Q: 11+7") { Fault::RateLimited("86400".into()) } else { Fault::None });
+    // the second asks for more seconds than a Duration holds (it crashed a worker, and the run
+    // read as complete with the item missing)
+    server.set_faults(|prompt, _| match prompt {
+        p if p.contains("Q: 11+7") => Fault::RateLimited("86400".into()),
+        p if p.contains("Q: 48+60") => Fault::RateLimited("99999999999999999999".into()),
+        _ => Fault::None,
+    });
     let dir = TempDir::new("retryafter-long");
     dir.write("data/arith.jsonl", &arith_rows(20));
     let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
@@ -71,9 +77,13 @@ fn a_retry_after_too_long_to_wait_errors_the_item_at_once() {
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(t.elapsed() < Duration::from_secs(60), "waited {:?}", t.elapsed());
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     let errs = sample_errors(&dir.db());
-    assert_eq!(errs.len(), 1);
-    assert!(errs[0].contains("HTTP 429") && errs[0].contains("the server asked to wait 86400 s before retrying, more than llmeval waits: 300 s"), "{errs:?}");
+    assert_eq!(errs.len(), 2);
+    assert!(errs.iter().any(|e| e.contains("HTTP 429") && e.contains("the server asked to wait 86400 s before retrying, more than llmeval waits: 300 s")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("HTTP 429") && e.contains("more than llmeval waits")), "{errs:?}");
+    let r = &json_out(&out)["results"][0];
+    assert_eq!((r["n"].as_i64(), r["errors"].as_i64()), (Some(18), Some(2)), "every item is in the run: {r}");
 }
 
 #[test]

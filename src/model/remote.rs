@@ -191,7 +191,7 @@ impl Shared {
         let retry_after = resp.headers().get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<f64>().ok()).map(|ms| ms / 1e3)
             .or_else(|| resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<f64>().ok()))
             .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
+            .map(|s| Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX));
         let bytes = resp.bytes().await.map_err(|e| self.transport(e))?;
         if !status.is_success() {
             let detail = error_detail(&bytes);
