@@ -89,6 +89,9 @@ impl Rendered {
     }
 }
 
+/// The category of a row whose `category` template renders blank.
+pub const NO_CATEGORY: &str = "(none)";
+
 /// Renders one row; few-shot `example`s skip the category, which they do not need.
 fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bool) -> Result<Rendered> {
     let ctx = Value::from(minijinja::value::Serde(&row.fields));
@@ -135,6 +138,24 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
             }
         }
     }
+    // lm-eval scores a continuation's tokens: an empty one has log-probability 0 and would win
+    // every comparison, or score a perfect perplexity
+    if !example {
+        use crate::suite::TaskKind;
+        let empty = |what: String| Err(Error::data(loc, format!("task {:?}: {what} is empty, and an empty text has log-probability 0 (it would always win); fix the row, or give the task a `target-delimiter`", task.name)));
+        match task.kind {
+            TaskKind::MultipleChoice if task.target_delimiter.is_empty() => {
+                if let Some(i) = choices.iter().position(String::is_empty) {
+                    return empty(format!("choice {i}"));
+                }
+            }
+            TaskKind::Loglikelihood if task.target_delimiter.is_empty() && target.as_deref().is_some_and(str::is_empty) => return empty("the target".into()),
+            TaskKind::Perplexity if prompt.is_empty() => return Err(Error::data(loc, format!("task {:?}: the prompt renders empty: there is no text to score", task.name))),
+            _ => {}
+        }
+    }
+    // a blank category would collide with the whole task's row (category "")
+    let category = category.map(|c| if c.trim().is_empty() { NO_CATEGORY.to_string() } else { c });
     let mut turns = Vec::new();
     let mut prompt = prompt;
     if let Some(expr) = &c.turns {

@@ -415,6 +415,13 @@ impl Suite {
             if !seen.insert(&t.name) {
                 return Err(Error::config(self.table_at("[[task]]", i), format!("task name {:?} is used twice; names must be unique", t.name)));
             }
+            // a multi-turn task stores turn k as task "NAME/turn-k"
+            if let Some((_, k)) = t.name.rsplit_once("/turn-")
+                && !k.is_empty()
+                && k.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(Error::config(self.table_at("[[task]]", i), format!("task name {:?} ends like a turn of a multi-turn task (\"NAME/turn-K\"), which llmeval names that way; choose another name", t.name)));
+            }
             self.validate_task(t)?;
         }
         Ok(())
@@ -496,8 +503,22 @@ impl Suite {
                 return Err(Error::config(self.at(&ex.regex), format!("task {task:?}: extract group {g} does not exist; the regex has {} group(s)", re.captures_len() - 1)));
             }
         }
+        let mut names: Vec<String> = Vec::new();
         for m in &t.metrics {
-            match MetricSpec::parse(m.get_ref()).map_err(|msg| Error::config(self.at(m), format!("task {task:?}: {msg}")))? {
+            let spec = MetricSpec::parse(m.get_ref()).map_err(|msg| Error::config(self.at(m), format!("task {task:?}: {msg}")))?;
+            let name = match &spec {
+                MetricSpec::Name(n) => n.clone(),
+                MetricSpec::Judge(j) => j.metric_name(),
+            };
+            if names.contains(&name) {
+                let why = match &spec {
+                    MetricSpec::Judge(_) => "; two judges with one template would share a metric name: give each its own task, or copy the template into judges/ under another name",
+                    MetricSpec::Name(_) => "; list it once",
+                };
+                return Err(Error::config(self.at(m), format!("task {task:?}: metric {name} is listed twice{why}")));
+            }
+            names.push(name);
+            match spec {
                 MetricSpec::Name(name) => crate::metric::check_metric(&name, t.kind).map_err(|msg| Error::config(self.at(m), format!("task {task:?}: {msg}")))?,
                 MetricSpec::Judge(j) => {
                     if t.kind != TaskKind::Generate {
@@ -605,8 +626,8 @@ impl MetricSpec {
                 }
                 let max_tokens = match t.get("max-tokens") {
                     None => None,
-                    Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as u32),
-                    Some(other) => return Err(format!("`max-tokens` must be a positive integer, found {other}")),
+                    Some(toml::Value::Integer(n)) if *n > 0 && *n <= i64::from(u32::MAX) => Some(*n as u32),
+                    Some(other) => return Err(format!("`max-tokens` must be an integer from 1 to {}, found {other}", u32::MAX)),
                 };
                 Ok(MetricSpec::Judge(JudgeSpec { judge, model, baseline, all_pairs, max_tokens }))
             }

@@ -61,7 +61,13 @@ fn human_table_and_categories() {
     let dir = TempDir::new("cat");
     let mut rows = String::new();
     for i in 0..20 {
-        rows.push_str(&format!("{{\"question\": \"{i}+1\", \"answer\": \"{}\", \"level\": \"{}\"}}\n", i + 1, if i < 10 { "small" } else { "big" }));
+        // a blank category is reported as "(none)": "" is the whole task's row
+        let level = match i {
+            0..10 => "small",
+            19 => " ",
+            _ => "big",
+        };
+        rows.push_str(&format!("{{\"question\": \"{i}+1\", \"answer\": \"{}\", \"level\": \"{level}\"}}\n", i + 1));
     }
     dir.write("data/arith.jsonl", &rows);
     let suite = arith_suite(&server.base_url(), "").replace("metrics = [\"exact-match\"]", "metrics = [\"exact-match\", \"contains\", \"f1\"]\ncategory = \"{{ level }}\"");
@@ -73,7 +79,7 @@ fn human_table_and_categories() {
     assert!(text.contains("exact-match") && text.contains("contains") && text.contains("f1"), "{text}");
     let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]));
     let cats: Vec<&str> = show["results"].as_array().unwrap().iter().filter(|r| r["metric"] == "exact-match").map(|r| r["category"].as_str().unwrap()).collect();
-    assert_eq!(cats, ["", "big", "small"]);
+    assert_eq!(cats, ["", "(none)", "big", "small"]);
 }
 
 fn mc_suite(base: &str, api: &str) -> String {

@@ -105,7 +105,12 @@ fn duplicate_names_bad_limits_and_a_directory_for_data_name_their_table() {
         (format!("{text}\n{model}"), "model name \"remote-x\" is used twice", ("[[model]]", 2)),
         (format!("{text}\n{task}"), "task name \"arith\" is used twice", ("[[task]]", 2)),
         (text.replacen("[[model]]", "[[model]]\nconcurrency = 0", 1), "concurrency must be at least 1", ("[[model]]", 1)),
-        (text.replacen("[[model]]", "[[model]]\ntimeout-s = -1", 1), "timeout-s must be positive", ("[[model]]", 1)),
+        (text.replacen("[[model]]", "[[model]]\ntimeout-s = -1", 1), "timeout-s = -1: give seconds above 0, at most 604800", ("[[model]]", 1)),
+        // these crashed: a Duration cannot hold them
+        (text.replacen("[[model]]", "[[model]]\ntimeout-s = inf", 1), "timeout-s = inf: give seconds above 0", ("[[model]]", 1)),
+        (text.replacen("[[model]]", "[[model]]\nrequests-per-minute = 1e-300", 1), "requests-per-minute = 0.000", ("[[model]]", 1)),
+        // turn k of a multi-turn task is stored as task "NAME/turn-k"
+        (text.replace("name = \"arith\"", "name = \"arith/turn-2\""), "ends like a turn of a multi-turn task", ("[[task]]", 1)),
     ] {
         std::fs::write(&suite, &changed).unwrap();
         let err = run_err(&suite, &dir);
@@ -129,6 +134,48 @@ fn unknown_metric_and_wrong_types() {
     let err = run_err(&suite, &dir);
     let line = line_of(&suite, "concurrency");
     assert!(err.contains(&format!("suite.toml:{line}")) && err.contains("invalid type"), "{err}");
+}
+
+/// The same metric twice in a task (two judges with one template among them) would write two
+/// results under one name; a judge's max-tokens beyond u32 wrapped around to 0.
+#[test]
+fn a_metric_listed_twice_and_judge_max_tokens_out_of_range() {
+    let dir = TempDir::new("metric-twice");
+    for (metrics, want) in [
+        (r#"["exact-match", "exact-match"]"#, "metric exact-match is listed twice; list it once"),
+        (r#"["exact-match", { judge = "single", model = "remote-x" }, { judge = "single", model = "other" }]"#, "metric judge-single is listed twice; two judges with one template"),
+        (r#"["exact-match", { judge = "single", model = "remote-x", max-tokens = 4294967296 }]"#, "`max-tokens` must be an integer from 1 to 4294967295, found 4294967296"),
+    ] {
+        let suite = edited(&dir, |t| {
+            let other = t[t.find("[[model]]").unwrap()..t.find("[[task]]").unwrap()].replace("remote-x", "other");
+            t.replace("metrics = [\"exact-match\"]", &format!("metrics = {metrics}")).replace("[[task]]", &format!("{other}[[task]]"))
+        });
+        let err = run_err(&suite, &dir);
+        let line = line_of(&suite, "metrics =");
+        assert!(err.contains(&format!("suite.toml:{line}")) && err.contains(want), "{want}: {err}");
+    }
+}
+
+/// An empty continuation has log-probability 0: it would win every multiple choice and score a
+/// perfect log-likelihood, so the row is an error (lm-eval's default delimiter " " avoids it).
+#[test]
+fn an_empty_continuation_is_an_error_naming_the_row() {
+    let dir = TempDir::new("empty-continuation");
+    for (kind, extra, metric, want) in [
+        ("multiple-choice", "choices = \"[question, '']\"\ngold = \"0\"\ntarget-delimiter = \"\"", "acc", "choice 1 is empty"),
+        ("loglikelihood", "target-delimiter = \"\"", "loglikelihood", "the target is empty"),
+    ] {
+        let suite = edited(&dir, |t| {
+            t.replace("api = \"chat\"", "api = \"completions\"")
+                .replace("kind = \"generate\"", &format!("kind = \"{kind}\"\n{extra}"))
+                .replace("target = \"{{ answer }}\"", "target = \"{{ '' if id == 'q1' else answer }}\"")
+                .replace("extract = { regex = \"(-?\\\\d+)\" }\n", "")
+                .replace("metrics = [\"exact-match\"]", &format!("metrics = [\"{metric}\"]"))
+        });
+        let err = run_err(&suite, &dir);
+        let row = if kind == "multiple-choice" { 1 } else { 2 };
+        assert!(err.contains(&format!("arith.jsonl:{row}: ")) && err.contains(want) && err.contains("target-delimiter"), "{kind}: {err}");
+    }
 }
 
 #[test]
