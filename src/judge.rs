@@ -89,8 +89,33 @@ pub fn load_judge(name: &str, suite_dir: &Path) -> Result<Judge> {
         let line = e.span().map(|s| crate::util::line_of(&text, s.start)).unwrap_or(0);
         Error::config(format!("{source}:{line}"), e.message().trim_end().to_string())
     })?;
-    crate::prompt::environment().template_from_str(&template.prompt).map_err(|e| Error::config(&source, format!("prompt: bad template: {}", crate::prompt::jinja_message(&e))))?;
+    let env = crate::prompt::environment();
+    let t = env.template_from_str(&template.prompt).map_err(|e| Error::config(&source, format!("prompt: bad template: {}", crate::prompt::jinja_message(&e))))?;
+    // a variable the judge phase does not give would fail only after every answer is generated
+    let given = template_variables(template.kind);
+    let mut unknown: Vec<String> = t.undeclared_variables(false).into_iter().filter(|v| !given.contains(&v.as_str()) && !env.globals().any(|(g, _)| g == v)).collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        return Err(Error::config(&source, format!("prompt: unknown variable(s) {}; a {} judge's template can use {}", unknown.join(", "), kind_name(template.kind), given.join(", "))));
+    }
     Ok(Judge { hash: crate::util::sha256_hex(text.as_bytes())[..16].to_string(), template, source })
+}
+
+/// `kind` as a judge file writes it.
+fn kind_name(kind: JudgeKind) -> &'static str {
+    match kind {
+        JudgeKind::Single => "single",
+        JudgeKind::Pairwise => "pairwise",
+        JudgeKind::Pandalm => "pandalm",
+    }
+}
+
+/// The variables the judge phase gives a template of `kind`.
+fn template_variables(kind: JudgeKind) -> &'static [&'static str] {
+    match kind {
+        JudgeKind::Single => &["question", "answer", "reference", "input"],
+        JudgeKind::Pairwise | JudgeKind::Pandalm => &["question", "answer_a", "answer_b", "reference", "input"],
+    }
 }
 
 /// A parsed verdict.
@@ -238,7 +263,7 @@ fn render(judge: &Judge, vars: &[(&str, &str)]) -> std::result::Result<String, S
     let env = crate::prompt::environment();
     let t = env.template_from_str(&judge.template.prompt).map_err(|e| crate::prompt::jinja_message(&e))?;
     let ctx: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    t.render(ctx).map_err(|e| format!("{}: {}", judge.source, crate::prompt::jinja_message(&e)))
+    t.render(ctx).map_err(|e| crate::prompt::jinja_message(&e))
 }
 
 /// Everything the judge phase needs to know about one task.

@@ -557,6 +557,12 @@ impl Suite {
                 let bytes = std::fs::read(&p).map_err(|source| Error::Read { path: p.clone(), cause: source })?;
                 h.push_str(&crate::util::sha256_hex(&bytes));
             }
+            // a judge template edited between runs changes every verdict
+            for m in &t.metrics {
+                if let Ok(MetricSpec::Judge(j)) = MetricSpec::parse(m.get_ref()) {
+                    h.push_str(&crate::judge::load_judge(&j.judge, &self.dir)?.hash);
+                }
+            }
         }
         Ok(crate::util::sha256_hex(h.as_bytes()))
     }

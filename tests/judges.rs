@@ -223,6 +223,22 @@ fn custom_judge_file_next_to_the_suite() {
     assert_eq!(result(&v, "judge:judge", "arith", "judge-terse-all-pairs:position-bias")["value"], 1.0);
     assert_eq!(result(&v, "good", "arith", "judge-terse-all-pairs")["value"], 0.5);
     assert_eq!(result(&v, "bad", "arith", "judge-terse-all-pairs")["value"], 0.5);
+    // The template is part of the suite's identity: edited, a run is not resumed with it.
+    let hash = |out: &std::process::Output| json_out(out)["suite_hash"].as_str().unwrap().to_string();
+    let show = || llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]);
+    let before = hash(&show());
+    dir.write("judges/terse.toml", "name = \"terse\"\nkind = \"pandalm\"\nprompt = \"GRADE! {{ question }} | {{ answer_a }} | {{ answer_b }}\"\n");
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_ne!(hash(&show()), before, "the edited judge template changes the suite hash");
+    // A variable the judge phase does not give is an error before any model is asked, naming it.
+    dir.write("judges/terse.toml", "name = \"terse\"\nkind = \"pandalm\"\nprompt = \"GRADE {{ question }} | {{ answer_1 }} | {{ answer_b }}\"\n");
+    let before = good.answered();
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--no-cache"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("terse.toml") && e.contains("unknown variable(s) answer_1; a pandalm judge's template can use question, answer_a, answer_b, reference, input"), "{e}");
+    assert_eq!(good.answered(), before, "no model was asked");
 }
 
 #[test]
