@@ -716,7 +716,15 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
     file.name = format!("arena:{}", arena.name);
     let suite = Suite { file, path: suite_path.clone(), dir: base.dir.clone(), text: format!("{}\n# arena\n{text}", base.text) };
     let store = crate::store::Store::open(db)?;
-    let resume = store.latest_unfinished(&suite.file.name)?.is_some();
+    // an interrupted arena resumes; one edited since starts anew (a run must see one set of inputs)
+    let resume = match store.latest_unfinished(&suite.file.name)? {
+        Some(run) if run.suite_hash == suite.content_hash()? => true,
+        Some(run) => {
+            eprintln!("arena {:?} or its suite changed since its unfinished run {}: starting a new run (that one stays in {})", arena.name, run.id, db.display());
+            false
+        }
+        None => false,
+    };
     drop(store);
     let opts = crate::run::RunOptions { db: db.to_path_buf(), resume, no_cache, progress: true, items: Some(items), ..Default::default() };
     crate::run::run_suite(&suite, &opts)

@@ -163,6 +163,21 @@ fn arena_run_samples_prompts_judges_every_pair_and_resumes() {
     let conn = rusqlite::Connection::open(dir.db()).unwrap();
     let items: i64 = conn.query_row("SELECT count(DISTINCT item) FROM judgments", [], |x| x.get(0)).unwrap();
     assert_eq!(items, 12);
+    // Interrupted, then edited: the next run starts anew and says so (it could never run again).
+    let text = std::fs::read_to_string(&arena).unwrap();
+    std::fs::write(&arena, text.replace("seed = 7", "seed = 8")).unwrap();
+    let n = judge.answered();
+    let mut child = spawn_until(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()], std::process::Stdio::null(), || judge.answered(), n + 10);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::write(&arena, text.replace("seed = 7", "seed = 9")).unwrap();
+    let out = llmeval(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("arena \"t\" or its suite changed since its unfinished run") && stderr(&out).contains("starting a new run"), "{}", stderr(&out));
+    let runs = json_out(&llmeval(&["runs", "list", "--db", dir.db().to_str().unwrap(), "--json"]));
+    let status: Vec<&str> = runs.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(status.len(), 3, "{runs}");
+    assert_eq!(status.iter().filter(|s| **s == "complete").count(), 2, "{runs}");
 }
 
 #[test]
