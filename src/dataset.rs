@@ -85,8 +85,49 @@ fn parse_json(path: &Path, text: &str) -> Result<Vec<Row>> {
     let Value::Array(items) = v else {
         return Err(Error::data(path.display().to_string(), format!("expected a JSON array of objects, found {}", kind(&v))));
     };
-    // serde_json does not keep positions inside a parsed value; report the element index.
-    items.into_iter().enumerate().map(|(i, v)| object(path, i + 1, v)).collect()
+    // serde_json keeps no positions inside a parsed value: find each element's line in the text
+    let lines = element_lines(text);
+    items.into_iter().enumerate().map(|(i, v)| object(path, lines.get(i).copied().unwrap_or(0), v)).collect()
+}
+
+/// The 1-based line where each element of the top-level array in `text` (valid JSON) starts.
+fn element_lines(text: &str) -> Vec<usize> {
+    let (mut out, mut line, mut depth) = (Vec::new(), 1, 0usize);
+    let (mut in_string, mut escaped, mut expect) = (false, false, false);
+    for c in text.chars() {
+        if c == '\n' {
+            line += 1;
+        }
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_whitespace() {
+            continue;
+        }
+        if depth == 1 && expect && c != ']' {
+            out.push(line);
+            expect = false;
+        }
+        match c {
+            '"' => in_string = true,
+            '[' | '{' => {
+                depth += 1;
+                if depth == 1 {
+                    expect = true;
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 1 => expect = true,
+            _ => {}
+        }
+    }
+    out
 }
 
 fn parse_csv(path: &Path, text: &str, delimiter: u8) -> Result<Vec<Row>> {
@@ -95,6 +136,11 @@ fn parse_csv(path: &Path, text: &str, delimiter: u8) -> Result<Vec<Row>> {
         .headers()
         .map_err(|e| Error::data(format!("{}:1", path.display()), format!("bad header: {e}")))?
         .clone();
+    for (i, h) in headers.iter().enumerate() {
+        if headers.iter().take(i).any(|x| x == h) {
+            return Err(Error::data(format!("{}:1", path.display()), format!("column {h:?} appears twice in the header; rename one")));
+        }
+    }
     let mut rows = Vec::new();
     for rec in reader.records() {
         let rec = rec.map_err(|e| {
@@ -140,6 +186,12 @@ mod tests {
         assert!(e.contains("e.jsonl:2") && e.contains("an array"), "{e}");
         let e = load(&write("f.csv", "q,a\n1,2\n3\n")).unwrap_err().to_string();
         assert!(e.contains("f.csv:3"), "{e}");
+        let e = load(&write("h.csv", "q,a,q\n1,2,3\n")).unwrap_err().to_string();
+        assert!(e.contains("h.csv:1") && e.contains("column \"q\" appears twice"), "{e}");
+        // a JSON array's rows are located by the line their element starts on
+        let e = load(&write("i.json", "[\n  {\"q\": \"[a, {b}]\\\" ,\"},\n\n  {\"q\": 2},\n  3\n]")).unwrap_err().to_string();
+        assert!(e.contains("i.json:5") && e.contains("a number"), "{e}");
+        assert_eq!(element_lines("[{\"a\": [1,\n2]},\n\"x,\", [3]\n,\n4]"), [1, 3, 3, 5]);
         let e = load(&write("g.txt", "x")).unwrap_err().to_string();
         assert!(e.contains("unknown data format"), "{e}");
     }

@@ -42,6 +42,16 @@ pub struct Item {
 pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // a JSON null would print as "none" and be scored as text (a null target matching "none")
+    env.set_formatter(|out, state, value| {
+        if value.is_none() {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                "a value is null; fix the row, or test it with `{% if x is none %}` or give a default with `x or \"\"`",
+            ));
+        }
+        minijinja::escape_formatter(out, state, value)
+    });
     env.set_syntax(minijinja::syntax::SyntaxConfig::builder().keep_trailing_newline(true).build().expect("default syntax is valid"));
     env
 }

@@ -422,12 +422,14 @@ impl Suite {
             {
                 return Err(Error::config(self.table_at("[[task]]", i), format!("task name {:?} ends like a turn of a multi-turn task (\"NAME/turn-K\"), which llmeval names that way; choose another name", t.name)));
             }
-            self.validate_task(t)?;
+            self.validate_task(t, &self.table_at("[[task]]", i))?;
         }
         Ok(())
     }
 
-    fn validate_task(&self, t: &TaskConfig) -> Result<()> {
+    /// Checks one task; `table` is where its `[[task]]` table starts, for errors about a value
+    /// that carries no line of its own.
+    fn validate_task(&self, t: &TaskConfig, table: &str) -> Result<()> {
         let task = &t.name;
         let data = self.resolve(t.data.get_ref());
         if data.is_dir() {
@@ -448,7 +450,7 @@ impl Suite {
             TaskKind::MultipleChoice => {
                 for (field, v) in [("choices", &t.choices), ("gold", &t.gold)] {
                     if v.is_none() {
-                        return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: a multiple-choice task needs `{field}` (a minijinja expression over the row)")));
+                        return Err(Error::config(table, format!("task {task:?}: a multiple-choice task needs `{field}` (a minijinja expression over the row)")));
                     }
                 }
             }
@@ -461,7 +463,7 @@ impl Suite {
                 };
                 let needs_target = t.kind == TaskKind::Loglikelihood || t.metrics.is_empty() || !t.metrics.iter().all(target_free);
                 if t.target.is_none() && needs_target {
-                    return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: a {} task needs `target` (a template over the row)", kind_name(t.kind))));
+                    return Err(Error::config(table, format!("task {task:?}: a {} task needs `target` (a template over the row)", kind_name(t.kind))));
                 }
             }
             TaskKind::Perplexity => {}
@@ -472,7 +474,7 @@ impl Suite {
             return Err(Error::config(self.at(turns), format!("task {task:?}: turns are for generate tasks without few-shot examples")));
         }
         if t.few_shot.is_some() && t.kind == TaskKind::Perplexity {
-            return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: few-shot makes no sense for a perplexity task")));
+            return Err(Error::config(table, format!("task {task:?}: few-shot makes no sense for a perplexity task")));
         }
         // Templates and expressions compile.
         let env = crate::prompt::environment();
@@ -537,8 +539,17 @@ impl Suite {
         if let Some(h) = &t.human_label {
             env.template_from_str(h.get_ref()).map_err(|e| Error::config(self.at(h), format!("task {task:?}: human-label: bad template: {}", crate::prompt::jinja_message(&e))))?;
         }
-        if t.temperature < 0.0 {
-            return Err(Error::config(self.path.display().to_string(), format!("task {task:?}: temperature must be >= 0, got {}", t.temperature)));
+        if !(t.temperature >= 0.0 && t.temperature.is_finite()) {
+            return Err(Error::config(table, format!("task {task:?}: temperature = {}: give 0 (greedy) or a positive number", t.temperature)));
+        }
+        if t.kind == TaskKind::Generate && t.max_tokens == 0 {
+            return Err(Error::config(table, format!("task {task:?}: max-tokens = 0 leaves every answer empty; give at least 1")));
+        }
+        if let Some(p) = t.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return Err(Error::config(table, format!("task {task:?}: top-p = {p}: give a probability above 0, at most 1")));
+        }
+        if t.stop.iter().any(String::is_empty) {
+            return Err(Error::config(table, format!("task {task:?}: stop has an empty string, which would stop every answer before it starts; remove it")));
         }
         Ok(())
     }

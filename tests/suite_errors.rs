@@ -178,6 +178,30 @@ fn an_empty_continuation_is_an_error_naming_the_row() {
     }
 }
 
+/// Generation settings no request can use are errors at the task's table (they were sent as is:
+/// empty answers scored as wrong, NaN temperature stored as null).
+#[test]
+fn generation_settings_out_of_range_name_the_task_table() {
+    let dir = TempDir::new("gen-settings");
+    for (extra, want) in [
+        ("temperature = nan", "temperature = NaN: give 0 (greedy) or a positive number"),
+        ("temperature = -1.0", "temperature = -1: give 0"),
+        ("top-p = 7.0", "top-p = 7: give a probability above 0, at most 1"),
+        ("stop = [\"\\n\", \"\"]", "stop has an empty string"),
+    ] {
+        let suite = edited(&dir, |t| t.replace("max-tokens = 8", &format!("max-tokens = 8\n{extra}")));
+        let err = run_err(&suite, &dir);
+        assert!(err.contains(&format!("suite.toml:{}: ", line_of(&suite, "[[task]]"))) && err.contains(want), "{extra}: {err}");
+    }
+    let suite = edited(&dir, |t| t.replace("max-tokens = 8", "max-tokens = 0"));
+    assert!(run_err(&suite, &dir).contains("max-tokens = 0 leaves every answer empty"));
+    // A JSON null printed as "none" would be scored as text.
+    let suite = edited(&dir, |t| t);
+    dir.write("data/arith.jsonl", &arith_rows(3).replacen("\"answer\": \"18\"", "\"answer\": null", 1));
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("arith.jsonl:1: ") && err.contains("target") && err.contains("a value is null"), "{err}");
+}
+
 #[test]
 fn bad_data_row() {
     let dir = TempDir::new("row");
