@@ -477,7 +477,7 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
         println!("stored in {} as run {}", opts.db.display(), report.run.id);
     }
     for note in &report.run.notes {
-        eprintln!("note: {note}");
+        eprintln!("note: {}", crate::tui::leaderboard::one_line(note));
     }
     if report.errored > 0 {
         eprintln!(
@@ -533,21 +533,25 @@ fn fmt_value(a: &Aggregate) -> String {
 }
 
 /// A plain-text table with a header row; columns padded to their widest cell.
+/// Cells are printed as one line each with control characters made visible (a name or answer
+/// holding an escape sequence must not drive the terminal), padded by display width.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    use crate::tui::leaderboard::{one_line, width};
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| one_line(c)).collect()).collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
+            widths[i] = widths[i].max(width(c));
         }
     }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c}{}", " ".repeat(widths[i] - width(c)))).collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
-    let mut out = line(header.iter().map(|s| s.to_string()).collect());
-    out.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect()));
-    for r in rows {
-        out.push_str(&line(r.clone()));
+    let mut out = line(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    out.push_str(&line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>()));
+    for r in &rows {
+        out.push_str(&line(r));
     }
     out
 }
@@ -560,7 +564,7 @@ fn results_table(run: &Run, aggs: &[Aggregate]) -> String {
             vec![a.model.clone(), task, a.metric.clone(), fmt_value(a), a.stderr.map_or("—".into(), |s| format!("{s:.4}")), a.n.to_string(), a.errors.to_string()]
         })
         .collect();
-    format!("suite {} · run {} · {}\n{}", run.suite, run.id, run.status, table(&["model", "task", "metric", "value ± 95% CI", "stderr", "n", "errors"], &rows))
+    format!("suite {} · run {} · {}\n{}", crate::tui::leaderboard::one_line(&run.suite), run.id, run.status, table(&["model", "task", "metric", "value ± 95% CI", "stderr", "n", "errors"], &rows))
 }
 
 /// The results database for a command that reads it: one that does not exist is an error (it is
@@ -623,7 +627,7 @@ fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> 
     }
     print!("{}", results_table(&run, &aggs));
     for n in &run.notes {
-        println!("note: {n}");
+        println!("note: {}", crate::tui::leaderboard::one_line(n));
     }
     if samples {
         let rows: Vec<Vec<String>> = sample_rows
@@ -963,7 +967,7 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     let m = if method == "elo" { Method::Elo } else { Method::Bt };
     let r = arena::rate(&battles, m, k, bootstrap, seed, anchor.as_ref().map(|(a, v)| (a.as_str(), *v)))?;
     for note in &r.notes {
-        eprintln!("note: {note}");
+        eprintln!("note: {}", crate::tui::leaderboard::one_line(note));
     }
     let mut order: Vec<&String> = r.ratings.keys().collect();
     order.sort_by(|a, b| r.ratings[*b].total_cmp(&r.ratings[*a]));
@@ -1091,17 +1095,33 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
         let adjusted = if correction == crate::gate::Correction::Holm { format!(", p Holm-adjusted over {} comparisons", cs.iter().filter(|x| x.n > 0).count()) } else { String::new() };
         println!("baseline {} → candidate {} (alpha {alpha}, two-sided{adjusted})", b.id, c.id);
         print!("{}", table(&["model", "task", "metric", "n", "baseline", "candidate", "drop", "drop 95% CI", "p", "verdict"], &rows));
+        let say = |line: String| println!("{}", crate::tui::leaderboard::one_line(&line));
         for x in cs.iter().filter(|x| x.regression && !x.flipped.is_empty()) {
-            println!("{} / {} / {}: right before, wrong now: {}", x.model, x.task, x.metric, x.flipped.join(", "));
+            say(format!("{} / {} / {}: right before, wrong now: {}", x.model, x.task, x.metric, x.flipped.join(", ")));
         }
         for x in cs.iter().filter(|x| x.missing_items > 0) {
-            println!("{}", crate::gate::missing_line(x));
+            say(crate::gate::missing_line(x));
         }
         for x in cs.iter() {
             if let Some(n) = &x.note {
-                println!("{} / {} / {}: {n}", x.model, x.task, x.metric);
+                say(format!("{} / {} / {}: {n}", x.model, x.task, x.metric));
             }
         }
     }
     Ok(if failed { exit::FAILURE } else { exit::SUCCESS })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn table_cells_cannot_drive_the_terminal_and_pad_by_display_width() {
+        let t = table(&["name", "n"], &[vec!["a\u{1b}[2J\u{7}b\nc".into(), "1".into()], vec!["日本".into(), "2".into()]]);
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[2], "a\u{241b}[2J\u{2407}b⏎c  1");
+        // two double-width characters take 4 of the column's 9 columns
+        assert_eq!(lines[3], "日本       2");
+    }
 }

@@ -358,6 +358,18 @@ impl Suite {
         if f.tasks.is_empty() {
             return Err(Error::config(whole, "no [[task]] table: a suite needs at least one task"));
         }
+        // names are printed in tables, reports and file names: no escape sequences or line breaks
+        let printable = |at: String, what: &str, name: &str| match name.chars().find(|c| c.is_control()) {
+            Some(c) => Err(Error::config(at, format!("{what} name {name:?} holds the control character {c:?}; use printable characters"))),
+            None => Ok(()),
+        };
+        printable(whole.clone(), "suite", &f.name)?;
+        for (i, m) in f.models.iter().enumerate() {
+            printable(self.table_at("[[model]]", i), "model", &m.name)?;
+        }
+        for (i, t) in f.tasks.iter().enumerate() {
+            printable(self.table_at("[[task]]", i), "task", &t.name)?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, m) in f.models.iter().enumerate() {
             let whole = self.table_at("[[model]]", i);

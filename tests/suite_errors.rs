@@ -111,6 +111,8 @@ fn duplicate_names_bad_limits_and_a_directory_for_data_name_their_table() {
         (text.replacen("[[model]]", "[[model]]\nrequests-per-minute = 1e-300", 1), "requests-per-minute = 0.000", ("[[model]]", 1)),
         // turn k of a multi-turn task is stored as task "NAME/turn-k"
         (text.replace("name = \"arith\"", "name = \"arith/turn-2\""), "ends like a turn of a multi-turn task", ("[[task]]", 1)),
+        // an escape sequence in a name would drive the terminal of whoever reads the results
+        (text.replace("name = \"remote-x\"", "name = \"x\\u001b[2J\""), "model name \"x\\u{1b}[2J\" holds the control character '\\u{1b}'", ("[[model]]", 1)),
     ] {
         std::fs::write(&suite, &changed).unwrap();
         let err = run_err(&suite, &dir);
