@@ -454,6 +454,10 @@ fn on_interrupt_say(message: String) {
 }
 
 fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
+    if args.limit == Some(0) {
+        // an empty run would be stored as complete and become `latest`
+        anyhow::bail!("--limit 0 evaluates nothing; give at least 1");
+    }
     let suite = crate::suite::Suite::load(&args.suite)?;
     let opts = crate::run::RunOptions {
         db: args.db.path(),
@@ -1060,7 +1064,8 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
         CorrectionArg::None => crate::gate::Correction::None,
     };
     let cs = crate::gate::compare(&store.samples(&b.id)?, &store.samples(&c.id)?, &tolerances, alpha, correction, 1234).map_err(|e| anyhow::anyhow!("comparing runs {} and {}: {e}", b.id, c.id))?;
-    if cs.iter().all(|x| x.n == 0) {
+    // a candidate missing every item is a failure reported per comparison, not a usage error
+    if cs.iter().all(|x| x.n == 0 && x.missing_items == 0) {
         anyhow::bail!("runs {} and {} share no scored item (same model, task and document); nothing to compare", b.id, c.id);
     }
     // a tolerance for a metric the gate never meets would silently not apply (a typo)

@@ -149,4 +149,19 @@ fn gate_passes_noise_and_improvements_and_fails_a_missing_task() {
     validate_junit(&junit);
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains("type=\"missing\""), "{xml}");
+
+    // A candidate with every item errored is missing all of them: a failure, not a usage error.
+    let dead = FakeServer::start(|_| String::new());
+    dead.set_faults(|_, _| crate::server::Fault::BadRequest);
+    let suite = dir.write("suite.toml", &arith_suite(&dead.base_url(), ""));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json", "--no-cache"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let dead_run = json_out(&out)["run_id"].as_str().unwrap().to_string();
+    let (code, v) = gate(&fewer, &dead_run, None);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(exact_match(&v, "arith")["missing_items"], 60);
+    // --limit 0 would store an empty run as complete (and make it `latest`).
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--limit", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--limit 0 evaluates nothing"), "{}", stderr(&out));
 }
