@@ -652,7 +652,7 @@ fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> 
 
 /// Hypotheses and references, checked to have the same number of lines.
 fn load_pairs(f: &SampleFiles) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)> {
-    let hyp = crate::dataset::read_samples(&f.hyp, f.jsonl)?;
+    let hyp = read_hypotheses(&f.hyp, f.jsonl)?;
     let mut refs = Vec::new();
     for r in &f.refs {
         let lines = crate::dataset::read_samples(r, f.jsonl)?;
@@ -672,6 +672,15 @@ fn load_pairs(f: &SampleFiles) -> anyhow::Result<(Vec<String>, Vec<Vec<String>>)
         refs.push(lines);
     }
     Ok((hyp, refs))
+}
+
+/// The samples to score: an empty file is an error (its score would print as 0).
+fn read_hypotheses(path: &std::path::Path, jsonl: bool) -> anyhow::Result<Vec<String>> {
+    let hyp = crate::dataset::read_samples(path, jsonl)?;
+    if hyp.is_empty() {
+        anyhow::bail!("{}: no samples (the file is empty); give one sample per line", path.display());
+    }
+    Ok(hyp)
 }
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -745,7 +754,7 @@ fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
             }
         }
         MetricsCommand::Distinct { hyp, jsonl, json } => {
-            let outs = crate::dataset::read_samples(&hyp, jsonl)?;
+            let outs = read_hypotheses(&hyp, jsonl)?;
             let o = strs(&outs);
             let (d1, d2, sb) = (diversity::distinct(&o, 1), diversity::distinct(&o, 2), diversity::self_bleu(&o));
             if json {

@@ -203,10 +203,17 @@ fn cli_input_errors_name_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("rougeX"), "{}", stderr(&out));
 
-    // no samples: zeros, not -0
+    // no samples: an error, not a score of 0 that reads like a result
     let empty = dir.write("empty.txt", "");
-    let v = metrics_cli(&["rouge", "--hyp", empty.to_str().unwrap(), "--ref", empty.to_str().unwrap(), "--json"]);
-    assert!(!v.to_string().contains("-0"), "{v}");
+    for metric in ["bleu", "chrf", "rouge", "chatglm", "distinct"] {
+        let mut args = vec!["metrics", metric, "--hyp", empty.to_str().unwrap()];
+        if metric != "distinct" {
+            args.extend(["--ref", empty.to_str().unwrap()]);
+        }
+        let out = llmeval(&args);
+        assert_eq!(out.status.code(), Some(2), "{metric}");
+        assert!(stderr(&out).contains("empty.txt: no samples"), "{metric}: {}", stderr(&out));
+    }
 }
 
 #[test]
