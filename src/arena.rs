@@ -57,10 +57,11 @@ pub struct Battle {
 /// and `winner` (other fields are ignored).
 pub fn read_battles(path: &std::path::Path) -> Result<Vec<Battle>> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let (values, lines): (Vec<serde_json::Value>, Vec<usize>) = if text.trim_start().starts_with('[') {
-        let arr: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {e}")))?;
-        let n = arr.len();
-        (arr, (1..=n).collect())
+        let arr: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {e}")))?;
+        let lines = crate::dataset::element_lines(text);
+        (arr, lines)
     } else {
         let mut v = Vec::new();
         let mut l = Vec::new();
@@ -350,6 +351,11 @@ pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: 
     let mut full = ix.rate(&mut (0..battles.len()), method, k);
     shift(&mut full);
     let mut notes = if method == Method::Bt { ix.bt_notes() } else { Vec::new() };
+    let selfish: std::collections::BTreeSet<&str> = battles.iter().filter(|b| b.model_a == b.model_b).map(|b| b.model_a.as_str()).collect();
+    if !selfish.is_empty() {
+        let n = battles.iter().filter(|b| b.model_a == b.model_b).count();
+        notes.push(format!("{n} battle(s) pit a model against itself ({}): they change no rating, as in FastChat", selfish.into_iter().collect::<Vec<_>>().join(", ")));
+    }
     let ratings: BTreeMap<String, f64> = ix.names.iter().zip(&full).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
     let mut ci95 = BTreeMap::new();
     if bootstrap > 0 && !battles.is_empty() {

@@ -91,7 +91,7 @@ fn parse_json(path: &Path, text: &str) -> Result<Vec<Row>> {
 }
 
 /// The 1-based line where each element of the top-level array in `text` (valid JSON) starts.
-fn element_lines(text: &str) -> Vec<usize> {
+pub(crate) fn element_lines(text: &str) -> Vec<usize> {
     let (mut out, mut line, mut depth) = (Vec::new(), 1, 0usize);
     let (mut in_string, mut escaped, mut expect) = (false, false, false);
     for c in text.chars() {

@@ -85,6 +85,16 @@ fn bad_battle_logs_name_the_line() {
     assert!(stderr(&out).contains("b.jsonl:2") && stderr(&out).contains("unknown winner \"x\""), "{}", stderr(&out));
     let out = llmeval(&["arena", "ratings", "--battles", f.to_str().unwrap(), "--method", "elo", "--anchor", "nope=1"]);
     assert_eq!(out.status.code(), Some(2));
+    // a JSON array names the line its bad element starts on
+    let f = dir.write("b.json", "[\n {\"model_a\": \"x\", \"model_b\": \"y\", \"winner\": \"model_a\"},\n\n {\"model_a\": \"x\", \"model_b\": \"y\", \"winner\": \"x\"}\n]");
+    let out = llmeval(&["arena", "ratings", "--battles", f.to_str().unwrap(), "--method", "elo"]);
+    assert!(stderr(&out).contains("b.json:4") && stderr(&out).contains("unknown winner \"x\""), "{}", stderr(&out));
+    // a BOM is read past; a self-battle changes nothing and is said
+    let f = dir.write("c.jsonl", "\u{feff}{\"model_a\": \"x\", \"model_b\": \"x\", \"winner\": \"model_a\"}\n{\"model_a\": \"x\", \"model_b\": \"y\", \"winner\": \"tie\"}\n");
+    let out = llmeval(&["arena", "ratings", "--battles", f.to_str().unwrap(), "--method", "elo", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("1 battle(s) pit a model against itself (x): they change no rating"), "{}", stderr(&out));
+    assert_eq!(json_out(&out)["ratings"]["x"], 1000.0);
 }
 
 #[test]
