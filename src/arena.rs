@@ -654,7 +654,12 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
         let line = e.span().map(|s| crate::util::line_of(&text, s.start)).unwrap_or(0);
         Error::config(format!("{}:{line}", path.display()), e.message().trim_end().to_string())
     })?;
-    let at = || path.display().to_string();
+    // `path:line` of the line setting `key`, for errors about its value
+    let key_at = |key: &str| match text.lines().position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))) {
+        Some(i) => format!("{}:{}", path.display(), i + 1),
+        None => path.display().to_string(),
+    };
+    let at = || key_at("judge");
     // `judge = "human"`: collect the answers only; people vote on them with `arena vote`.
     let spec = match MetricSpec::parse(&arena.judge) {
         Ok(MetricSpec::Judge(j)) => Some(j),
@@ -669,19 +674,28 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
     let base = Suite::load(&suite_path)?;
     let mut file = base.file.clone();
     let wanted: Vec<String> = arena.models.clone().unwrap_or_else(|| file.models.iter().filter(|m| m.evaluate).map(|m| m.name.clone()).collect());
-    for w in &wanted {
+    for (i, w) in wanted.iter().enumerate() {
         if !file.models.iter().any(|m| &m.name == w) {
-            return Err(Error::config(at(), format!("model {w:?} is not a [[model]] of {}", suite_path.display())));
+            return Err(Error::config(key_at("models"), format!("model {w:?} is not a [[model]] of {}", suite_path.display())));
+        }
+        if wanted[..i].contains(w) {
+            return Err(Error::config(key_at("models"), format!("model {w:?} is listed twice")));
         }
     }
     if let Some(spec) = &spec {
         if !file.models.iter().any(|m| m.name == spec.model) {
             return Err(Error::config(at(), format!("judge model {:?} is not a [[model]] of {}", spec.model, suite_path.display())));
         }
-        crate::judge::load_judge(&spec.judge, &base.dir).map_err(|e| Error::config(at(), format!("judge: {e}")))?;
+        let judge = crate::judge::load_judge(&spec.judge, &base.dir).map_err(|e| Error::config(at(), format!("judge: {e}")))?;
+        if judge.template.kind == crate::judge::JudgeKind::Single {
+            return Err(Error::config(at(), format!("judge {:?} rates one answer at a time; an arena's battles need a judge of two answers (pairwise, pairwise-reference or pandalm)", spec.judge)));
+        }
     }
     if wanted.len() < 2 {
-        return Err(Error::config(at(), "an arena needs at least two models"));
+        return Err(Error::config(key_at("models"), "an arena needs at least two models"));
+    }
+    if arena.battles_per_pair == 0 {
+        return Err(Error::config(key_at("battles-per-pair"), "battles-per-pair = 0 gives no battle; give at least 1"));
     }
     for m in &mut file.models {
         m.evaluate = wanted.contains(&m.name);

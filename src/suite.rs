@@ -544,7 +544,20 @@ impl Suite {
                             return Err(Error::config(self.at(m), format!("task {task:?}: judge {what} {name:?} is not a [[model]] of the suite ({})", names.join(", "))));
                         }
                     }
-                    crate::judge::load_judge(&j.judge, &self.dir).map_err(|e| Error::config(self.at(m), format!("task {task:?}: {e}")))?;
+                    let judge = crate::judge::load_judge(&j.judge, &self.dir).map_err(|e| Error::config(self.at(m), format!("task {task:?}: {e}")))?;
+                    // a comparison needs two answers: without them the metric would have no value
+                    let evaluated: Vec<&str> = self.file.models.iter().filter(|x| x.evaluate).map(|x| x.name.as_str()).collect();
+                    let opponents = evaluated.iter().filter(|x| Some(**x) != j.baseline.as_deref()).count();
+                    let enough = match &j.baseline {
+                        Some(_) => opponents >= 1,
+                        None => evaluated.len() >= 2,
+                    };
+                    if judge.template.kind != crate::judge::JudgeKind::Single && !enough {
+                        return Err(Error::config(
+                            self.at(m),
+                            format!("task {task:?}: judge {:?} compares two answers, but the suite evaluates {} ({}); add a model, or give a `baseline`", j.judge, evaluated.len(), evaluated.join(", ")),
+                        ));
+                    }
                 }
             }
         }

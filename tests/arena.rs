@@ -126,6 +126,26 @@ fn arena_files(dir: &TempDir, a: &str, b: &str, c: &str, judge: &str, per_pair: 
     )
 }
 
+/// Arena files that could never give a battle are errors naming the line (they ran to exit 0).
+#[test]
+fn arena_files_without_battles_are_errors_naming_the_line() {
+    let dir = TempDir::new("arena-errors");
+    let url = "http://127.0.0.1:9/v1";
+    let arena = arena_files(&dir, url, url, url, url, 3);
+    let text = std::fs::read_to_string(&arena).unwrap();
+    for (changed, key, want) in [
+        (text.replace("[\"good\", \"bad\", \"worse\"]", "[\"good\", \"good\"]"), "models", "model \"good\" is listed twice"),
+        (text.replace("battles-per-pair = 3", "battles-per-pair = 0"), "battles-per-pair", "battles-per-pair = 0 gives no battle"),
+        (text.replace("judge = \"pairwise\"", "judge = \"single\""), "judge", "rates one answer at a time"),
+    ] {
+        std::fs::write(&arena, &changed).unwrap();
+        let out = llmeval(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{want}: {}", stderr(&out));
+        let line = changed.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+        assert!(stderr(&out).contains(&format!("arena.toml:{line}: ")) && stderr(&out).contains(want), "{want}: {}", stderr(&out));
+    }
+}
+
 fn correct_judge(p: &str) -> String {
     let right = sum_of(p).to_string();
     let between = |s: &str, e: &str| -> String {

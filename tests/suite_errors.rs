@@ -158,6 +158,15 @@ fn a_metric_listed_twice_and_judge_max_tokens_out_of_range() {
     }
 }
 
+/// A judge of two answers with one evaluated model would never give a value.
+#[test]
+fn a_pairwise_judge_needs_two_answers() {
+    let dir = TempDir::new("pairwise-one");
+    let suite = edited(&dir, |t| t.replace("metrics = [\"exact-match\"]", "metrics = [\"exact-match\", { judge = \"pairwise\", model = \"remote-x\" }]"));
+    let err = run_err(&suite, &dir);
+    assert!(err.contains(&format!("suite.toml:{}", line_of(&suite, "metrics ="))) && err.contains("judge \"pairwise\" compares two answers, but the suite evaluates 1 (remote-x)"), "{err}");
+}
+
 /// An empty continuation has log-probability 0: it would win every multiple choice and score a
 /// perfect log-likelihood, so the row is an error (lm-eval's default delimiter " " avoids it).
 #[test]
