@@ -836,6 +836,9 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             if !chat && model.engine().add_bos {
                 prompt_ids.splice(0..0, model.engine().bos);
             }
+            if prompt_ids.is_empty() {
+                anyhow::bail!("--prompt is empty (and the model adds no BOS token): there is nothing to continue");
+            }
             let opts = crate::engine::session::GenOptions { max_tokens, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] };
             let mut out = None;
             model.engine().generate_all(std::slice::from_ref(&prompt_ids), std::slice::from_ref(&opts), &mut |_, g| out = Some(g))?;

@@ -161,6 +161,9 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
             }
             TaskKind::Loglikelihood if task.target_delimiter.is_empty() && target.as_deref().is_some_and(str::is_empty) => return empty("the target".into()),
             TaskKind::Perplexity if prompt.is_empty() => return Err(Error::data(loc, format!("task {:?}: the prompt renders empty: there is no text to score", task.name))),
+            TaskKind::Generate if c.turns.is_none() && prompt.trim().is_empty() => {
+                return Err(Error::data(loc, format!("task {:?}: the prompt renders empty: a model given nothing answers nothing of the question", task.name)))
+            }
             _ => {}
         }
     }

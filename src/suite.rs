@@ -260,8 +260,8 @@ pub struct TaskConfig {
     /// Few-shot examples before each prompt.
     #[serde(default)]
     pub few_shot: Option<FewShot>,
-    /// Send the prompt as a user message of a conversation: the built-in engine applies the
-    /// model's chat template; chat APIs do so on the server anyway.
+    /// Generate tasks: send the prompt as a user message of a conversation: the built-in engine
+    /// applies the model's chat template; chat APIs do so on the server anyway.
     #[serde(default)]
     pub chat: bool,
     /// Answer extraction from the response.
@@ -484,6 +484,9 @@ impl Suite {
             && (t.kind != TaskKind::Generate || t.few_shot.is_some())
         {
             return Err(Error::config(self.at(turns), format!("task {task:?}: turns are for generate tasks without few-shot examples")));
+        }
+        if t.chat && t.kind != TaskKind::Generate {
+            return Err(Error::config(table, format!("task {task:?}: chat = true is for generate tasks; a {} task scores the prompt as plain text (remove `chat`)", kind_name(t.kind))));
         }
         if t.few_shot.is_some() && t.kind == TaskKind::Perplexity {
             return Err(Error::config(table, format!("task {task:?}: few-shot makes no sense for a perplexity task")));

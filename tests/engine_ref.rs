@@ -198,6 +198,10 @@ fn engine_arguments_out_of_range_are_errors_before_any_work() {
         assert_eq!(out.status.code(), Some(2));
         assert!(stderr(&out).contains(&format!("--threads {bad}: give 1 to 1024")), "{}", stderr(&out));
     }
+    // an empty prompt (this model adds no BOS) gave an empty answer as if it were one
+    let out = llmeval(&["engine", "generate", "--model", m, "--prompt", "", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--prompt is empty"), "{}", stderr(&out));
 }
 
 #[test]

@@ -204,6 +204,13 @@ fn generation_settings_out_of_range_name_the_task_table() {
         let err = run_err(&suite, &dir);
         assert!(err.contains(&format!("suite.toml:{}: ", line_of(&suite, "[[task]]"))) && err.contains(want), "{extra}: {err}");
     }
+    // a prompt that renders empty would be answered from nothing and scored
+    let suite = edited(&dir, |t| t.replace("prompt = \"Q: {{ question }}\\nA:\"", "prompt = \"{{ '' if id == 'q2' else question }}\""));
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("arith.jsonl:3: ") && err.contains("the prompt renders empty"), "{err}");
+    // chat formatting was silently not applied to log-likelihood scoring
+    let suite = edited(&dir, |t| t.replace("kind = \"generate\"", "kind = \"loglikelihood\"\nchat = true").replace("metrics = [\"exact-match\"]", "metrics = [\"loglikelihood\"]"));
+    assert!(run_err(&suite, &dir).contains("chat = true is for generate tasks; a loglikelihood task scores the prompt as plain text"));
     let suite = edited(&dir, |t| t.replace("max-tokens = 8", "max-tokens = 0"));
     assert!(run_err(&suite, &dir).contains("max-tokens = 0 leaves every answer empty"));
     // A JSON null printed as "none" would be scored as text.

@@ -120,6 +120,7 @@ impl Model for BuiltinModel {
         let mut index = Vec::new(); // request of each prompt
         for (i, r) in requests.iter().enumerate() {
             match self.prompt_ids(&r.context) {
+                Ok(ids) if ids.is_empty() => sink(i, Outcome { result: Err("the prompt is empty (and the model adds no BOS token): there is nothing to continue".into()), latency_ms: 0.0, attempts: 1 }),
                 Ok(ids) => {
                     prompts.push(ids);
                     opts.push(GenOptions { max_tokens: r.max_tokens as usize, temperature: r.temperature, top_k: None, top_p: r.top_p, seed: r.seed.unwrap_or(0), stop: r.stop.clone() });
