@@ -35,12 +35,10 @@ impl BuiltinModel {
         let threads = cfg.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut engine = Engine::load(&path, threads).map_err(|e| err(format!("{e}")))?;
         let note = engine.place(device).map_err(|e| err(format!("{e}")))?.map(|n| format!("{}: {n}", cfg.name));
-        let meta = std::fs::metadata(&path).ok();
         let identity = json!({
             "engine": "builtin",
             "path": std::fs::canonicalize(&path).unwrap_or(path.clone()),
-            "bytes": meta.as_ref().map(|m| m.len()),
-            "modified": meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            "files": file_stamps(&path),
             "llmeval": env!("CARGO_PKG_VERSION"),
             "system-prompt": cfg.system_prompt,
         });
@@ -98,6 +96,22 @@ impl BuiltinModel {
     fn prefix_token(&self) -> u32 {
         self.engine.eos.first().copied().or(self.engine.bos).unwrap_or(0)
     }
+}
+
+/// Size and modification time of the model's file, or of every file in a Hugging Face
+/// directory (a directory's own times do not change when a file in it is rewritten): cached
+/// answers of a model replaced in place are not served.
+fn file_stamps(path: &Path) -> Value {
+    let stamp = |p: &Path| {
+        let meta = std::fs::metadata(p).ok();
+        json!([meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64)])
+    };
+    if !path.is_dir() {
+        return stamp(path);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    files.sort();
+    Value::Object(files.iter().map(|f| (f.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned()), stamp(f))).collect())
 }
 
 impl Model for BuiltinModel {
@@ -198,5 +212,25 @@ impl Model for BuiltinModel {
             let result = result.map_err(|e| format!("{}: {e}", self.path.display())).and_then(|()| self.finite(total.logprob).map(|_| total));
             sink(i, Outcome { result, latency_ms: start.elapsed().as_secs_f64() * 1e3, attempts: 1 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_stamps;
+
+    #[test]
+    fn a_file_rewritten_in_a_model_directory_changes_the_identity() {
+        let dir = std::env::temp_dir().join(format!("llmeval-stamps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("model.safetensors"), b"12345678").unwrap();
+        std::fs::write(dir.join("config.json"), b"{}").unwrap();
+        let before = file_stamps(&dir);
+        assert_eq!(before.as_object().unwrap().len(), 2, "{before}");
+        std::fs::write(dir.join("model.safetensors"), b"1234567890").unwrap();
+        assert_ne!(file_stamps(&dir), before);
+        assert_eq!(file_stamps(&dir.join("config.json"))[0], 2, "a file: its size and time");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
