@@ -607,7 +607,8 @@ fn finish_sample(run_id: &str, model: &str, p: &Pending) -> Sample {
 fn unscored_notes(samples: &[Sample], tasks: &[&TaskConfig], rendered: &[Vec<Item>], metrics: &[Vec<Box<dyn Metric>>]) -> Vec<String> {
     let mut out = Vec::new();
     for (ti, task) in tasks.iter().enumerate() {
-        for m in &metrics[ti] {
+        // a judge's unscored items are its unparsed verdicts, counted by its parse-failure-rate
+        for m in metrics[ti].iter().filter(|m| !m.name().starts_with("judge-")) {
             // (model) → (answered items, unscored items, first reason)
             let mut by_model: BTreeMap<&str, (usize, usize, Option<String>)> = BTreeMap::new();
             for s in samples.iter().filter(|s| s.task == task.name && s.error.is_none() && s.evidence.is_some()) {

@@ -206,6 +206,23 @@ fn judge_metric_errors_are_clear() {
     }
 }
 
+/// A judge whose every verdict is unparsed: its parse-failure-rate says so, and no note misreads
+/// it as a metric that could not score ("scored by the judge phase").
+#[test]
+fn a_judge_that_never_gives_a_verdict() {
+    let good = FakeServer::start(crate::server::arith_answer);
+    let judge_srv = FakeServer::start(|_| "I would rather not say.".into());
+    let dir = TempDir::new("judge-mute");
+    dir.write("data/arith.jsonl", &arith_rows(3).replace("}\n", ", \"human\": \"\"}\n"));
+    let metrics = r#"[{ judge = "single", model = "judge" }]"#;
+    let s = dir.write("suite.toml", &suite(&good.base_url(), &good.base_url(), &judge_srv.base_url(), metrics));
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    assert_eq!(result(&v, "judge:judge", "arith", "judge-single:parse-failure-rate")["value"], 1.0);
+    assert!(!stderr(&out).contains("scored by the judge phase"), "{}", stderr(&out));
+}
+
 #[test]
 fn custom_judge_file_next_to_the_suite() {
     let good = FakeServer::start(crate::server::arith_answer);
