@@ -651,8 +651,8 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
     use crate::suite::{MetricSpec, Suite, TaskKind};
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
     let arena: ArenaFile = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| crate::util::line_of(&text, s.start)).unwrap_or(0);
-        Error::config(format!("{}:{line}", path.display()), e.message().trim_end().to_string())
+        let (line, message) = crate::util::toml_error(&text, &e);
+        Error::config(line.map_or_else(|| path.display().to_string(), |l| format!("{}:{l}", path.display())), message)
     })?;
     // `path:line` of the line setting `key`, for errors about its value
     let key_at = |key: &str| match text.lines().position(|l| l.trim_start().strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))) {

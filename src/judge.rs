@@ -86,8 +86,8 @@ pub fn load_judge(name: &str, suite_dir: &Path) -> Result<Judge> {
         },
     };
     let template: JudgeTemplate = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| crate::util::line_of(&text, s.start)).unwrap_or(0);
-        Error::config(format!("{source}:{line}"), e.message().trim_end().to_string())
+        let (line, message) = crate::util::toml_error(&text, &e);
+        Error::config(line.map_or_else(|| source.clone(), |l| format!("{source}:{l}")), message)
     })?;
     let env = crate::prompt::environment();
     let t = env.template_from_str(&template.prompt).map_err(|e| Error::config(&source, format!("prompt: bad template: {}", crate::prompt::jinja_message(&e))))?;

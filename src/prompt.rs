@@ -205,7 +205,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
     let n = limit.map_or(rows.len(), |l| l.min(rows.len()));
 
     // Few-shot source: another file, or this data (then the evaluated row is never its own example).
-    let fewshot_rows: Option<(Vec<Row>, std::path::PathBuf)> = match task.few_shot.as_ref().and_then(|f| f.from.as_ref()) {
+    let fewshot_rows: Option<(Vec<Row>, std::path::PathBuf)> = match task.few_shot.as_ref().and_then(|f| f.get_ref().from.as_ref()) {
         Some(from) => {
             let p = suite.resolve(from.get_ref());
             Some((crate::dataset::load(&p)?, p))
@@ -217,12 +217,13 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
         None => (rows, data_path.as_path()),
     };
     let mut shot_cache: Vec<Option<Rendered>> = Vec::new();
-    let mut rng = task.few_shot.as_ref().map(|f| crate::pyrandom::PyRandom::new(f.seed));
-    if let Some(fs) = &task.few_shot {
+    let mut rng = task.few_shot.as_ref().map(|f| crate::pyrandom::PyRandom::new(f.get_ref().seed));
+    if let Some(spanned) = &task.few_shot {
+        let fs = spanned.get_ref();
         let needed = if fewshot_rows.is_some() { fs.n } else { fs.n + 1 };
         if needed > shot_rows.len() {
             return Err(Error::config(
-                suite.path.display().to_string(),
+                suite.at(spanned),
                 format!("task {:?}: few-shot n = {} needs {} rows in {}, which has {}", task.name, fs.n, needed, shot_path.display(), shot_rows.len()),
             ));
         }
@@ -234,7 +235,7 @@ pub fn render_task(suite: &Suite, task: &TaskConfig, rows: &[Row], limit: Option
         let loc = format!("{}:{}", data_path.display(), row.line);
         let r = render_row(&compiled, task, row, &loc, false)?;
         let mut prompt = String::new();
-        if let (Some(fs), Some(rng)) = (&task.few_shot, rng.as_mut()) {
+        if let (Some(fs), Some(rng)) = (task.few_shot.as_ref().map(toml::Spanned::get_ref), rng.as_mut()) {
             // lm-eval: sample n (+1 from the same split), drop the evaluated doc, keep n.
             let draw = if fewshot_rows.is_some() { fs.n } else { fs.n + 1 };
             let picked: Vec<usize> = rng.sample(shot_rows.len(), draw).into_iter().filter(|&j| shot_rows[j].fields != row.fields).take(fs.n).collect();

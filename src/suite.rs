@@ -259,7 +259,7 @@ pub struct TaskConfig {
     pub stop: Vec<String>,
     /// Few-shot examples before each prompt.
     #[serde(default)]
-    pub few_shot: Option<FewShot>,
+    pub few_shot: Option<Spanned<FewShot>>,
     /// Generate tasks: send the prompt as a user message of a conversation: the built-in engine
     /// applies the model's chat template; chat APIs do so on the server anyway.
     #[serde(default)]
@@ -313,20 +313,18 @@ impl Suite {
     /// Parses and validates suite text that was read from `path`.
     pub fn parse(path: &Path, text: String) -> Result<Suite> {
         let file: SuiteFile = toml::from_str(&text).map_err(|e| {
-            let location = match e.span() {
-                Some(span) => format!("{}:{}", path.display(), line_of(&text, span.start)),
-                None => path.display().to_string(),
-            };
-            Error::config(location, e.message().trim_end().to_string())
+            let (line, message) = crate::util::toml_error(&text, &e);
+            let location = line.map_or_else(|| path.display().to_string(), |l| format!("{}:{l}", path.display()));
+            Error::config(location, message)
         })?;
-        let mut file = file;
-        for m in &mut file.models {
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut suite = Suite { file, path: path.to_path_buf(), dir, text };
+        let tables: Vec<String> = (0..suite.file.models.len()).map(|i| suite.table_at("[[model]]", i)).collect();
+        for (m, at) in suite.file.models.iter_mut().zip(tables) {
             for (field, value) in [("base-url", &mut m.base_url), ("model", &mut m.model)] {
-                *value = expand_env(value).map_err(|msg| Error::config(path.display().to_string(), format!("model {:?}: {field}: {msg}", m.name)))?;
+                *value = expand_env(value).map_err(|msg| Error::config(&at, format!("model {:?}: {field}: {msg}", m.name)))?;
             }
         }
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let suite = Suite { file, path: path.to_path_buf(), dir, text };
         suite.validate()?;
         Ok(suite)
     }
@@ -339,7 +337,7 @@ impl Suite {
     /// `path:line` of the `index`-th table under `header` (`[[model]]`, `[[task]]`), for errors
     /// about a table as a whole; the file alone where the table is written another way.
     fn table_at(&self, header: &str, index: usize) -> String {
-        let line = self.text.lines().enumerate().filter(|(_, l)| l.trim() == header).nth(index).map(|(i, _)| i + 1);
+        let line = self.text.lines().enumerate().filter(|(_, l)| l.split('#').next().unwrap_or("").trim() == header).nth(index).map(|(i, _)| i + 1);
         line.map_or_else(|| self.path.display().to_string(), |l| format!("{}:{l}", self.path.display()))
     }
 
@@ -450,7 +448,7 @@ impl Suite {
         if !data.is_file() {
             return Err(Error::config(self.at(&t.data), format!("task {task:?}: data file {} does not exist (paths are relative to the suite file)", data.display())));
         }
-        if let Some(fs) = &t.few_shot
+        if let Some(fs) = t.few_shot.as_ref().map(Spanned::get_ref)
             && let Some(from) = &fs.from
         {
             let p = self.resolve(from.get_ref());
@@ -588,7 +586,7 @@ impl Suite {
         h.push_str(&crate::util::sha256_hex(self.text.as_bytes()));
         for t in &self.file.tasks {
             let mut files = vec![t.data.get_ref().clone()];
-            if let Some(from) = t.few_shot.as_ref().and_then(|f| f.from.as_ref()) {
+            if let Some(from) = t.few_shot.as_ref().and_then(|f| f.get_ref().from.as_ref()) {
                 files.push(from.get_ref().clone());
             }
             for f in files {

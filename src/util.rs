@@ -14,6 +14,21 @@ pub fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
+/// A TOML parse error as (`line`, message): the message names the key set on that line when
+/// the parser's own does not (its "invalid value: integer -1, expected u32" names no field).
+pub fn toml_error(text: &str, e: &toml::de::Error) -> (Option<usize>, String) {
+    let message = e.message().trim_end().to_string();
+    let Some(span) = e.span() else { return (None, message) };
+    let line = line_of(text, span.start);
+    let key = text.lines().nth(line - 1).and_then(|l| l.split_once('=')).map(|(k, _)| k.trim()).filter(|k| {
+        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_.\"".contains(c)) && !message.contains(&format!("`{}`", k.trim_matches('"')))
+    });
+    match key {
+        Some(k) => (Some(line), format!("`{}`: {message}", k.trim_matches('"'))),
+        None => (Some(line), message),
+    }
+}
+
 /// Seconds since the Unix epoch as a float.
 pub fn now_unix() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)

@@ -158,6 +158,28 @@ fn a_metric_listed_twice_and_judge_max_tokens_out_of_range() {
     }
 }
 
+/// Errors that named no field or no line: a value of the wrong range, an unset environment
+/// variable, a table header with a comment, a few-shot count the data cannot serve.
+#[test]
+fn errors_name_the_field_and_the_line() {
+    let dir = TempDir::new("field-lines");
+    let suite = edited(&dir, |t| t.replace("max-tokens = 8", "max-tokens = -1"));
+    let err = run_err(&suite, &dir);
+    assert!(err.contains(&format!("suite.toml:{}: `max-tokens`: invalid value", line_of(&suite, "max-tokens"))), "{err}");
+    let suite = edited(&dir, |t| t.replace("model = \"served-model-name\"", "model = \"${LLMEVAL_TEST_SURELY_UNSET}\""));
+    let err = run_err(&suite, &dir);
+    assert!(err.contains(&format!("suite.toml:{}: ", line_of(&suite, "[[model]]"))) && err.contains("LLMEVAL_TEST_SURELY_UNSET is not set"), "{err}");
+    let suite = edited(&dir, |t| {
+        let model = t[t.find("[[model]]").unwrap()..t.find("[[task]]").unwrap()].replace("[[model]]", "[[model]] # again");
+        t.replace("[[task]]", &format!("{model}[[task]]"))
+    });
+    let err = run_err(&suite, &dir);
+    assert!(err.contains(&format!("suite.toml:{}: ", line_of(&suite, "[[model]] # again"))) && err.contains("used twice"), "{err}");
+    let suite = edited(&dir, |t| t.replace("max-tokens = 8", "max-tokens = 8\nfew-shot = { n = 5 }"));
+    let err = run_err(&suite, &dir);
+    assert!(err.contains(&format!("suite.toml:{}: ", line_of(&suite, "few-shot"))) && err.contains("few-shot n = 5 needs 6 rows"), "{err}");
+}
+
 /// A judge of two answers with one evaluated model would never give a value.
 #[test]
 fn a_pairwise_judge_needs_two_answers() {
