@@ -490,9 +490,12 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
             report.run.id,
             args.suite.display()
         );
-        if !args.allow_errors {
-            return Ok(exit::FAILURE);
-        }
+    }
+    if report.judge_errors > 0 {
+        eprintln!("{} judge call(s) failed (see the notes above); `llmeval run {} --resume` retries them", report.judge_errors, args.suite.display());
+    }
+    if report.errored + report.judge_errors > 0 && !args.allow_errors {
+        return Ok(exit::FAILURE);
     }
     Ok(exit::SUCCESS)
 }
@@ -921,8 +924,8 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
                 print!("{}", results_table(&report.run, &report.aggregates));
                 println!("stored in {} as run {}; `llmeval arena ratings --db {} --method bt` rates the battles", db.path().display(), report.run.id, db.path().display());
             }
-            if report.errored > 0 {
-                eprintln!("{} item(s) errored; `llmeval arena run {}` again retries them", report.errored, file.display());
+            if report.errored + report.judge_errors > 0 {
+                eprintln!("{} item(s) and {} judge call(s) errored; `llmeval arena run {}` again retries them", report.errored, report.judge_errors, file.display());
                 return Ok(exit::FAILURE);
             }
             return Ok(exit::SUCCESS);

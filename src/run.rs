@@ -37,6 +37,8 @@ pub struct RunReport {
     pub aggregates: Vec<Aggregate>,
     /// Samples that errored (after all retries).
     pub errored: usize,
+    /// Judge calls that errored (after all retries).
+    pub judge_errors: usize,
 }
 
 /// Bootstrap settings for corpus metrics (fixed, so aggregates are reproducible).
@@ -415,11 +417,23 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
         }
     }
     let errored = samples.iter().filter(|s| s.error.is_some()).count();
-    let status = if errored > 0 { "errored" } else { "complete" };
+    // failed judge calls leave answers unjudged: the run is not complete, and --resume retries them
+    let mut judge_errors = 0;
+    const UNJUDGED: &str = "so their answers are not judged";
+    notes.retain(|n| !n.contains(UNJUDGED)); // a resumed run's are counted anew
+    for (ti, spec) in &judges {
+        let failed: Vec<String> = store.judgments(&run.id, &tasks[*ti].name, &spec.metric_name())?.into_iter().filter_map(|j| j.error).collect();
+        if let Some(first) = failed.first() {
+            judge_errors += failed.len();
+            let note = format!("task {:?}: {} call(s) of judge {:?} failed, {UNJUDGED} (first: {first})", tasks[*ti].name, failed.len(), spec.model);
+            notes.push(note);
+        }
+    }
+    let status = if errored + judge_errors > 0 { "errored" } else { "complete" };
     let ended = crate::util::now_unix();
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
     let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
-    Ok(RunReport { run, aggregates, errored })
+    Ok(RunReport { run, aggregates, errored, judge_errors })
 }
 
 /// The task of turn `k` (0-based) of multi-turn task `base`.

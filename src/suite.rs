@@ -584,6 +584,10 @@ impl Suite {
     pub fn content_hash(&self) -> Result<String> {
         let mut h = String::new();
         h.push_str(&crate::util::sha256_hex(self.text.as_bytes()));
+        // `${VAR}` in base-url and model: the endpoint and model the text names depend on them
+        for m in &self.file.models {
+            h.push_str(&crate::util::sha256_hex(format!("{}\n{}\n{}", m.name, m.base_url, m.model).as_bytes()));
+        }
         for t in &self.file.tasks {
             let mut files = vec![t.data.get_ref().clone()];
             if let Some(from) = t.few_shot.as_ref().and_then(|f| f.get_ref().from.as_ref()) {
@@ -716,6 +720,25 @@ pub fn kind_name(kind: TaskKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run resumed after `${VAR}` changed would mix two endpoints' answers in one run.
+    #[test]
+    fn the_hash_covers_what_environment_variables_expand_to() {
+        let dir = std::env::temp_dir().join(format!("llmeval-hash-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("d.jsonl"), "{\"q\": \"1\", \"a\": \"1\"}\n").unwrap();
+        let text = "name = \"s\"\n[[model]]\nname = \"m\"\nengine = \"openai\"\nbase-url = \"http://127.0.0.1:9/v1\"\nmodel = \"${LLMEVAL_TEST_HASH_MODEL:-one}\"\n\
+                    [[task]]\nname = \"t\"\nkind = \"generate\"\ndata = \"d.jsonl\"\nprompt = \"{{ q }}\"\ntarget = \"{{ a }}\"\nmetrics = [\"exact-match\"]\n";
+        let hash = || Suite::parse(&dir.join("s.toml"), text.to_string()).unwrap().content_hash().unwrap();
+        let before = hash();
+        // SAFETY: no other test reads this variable.
+        unsafe { std::env::set_var("LLMEVAL_TEST_HASH_MODEL", "two") };
+        let after = hash();
+        unsafe { std::env::remove_var("LLMEVAL_TEST_HASH_MODEL") };
+        assert_ne!(before, after);
+        assert_eq!(hash(), before);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn env_expansion() {

@@ -223,6 +223,32 @@ fn a_judge_that_never_gives_a_verdict() {
     assert!(!stderr(&out).contains("scored by the judge phase"), "{}", stderr(&out));
 }
 
+/// Judge calls that fail leave answers unjudged: the run is errored (exit 1, a note saying so), and
+/// --resume asks the judge again (the run read as complete with the judge's rows gone).
+#[test]
+fn failed_judge_calls_error_the_run_and_resume_retries_them() {
+    let good = FakeServer::start(crate::server::arith_answer);
+    let judge_srv = FakeServer::start(|_| "Rating: [[8]]".into());
+    judge_srv.set_faults(|_, _| crate::server::Fault::ServerError);
+    let dir = TempDir::new("judge-fails");
+    dir.write("data/arith.jsonl", &arith_rows(3).replace("}\n", ", \"human\": \"\"}\n"));
+    let metrics = r#"[{ judge = "single", model = "judge" }]"#;
+    let text = suite(&good.base_url(), &good.base_url(), &judge_srv.base_url(), metrics).replace("model = \"j\"", "model = \"j\"\nmax-retries = 0");
+    let s = dir.write("suite.toml", &text);
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(json_out(&out)["status"], "errored");
+    assert!(stderr(&out).contains("6 call(s) of judge \"judge\" failed, so their answers are not judged") && stderr(&out).contains("--resume` retries them"), "{}", stderr(&out));
+    judge_srv.set_faults(|_, _| crate::server::Fault::None);
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json", "--resume"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    assert_eq!(v["status"], "complete");
+    assert_eq!(result(&v, "good", "arith", "judge-single")["value"], 8.0);
+    let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]));
+    assert!(!show["notes"].to_string().contains("not judged"), "a retried failure is not noted: {}", show["notes"]);
+}
+
 #[test]
 fn custom_judge_file_next_to_the_suite() {
     let good = FakeServer::start(crate::server::arith_answer);
