@@ -349,14 +349,13 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
                     TaskKind::MultipleChoice => {
                         p.lls = vec![None; item.choices.len()];
                         for (ci, c) in item.choices.iter().enumerate() {
-                            let continuation = format!("{}{}", task.target_delimiter, c);
-                            ll_reqs.push((slot, Part::Choice(ci), LoglikelihoodRequest { context: item.prompt.clone(), continuation }));
+                            ll_reqs.push((slot, Part::Choice(ci), encode_pair(&item.prompt, &format!("{}{}", task.target_delimiter, c))));
                         }
                     }
                     TaskKind::Loglikelihood => {
                         p.lls = vec![None];
-                        let continuation = format!("{}{}", task.target_delimiter, item.target.clone().unwrap_or_default());
-                        ll_reqs.push((slot, Part::Continuation, LoglikelihoodRequest { context: item.prompt.clone(), continuation }));
+                        let continuation = format!("{}{}", task.target_delimiter, item.target.as_deref().unwrap_or_default());
+                        ll_reqs.push((slot, Part::Continuation, encode_pair(&item.prompt, &continuation)));
                     }
                     TaskKind::Perplexity => {
                         p.lls = vec![None];
@@ -434,6 +433,15 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
     let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
     Ok(RunReport { run, aggregates, errored, judge_errors })
+}
+
+/// lm-eval's `_encode_pair`: whitespace ending the context moves to the start of the
+/// continuation, so "Answer: " + "Paris" is scored as "Answer:" + " Paris" (the way a tokenizer
+/// joins a space to the word after it).
+fn encode_pair(context: &str, continuation: &str) -> LoglikelihoodRequest {
+    // Python's str.rstrip: Unicode whitespace and the separators \x1c-\x1f
+    let kept = context.trim_end_matches(|c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c));
+    LoglikelihoodRequest { context: kept.to_string(), continuation: format!("{}{continuation}", &context[kept.len()..]) }
 }
 
 /// The task of turn `k` (0-based) of multi-turn task `base`.
@@ -705,4 +713,19 @@ fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode_pair;
+
+    #[test]
+    fn trailing_context_whitespace_moves_to_the_continuation_as_in_lm_eval() {
+        let r = encode_pair("Question: x\nAnswer: ", "Paris");
+        assert_eq!((r.context.as_str(), r.continuation.as_str()), ("Question: x\nAnswer:", " Paris"));
+        let r = encode_pair("Q \n\t\u{3000}\x1f", " A");
+        assert_eq!((r.context.as_str(), r.continuation.as_str()), ("Q", " \n\t\u{3000}\x1f A"));
+        let r = encode_pair("Q:", " A");
+        assert_eq!((r.context.as_str(), r.continuation.as_str()), ("Q:", " A"));
+    }
 }

@@ -304,6 +304,31 @@ fn damaged_model_values_are_errors_naming_the_key() {
     assert!(r["value"].is_null(), "a NaN score was stored: {r}");
 }
 
+/// lm-eval's `_encode_pair` on the built-in engine: "Answer: " + "Paris" scores as
+/// "Answer:" + " Paris", exactly as the prompt without the space and the default delimiter.
+#[test]
+fn trailing_prompt_whitespace_is_scored_with_the_continuation() {
+    let dir = TempDir::new("encode-pair");
+    dir.write("mc.jsonl", "{\"q\": \"What is the capital of France?\", \"choices\": [\"Paris\", \"Rome\"], \"label\": 0}\n");
+    let task = |name: &str, prompt: &str, delimiter: &str| {
+        format!("[[task]]\nname = \"{name}\"\nkind = \"multiple-choice\"\ndata = \"mc.jsonl\"\nprompt = \"{prompt}\"\ntarget-delimiter = \"{delimiter}\"\nchoices = \"choices\"\ngold = \"label\"\nmetrics = [\"acc\"]\n")
+    };
+    let suite = dir.write(
+        "suite.toml",
+        &format!(
+            "name = \"pair\"\n[[model]]\nname = \"m\"\nengine = \"builtin\"\npath = \"{}\"\ndevice = \"cpu\"\n{}{}",
+            model_path().display(),
+            task("spaced", "Question: {{ q }}\\nAnswer: ", ""),
+            task("plain", "Question: {{ q }}\\nAnswer:", " ")
+        ),
+    );
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let conn = rusqlite::Connection::open(dir.db()).unwrap();
+    let evidence = |task: &str| -> String { conn.query_row("SELECT evidence FROM samples WHERE task = ?1", [task], |r| r.get(0)).unwrap() };
+    assert_eq!(evidence("spaced"), evidence("plain"));
+}
+
 #[test]
 fn quickstart_suite_runs_offline_on_the_default_model() {
     model_path();
