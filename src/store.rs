@@ -281,6 +281,22 @@ impl Store {
     }
 
     fn init(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let db_err = |source| Error::Db { path: path.clone(), cause: source };
+        // Reading the schema version and migrating happen under one write lock: two first runs on
+        // a new file would otherwise both create the tables ("table runs already exists").
+        self.conn.execute_batch("PRAGMA busy_timeout = 10000; BEGIN IMMEDIATE").map_err(db_err)?;
+        let migrated = self.migrate();
+        let end = if migrated.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.conn.execute_batch(end).map_err(db_err)?;
+        migrated?;
+        let r = self.conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
+        self.db(r)
+    }
+
+    /// Inside [`Store::init`]'s transaction: refuses another program's database and a newer
+    /// schema, and brings an older one up to date.
+    fn migrate(&mut self) -> Result<()> {
         let version: i64 = {
             let r = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0));
             self.db(r)?
@@ -296,8 +312,6 @@ impl Store {
                 return Err(Error::Store { path: self.path.clone(), message: format!("not an llmeval database: it holds other tables ({}); give --db a new file or an llmeval database", tables.join(", ")) });
             }
         }
-        let r = self.conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;");
-        self.db(r)?;
         if version as usize > MIGRATIONS.len() {
             return Err(Error::Store {
                 path: self.path.clone(),
@@ -305,9 +319,8 @@ impl Store {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction().map_err(|source| Error::Db { path: self.path.clone(), cause: source })?;
-            tx.execute_batch(sql).and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))).and_then(|_| tx.commit())
-                .map_err(|source| Error::Db { path: self.path.clone(), cause: source })?;
+            let r = self.conn.execute_batch(sql).and_then(|_| self.conn.execute_batch(&format!("PRAGMA user_version = {}", i + 1)));
+            self.db(r)?;
         }
         Ok(())
     }
@@ -655,6 +668,25 @@ mod tests {
         assert_eq!(ro.resolve_run("base").unwrap().id, "r1");
         assert!(ro.tag_run("r1", "other").is_err());
         drop(ro);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two first runs on a new file: one creates the schema, the other waits and finds it.
+    #[test]
+    fn concurrent_first_opens_of_a_new_file_both_succeed() {
+        let dir = std::env::temp_dir().join(format!("llmeval-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for round in 0..20 {
+            let path = dir.join(format!("r{round}.db"));
+            let opens: Vec<_> = (0..4).map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || Store::open(&p).map(|_| ()).map_err(|e| e.to_string()))
+            }).collect();
+            for h in opens {
+                h.join().unwrap().unwrap();
+            }
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
