@@ -957,7 +957,17 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
         }
         None => {
             let store = open_existing(&db.path())?;
-            let pairs = store.judged_pairs()?;
+            let mut pairs = store.judged_pairs()?;
+            // a suite or arena run again judges the same prompts again: counting every run would
+            // count those battles twice, so each suite's newest judged run stands for it
+            let judged: std::collections::BTreeSet<&str> = pairs.iter().map(|p| p.run_id.as_str()).collect();
+            let mut newest: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+            for r in store.runs()?.iter().filter(|r| judged.contains(r.id.as_str())) {
+                newest.entry(r.suite.clone()).or_insert_with(|| r.id.clone());
+            }
+            pairs.retain(|p| newest.values().any(|id| *id == p.run_id));
+            let used: Vec<String> = newest.iter().map(|(suite, id)| format!("{id} ({suite})")).collect();
+            eprintln!("{}", crate::tui::leaderboard::one_line(&format!("battles from the newest judged run of each suite: {}", used.join(", "))));
             if let Some(h) = arena::human_agreement(&pairs) {
                 let f = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.3}"));
                 eprintln!("judge vs human: agreement {} (n={}), without ties {} (n={}), Cohen's kappa {}", f(h.agreement), h.n, f(h.agreement_without_ties), h.n_without_ties, f(h.cohen_kappa));

@@ -208,6 +208,10 @@ fn arena_run_samples_prompts_judges_every_pair_and_resumes() {
     let status: Vec<&str> = runs.as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
     assert_eq!(status.len(), 3, "{runs}");
     assert_eq!(status.iter().filter(|s| **s == "complete").count(), 2, "{runs}");
+    // Ratings count the newest judged run of the arena, not the same battles once per run.
+    let out = llmeval(&["arena", "ratings", "--db", dir.db().to_str().unwrap(), "--method", "bt", "--json"]);
+    assert_eq!(json_out(&out)["battles"], 36, "{}", stderr(&out));
+    assert!(stderr(&out).contains("battles from the newest judged run of each suite: ") && stderr(&out).contains("(arena:t)"), "{}", stderr(&out));
 }
 
 #[test]

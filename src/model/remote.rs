@@ -365,12 +365,16 @@ fn parse_completion(v: &Value) -> std::result::Result<Generation, String> {
     })
 }
 
-/// Sums the echoed log-probabilities of the tokens that cover characters `from..to` of the prompt.
+/// Sums the echoed log-probabilities of the tokens that cover characters `from..` of `prompt`.
 ///
 /// Tokens are placed by `text_offset` (character offsets); a token belongs to the continuation
-/// when it ends after `from`, and tokens starting at or after `to` (the generated one) are ignored.
-/// Greedy means every scored token is the top entry of `top_logprobs` (lm-eval's rule).
-pub fn sum_logprobs(v: &Value, from: usize, to: usize) -> std::result::Result<Loglikelihood, String> {
+/// when it ends after `from`, and tokens starting at or after the prompt's end (the generated one)
+/// are ignored. Each prompt token must be the prompt's text at its offset: a server that echoes
+/// another text, or gives byte offsets, would otherwise have its log-probabilities summed over the
+/// wrong tokens. Greedy means every scored token is the top entry of `top_logprobs` (lm-eval's rule).
+pub fn sum_logprobs(v: &Value, prompt: &str, from: usize) -> std::result::Result<Loglikelihood, String> {
+    let chars: Vec<char> = prompt.chars().collect();
+    let to = chars.len();
     if v.pointer("/choices/0").is_none() {
         return Err(format!("response has no choices: {}", snippet(v.to_string().as_bytes())));
     }
@@ -399,6 +403,14 @@ pub fn sum_logprobs(v: &Value, from: usize, to: usize) -> std::result::Result<Lo
             break;
         }
         let token = tokens[i].as_str().unwrap_or_default();
+        // a token that is part of a character ("bytes:…", or U+FFFD for a split one) cannot be compared
+        let whole = !token.starts_with("bytes:") && !token.contains('\u{fffd}');
+        let expected: String = chars[start..(start + token.chars().count()).min(to)].iter().collect();
+        if whole && !token.starts_with(&expected) || i > 0 && start < offsets[i - 1] {
+            return Err(format!(
+                "echoed token {i} {token:?} at character {start} is not the prompt's text there ({expected:?}): the server does not echo the prompt as sent, or gives byte offsets, so its log-probabilities cannot be placed"
+            ));
+        }
         let end = offsets.get(i + 1).copied().unwrap_or(start + token.chars().count()).max(start + token.chars().count().min(1));
         if end <= from {
             continue;
@@ -496,9 +508,8 @@ impl Model for RemoteModel {
             .map(|r| {
                 let prompt = format!("{}{}", r.context, r.continuation);
                 let from = r.context.chars().count();
-                let to = prompt.chars().count();
                 let body = json!({"model": self.cfg.model, "prompt": prompt, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": true});
-                Job { path: "/completions", body: self.with_extra(body), tokens: estimate_tokens(prompt.len(), 1), parse: Box::new(move |v: &Value| sum_logprobs(v, from, to)) }
+                Job { path: "/completions", body: self.with_extra(body), tokens: estimate_tokens(prompt.len(), 1), parse: Box::new(move |v: &Value| sum_logprobs(v, &prompt, from)) }
             })
             .collect();
         self.execute(jobs, sink);
@@ -508,9 +519,9 @@ impl Model for RemoteModel {
         let jobs = requests
             .iter()
             .map(|r| {
-                let to = r.text.chars().count();
+                let text = r.text.clone();
                 let body = json!({"model": self.cfg.model, "prompt": r.text, "max_tokens": 1, "temperature": 0.0, "logprobs": 1, "echo": true});
-                Job { path: "/completions", body: self.with_extra(body), tokens: estimate_tokens(r.text.len(), 1), parse: Box::new(move |v: &Value| sum_logprobs(v, 0, to)) }
+                Job { path: "/completions", body: self.with_extra(body), tokens: estimate_tokens(r.text.len(), 1), parse: Box::new(move |v: &Value| sum_logprobs(v, &text, 0)) }
             })
             .collect();
         self.execute(jobs, sink);
@@ -532,39 +543,58 @@ mod tests {
     fn sums_only_continuation_tokens() {
         // "Q: 1+1 A:" + " 2", then one generated token.
         let v = echo(&["Q", ":", " 1+1", " A", ":", " 2", "\n"], &[None, Some(-1.0), Some(-2.0), Some(-0.5), Some(-0.1), Some(-0.25), Some(-3.0)], &["Q", ":", " 1+1", " A", ":", " 2", "\n"]);
-        let ll = sum_logprobs(&v, 9, 11).unwrap();
+        let ll = sum_logprobs(&v, "Q: 1+1 A: 2", 9).unwrap();
         assert_eq!(ll, Loglikelihood { logprob: -0.25, is_greedy: Some(true), tokens: 1 });
-        let rolling = sum_logprobs(&v, 0, 11).unwrap();
+        let rolling = sum_logprobs(&v, "Q: 1+1 A: 2", 0).unwrap();
         assert_eq!(rolling.tokens, 5);
         assert!((rolling.logprob - -3.85).abs() < 1e-12);
+    }
+
+    /// An echo that is not the prompt (a token dropped, byte offsets) is an error, not a sum over
+    /// the wrong tokens.
+    #[test]
+    fn an_echo_that_is_not_the_prompt_is_an_error() {
+        // the last prompt token dropped: the generated "\n" sits where " 2" should be
+        let v = echo(&["Q", ":", " 1+1", " A", ":", "\n"], &[None, Some(-1.0), Some(-2.0), Some(-0.5), Some(-0.1), Some(-3.0)], &["Q", ":", " 1+1", " A", ":", "\n"]);
+        let e = sum_logprobs(&v, "Q: 1+1 A: 2", 9).unwrap_err();
+        assert!(e.contains("echoed token 5 \"\\n\" at character 9 is not the prompt's text there (\" \")"), "{e}");
+        // byte offsets on non-ASCII text
+        let mut v = echo(&["th", "é", " eau", "!"], &[None, Some(-1.0), Some(-2.0), Some(-1.0)], &["th", "é", " eau", "!"]);
+        v["choices"][0]["logprobs"]["text_offset"] = json!([0, 2, 4, 8]);
+        assert!(sum_logprobs(&v, "thé eau", 3).unwrap_err().contains("echoed token 2"));
+        // tokens that are parts of one character are not compared
+        let mut v = echo(&["a", "\u{fffd}", "\u{fffd}", "!", "?"], &[None, Some(-1.0), Some(-1.0), Some(-1.0), Some(-5.0)], &["a", "x", "x", "!", "?"]);
+        v["choices"][0]["logprobs"]["text_offset"] = json!([0, 1, 1, 2, 3]);
+        let ll = sum_logprobs(&v, "a☕!", 1).unwrap();
+        assert_eq!((ll.logprob, ll.tokens), (-3.0, 3));
     }
 
     #[test]
     fn greedy_is_top_token() {
         let v = echo(&["a", " b"], &[None, Some(-2.0)], &["a", " c"]);
-        assert_eq!(sum_logprobs(&v, 1, 3).unwrap().is_greedy, Some(false));
+        assert_eq!(sum_logprobs(&v, "a b", 1).unwrap().is_greedy, Some(false));
         // without top_logprobs it cannot be told; one token that is not the top one settles it
         let mut v = echo(&["a", " b", " c"], &[None, Some(-2.0), Some(-1.0)], &["a", " b", " d"]);
         v["choices"][0]["logprobs"]["top_logprobs"][1] = Value::Null;
-        assert_eq!(sum_logprobs(&v, 1, 3).unwrap().is_greedy, None);
-        assert_eq!(sum_logprobs(&v, 1, 5).unwrap().is_greedy, Some(false));
+        assert_eq!(sum_logprobs(&v, "a b", 1).unwrap().is_greedy, None);
+        assert_eq!(sum_logprobs(&v, "a b c", 1).unwrap().is_greedy, Some(false));
         v["choices"][0]["logprobs"]["top_logprobs"] = Value::Null;
-        assert_eq!(sum_logprobs(&v, 1, 5).unwrap().is_greedy, None);
+        assert_eq!(sum_logprobs(&v, "a b c", 1).unwrap().is_greedy, None);
     }
 
     #[test]
     fn completion_text_that_is_not_a_string_says_so() {
         assert_eq!(parse_completion(&json!({"choices": [{"text": 42}]})).unwrap_err(), "choices[0].text is not a string: 42");
         assert_eq!(parse_completion(&json!({"choices": [{"text": null}]})).unwrap_err(), "choices[0].text is missing");
-        assert!(sum_logprobs(&json!({"choices": []}), 0, 1).unwrap_err().starts_with("response has no choices"));
+        assert!(sum_logprobs(&json!({"choices": []}), "x", 0).unwrap_err().starts_with("response has no choices"));
     }
 
     #[test]
     fn a_log_probability_above_zero_is_an_error() {
         let v = echo(&["a", " b"], &[None, Some(5.0)], &["a", " b"]);
-        assert!(sum_logprobs(&v, 1, 3).unwrap_err().contains("has log-probability 5, which no probability has"));
+        assert!(sum_logprobs(&v, "a b", 1).unwrap_err().contains("has log-probability 5, which no probability has"));
         let v = echo(&["a", " b"], &[None, Some(1e-7)], &["a", " b"]);
-        assert!(sum_logprobs(&v, 1, 3).is_ok(), "rounding above 0");
+        assert!(sum_logprobs(&v, "a b", 1).is_ok(), "rounding above 0");
     }
 
     #[test]
@@ -580,6 +610,6 @@ mod tests {
     #[test]
     fn missing_logprobs_is_an_error() {
         let v = json!({"choices": [{"text": "x"}]});
-        assert!(sum_logprobs(&v, 0, 1).unwrap_err().contains("echo"));
+        assert!(sum_logprobs(&v, "x", 0).unwrap_err().contains("echo"));
     }
 }
