@@ -152,6 +152,12 @@ fn bootstrap_interval(n: usize, drop: &dyn Fn(&[usize]) -> f64, seed: u64) -> [f
     [crate::stats::percentile(&ds, 0.025), crate::stats::percentile(&ds, 0.975)]
 }
 
+/// A difference with its sign, 4 decimals; one that rounds to zero reads `+0.0000`, not `-0.0000`.
+pub fn signed(v: f64) -> String {
+    let s = format!("{v:+.4}");
+    if s == "-0.0000" { "+0.0000".into() } else { s }
+}
+
 /// One item scored by both runs: (item id, baseline stats, candidate stats).
 type Paired = (String, Vec<f64>, Vec<f64>);
 
@@ -411,16 +417,16 @@ pub fn markdown(cs: &[Comparison], baseline: &str, candidate: &str) -> String {
             (false, true) => "missing items",
             (false, false) => "ok",
         };
-        let ci = if c.drop_ci.iter().any(|v| v.is_nan()) { String::new() } else { format!(" [{:+.4}, {:+.4}]", c.drop_ci[0], c.drop_ci[1]) };
+        let ci = if c.drop_ci.iter().any(|v| v.is_nan()) { String::new() } else { format!(" [{}, {}]", signed(c.drop_ci[0]), signed(c.drop_ci[1])) };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.4} | {:.4} | {:+.4}{ci} | {} | {:.4} | {:.4} | {verdict} |\n",
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {}{ci} | {} | {:.4} | {:.4} | {verdict} |\n",
             md_escape(&c.model),
             md_escape(&c.task),
             md_escape(&c.metric),
             c.n,
             c.baseline,
             c.candidate,
-            c.drop,
+            signed(c.drop),
             c.test,
             c.p_value,
             c.p_adjusted
@@ -447,6 +453,11 @@ fn md_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_difference_that_rounds_to_zero_has_no_minus_sign() {
+        assert_eq!((signed(-1e-17), signed(-0.0), signed(0.25), signed(-0.25)), ("+0.0000".into(), "+0.0000".into(), "+0.2500".into(), "-0.2500".into()));
+    }
 
     /// A sample of task `t`, item `item` (document `doc`), with per-metric stats; errored if
     /// `stats` is empty.

@@ -390,6 +390,17 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
             progress.done();
             return Err(e);
         }
+        // answers the length limit ended may be cut off mid-answer, and scored as they are
+        let mut cut: BTreeMap<(&str, u32), usize> = BTreeMap::new();
+        for p in pending.iter().filter(|p| p.generation.as_ref().and_then(|g| g.finish_reason.as_deref()) == Some("length")) {
+            *cut.entry((p.task.name.as_str(), p.task.max_tokens)).or_default() += 1;
+        }
+        for ((task, max), n) in cut {
+            let note = format!("task {task:?}, model {:?}: {n} answer(s) ended at max-tokens = {max} (finish_reason \"length\"), maybe cut off; raise max-tokens if they should go on", model_cfg.name);
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
       }
     }
     progress.done();
@@ -433,6 +444,16 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
     let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
     Ok(RunReport { run, aggregates, errored, judge_errors })
+}
+
+/// A Student-t interval of few scores can reach past what a metric can be (an accuracy of −0.05):
+/// it is cut at the metric's range.
+fn clip_to_range(metric: &str, ci: Option<(f64, f64)>) -> Option<(f64, f64)> {
+    let pairwise = metric.contains("-vs-") || metric.ends_with("-all-pairs");
+    match (ci, crate::results::metric_range(metric, pairwise)) {
+        (Some((lo, hi)), Some((min, max))) => Some((lo.max(min), hi.min(max))),
+        (ci, _) => ci,
+    }
 }
 
 /// lm-eval's `_encode_pair`: whitespace ending the context moves to the start of the
@@ -704,7 +725,7 @@ fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[
                         metric: m.name().to_string(),
                         value: Some(summary.value).filter(|v| v.is_finite()),
                         stderr: summary.stderr,
-                        ci95: summary.ci95,
+                        ci95: clip_to_range(m.name(), summary.ci95),
                         n: summary.n as i64,
                         errors,
                     });
@@ -718,6 +739,14 @@ fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[
 #[cfg(test)]
 mod tests {
     use super::encode_pair;
+
+    #[test]
+    fn intervals_stay_inside_the_metrics_range() {
+        assert_eq!(super::clip_to_range("acc", Some((-0.046, 0.646))), Some((0.0, 0.646)));
+        assert_eq!(super::clip_to_range("judge-single", Some((-38.97, 49.97))), Some((1.0, 10.0)));
+        assert_eq!(super::clip_to_range("judge-pairwise-vs-b", Some((0.2, 1.3))), Some((0.2, 1.0)));
+        assert_eq!(super::clip_to_range("loglikelihood", Some((-9.0, -1.0))), Some((-9.0, -1.0)));
+    }
 
     #[test]
     fn trailing_context_whitespace_moves_to_the_continuation_as_in_lm_eval() {

@@ -183,3 +183,17 @@ fn requests_per_minute_limit_spaces_requests() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(t.elapsed() >= Duration::from_millis(490), "{:?}", t.elapsed());
 }
+
+/// An answer the length limit ended may be cut off: the run says how many, per task and model.
+#[test]
+fn answers_ended_by_max_tokens_are_noted() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let cut = r#"{"choices":[{"index":0,"message":{"role":"assistant","content":"The sum of 11 and"},"finish_reason":"length"}]}"#;
+    server.set_faults(move |prompt, _| if prompt.contains("Q: 11+7") { Fault::Body(cut.into()) } else { Fault::None });
+    let dir = TempDir::new("cut-off");
+    dir.write("data/arith.jsonl", &arith_rows(5));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("task \"arith\", model \"remote-x\": 1 answer(s) ended at max-tokens = 8 (finish_reason \"length\")"), "{}", stderr(&out));
+}

@@ -208,6 +208,7 @@ impl Shared {
         }
         let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
             let what = match std::str::from_utf8(&bytes) {
+                Err(_) if bytes.starts_with(&[0x1f, 0x8b]) => "a gzip-compressed body, which llmeval did not ask for (the server or a proxy ignores Accept-Encoding)".into(),
                 Err(e) => format!("a body that is not valid UTF-8 (at byte {})", e.valid_up_to()),
                 Ok(_) => "a body that is not JSON".into(),
             };
@@ -392,7 +393,7 @@ pub fn sum_logprobs(v: &Value, prompt: &str, from: usize) -> std::result::Result
         }
     };
     if logprobs.len() != tokens.len() || offsets.len() != tokens.len() {
-        return Err("logprobs arrays have different lengths".into());
+        return Err(format!("logprobs arrays have different lengths: tokens {}, token_logprobs {}, text_offset {}", tokens.len(), logprobs.len(), offsets.len()));
     }
     let mut out = Loglikelihood { logprob: 0.0, is_greedy: Some(true), tokens: 0 };
     // a token without top_logprobs leaves greediness unknown, unless another token settles it
