@@ -853,6 +853,9 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             }
         }
         EngineCommand::Score { m, d, context, continuation } => {
+            if continuation.is_empty() {
+                anyhow::bail!("--continuation is empty: an empty text has log-probability 0; give the text to score");
+            }
             let model = load_engine(&m.model, m.threads, Some(&d.device))?;
             let mut result = None;
             model.loglikelihood(&[LoglikelihoodRequest { context, continuation: continuation.clone() }], &mut |_, o| result = Some(o.result));

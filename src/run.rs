@@ -136,6 +136,19 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
             ))
         })?;
         if run.suite_hash != hash {
+            // a model that resolves elsewhere (`${VAR}` in base-url or model changed) is named
+            let now = config_json(suite);
+            for m in now["models"].as_array().into_iter().flatten() {
+                let was = run.config["models"].as_array().into_iter().flatten().find(|x| x["name"] == m["name"]);
+                for key in ["base-url", "model"] {
+                    if let Some(was) = was.map(|w| &w[key]).filter(|w| **w != m[key]) {
+                        return Err(Error::Usage(format!(
+                            "model {}: {key} is now {} but was {was} when run {} started (an environment variable in the suite changed); set it back to resume, or start a new run without --resume",
+                            m["name"], m[key], run.id
+                        )));
+                    }
+                }
+            }
             return Err(Error::Usage(format!(
                 "suite {:?} or its data changed since run {} started (hash {} → {}); a resumed run must see the same inputs, so start a new run without --resume",
                 suite.file.name, run.id, &run.suite_hash[..12], &hash[..12]
@@ -559,7 +572,8 @@ impl Ctx<'_, '_> {
     fn complete<Resp>(&mut self, pending: &mut [Pending], slot: usize, part: Part, outcome: Outcome<Resp>, apply: &impl Fn(&mut Pending, Part, Resp), cached: bool) {
         let p = &mut pending[slot];
         p.remaining -= 1;
-        p.attempts += outcome.attempts;
+        // the parts of an item (its choices) go out together: its attempts are its most-tried part's
+        p.attempts = p.attempts.max(outcome.attempts);
         p.latency_ms += outcome.latency_ms;
         p.cached &= cached;
         match outcome.result {

@@ -202,6 +202,9 @@ fn engine_arguments_out_of_range_are_errors_before_any_work() {
     let out = llmeval(&["engine", "generate", "--model", m, "--prompt", "", "--device", "cpu"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--prompt is empty"), "{}", stderr(&out));
+    let out = llmeval(&["engine", "score", "--model", m, "--context", "Hi", "--continuation", ""]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--continuation is empty"), "{}", stderr(&out));
 }
 
 #[test]

@@ -58,7 +58,8 @@ fn resume_retries_the_errored_items_of_a_finished_run() {
     server.set_faults(|prompt, _| if prompt.contains("Q: 11+7") { Fault::ServerError } else { Fault::None });
     let dir = TempDir::new("resume-errored");
     dir.write("data/arith.jsonl", &arith_rows(20));
-    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "max-retries = 0"));
+    let text = arith_suite(&server.base_url(), "max-retries = 0").replace("model = \"served-model-name\"", "model = \"${LLMEVAL_TEST_RESUME_MODEL:-served-model-name}\"");
+    let suite = dir.write("suite.toml", &text);
     let db = dir.db();
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -66,6 +67,16 @@ fn resume_retries_the_errored_items_of_a_finished_run() {
     assert!(stderr(&out).contains("--resume` retries them"), "{}", stderr(&out));
     server.set_faults(|_, _| Fault::None);
     server.clear_log();
+    // the model's name on the server comes from a variable that changed: resuming would mix two
+    // models' answers in one run, so it is refused, naming the model, the key and both values
+    let out = std::process::Command::new(BIN)
+        .args(["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--resume"])
+        .env("LLMEVAL_TEST_RESUME_MODEL", "other-model")
+        .env_remove("LLMEVAL_DB")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("model \"remote-x\": model is now \"other-model\" but was \"served-model-name\" when run"), "{}", stderr(&out));
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json", "--resume"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let resumed = json_out(&out);

@@ -407,7 +407,9 @@ pub fn sum_logprobs(v: &Value, prompt: &str, from: usize) -> std::result::Result
         // a token that is part of a character ("bytes:…", or U+FFFD for a split one) cannot be compared
         let whole = !token.starts_with("bytes:") && !token.contains('\u{fffd}');
         let expected: String = chars[start..(start + token.chars().count()).min(to)].iter().collect();
-        if whole && !token.starts_with(&expected) || i > 0 && start < offsets[i - 1] {
+        // character offsets step by each whole token's length; byte offsets step further
+        let next_ok = !whole || offsets.get(i + 1).is_none_or(|&n| n == start + token.chars().count());
+        if whole && !token.starts_with(&expected) || i > 0 && start < offsets[i - 1] || !next_ok {
             return Err(format!(
                 "echoed token {i} {token:?} at character {start} is not the prompt's text there ({expected:?}): the server does not echo the prompt as sent, or gives byte offsets, so its log-probabilities cannot be placed"
             ));
@@ -562,7 +564,11 @@ mod tests {
         // byte offsets on non-ASCII text
         let mut v = echo(&["th", "é", " eau", "!"], &[None, Some(-1.0), Some(-2.0), Some(-1.0)], &["th", "é", " eau", "!"]);
         v["choices"][0]["logprobs"]["text_offset"] = json!([0, 2, 4, 8]);
-        assert!(sum_logprobs(&v, "thé eau", 3).unwrap_err().contains("echoed token 2"));
+        assert!(sum_logprobs(&v, "thé eau", 3).unwrap_err().contains("echoed token 1"));
+        // ... also where the first token is the whole context (it has no log-probability)
+        let mut v = echo(&["日本", "です", "!"], &[None, Some(-1.0), Some(-1.0)], &["日本", "です", "!"]);
+        v["choices"][0]["logprobs"]["text_offset"] = json!([0, 6, 12]);
+        assert!(sum_logprobs(&v, "日本です", 2).unwrap_err().contains("echoed token 0 \"日本\" at character 0"));
         // tokens that are parts of one character are not compared
         let mut v = echo(&["a", "\u{fffd}", "\u{fffd}", "!", "?"], &[None, Some(-1.0), Some(-1.0), Some(-1.0), Some(-5.0)], &["a", "x", "x", "!", "?"]);
         v["choices"][0]["logprobs"]["text_offset"] = json!([0, 1, 1, 2, 3]);
