@@ -464,7 +464,11 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
 fn clip_to_range(metric: &str, ci: Option<(f64, f64)>) -> Option<(f64, f64)> {
     let pairwise = metric.contains("-vs-") || metric.ends_with("-all-pairs");
     match (ci, crate::results::metric_range(metric, pairwise)) {
-        (Some((lo, hi)), Some((min, max))) => Some((lo.max(min), hi.min(max))),
+        (Some((lo, hi)), Some((min, max))) => {
+            // a bound a rounding error past the range (a BLEU of 100.00000000000001) stays ordered
+            let hi = hi.clamp(min, max);
+            Some((lo.clamp(min, hi), hi))
+        }
         (ci, _) => ci,
     }
 }
@@ -760,6 +764,8 @@ mod tests {
         assert_eq!(super::clip_to_range("judge-single", Some((-38.97, 49.97))), Some((1.0, 10.0)));
         assert_eq!(super::clip_to_range("judge-pairwise-vs-b", Some((0.2, 1.3))), Some((0.2, 1.0)));
         assert_eq!(super::clip_to_range("loglikelihood", Some((-9.0, -1.0))), Some((-9.0, -1.0)));
+        let (lo, hi) = super::clip_to_range("bleu", Some((100.00000000000001, 100.00000000000001))).unwrap();
+        assert!(lo <= hi && hi == 100.0, "{lo} {hi}");
     }
 
     #[test]

@@ -353,6 +353,12 @@ fn quickstart_suite_runs_offline_on_the_default_model() {
         let notes = show["notes"].as_array().unwrap();
         assert!(notes.iter().any(|n| n.as_str().unwrap().starts_with("smollm2-135m: device auto: running on the CPU (")), "{notes:?}");
     }
+    // Every interval is ordered (a clipped bootstrap bound once crossed the other: "± -0.0000").
+    for r in v["results"].as_array().unwrap() {
+        if let Some(ci) = r["ci95"].as_array() {
+            assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap(), "{r}");
+        }
+    }
     // The 135M model knows some facts: above the 25% chance level of four choices.
     assert!(result(&v, "smollm2-135m", "facts", "acc")["value"].as_f64().unwrap() > 0.25);
     // Copying a sentence is easy even for a small model.
