@@ -430,7 +430,14 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
         reliability.extend(crate::judge::run_judges(&mut store, &run.id, &suite.dir, &tj, judge_model, &spec.model, opts.no_cache)?);
     }
 
-    let mut aggregates = aggregate_run(&store, &run.id, &tasks, &metrics, &model_names)?;
+    // judges of two answers score win rates (0–1), not ratings (1–10)
+    let mut pairwise = std::collections::BTreeSet::new();
+    for (ti, spec) in &judges {
+        if crate::judge::load_judge(&spec.judge, &suite.dir)?.template.kind != crate::judge::JudgeKind::Single {
+            pairwise.insert((tasks[*ti].name.clone(), spec.metric_name()));
+        }
+    }
+    let mut aggregates = aggregate_run(&store, &run.id, &tasks, &metrics, &model_names, &pairwise)?;
     aggregates.extend(reliability);
     store.put_aggregates(&run.id, &aggregates)?;
     let samples = store.samples(&run.id)?;
@@ -461,8 +468,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
 
 /// A Student-t interval of few scores can reach past what a metric can be (an accuracy of −0.05):
 /// it is cut at the metric's range.
-fn clip_to_range(metric: &str, ci: Option<(f64, f64)>) -> Option<(f64, f64)> {
-    let pairwise = metric.contains("-vs-") || metric.ends_with("-all-pairs");
+fn clip_to_range(metric: &str, pairwise: bool, ci: Option<(f64, f64)>) -> Option<(f64, f64)> {
     match (ci, crate::results::metric_range(metric, pairwise)) {
         (Some((lo, hi)), Some((min, max))) => {
             // a bound a rounding error past the range (a BLEU of 100.00000000000001) stays ordered
@@ -701,7 +707,7 @@ fn unscored_notes(samples: &[Sample], tasks: &[&TaskConfig], rendered: &[Vec<Ite
 
 /// Aggregates of a run, from its stored samples: per model × task × metric, overall and per
 /// category.
-fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[Vec<Box<dyn Metric>>], models: &[String]) -> Result<Vec<Aggregate>> {
+fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[Vec<Box<dyn Metric>>], models: &[String], pairwise: &std::collections::BTreeSet<(String, String)>) -> Result<Vec<Aggregate>> {
     let samples = store.samples(run_id)?;
     let mut out = Vec::new();
     for model in models {
@@ -743,7 +749,7 @@ fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[
                         metric: m.name().to_string(),
                         value: Some(summary.value).filter(|v| v.is_finite()),
                         stderr: summary.stderr,
-                        ci95: clip_to_range(m.name(), summary.ci95),
+                        ci95: clip_to_range(m.name(), pairwise.contains(&(task.name.clone(), m.name().to_string())), summary.ci95),
                         n: summary.n as i64,
                         errors,
                     });
@@ -760,11 +766,11 @@ mod tests {
 
     #[test]
     fn intervals_stay_inside_the_metrics_range() {
-        assert_eq!(super::clip_to_range("acc", Some((-0.046, 0.646))), Some((0.0, 0.646)));
-        assert_eq!(super::clip_to_range("judge-single", Some((-38.97, 49.97))), Some((1.0, 10.0)));
-        assert_eq!(super::clip_to_range("judge-pairwise-vs-b", Some((0.2, 1.3))), Some((0.2, 1.0)));
-        assert_eq!(super::clip_to_range("loglikelihood", Some((-9.0, -1.0))), Some((-9.0, -1.0)));
-        let (lo, hi) = super::clip_to_range("bleu", Some((100.00000000000001, 100.00000000000001))).unwrap();
+        assert_eq!(super::clip_to_range("acc", false, Some((-0.046, 0.646))), Some((0.0, 0.646)));
+        assert_eq!(super::clip_to_range("judge-single", false, Some((-38.97, 49.97))), Some((1.0, 10.0)));
+        assert_eq!(super::clip_to_range("judge-pairwise", true, Some((0.2, 1.3))), Some((0.2, 1.0)));
+        assert_eq!(super::clip_to_range("loglikelihood", false, Some((-9.0, -1.0))), Some((-9.0, -1.0)));
+        let (lo, hi) = super::clip_to_range("bleu", false, Some((100.00000000000001, 100.00000000000001))).unwrap();
         assert!(lo <= hi && hi == 100.0, "{lo} {hi}");
     }
 
