@@ -43,6 +43,9 @@ pub enum Error {
     Model { model: String, message: String },
     #[error("{0}")]
     Usage(String),
+    /// A run that stopped part-way; what finished is stored and `--resume` continues it.
+    #[error("run {run} stopped; its finished items are stored, and `llmeval run {suite} --resume` continues once the cause is fixed")]
+    Stopped { run: String, suite: PathBuf, source: Box<Error> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -454,7 +454,7 @@ fn human_vote(label: &str, cand: &str, opp: &str) -> Option<String> {
 
 /// Every human label must name a model of the run, a tie, or be empty (no vote): anything else
 /// (a typo, FastChat's `model_a`) would count as a disagreement with the judge.
-fn check_human_labels(tj: &TaskJudging) -> Result<()> {
+pub fn check_human_labels(tj: &TaskJudging) -> Result<()> {
     let mut models: Vec<&str> = tj.models.iter().map(String::as_str).collect();
     models.extend(tj.spec.baseline.as_deref().filter(|b| !models.contains(b)));
     for it in tj.items {

@@ -244,6 +244,12 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     }
     let tasks: Vec<&TaskConfig> = owned.iter().collect();
     let judges = judge_specs(&tasks);
+    // what the judge phase would refuse is refused now, not after every answer was paid for
+    let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    for (ti, spec) in &judges {
+        crate::judge::load_judge(&spec.judge, &suite.dir)?;
+        crate::judge::check_human_labels(&crate::judge::TaskJudging { task: tasks[*ti], items: &rendered[*ti], spec: spec.clone(), models: model_names.clone() })?;
+    }
     let waves = turn_of.iter().max().map_or(1, |m| m + 1);
     let pipelines: Vec<Pipeline> = tasks.iter().map(|t| Pipeline::new(t)).collect();
     let metrics: Vec<Vec<Box<dyn Metric>>> = tasks.iter().map(|t| crate::metric::for_task(t)).collect();
@@ -262,7 +268,12 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     if fresh {
         store.create_run(&run)?;
     }
-    let mut notes = run.notes.clone();
+    const STOPPED: &str = "stopped by an error: ";
+    let (run_id, status_before) = (run.id.clone(), run.status.clone());
+    let mut notes_before = run.notes.clone();
+    notes_before.retain(|n| !n.starts_with(STOPPED)); // a resumed run says only why it last stopped
+    let outcome = (|| -> Result<RunReport> {
+    let mut notes = notes_before.clone();
     for n in backends.iter().chain(&judge_backends).flat_map(|b| b.notes()) {
         if !notes.contains(&n) {
             notes.push(n);
@@ -419,7 +430,6 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     progress.done();
 
     // Judges read the stored answers and write their scores onto the samples.
-    let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
     let mut reliability = Vec::new();
     for (ti, spec) in &judges {
         let judge_model: &dyn Model = match models.iter().position(|m| m.name == spec.model) {
@@ -464,6 +474,14 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
     let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
     Ok(RunReport { run, aggregates, errored, judge_errors })
+    })();
+    // a run stopped by an error says so where its results are read; what finished is kept
+    outcome.map_err(|e| {
+        notes_before.push(format!("{STOPPED}{e}; the finished items are stored, and `llmeval run {} --resume` continues once the cause is fixed", suite.path.display()));
+        // best effort: the error itself may be the database's
+        let _ = store.set_run_status(&run_id, &status_before, None, &notes_before);
+        Error::Stopped { run: run_id, suite: suite.path.clone(), source: Box::new(e) }
+    })
 }
 
 /// A Student-t interval of few scores can reach past what a metric can be (an accuracy of −0.05):

@@ -184,6 +184,9 @@ fn a_human_label_that_names_no_model_is_an_error() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let e = stderr(&out);
     assert!(e.contains("task \"arith\", item r1") && e.contains("human-label gives \"goood\", which names no model of this run (good, bad)"), "{e}");
+    // refused before the first request, not after every answer was paid for
+    assert_eq!(good.log().len() + bad.log().len() + judge_srv.log().len(), 0);
+    assert!(!stdout(&llmeval(&["runs", "list", "--db", dir.db().to_str().unwrap()])).contains("suite"), "no run is stored");
 }
 
 #[test]

@@ -38,7 +38,10 @@ fn sigkill_then_resume_equals_an_uninterrupted_run() {
         assert!(!done.contains(p), "finished item requested again: {p:?}");
     }
     assert_eq!(requested.iter().collect::<HashSet<_>>().len(), requested.len(), "no request doubled");
-    assert_eq!(requested.len(), 400 - done.len());
+    // an answer cached just before the kill, whose sample was not yet written, is served from the
+    // cache: one at most, as both writes happen in the same callback
+    let left = 400 - done.len();
+    assert!(requested.len() == left || requested.len() + 1 == left, "{} requested, {left} unfinished", requested.len());
 
     // An uninterrupted run, in another database, gives identical aggregates.
     let other = dir.path().join("other.db");
@@ -128,4 +131,38 @@ fn resume_refuses_a_changed_suite() {
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--resume"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("changed since run"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_run_stopped_by_an_error_says_so_and_resumes() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let dir = TempDir::new("resume-stopped");
+    dir.write("data/arith.jsonl", &arith_rows(6));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let db = dir.db();
+    let args = ["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--no-cache"];
+    assert_eq!(llmeval(&args).status.code(), Some(0));
+    // the database refuses the aggregates: every answer is in, then the run stops
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TRIGGER full BEFORE INSERT ON aggregates BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
+    let out = llmeval(&args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("stopped; its finished items are stored, and `llmeval run") && e.contains("--resume` continues once the cause is fixed") && e.contains("disk full"), "{e}");
+    let list = json_out(&llmeval(&["runs", "list", "--db", db.to_str().unwrap(), "--json"]));
+    assert_eq!(list[0]["status"], "running", "a stopped run is unfinished");
+    let shown = stdout(&llmeval(&["runs", "show", list[0]["run_id"].as_str().unwrap(), "--db", db.to_str().unwrap()]));
+    assert!(shown.contains("stopped by an error:") && shown.contains("disk full"), "{shown}");
+    let stored: i64 = conn.query_row("SELECT COUNT(*) FROM samples WHERE error IS NULL", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 12, "both runs' answers are stored");
+
+    conn.execute_batch("DROP TRIGGER full;").unwrap();
+    server.clear_log();
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json", "--resume"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(server.log().len(), 0, "every answer was kept");
+    let resumed = json_out(&out);
+    assert_eq!(resumed["run_id"], list[0]["run_id"]);
+    assert_eq!(result(&resumed, "remote-x", "arith", "exact-match")["n"], 6);
+    assert!(!stdout(&llmeval(&["runs", "show", list[0]["run_id"].as_str().unwrap(), "--db", db.to_str().unwrap()])).contains("stopped by an error"), "the note goes once it resumed");
 }
