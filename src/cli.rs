@@ -76,6 +76,7 @@ enum Command {
         /// Write a GitHub-flavoured markdown summary here.
         #[arg(long, value_name = "FILE")]
         markdown: Option<PathBuf>,
+        /// Print the verdict as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -154,6 +155,7 @@ enum ArenaCommand {
         /// Ask the models again instead of reusing cached answers.
         #[arg(long)]
         no_cache: bool,
+        /// Print the arena's ratings as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -179,6 +181,7 @@ enum ArenaCommand {
         /// Fix one model's rating, e.g. `llama-13b=800`.
         #[arg(long, value_name = "MODEL=RATING")]
         anchor: Option<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -210,6 +213,7 @@ enum EngineCommand {
     Info {
         /// A GGUF file or a Hugging Face directory.
         model: PathBuf,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -217,6 +221,7 @@ enum EngineCommand {
     Tokenize {
         #[command(flatten)]
         m: ModelArg,
+        /// The text to tokenize.
         #[arg(long)]
         text: String,
     },
@@ -226,6 +231,7 @@ enum EngineCommand {
         m: ModelArg,
         #[command(flatten)]
         d: DeviceArg,
+        /// The prompt (used as given unless --chat).
         #[arg(long)]
         prompt: String,
         /// Wrap the prompt in the model's chat template as a user message.
@@ -240,8 +246,11 @@ enum EngineCommand {
         m: ModelArg,
         #[command(flatten)]
         d: DeviceArg,
+        /// The context, tokenized on its own (whitespace at its end moves to the continuation, as
+        /// lm-eval does).
         #[arg(long)]
         context: String,
+        /// The continuation whose log-probability is reported.
         #[arg(long)]
         continuation: String,
     },
@@ -347,6 +356,7 @@ enum RunsCommand {
     List {
         #[command(flatten)]
         db: DbArg,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -358,6 +368,7 @@ enum RunsCommand {
         /// Also list every sample.
         #[arg(long)]
         samples: bool,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -802,7 +813,7 @@ fn load_engine(path: &std::path::Path, threads: Option<usize>, device: Option<&s
 }
 
 fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
-    use crate::model::{Context, LoglikelihoodRequest, Message, Model};
+    use crate::model::{Context, Message, Model};
     match command {
         EngineCommand::Info { model, json } => {
             let m = load_engine(&model, Some(1), None)?;
@@ -858,9 +869,11 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             }
             let model = load_engine(&m.model, m.threads, Some(&d.device))?;
             let mut result = None;
-            model.loglikelihood(&[LoglikelihoodRequest { context, continuation: continuation.clone() }], &mut |_, o| result = Some(o.result));
+            // as a suite's tasks: the context's trailing whitespace moves into the continuation
+            let request = crate::run::encode_pair(&context, &continuation);
+            let tokens = model.engine().encode(&request.continuation);
+            model.loglikelihood(&[request], &mut |_, o| result = Some(o.result));
             let ll = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
-            let tokens = model.engine().encode(&continuation);
             if m.json {
                 print_json(&json!({"logprob": ll.logprob, "is_greedy": ll.is_greedy, "tokens": tokens}));
             } else {
