@@ -241,9 +241,8 @@ fn components(nodes: &[usize], edge: impl Fn(usize, usize) -> bool) -> Vec<usize
 }
 
 /// What the Bradley-Terry ratings of these battles cannot say: groups of models that never met
-/// (each is centred on its own), and models that never lost or never won a point against the
-/// rest of their group (their maximum-likelihood rating is unbounded; the value is where
-/// Newton's method stopped).
+/// (each is centred on its own), and parts of a group that never lost a point to the rest of it
+/// (the maximum-likelihood gap is unbounded; the value is where Newton's method stopped).
 pub fn bt_notes(battles: &[Battle]) -> Vec<String> {
     Indexed::new(battles).bt_notes()
 }
@@ -273,15 +272,68 @@ impl Indexed {
             let list: Vec<String> = (0..groups).map(|c| format!("{{{}}}", names(c))).collect();
             notes.push(format!("the battles fall into {groups} groups of models that never met ({}): Bradley-Terry ratings compare only within a group (each is centred on 1000); add battles between the groups", list.join(" ")));
         }
-        for &i in &present {
-            let (took, gave): (f64, f64) = (0..p).filter(|&j| met[i * p + j]).map(|j| (score[i * p + j], score[j * p + i])).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-            if gave == 0.0 || took == 0.0 {
-                let what = if gave == 0.0 { "never lost" } else { "never won" };
-                notes.push(format!("{} {what} a battle (not even a tie): its maximum-likelihood Bradley-Terry rating is unbounded, and the value shown is where Newton's method stopped; Elo (--method elo) or more battles give a finite one", self.names[i]));
+        // The maximum likelihood is finite only where every model of a group took a point from
+        // every other by some chain: parts that never lost a point to the rest are unbounded.
+        for c in 0..groups {
+            let members: Vec<usize> = present.iter().zip(&group).filter(|(_, g)| **g == c).map(|(&i, _)| i).collect();
+            let parts = strong_components(&members, |i, j| score[i * p + j] > 0.0);
+            if parts.len() > 1 {
+                let list: Vec<String> = parts.iter().map(|part| format!("{{{}}}", part.iter().map(|&i| self.names[i].as_str()).collect::<Vec<_>>().join(", "))).collect();
+                notes.push(format!(
+                    "no model of {} lost a point (not even a tie) to one listed after it: the maximum-likelihood Bradley-Terry gaps between these parts are unbounded, and the values shown are where Newton's method stopped; Elo (--method elo) or more battles give finite ones",
+                    list.join(" ")
+                ));
             }
         }
         notes
     }
+}
+
+/// Strongly connected components of `nodes` under the directed `edge`, listed so that no edge
+/// leads from a later component to an earlier one (Kosaraju's algorithm).
+fn strong_components(nodes: &[usize], edge: impl Fn(usize, usize) -> bool) -> Vec<Vec<usize>> {
+    let n = nodes.len();
+    // depth-first finishing order along the edges, without recursion
+    let (mut seen, mut order) = (vec![false; n], Vec::with_capacity(n));
+    for start in 0..n {
+        if seen[start] {
+            continue;
+        }
+        seen[start] = true;
+        let mut stack = vec![(start, 0)];
+        while let Some((x, next)) = stack.pop() {
+            match (next..n).find(|&y| !seen[y] && edge(nodes[x], nodes[y])) {
+                Some(y) => {
+                    stack.push((x, y + 1));
+                    seen[y] = true;
+                    stack.push((y, 0));
+                }
+                None => order.push(x),
+            }
+        }
+    }
+    // against the edges, in reverse finishing order: each sweep is one component, sources first
+    let mut comp = vec![usize::MAX; n];
+    let mut parts = Vec::new();
+    for &start in order.iter().rev() {
+        if comp[start] != usize::MAX {
+            continue;
+        }
+        comp[start] = parts.len();
+        let (mut part, mut stack) = (vec![], vec![start]);
+        while let Some(x) = stack.pop() {
+            part.push(nodes[x]);
+            for y in 0..n {
+                if comp[y] == usize::MAX && edge(nodes[y], nodes[x]) {
+                    comp[y] = parts.len();
+                    stack.push(y);
+                }
+            }
+        }
+        part.sort_unstable();
+        parts.push(part);
+    }
+    parts
 }
 
 /// Gaussian elimination with partial pivoting; `None` when singular.
@@ -354,9 +406,15 @@ pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: 
     let selfish: std::collections::BTreeSet<&str> = battles.iter().filter(|b| b.model_a == b.model_b).map(|b| b.model_a.as_str()).collect();
     if !selfish.is_empty() {
         let n = battles.iter().filter(|b| b.model_a == b.model_b).count();
-        notes.push(format!("{n} battle(s) pit a model against itself ({}): they change no rating, as in FastChat", selfish.into_iter().collect::<Vec<_>>().join(", ")));
+        let why = match method {
+            Method::Elo => "they change no rating (FastChat's online Elo gives both updates to the one rating, and they cancel)",
+            // FastChat's logistic regression would write +1 and −1 into one column: a one-sided,
+            // meaningless observation
+            Method::Bt => "they are left out, as a model against itself says nothing about its strength",
+        };
+        notes.push(format!("{n} battle(s) pit a model against itself ({}): {why}", selfish.into_iter().collect::<Vec<_>>().join(", ")));
     }
-    let ratings: BTreeMap<String, f64> = ix.names.iter().zip(&full).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
+    let mut ratings: BTreeMap<String, f64> = ix.names.iter().zip(&full).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect();
     let mut ci95 = BTreeMap::new();
     if bootstrap > 0 && !battles.is_empty() {
         // Each resample draws from its own generator, seeded by the round's draw from a master
@@ -400,6 +458,13 @@ pub fn rate(battles: &[Battle], method: Method, k: f64, bootstrap: usize, seed: 
             }
             v.sort_by(f64::total_cmp);
             ci95.insert(name.clone(), (crate::stats::percentile(&v, 0.025), crate::stats::percentile(&v, 0.975)));
+            if method == Method::Elo {
+                // online Elo depends on the battles' order, so FastChat reports the median
+                ratings.insert(name.clone(), crate::stats::percentile(&v, 0.5));
+            }
+        }
+        if method == Method::Elo {
+            notes.push("each rating is the median of the bootstrap resamples' Elo ratings, as FastChat reports Elo with a bootstrap (online Elo in the battles' order depends on that order)".into());
         }
     }
     let rank = ratings
@@ -545,10 +610,53 @@ mod tests {
         // a model that never won is named
         let notes = bt_notes(&[b("a", "z", Winner::A), b("z", "b", Winner::B), b("a", "b", Winner::Tie)]);
         assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(notes[0].starts_with("z never won"), "{notes:?}");
+        assert!(notes[0].starts_with("no model of {a, b} {z} lost a point"), "{notes:?}");
     }
 
     /// Battles among four models of known strength, a fixed generator.
+    #[test]
+    fn bt_parts_that_never_lost_to_the_rest_are_said() {
+        // a and b beat each other, c and d too, and c lost to a: {a, b} never lost a point to {c, d}
+        let bs = [b("a", "b", Winner::A), b("b", "a", Winner::A), b("c", "d", Winner::A), b("d", "c", Winner::A), b("c", "a", Winner::B)];
+        let notes = bt_notes(&bs);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].starts_with("no model of {a, b} {c, d} lost a point"), "{notes:?}");
+        // one tie back from c to a joins them: finite, and said nothing of
+        let mut tied = bs.to_vec();
+        tied.push(b("a", "c", Winner::Tie));
+        assert!(bt_notes(&tied).is_empty());
+        // a chain: x beat y, y beat z, and z never took a point back
+        let notes = bt_notes(&[b("x", "y", Winner::A), b("y", "z", Winner::A), b("y", "x", Winner::B)]);
+        assert!(notes[0].starts_with("no model of {x} {y} {z} lost a point"), "{notes:?}");
+    }
+
+    #[test]
+    fn strong_components_come_sources_first() {
+        // 0 → 1 ⇄ 2 → 3, and 4 alone
+        let edges = [(0, 1), (1, 2), (2, 1), (2, 3)];
+        let parts = strong_components(&[3, 2, 1, 0, 4], |i, j| edges.contains(&(i, j)));
+        let pos = |x: usize| parts.iter().position(|p| p.contains(&x)).unwrap();
+        assert_eq!(parts.len(), 4, "{parts:?}");
+        assert!(pos(0) < pos(1) && pos(1) == pos(2) && pos(2) < pos(3), "{parts:?}");
+    }
+
+    #[test]
+    fn elo_with_a_bootstrap_reports_the_median_as_fastchat() {
+        // 300 wins of a, then 300 of b: online Elo in file order puts b far ahead; the resamples,
+        // in random order, see two equal models
+        let mut bs: Vec<Battle> = (0..300).map(|_| b("a", "b", Winner::A)).collect();
+        bs.extend((0..300).map(|_| b("a", "b", Winner::B)));
+        let online = elo(&bs, 4.0);
+        assert!(online["b"] - online["a"] > 300.0, "{online:?}");
+        let r = rate(&bs, Method::Elo, 4.0, 200, 1, None).unwrap();
+        for m in ["a", "b"] {
+            let (lo, hi) = r.ci95[m];
+            assert!(lo <= r.ratings[m] && r.ratings[m] <= hi && (r.ratings[m] - 1000.0).abs() < 30.0, "{m}: {} in {lo}..{hi}", r.ratings[m]);
+        }
+        assert!(r.notes.iter().any(|n| n.contains("median of the bootstrap")), "{:?}", r.notes);
+        assert_eq!(rate(&bs, Method::Elo, 4.0, 0, 1, None).unwrap().ratings, online, "no bootstrap: online Elo");
+    }
+
     fn simulated(n: usize) -> Vec<Battle> {
         let mut rng = crate::stats::SplitMix64::new(77);
         let names = ["p", "q", "r", "s"];
