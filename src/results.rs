@@ -412,10 +412,12 @@ impl Leaderboard {
                     d.suite == c.suite && d.task == c.task && d.metric == c.metric && !d.category.is_empty()
                 })
                 .collect();
+            // `suite/task` when another suite has a task of that name, as the column labels
+            let task = if self.columns.iter().any(|d| d.task == c.task && d.suite != c.suite) { format!("{}/{}", c.suite, c.task) } else { c.task.clone() };
             if cats.is_empty() {
-                axes.push(RadarAxis { column: i, label: c.task.clone() });
+                axes.push(RadarAxis { column: i, label: task });
             } else {
-                axes.extend(cats.into_iter().map(|j| RadarAxis { column: j, label: format!("{} / {}", c.task, self.columns[j].category) }));
+                axes.extend(cats.into_iter().map(|j| RadarAxis { column: j, label: format!("{task} / {}", self.columns[j].category) }));
             }
         }
         let series = self
@@ -767,6 +769,8 @@ mod tests {
         let other = data("r2", "s", vec![agg("x", "open", "", "acc", Some(0.5))], &[]);
         let both = Leaderboard::build(&[d, other], None);
         assert_eq!(both.columns.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(), ["arena:a/open · judge-pairwise-all-pairs", "s/open · acc"]);
+        assert_eq!(both.radar().axes.iter().map(|a| a.label.as_str()).collect::<Vec<_>>(), ["arena:a/open", "s/open"], "radar axes too");
+        assert_eq!(lb.radar().axes.iter().map(|a| a.label.as_str()).collect::<Vec<_>>(), ["open"]);
         assert_eq!(lb.rows.iter().map(|r| r.model.as_str()).collect::<Vec<_>>(), ["x", "y"]);
         let empty = Cell { value: None, ci_low: None, ci_high: None, n: 0, errors: 0, run_id: "r1".into() };
         assert!(lb.rows.iter().all(|r| r.cells == vec![Some(empty.clone())] && r.overall.is_none()), "{:?}", lb.rows);
