@@ -301,7 +301,8 @@ enum MetricsCommand {
         #[arg(long, value_delimiter = ',', default_value = "rouge1,rouge2,rougeL,rougeLsum")]
         types: Vec<String>,
     },
-    /// The ChatGLM2-6B evaluation: jieba ROUGE-1/2/L F and character BLEU-4, ×100, mean.
+    /// The ChatGLM2-6B evaluation: jieba ROUGE-1/2/L F and character BLEU-4, ×100, mean (one
+    /// --ref: the evaluation has one label per sample).
     Chatglm {
         #[command(flatten)]
         files: SampleFiles,
@@ -734,6 +735,9 @@ fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
         }
         MetricsCommand::Rouge { files, stem, types } => {
             let types: Vec<rouge::RougeType> = types.iter().map(|t| t.parse()).collect::<Result<_, String>>().map_err(|e| anyhow::anyhow!("--types: {e}"))?;
+            if let Some(t) = types.iter().enumerate().find_map(|(i, t)| types[..i].contains(t).then(|| t.name())) {
+                anyhow::bail!("--types lists {t} twice; give each type once");
+            }
             let (hyp, refs) = load_pairs(&files)?;
             let per: Vec<Vec<rouge::Prf>> = {
                 let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();

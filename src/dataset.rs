@@ -66,6 +66,17 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// serde_json's message, and what to do where it is not plain: a `\uD800`–`\uDFFF` escape
+/// without its pair (which Python reads) cannot be text.
+pub fn json_problem(e: &serde_json::Error) -> String {
+    let m = e.to_string();
+    if m.contains("surrogate") || m.contains("hex escape") {
+        format!("{m} (a \\uD800-\\uDFFF escape must be half of a surrogate pair; a lone one is not text: remove it or write \\ufffd)")
+    } else {
+        m
+    }
+}
+
 fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -73,7 +84,7 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Row>> {
             continue;
         }
         let v: Value = serde_json::from_str(line)
-            .map_err(|e| Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {e}")))?;
+            .map_err(|e| Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {}", json_problem(&e))))?;
         rows.push(object(path, i + 1, v)?);
     }
     Ok(rows)
@@ -81,7 +92,7 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Row>> {
 
 fn parse_json(path: &Path, text: &str) -> Result<Vec<Row>> {
     let v: Value = serde_json::from_str(text)
-        .map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {e}")))?;
+        .map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {}", json_problem(&e))))?;
     let Value::Array(items) = v else {
         return Err(Error::data(path.display().to_string(), format!("expected a JSON array of objects, found {}", kind(&v))));
     };
@@ -219,7 +230,7 @@ pub fn read_samples(path: &Path, jsonl: bool) -> Result<Vec<String>> {
                 Ok(other) => {
                     return Err(Error::data(format!("{}:{}", path.display(), i + 1), format!("expected a JSON string per line (--jsonl), found {}", kind(&other))));
                 }
-                Err(e) => return Err(Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON string (--jsonl): {e}"))),
+                Err(e) => return Err(Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON string (--jsonl): {}", json_problem(&e)))),
             }
         } else {
             out.push(line.to_string());

@@ -202,6 +202,15 @@ fn cli_input_errors_name_file_and_line() {
     let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", h.to_str().unwrap(), "--types", "rouge1,rougeX"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("rougeX"), "{}", stderr(&out));
+    let out = llmeval(&["metrics", "rouge", "--hyp", h.to_str().unwrap(), "--ref", h.to_str().unwrap(), "--types", "rouge1,rougeL,rouge1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--types lists rouge1 twice"), "{}", stderr(&out));
+
+    // a lone UTF-16 surrogate (Python reads it) cannot be text: said so, with the fix
+    let lone = dir.write("lone.jsonl", "\"fine\"\n\"x \\ud800 y\"\n");
+    let out = llmeval(&["metrics", "rouge", "--hyp", lone.to_str().unwrap(), "--ref", lone.to_str().unwrap(), "--jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lone.jsonl:2") && stderr(&out).contains("a lone one is not text: remove it or write \\ufffd"), "{}", stderr(&out));
 
     // no samples: an error, not a score of 0 that reads like a result
     let empty = dir.write("empty.txt", "");

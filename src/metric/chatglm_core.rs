@@ -115,9 +115,10 @@ fn rouge_n(hyp: &[String], reference: &[String], n: usize) -> f64 {
 ///
 /// Tokens are joined on spaces first, so whitespace tokens vanish and tokens holding whitespace
 /// split. rouge-l is a single LCS over all words of each side (sentence boundaries do not
-/// matter), divided by the word counts. When either side has no non-whitespace character, the
-/// reference raises; this returns `(0.0, 0.0, 0.0)` instead, which is what the ChatGLM2
-/// evaluation substitutes for that case.
+/// matter), divided by the word counts. When either side has no non-whitespace character,
+/// rouge_chinese raises `ValueError` (and so does ChatGLM2-6B's `ptuning/main.py`, losing the
+/// whole evaluation to one empty answer); this returns `(0.0, 0.0, 0.0)` instead, the guard that
+/// later ports of the script (LLaMA-Factory's) add.
 pub fn rouge_chinese_f(hyp_tokens: &[String], ref_tokens: &[String]) -> (f64, f64, f64) {
     let hyp = rouge_words(&hyp_tokens.join(" "));
     let reference = rouge_words(&ref_tokens.join(" "));
