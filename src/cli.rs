@@ -246,8 +246,8 @@ enum EngineCommand {
         m: ModelArg,
         #[command(flatten)]
         d: DeviceArg,
-        /// The context, tokenized on its own (whitespace at its end moves to the continuation, as
-        /// lm-eval does).
+        /// The context, tokenized on its own, as given (a suite's tasks move whitespace at its end
+        /// into the continuation, as lm-eval does).
         #[arg(long)]
         context: String,
         /// The continuation whose log-probability is reported.
@@ -817,7 +817,7 @@ fn load_engine(path: &std::path::Path, threads: Option<usize>, device: Option<&s
 }
 
 fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
-    use crate::model::{Context, Message, Model};
+    use crate::model::{Context, LoglikelihoodRequest, Message, Model};
     match command {
         EngineCommand::Info { model, json } => {
             let m = load_engine(&model, Some(1), None)?;
@@ -873,10 +873,10 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             }
             let model = load_engine(&m.model, m.threads, Some(&d.device))?;
             let mut result = None;
-            // as a suite's tasks: the context's trailing whitespace moves into the continuation
-            let request = crate::run::encode_pair(&context, &continuation);
-            let tokens = model.engine().encode(&request.continuation);
-            model.loglikelihood(&[request], &mut |_, o| result = Some(o.result));
+            // exactly the texts given (llama.cpp's protocol in the reference); a suite's tasks move
+            // the context's trailing whitespace into the continuation first, as lm-eval
+            let tokens = model.engine().encode(&continuation);
+            model.loglikelihood(&[LoglikelihoodRequest { context, continuation }], &mut |_, o| result = Some(o.result));
             let ll = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
             if m.json {
                 print_json(&json!({"logprob": ll.logprob, "is_greedy": ll.is_greedy, "tokens": tokens}));

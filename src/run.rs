@@ -500,7 +500,7 @@ fn clip_to_range(metric: &str, pairwise: bool, ci: Option<(f64, f64)>) -> Option
 /// lm-eval's `_encode_pair`: whitespace ending the context moves to the start of the
 /// continuation, so "Answer: " + "Paris" is scored as "Answer:" + " Paris" (the way a tokenizer
 /// joins a space to the word after it).
-pub fn encode_pair(context: &str, continuation: &str) -> LoglikelihoodRequest {
+fn encode_pair(context: &str, continuation: &str) -> LoglikelihoodRequest {
     // Python's str.rstrip: Unicode whitespace and the separators \x1c-\x1f
     let kept = context.trim_end_matches(|c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c));
     LoglikelihoodRequest { context: kept.to_string(), continuation: format!("{}{continuation}", &context[kept.len()..]) }
