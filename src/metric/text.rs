@@ -40,21 +40,57 @@ fn newer_upper(c: char) -> bool {
     NEWER_UPPER.iter().any(|&(a, b)| (a..=b).contains(&c))
 }
 
-/// Python 3.11's `s.lower()`: Rust's `to_lowercase` (the same full mappings and final sigma)
-/// except for letters Unicode gained later, which Python 3.11 does not know as cased. Those split
-/// the text, so a sigma before one is final, as Python 3.11 sees it.
+/// Python 3.11's classes around a capital sigma (`data/py311_sigma.txt`, written by
+/// tests/goldens/make_unicode_goldens.py): `I` case-ignorable, `C` cased. Rust's own tables are
+/// newer (U+0295 ʕ is case-ignorable only since Unicode 16), so `str::to_lowercase` picks σ or ς
+/// differently next to such characters.
+const PY311_SIGMA: &str = include_str!("data/py311_sigma.txt");
+
+/// Whether `c` is in class `class` of [`PY311_SIGMA`].
+fn py311_class(class: char, c: char) -> bool {
+    static TABLES: std::sync::OnceLock<[Vec<(u32, u32)>; 2]> = std::sync::OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        let ranges = |class: &str| -> Vec<(u32, u32)> {
+            let line = PY311_SIGMA.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).expect("both classes are pinned");
+            line.split(' ')
+                .map(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    let hex = |x: &str| u32::from_str_radix(x, 16).expect("hex code points");
+                    (hex(a), hex(b))
+                })
+                .collect()
+        };
+        [ranges("I"), ranges("C")]
+    });
+    let table = &tables[usize::from(class == 'C')];
+    let c = c as u32;
+    table.binary_search_by(|&(a, b)| if b < c { std::cmp::Ordering::Less } else if a > c { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
+}
+
+/// Python 3.11's choice for the capital sigma at `chars[i]`: final (ς) after a cased character
+/// and not before one, case-ignorable characters skipped both ways.
+fn final_sigma(chars: &[char], i: usize) -> bool {
+    let cased = |c: &&char| !py311_class('I', **c);
+    chars[..i].iter().rev().find(cased).is_some_and(|&c| py311_class('C', c)) && !chars[i + 1..].iter().find(cased).is_some_and(|&c| py311_class('C', c))
+}
+
+/// Python 3.11's `s.lower()`: Rust's per-character full mappings, except for letters Unicode
+/// gained later (Python 3.11 leaves them as they are), and a capital sigma final or not as
+/// Python 3.11's Unicode 14 tables see it.
 pub fn py_lower(s: &str) -> String {
-    if !s.chars().any(newer_upper) {
-        return s.to_lowercase();
+    if !s.chars().any(|c| c == 'Σ' || newer_upper(c)) {
+        return s.to_lowercase(); // per character: only the sigma looks at its neighbours
     }
+    let chars: Vec<char> = s.chars().collect();
     let mut out = String::with_capacity(s.len());
-    let mut from = 0;
-    for (i, c) in s.char_indices().filter(|&(_, c)| newer_upper(c)) {
-        out += &s[from..i].to_lowercase();
-        out.push(c);
-        from = i + c.len_utf8();
+    for (i, &c) in chars.iter().enumerate() {
+        match c {
+            'Σ' => out.push(if final_sigma(&chars, i) { 'ς' } else { 'σ' }),
+            c if newer_upper(c) => out.push(c),
+            c => out.extend(c.to_lowercase()),
+        }
     }
-    out + &s[from..].to_lowercase()
+    out
 }
 
 #[cfg(test)]
@@ -67,5 +103,19 @@ mod tests {
         assert_eq!(py_strip("\u{1c} x \u{a0}"), "x");
         assert_eq!(py_lower("ΣΑΣ ΟΔΟΣ"), "σας οδος");
         assert_eq!(py_lower("AΣ\u{1c89}Σ\u{10d50}B"), "aς\u{1c89}σ\u{10d50}b");
+    }
+
+    #[test]
+    fn final_sigma_as_python_3_11() {
+        // str.lower() in Python 3.11: ʕ (U+0295) is cased there, case-ignorable in Rust's tables
+        assert_eq!(py_lower("AΣ\u{295} b"), "aσ\u{295} b");
+        // U+0897 is unknown to Unicode 14 (neither class): it ends the word
+        assert_eq!(py_lower("ΑΣ\u{897}Α"), "ας\u{897}α");
+        assert_eq!(py_lower("A\u{1171e}Σ b"), "a\u{1171e}ς b");
+        // the case-ignorable apostrophe and combining marks are skipped both ways
+        assert_eq!(py_lower("ΟΔΟΣ' Σ AΣ\u{301}B Σ"), "οδος' σ aσ\u{301}b σ");
+        for (text, want) in [("ΣΑΣ", "σας"), ("AΣ.", "aς."), ("'Σ'", "'σ'"), ("Σ", "σ"), ("1Σ", "1σ")] {
+            assert_eq!(py_lower(text), want, "{text}");
+        }
     }
 }

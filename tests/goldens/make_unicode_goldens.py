@@ -39,3 +39,27 @@ with open(os.path.join(HERE, "..", "..", "src", "metric", "data", "intl_classes.
             else:
                 ranges.append([c, c])
         f.write(cls + " " + " ".join("%X" % a if a == b else "%X-%X" % (a, b) for a, b in ranges) + "\n")
+
+# What Python 3.11's str.lower() sees around a capital sigma (final or not): the code points it
+# skips as case-ignorable, and those it counts as cased (and not case-ignorable), as ranges:
+# src/metric/data/py311_sigma.txt ("I …" and "C …", hex). unicodedata does not expose the
+# properties, so each character is classified by lowering it next to a sigma.
+with open(os.path.join(HERE, "..", "..", "src", "metric", "data", "py311_sigma.txt"), "w") as f:
+    f.write(f"# Python {sys.version.split()[0]} (Unicode {unicodedata.unidata_version}) final-sigma classes: I case-ignorable, C cased (tests/goldens/make_unicode_goldens.py)\n")
+    classes = {"I": [], "C": []}
+    for c in range(0x110000):
+        if 0xD800 <= c <= 0xDFFF:
+            continue
+        ch = chr(c)
+        cased = (ch + "\u03a3").lower()[-1] == "\u03c2"  # cased and not case-ignorable
+        ignorable = not cased and ("A" + ch + "\u03a3").lower()[-1] == "\u03c2"
+        for cls, yes in (("C", cased), ("I", ignorable)):
+            if not yes:
+                continue
+            ranges = classes[cls]
+            if ranges and ranges[-1][1] == c - 1:
+                ranges[-1][1] = c
+            else:
+                ranges.append([c, c])
+    for cls in "IC":
+        f.write(cls + " " + " ".join("%X" % a if a == b else "%X-%X" % (a, b) for a, b in classes[cls]) + "\n")
