@@ -39,6 +39,10 @@ fn tokenization_equals_llama_cpp() {
         assert_eq!(e.encode(text), ids(&case["ids"]), "tokens of {text:?}");
         assert_eq!(e.decode(&ids(&case["ids"])), text, "decode of {text:?}");
     }
+    // letters and digits new in Unicode 16 are not letters or digits to llama.cpp (0.3.36's ids)
+    for (text, want) in [("\u{a7cb}'s", vec![181, 249, 229, 23, 99]), ("  \u{1ccf0}", vec![216, 216, 187, 246, 128, 125]), ("\u{13460}'re", vec![187, 237, 235, 250, 23, 257])] {
+        assert_eq!(e.encode(text), want, "tokens of {text:?}");
+    }
 }
 
 /// Largest per-token log-probability difference allowed from llama.cpp. The bar is 0.05

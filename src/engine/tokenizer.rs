@@ -236,7 +236,7 @@ impl Splitter {
             return Ok(Splitter::Llama3);
         }
         // `regex` has no lookahead: match the whitespace run in a named group, trim it afterwards.
-        let translated = pattern.replacen(WS_LOOKAHEAD, r"(?P<ws>\s+)", 1);
+        let translated = pin_classes(&pattern.replacen(WS_LOOKAHEAD, r"(?P<ws>\s+)", 1));
         let re = Regex::new(&translated).map_err(|e| TokenizerError::BadRegex {
             pattern: pattern.to_string(),
             message: e.to_string(),
@@ -318,8 +318,8 @@ fn split_regex(
 }
 
 // ------------------------------------------------------------------------------------------------
-// Character classes for the scanners: general categories L and N, and White_Space, as `regex` has
-// them.
+// Character classes for the scanners and patterns: general categories as llama.cpp's table has
+// them, and White_Space.
 
 const F_LETTER: u8 = 1;
 const F_NUMBER: u8 = 2;
@@ -330,24 +330,42 @@ struct CharClasses {
     number: Vec<(u32, u32)>,
 }
 
-fn class_ranges(pattern: &str) -> Vec<(u32, u32)> {
-    use regex_syntax::hir::{Class, HirKind};
-    let hir = regex_syntax::parse(pattern).expect("unicode class pattern parses");
-    match hir.kind() {
-        HirKind::Class(Class::Unicode(class)) => class
-            .ranges()
-            .iter()
-            .map(|r| (r.start() as u32, r.end() as u32))
-            .collect(),
-        _ => unreachable!("{pattern} is a unicode class"),
+/// llama.cpp's Unicode categories (`data/llamacpp_classes.txt`, written from its
+/// `unicode-data.cpp` by tests/goldens/make_llamacpp_classes.py): its table predates Unicode 16,
+/// so the regex crate's newer `\p{L}` would split letters such as U+A7CB where llama.cpp does not.
+const LLAMACPP_CLASSES: &str = include_str!("data/llamacpp_classes.txt");
+
+/// The code point ranges of category `class` (`L`, `N`, `P`, `S` or `M`) in llama.cpp's table.
+fn class_ranges(class: char) -> Vec<(u32, u32)> {
+    let line = LLAMACPP_CLASSES.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).expect("every class is pinned");
+    line.split(' ')
+        .map(|r| {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let hex = |x: &str| u32::from_str_radix(x, 16).expect("hex code points");
+            (hex(a), hex(b))
+        })
+        .collect()
+}
+
+/// `pattern` with each `\p{L}`, `\p{N}`, `\p{P}`, `\p{S}` and `\p{M}` spelled as llama.cpp's
+/// ranges (a bracketed class, which nests inside another).
+fn pin_classes(pattern: &str) -> String {
+    let mut out = pattern.to_string();
+    for class in ['L', 'N', 'P', 'S', 'M'] {
+        let name = format!("\\p{{{class}}}");
+        if out.contains(&name) {
+            let set: String = class_ranges(class).iter().map(|&(a, b)| if a == b { format!("\\x{{{a:X}}}") } else { format!("\\x{{{a:X}}}-\\x{{{b:X}}}") }).collect();
+            out = out.replace(&name, &format!("[{set}]"));
+        }
     }
+    out
 }
 
 fn char_classes() -> &'static CharClasses {
     static CLASSES: OnceLock<CharClasses> = OnceLock::new();
     CLASSES.get_or_init(|| CharClasses {
-        letter: class_ranges(r"\p{L}"),
-        number: class_ranges(r"\p{N}"),
+        letter: class_ranges('L'),
+        number: class_ranges('N'),
     })
 }
 
@@ -1357,6 +1375,17 @@ mod tests {
     }
 
     #[test]
+    fn letters_and_numbers_are_llama_cpps() {
+        // Unicode 16 made U+A7CB a letter and U+1CCF0 a digit; llama.cpp's table has neither
+        let c = char_classes();
+        for (ch, flags) in [('a', F_LETTER), ('é', F_LETTER), ('中', F_LETTER), ('٣', F_NUMBER), ('\u{a7cb}', 0), ('\u{1ccf0}', 0), ('\u{13460}', 0)] {
+            assert_eq!(char_flags(ch, c) & (F_LETTER | F_NUMBER), flags, "{ch:?}");
+        }
+        let letter = Regex::new(&pin_classes(r"^[^\s\p{N}]\p{L}+$")).unwrap();
+        assert!(letter.is_match("xab") && !letter.is_match("x\u{a7cb}") && !letter.is_match("1ab"));
+    }
+
+    #[test]
     fn scanners_agree_with_regex_emulation() {
         let samples = [
             "Hello world",
@@ -1390,7 +1419,7 @@ mod tests {
             "\r\r  \r",
         ];
         for (scanner, pattern) in [(Splitter::Gpt2, GPT2), (Splitter::Llama3, LLAMA3)] {
-            let translated = pattern.replacen(WS_LOOKAHEAD, r"(?P<ws>\s+)", 1);
+            let translated = pin_classes(&pattern.replacen(WS_LOOKAHEAD, r"(?P<ws>\s+)", 1));
             let re = Regex::new(&translated).unwrap();
             let ws_group = re.capture_names().position(|n| n == Some("ws"));
             let generic = Splitter::Regex { re, ws_group };
