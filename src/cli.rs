@@ -222,7 +222,7 @@ enum EngineCommand {
         #[command(flatten)]
         m: ModelArg,
         /// The text to tokenize.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         text: String,
     },
     /// Greedy generation (stops at EOS or --max-tokens; never samples).
@@ -232,7 +232,7 @@ enum EngineCommand {
         #[command(flatten)]
         d: DeviceArg,
         /// The prompt (used as given unless --chat).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         prompt: String,
         /// Wrap the prompt in the model's chat template as a user message.
         #[arg(long)]
@@ -248,10 +248,10 @@ enum EngineCommand {
         d: DeviceArg,
         /// The context, tokenized on its own, as given (a suite's tasks move whitespace at its end
         /// into the continuation, as lm-eval does).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         context: String,
         /// The continuation whose log-probability is reported.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         continuation: String,
     },
     /// Prefill (512-token prompt) and decode (128 tokens) speed.
@@ -286,7 +286,7 @@ enum MetricsCommand {
     Chrf {
         #[command(flatten)]
         files: SampleFiles,
-        /// Word n-gram order: 0 (chrF) or 2 (chrF++).
+        /// Word n-gram order: 0 (chrF), 1, or 2 (chrF++).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
         word_order: u8,
     },

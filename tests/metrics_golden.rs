@@ -206,6 +206,10 @@ fn cli_input_errors_name_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--types lists rouge1 twice"), "{}", stderr(&out));
 
+    let blank = dir.write("blank.jsonl", "\"a\"\n\n");
+    let out = llmeval(&["metrics", "rouge", "--hyp", blank.to_str().unwrap(), "--ref", blank.to_str().unwrap(), "--jsonl"]);
+    assert!(out.status.code() == Some(2) && stderr(&out).contains("blank.jsonl:2: empty line (--jsonl)"), "{}", stderr(&out));
+
     // a lone UTF-16 surrogate (Python reads it) cannot be text: said so, with the fix
     let lone = dir.write("lone.jsonl", "\"fine\"\n\"x \\ud800 y\"\n");
     let out = llmeval(&["metrics", "rouge", "--hyp", lone.to_str().unwrap(), "--ref", lone.to_str().unwrap(), "--jsonl"]);
