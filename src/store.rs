@@ -290,7 +290,21 @@ impl Store {
         let end = if migrated.is_ok() { "COMMIT" } else { "ROLLBACK" };
         self.conn.execute_batch(end).map_err(db_err)?;
         migrated?;
-        let r = self.conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
+        // switching to WAL takes an exclusive lock without waiting on the busy timeout: another
+        // process opening the same new file at once makes it fail with "database is locked", so
+        // it is retried for as long as the busy timeout
+        let start = std::time::Instant::now();
+        loop {
+            match self.conn.execute_batch("PRAGMA journal_mode = WAL") {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) && start.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                r => break self.db(r)?,
+            }
+        }
+        let r = self.conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;");
         self.db(r)
     }
 
