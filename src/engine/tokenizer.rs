@@ -337,14 +337,7 @@ const LLAMACPP_CLASSES: &str = include_str!("data/llamacpp_classes.txt");
 
 /// The code point ranges of category `class` (`L`, `N`, `P`, `S` or `M`) in llama.cpp's table.
 fn class_ranges(class: char) -> Vec<(u32, u32)> {
-    let line = LLAMACPP_CLASSES.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).expect("every class is pinned");
-    line.split(' ')
-        .map(|r| {
-            let (a, b) = r.split_once('-').unwrap_or((r, r));
-            let hex = |x: &str| u32::from_str_radix(x, 16).expect("hex code points");
-            (hex(a), hex(b))
-        })
-        .collect()
+    crate::util::pinned_ranges(LLAMACPP_CLASSES, class)
 }
 
 /// `pattern` with each `\p{L}`, `\p{N}`, `\p{P}`, `\p{S}` and `\p{M}` spelled as llama.cpp's
@@ -369,19 +362,6 @@ fn char_classes() -> &'static CharClasses {
     })
 }
 
-fn in_ranges(ranges: &[(u32, u32)], c: u32) -> bool {
-    ranges
-        .binary_search_by(|&(lo, hi)| {
-            if hi < c {
-                Ordering::Less
-            } else if lo > c {
-                Ordering::Greater
-            } else {
-                Ordering::Equal
-            }
-        })
-        .is_ok()
-}
 
 fn char_flags(c: char, classes: &CharClasses) -> u8 {
     if c.is_ascii() {
@@ -393,10 +373,10 @@ fn char_flags(c: char, classes: &CharClasses) -> u8 {
         };
     }
     let mut f = 0;
-    if in_ranges(&classes.letter, c as u32) {
+    if crate::util::in_ranges(&classes.letter, c as u32) {
         f |= F_LETTER;
     }
-    if in_ranges(&classes.number, c as u32) {
+    if crate::util::in_ranges(&classes.number, c as u32) {
         f |= F_NUMBER;
     }
     if c.is_whitespace() {

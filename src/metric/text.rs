@@ -49,22 +49,8 @@ const PY311_SIGMA: &str = include_str!("data/py311_sigma.txt");
 /// Whether `c` is in class `class` of [`PY311_SIGMA`].
 fn py311_class(class: char, c: char) -> bool {
     static TABLES: std::sync::OnceLock<[Vec<(u32, u32)>; 2]> = std::sync::OnceLock::new();
-    let tables = TABLES.get_or_init(|| {
-        let ranges = |class: &str| -> Vec<(u32, u32)> {
-            let line = PY311_SIGMA.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).expect("both classes are pinned");
-            line.split(' ')
-                .map(|r| {
-                    let (a, b) = r.split_once('-').unwrap_or((r, r));
-                    let hex = |x: &str| u32::from_str_radix(x, 16).expect("hex code points");
-                    (hex(a), hex(b))
-                })
-                .collect()
-        };
-        [ranges("I"), ranges("C")]
-    });
-    let table = &tables[usize::from(class == 'C')];
-    let c = c as u32;
-    table.binary_search_by(|&(a, b)| if b < c { std::cmp::Ordering::Less } else if a > c { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
+    let tables = TABLES.get_or_init(|| [crate::util::pinned_ranges(PY311_SIGMA, 'I'), crate::util::pinned_ranges(PY311_SIGMA, 'C')]);
+    crate::util::in_ranges(&tables[usize::from(class == 'C')], c as u32)
 }
 
 /// Python 3.11's choice for the capital sigma at `chars[i]`: final (ς) after a cased character
