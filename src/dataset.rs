@@ -224,10 +224,10 @@ pub fn read_samples(path: &Path, jsonl: bool) -> Result<Vec<String>> {
             Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid UTF-8 at byte {} of the line; save the file as UTF-8", e.valid_up_to() + 1))
         })?;
         let line = if i == 0 { line.strip_prefix('\u{feff}').unwrap_or(line) } else { line };
-        if jsonl && line.trim().is_empty() {
-            return Err(Error::data(format!("{}:{}", path.display(), i + 1), "empty line (--jsonl): each line is one sample as a JSON string; write \"\" for an empty sample"));
-        }
         if jsonl {
+            if line.trim().is_empty() {
+                return Err(Error::data(format!("{}:{}", path.display(), i + 1), "empty line (--jsonl): each line is one sample as a JSON string; write \"\" for an empty sample"));
+            }
             match serde_json::from_str::<serde_json::Value>(line) {
                 Ok(serde_json::Value::String(s)) => out.push(s),
                 Ok(other) => {

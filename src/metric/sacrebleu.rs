@@ -96,14 +96,8 @@ const INTL_CLASSES: &str = include_str!("data/intl_classes.txt");
 
 /// `\p{class}` of [`INTL_CLASSES`] as a regex character class, negated with `not`.
 fn intl_class(class: char, not: bool) -> String {
-    let ranges = INTL_CLASSES.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).unwrap_or("");
-    let mut out = String::from(if not { "[^" } else { "[" });
-    for r in ranges.split(' ') {
-        for (i, cp) in r.split('-').enumerate() {
-            out += &format!("{}\\x{{{cp}}}", if i > 0 { "-" } else { "" });
-        }
-    }
-    out + "]"
+    let set: String = crate::util::pinned_ranges(INTL_CLASSES, class).iter().map(|&(a, b)| format!("\\x{{{a:X}}}-\\x{{{b:X}}}")).collect();
+    format!("[{}{set}]", if not { "^" } else { "" })
 }
 
 fn tokenize_intl(line: &str) -> String {

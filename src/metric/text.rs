@@ -56,8 +56,9 @@ fn py311_class(class: char, c: char) -> bool {
 /// Python 3.11's choice for the capital sigma at `chars[i]`: final (ς) after a cased character
 /// and not before one, case-ignorable characters skipped both ways.
 fn final_sigma(chars: &[char], i: usize) -> bool {
-    let cased = |c: &&char| !py311_class('I', **c);
-    chars[..i].iter().rev().find(cased).is_some_and(|&c| py311_class('C', c)) && !chars[i + 1..].iter().find(cased).is_some_and(|&c| py311_class('C', c))
+    let not_ignorable = |c: &&char| !py311_class('I', **c);
+    let cased = |c: Option<&char>| c.is_some_and(|&c| py311_class('C', c));
+    cased(chars[..i].iter().rev().find(not_ignorable)) && !cased(chars[i + 1..].iter().find(not_ignorable))
 }
 
 /// Python 3.11's `s.lower()`: Rust's per-character full mappings, except for letters Unicode
