@@ -254,12 +254,16 @@ enum EngineCommand {
         #[arg(long, allow_hyphen_values = true)]
         continuation: String,
     },
-    /// Prefill (512-token prompt) and decode (128 tokens) speed.
+    /// Prefill (a 512-token prompt unless --prompt-tokens) and decode (128 tokens) speed.
     Bench {
         #[command(flatten)]
         m: ModelArg,
         #[command(flatten)]
         d: DeviceArg,
+        /// Prompt length in tokens; decoding continues after it (long prompts measure attention
+        /// over a long context).
+        #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+        prompt_tokens: u32,
         /// Sequences decoding together (GPU only; the CPU decodes one).
         #[arg(long, default_value_t = 1)]
         batch: usize,
@@ -884,16 +888,25 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 println!("logprob {:.6} · greedy {} · {} token(s)", ll.logprob, ll.is_greedy.map_or("unknown".into(), |g| g.to_string()), tokens.len());
             }
         }
-        EngineCommand::Bench { m, d, batch, profile } => {
+        EngineCommand::Bench { m, d, prompt_tokens, batch, profile } => {
             let model = load_engine(&m.model, m.threads, Some(&d.device))?;
             let e = model.engine();
             let batch = if e.gpu.is_some() { batch.max(1) } else { 1 };
+            let (prompt_len, ctx) = (prompt_tokens as usize, e.model.config.ctx_len);
+            if prompt_len + 128 > ctx {
+                return Err(crate::Error::Usage(format!(
+                    "--prompt-tokens {prompt_len} and 128 decoded tokens do not fit in the {ctx}-token context of {}: give at most {}",
+                    m.model.display(),
+                    ctx.saturating_sub(128)
+                ))
+                .into());
+            }
             if !profile {
-                let (prefill, decode) = e.bench_on(512, 128, batch)?;
+                let (prefill, decode) = e.bench_on(prompt_len, 128, batch)?;
                 if m.json {
-                    print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "decode_batch": batch}));
+                    print_json(&json!({"device": e.device_label(), "prompt_tokens": prompt_len, "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "decode_batch": batch}));
                 } else {
-                    println!("{}: prefill {prefill:.1} tokens/s (512-token prompt) · decode {decode:.1} tokens/s (128 tokens, batch {batch})", e.device_label());
+                    println!("{}: prefill {prefill:.1} tokens/s ({prompt_len}-token prompt) · decode {decode:.1} tokens/s (128 tokens, batch {batch})", e.device_label());
                 }
                 return Ok(exit::SUCCESS);
             }
@@ -901,7 +914,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let Some(gpu) = &e.gpu else {
                 return Err(crate::Error::Usage(format!("--profile times GPU launches, and {} runs on {}: add --device cuda", m.model.display(), e.device_label())).into());
             };
-            let prompt = e.bench_prompt(512);
+            let prompt = e.bench_prompt(prompt_len);
             let b = gpu.bench(&prompt, batch, 128, true).map_err(crate::engine::EngineError::from)?;
             let prompt_len = prompt.len() as f64;
             let elem = gpu.prec.bytes();
@@ -912,7 +925,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
                     "decode_serial_tokens_per_s": b.decode_serial, "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes), "prefill_gemm_ways": gemm_choices_json(&gemms)}));
             } else {
-                println!("{}: prefill {:.1} tokens/s (512-token prompt) · decode {:.1} tokens/s (128 tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
+                println!("{}: prefill {:.1} tokens/s ({prompt_len}-token prompt) · decode {:.1} tokens/s (128 tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
                 if let Some(serial) = b.decode_serial {
                     println!("decode with each launch waiting for the last to finish (no programmatic dependent launch): {serial:.1} tokens/s");
                 }

@@ -334,18 +334,37 @@ impl Llama {
             cache.v[li].extend_from_slice(&v);
             let (ck, cv) = (&cache.k[li], &cache.v[li]);
             let scale = 1.0 / (hd as f32).sqrt();
-            // One (token, head) pair per work item: scores over positions 0..=start+i (causal).
-            super::parallel_rows(&mut att, hd, |row, out| {
-                let (i, head) = (row / nh, row % nh);
-                let kvh = head / group;
-                let qh = &q[(i * nh + head) * hd..(i * nh + head + 1) * hd]; // [hd]
-                let n = start + i + 1;
+            // One work item per (block of up to ROWS_TOKENS tokens, KV head): the group's query
+            // heads for those tokens read each key and value once between them. Token i sees
+            // positions 0..=start+i (causal).
+            let blocks = t.div_ceil(ROWS_TOKENS);
+            let item = ROWS_TOKENS * group * hd; // [ROWS_TOKENS·group × hd] outputs per item
+            let mut rows = vec![0f32; blocks * nkv * item]; // [blocks × nkv × item]
+            super::parallel_rows(&mut rows, item, |it, out| {
+                let (b, kvh) = (it / nkv, it % nkv);
+                let tokens = b * ROWS_TOKENS..t.min((b + 1) * ROWS_TOKENS);
+                let mut qs = Vec::with_capacity(tokens.len() * group * hd); // [m × hd], m = tokens·group
+                let mut ns = Vec::with_capacity(tokens.len() * group); // [m] positions seen
+                for i in tokens {
+                    qs.extend_from_slice(&q[(i * nh + kvh * group) * hd..(i * nh + (kvh + 1) * group) * hd]);
+                    ns.extend(std::iter::repeat_n(start + i + 1, group));
+                }
+                let out = &mut out[..qs.len()];
                 if self.exact {
-                    simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, out);
+                    for ((qh, &n), o) in qs.chunks_exact(hd).zip(&ns).zip(out.chunks_exact_mut(hd)) {
+                        simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, o);
+                    }
                 } else {
-                    numerics::attend(order, qh, ck, cv, kv_dim, kvh * hd, n, scale, out);
+                    numerics::attend_rows(order, &qs, &ns, ck, cv, kv_dim, kvh * hd, scale, out);
                 }
             });
+            // att: [t × nh·hd], head kvh·group + g of token i from row (i % ROWS_TOKENS)·group + g
+            for (i, row) in att.chunks_exact_mut(nh * hd).enumerate() {
+                for (kvh, heads) in row.chunks_exact_mut(group * hd).enumerate() {
+                    let from = ((i / ROWS_TOKENS) * nkv + kvh) * item + (i % ROWS_TOKENS) * group * hd;
+                    heads.copy_from_slice(&rows[from..from + group * hd]);
+                }
+            }
             layer.wo.matmul(&att, t, &mut proj, self.exact); // proj: [t × d]
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
@@ -377,6 +396,11 @@ impl Llama {
         logits
     }
 }
+
+/// Tokens whose query rows attend together (with every query head of one KV head): enough rows to
+/// reuse each key and value read from memory many times, few enough that the rows' scores stay
+/// in cache and a 512-token chunk still gives every thread work.
+const ROWS_TOKENS: usize = 8;
 
 /// Attention's inner loops, with an AVX2+FMA version chosen at run time.
 mod simd {

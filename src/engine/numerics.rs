@@ -153,20 +153,27 @@ pub enum AttnOrder {
     Single,
 }
 
-/// One query row against `n` cached positions with llama.cpp's arithmetic: `q`, keys and values
-/// are already f16-rounded; scores `q·k · scale`, softmax, weights rounded to f16, then the
-/// weighted sum of values. Keys/values of position `p` are `k[p·stride + off ..][..q.len()]`.
+/// Query rows of one KV head, row `j` (`q[j·hd..][..hd]`) against the first `ns[j]` cached
+/// positions, with llama.cpp's arithmetic: `q`, keys and values are already f16-rounded; scores
+/// `q·k · scale`, softmax, weights rounded to f16, then the weighted sum of values into row `j` of
+/// `out`. Keys/values of position `p` are `k[p·stride + off ..][..hd]`. Each row's numbers are
+/// those of that row alone ([`attend_impl`]); rows are taken together only to share memory reads.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
-    let hd = q.len();
+pub fn attend_rows(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
+    let m = ns.len();
+    assert!(m > 0 && q.len().is_multiple_of(m), "one query row per position count");
+    let hd = q.len() / m;
+    let n = ns.iter().copied().max().unwrap_or(0);
     assert!(n == 0 || (n - 1) * stride + off + hd <= k.len().min(v.len()), "cache too short");
-    assert!(out.len() >= hd, "output row too short");
+    assert!(out.len() >= m * hd, "output too short");
     #[cfg(target_arch = "x86_64")]
     if avx2() && hd.is_multiple_of(8) {
         // SAFETY: the CPU has AVX2, FMA and F16C; the asserts above bound every position's slice.
-        return unsafe { x86::attend(order, q, k, v, stride, off, n, scale, out) };
+        return unsafe { x86::attend_rows(order, q, ns, k, v, stride, off, scale, out) };
     }
-    attend_impl(order, q, k, v, stride, off, n, scale, out)
+    for ((qr, &n), o) in q.chunks_exact(hd).zip(ns).zip(out.chunks_exact_mut(hd)) {
+        attend_impl(order, qr, k, v, stride, off, n, scale, o);
+    }
 }
 
 #[inline(always)]
@@ -358,105 +365,189 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
     }
 
-    thread_local! {
-        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Eight tinyBLAS dot products at once: accumulator `r` holds position `r`'s lanes; each is
+    /// reduced exactly as [`hsum`] (the same additions, vectorised across positions) and the
+    /// eight sums come back in position order.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn hsum_each(a: [__m256; 8]) -> __m256 {
+        // [lo(a_r) + hi(a_r)] for r and r+1 in the two halves
+        let s4 = |x: __m256, y: __m256| _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(x, y), _mm256_permute2f128_ps::<0x31>(x, y));
+        let (u01, u23, u45, u67) = (s4(a[0], a[1]), s4(a[2], a[3]), s4(a[4], a[5]), s4(a[6], a[7]));
+        // [s4_0 + s4_2, s4_1 + s4_3] for (0, 2 | 1, 3) and (4, 6 | 5, 7)
+        let s2 = |x: __m256, y: __m256| _mm256_add_ps(_mm256_shuffle_ps::<0x44>(x, y), _mm256_shuffle_ps::<0xee>(x, y));
+        let (v0, v1) = (s2(u01, u23), s2(u45, u67));
+        // s2_0 + s2_1: positions [0, 2, 4, 6 | 1, 3, 5, 7]
+        let r = _mm256_add_ps(_mm256_shuffle_ps::<0x88>(v0, v1), _mm256_shuffle_ps::<0xdd>(v0, v1));
+        _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 
-    /// `super::attend_impl` with AVX2 registers: the same lane layouts and operation order, so the
-    /// same bits. `q.len()` must be a multiple of 8.
+    /// One dot product in `ggml_vec_dot_f16`'s order (`super::dot_vec`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dot_vec(kr: *const f32, qp: *const f32, hd: usize) -> f32 {
+        // SAFETY: the caller guarantees hd readable floats at kr and qp.
+        unsafe {
+            let np = hd / 32 * 32;
+            let mut a = [_mm256_setzero_ps(); 4];
+            for c in (0..np).step_by(32) {
+                for (j, aj) in a.iter_mut().enumerate() {
+                    *aj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *aj);
+                }
+            }
+            let x0 = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+            let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps(x0, 1));
+            let mut t = [0f32; 4];
+            _mm_storeu_ps(t.as_mut_ptr(), t0);
+            let mut sum = f64::from((t[0] + t[1]) + (t[2] + t[3]));
+            for e in np..hd {
+                sum += f64::from(*kr.add(e) * *qp.add(e));
+            }
+            sum as f32
+        }
+    }
+
+    /// One dot product in tinyBLAS's order (`super::dot_tiled`).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dot_tiled(kr: *const f32, qp: *const f32, hd: usize) -> f32 {
+        // SAFETY: the caller guarantees hd readable floats at kr and qp.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for c in (0..hd).step_by(8) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c)), _mm256_loadu_ps(qp.add(c)), acc);
+            }
+            hsum(acc)
+        }
+    }
+
+    thread_local! {
+        /// Per thread: the rows' scores/weights, then their value accumulators.
+        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    /// Positions per tile: one tile of keys (or values) stays in L1 while every row uses it.
+    const TILE: usize = 64;
+
+    /// `super::attend_impl` for each row of `q` against one KV head, with AVX2 registers: the same
+    /// lane layouts and operation order per row, so the same bits. Rows share each tile of keys
+    /// and values while it is in cache, which is what makes long contexts affordable: a lone row
+    /// reads the whole head from memory. `hd` must be a multiple of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend(order: super::AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
-        let hd = q.len();
+    pub unsafe fn attend_rows(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
+        let (m, hd) = (ns.len(), q.len() / ns.len().max(1));
+        let nmax = ns.iter().copied().max().unwrap_or(0);
+        let n8max = nmax.div_ceil(8) * 8;
         let tiled = order == super::AttnOrder::Batch;
-        SCORES.with(|buf| {
-            let mut w = buf.borrow_mut();
-            let n8 = n.div_ceil(8) * 8;
+        // value lanes per row: position p feeds accumulator p % lanes (tinyBLAS 8, ggml_vec_dot_f16 32)
+        let lanes = if tiled { 8 } else { 32 };
+        SCRATCH.with(|buf| {
+            let (w, acc) = &mut *buf.borrow_mut();
             w.clear();
-            w.resize(n8, f32::NEG_INFINITY);
+            w.resize(m * n8max, f32::NEG_INFINITY); // [m × n8max] scores, then weights; masked padding
+            acc.clear();
+            acc.resize(m * lanes * hd, 0.0); // [m × lanes × hd]
             // SAFETY (whole block): the caller checked (n-1)·stride + off + hd <= k.len(), v.len()
-            // and out.len() >= hd; w has n8 >= n entries; hd % 8 == 0.
+            // for the largest n, q.len() = m·hd and out.len() >= m·hd; every row of w has n8max
+            // entries and of acc lanes·hd; hd % 8 == 0; tiles start at multiples of 32.
             unsafe {
-                let (kp, vp, qp) = (k.as_ptr().add(off), v.as_ptr().add(off), q.as_ptr());
-                // scores
-                for (p, s) in w[..n].iter_mut().enumerate() {
-                    let kr = kp.add(p * stride);
-                    let dot = if tiled {
-                        let mut acc = _mm256_setzero_ps();
-                        for c in (0..hd).step_by(8) {
-                            acc = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c)), _mm256_loadu_ps(qp.add(c)), acc);
-                        }
-                        hsum(acc)
-                    } else {
-                        let np = hd / 32 * 32;
-                        let mut a = [_mm256_setzero_ps(); 4];
-                        for c in (0..np).step_by(32) {
-                            for (j, aj) in a.iter_mut().enumerate() {
-                                *aj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *aj);
+                let (kp, vp) = (k.as_ptr().add(off), v.as_ptr().add(off));
+                // scores, one tile of keys at a time
+                for p0 in (0..nmax).step_by(TILE) {
+                    for (j, &n) in ns.iter().enumerate() {
+                        let (qp, wr) = (q.as_ptr().add(j * hd), w.as_mut_ptr().add(j * n8max));
+                        let end = n.min(p0 + TILE);
+                        let mut p = p0;
+                        if tiled {
+                            while p + 8 <= end {
+                                let mut a = [_mm256_setzero_ps(); 8];
+                                for c in (0..hd).step_by(8) {
+                                    let qc = _mm256_loadu_ps(qp.add(c));
+                                    for (r, ar) in a.iter_mut().enumerate() {
+                                        *ar = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add((p + r) * stride + c)), qc, *ar);
+                                    }
+                                }
+                                _mm256_storeu_ps(wr.add(p), _mm256_mul_ps(hsum_each(a), _mm256_set1_ps(scale)));
+                                p += 8;
                             }
                         }
-                        let x0 = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
-                        let t0 = _mm_add_ps(_mm256_castps256_ps128(x0), _mm256_extractf128_ps(x0, 1));
-                        let mut t = [0f32; 4];
-                        _mm_storeu_ps(t.as_mut_ptr(), t0);
-                        let mut sum = f64::from((t[0] + t[1]) + (t[2] + t[3]));
-                        for e in np..hd {
-                            sum += f64::from(*kr.add(e) * *qp.add(e));
+                        for p in p..end {
+                            let kr = kp.add(p * stride);
+                            *wr.add(p) = if tiled { dot_tiled(kr, qp, hd) } else { dot_vec(kr, qp, hd) } * scale;
                         }
-                        sum as f32
-                    };
-                    *s = dot * scale;
+                    }
                 }
-                // softmax (masked padding up to n8), then weights rounded to f16
-                let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let wp = w.as_mut_ptr();
-                let mut sum = 0f64;
-                for c in (0..n8).step_by(8) {
-                    let e = v_expf(_mm256_sub_ps(_mm256_loadu_ps(wp.add(c)), _mm256_set1_ps(max)));
-                    _mm256_storeu_ps(wp.add(c), e);
-                    sum += f64::from(hsum(e));
+                // softmax per row (masked padding up to its n8), then weights rounded to f16
+                for (j, &n) in ns.iter().enumerate() {
+                    let wp = w.as_mut_ptr().add(j * n8max);
+                    let n8 = n.div_ceil(8) * 8;
+                    let max = w[j * n8max..j * n8max + n8].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f64;
+                    for c in (0..n8).step_by(8) {
+                        let e = v_expf(_mm256_sub_ps(_mm256_loadu_ps(wp.add(c)), _mm256_set1_ps(max)));
+                        _mm256_storeu_ps(wp.add(c), e);
+                        sum += f64::from(hsum(e));
+                    }
+                    let inv = _mm256_set1_ps((1.0 / sum) as f32);
+                    for c in (0..n8).step_by(8) {
+                        let x = _mm256_mul_ps(_mm256_loadu_ps(wp.add(c)), inv);
+                        _mm256_storeu_ps(wp.add(c), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)));
+                    }
                 }
-                let inv = _mm256_set1_ps((1.0 / sum) as f32);
-                for c in (0..n8).step_by(8) {
-                    let x = _mm256_mul_ps(_mm256_loadu_ps(wp.add(c)), inv);
-                    _mm256_storeu_ps(wp.add(c), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)));
-                }
-                // weighted values, one 8-dimension chunk at a time
-                let op = out.as_mut_ptr();
-                for c in (0..hd).step_by(8) {
-                    if tiled {
-                        // accumulator l takes positions p ≡ l (mod 8)
-                        let mut a = [_mm256_setzero_ps(); 8];
-                        for (p, &wv) in w[..n].iter().enumerate() {
-                            let l = p % 8;
-                            a[l] = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(p * stride + c)), _mm256_set1_ps(wv), a[l]);
-                        }
-                        let r0 = _mm256_add_ps(a[4], a[0]);
-                        let r1 = _mm256_add_ps(a[5], a[1]);
-                        let r2 = _mm256_add_ps(a[6], a[2]);
-                        let r3 = _mm256_add_ps(a[7], a[3]);
-                        _mm256_storeu_ps(op.add(c), _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3)));
-                    } else {
-                        // slot p % 32 = 8·((p/8) % 4) + p % 8 chains over p, p+32, …
-                        let mut slots = [_mm256_setzero_ps(); 32];
-                        for (slot, acc) in slots.iter_mut().enumerate() {
-                            let mut a = _mm256_setzero_ps();
-                            let mut p = slot;
-                            while p < n {
-                                a = _mm256_fmadd_ps(_mm256_loadu_ps(vp.add(p * stride + c)), _mm256_set1_ps(w[p]), a);
-                                p += 32;
+                // weighted values, one tile at a time; lane group g of a row takes positions
+                // p with (p / 8) % (lanes / 8) == g, lane p % 8, in increasing p
+                for p0 in (0..nmax).step_by(TILE) {
+                    for (j, &n) in ns.iter().enumerate() {
+                        let end = n.min(p0 + TILE);
+                        let wr = w.as_ptr().add(j * n8max);
+                        for g in 0..lanes / 8 {
+                            let ap = acc.as_mut_ptr().add((j * lanes + g * 8) * hd);
+                            for c in (0..hd).step_by(8) {
+                                let mut a = [_mm256_setzero_ps(); 8];
+                                for (l, al) in a.iter_mut().enumerate() {
+                                    *al = _mm256_loadu_ps(ap.add(l * hd + c));
+                                }
+                                let mut p = p0 + 8 * g;
+                                while p < end {
+                                    for (l, al) in a.iter_mut().enumerate() {
+                                        if p + l < end {
+                                            let x = _mm256_loadu_ps(vp.add((p + l) * stride + c));
+                                            *al = _mm256_fmadd_ps(x, _mm256_set1_ps(*wr.add(p + l)), *al);
+                                        }
+                                    }
+                                    p += lanes;
+                                }
+                                for (l, al) in a.iter().enumerate() {
+                                    _mm256_storeu_ps(ap.add(l * hd + c), *al);
+                                }
                             }
-                            *acc = a;
                         }
-                        let mut x0 = [_mm256_setzero_ps(); 8];
-                        for (l, x) in x0.iter_mut().enumerate() {
-                            *x = _mm256_add_ps(_mm256_add_ps(slots[l], slots[16 + l]), _mm256_add_ps(slots[8 + l], slots[24 + l]));
-                        }
-                        let t0 = _mm256_add_ps(x0[0], x0[4]);
-                        let t1 = _mm256_add_ps(x0[1], x0[5]);
-                        let t2 = _mm256_add_ps(x0[2], x0[6]);
-                        let t3 = _mm256_add_ps(x0[3], x0[7]);
-                        _mm256_storeu_ps(op.add(c), _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+                    }
+                }
+                // lanes reduced as each order does
+                for j in 0..m {
+                    let ap = acc.as_ptr().add(j * lanes * hd);
+                    let slot = |s: usize, c: usize| _mm256_loadu_ps(ap.add(s * hd + c));
+                    let op = out.as_mut_ptr().add(j * hd);
+                    for c in (0..hd).step_by(8) {
+                        let r = if tiled {
+                            let r0 = _mm256_add_ps(slot(4, c), slot(0, c));
+                            let r1 = _mm256_add_ps(slot(5, c), slot(1, c));
+                            let r2 = _mm256_add_ps(slot(6, c), slot(2, c));
+                            let r3 = _mm256_add_ps(slot(7, c), slot(3, c));
+                            _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3))
+                        } else {
+                            let x0: [__m256; 8] = std::array::from_fn(|l| {
+                                _mm256_add_ps(_mm256_add_ps(slot(l, c), slot(16 + l, c)), _mm256_add_ps(slot(8 + l, c), slot(24 + l, c)))
+                            });
+                            let t0 = _mm256_add_ps(x0[0], x0[4]);
+                            let t1 = _mm256_add_ps(x0[1], x0[5]);
+                            let t2 = _mm256_add_ps(x0[2], x0[6]);
+                            let t3 = _mm256_add_ps(x0[3], x0[7]);
+                            _mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3))
+                        };
+                        _mm256_storeu_ps(op.add(c), r);
                     }
                 }
             }
@@ -568,17 +659,30 @@ mod tests {
             seed ^= seed << 5;
             round_f16((seed as f32 / u32::MAX as f32 - 0.5) * 4.0)
         };
-        for (hd, stride, n) in [(64, 192, 1), (64, 192, 7), (64, 192, 77), (32, 64, 40), (96, 96, 300), (8, 24, 33)] {
+        // rows with position counts that start and end inside and across tiles and lane groups
+        let cases: [(usize, usize, &[usize]); 7] = [
+            (64, 192, &[1]),
+            (64, 192, &[7]),
+            (64, 192, &[77, 77, 77, 78, 78, 78]),
+            (32, 64, &[40, 41, 42, 43]),
+            (96, 96, &[300]),
+            (8, 24, &[33, 1, 64, 65, 130]),
+            (64, 128, &[190, 191, 192, 193, 194, 195, 196, 197, 255, 256, 257]),
+        ];
+        for (hd, stride, ns) in cases {
+            let n = ns.iter().copied().max().unwrap();
             let k: Vec<f32> = (0..n * stride).map(|_| r()).collect();
             let v: Vec<f32> = (0..n * stride).map(|_| r()).collect();
-            let q: Vec<f32> = (0..hd).map(|_| r()).collect();
+            let q: Vec<f32> = (0..ns.len() * hd).map(|_| r()).collect();
             for order in [AttnOrder::Batch, AttnOrder::Single] {
-                let (mut a, mut b) = (vec![0f32; hd], vec![0f32; hd]);
-                attend_impl(order, &q, &k, &v, stride, stride - hd, n, 0.125, &mut a);
+                let (mut a, mut b) = (vec![0f32; ns.len() * hd], vec![0f32; ns.len() * hd]);
+                for ((qr, &n), o) in q.chunks_exact(hd).zip(ns).zip(a.chunks_exact_mut(hd)) {
+                    attend_impl(order, qr, &k, &v, stride, stride - hd, n, 0.125, o);
+                }
                 // SAFETY: checked above that the CPU has AVX2 and FMA (F16C comes with them here).
-                unsafe { x86::attend(order, &q, &k, &v, stride, stride - hd, n, 0.125, &mut b) };
-                for d in 0..hd {
-                    assert_eq!(a[d].to_bits(), b[d].to_bits(), "{order:?} hd={hd} n={n} d={d}: {} vs {}", a[d], b[d]);
+                unsafe { x86::attend_rows(order, &q, ns, &k, &v, stride, stride - hd, 0.125, &mut b) };
+                for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(x.to_bits(), y.to_bits(), "{order:?} hd={hd} ns={ns:?} row {} d={}: {x} vs {y}", i / hd, i % hd);
                 }
             }
         }
