@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The built-in engine vs llama.cpp (llama-cpp-python) on this machine, same model, same threads:
-# prefill tokens/s (512-token prompt), decode tokens/s (128 tokens), and multiple-choice scoring
-# (4 choices after ~100-token contexts) in items/s.
+# prefill tokens/s (512-token prompt), decode tokens/s (128 tokens), the same after a long prompt
+# (LONG tokens, where attention dominates), and multiple-choice scoring (4 choices after ~100-token
+# contexts) in items/s.
 #
-#   bash benches/engine.sh [THREADS]      # default 2
+#   bash benches/engine.sh [THREADS] [LONG]      # defaults: 2 threads, 4096-token long prompt
 #
 # llama-cpp-python is built from source into target/llbench-venv the first time (several minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
+LONG=${2:-4096}
 bash scripts/fetch-model.sh
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 cargo build --release --quiet
@@ -30,22 +32,24 @@ with open(sys.argv[1], "w") as f:
         f.write(json.dumps({"ctx": ctx, "choices": [" " + r.choice(words) + " " + r.choice(words) for _ in range(4)]}) + "\n")
 PY
 echo "== llama.cpp (llama-cpp-python 0.3.36, n_threads=$THREADS)"
-"$VENV/bin/python" - "$MODEL" "$THREADS" "$WORK/mc.jsonl" <<'PY'
+"$VENV/bin/python" - "$MODEL" "$THREADS" "$WORK/mc.jsonl" "$LONG" <<'PY'
 import json, sys, time
 import numpy as np
 from llama_cpp import Llama
-model, threads, mc = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-llm = Llama(model_path=model, n_threads=threads, n_threads_batch=threads, n_ctx=1024, n_batch=512, logits_all=False, verbose=False)
+model, threads, mc, long = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 text = b"The quick brown fox jumps over the lazy dog while the evaluation harness measures how fast a small language model reads and writes text. "
-toks = (llm.tokenize(text, add_bos=False) * 40)[:512]
-best_p = best_d = 0.0
-for _ in range(3):
-    llm.reset(); t = time.perf_counter(); llm.eval(toks); best_p = max(best_p, 512 / (time.perf_counter() - t))
-    t = time.perf_counter()
-    for i in range(128):
-        llm.eval([1000 + i])  # the token fed does not change the cost of a step
-    best_d = max(best_d, 128 / (time.perf_counter() - t))
-print(f"prefill {best_p:.1f} tokens/s, decode {best_d:.1f} tokens/s")
+for n, runs in ((512, 3), (long, 1)):
+    llm = Llama(model_path=model, n_threads=threads, n_threads_batch=threads, n_ctx=n + 256, n_batch=512, logits_all=False, verbose=False)
+    toks = (llm.tokenize(text, add_bos=False) * (n // 20 + 2))[:n]
+    best_p = best_d = 0.0
+    for _ in range(runs):
+        llm.reset(); t = time.perf_counter(); llm.eval(toks); best_p = max(best_p, n / (time.perf_counter() - t))
+        t = time.perf_counter()
+        for i in range(128):
+            llm.eval([1000 + i])  # the token fed does not change the cost of a step
+        best_d = max(best_d, 128 / (time.perf_counter() - t))
+    print(f"{n}-token prompt: prefill {best_p:.1f} tokens/s, decode {best_d:.1f} tokens/s")
+    del llm
 # Multiple choice the lm-eval way: one full forward per (context, choice), logits for the choice.
 llm2 = Llama(model_path=model, n_threads=threads, n_threads_batch=threads, n_ctx=1024, n_batch=512, logits_all=True, verbose=False)
 items = [json.loads(l) for l in open(mc)]
@@ -59,6 +63,7 @@ print(f"multiple choice {len(items) / (time.perf_counter() - t):.2f} items/s")
 PY
 echo "== llmeval (threads=$THREADS)"
 target/release/llmeval engine bench --model "$MODEL" --threads "$THREADS"
+target/release/llmeval engine bench --model "$MODEL" --threads "$THREADS" --prompt-tokens "$LONG"
 cat > "$WORK/mc.toml" <<EOF2
 name = "mc-bench"
 [[model]]

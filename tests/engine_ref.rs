@@ -555,3 +555,20 @@ fn bench_profile_needs_a_gpu() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(stderr(&out), format!("error: --profile times GPU launches, and {m} runs on cpu: add --device cuda\n"));
 }
+
+/// `engine bench --prompt-tokens` must leave room for the 128 decoded tokens in the model's
+/// context; past that it is a usage error naming the limit (exit 2), and 0 is refused by clap.
+#[test]
+fn bench_prompt_must_fit_the_context() {
+    let m = model_path();
+    let m = m.to_str().unwrap();
+    let out = llmeval(&["engine", "bench", "--model", m, "--device", "cpu", "--prompt-tokens", "8065"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!("error: --prompt-tokens 8065 and 128 decoded tokens do not fit in the 8192-token context of {m}: give at most 8064\n")
+    );
+    let zero = llmeval(&["engine", "bench", "--model", m, "--device", "cpu", "--prompt-tokens", "0"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+    assert!(stderr(&zero).contains("--prompt-tokens"), "{}", stderr(&zero));
+}

@@ -365,19 +365,24 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
     }
 
-    /// Eight tinyBLAS dot products at once: accumulator `r` holds position `r`'s lanes; each is
-    /// reduced exactly as [`hsum`] (the same additions, vectorised across positions) and the
-    /// eight sums come back in position order.
+    /// The final reductions of eight dot products at once: `a[r]` holds position `r`'s eight
+    /// lanes, and each is summed exactly as one dot product of that order sums them (the same
+    /// additions, vectorised across positions); the eight sums come back in position order.
+    /// tinyBLAS ([`hsum`]): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`; `ggml_vec_dot_f16`
+    /// ([`dot_vec`] with no tail): `((l0+l4)+(l1+l5)) + ((l2+l6)+(l3+l7))`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn hsum_each(a: [__m256; 8]) -> __m256 {
-        // [lo(a_r) + hi(a_r)] for r and r+1 in the two halves
+    unsafe fn reduce_each(order: super::AttnOrder, a: [__m256; 8]) -> __m256 {
+        // [lo(a_r) + hi(a_r) | lo(a_r+1) + hi(a_r+1)]: four sums s0..s3 per position
         let s4 = |x: __m256, y: __m256| _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(x, y), _mm256_permute2f128_ps::<0x31>(x, y));
         let (u01, u23, u45, u67) = (s4(a[0], a[1]), s4(a[2], a[3]), s4(a[4], a[5]), s4(a[6], a[7]));
-        // [s4_0 + s4_2, s4_1 + s4_3] for (0, 2 | 1, 3) and (4, 6 | 5, 7)
-        let s2 = |x: __m256, y: __m256| _mm256_add_ps(_mm256_shuffle_ps::<0x44>(x, y), _mm256_shuffle_ps::<0xee>(x, y));
+        // two sums per position, for positions (0, 2 | 1, 3) and (4, 6 | 5, 7)
+        let s2 = |x: __m256, y: __m256| match order {
+            super::AttnOrder::Batch => _mm256_add_ps(_mm256_shuffle_ps::<0x44>(x, y), _mm256_shuffle_ps::<0xee>(x, y)), // s0+s2, s1+s3
+            super::AttnOrder::Single => _mm256_add_ps(_mm256_shuffle_ps::<0x88>(x, y), _mm256_shuffle_ps::<0xdd>(x, y)), // s0+s1, s2+s3
+        };
         let (v0, v1) = (s2(u01, u23), s2(u45, u67));
-        // s2_0 + s2_1: positions [0, 2, 4, 6 | 1, 3, 5, 7]
+        // the two added: positions [0, 2, 4, 6 | 1, 3, 5, 7], then put in order
         let r = _mm256_add_ps(_mm256_shuffle_ps::<0x88>(v0, v1), _mm256_shuffle_ps::<0xdd>(v0, v1));
         _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
@@ -459,18 +464,30 @@ mod x86 {
                         let (qp, wr) = (q.as_ptr().add(j * hd), w.as_mut_ptr().add(j * n8max));
                         let end = n.min(p0 + TILE);
                         let mut p = p0;
-                        if tiled {
-                            while p + 8 <= end {
-                                let mut a = [_mm256_setzero_ps(); 8];
+                        // eight positions at a time (Single: only without an f64 tail)
+                        while p + 8 <= end && (tiled || hd.is_multiple_of(32)) {
+                            let mut a = [_mm256_setzero_ps(); 8];
+                            if tiled {
                                 for c in (0..hd).step_by(8) {
                                     let qc = _mm256_loadu_ps(qp.add(c));
                                     for (r, ar) in a.iter_mut().enumerate() {
                                         *ar = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add((p + r) * stride + c)), qc, *ar);
                                     }
                                 }
-                                _mm256_storeu_ps(wr.add(p), _mm256_mul_ps(hsum_each(a), _mm256_set1_ps(scale)));
-                                p += 8;
+                            } else {
+                                for (r, ar) in a.iter_mut().enumerate() {
+                                    let kr = kp.add((p + r) * stride);
+                                    let mut x = [_mm256_setzero_ps(); 4];
+                                    for c in (0..hd).step_by(32) {
+                                        for (j, xj) in x.iter_mut().enumerate() {
+                                            *xj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *xj);
+                                        }
+                                    }
+                                    *ar = _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
+                                }
                             }
+                            _mm256_storeu_ps(wr.add(p), _mm256_mul_ps(reduce_each(order, a), _mm256_set1_ps(scale)));
+                            p += 8;
                         }
                         for p in p..end {
                             let kr = kp.add(p * stride);
@@ -497,9 +514,12 @@ mod x86 {
                 }
                 // weighted values, one tile at a time; lane group g of a row takes positions
                 // p with (p / 8) % (lanes / 8) == g, lane p % 8, in increasing p
-                for p0 in (0..nmax).step_by(TILE) {
+                // (Single's 32 lanes take a longer tile, so each accumulator chains over several
+                // positions between its loads and stores; the tile then sits in L2)
+                let vtile = if tiled { TILE } else { 4 * TILE };
+                for p0 in (0..nmax).step_by(vtile) {
                     for (j, &n) in ns.iter().enumerate() {
-                        let end = n.min(p0 + TILE);
+                        let end = n.min(p0 + vtile);
                         let wr = w.as_ptr().add(j * n8max);
                         for g in 0..lanes / 8 {
                             let ap = acc.as_mut_ptr().add((j * lanes + g * 8) * hd);
@@ -509,14 +529,19 @@ mod x86 {
                                     *al = _mm256_loadu_ps(ap.add(l * hd + c));
                                 }
                                 let mut p = p0 + 8 * g;
-                                while p < end {
+                                while p + 8 <= end {
+                                    let (vr, wv) = (vp.add(p * stride + c), wr.add(p));
                                     for (l, al) in a.iter_mut().enumerate() {
-                                        if p + l < end {
-                                            let x = _mm256_loadu_ps(vp.add((p + l) * stride + c));
-                                            *al = _mm256_fmadd_ps(x, _mm256_set1_ps(*wr.add(p + l)), *al);
-                                        }
+                                        *al = _mm256_fmadd_ps(_mm256_loadu_ps(vr.add(l * stride)), _mm256_set1_ps(*wv.add(l)), *al);
                                     }
                                     p += lanes;
+                                }
+                                // a last group of fewer than 8 positions
+                                for (l, al) in a.iter_mut().enumerate() {
+                                    if p + l < end {
+                                        let x = _mm256_loadu_ps(vp.add((p + l) * stride + c));
+                                        *al = _mm256_fmadd_ps(x, _mm256_set1_ps(*wr.add(p + l)), *al);
+                                    }
                                 }
                                 for (l, al) in a.iter().enumerate() {
                                     _mm256_storeu_ps(ap.add(l * hd + c), *al);
