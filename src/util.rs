@@ -55,6 +55,20 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+
+/// The code point ranges of `class` in a pinned Unicode table: one class a line, `CLASS A-B C …`
+/// in hex (the files under `src/*/data/`, written by the scripts in tests/goldens).
+pub fn pinned_ranges(table: &str, class: char) -> Vec<(u32, u32)> {
+    let line = table.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).expect("the class is pinned");
+    let hex = |x: &str| u32::from_str_radix(x, 16).expect("hex code points");
+    line.split(' ').map(|r| r.split_once('-').unwrap_or((r, r))).map(|(a, b)| (hex(a), hex(b))).collect()
+}
+
+/// Whether `c` lies in sorted, disjoint `ranges`.
+pub fn in_ranges(ranges: &[(u32, u32)], c: u32) -> bool {
+    ranges.binary_search_by(|&(a, b)| if b < c { std::cmp::Ordering::Less } else if a > c { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,17 +86,4 @@ mod tests {
         assert_eq!(line_of("a\nb\nc", 2), 2);
         assert_eq!(line_of("a\nb\nc", 99), 3);
     }
-}
-
-/// The code point ranges of `class` in a pinned Unicode table: one class a line, `CLASS A-B C …`
-/// in hex (the files under `src/*/data/`, written by the scripts in tests/goldens).
-pub fn pinned_ranges(table: &str, class: char) -> Vec<(u32, u32)> {
-    let line = table.lines().find_map(|l| l.strip_prefix(class).and_then(|r| r.strip_prefix(' '))).expect("the class is pinned");
-    let hex = |x: &str| u32::from_str_radix(x, 16).expect("hex code points");
-    line.split(' ').map(|r| r.split_once('-').unwrap_or((r, r))).map(|(a, b)| (hex(a), hex(b))).collect()
-}
-
-/// Whether `c` lies in sorted, disjoint `ranges`.
-pub fn in_ranges(ranges: &[(u32, u32)], c: u32) -> bool {
-    ranges.binary_search_by(|&(a, b)| if b < c { std::cmp::Ordering::Less } else if a > c { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
 }

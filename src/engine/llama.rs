@@ -257,7 +257,6 @@ impl Llama {
         let (t, d, hd) = (tokens.len(), c.dim, c.head_dim);
         let (nh, nkv) = (c.n_heads, c.n_kv_heads);
         let kv_dim = nkv * hd;
-        let group = nh / nkv;
         let start = cache.len();
 
         // x: [t × d] token embeddings
@@ -333,38 +332,7 @@ impl Llama {
             cache.k[li].extend_from_slice(&k); // cache.k[li]: [(start+t) × kv_dim]
             cache.v[li].extend_from_slice(&v);
             let (ck, cv) = (&cache.k[li], &cache.v[li]);
-            let scale = 1.0 / (hd as f32).sqrt();
-            // One work item per (block of up to ROWS_TOKENS tokens, KV head): the group's query
-            // heads for those tokens read each key and value once between them. Token i sees
-            // positions 0..=start+i (causal).
-            let blocks = t.div_ceil(ROWS_TOKENS);
-            let item = ROWS_TOKENS * group * hd; // [ROWS_TOKENS·group × hd] outputs per item
-            let mut rows = vec![0f32; blocks * nkv * item]; // [blocks × nkv × item]
-            super::parallel_rows(&mut rows, item, |it, out| {
-                let (b, kvh) = (it / nkv, it % nkv);
-                let tokens = b * ROWS_TOKENS..t.min((b + 1) * ROWS_TOKENS);
-                let mut qs = Vec::with_capacity(tokens.len() * group * hd); // [m × hd], m = tokens·group
-                let mut ns = Vec::with_capacity(tokens.len() * group); // [m] positions seen
-                for i in tokens {
-                    qs.extend_from_slice(&q[(i * nh + kvh * group) * hd..(i * nh + (kvh + 1) * group) * hd]);
-                    ns.extend(std::iter::repeat_n(start + i + 1, group));
-                }
-                let out = &mut out[..qs.len()];
-                if self.exact {
-                    for ((qh, &n), o) in qs.chunks_exact(hd).zip(&ns).zip(out.chunks_exact_mut(hd)) {
-                        simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, o);
-                    }
-                } else {
-                    numerics::attend_rows(order, &qs, &ns, ck, cv, kv_dim, kvh * hd, scale, out);
-                }
-            });
-            // att: [t × nh·hd], head kvh·group + g of token i from row (i % ROWS_TOKENS)·group + g
-            for (i, row) in att.chunks_exact_mut(nh * hd).enumerate() {
-                for (kvh, heads) in row.chunks_exact_mut(group * hd).enumerate() {
-                    let from = ((i / ROWS_TOKENS) * nkv + kvh) * item + (i % ROWS_TOKENS) * group * hd;
-                    heads.copy_from_slice(&rows[from..from + group * hd]);
-                }
-            }
+            self.attention(order, &q, ck, cv, start, &mut att); // att: [t × nh·hd]
             layer.wo.matmul(&att, t, &mut proj, self.exact); // proj: [t × d]
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
@@ -395,7 +363,110 @@ impl Llama {
         }
         logits
     }
+
+    /// Attention of the new tokens (queries `q`: [t × nh·hd], f16-rounded unless exact) over the
+    /// cache's keys `ck` and values `cv` ([(start+t) × kv_dim]) into `att`: [t × nh·hd]. Token i
+    /// sees positions 0..=start+i (causal).
+    fn attention(&self, order: AttnOrder, q: &[f32], ck: &[f32], cv: &[f32], start: usize, att: &mut [f32]) {
+        let (hd, nh) = (self.config.head_dim, self.config.n_heads);
+        let t = q.len() / (nh * hd);
+        if t == 1 && start + 1 >= SPLIT_FROM && !self.exact {
+            self.attention_one(order, q, ck, cv, start + 1, att)
+        } else {
+            self.attention_blocks(order, q, ck, cv, start, att)
+        }
+    }
+
+    /// [`Llama::attention`] with one work item per (block of up to ROWS_TOKENS tokens, KV head):
+    /// the group's query heads for those tokens read each key and value once between them.
+    fn attention_blocks(&self, order: AttnOrder, q: &[f32], ck: &[f32], cv: &[f32], start: usize, att: &mut [f32]) {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let (group, kv_dim, t) = (nh / nkv, nkv * hd, q.len() / (nh * hd));
+        let scale = 1.0 / (hd as f32).sqrt();
+        let blocks = t.div_ceil(ROWS_TOKENS);
+        let item = ROWS_TOKENS * group * hd; // [ROWS_TOKENS·group × hd] outputs per item
+        let mut rows = vec![0f32; blocks * nkv * item]; // [blocks × nkv × item]
+        super::parallel_rows(&mut rows, item, |it, out| {
+            let (b, kvh) = (it / nkv, it % nkv);
+            let tokens = b * ROWS_TOKENS..t.min((b + 1) * ROWS_TOKENS);
+            let mut qs = Vec::with_capacity(tokens.len() * group * hd); // [m × hd], m = tokens·group
+            let mut ns = Vec::with_capacity(tokens.len() * group); // [m] positions seen
+            for i in tokens {
+                qs.extend_from_slice(&q[(i * nh + kvh * group) * hd..(i * nh + (kvh + 1) * group) * hd]);
+                ns.extend(std::iter::repeat_n(start + i + 1, group));
+            }
+            let out = &mut out[..qs.len()];
+            if self.exact {
+                for ((qh, &n), o) in qs.chunks_exact(hd).zip(&ns).zip(out.chunks_exact_mut(hd)) {
+                    simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, o);
+                }
+            } else {
+                numerics::attend_rows(order, &qs, &ns, ck, cv, kv_dim, kvh * hd, scale, out);
+            }
+        });
+        // att: [t × nh·hd], head kvh·group + g of token i from row (i % ROWS_TOKENS)·group + g
+        for (i, row) in att.chunks_exact_mut(nh * hd).enumerate() {
+            for (kvh, heads) in row.chunks_exact_mut(group * hd).enumerate() {
+                let from = ((i / ROWS_TOKENS) * nkv + kvh) * item + (i % ROWS_TOKENS) * group * hd;
+                heads.copy_from_slice(&rows[from..from + group * hd]);
+            }
+        }
+    }
+
+    /// One token's attention over `n` positions, split three ways so that every thread has work
+    /// (one token gives [`Llama::attention`] only one item per KV head): scores by chunks of
+    /// positions, softmax by head, weighted values by (KV head, 8-column slice). The steps are
+    /// those of `numerics::attend_rows`, so each head gets the same bits.
+    fn attention_one(&self, order: AttnOrder, q: &[f32], ck: &[f32], cv: &[f32], n: usize, att: &mut [f32]) {
+        const CHUNK: usize = 256; // positions per scoring item
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
+        let (group, kv_dim) = (nh / nkv, nkv * hd);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let ns = vec![n; group]; // every head of a group sees all n positions
+        // scores: [chunks × nh × CHUNK], head h's scores for chunk ci in row h of item ci
+        let mut parts = vec![f32::NEG_INFINITY; n.div_ceil(CHUNK) * nh * CHUNK];
+        super::parallel_rows(&mut parts, nh * CHUNK, |ci, out| {
+            let ps = ci * CHUNK..n.min((ci + 1) * CHUNK);
+            for (kvh, rows) in out.chunks_exact_mut(group * CHUNK).enumerate() {
+                let qg = &q[kvh * group * hd..(kvh + 1) * group * hd]; // [group × hd]
+                numerics::attend_scores(order, qg, &ns, ck, kv_dim, kvh * hd, scale, ps.clone(), rows, CHUNK);
+            }
+        });
+        // weights: [nh × n8], each head's scores gathered, padded with -inf, then its softmax
+        let n8 = n.div_ceil(8) * 8;
+        let mut w = vec![f32::NEG_INFINITY; nh * n8];
+        for (h, row) in w.chunks_exact_mut(n8).enumerate() {
+            for (ci, part) in parts.chunks_exact(nh * CHUNK).enumerate() {
+                let len = CHUNK.min(n - ci * CHUNK);
+                row[ci * CHUNK..ci * CHUNK + len].copy_from_slice(&part[h * CHUNK..h * CHUNK + len]);
+            }
+        }
+        super::parallel_rows(&mut w, n8, |_, row| numerics::attend_softmax(row, n));
+        // values: [nkv × slices × group·slice], one item per (KV head, column slice)
+        let slice = if hd.is_multiple_of(16) { 16 } else if hd.is_multiple_of(8) { 8 } else { hd };
+        let slices = hd / slice;
+        let mut vals = vec![0f32; nkv * slices * group * slice];
+        super::parallel_rows(&mut vals, group * slice, |it, out| {
+            let (kvh, s) = (it / slices, it % slices);
+            let wg = &w[kvh * group * n8..(kvh + 1) * group * n8]; // [group × n8]
+            numerics::attend_values(order, hd, wg, n8, &ns, cv, kv_dim, kvh * hd + s * slice, slice, out);
+        });
+        // att: [nh × hd], columns s·slice.. of head kvh·group + g from row g of item (kvh, s)
+        for (it, item) in vals.chunks_exact(group * slice).enumerate() {
+            let (kvh, s) = (it / slices, it % slices);
+            for (g, row) in item.chunks_exact(slice).enumerate() {
+                let at = (kvh * group + g) * hd + s * slice;
+                att[at..at + slice].copy_from_slice(row);
+            }
+        }
+    }
 }
+
+/// Positions from which a single token's attention is split across threads by positions and
+/// columns ([`Llama::attention_one`]); below, the extra hand-offs cost more than the balance gains.
+const SPLIT_FROM: usize = 1024;
 
 /// Tokens whose query rows attend together (with every query head of one KV head): enough rows to
 /// reuse each key and value read from memory many times, few enough that the rows' scores stay
@@ -532,3 +603,37 @@ pub fn logprob_and_greedy(logits: &[f32], target: u32) -> (f64, bool) {
     }
     (lp, best == target as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::kernels::WType;
+    use crate::engine::{Bytes, Matrix};
+    use std::sync::Arc;
+
+    /// A single token's attention split across threads by positions and columns gives every head
+    /// the bits of the block path, in both of llama.cpp's orders, for several head layouts.
+    #[test]
+    fn split_single_token_attention_equals_the_block_path() {
+        let mut rng = crate::stats::SplitMix64::new(5);
+        let mut r = move || numerics::round_f16(((rng.next_u64() >> 40) as f32 / (1u32 << 24) as f32 - 0.5) * 4.0);
+        let zeros = |rows: usize, cols: usize| Matrix { ty: WType::F32, rows, cols, data: Bytes::Owned(Arc::new(vec![0u8; rows * cols * 4])) };
+        for (heads, kv_heads, hd, n) in [(9, 3, 64, SPLIT_FROM), (4, 4, 32, 1300), (6, 2, 8, 1100), (4, 2, 12, 1030)] {
+            let dim = heads * hd;
+            let config = Config { arch: "llama".into(), n_layers: 0, dim, n_heads: heads, n_kv_heads: kv_heads, head_dim: hd, ffn_dim: 8, vocab: 4, ctx_len: 4096, rope_theta: 10_000.0, rms_eps: 1e-5, rope_style: RopeStyle::Half };
+            let model = Llama::new(config, zeros(4, dim), Vec::new(), vec![1.0; dim], zeros(4, dim));
+            let kv_dim = kv_heads * hd;
+            let q: Vec<f32> = (0..dim).map(|_| r()).collect();
+            let (k, v): (Vec<f32>, Vec<f32>) = (0..n * kv_dim).map(|_| (r(), r())).unzip();
+            for order in [AttnOrder::Batch, AttnOrder::Single] {
+                let (mut split, mut blocks) = (vec![0f32; dim], vec![0f32; dim]);
+                model.attention_one(order, &q, &k, &v, n, &mut split);
+                model.attention_blocks(order, &q, &k, &v, n - 1, &mut blocks);
+                for (i, (a, b)) in split.iter().zip(&blocks).enumerate() {
+                    assert_eq!(a.to_bits(), b.to_bits(), "{order:?} heads {heads}/{kv_heads} hd {hd} n {n}: head {} column {}: {a} vs {b}", i / hd, i % hd);
+                }
+            }
+        }
+    }
+}
+

@@ -10,6 +10,7 @@
 //! function has a scalar form that the AVX2 forms must equal exactly (tested below).
 
 use half::f16;
+use std::ops::Range;
 
 /// Rounds to the nearest f16 (ties to even) and back, as ggml's f32→f16 copies do.
 #[inline]
@@ -158,6 +159,8 @@ pub enum AttnOrder {
 /// `q·k · scale`, softmax, weights rounded to f16, then the weighted sum of values into row `j` of
 /// `out`. Keys/values of position `p` are `k[p·stride + off ..][..hd]`. Each row's numbers are
 /// those of that row alone ([`attend_impl`]); rows are taken together only to share memory reads.
+/// The three steps are also public ([`attend_scores`], [`attend_softmax`], [`attend_values`]) so
+/// that a single token's attention can be split across threads by positions, then dimensions.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_rows(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
     let m = ns.len();
@@ -176,53 +179,123 @@ pub fn attend_rows(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f3
     }
 }
 
+/// Step 1 of [`attend_rows`] for the positions `ps` only: `w[j·ws + p - ps.start] = q_j·k_p · scale`
+/// for each `p` in `ps` below `ns[j]`; other entries are left as they are (the caller fills the
+/// rows with -∞ first).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_scores(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], stride: usize, off: usize, scale: f32, ps: Range<usize>, w: &mut [f32], ws: usize) {
+    let m = ns.len();
+    assert!(m > 0 && q.len().is_multiple_of(m), "one query row per position count");
+    let hd = q.len() / m;
+    let end = ns.iter().map(|&n| n.min(ps.end)).max().unwrap_or(0);
+    assert!(end <= ps.start || (end - 1) * stride + off + hd <= k.len(), "cache too short");
+    assert!(ps.len() <= ws && w.len() >= (m - 1) * ws + ps.len(), "score rows too short");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() && hd.is_multiple_of(8) {
+        // SAFETY: the CPU has AVX2 and FMA; the asserts above bound every slice.
+        return unsafe { x86::scores(order, q, ns, k, stride, off, scale, ps, w, ws) };
+    }
+    for (j, (qr, &n)) in q.chunks_exact(hd).zip(ns).enumerate() {
+        scores_impl(order, qr, k, stride, off, scale, ps.start..ps.end.min(n), &mut w[j * ws..]);
+    }
+}
+
+/// Step 2 of [`attend_rows`]: one row's `n` scores (padded with -∞ to a multiple of 8, which
+/// `w` must hold) become weights, rounded to f16; the padding becomes 0.
+pub fn attend_softmax(w: &mut [f32], n: usize) {
+    let n8 = n.div_ceil(8) * 8;
+    assert!(w.len() >= n8, "score row too short");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; w holds n8 entries.
+        return unsafe { x86::softmax_f16(&mut w[..n8]) };
+    }
+    softmax(&mut w[..n8]);
+    w[..n8].iter_mut().for_each(|x| *x = round_f16(*x));
+}
+
+/// Step 3 of [`attend_rows`] for the value columns `off..off + width` of a head `hd` wide:
+/// `out[j·width..][..width] = Σ_p w[j·ws + p]·v_p`, over `p < ns[j]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_values(order: AttnOrder, hd: usize, w: &[f32], ws: usize, ns: &[usize], v: &[f32], stride: usize, off: usize, width: usize, out: &mut [f32]) {
+    let m = ns.len();
+    let n = ns.iter().copied().max().unwrap_or(0);
+    assert!(m > 0 && width <= hd, "rows and columns");
+    assert!(n == 0 || (n - 1) * stride + off + width <= v.len(), "cache too short");
+    assert!(ns.iter().enumerate().all(|(j, &n)| j * ws + n <= w.len()), "weight rows too short");
+    assert!(out.len() >= m * width, "output too short");
+    #[cfg(target_arch = "x86_64")]
+    if avx2() && hd.is_multiple_of(8) && width.is_multiple_of(8) {
+        // SAFETY: the CPU has AVX2 and FMA; the asserts above bound every slice.
+        return unsafe { x86::values(order, w, ws, ns, v, stride, off, width, out) };
+    }
+    for (j, (&n, o)) in ns.iter().zip(out.chunks_exact_mut(width)).enumerate() {
+        values_impl(order, hd, &w[j * ws..j * ws + n], v, stride, off, width, o);
+    }
+}
+
+/// One row of [`attend_rows`] in plain Rust: the specification the AVX2 forms must equal.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn attend_impl(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
     let hd = q.len();
-    // tinyBLAS takes a batch only when the inner size is a multiple of 8 (scores) and the rows a
-    // multiple of 4 (values); otherwise ggml falls back to its per-row dot product
+    let mut w = vec![f32::NEG_INFINITY; n.div_ceil(8) * 8]; // [n8] scores, then weights; masked padding
+    scores_impl(order, q, k, stride, off, scale, 0..n, &mut w);
+    softmax(&mut w);
+    w.iter_mut().for_each(|x| *x = round_f16(*x));
+    values_impl(order, hd, &w[..n], v, stride, off, hd, out);
+}
+
+/// Scores of one query row for the positions `ps`, into `w[p - ps.start]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn scores_impl(order: AttnOrder, q: &[f32], k: &[f32], stride: usize, off: usize, scale: f32, ps: Range<usize>, w: &mut [f32]) {
+    let hd = q.len();
+    // tinyBLAS takes a batch only when the inner size is a multiple of 8; otherwise ggml falls
+    // back to its per-row dot product
     let kq_tiled = order == AttnOrder::Batch && hd.is_multiple_of(8);
-    let kqv_tiled = order == AttnOrder::Batch && hd.is_multiple_of(4);
-    let n8 = n.div_ceil(8) * 8;
-    let mut w = vec![f32::NEG_INFINITY; n8]; // [n8] scores, then weights; masked padding
-    for (p, s) in w[..n].iter_mut().enumerate() {
+    for (p, s) in ps.clone().zip(w.iter_mut()) {
         let kp = &k[p * stride + off..p * stride + off + hd]; // [hd]
         let dot = if kq_tiled { dot_tiled(kp, q) } else { dot_vec(kp, q) };
         *s = dot * scale;
     }
-    softmax(&mut w);
-    w.truncate(n);
-    w.iter_mut().for_each(|x| *x = round_f16(*x));
-    if kqv_tiled {
+}
+
+/// The weighted sum of value columns `off..off + width` over the weights `w` (one per position)
+/// of a head `hd` wide, into `out[..width]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn values_impl(order: AttnOrder, hd: usize, w: &[f32], v: &[f32], stride: usize, off: usize, width: usize, out: &mut [f32]) {
+    // tinyBLAS takes the batch only when the head's rows are a multiple of 4
+    if order == AttnOrder::Batch && hd.is_multiple_of(4) {
         // lane p % 8 of every output element chains over positions p, p+8, …
-        let mut acc = vec![0f32; 8 * hd]; // [8 lanes × hd]
+        let mut acc = vec![0f32; 8 * width]; // [8 lanes × width]
         for (p, &wp) in w.iter().enumerate() {
-            let vp = &v[p * stride + off..p * stride + off + hd]; // [hd]
-            let a = &mut acc[(p % 8) * hd..(p % 8 + 1) * hd];
+            let vp = &v[p * stride + off..p * stride + off + width]; // [width]
+            let a = &mut acc[(p % 8) * width..(p % 8 + 1) * width];
             for (a, &x) in a.iter_mut().zip(vp) {
                 *a = x.mul_add(wp, *a);
             }
         }
-        let lane = |l: usize, d: usize| acc[l * hd + d];
-        for (d, o) in out[..hd].iter_mut().enumerate() {
+        let lane = |l: usize, d: usize| acc[l * width + d];
+        for (d, o) in out[..width].iter_mut().enumerate() {
             let r = [lane(4, d) + lane(0, d), lane(5, d) + lane(1, d), lane(6, d) + lane(2, d), lane(7, d) + lane(3, d)];
             *o = (r[0] + r[2]) + (r[1] + r[3]);
         }
     } else {
         // ggml_vec_dot_f16 over the (zero-padded, multiple of 32) positions: accumulator
         // (p / 8) % 4, lane p % 8
-        let mut acc = vec![0f32; 32 * hd]; // [4 accumulators × 8 lanes × hd]
+        let mut acc = vec![0f32; 32 * width]; // [4 accumulators × 8 lanes × width]
         for (p, &wp) in w.iter().enumerate() {
-            let vp = &v[p * stride + off..p * stride + off + hd]; // [hd]
+            let vp = &v[p * stride + off..p * stride + off + width]; // [width]
             let slot = ((p / 8) % 4) * 8 + p % 8;
-            let a = &mut acc[slot * hd..(slot + 1) * hd];
+            let a = &mut acc[slot * width..(slot + 1) * width];
             for (a, &x) in a.iter_mut().zip(vp) {
                 *a = x.mul_add(wp, *a);
             }
         }
-        let at = |j: usize, l: usize, d: usize| acc[(j * 8 + l) * hd + d];
-        for (d, o) in out[..hd].iter_mut().enumerate() {
+        let at = |j: usize, l: usize, d: usize| acc[(j * 8 + l) * width + d];
+        for (d, o) in out[..width].iter_mut().enumerate() {
             let mut x0 = [0f32; 8];
             for (l, x) in x0.iter_mut().enumerate() {
                 *x = (at(0, l, d) + at(2, l, d)) + (at(1, l, d) + at(3, l, d));
@@ -427,8 +500,10 @@ mod x86 {
     }
 
     thread_local! {
-        /// Per thread: the rows' scores/weights, then their value accumulators.
-        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        /// Per thread: the rows' scores, then weights ([`attend_rows`]).
+        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+        /// Per thread: the rows' value accumulators ([`values`]).
+        static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Positions per tile: one tile of keys (or values) stays in L1 while every row uses it.
@@ -441,92 +516,131 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn attend_rows(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
-        let (m, hd) = (ns.len(), q.len() / ns.len().max(1));
+        let hd = q.len() / ns.len().max(1);
+        let n8max = ns.iter().copied().max().unwrap_or(0).div_ceil(8) * 8;
+        SCORES.with(|buf| {
+            let w = &mut *buf.borrow_mut();
+            w.clear();
+            w.resize(ns.len() * n8max, f32::NEG_INFINITY); // [m × n8max] scores, then weights; masked padding
+            // SAFETY: the caller's bounds on q, k, v and out are those of the three steps; each
+            // row of w holds n8max entries.
+            unsafe {
+                scores(order, q, ns, k, stride, off, scale, 0..n8max, w, n8max);
+                for (row, &n) in w.chunks_exact_mut(n8max.max(1)).zip(ns) {
+                    softmax_f16(&mut row[..n.div_ceil(8) * 8]);
+                }
+                values(order, w, n8max, ns, v, stride, off, hd, out);
+            }
+        })
+    }
+
+    /// `super::scores_impl` for each row of `q` and the positions `ps` (below each row's count),
+    /// one tile of keys at a time: `w[j·ws + p - ps.start]`. `hd` must be a multiple of 8.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn scores(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[f32], stride: usize, off: usize, scale: f32, ps: std::ops::Range<usize>, w: &mut [f32], ws: usize) {
+        let hd = q.len() / ns.len().max(1);
+        let tiled = order == super::AttnOrder::Batch;
+        let last = ns.iter().map(|&n| n.min(ps.end)).max().unwrap_or(0);
+        // SAFETY (whole block): the caller checked (last-1)·stride + off + hd <= k.len(),
+        // q.len() = m·hd and that row j of w holds ps.len() entries from j·ws; hd % 8 == 0.
+        unsafe {
+            let kp = k.as_ptr().add(off);
+            for p0 in (ps.start..last).step_by(TILE) {
+                for (j, &n) in ns.iter().enumerate() {
+                    let (qp, wr) = (q.as_ptr().add(j * hd), w.as_mut_ptr().add(j * ws));
+                    let end = n.min(p0 + TILE).min(ps.end);
+                    let mut p = p0;
+                    // eight positions at a time (Single: only without an f64 tail)
+                    while p + 8 <= end && (tiled || hd.is_multiple_of(32)) {
+                        let mut a = [_mm256_setzero_ps(); 8];
+                        if tiled {
+                            for c in (0..hd).step_by(8) {
+                                let qc = _mm256_loadu_ps(qp.add(c));
+                                for (r, ar) in a.iter_mut().enumerate() {
+                                    *ar = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add((p + r) * stride + c)), qc, *ar);
+                                }
+                            }
+                        } else {
+                            for (r, ar) in a.iter_mut().enumerate() {
+                                let kr = kp.add((p + r) * stride);
+                                let mut x = [_mm256_setzero_ps(); 4];
+                                for c in (0..hd).step_by(32) {
+                                    for (j, xj) in x.iter_mut().enumerate() {
+                                        *xj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *xj);
+                                    }
+                                }
+                                *ar = _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
+                            }
+                        }
+                        _mm256_storeu_ps(wr.add(p - ps.start), _mm256_mul_ps(reduce_each(order, a), _mm256_set1_ps(scale)));
+                        p += 8;
+                    }
+                    for p in p..end {
+                        let kr = kp.add(p * stride);
+                        *wr.add(p - ps.start) = if tiled { dot_tiled(kr, qp, hd) } else { dot_vec(kr, qp, hd) } * scale;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `super::softmax` then f16 rounding, on a row whose length is a multiple of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn softmax_f16(w: &mut [f32]) {
+        let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let wp = w.as_mut_ptr();
+        // SAFETY: w.len() is a multiple of 8, so every 8-wide access is inside it.
+        unsafe {
+            let mut sum = 0f64;
+            for c in (0..w.len()).step_by(8) {
+                let e = v_expf(_mm256_sub_ps(_mm256_loadu_ps(wp.add(c)), _mm256_set1_ps(max)));
+                _mm256_storeu_ps(wp.add(c), e);
+                sum += f64::from(hsum(e));
+            }
+            let inv = _mm256_set1_ps((1.0 / sum) as f32);
+            for c in (0..w.len()).step_by(8) {
+                let x = _mm256_mul_ps(_mm256_loadu_ps(wp.add(c)), inv);
+                _mm256_storeu_ps(wp.add(c), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)));
+            }
+        }
+    }
+
+    /// `super::values_impl` for each row of weights (row `j` at `w[j·ws..]`, `ns[j]` of them) and
+    /// the value columns `off..off + width`, one tile of values at a time, into
+    /// `out[j·width..][..width]`. `width` must be a multiple of 8 (and the head's width too).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn values(order: super::AttnOrder, w: &[f32], ws: usize, ns: &[usize], v: &[f32], stride: usize, off: usize, width: usize, out: &mut [f32]) {
+        let m = ns.len();
         let nmax = ns.iter().copied().max().unwrap_or(0);
-        let n8max = nmax.div_ceil(8) * 8;
         let tiled = order == super::AttnOrder::Batch;
         // value lanes per row: position p feeds accumulator p % lanes (tinyBLAS 8, ggml_vec_dot_f16 32)
         let lanes = if tiled { 8 } else { 32 };
-        SCRATCH.with(|buf| {
-            let (w, acc) = &mut *buf.borrow_mut();
-            w.clear();
-            w.resize(m * n8max, f32::NEG_INFINITY); // [m × n8max] scores, then weights; masked padding
+        ACC.with(|buf| {
+            let acc = &mut *buf.borrow_mut();
             acc.clear();
-            acc.resize(m * lanes * hd, 0.0); // [m × lanes × hd]
-            // SAFETY (whole block): the caller checked (n-1)·stride + off + hd <= k.len(), v.len()
-            // for the largest n, q.len() = m·hd and out.len() >= m·hd; every row of w has n8max
-            // entries and of acc lanes·hd; hd % 8 == 0; tiles start at multiples of 32.
+            acc.resize(m * lanes * width, 0.0); // [m × lanes × width]
+            // SAFETY (whole block): the caller checked (nmax-1)·stride + off + width <= v.len(),
+            // j·ws + ns[j] <= w.len() and out.len() >= m·width; every row of acc has lanes·width
+            // entries; width % 8 == 0; tiles start at multiples of 32.
             unsafe {
-                let (kp, vp) = (k.as_ptr().add(off), v.as_ptr().add(off));
-                // scores, one tile of keys at a time
-                for p0 in (0..nmax).step_by(TILE) {
-                    for (j, &n) in ns.iter().enumerate() {
-                        let (qp, wr) = (q.as_ptr().add(j * hd), w.as_mut_ptr().add(j * n8max));
-                        let end = n.min(p0 + TILE);
-                        let mut p = p0;
-                        // eight positions at a time (Single: only without an f64 tail)
-                        while p + 8 <= end && (tiled || hd.is_multiple_of(32)) {
-                            let mut a = [_mm256_setzero_ps(); 8];
-                            if tiled {
-                                for c in (0..hd).step_by(8) {
-                                    let qc = _mm256_loadu_ps(qp.add(c));
-                                    for (r, ar) in a.iter_mut().enumerate() {
-                                        *ar = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add((p + r) * stride + c)), qc, *ar);
-                                    }
-                                }
-                            } else {
-                                for (r, ar) in a.iter_mut().enumerate() {
-                                    let kr = kp.add((p + r) * stride);
-                                    let mut x = [_mm256_setzero_ps(); 4];
-                                    for c in (0..hd).step_by(32) {
-                                        for (j, xj) in x.iter_mut().enumerate() {
-                                            *xj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *xj);
-                                        }
-                                    }
-                                    *ar = _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
-                                }
-                            }
-                            _mm256_storeu_ps(wr.add(p), _mm256_mul_ps(reduce_each(order, a), _mm256_set1_ps(scale)));
-                            p += 8;
-                        }
-                        for p in p..end {
-                            let kr = kp.add(p * stride);
-                            *wr.add(p) = if tiled { dot_tiled(kr, qp, hd) } else { dot_vec(kr, qp, hd) } * scale;
-                        }
-                    }
-                }
-                // softmax per row (masked padding up to its n8), then weights rounded to f16
-                for (j, &n) in ns.iter().enumerate() {
-                    let wp = w.as_mut_ptr().add(j * n8max);
-                    let n8 = n.div_ceil(8) * 8;
-                    let max = w[j * n8max..j * n8max + n8].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f64;
-                    for c in (0..n8).step_by(8) {
-                        let e = v_expf(_mm256_sub_ps(_mm256_loadu_ps(wp.add(c)), _mm256_set1_ps(max)));
-                        _mm256_storeu_ps(wp.add(c), e);
-                        sum += f64::from(hsum(e));
-                    }
-                    let inv = _mm256_set1_ps((1.0 / sum) as f32);
-                    for c in (0..n8).step_by(8) {
-                        let x = _mm256_mul_ps(_mm256_loadu_ps(wp.add(c)), inv);
-                        _mm256_storeu_ps(wp.add(c), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)));
-                    }
-                }
-                // weighted values, one tile at a time; lane group g of a row takes positions
-                // p with (p / 8) % (lanes / 8) == g, lane p % 8, in increasing p
-                // (Single's 32 lanes take a longer tile, so each accumulator chains over several
-                // positions between its loads and stores; the tile then sits in L2)
+                let vp = v.as_ptr().add(off);
+                // lane group g of a row takes positions p with (p / 8) % (lanes / 8) == g, lane
+                // p % 8, in increasing p. Single's 32 lanes take a longer tile, so each accumulator
+                // chains over several positions between its loads and stores (the tile then sits
+                // in L2).
                 let vtile = if tiled { TILE } else { 4 * TILE };
                 for p0 in (0..nmax).step_by(vtile) {
                     for (j, &n) in ns.iter().enumerate() {
                         let end = n.min(p0 + vtile);
-                        let wr = w.as_ptr().add(j * n8max);
+                        let wr = w.as_ptr().add(j * ws);
                         for g in 0..lanes / 8 {
-                            let ap = acc.as_mut_ptr().add((j * lanes + g * 8) * hd);
-                            for c in (0..hd).step_by(8) {
+                            let ap = acc.as_mut_ptr().add((j * lanes + g * 8) * width);
+                            for c in (0..width).step_by(8) {
                                 let mut a = [_mm256_setzero_ps(); 8];
                                 for (l, al) in a.iter_mut().enumerate() {
-                                    *al = _mm256_loadu_ps(ap.add(l * hd + c));
+                                    *al = _mm256_loadu_ps(ap.add(l * width + c));
                                 }
                                 let mut p = p0 + 8 * g;
                                 while p + 8 <= end {
@@ -544,7 +658,7 @@ mod x86 {
                                     }
                                 }
                                 for (l, al) in a.iter().enumerate() {
-                                    _mm256_storeu_ps(ap.add(l * hd + c), *al);
+                                    _mm256_storeu_ps(ap.add(l * width + c), *al);
                                 }
                             }
                         }
@@ -552,10 +666,10 @@ mod x86 {
                 }
                 // lanes reduced as each order does
                 for j in 0..m {
-                    let ap = acc.as_ptr().add(j * lanes * hd);
-                    let slot = |s: usize, c: usize| _mm256_loadu_ps(ap.add(s * hd + c));
-                    let op = out.as_mut_ptr().add(j * hd);
-                    for c in (0..hd).step_by(8) {
+                    let ap = acc.as_ptr().add(j * lanes * width);
+                    let slot = |s: usize, c: usize| _mm256_loadu_ps(ap.add(s * width + c));
+                    let op = out.as_mut_ptr().add(j * width);
+                    for c in (0..width).step_by(8) {
                         let r = if tiled {
                             let r0 = _mm256_add_ps(slot(4, c), slot(0, c));
                             let r1 = _mm256_add_ps(slot(5, c), slot(1, c));
@@ -708,6 +822,58 @@ mod tests {
                 unsafe { x86::attend_rows(order, &q, ns, &k, &v, stride, stride - hd, 0.125, &mut b) };
                 for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                     assert_eq!(x.to_bits(), y.to_bits(), "{order:?} hd={hd} ns={ns:?} row {} d={}: {x} vs {y}", i / hd, i % hd);
+                }
+            }
+        }
+    }
+
+    /// The three steps, split as a single token's attention is across threads (scores by
+    /// position chunks, values by 8-column slices), give each row the same bits as the row alone.
+    #[test]
+    fn split_attention_equals_the_whole() {
+        let mut seed = 7u32;
+        let mut r = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            round_f16((seed as f32 / u32::MAX as f32 - 0.5) * 4.0)
+        };
+        for (hd, stride, n, chunk) in [(64usize, 192, 300usize, 40usize), (64, 192, 1, 256), (32, 64, 77, 64), (8, 24, 33, 8), (12, 24, 50, 16)] {
+            let m = 3;
+            let k: Vec<f32> = (0..n * stride).map(|_| r()).collect();
+            let v: Vec<f32> = (0..n * stride).map(|_| r()).collect();
+            let q: Vec<f32> = (0..m * hd).map(|_| r()).collect();
+            let ns = vec![n; m];
+            let n8 = n.div_ceil(8) * 8;
+            for order in [AttnOrder::Batch, AttnOrder::Single] {
+                let mut whole = vec![0f32; m * hd];
+                for (qr, o) in q.chunks_exact(hd).zip(whole.chunks_exact_mut(hd)) {
+                    attend_impl(order, qr, &k, &v, stride, stride - hd, n, 0.125, o);
+                }
+                let mut w = vec![f32::NEG_INFINITY; m * n8];
+                for p0 in (0..n).step_by(chunk) {
+                    let mut part = vec![f32::NEG_INFINITY; m * chunk];
+                    attend_scores(order, &q, &ns, &k, stride, stride - hd, 0.125, p0..(p0 + chunk).min(n), &mut part, chunk);
+                    for j in 0..m {
+                        let len = chunk.min(n - p0);
+                        w[j * n8 + p0..j * n8 + p0 + len].copy_from_slice(&part[j * chunk..j * chunk + len]);
+                    }
+                }
+                w.chunks_exact_mut(n8).for_each(|row| attend_softmax(row, n));
+                let width = if hd.is_multiple_of(8) { 8 } else { hd };
+                let mut split = vec![0f32; m * hd];
+                for c in (0..hd).step_by(width) {
+                    let mut out = vec![0f32; m * width];
+                    attend_values(order, hd, &w, n8, &ns, &v, stride, stride - hd + c, width, &mut out);
+                    for j in 0..m {
+                        split[j * hd + c..j * hd + c + width].copy_from_slice(&out[j * width..(j + 1) * width]);
+                    }
+                }
+                let mut rows = vec![0f32; m * hd];
+                attend_rows(order, &q, &ns, &k, &v, stride, stride - hd, 0.125, &mut rows);
+                for (i, ((x, y), z)) in whole.iter().zip(&split).zip(&rows).enumerate() {
+                    assert_eq!(x.to_bits(), y.to_bits(), "split {order:?} hd={hd} n={n} row {} d={}: {x} vs {y}", i / hd, i % hd);
+                    assert_eq!(x.to_bits(), z.to_bits(), "rows {order:?} hd={hd} n={n} row {} d={}: {x} vs {z}", i / hd, i % hd);
                 }
             }
         }
