@@ -55,7 +55,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-
 /// The code point ranges of `class` in a pinned Unicode table: one class a line, `CLASS A-B C …`
 /// in hex (the files under `src/*/data/`, written by the scripts in tests/goldens).
 pub fn pinned_ranges(table: &str, class: char) -> Vec<(u32, u32)> {
