@@ -8,6 +8,7 @@
 
 use super::numerics::{self, AttnOrder};
 use super::Matrix;
+use half::f16;
 
 /// How rotary position embeddings pair the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,25 +168,33 @@ pub struct Llama {
     pub exact: bool,
 }
 
-/// The KV cache of one sequence: per layer, keys and values of every processed position.
+/// The KV cache of one sequence: per layer, keys and values of every processed position. With
+/// llama.cpp's arithmetic they are kept in f16, as llama.cpp keeps them: they are f16-rounded
+/// before they are stored, so nothing is lost, and attention reads half the bytes. The exact mode
+/// keeps f32.
 pub struct Cache {
-    /// [n_layers][len × kv_dim]
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    /// [n_layers][len × kv_dim], llama.cpp's arithmetic
+    k16: Vec<Vec<f16>>,
+    v16: Vec<Vec<f16>>,
+    /// [n_layers][len × kv_dim], the exact mode
+    k32: Vec<Vec<f32>>,
+    v32: Vec<Vec<f32>>,
     /// Tokens processed so far (the cache holds their keys and values).
     pub tokens: Vec<u32>,
 }
 
 impl Cache {
     pub fn new(n_layers: usize) -> Cache {
-        Cache { k: vec![Vec::new(); n_layers], v: vec![Vec::new(); n_layers], tokens: Vec::new() }
+        Cache { k16: vec![Vec::new(); n_layers], v16: vec![Vec::new(); n_layers], k32: vec![Vec::new(); n_layers], v32: vec![Vec::new(); n_layers], tokens: Vec::new() }
     }
 
     /// Forgets every position from `len` on (to reuse a shared prefix).
     pub fn truncate(&mut self, len: usize, kv_dim: usize) {
-        for l in 0..self.k.len() {
-            self.k[l].truncate(len * kv_dim);
-            self.v[l].truncate(len * kv_dim);
+        for rows in self.k16.iter_mut().chain(&mut self.v16) {
+            rows.truncate(len * kv_dim);
+        }
+        for rows in self.k32.iter_mut().chain(&mut self.v32) {
+            rows.truncate(len * kv_dim);
         }
         self.tokens.truncate(len);
     }
@@ -329,10 +338,22 @@ impl Llama {
                     buf.iter_mut().for_each(|x| *x = numerics::round_f16(*x));
                 }
             }
-            cache.k[li].extend_from_slice(&k); // cache.k[li]: [(start+t) × kv_dim]
-            cache.v[li].extend_from_slice(&v);
-            let (ck, cv) = (&cache.k[li], &cache.v[li]);
-            self.attention(order, &q, ck, cv, start, &mut att); // att: [t × nh·hd]
+            // att: [t × nh·hd] over the cache's [(start+t) × kv_dim] keys and values
+            if self.exact {
+                cache.k32[li].extend_from_slice(&k);
+                cache.v32[li].extend_from_slice(&v);
+                let (ck, cv) = (&cache.k32[li], &cache.v32[li]);
+                let scale = 1.0 / (hd as f32).sqrt();
+                self.attention_blocks(&q, start, &mut att, |kvh, qs, ns, out| {
+                    for ((qh, &n), o) in qs.chunks_exact(hd).zip(ns).zip(out.chunks_exact_mut(hd)) {
+                        simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, o);
+                    }
+                });
+            } else {
+                cache.k16[li].extend(k.iter().map(|&x| f16::from_f32(x)));
+                cache.v16[li].extend(v.iter().map(|&x| f16::from_f32(x)));
+                self.attention(order, &q, &cache.k16[li], &cache.v16[li], start, &mut att);
+            }
             layer.wo.matmul(&att, t, &mut proj, self.exact); // proj: [t × d]
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
@@ -364,52 +385,48 @@ impl Llama {
         logits
     }
 
-    /// Attention of the new tokens (queries `q`: [t × nh·hd], f16-rounded unless exact) over the
-    /// cache's keys `ck` and values `cv` ([(start+t) × kv_dim]) into `att`: [t × nh·hd]. Token i
-    /// sees positions 0..=start+i (causal).
-    fn attention(&self, order: AttnOrder, q: &[f32], ck: &[f32], cv: &[f32], start: usize, att: &mut [f32]) {
-        let (hd, nh) = (self.config.head_dim, self.config.n_heads);
-        let t = q.len() / (nh * hd);
-        if t == 1 && start + 1 >= SPLIT_FROM && !self.exact {
-            self.attention_one(order, q, ck, cv, start + 1, att)
-        } else {
-            self.attention_blocks(order, q, ck, cv, start, att)
+    /// Attention of the new tokens (queries `q`: [t × nh·hd]) with llama.cpp's arithmetic over
+    /// the cache's keys `ck` and values `cv` ([(start+t) × kv_dim]) into `att`: [t × nh·hd].
+    /// Token i sees positions 0..=start+i (causal).
+    fn attention(&self, order: AttnOrder, q: &[f32], ck: &[f16], cv: &[f16], start: usize, att: &mut [f32]) {
+        let c = &self.config;
+        let (hd, nh, kv_dim) = (c.head_dim, c.n_heads, c.n_kv_heads * c.head_dim);
+        if q.len() == nh * hd && start + 1 >= SPLIT_FROM {
+            return self.attention_one(order, q, ck, cv, start + 1, att);
         }
+        let scale = 1.0 / (hd as f32).sqrt();
+        self.attention_blocks(q, start, att, |kvh, qs, ns, out| {
+            numerics::attend_rows(order, qs, ns, ck, cv, kv_dim, kvh * hd, scale, out);
+        });
     }
 
-    /// [`Llama::attention`] with one work item per (block of up to ROWS_TOKENS tokens, KV head):
-    /// the group's query heads for those tokens read each key and value once between them.
-    fn attention_blocks(&self, order: AttnOrder, q: &[f32], ck: &[f32], cv: &[f32], start: usize, att: &mut [f32]) {
+    /// Runs `rows(kvh, qs, ns, out)` once per (block of up to ROWS_TOKENS tokens, KV head): the
+    /// group's query heads for those tokens (`qs`: [m × hd], m = tokens·group, row r seeing the
+    /// first `ns[r]` positions) attend together, reading each key and value once between them,
+    /// into `out`: [m × hd]; the rows land in `att`: [t × nh·hd].
+    fn attention_blocks(&self, q: &[f32], start: usize, att: &mut [f32], rows: impl Fn(usize, &[f32], &[usize], &mut [f32]) + Sync) {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
-        let (group, kv_dim, t) = (nh / nkv, nkv * hd, q.len() / (nh * hd));
-        let scale = 1.0 / (hd as f32).sqrt();
+        let (group, t) = (nh / nkv, q.len() / (nh * hd));
         let blocks = t.div_ceil(ROWS_TOKENS);
         let item = ROWS_TOKENS * group * hd; // [ROWS_TOKENS·group × hd] outputs per item
-        let mut rows = vec![0f32; blocks * nkv * item]; // [blocks × nkv × item]
-        super::parallel_rows(&mut rows, item, |it, out| {
+        let mut outs = vec![0f32; blocks * nkv * item]; // [blocks × nkv × item]
+        super::parallel_rows(&mut outs, item, |it, out| {
             let (b, kvh) = (it / nkv, it % nkv);
             let tokens = b * ROWS_TOKENS..t.min((b + 1) * ROWS_TOKENS);
-            let mut qs = Vec::with_capacity(tokens.len() * group * hd); // [m × hd], m = tokens·group
+            let mut qs = Vec::with_capacity(tokens.len() * group * hd); // [m × hd]
             let mut ns = Vec::with_capacity(tokens.len() * group); // [m] positions seen
             for i in tokens {
                 qs.extend_from_slice(&q[(i * nh + kvh * group) * hd..(i * nh + (kvh + 1) * group) * hd]);
                 ns.extend(std::iter::repeat_n(start + i + 1, group));
             }
-            let out = &mut out[..qs.len()];
-            if self.exact {
-                for ((qh, &n), o) in qs.chunks_exact(hd).zip(&ns).zip(out.chunks_exact_mut(hd)) {
-                    simd::attend(qh, ck, cv, kv_dim, kvh * hd, n, scale, o);
-                }
-            } else {
-                numerics::attend_rows(order, &qs, &ns, ck, cv, kv_dim, kvh * hd, scale, out);
-            }
+            rows(kvh, &qs, &ns, &mut out[..qs.len()]);
         });
         // att: [t × nh·hd], head kvh·group + g of token i from row (i % ROWS_TOKENS)·group + g
         for (i, row) in att.chunks_exact_mut(nh * hd).enumerate() {
             for (kvh, heads) in row.chunks_exact_mut(group * hd).enumerate() {
                 let from = ((i / ROWS_TOKENS) * nkv + kvh) * item + (i % ROWS_TOKENS) * group * hd;
-                heads.copy_from_slice(&rows[from..from + group * hd]);
+                heads.copy_from_slice(&outs[from..from + group * hd]);
             }
         }
     }
@@ -418,7 +435,7 @@ impl Llama {
     /// (one token gives [`Llama::attention`] only one item per KV head): scores by chunks of
     /// positions, softmax by head, weighted values by (KV head, 8-column slice). The steps are
     /// those of `numerics::attend_rows`, so each head gets the same bits.
-    fn attention_one(&self, order: AttnOrder, q: &[f32], ck: &[f32], cv: &[f32], n: usize, att: &mut [f32]) {
+    fn attention_one(&self, order: AttnOrder, q: &[f32], ck: &[f16], cv: &[f16], n: usize, att: &mut [f32]) {
         const CHUNK: usize = 256; // positions per scoring item
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
@@ -624,11 +641,14 @@ mod tests {
             let model = Llama::new(config, zeros(4, dim), Vec::new(), vec![1.0; dim], zeros(4, dim));
             let kv_dim = kv_heads * hd;
             let q: Vec<f32> = (0..dim).map(|_| r()).collect();
-            let (k, v): (Vec<f32>, Vec<f32>) = (0..n * kv_dim).map(|_| (r(), r())).unzip();
+            let (k, v): (Vec<f16>, Vec<f16>) = (0..n * kv_dim).map(|_| (f16::from_f32(r()), f16::from_f32(r()))).unzip();
             for order in [AttnOrder::Batch, AttnOrder::Single] {
                 let (mut split, mut blocks) = (vec![0f32; dim], vec![0f32; dim]);
                 model.attention_one(order, &q, &k, &v, n, &mut split);
-                model.attention_blocks(order, &q, &k, &v, n - 1, &mut blocks);
+                let scale = 1.0 / (hd as f32).sqrt();
+                model.attention_blocks(&q, n - 1, &mut blocks, |kvh, qs, ns, out| {
+                    numerics::attend_rows(order, qs, ns, &k, &v, kv_dim, kvh * hd, scale, out);
+                });
                 for (i, (a, b)) in split.iter().zip(&blocks).enumerate() {
                     assert_eq!(a.to_bits(), b.to_bits(), "{order:?} heads {heads}/{kv_heads} hd {hd} n {n}: head {} column {}: {a} vs {b}", i / hd, i % hd);
                 }

@@ -162,7 +162,7 @@ pub enum AttnOrder {
 /// The three steps are also public ([`attend_scores`], [`attend_softmax`], [`attend_values`]) so
 /// that a single token's attention can be split across threads by positions, then dimensions.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_rows(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
+pub fn attend_rows(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f16], v: &[f16], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
     let m = ns.len();
     assert!(m > 0 && q.len().is_multiple_of(m), "one query row per position count");
     let hd = q.len() / m;
@@ -183,7 +183,7 @@ pub fn attend_rows(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f3
 /// for each `p` in `ps` below `ns[j]`; other entries are left as they are (the caller fills the
 /// rows with -∞ first).
 #[allow(clippy::too_many_arguments)]
-pub fn attend_scores(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], stride: usize, off: usize, scale: f32, ps: Range<usize>, w: &mut [f32], ws: usize) {
+pub fn attend_scores(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f16], stride: usize, off: usize, scale: f32, ps: Range<usize>, w: &mut [f32], ws: usize) {
     let m = ns.len();
     assert!(m > 0 && q.len().is_multiple_of(m), "one query row per position count");
     let hd = q.len() / m;
@@ -192,7 +192,7 @@ pub fn attend_scores(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f32], strid
     assert!(ps.len() <= ws && w.len() >= (m - 1) * ws + ps.len(), "score rows too short");
     #[cfg(target_arch = "x86_64")]
     if avx2() && hd.is_multiple_of(8) {
-        // SAFETY: the CPU has AVX2 and FMA; the asserts above bound every slice.
+        // SAFETY: the CPU has AVX2, FMA and F16C; the asserts above bound every slice.
         return unsafe { x86::scores(order, q, ns, k, stride, off, scale, ps, w, ws) };
     }
     for (j, (qr, &n)) in q.chunks_exact(hd).zip(ns).enumerate() {
@@ -217,7 +217,7 @@ pub fn attend_softmax(w: &mut [f32], n: usize) {
 /// Step 3 of [`attend_rows`] for the value columns `off..off + width` of a head `hd` wide:
 /// `out[j·width..][..width] = Σ_p w[j·ws + p]·v_p`, over `p < ns[j]`.
 #[allow(clippy::too_many_arguments)]
-pub fn attend_values(order: AttnOrder, hd: usize, w: &[f32], ws: usize, ns: &[usize], v: &[f32], stride: usize, off: usize, width: usize, out: &mut [f32]) {
+pub fn attend_values(order: AttnOrder, hd: usize, w: &[f32], ws: usize, ns: &[usize], v: &[half::f16], stride: usize, off: usize, width: usize, out: &mut [f32]) {
     let m = ns.len();
     let n = ns.iter().copied().max().unwrap_or(0);
     assert!(m > 0 && width <= hd, "rows and columns");
@@ -226,7 +226,7 @@ pub fn attend_values(order: AttnOrder, hd: usize, w: &[f32], ws: usize, ns: &[us
     assert!(out.len() >= m * width, "output too short");
     #[cfg(target_arch = "x86_64")]
     if avx2() && hd.is_multiple_of(8) && width.is_multiple_of(8) {
-        // SAFETY: the CPU has AVX2 and FMA; the asserts above bound every slice.
+        // SAFETY: the CPU has AVX2, FMA and F16C; the asserts above bound every slice.
         return unsafe { x86::values(order, w, ws, ns, v, stride, off, width, out) };
     }
     for (j, (&n, o)) in ns.iter().zip(out.chunks_exact_mut(width)).enumerate() {
@@ -237,7 +237,7 @@ pub fn attend_values(order: AttnOrder, hd: usize, w: &[f32], ws: usize, ns: &[us
 /// One row of [`attend_rows`] in plain Rust: the specification the AVX2 forms must equal.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_impl(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
+fn attend_impl(order: AttnOrder, q: &[f32], k: &[f16], v: &[f16], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
     let hd = q.len();
     let mut w = vec![f32::NEG_INFINITY; n.div_ceil(8) * 8]; // [n8] scores, then weights; masked padding
     scores_impl(order, q, k, stride, off, scale, 0..n, &mut w);
@@ -249,14 +249,15 @@ fn attend_impl(order: AttnOrder, q: &[f32], k: &[f32], v: &[f32], stride: usize,
 /// Scores of one query row for the positions `ps`, into `w[p - ps.start]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn scores_impl(order: AttnOrder, q: &[f32], k: &[f32], stride: usize, off: usize, scale: f32, ps: Range<usize>, w: &mut [f32]) {
+fn scores_impl(order: AttnOrder, q: &[f32], k: &[f16], stride: usize, off: usize, scale: f32, ps: Range<usize>, w: &mut [f32]) {
     let hd = q.len();
     // tinyBLAS takes a batch only when the inner size is a multiple of 8; otherwise ggml falls
     // back to its per-row dot product
     let kq_tiled = order == AttnOrder::Batch && hd.is_multiple_of(8);
+    let mut kp = vec![0f32; hd]; // [hd]
     for (p, s) in ps.clone().zip(w.iter_mut()) {
-        let kp = &k[p * stride + off..p * stride + off + hd]; // [hd]
-        let dot = if kq_tiled { dot_tiled(kp, q) } else { dot_vec(kp, q) };
+        kp.iter_mut().zip(&k[p * stride + off..p * stride + off + hd]).for_each(|(x, y)| *x = y.to_f32());
+        let dot = if kq_tiled { dot_tiled(&kp, q) } else { dot_vec(&kp, q) };
         *s = dot * scale;
     }
 }
@@ -265,7 +266,7 @@ fn scores_impl(order: AttnOrder, q: &[f32], k: &[f32], stride: usize, off: usize
 /// of a head `hd` wide, into `out[..width]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn values_impl(order: AttnOrder, hd: usize, w: &[f32], v: &[f32], stride: usize, off: usize, width: usize, out: &mut [f32]) {
+fn values_impl(order: AttnOrder, hd: usize, w: &[f32], v: &[f16], stride: usize, off: usize, width: usize, out: &mut [f32]) {
     // tinyBLAS takes the batch only when the head's rows are a multiple of 4
     if order == AttnOrder::Batch && hd.is_multiple_of(4) {
         // lane p % 8 of every output element chains over positions p, p+8, …
@@ -273,8 +274,8 @@ fn values_impl(order: AttnOrder, hd: usize, w: &[f32], v: &[f32], stride: usize,
         for (p, &wp) in w.iter().enumerate() {
             let vp = &v[p * stride + off..p * stride + off + width]; // [width]
             let a = &mut acc[(p % 8) * width..(p % 8 + 1) * width];
-            for (a, &x) in a.iter_mut().zip(vp) {
-                *a = x.mul_add(wp, *a);
+            for (a, x) in a.iter_mut().zip(vp) {
+                *a = x.to_f32().mul_add(wp, *a);
             }
         }
         let lane = |l: usize, d: usize| acc[l * width + d];
@@ -290,8 +291,8 @@ fn values_impl(order: AttnOrder, hd: usize, w: &[f32], v: &[f32], stride: usize,
             let vp = &v[p * stride + off..p * stride + off + width]; // [width]
             let slot = ((p / 8) % 4) * 8 + p % 8;
             let a = &mut acc[slot * width..(slot + 1) * width];
-            for (a, &x) in a.iter_mut().zip(vp) {
-                *a = x.mul_add(wp, *a);
+            for (a, x) in a.iter_mut().zip(vp) {
+                *a = x.to_f32().mul_add(wp, *a);
             }
         }
         let at = |j: usize, l: usize, d: usize| acc[(j * 8 + l) * width + d];
@@ -438,6 +439,14 @@ mod x86 {
         _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)))
     }
 
+    /// Eight f16 values from `p` as f32.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    unsafe fn ld(p: *const half::f16) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable values at p.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+    }
+
     /// The final reductions of eight dot products at once: `a[r]` holds position `r`'s eight
     /// lanes, and each is summed exactly as one dot product of that order sums them (the same
     /// additions, vectorised across positions); the eight sums come back in position order.
@@ -461,16 +470,16 @@ mod x86 {
     }
 
     /// One dot product in `ggml_vec_dot_f16`'s order (`super::dot_vec`).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn dot_vec(kr: *const f32, qp: *const f32, hd: usize) -> f32 {
+    unsafe fn dot_vec(kr: *const half::f16, qp: *const f32, hd: usize) -> f32 {
         // SAFETY: the caller guarantees hd readable floats at kr and qp.
         unsafe {
             let np = hd / 32 * 32;
             let mut a = [_mm256_setzero_ps(); 4];
             for c in (0..np).step_by(32) {
                 for (j, aj) in a.iter_mut().enumerate() {
-                    *aj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *aj);
+                    *aj = _mm256_fmadd_ps(ld(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *aj);
                 }
             }
             let x0 = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
@@ -479,21 +488,21 @@ mod x86 {
             _mm_storeu_ps(t.as_mut_ptr(), t0);
             let mut sum = f64::from((t[0] + t[1]) + (t[2] + t[3]));
             for e in np..hd {
-                sum += f64::from(*kr.add(e) * *qp.add(e));
+                sum += f64::from((*kr.add(e)).to_f32() * *qp.add(e));
             }
             sum as f32
         }
     }
 
     /// One dot product in tinyBLAS's order (`super::dot_tiled`).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn dot_tiled(kr: *const f32, qp: *const f32, hd: usize) -> f32 {
+    unsafe fn dot_tiled(kr: *const half::f16, qp: *const f32, hd: usize) -> f32 {
         // SAFETY: the caller guarantees hd readable floats at kr and qp.
         unsafe {
             let mut acc = _mm256_setzero_ps();
             for c in (0..hd).step_by(8) {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c)), _mm256_loadu_ps(qp.add(c)), acc);
+                acc = _mm256_fmadd_ps(ld(kr.add(c)), _mm256_loadu_ps(qp.add(c)), acc);
             }
             hsum(acc)
         }
@@ -515,7 +524,7 @@ mod x86 {
     /// reads the whole head from memory. `hd` must be a multiple of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend_rows(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[f32], v: &[f32], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
+    pub unsafe fn attend_rows(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[half::f16], v: &[half::f16], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
         let hd = q.len() / ns.len().max(1);
         let n8max = ns.iter().copied().max().unwrap_or(0).div_ceil(8) * 8;
         SCORES.with(|buf| {
@@ -536,9 +545,9 @@ mod x86 {
 
     /// `super::scores_impl` for each row of `q` and the positions `ps` (below each row's count),
     /// one tile of keys at a time: `w[j·ws + p - ps.start]`. `hd` must be a multiple of 8.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn scores(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[f32], stride: usize, off: usize, scale: f32, ps: std::ops::Range<usize>, w: &mut [f32], ws: usize) {
+    pub unsafe fn scores(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[half::f16], stride: usize, off: usize, scale: f32, ps: std::ops::Range<usize>, w: &mut [f32], ws: usize) {
         let hd = q.len() / ns.len().max(1);
         let tiled = order == super::AttnOrder::Batch;
         let last = ns.iter().map(|&n| n.min(ps.end)).max().unwrap_or(0);
@@ -558,7 +567,7 @@ mod x86 {
                             for c in (0..hd).step_by(8) {
                                 let qc = _mm256_loadu_ps(qp.add(c));
                                 for (r, ar) in a.iter_mut().enumerate() {
-                                    *ar = _mm256_fmadd_ps(_mm256_loadu_ps(kp.add((p + r) * stride + c)), qc, *ar);
+                                    *ar = _mm256_fmadd_ps(ld(kp.add((p + r) * stride + c)), qc, *ar);
                                 }
                             }
                         } else {
@@ -567,7 +576,7 @@ mod x86 {
                                 let mut x = [_mm256_setzero_ps(); 4];
                                 for c in (0..hd).step_by(32) {
                                     for (j, xj) in x.iter_mut().enumerate() {
-                                        *xj = _mm256_fmadd_ps(_mm256_loadu_ps(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *xj);
+                                        *xj = _mm256_fmadd_ps(ld(kr.add(c + 8 * j)), _mm256_loadu_ps(qp.add(c + 8 * j)), *xj);
                                     }
                                 }
                                 *ar = _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]));
@@ -609,9 +618,9 @@ mod x86 {
     /// `super::values_impl` for each row of weights (row `j` at `w[j·ws..]`, `ns[j]` of them) and
     /// the value columns `off..off + width`, one tile of values at a time, into
     /// `out[j·width..][..width]`. `width` must be a multiple of 8 (and the head's width too).
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn values(order: super::AttnOrder, w: &[f32], ws: usize, ns: &[usize], v: &[f32], stride: usize, off: usize, width: usize, out: &mut [f32]) {
+    pub unsafe fn values(order: super::AttnOrder, w: &[f32], ws: usize, ns: &[usize], v: &[half::f16], stride: usize, off: usize, width: usize, out: &mut [f32]) {
         let m = ns.len();
         let nmax = ns.iter().copied().max().unwrap_or(0);
         let tiled = order == super::AttnOrder::Batch;
@@ -646,14 +655,14 @@ mod x86 {
                                 while p + 8 <= end {
                                     let (vr, wv) = (vp.add(p * stride + c), wr.add(p));
                                     for (l, al) in a.iter_mut().enumerate() {
-                                        *al = _mm256_fmadd_ps(_mm256_loadu_ps(vr.add(l * stride)), _mm256_set1_ps(*wv.add(l)), *al);
+                                        *al = _mm256_fmadd_ps(ld(vr.add(l * stride)), _mm256_set1_ps(*wv.add(l)), *al);
                                     }
                                     p += lanes;
                                 }
                                 // a last group of fewer than 8 positions
                                 for (l, al) in a.iter_mut().enumerate() {
                                     if p + l < end {
-                                        let x = _mm256_loadu_ps(vp.add((p + l) * stride + c));
+                                        let x = ld(vp.add((p + l) * stride + c));
                                         *al = _mm256_fmadd_ps(x, _mm256_set1_ps(*wr.add(p + l)), *al);
                                     }
                                 }
@@ -810,8 +819,8 @@ mod tests {
         ];
         for (hd, stride, ns) in cases {
             let n = ns.iter().copied().max().unwrap();
-            let k: Vec<f32> = (0..n * stride).map(|_| r()).collect();
-            let v: Vec<f32> = (0..n * stride).map(|_| r()).collect();
+            let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(r())).collect();
+            let v: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(r())).collect();
             let q: Vec<f32> = (0..ns.len() * hd).map(|_| r()).collect();
             for order in [AttnOrder::Batch, AttnOrder::Single] {
                 let (mut a, mut b) = (vec![0f32; ns.len() * hd], vec![0f32; ns.len() * hd]);
@@ -840,8 +849,8 @@ mod tests {
         };
         for (hd, stride, n, chunk) in [(64usize, 192, 300usize, 40usize), (64, 192, 1, 256), (32, 64, 77, 64), (8, 24, 33, 8), (12, 24, 50, 16)] {
             let m = 3;
-            let k: Vec<f32> = (0..n * stride).map(|_| r()).collect();
-            let v: Vec<f32> = (0..n * stride).map(|_| r()).collect();
+            let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(r())).collect();
+            let v: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(r())).collect();
             let q: Vec<f32> = (0..m * hd).map(|_| r()).collect();
             let ns = vec![n; m];
             let n8 = n.div_ceil(8) * 8;
