@@ -433,7 +433,7 @@ impl Llama {
 
     /// One token's attention over `n` positions, split three ways so that every thread has work
     /// (one token gives [`Llama::attention`] only one item per KV head): scores by chunks of
-    /// positions, softmax by head, weighted values by (KV head, 8-column slice). The steps are
+    /// positions, softmax by head, weighted values by (KV head, 16-column slice). The steps are
     /// those of `numerics::attend_rows`, so each head gets the same bits.
     fn attention_one(&self, order: AttnOrder, q: &[f32], ck: &[f16], cv: &[f16], n: usize, att: &mut [f32]) {
         const CHUNK: usize = 256; // positions per scoring item

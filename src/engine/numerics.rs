@@ -794,19 +794,23 @@ mod tests {
         }
     }
 
+    /// f16-representable values in (-2, 2) from a xorshift generator.
+    fn f16_values(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            round_f16((seed as f32 / u32::MAX as f32 - 0.5) * 4.0)
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_attention_equals_the_scalar_form() {
         if !avx2() {
             return;
         }
-        let mut seed = 99u32;
-        let mut r = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            round_f16((seed as f32 / u32::MAX as f32 - 0.5) * 4.0)
-        };
+        let mut r = f16_values(99);
         // rows with position counts that start and end inside and across tiles and lane groups
         let cases: [(usize, usize, &[usize]); 7] = [
             (64, 192, &[1]),
@@ -837,16 +841,10 @@ mod tests {
     }
 
     /// The three steps, split as a single token's attention is across threads (scores by
-    /// position chunks, values by 8-column slices), give each row the same bits as the row alone.
+    /// position chunks, values by column slices), give each row the same bits as the row alone.
     #[test]
     fn split_attention_equals_the_whole() {
-        let mut seed = 7u32;
-        let mut r = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            round_f16((seed as f32 / u32::MAX as f32 - 0.5) * 4.0)
-        };
+        let mut r = f16_values(7);
         for (hd, stride, n, chunk) in [(64usize, 192, 300usize, 40usize), (64, 192, 1, 256), (32, 64, 77, 64), (8, 24, 33, 8), (12, 24, 50, 16)] {
             let m = 3;
             let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(r())).collect();
