@@ -865,6 +865,9 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let mut out = None;
             model.engine().generate_all(std::slice::from_ref(&prompt_ids), std::slice::from_ref(&opts), &mut |_, g| out = Some(g))?;
             let g = out.ok_or_else(|| anyhow::anyhow!("no generation"))?;
+            if let Some(e) = g.error {
+                anyhow::bail!("{}: {e}", m.model.display());
+            }
             if m.json {
                 print_json(&json!({"text": g.text, "tokens": g.tokens, "prompt_tokens": prompt_ids}));
             } else {

@@ -303,7 +303,8 @@ fn damaged_model_values_are_errors_naming_the_key() {
     let suite = dir.write(
         "suite.toml",
         "name = \"damaged\"\n[[model]]\nname = \"nan\"\nengine = \"builtin\"\npath = \"nanrow.gguf\"\ndevice = \"cpu\"\n\
-         [[task]]\nname = \"mc\"\nkind = \"multiple-choice\"\ndata = \"mc.jsonl\"\nprompt = \"{{ q }}\"\nchoices = \"choices\"\ngold = \"label\"\nmetrics = [\"acc\"]\n",
+         [[task]]\nname = \"mc\"\nkind = \"multiple-choice\"\ndata = \"mc.jsonl\"\nprompt = \"{{ q }}\"\nchoices = \"choices\"\ngold = \"label\"\nmetrics = [\"acc\"]\n\
+         [[task]]\nname = \"gen\"\nkind = \"generate\"\ndata = \"mc.jsonl\"\nprompt = \"{{ q }}\"\ntarget = \"four\"\nmax-tokens = 3\nmetrics = [\"exact-match\"]\n",
     );
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
     let errors = sample_errors(&dir.db());
@@ -312,6 +313,13 @@ fn damaged_model_values_are_errors_naming_the_key() {
     let r = result(&v, "nan", "mc", "acc");
     assert_eq!(r["errors"], 1, "{r}");
     assert!(r["value"].is_null(), "a NaN score was stored: {r}");
+    assert!(errors.iter().any(|e| e.contains("nanrow.gguf: the logit of token 0 is NaN")), "{errors:?}");
+    assert_eq!(result(&v, "nan", "gen", "exact-match")["errors"], 1);
+    // Generation: a NaN logit never wins a comparison, so greedy choices would silently avoid
+    // (or, as the first index, keep) it; the request is an error that says why.
+    let out = llmeval(&["engine", "generate", "--model", dir.path().join("nanrow.gguf").to_str().unwrap(), "--prompt", "Hi", "--max-tokens", "3", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nanrow.gguf: the logit of token 0 is NaN after 0 generated token(s): the weights are damaged"), "{}", stderr(&out));
 }
 
 /// lm-eval's `_encode_pair` on the built-in engine: "Answer: " + "Paris" scores as

@@ -42,6 +42,8 @@ pub struct Generated {
     pub text: String,
     pub tokens: Vec<u32>,
     pub finish_reason: &'static str,
+    /// Why the generation cannot be trusted (logits that hold NaN): the request's error.
+    pub error: Option<String>,
 }
 
 pub(crate) fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -77,11 +79,12 @@ pub(crate) struct GenState<'a> {
     rng: crate::stats::SplitMix64,
     pub tokens: Vec<u32>,
     pub finish: &'static str,
+    pub error: Option<String>,
 }
 
 impl<'a> GenState<'a> {
     pub fn new(opts: &'a GenOptions, eos: &'a [u32]) -> Self {
-        GenState { opts, eos, rng: crate::stats::SplitMix64::new(opts.seed), tokens: Vec::new(), finish: "length" }
+        GenState { opts, eos, rng: crate::stats::SplitMix64::new(opts.seed), tokens: Vec::new(), finish: "length", error: None }
     }
 
     /// Whether the next step needs the whole row of logits (sampling), not only its argmax.
@@ -94,6 +97,12 @@ impl<'a> GenState<'a> {
     /// to feed it, `None` when the generation has ended.
     pub fn advance(&mut self, argmax: u32, logits: Option<&[f32]>, seq_len: usize, max_ctx: usize, decode: &dyn Fn(&[u32]) -> String) -> Option<u32> {
         if self.tokens.len() >= self.opts.max_tokens || seq_len >= max_ctx {
+            return None;
+        }
+        // a NaN logit never wins a comparison, so the choice would silently follow it
+        if let Some(i) = logits.and_then(|l| l.iter().position(|x| x.is_nan())) {
+            self.error = Some(format!("the logit of token {i} is NaN after {} generated token(s): the weights are damaged", self.tokens.len()));
+            self.finish = "error";
             return None;
         }
         let next = match logits {
@@ -121,7 +130,7 @@ impl<'a> GenState<'a> {
         if let Some(cut) = self.opts.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
             text.truncate(cut);
         }
-        Generated { text, tokens: self.tokens, finish_reason: self.finish }
+        Generated { text, tokens: self.tokens, finish_reason: self.finish, error: self.error }
     }
 }
 
@@ -366,7 +375,7 @@ impl Engine {
             None => {
                 for (i, (p, o)) in prompts.iter().zip(opts).enumerate() {
                     if p.is_empty() {
-                        sink(i, Generated { text: String::new(), tokens: vec![], finish_reason: "length" });
+                        sink(i, Generated { text: String::new(), tokens: vec![], finish_reason: "length", error: None });
                     } else {
                         sink(i, self.generate(p, o));
                     }

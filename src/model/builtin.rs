@@ -150,6 +150,9 @@ impl Model for BuiltinModel {
             let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
             last = now;
             done[j] = true;
+            if let Some(e) = g.error {
+                return sink(index[j], Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms, attempts: 1 });
+            }
             sink(index[j], Outcome { result: Ok(Generation { text: g.text, prompt_tokens: Some(prompts[j].len() as u64), completion_tokens: Some(g.tokens.len() as u64), finish_reason: Some(g.finish_reason.into()) }), latency_ms, attempts: 1 });
         });
         if let Err(e) = result {
