@@ -442,6 +442,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 /// The most compute threads a model may be given.
 pub const MAX_THREADS: usize = 1024;
 
+/// Decode steps `engine bench` times after its prompt.
+const BENCH_DECODE: usize = 128;
+
 /// What Ctrl-C prints before the process exits with 130 (see [`on_interrupt_say`]).
 static INTERRUPTED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
@@ -896,20 +899,20 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let e = model.engine();
             let batch = if e.gpu.is_some() { batch.max(1) } else { 1 };
             let (prompt_len, ctx) = (prompt_tokens as usize, e.model.config.ctx_len);
-            if prompt_len + 128 > ctx {
+            if prompt_len + BENCH_DECODE > ctx {
                 return Err(crate::Error::Usage(format!(
-                    "--prompt-tokens {prompt_len} and 128 decoded tokens do not fit in the {ctx}-token context of {}: give at most {}",
+                    "--prompt-tokens {prompt_len} and {BENCH_DECODE} decoded tokens do not fit in the {ctx}-token context of {}: give at most {}",
                     m.model.display(),
-                    ctx.saturating_sub(128)
+                    ctx.saturating_sub(BENCH_DECODE)
                 ))
                 .into());
             }
             if !profile {
-                let (prefill, decode) = e.bench_on(prompt_len, 128, batch)?;
+                let (prefill, decode) = e.bench_on(prompt_len, BENCH_DECODE, batch)?;
                 if m.json {
                     print_json(&json!({"device": e.device_label(), "prompt_tokens": prompt_len, "prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode, "decode_batch": batch}));
                 } else {
-                    println!("{}: prefill {prefill:.1} tokens/s ({prompt_len}-token prompt) · decode {decode:.1} tokens/s (128 tokens, batch {batch})", e.device_label());
+                    println!("{}: prefill {prefill:.1} tokens/s ({prompt_len}-token prompt) · decode {decode:.1} tokens/s ({BENCH_DECODE} tokens, batch {batch})", e.device_label());
                 }
                 return Ok(exit::SUCCESS);
             }
@@ -918,7 +921,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 return Err(crate::Error::Usage(format!("--profile times GPU launches, and {} runs on {}: add --device cuda", m.model.display(), e.device_label())).into());
             };
             let prompt = e.bench_prompt(prompt_len);
-            let b = gpu.bench(&prompt, batch, 128, true).map_err(crate::engine::EngineError::from)?;
+            let b = gpu.bench(&prompt, batch, BENCH_DECODE, true).map_err(crate::engine::EngineError::from)?;
             let prompt_len = prompt.len() as f64;
             let elem = gpu.prec.bytes();
             let (pg, dg) = (group(&b.prefill_ops, elem), group(&b.decode_ops, elem));
@@ -928,7 +931,7 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
                     "decode_serial_tokens_per_s": b.decode_serial, "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes), "prefill_gemm_ways": gemm_choices_json(&gemms)}));
             } else {
-                println!("{}: prefill {:.1} tokens/s ({prompt_len}-token prompt) · decode {:.1} tokens/s (128 tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
+                println!("{}: prefill {:.1} tokens/s ({prompt_len}-token prompt) · decode {:.1} tokens/s ({BENCH_DECODE} tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
                 if let Some(serial) = b.decode_serial {
                     println!("decode with each launch waiting for the last to finish (no programmatic dependent launch): {serial:.1} tokens/s");
                 }

@@ -158,7 +158,7 @@ pub enum AttnOrder {
 /// positions, with llama.cpp's arithmetic: `q`, keys and values are already f16-rounded; scores
 /// `q·k · scale`, softmax, weights rounded to f16, then the weighted sum of values into row `j` of
 /// `out`. Keys/values of position `p` are `k[p·stride + off ..][..hd]`. Each row's numbers are
-/// those of that row alone ([`attend_impl`]); rows are taken together only to share memory reads.
+/// those of that row alone; rows are taken together only to share memory reads.
 /// The three steps are also public ([`attend_scores`], [`attend_softmax`], [`attend_values`]) so
 /// that a single token's attention can be split across threads by positions, then dimensions.
 #[allow(clippy::too_many_arguments)]
@@ -167,16 +167,23 @@ pub fn attend_rows(order: AttnOrder, q: &[f32], ns: &[usize], k: &[f16], v: &[f1
     assert!(m > 0 && q.len().is_multiple_of(m), "one query row per position count");
     let hd = q.len() / m;
     let n = ns.iter().copied().max().unwrap_or(0);
-    assert!(n == 0 || (n - 1) * stride + off + hd <= k.len().min(v.len()), "cache too short");
-    assert!(out.len() >= m * hd, "output too short");
-    #[cfg(target_arch = "x86_64")]
-    if avx2() && hd.is_multiple_of(8) {
-        // SAFETY: the CPU has AVX2, FMA and F16C; the asserts above bound every position's slice.
-        return unsafe { x86::attend_rows(order, q, ns, k, v, stride, off, scale, out) };
-    }
-    for ((qr, &n), o) in q.chunks_exact(hd).zip(ns).zip(out.chunks_exact_mut(hd)) {
-        attend_impl(order, qr, k, v, stride, off, n, scale, o);
-    }
+    let n8 = n.div_ceil(8) * 8;
+    // each step checks its own bounds
+    ROW_SCORES.with(|buf| {
+        let w = &mut *buf.borrow_mut();
+        w.clear();
+        w.resize(m * n8, f32::NEG_INFINITY); // [m × n8] scores, then weights; masked padding
+        attend_scores(order, q, ns, k, stride, off, scale, 0..n, w, n8);
+        for (row, &n) in w.chunks_exact_mut(n8.max(1)).zip(ns) {
+            attend_softmax(row, n);
+        }
+        attend_values(order, hd, w, n8, ns, v, stride, off, hd, out);
+    })
+}
+
+thread_local! {
+    /// Per thread: [`attend_rows`]'s scores, then weights.
+    static ROW_SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Step 1 of [`attend_rows`] for the positions `ps` only: `w[j·ws + p - ps.start] = q_j·k_p · scale`
@@ -234,8 +241,9 @@ pub fn attend_values(order: AttnOrder, hd: usize, w: &[f32], ws: usize, ns: &[us
     }
 }
 
-/// One row of [`attend_rows`] in plain Rust: the specification the AVX2 forms must equal.
-#[inline(always)]
+/// One row of [`attend_rows`] in plain Rust, one step after the other: the specification the
+/// tests hold the AVX2 forms and the split steps to.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn attend_impl(order: AttnOrder, q: &[f32], k: &[f16], v: &[f16], stride: usize, off: usize, n: usize, scale: f32, out: &mut [f32]) {
     let hd = q.len();
@@ -509,39 +517,14 @@ mod x86 {
     }
 
     thread_local! {
-        /// Per thread: the rows' scores, then weights ([`attend_rows`]).
-        static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
         /// Per thread: the rows' value accumulators ([`values`]).
         static ACC: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// Positions per tile: one tile of keys (or values) stays in L1 while every row uses it.
+    /// Rows that share each tile while it is in cache are what make long contexts affordable: a
+    /// lone row reads the whole head from memory.
     const TILE: usize = 64;
-
-    /// `super::attend_impl` for each row of `q` against one KV head, with AVX2 registers: the same
-    /// lane layouts and operation order per row, so the same bits. Rows share each tile of keys
-    /// and values while it is in cache, which is what makes long contexts affordable: a lone row
-    /// reads the whole head from memory. `hd` must be a multiple of 8.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attend_rows(order: super::AttnOrder, q: &[f32], ns: &[usize], k: &[half::f16], v: &[half::f16], stride: usize, off: usize, scale: f32, out: &mut [f32]) {
-        let hd = q.len() / ns.len().max(1);
-        let n8max = ns.iter().copied().max().unwrap_or(0).div_ceil(8) * 8;
-        SCORES.with(|buf| {
-            let w = &mut *buf.borrow_mut();
-            w.clear();
-            w.resize(ns.len() * n8max, f32::NEG_INFINITY); // [m × n8max] scores, then weights; masked padding
-            // SAFETY: the caller's bounds on q, k, v and out are those of the three steps; each
-            // row of w holds n8max entries.
-            unsafe {
-                scores(order, q, ns, k, stride, off, scale, 0..n8max, w, n8max);
-                for (row, &n) in w.chunks_exact_mut(n8max.max(1)).zip(ns) {
-                    softmax_f16(&mut row[..n.div_ceil(8) * 8]);
-                }
-                values(order, w, n8max, ns, v, stride, off, hd, out);
-            }
-        })
-    }
 
     /// `super::scores_impl` for each row of `q` and the positions `ps` (below each row's count),
     /// one tile of keys at a time: `w[j·ws + p - ps.start]`. `hd` must be a multiple of 8.
@@ -831,8 +814,8 @@ mod tests {
                 for ((qr, &n), o) in q.chunks_exact(hd).zip(ns).zip(a.chunks_exact_mut(hd)) {
                     attend_impl(order, qr, &k, &v, stride, stride - hd, n, 0.125, o);
                 }
-                // SAFETY: checked above that the CPU has AVX2 and FMA (F16C comes with them here).
-                unsafe { x86::attend_rows(order, &q, ns, &k, &v, stride, stride - hd, 0.125, &mut b) };
+                // the AVX2 forms: checked above that the CPU has AVX2, FMA and F16C
+                attend_rows(order, &q, ns, &k, &v, stride, stride - hd, 0.125, &mut b);
                 for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                     assert_eq!(x.to_bits(), y.to_bits(), "{order:?} hd={hd} ns={ns:?} row {} d={}: {x} vs {y}", i / hd, i % hd);
                 }

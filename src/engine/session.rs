@@ -102,7 +102,6 @@ impl<'a> GenState<'a> {
         // a NaN logit never wins a comparison, so the choice would silently follow it
         if let Some(i) = logits.and_then(|l| l.iter().position(|x| x.is_nan())) {
             self.error = Some(format!("the logit of token {i} is NaN after {} generated token(s): the weights are damaged", self.tokens.len()));
-            self.finish = "error";
             return None;
         }
         let next = match logits {
