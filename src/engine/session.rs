@@ -71,6 +71,15 @@ pub(crate) fn gen_prompt(prompt: &[u32], max_tokens: usize, max_ctx: usize) -> &
     }
 }
 
+/// What a generation step is given of the logits after the last fed token.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Logits<'a> {
+    /// The whole row (needed to sample, see [`GenState::needs_logits`]).
+    Row(&'a [f32]),
+    /// A device's reduction of the row: its argmax, and the first index whose logit is NaN.
+    Reduced { argmax: u32, nan: Option<u32> },
+}
+
 /// One generation between model steps: the tokens so far, how it ended, its sampler. The CPU and
 /// GPU loops both drive it, so stopping rules are defined once.
 pub(crate) struct GenState<'a> {
@@ -92,21 +101,24 @@ impl<'a> GenState<'a> {
         self.opts.temperature > 0.0
     }
 
-    /// Given the logits after the last fed token (`argmax` of them, and the row itself when
-    /// [`GenState::needs_logits`]) and the sequence's length so far, picks the next token: `Some`
-    /// to feed it, `None` when the generation has ended.
-    pub fn advance(&mut self, argmax: u32, logits: Option<&[f32]>, seq_len: usize, max_ctx: usize, decode: &dyn Fn(&[u32]) -> String) -> Option<u32> {
+    /// Given the logits after the last fed token and the sequence's length so far, picks the next
+    /// token: `Some` to feed it, `None` when the generation has ended.
+    pub fn advance(&mut self, logits: Logits<'_>, seq_len: usize, max_ctx: usize, decode: &dyn Fn(&[u32]) -> String) -> Option<u32> {
         if self.tokens.len() >= self.opts.max_tokens || seq_len >= max_ctx {
             return None;
         }
         // a NaN logit never wins a comparison, so the choice would silently follow it
-        if let Some(i) = logits.and_then(|l| l.iter().position(|x| x.is_nan())) {
+        let nan = match logits {
+            Logits::Row(l) => l.iter().position(|x| x.is_nan()),
+            Logits::Reduced { nan, .. } => nan.map(|i| i as usize),
+        };
+        if let Some(i) = nan {
             self.error = Some(format!("the logit of token {i} is NaN after {} generated token(s): the weights are damaged", self.tokens.len()));
             return None;
         }
         let next = match logits {
-            Some(l) if self.needs_logits() => sample(l, self.opts, &mut self.rng),
-            _ => argmax,
+            Logits::Row(l) => sample(l, self.opts, &mut self.rng),
+            Logits::Reduced { argmax, .. } => argmax,
         };
         if self.eos.contains(&next) {
             self.finish = "stop";
@@ -242,7 +254,7 @@ impl Engine {
             let mut logits = self.feed(&mut cache, prompt, &[prompt.len() - 1], None);
             let decode = |t: &[u32]| self.decode(t);
             let mut state = GenState::new(opts, &self.eos);
-            while let Some(next) = state.advance(argmax(&logits[..vocab]), Some(&logits[..vocab]), cache.len(), max_ctx, &decode) {
+            while let Some(next) = state.advance(Logits::Row(&logits[..vocab]), cache.len(), max_ctx, &decode) {
                 logits = self.model.forward(&mut cache, &[next], &[0]);
             }
             state.finish(&decode)

@@ -8,7 +8,7 @@
 //! prefix, and recomputes the rest), and a batch is a list of spans (new tokens of a sequence at
 //! known positions) flattened into index arrays (`cu_seqlens`-style), never padded.
 
-use super::super::session::{common_prefix, gen_prompt, score_input, GenOptions, GenState, Generated, ScoreRequest, ScoreResult};
+use super::super::session::{common_prefix, gen_prompt, score_input, GenOptions, GenState, Generated, Logits, ScoreRequest, ScoreResult};
 
 /// Tokens per KV block.
 pub const BLOCK: usize = 16;
@@ -146,6 +146,15 @@ pub struct RowOut {
     /// log-softmax of the logits at the row's target (0 without one)
     pub logprob: f64,
     pub argmax: u32,
+    /// the first vocabulary index whose logit is NaN (then `argmax` means nothing)
+    pub nan: Option<u32>,
+}
+
+impl RowOut {
+    /// What a generation step learns from this row without downloading the logits.
+    fn reduced(&self) -> Logits<'static> {
+        Logits::Reduced { argmax: self.argmax, nan: self.nan }
+    }
 }
 
 /// A model that runs packed passes; its KV cache is addressed by the spans' block tables.
@@ -373,7 +382,7 @@ pub fn generate<F: Forward>(f: &mut F, pool: &mut BlockPool, lim: Limits, slots:
                     let table = std::mem::take(table);
                     let mut state = GenState::new(&opts[job], eos);
                     let logits = if state.needs_logits() { Some(f.logits(row)?) } else { None };
-                    match state.advance(rows[row].argmax, logits.as_deref(), prompt.len(), max_ctx, decode) {
+                    match state.advance(logits.as_deref().map_or(rows[row].reduced(), Logits::Row), prompt.len(), max_ctx, decode) {
                         Some(next) => running.push(Running { job, table, len: prompt.len(), next, state }),
                         None => {
                             pool.release(&table);
@@ -395,7 +404,7 @@ pub fn generate<F: Forward>(f: &mut F, pool: &mut BlockPool, lim: Limits, slots:
         for (k, mut r) in std::mem::take(&mut running).into_iter().enumerate() {
             r.len += 1;
             let logits = if r.state.needs_logits() { Some(f.logits(k)?) } else { None };
-            match r.state.advance(rows[k].argmax, logits.as_deref(), r.len, max_ctx, decode) {
+            match r.state.advance(logits.as_deref().map_or(rows[k].reduced(), Logits::Row), r.len, max_ctx, decode) {
                 Some(next) => {
                     r.next = next;
                     still.push(r);
@@ -439,7 +448,7 @@ mod tests {
         let l = toy_logits(h);
         let argmax = crate::engine::session::argmax(&l);
         let logprob = target.map_or(0.0, |t| crate::engine::llama::logprob_and_greedy(&l, t).0);
-        RowOut { logprob, argmax }
+        RowOut { logprob, argmax, nan: l.iter().position(|x| x.is_nan()).map(|i| i as u32) }
     }
 
     impl Toy {
@@ -606,7 +615,7 @@ mod tests {
         let mut state = GenState::new(opts, eos);
         loop {
             let l = toy_logits(hash(&seq));
-            match state.advance(crate::engine::session::argmax(&l), Some(&l), seq.len(), max_ctx, &decode) {
+            match state.advance(Logits::Row(&l), seq.len(), max_ctx, &decode) {
                 Some(next) => seq.push(next),
                 None => return state.finish(&decode),
             }

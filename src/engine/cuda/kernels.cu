@@ -428,6 +428,9 @@ LLM_KERNEL(swiglu, SwigluArgs) {
 }
 
 // ── per row of logits: log-softmax at the target and the argmax (first on ties) ──
+// A NaN logit ranks above every number (the first NaN wins), so a row holding one reports
+// `am = -1 - (its index)`: a NaN never wins a plain comparison, and greedy decoding would silently
+// step around it (the host turns the mark into the request's error).
 // The terms exp(x − max) are f32 (within 2 ulp each: the log-softmax is off by under 1e-6 nats)
 // and summed in f64 (an f64 exp per vocabulary entry would run on the slow f64 units).
 struct ReduceArgs {
@@ -449,21 +452,24 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
   const float* row = a.logits + (long long)r * a.vocab;
   float best = -LLM_INF;
   int bi = 0x7fffffff;
-  for (int i = tid; i < a.vocab; i += nt)
-    if (row[i] > best || bi == 0x7fffffff) { best = row[i]; bi = i; }
+  for (int i = tid; i < a.vocab; i += nt) {
+    const float v = row[i];
+    if (bi == 0x7fffffff || (v != v && best == best) || v > best) { best = v; bi = i; }
+  }
   sv[tid] = best;
   si[tid] = bi;
   __syncthreads();
   for (int o = nt / 2; o > 0; o >>= 1) {
     if (tid < o) {
-      const float v2 = sv[tid + o];
+      const float v1 = sv[tid], v2 = sv[tid + o];
       const int i2 = si[tid + o];
-      if (v2 > sv[tid] || (v2 == sv[tid] && i2 < si[tid])) { sv[tid] = v2; si[tid] = i2; }
+      const bool n1 = v1 != v1, n2 = v2 != v2;
+      if (n1 == n2 ? (v2 > v1 || ((v2 == v1 || n2) && i2 < si[tid])) : n2) { sv[tid] = v2; si[tid] = i2; }
     }
     __syncthreads();
   }
   const float mx = sv[0];
-  const int arg = si[0];
+  const int arg = mx != mx ? -1 - si[0] : si[0];
   const int target = a.target ? a.target[r] : -1;  // uniform across the block
   if (target < 0) {  // argmax only (a generated token): no log-softmax to compute
     if (tid == 0) {

@@ -933,8 +933,9 @@ impl Forward for Inner {
         let (lp, am) = out.split_at(w * 8);
         let rows = lp.chunks_exact(8).zip(am.chunks_exact(4)).map(|(l, a)| {
             let logprob = f64::from_le_bytes(l.try_into().expect("8 bytes"));
-            let argmax = i32::from_le_bytes(a.try_into().expect("4 bytes")).max(0) as u32;
-            RowOut { logprob, argmax }
+            // `logits_reduce` marks a row holding NaN as -1 - (the first NaN's index)
+            let am = i32::from_le_bytes(a.try_into().expect("4 bytes"));
+            RowOut { logprob, argmax: am.max(0) as u32, nan: (am < 0).then(|| (-1 - am) as u32) }
         });
         Ok(rows.collect())
     }

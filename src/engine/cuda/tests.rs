@@ -475,6 +475,43 @@ fn emulated_gpu_generates_like_the_cpu() {
     }
 }
 
+/// Sets row `row` of an f32 matrix to NaN.
+fn poison(m: &mut Matrix, row: usize) {
+    let Bytes::Owned(data) = &mut m.data else { panic!("the tiny model's matrices are owned") };
+    let data = Arc::make_mut(data);
+    for x in data[row * m.cols * 4..(row + 1) * m.cols * 4].chunks_exact_mut(4) {
+        x.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+}
+
+#[test]
+fn emulated_gpu_greedy_generation_stops_at_a_nan_logit() {
+    let greedy = GenOptions { max_tokens: 6, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] };
+    let decode = |t: &[u32]| format!("{t:?}");
+    let generate = |model: &Llama, prompt: &[u32]| {
+        let g = emulated(model)?;
+        let mut got = None;
+        g.generate(&[prompt.to_vec()], std::slice::from_ref(&greedy), &[], 512, 2, &decode, &mut |_, r| got = Some(r)).expect("generated");
+        got
+    };
+    // NaN logits for tokens 60 and 7 from the start: the first of them is named, after the prefill
+    let mut model = exact_tiny(&SHAPES[0], 45);
+    poison(&mut model.lm_head, 60);
+    poison(&mut model.lm_head, 7);
+    let prompt = [3, 1, 4, 1, 5];
+    let Some(got) = generate(&model, &prompt) else { return };
+    assert_eq!(got.error.as_deref(), Some("the logit of token 7 is NaN after 0 generated token(s): the weights are damaged"));
+    assert!(got.tokens.is_empty());
+    // every logit NaN once the third generated token is fed (its embedding is NaN): a decode step
+    let mut model = exact_tiny(&SHAPES[0], 45);
+    let want = cpu_greedy(&model, &prompt, 3);
+    assert!(!want[..2].contains(&want[2]) && !prompt.contains(&want[2]), "pick a seed whose third token is new: {want:?}");
+    poison(&mut model.tok_embd, want[2] as usize);
+    let got = generate(&model, &prompt).expect("emulated");
+    assert_eq!(got.tokens, want);
+    assert_eq!(got.error.as_deref(), Some("the logit of token 0 is NaN after 3 generated token(s): the weights are damaged"));
+}
+
 /// A tiny exact-mode model (`SHAPES[0]`, seed `seed`), it loaded on an emulated GPU that `set`
 /// adjusted first, and what `set` returned; `None` (said for `test`) without a C++ compiler.
 fn emulated_with<T>(seed: u64, test: &str, set: impl FnOnce(&Emu) -> T) -> Option<(Llama, GpuModel, T)> {
