@@ -59,7 +59,10 @@ pub fn read_battles(path: &std::path::Path) -> Result<Vec<Battle>> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), cause: source })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let (values, lines): (Vec<serde_json::Value>, Vec<usize>) = if text.trim_start().starts_with('[') {
-        let arr: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {}", crate::dataset::json_problem(&e))))?;
+        let arr = crate::dataset::parse_strict(text).map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {}", crate::dataset::json_problem(&e))))?;
+        let serde_json::Value::Array(arr) = arr else {
+            return Err(Error::data(path.display().to_string(), "expected a JSON array of battles (or one battle object per line)"));
+        };
         let lines = crate::dataset::element_lines(text);
         (arr, lines)
     } else {
@@ -69,7 +72,7 @@ pub fn read_battles(path: &std::path::Path) -> Result<Vec<Battle>> {
             if line.trim().is_empty() {
                 continue;
             }
-            v.push(serde_json::from_str(line).map_err(|e| Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {}", crate::dataset::json_problem(&e))))?);
+            v.push(crate::dataset::parse_strict(line).map_err(|e| Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {}", crate::dataset::json_problem(&e))))?);
             l.push(i + 1);
         }
         (v, l)

@@ -77,13 +77,81 @@ pub fn json_problem(e: &serde_json::Error) -> String {
     }
 }
 
+/// Parses JSON as serde_json does, except that an object naming a key twice is an error:
+/// serde_json keeps the last value, so a row with two "answer" keys would be scored against one
+/// of them without a word (CSV headers get the same check).
+pub fn parse_strict(text: &str) -> serde_json::Result<Value> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// [`parse_strict`]'s visitor: builds a [`Value`] and refuses a repeated key.
+#[derive(Clone, Copy)]
+struct Strict;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> std::result::Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> std::result::Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(serde::de::Error::custom(format_args!("the key {k:?} appears twice in one object; keep one")));
+            }
+            let v = map.next_value_seed(Strict)?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line)
+        let v = parse_strict(line)
             .map_err(|e| Error::data(format!("{}:{}", path.display(), i + 1), format!("invalid JSON: {}", json_problem(&e))))?;
         rows.push(object(path, i + 1, v)?);
     }
@@ -91,7 +159,7 @@ fn parse_jsonl(path: &Path, text: &str) -> Result<Vec<Row>> {
 }
 
 fn parse_json(path: &Path, text: &str) -> Result<Vec<Row>> {
-    let v: Value = serde_json::from_str(text)
+    let v = parse_strict(text)
         .map_err(|e| Error::data(format!("{}:{}", path.display(), e.line()), format!("invalid JSON: {}", json_problem(&e))))?;
     let Value::Array(items) = v else {
         return Err(Error::data(path.display().to_string(), format!("expected a JSON array of objects, found {}", kind(&v))));
@@ -187,6 +255,19 @@ mod tests {
         let c = load(&write("c.csv", "q,a\n\"1,2\",3\n4,5\n")).unwrap();
         assert_eq!(c[0].fields["q"], "1,2");
         assert_eq!(c[1].line, 3);
+    }
+
+    #[test]
+    fn a_key_named_twice_is_an_error_and_other_values_read_as_serde_json_reads_them() {
+        let e = load(&write("k.jsonl", "{\"q\":1,\"a\":\"x\"}\n{\"q\":2,\"a\":\"x\",\"a\":\"y\"}\n")).unwrap_err().to_string();
+        assert!(e.contains("k.jsonl:2") && e.contains("the key \"a\" appears twice"), "{e}");
+        let e = load(&write("k.json", "[\n {\"q\": 1},\n {\"q\": {\"x\": 1,\n  \"x\": 2}}\n]")).unwrap_err().to_string();
+        assert!(e.contains("k.json:4") && e.contains("the key \"x\" appears twice"), "{e}");
+        // the same key in different objects, and everything else, as serde_json reads it
+        let text = r#"{"a": {"a": [1, -2, 18446744073709551615, 18446744073709551616, 0.1, 1.7976931348623157e308, 2.5e-8, true, null, "\u00e9\ud83d\ude00"]}, "b": [{"a": 1}, {"a": 2}]}"#;
+        assert_eq!(parse_strict(text).unwrap(), serde_json::from_str::<Value>(text).unwrap());
+        assert!(parse_strict("{\"a\": 1} x").is_err(), "trailing characters");
+        assert!(parse_strict("[1e400]").is_err() && serde_json::from_str::<Value>("[1e400]").is_err());
     }
 
     #[test]

@@ -89,6 +89,14 @@ fn bad_battle_logs_name_the_line() {
     let f = dir.write("b.json", "[\n {\"model_a\": \"x\", \"model_b\": \"y\", \"winner\": \"model_a\"},\n\n {\"model_a\": \"x\", \"model_b\": \"y\", \"winner\": \"x\"}\n]");
     let out = llmeval(&["arena", "ratings", "--battles", f.to_str().unwrap(), "--method", "elo"]);
     assert!(stderr(&out).contains("b.json:4") && stderr(&out).contains("unknown winner \"x\""), "{}", stderr(&out));
+    // a winner named twice would silently keep the last; a JSON array that holds no battles
+    let f = dir.write("d.jsonl", "{\"model_a\": \"x\", \"model_b\": \"y\", \"winner\": \"model_a\", \"winner\": \"model_b\"}\n");
+    let out = llmeval(&["arena", "ratings", "--battles", f.to_str().unwrap(), "--method", "elo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("d.jsonl:1") && stderr(&out).contains("the key \"winner\" appears twice"), "{}", stderr(&out));
+    let f = dir.write("e.json", "[1]");
+    let out = llmeval(&["arena", "ratings", "--battles", f.to_str().unwrap(), "--method", "elo"]);
+    assert!(stderr(&out).contains("e.json:1") && stderr(&out).contains("battle has no string field `model_a`"), "{}", stderr(&out));
     // a BOM is read past; a self-battle changes nothing and is said
     let f = dir.write("c.jsonl", "\u{feff}{\"model_a\": \"x\", \"model_b\": \"x\", \"winner\": \"model_a\"}\n{\"model_a\": \"x\", \"model_b\": \"y\", \"winner\": \"tie\"}\n");
     let out = llmeval(&["arena", "ratings", "--battles", f.to_str().unwrap(), "--method", "elo", "--json"]);
