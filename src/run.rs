@@ -268,6 +268,8 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     if fresh {
         store.create_run(&run)?;
     }
+    // held until this function returns: another process resuming this run meanwhile is refused
+    let _lease = store.lease(&run.id)?;
     const STOPPED: &str = "stopped by an error: ";
     let (run_id, status_before) = (run.id.clone(), run.status.clone());
     let mut notes_before = run.notes.clone();

@@ -109,7 +109,52 @@ const MIGRATIONS: &[&str] = &[
        ON a.run_id = b.run_id AND a.task = b.task AND a.metric = b.metric AND a.item = b.item AND a.model = b.model AND a.opponent = b.opponent
      WHERE a.ord = 1 AND b.ord = 2 AND a.opponent != '' AND a.error IS NULL AND b.error IS NULL
        AND a.verdict IN ('A', 'B', 'tie') AND b.verdict IN ('A', 'B', 'tie');",
+    // 4: the process working on a run, renewed while it works (see `Store::lease`).
+    "CREATE TABLE leases (
+        run_id TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+        token TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        host TEXT NOT NULL,
+        since REAL NOT NULL,
+        seen_at REAL NOT NULL
+     );",
 ];
+
+/// How often a lease is renewed, and how long one goes unrenewed before it is taken as abandoned.
+const LEASE_BEAT: std::time::Duration = std::time::Duration::from_secs(10);
+const LEASE_STALE_S: f64 = 60.0;
+
+/// A claim on a run by the process working on it (see [`Store::lease`]); dropping it ends the
+/// claim.
+pub struct Lease {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    beat: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        drop(self.stop.take()); // the renewing thread deletes the claim and ends
+        if let Some(t) = self.beat.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// This machine's name, as the lease records it.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is writable for its whole length, which is passed
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok && end > 0 { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "unknown".into() }
+}
+
+/// Whether process `pid` of this machine exists.
+fn pid_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists
+    pid > 0 && (unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
 
 /// A pair judged in both orders (`model` shown first in order 1).
 #[derive(Debug, Clone)]
@@ -350,6 +395,52 @@ impl Store {
             params![run.id, run.suite, run.suite_path, run.suite_hash, run.config.to_string(), run.selection.to_string(), run.version, run.started_at, run.status, serde_json::to_string(&run.notes).expect("strings serialize")],
         );
         self.db(r).map(|_| ())
+    }
+
+    /// Claims run `run_id` for this process while it works on it, so that a second process
+    /// resuming the same run (which would send its requests again) is refused with who holds it.
+    /// The claim is renewed every [`LEASE_BEAT`] by a thread with its own connection; one whose
+    /// process is gone (this machine) or unrenewed for [`LEASE_STALE_S`] (another machine
+    /// sharing the file) is taken over.
+    pub fn lease(&self, run_id: &str) -> Result<Lease> {
+        self.lease_every(run_id, LEASE_BEAT)
+    }
+
+    fn lease_every(&self, run_id: &str, beat: std::time::Duration) -> Result<Lease> {
+        let (pid, host, now) = (i64::from(std::process::id()), host_name(), crate::util::now_unix());
+        let token = crate::util::sha256_hex(format!("{run_id} {pid} {host} {now} {:?}", std::thread::current().id()).as_bytes());
+        self.db(self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        let claimed = (|| -> Result<()> {
+            let held = self.conn.query_row("SELECT pid, host, since, seen_at FROM leases WHERE run_id = ?1", [run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?, r.get::<_, f64>(3)?))).optional();
+            if let Some((p, h, since, seen)) = self.db(held)? {
+                let live = now - seen < LEASE_STALE_S && (h != host || pid_alive(p));
+                if live {
+                    return Err(Error::Usage(format!(
+                        "run {run_id} is in progress in another llmeval process (pid {p} on {h}, since {}, renewed {:.0} s ago); working on it twice would send its requests twice: wait for that process to finish or stop it, then resume",
+                        crate::util::iso8601(since),
+                        (now - seen).max(0.0)
+                    )));
+                }
+            }
+            let r = self.conn.execute("INSERT OR REPLACE INTO leases (run_id, token, pid, host, since, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)", params![run_id, token, pid, host, now]);
+            self.db(r).map(|_| ())
+        })();
+        let end = if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        self.db(self.conn.execute_batch(end))?;
+        claimed?;
+        let conn = self.db(Connection::open(&self.path))?;
+        self.db(conn.busy_timeout(std::time::Duration::from_secs(10)))?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let run_id = run_id.to_string();
+        let renew = move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(beat) {
+                // a failed renewal only lets the claim age: at worst another process takes it over
+                let _ = conn.execute("UPDATE leases SET seen_at = ?3 WHERE run_id = ?1 AND token = ?2", params![run_id, token, crate::util::now_unix()]);
+            }
+            let _ = conn.execute("DELETE FROM leases WHERE run_id = ?1 AND token = ?2", params![run_id, token]);
+        };
+        let beat = std::thread::Builder::new().name("llmeval-lease".into()).spawn(renew).map_err(|e| Error::Store { path: self.path.clone(), message: format!("cannot start the thread that renews the run's claim: {e}") })?;
+        Ok(Lease { stop: Some(stop), beat: Some(beat) })
     }
 
     pub fn set_run_status(&self, id: &str, status: &str, ended_at: Option<f64>, notes: &[String]) -> Result<()> {
@@ -682,6 +773,48 @@ mod tests {
         assert_eq!(ro.resolve_run("base").unwrap().id, "r1");
         assert!(ro.tag_run("r1", "other").is_err());
         drop(ro);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One process at a time works on a run: a live claim is refused with who holds it, a dead
+    /// one (process gone, or unrenewed too long on another machine) is taken over, and a claim is
+    /// renewed while held and removed when dropped.
+    #[test]
+    fn a_run_is_worked_on_by_one_process_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("llmeval-lease-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("x.db");
+        let store = Store::open(&path).unwrap();
+        let run = Run { id: "r1".into(), suite: "s".into(), suite_path: "s.toml".into(), suite_hash: "h".into(), config: serde_json::json!({}), selection: serde_json::json!({}), version: "0".into(), started_at: 1.0, ended_at: None, status: "running".into(), notes: vec![] };
+        store.create_run(&run).unwrap();
+        let other = Store::open(&path).unwrap();
+        let seen = || other.conn.query_row("SELECT seen_at FROM leases WHERE run_id = 'r1'", [], |r| r.get::<_, f64>(0)).optional().unwrap();
+        let lease = store.lease_every("r1", std::time::Duration::from_millis(20)).unwrap();
+        let e = other.lease("r1").err().expect("held").to_string();
+        let me = format!("pid {} on {}", std::process::id(), host_name());
+        assert!(e.contains("run r1 is in progress in another llmeval process") && e.contains(&me), "{e}");
+        let first = seen().expect("claimed");
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(seen().expect("still claimed") > first, "renewed");
+        drop(lease);
+        assert_eq!(seen(), None, "released");
+        // the claim of a process that no longer exists on this machine
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = i64::from(child.id());
+        child.wait().unwrap();
+        let now = crate::util::now_unix();
+        let put = |pid: i64, host: &str, seen_at: f64| {
+            other.conn.execute("INSERT OR REPLACE INTO leases (run_id, token, pid, host, since, seen_at) VALUES ('r1', 't', ?1, ?2, ?3, ?3)", params![pid, host, seen_at]).unwrap();
+        };
+        put(dead, &host_name(), now);
+        drop(other.lease("r1").expect("a dead process's claim is taken over"));
+        // another machine's claim: live while renewed, taken over once it is not
+        put(1, "elsewhere", now - 5.0);
+        let e = other.lease("r1").err().expect("held elsewhere").to_string();
+        assert!(e.contains("pid 1 on elsewhere") && e.contains("renewed 5 s ago"), "{e}");
+        put(1, "elsewhere", now - LEASE_STALE_S - 1.0);
+        drop(other.lease("r1").expect("an abandoned claim is taken over"));
+        drop((store, other));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

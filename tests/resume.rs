@@ -166,3 +166,26 @@ fn a_run_stopped_by_an_error_says_so_and_resumes() {
     assert_eq!(result(&resumed, "remote-x", "arith", "exact-match")["n"], 6);
     assert!(!stdout(&llmeval(&["runs", "show", list[0]["run_id"].as_str().unwrap(), "--db", db.to_str().unwrap()])).contains("stopped by an error"), "the note goes once it resumed");
 }
+
+#[test]
+fn a_run_in_progress_is_not_resumed_by_a_second_process() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_latency(Duration::from_millis(100));
+    let dir = TempDir::new("resume-twice");
+    dir.write("data/arith.jsonl", &arith_rows(40));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 1"));
+    let db = dir.db();
+    let (suite, db) = (suite.to_str().unwrap(), db.to_str().unwrap());
+    let mut child = spawn_until(&["run", suite, "--db", db], std::process::Stdio::null(), || server.answered(), 2);
+    // while the first process works, a second one resuming the run would ask its questions again
+    let twice = llmeval(&["run", suite, "--db", db, "--resume"]);
+    assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
+    let want = format!("is in progress in another llmeval process (pid {} on ", child.id());
+    assert!(stderr(&twice).contains(&want), "{}", stderr(&twice));
+    // once that process is gone (killed: it could not release its claim), the run resumes
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = llmeval(&["run", suite, "--db", db, "--json", "--resume"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(result(&json_out(&out), "remote-x", "arith", "exact-match")["n"], 40);
+}
