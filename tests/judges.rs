@@ -176,7 +176,7 @@ fn single_and_pairwise_judging_with_reliability() {
 fn a_human_label_that_names_no_model_is_an_error() {
     let (good, bad, judge_srv) = servers();
     let dir = TempDir::new("judge-human-typo");
-    let rows: String = arith_rows(3).lines().enumerate().map(|(i, l)| l.replacen('}', &format!(", \"id\": \"r{i}\", \"human\": \"{}\"}}", if i == 1 { "goood" } else { "good" }), 1) + "\n").collect();
+    let rows: String = arith_rows(3).lines().enumerate().map(|(i, l)| l.replace(&format!("\"q{i}\""), &format!("\"r{i}\"")).replacen('}', &format!(", \"human\": \"{}\"}}", if i == 1 { "goood" } else { "good" }), 1) + "\n").collect();
     dir.write("data/arith.jsonl", &rows);
     let metrics = r#"[{ judge = "pairwise", model = "judge", baseline = "bad" }]"#;
     let s = dir.write("suite.toml", &suite(&good.base_url(), &bad.base_url(), &judge_srv.base_url(), metrics));
