@@ -421,8 +421,19 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
         for p in pending.iter().filter(|p| p.generation.as_ref().and_then(|g| g.finish_reason.as_deref()) == Some("length")) {
             *cut.entry((p.task.name.as_str(), p.task.max_tokens)).or_default() += 1;
         }
-        for ((task, max), n) in cut {
-            let note = format!("task {task:?}, model {:?}: {n} answer(s) ended at max-tokens = {max} (finish_reason \"length\"), maybe cut off; raise max-tokens if they should go on", model_cfg.name);
+        // and a server that ignores max_tokens sends answers longer than the task allows
+        let mut long: BTreeMap<(&str, u32), (usize, u64)> = BTreeMap::new();
+        for p in &pending {
+            if let Some(n) = p.generation.as_ref().and_then(|g| g.completion_tokens).filter(|&n| n > u64::from(p.task.max_tokens)) {
+                let e = long.entry((p.task.name.as_str(), p.task.max_tokens)).or_default();
+                *e = (e.0 + 1, e.1.max(n));
+            }
+        }
+        let cut = cut.into_iter().map(|((task, max), n)| format!("task {task:?}, model {:?}: {n} answer(s) ended at max-tokens = {max} (finish_reason \"length\"), maybe cut off; raise max-tokens if they should go on", model_cfg.name));
+        let long = long.into_iter().map(|((task, max), (n, most))| {
+            format!("task {task:?}, model {:?}: {n} answer(s) are longer than max-tokens = {max} (up to {most} tokens by the server's count): the server does not honour max_tokens, and they are scored as they came", model_cfg.name)
+        });
+        for note in cut.chain(long) {
             if !notes.contains(&note) {
                 notes.push(note);
             }

@@ -197,3 +197,25 @@ fn answers_ended_by_max_tokens_are_noted() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stderr(&out).contains("task \"arith\", model \"remote-x\": 1 answer(s) ended at max-tokens = 8 (finish_reason \"length\")"), "{}", stderr(&out));
 }
+
+/// A server that ignores max_tokens sends longer answers than the task allows: the run says so.
+#[test]
+fn answers_longer_than_max_tokens_are_noted() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let long = |n: u64| format!(r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"18, as a long story"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":9,"completion_tokens":{n}}}}}"#);
+    server.set_faults(move |prompt, _| match () {
+        _ if prompt.contains("Q: 11+7") => Fault::Body(long(300)),
+        _ if prompt.contains("Q: 48+60") => Fault::Body(long(40)),
+        _ if prompt.contains("Q: 85+113") => Fault::Body(long(8)),
+        _ => Fault::None,
+    });
+    let dir = TempDir::new("too-long");
+    dir.write("data/arith.jsonl", &arith_rows(5));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let want = "task \"arith\", model \"remote-x\": 2 answer(s) are longer than max-tokens = 8 (up to 300 tokens by the server's count): the server does not honour max_tokens";
+    assert!(stderr(&out).contains(want), "{}", stderr(&out));
+    let run = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]));
+    assert!(run["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains(want)), "{run}");
+}
