@@ -729,26 +729,21 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
-    #[test]
-    fn migrates_and_round_trips() {
-        let dir = std::env::temp_dir().join(format!("llmeval-store-{}", std::process::id()));
+    /// A new database in a fresh temporary folder (`llmeval-{name}-PID`) holding run `r1` of suite
+    /// `s`, still running.
+    fn store_with_run_r1(name: &str) -> (PathBuf, PathBuf, Store) {
+        let dir = std::env::temp_dir().join(format!("llmeval-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("x.db");
         let store = Store::open(&path).unwrap();
-        let run = Run {
-            id: "r1".into(),
-            suite: "s".into(),
-            suite_path: "s.toml".into(),
-            suite_hash: "h".into(),
-            config: serde_json::json!({}),
-            selection: serde_json::json!({}),
-            version: "0".into(),
-            started_at: 1.0,
-            ended_at: None,
-            status: "running".into(),
-            notes: vec![],
-        };
+        let run = Run { id: "r1".into(), suite: "s".into(), suite_path: "s.toml".into(), suite_hash: "h".into(), config: serde_json::json!({}), selection: serde_json::json!({}), version: "0".into(), started_at: 1.0, ended_at: None, status: "running".into(), notes: vec![] };
         store.create_run(&run).unwrap();
+        (dir, path, store)
+    }
+
+    #[test]
+    fn migrates_and_round_trips() {
+        let (dir, path, store) = store_with_run_r1("store");
         store.put_sample(&Sample { run_id: "r1".into(), model: "m".into(), task: "t".into(), item: 3, ..Default::default() }).unwrap();
         store.put_sample(&Sample { run_id: "r1".into(), model: "m".into(), task: "t".into(), item: 4, error: Some("x".into()), ..Default::default() }).unwrap();
         assert_eq!(store.finished_keys("r1").unwrap().len(), 1);
@@ -781,12 +776,7 @@ mod tests {
     /// renewed while held and removed when dropped.
     #[test]
     fn a_run_is_worked_on_by_one_process_at_a_time() {
-        let dir = std::env::temp_dir().join(format!("llmeval-lease-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("x.db");
-        let store = Store::open(&path).unwrap();
-        let run = Run { id: "r1".into(), suite: "s".into(), suite_path: "s.toml".into(), suite_hash: "h".into(), config: serde_json::json!({}), selection: serde_json::json!({}), version: "0".into(), started_at: 1.0, ended_at: None, status: "running".into(), notes: vec![] };
-        store.create_run(&run).unwrap();
+        let (dir, path, store) = store_with_run_r1("lease");
         let other = Store::open(&path).unwrap();
         let seen = || other.conn.query_row("SELECT seen_at FROM leases WHERE run_id = 'r1'", [], |r| r.get::<_, f64>(0)).optional().unwrap();
         let lease = store.lease_every("r1", std::time::Duration::from_millis(20)).unwrap();
