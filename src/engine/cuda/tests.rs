@@ -252,15 +252,16 @@ struct Shape {
     bias: bool,
     heads: usize,
     kv_heads: usize,
+    head_dim: usize,
     ty: WType,
 }
 
-/// A 2-layer model with random weights (dim 64, head_dim 32, vocab 97), logits spread enough
+/// A 2-layer model with random weights (dim 64, vocab 97), logits spread enough
 /// that greedy choices are not near ties.
 fn tiny(s: &Shape, seed: u64) -> Llama {
     let mut rng = crate::stats::SplitMix64::new(seed);
     let mut uniform = move |scale: f32| ((rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale;
-    let c = Config { arch: "llama".into(), n_layers: 2, dim: 64, n_heads: s.heads, n_kv_heads: s.kv_heads, head_dim: 32, ffn_dim: 96, vocab: 97, ctx_len: 512, rope_theta: 10_000.0, rms_eps: 1e-5, rope_style: s.style };
+    let c = Config { arch: "llama".into(), n_layers: 2, dim: 64, n_heads: s.heads, n_kv_heads: s.kv_heads, head_dim: s.head_dim, ffn_dim: 96, vocab: 97, ctx_len: 512, rope_theta: 10_000.0, rms_eps: 1e-5, rope_style: s.style };
     let ty = s.ty;
     let mut matrix = |rows: usize, cols: usize, scale: f32| {
         let v: Vec<f32> = (0..rows * cols).map(|_| uniform(scale)).collect();
@@ -373,10 +374,12 @@ fn gpu_scores(g: &GpuModel, reqs: &[ScoreRequest]) -> Vec<ScoreResult> {
     out.into_iter().map(|r| r.expect("every request scored")).collect()
 }
 
-const SHAPES: [Shape; 3] = [
-    Shape { style: RopeStyle::Interleaved, bias: false, heads: 4, kv_heads: 2, ty: WType::F32 },
-    Shape { style: RopeStyle::Half, bias: true, heads: 4, kv_heads: 1, ty: WType::F32 },
-    Shape { style: RopeStyle::Half, bias: false, heads: 2, kv_heads: 2, ty: WType::F32 },
+const SHAPES: [Shape; 4] = [
+    Shape { style: RopeStyle::Interleaved, bias: false, heads: 4, kv_heads: 2, head_dim: 32, ty: WType::F32 },
+    Shape { style: RopeStyle::Half, bias: true, heads: 4, kv_heads: 1, head_dim: 32, ty: WType::F32 },
+    Shape { style: RopeStyle::Half, bias: false, heads: 2, kv_heads: 2, head_dim: 32, ty: WType::F32 },
+    // the default model's layout: groups of three query heads, head_dim 64 (wider than dim)
+    Shape { style: RopeStyle::Interleaved, bias: false, heads: 6, kv_heads: 2, head_dim: 64, ty: WType::F32 },
 ];
 
 #[test]
@@ -436,7 +439,7 @@ fn emulated_gpu_results_do_not_depend_on_the_batch() {
 
 #[test]
 fn emulated_gpu_generates_like_the_cpu() {
-    for (n, shape) in SHAPES.iter().enumerate().take(2) {
+    for (n, shape) in SHAPES.iter().enumerate() {
         let model = exact_tiny(shape, 40 + n as u64);
         let Some((g, replays)) = emulated_counting(&model) else { return };
         // decode attention in splits of 16 keys: prompts of up to 45 tokens span three
