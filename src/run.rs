@@ -11,7 +11,7 @@ use crate::metric::{Evidence, Metric};
 use crate::model::{Context, GenRequest, Generation, Loglikelihood, LoglikelihoodRequest, Model, Outcome, RollingRequest};
 use crate::prompt::Item;
 use crate::store::{Aggregate, Run, Sample, Store};
-use crate::suite::{Suite, TaskConfig, TaskKind};
+use crate::suite::{JudgeSpec, ModelConfig, Suite, TaskConfig, TaskKind};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -123,9 +123,65 @@ fn cache_key(identity: &Value, kind: &str, request: &impl serde::Serialize) -> S
     crate::util::sha256_hex(body.to_string().as_bytes())
 }
 
+/// What a run works through, checked before anything is stored or asked: a bad row, template,
+/// judge or model stops here.
+struct Plan<'s> {
+    run: Run,
+    /// a new run (to be stored), not a resumed one
+    fresh: bool,
+    /// the evaluated models, and the judges' models that are not among them
+    models: Vec<&'s ModelConfig>,
+    judge_models: Vec<&'s ModelConfig>,
+    backends: Vec<Box<dyn Model>>,
+    judge_backends: Vec<Box<dyn Model>>,
+    /// the selected tasks, a multi-turn task as one task per turn (turn N named `NAME/turn-N`)
+    tasks: Vec<TaskConfig>,
+    rendered: Vec<Vec<Item>>,
+    /// each task's turn: tasks are asked in waves, so that turn N sees the answers before it
+    turn_of: Vec<usize>,
+    /// (task index, judge) for every judge metric
+    judges: Vec<(usize, JudgeSpec)>,
+}
+
+/// Every judge metric of `tasks`, with its task's index.
+fn judge_specs(tasks: &[&TaskConfig]) -> Vec<(usize, JudgeSpec)> {
+    tasks
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| {
+            t.metrics.iter().filter_map(move |m| match crate::suite::MetricSpec::parse(m.get_ref()) {
+                Ok(crate::suite::MetricSpec::Judge(j)) => Some((ti, j)),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
 /// Runs (or resumes) a suite and returns its aggregates.
 pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let mut store = Store::open(&opts.db)?;
+    let plan = plan(suite, opts, &store)?;
+    if plan.fresh {
+        store.create_run(&plan.run)?;
+    }
+    // held until this function returns: another process resuming this run meanwhile is refused
+    let _lease = store.lease(&plan.run.id)?;
+    const STOPPED: &str = "stopped by an error: ";
+    let (run_id, status_before) = (plan.run.id.clone(), plan.run.status.clone());
+    let mut notes_before = plan.run.notes.clone();
+    notes_before.retain(|n| !n.starts_with(STOPPED)); // a resumed run says only why it last stopped
+    let outcome = execute(suite, opts, &mut store, plan, notes_before.clone());
+    // a run stopped by an error says so where its results are read; what finished is kept
+    outcome.map_err(|e| {
+        notes_before.push(format!("{STOPPED}{e}; the finished items are stored, and `llmeval run {} --resume` continues once the cause is fixed", suite.path.display()));
+        // best effort: the error itself may be the database's
+        let _ = store.set_run_status(&run_id, &status_before, None, &notes_before);
+        Error::Stopped { run: run_id, suite: suite.path.clone(), source: Box::new(e) }
+    })
+}
+
+/// The run `opts` asks for (new, or the one to resume), and everything it will work through.
+fn plan<'s>(suite: &'s Suite, opts: &RunOptions, store: &Store) -> Result<Plan<'s>> {
     let hash = suite.content_hash()?;
     let (run, fresh) = if opts.resume {
         let run = store.latest_resumable(&suite.file.name)?.ok_or_else(|| {
@@ -177,18 +233,6 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let selected = pick(&suite.file.models, |m| m.name.as_str(), &models_sel, "model")?;
     let picked = pick(&suite.file.tasks, |t| t.name.as_str(), &tasks_sel, "task")?;
     // Judges: every judge metric of the selected tasks, and the models they call.
-    let judge_specs = |tasks: &[&TaskConfig]| -> Vec<(usize, crate::suite::JudgeSpec)> {
-        tasks
-            .iter()
-            .enumerate()
-            .flat_map(|(ti, t)| {
-                t.metrics.iter().filter_map(move |m| match crate::suite::MetricSpec::parse(m.get_ref()) {
-                    Ok(crate::suite::MetricSpec::Judge(j)) => Some((ti, j)),
-                    _ => None,
-                })
-            })
-            .collect()
-    };
     let judges = judge_specs(&picked);
     let models: Vec<&crate::suite::ModelConfig> = selected.iter().copied().filter(|m| m.evaluate).collect();
     if models.is_empty() {
@@ -250,9 +294,6 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
         crate::judge::load_judge(&spec.judge, &suite.dir)?;
         crate::judge::check_human_labels(&crate::judge::TaskJudging { task: tasks[*ti], items: &rendered[*ti], spec: spec.clone(), models: model_names.clone() })?;
     }
-    let waves = turn_of.iter().max().map_or(1, |m| m + 1);
-    let pipelines: Vec<Pipeline> = tasks.iter().map(|t| Pipeline::new(t)).collect();
-    let metrics: Vec<Vec<Box<dyn Metric>>> = tasks.iter().map(|t| crate::metric::for_task(t)).collect();
     let backends: Vec<Box<dyn Model>> = models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
     let judge_backends: Vec<Box<dyn Model>> = judge_models.iter().map(|m| crate::model::from_config(m, &suite.dir)).collect::<Result<_>>()?;
 
@@ -265,17 +306,18 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
             ));
         }
     }
-    if fresh {
-        store.create_run(&run)?;
-    }
-    // held until this function returns: another process resuming this run meanwhile is refused
-    let _lease = store.lease(&run.id)?;
-    const STOPPED: &str = "stopped by an error: ";
-    let (run_id, status_before) = (run.id.clone(), run.status.clone());
-    let mut notes_before = run.notes.clone();
-    notes_before.retain(|n| !n.starts_with(STOPPED)); // a resumed run says only why it last stopped
-    let outcome = (|| -> Result<RunReport> {
-    let mut notes = notes_before.clone();
+    Ok(Plan { run, fresh, models, judge_models, backends, judge_backends, tasks: owned, rendered, turn_of, judges })
+}
+
+/// Asks every model every item of the plan not yet answered (in waves of turns), judges the
+/// answers, and stores the aggregates and the run's status. `notes`: the run's notes so far.
+fn execute(suite: &Suite, opts: &RunOptions, store: &mut Store, plan: Plan, mut notes: Vec<String>) -> Result<RunReport> {
+    let Plan { run, models, judge_models, backends, judge_backends, tasks: owned, rendered, turn_of, judges, .. } = plan;
+    let tasks: Vec<&TaskConfig> = owned.iter().collect();
+    let model_names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    let waves = turn_of.iter().max().map_or(1, |m| m + 1);
+    let pipelines: Vec<Pipeline> = tasks.iter().map(|t| Pipeline::new(t)).collect();
+    let metrics: Vec<Vec<Box<dyn Metric>>> = tasks.iter().map(|t| crate::metric::for_task(t)).collect();
     for n in backends.iter().chain(&judge_backends).flat_map(|b| b.notes()) {
         if !notes.contains(&n) {
             notes.push(n);
@@ -286,159 +328,159 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let mut progress = crate::progress::Progress::new((total - finished.len().min(total)) as u64, opts.progress);
 
     for (model_cfg, backend) in models.iter().zip(&backends) {
-      for wave in 0..waves {
-        progress.set_label(model_cfg.name.clone());
-        let identity = backend.identity();
-        let caps = backend.capabilities();
-        // Earlier turns' answers of this model, for the conversation history of this wave.
-        let earlier: std::collections::HashMap<(String, i64), Option<String>> = if wave == 0 {
-            Default::default()
-        } else {
-            store.samples(&run.id)?.into_iter().filter(|s| s.model == model_cfg.name).map(|s| ((s.task, s.item), if s.error.is_none() { s.response } else { None })).collect()
-        };
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut gen_reqs: Vec<(usize, Part, GenRequest)> = Vec::new();
-        let mut ll_reqs: Vec<(usize, Part, LoglikelihoodRequest)> = Vec::new();
-        let mut roll_reqs: Vec<(usize, Part, RollingRequest)> = Vec::new();
-        for (ti, task) in tasks.iter().enumerate() {
-            if turn_of[ti] != wave {
-                continue;
+        for wave in 0..waves {
+            progress.set_label(model_cfg.name.clone());
+            let identity = backend.identity();
+            let caps = backend.capabilities();
+            // Earlier turns' answers of this model, for the conversation history of this wave.
+            let earlier: std::collections::HashMap<(String, i64), Option<String>> = if wave == 0 {
+                Default::default()
+            } else {
+                store.samples(&run.id)?.into_iter().filter(|s| s.model == model_cfg.name).map(|s| ((s.task, s.item), if s.error.is_none() { s.response } else { None })).collect()
+            };
+            let mut pending: Vec<Pending> = Vec::new();
+            let mut gen_reqs: Vec<(usize, Part, GenRequest)> = Vec::new();
+            let mut ll_reqs: Vec<(usize, Part, LoglikelihoodRequest)> = Vec::new();
+            let mut roll_reqs: Vec<(usize, Part, RollingRequest)> = Vec::new();
+            for (ti, task) in tasks.iter().enumerate() {
+                if turn_of[ti] != wave {
+                    continue;
+                }
+                let letters = task.kind == TaskKind::MultipleChoice && !caps.loglikelihood;
+                if letters {
+                    let note = format!(
+                        "{} × {}: the endpoint gives no log-probabilities, so multiple choice was asked as a lettered question and the letter extracted; acc-norm is not reported",
+                        model_cfg.name, task.name
+                    );
+                    if !notes.contains(&note) {
+                        notes.push(note);
+                    }
+                }
+                for item in &rendered[ti] {
+                    if finished.contains(&(model_cfg.name.clone(), task.name.clone(), item.index as i64)) {
+                        continue;
+                    }
+                    let slot = pending.len();
+                    let gen_req = |context: String| GenRequest {
+                        context: if task.chat { Context::Chat(vec![crate::model::Message { role: "user".into(), content: context }]) } else { Context::Text(context) },
+                        max_tokens: task.max_tokens,
+                        temperature: task.temperature,
+                        top_p: task.top_p,
+                        seed: task.seed,
+                        stop: task.stop.clone(),
+                    };
+                    let mut p = Pending {
+                        task,
+                        pipeline: &pipelines[ti],
+                        metrics: &metrics[ti],
+                        item,
+                        prompt_shown: item.prompt.clone(),
+                        generation: None,
+                        lls: Vec::new(),
+                        remaining: 0,
+                        errors: Vec::new(),
+                        attempts: 0,
+                        latency_ms: 0.0,
+                        cached: true,
+                    };
+                    match task.kind {
+                        TaskKind::Generate if wave > 0 => {
+                            // The conversation so far: each earlier turn and the model's own answer.
+                            let base = picked_name(&task.name);
+                            let mut msgs = Vec::new();
+                            let mut missing = None;
+                            for j in 0..wave {
+                                msgs.push(crate::model::Message { role: "user".into(), content: item.turns[j].clone() });
+                                match earlier.get(&(if j == 0 { base.to_string() } else { turn_task_name(base, j) }, item.index as i64)) {
+                                    Some(Some(a)) => msgs.push(crate::model::Message { role: "assistant".into(), content: a.clone() }),
+                                    _ => missing = Some(j + 1),
+                                }
+                            }
+                            msgs.push(crate::model::Message { role: "user".into(), content: item.prompt.clone() });
+                            if let Some(j) = missing {
+                                p.errors.push(format!("turn {j} has no answer, so turn {} cannot be asked", wave + 1));
+                                p.remaining = 0;
+                                let sample = finish_sample(&run.id, &model_cfg.name, &p);
+                                store.put_sample(&sample)?;
+                                progress.finished(0, true);
+                                continue;
+                            }
+                            let mut r = gen_req(String::new());
+                            r.context = Context::Chat(msgs);
+                            gen_reqs.push((slot, Part::Gen, r));
+                        }
+                        TaskKind::Generate => gen_reqs.push((slot, Part::Gen, gen_req(item.prompt.clone()))),
+                        TaskKind::MultipleChoice if letters => {
+                            p.prompt_shown = letter_prompt(item);
+                            gen_reqs.push((slot, Part::Letter, gen_req(p.prompt_shown.clone())));
+                        }
+                        TaskKind::MultipleChoice => {
+                            p.lls = vec![None; item.choices.len()];
+                            for (ci, c) in item.choices.iter().enumerate() {
+                                ll_reqs.push((slot, Part::Choice(ci), encode_pair(&item.prompt, &format!("{}{}", task.target_delimiter, c))));
+                            }
+                        }
+                        TaskKind::Loglikelihood => {
+                            p.lls = vec![None];
+                            let continuation = format!("{}{}", task.target_delimiter, item.target.as_deref().unwrap_or_default());
+                            ll_reqs.push((slot, Part::Continuation, encode_pair(&item.prompt, &continuation)));
+                        }
+                        TaskKind::Perplexity => {
+                            p.lls = vec![None];
+                            roll_reqs.push((slot, Part::Rolling, RollingRequest { text: item.prompt.clone() }));
+                        }
+                    }
+                    pending.push(p);
+                }
             }
-            let letters = task.kind == TaskKind::MultipleChoice && !caps.loglikelihood;
-            if letters {
-                let note = format!(
-                    "{} × {}: the endpoint gives no log-probabilities, so multiple choice was asked as a lettered question and the letter extracted; acc-norm is not reported",
-                    model_cfg.name, task.name
-                );
+            for (slot, _, _) in &gen_reqs {
+                pending[*slot].remaining += 1;
+            }
+            for (slot, _, _) in &ll_reqs {
+                pending[*slot].remaining += 1;
+            }
+            for (slot, _, _) in &roll_reqs {
+                pending[*slot].remaining += 1;
+            }
+
+            let mut ctx = Ctx { store, run_id: &run.id, model: &model_cfg.name, no_cache: opts.no_cache, progress: &mut progress, failure: None };
+            ctx.dispatch(&mut pending, gen_reqs, "generate", &identity, |r| r.deterministic(), |b, reqs, sink| b.generate(reqs, sink), backend.as_ref(), |p, _, g: Generation| {
+                p.generation = Some(g);
+            });
+            ctx.dispatch(&mut pending, ll_reqs, "loglikelihood", &identity, |_| true, |b, reqs, sink| b.loglikelihood(reqs, sink), backend.as_ref(), |p, part, l: Loglikelihood| {
+                let i = match part { Part::Choice(i) => i, _ => 0 };
+                p.lls[i] = Some(l);
+            });
+            ctx.dispatch(&mut pending, roll_reqs, "loglikelihood_rolling", &identity, |_| true, |b, reqs, sink| b.loglikelihood_rolling(reqs, sink), backend.as_ref(), |p, _, l: Loglikelihood| {
+                p.lls[0] = Some(l);
+            });
+            if let Some(e) = ctx.failure.take() {
+                progress.done();
+                return Err(e);
+            }
+            // answers the length limit ended may be cut off mid-answer, and scored as they are
+            let mut cut: BTreeMap<(&str, u32), usize> = BTreeMap::new();
+            for p in pending.iter().filter(|p| p.generation.as_ref().and_then(|g| g.finish_reason.as_deref()) == Some("length")) {
+                *cut.entry((p.task.name.as_str(), p.task.max_tokens)).or_default() += 1;
+            }
+            // and a server that ignores max_tokens sends answers longer than the task allows
+            let mut long: BTreeMap<(&str, u32), (usize, u64)> = BTreeMap::new();
+            for p in &pending {
+                if let Some(n) = p.generation.as_ref().and_then(|g| g.completion_tokens).filter(|&n| n > u64::from(p.task.max_tokens)) {
+                    let e = long.entry((p.task.name.as_str(), p.task.max_tokens)).or_default();
+                    *e = (e.0 + 1, e.1.max(n));
+                }
+            }
+            let cut = cut.into_iter().map(|((task, max), n)| format!("task {task:?}, model {:?}: {n} answer(s) ended at max-tokens = {max} (finish_reason \"length\"), maybe cut off; raise max-tokens if they should go on", model_cfg.name));
+            let long = long.into_iter().map(|((task, max), (n, most))| {
+                format!("task {task:?}, model {:?}: {n} answer(s) are longer than max-tokens = {max} (up to {most} tokens by the server's count): the server does not honour max_tokens, and they are scored as they came", model_cfg.name)
+            });
+            for note in cut.chain(long) {
                 if !notes.contains(&note) {
                     notes.push(note);
                 }
             }
-            for item in &rendered[ti] {
-                if finished.contains(&(model_cfg.name.clone(), task.name.clone(), item.index as i64)) {
-                    continue;
-                }
-                let slot = pending.len();
-                let gen_req = |context: String| GenRequest {
-                    context: if task.chat { Context::Chat(vec![crate::model::Message { role: "user".into(), content: context }]) } else { Context::Text(context) },
-                    max_tokens: task.max_tokens,
-                    temperature: task.temperature,
-                    top_p: task.top_p,
-                    seed: task.seed,
-                    stop: task.stop.clone(),
-                };
-                let mut p = Pending {
-                    task,
-                    pipeline: &pipelines[ti],
-                    metrics: &metrics[ti],
-                    item,
-                    prompt_shown: item.prompt.clone(),
-                    generation: None,
-                    lls: Vec::new(),
-                    remaining: 0,
-                    errors: Vec::new(),
-                    attempts: 0,
-                    latency_ms: 0.0,
-                    cached: true,
-                };
-                match task.kind {
-                    TaskKind::Generate if wave > 0 => {
-                        // The conversation so far: each earlier turn and the model's own answer.
-                        let base = picked_name(&task.name);
-                        let mut msgs = Vec::new();
-                        let mut missing = None;
-                        for j in 0..wave {
-                            msgs.push(crate::model::Message { role: "user".into(), content: item.turns[j].clone() });
-                            match earlier.get(&(if j == 0 { base.to_string() } else { turn_task_name(base, j) }, item.index as i64)) {
-                                Some(Some(a)) => msgs.push(crate::model::Message { role: "assistant".into(), content: a.clone() }),
-                                _ => missing = Some(j + 1),
-                            }
-                        }
-                        msgs.push(crate::model::Message { role: "user".into(), content: item.prompt.clone() });
-                        if let Some(j) = missing {
-                            p.errors.push(format!("turn {j} has no answer, so turn {} cannot be asked", wave + 1));
-                            p.remaining = 0;
-                            let sample = finish_sample(&run.id, &model_cfg.name, &p);
-                            store.put_sample(&sample)?;
-                            progress.finished(0, true);
-                            continue;
-                        }
-                        let mut r = gen_req(String::new());
-                        r.context = Context::Chat(msgs);
-                        gen_reqs.push((slot, Part::Gen, r));
-                    }
-                    TaskKind::Generate => gen_reqs.push((slot, Part::Gen, gen_req(item.prompt.clone()))),
-                    TaskKind::MultipleChoice if letters => {
-                        p.prompt_shown = letter_prompt(item);
-                        gen_reqs.push((slot, Part::Letter, gen_req(p.prompt_shown.clone())));
-                    }
-                    TaskKind::MultipleChoice => {
-                        p.lls = vec![None; item.choices.len()];
-                        for (ci, c) in item.choices.iter().enumerate() {
-                            ll_reqs.push((slot, Part::Choice(ci), encode_pair(&item.prompt, &format!("{}{}", task.target_delimiter, c))));
-                        }
-                    }
-                    TaskKind::Loglikelihood => {
-                        p.lls = vec![None];
-                        let continuation = format!("{}{}", task.target_delimiter, item.target.as_deref().unwrap_or_default());
-                        ll_reqs.push((slot, Part::Continuation, encode_pair(&item.prompt, &continuation)));
-                    }
-                    TaskKind::Perplexity => {
-                        p.lls = vec![None];
-                        roll_reqs.push((slot, Part::Rolling, RollingRequest { text: item.prompt.clone() }));
-                    }
-                }
-                pending.push(p);
-            }
         }
-        for (slot, _, _) in &gen_reqs {
-            pending[*slot].remaining += 1;
-        }
-        for (slot, _, _) in &ll_reqs {
-            pending[*slot].remaining += 1;
-        }
-        for (slot, _, _) in &roll_reqs {
-            pending[*slot].remaining += 1;
-        }
-
-        let mut ctx = Ctx { store: &store, run_id: &run.id, model: &model_cfg.name, no_cache: opts.no_cache, progress: &mut progress, failure: None };
-        ctx.dispatch(&mut pending, gen_reqs, "generate", &identity, |r| r.deterministic(), |b, reqs, sink| b.generate(reqs, sink), backend.as_ref(), |p, _, g: Generation| {
-            p.generation = Some(g);
-        });
-        ctx.dispatch(&mut pending, ll_reqs, "loglikelihood", &identity, |_| true, |b, reqs, sink| b.loglikelihood(reqs, sink), backend.as_ref(), |p, part, l: Loglikelihood| {
-            let i = match part { Part::Choice(i) => i, _ => 0 };
-            p.lls[i] = Some(l);
-        });
-        ctx.dispatch(&mut pending, roll_reqs, "loglikelihood_rolling", &identity, |_| true, |b, reqs, sink| b.loglikelihood_rolling(reqs, sink), backend.as_ref(), |p, _, l: Loglikelihood| {
-            p.lls[0] = Some(l);
-        });
-        if let Some(e) = ctx.failure.take() {
-            progress.done();
-            return Err(e);
-        }
-        // answers the length limit ended may be cut off mid-answer, and scored as they are
-        let mut cut: BTreeMap<(&str, u32), usize> = BTreeMap::new();
-        for p in pending.iter().filter(|p| p.generation.as_ref().and_then(|g| g.finish_reason.as_deref()) == Some("length")) {
-            *cut.entry((p.task.name.as_str(), p.task.max_tokens)).or_default() += 1;
-        }
-        // and a server that ignores max_tokens sends answers longer than the task allows
-        let mut long: BTreeMap<(&str, u32), (usize, u64)> = BTreeMap::new();
-        for p in &pending {
-            if let Some(n) = p.generation.as_ref().and_then(|g| g.completion_tokens).filter(|&n| n > u64::from(p.task.max_tokens)) {
-                let e = long.entry((p.task.name.as_str(), p.task.max_tokens)).or_default();
-                *e = (e.0 + 1, e.1.max(n));
-            }
-        }
-        let cut = cut.into_iter().map(|((task, max), n)| format!("task {task:?}, model {:?}: {n} answer(s) ended at max-tokens = {max} (finish_reason \"length\"), maybe cut off; raise max-tokens if they should go on", model_cfg.name));
-        let long = long.into_iter().map(|((task, max), (n, most))| {
-            format!("task {task:?}, model {:?}: {n} answer(s) are longer than max-tokens = {max} (up to {most} tokens by the server's count): the server does not honour max_tokens, and they are scored as they came", model_cfg.name)
-        });
-        for note in cut.chain(long) {
-            if !notes.contains(&note) {
-                notes.push(note);
-            }
-        }
-      }
     }
     progress.done();
 
@@ -450,7 +492,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
             None => judge_backends[judge_models.iter().position(|m| m.name == spec.model).expect("built above")].as_ref(),
         };
         let tj = crate::judge::TaskJudging { task: tasks[*ti], items: &rendered[*ti], spec: spec.clone(), models: model_names.clone() };
-        reliability.extend(crate::judge::run_judges(&mut store, &run.id, &suite.dir, &tj, judge_model, &spec.model, opts.no_cache)?);
+        reliability.extend(crate::judge::run_judges(store, &run.id, &suite.dir, &tj, judge_model, &spec.model, opts.no_cache)?);
     }
 
     // judges of two answers score win rates (0–1), not ratings (1–10)
@@ -460,7 +502,7 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
             pairwise.insert((tasks[*ti].name.clone(), spec.metric_name()));
         }
     }
-    let mut aggregates = aggregate_run(&store, &run.id, &tasks, &metrics, &model_names, &pairwise)?;
+    let mut aggregates = aggregate_run(store, &run.id, &tasks, &metrics, &model_names, &pairwise)?;
     aggregates.extend(reliability);
     store.put_aggregates(&run.id, &aggregates)?;
     let samples = store.samples(&run.id)?;
@@ -487,14 +529,6 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
     let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
     Ok(RunReport { run, aggregates, errored, judge_errors })
-    })();
-    // a run stopped by an error says so where its results are read; what finished is kept
-    outcome.map_err(|e| {
-        notes_before.push(format!("{STOPPED}{e}; the finished items are stored, and `llmeval run {} --resume` continues once the cause is fixed", suite.path.display()));
-        // best effort: the error itself may be the database's
-        let _ = store.set_run_status(&run_id, &status_before, None, &notes_before);
-        Error::Stopped { run: run_id, suite: suite.path.clone(), source: Box::new(e) }
-    })
 }
 
 /// A Student-t interval of few scores can reach past what a metric can be (an accuracy of −0.05):
