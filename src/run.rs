@@ -495,14 +495,28 @@ fn execute(suite: &Suite, opts: &RunOptions, store: &mut Store, plan: Plan, mut 
         reliability.extend(crate::judge::run_judges(store, &run.id, &suite.dir, &tj, judge_model, &spec.model, opts.no_cache)?);
     }
 
-    // judges of two answers score win rates (0–1), not ratings (1–10)
+    // judges of two answers score win rates (0–1), not ratings (1–10); a failed judge call leaves
+    // the answers it was to judge without a score: errors of that judge's column
     let mut pairwise = std::collections::BTreeSet::new();
+    let mut unjudged: BTreeMap<(String, String), std::collections::BTreeSet<(String, i64)>> = BTreeMap::new();
+    let mut failures: Vec<(&str, &str, Vec<String>)> = Vec::new();
     for (ti, spec) in &judges {
+        let (task, metric) = (tasks[*ti].name.clone(), spec.metric_name());
         if crate::judge::load_judge(&spec.judge, &suite.dir)?.template.kind != crate::judge::JudgeKind::Single {
-            pairwise.insert((tasks[*ti].name.clone(), spec.metric_name()));
+            pairwise.insert((task.clone(), metric.clone()));
         }
+        let failed: Vec<_> = store.judgments(&run.id, &task, &metric)?.into_iter().filter(|j| j.error.is_some()).collect();
+        let answers = unjudged.entry((task, metric)).or_default();
+        for j in &failed {
+            answers.insert((j.model.clone(), j.item));
+            if !j.opponent.is_empty() {
+                answers.insert((j.opponent.clone(), j.item));
+            }
+        }
+        answers.retain(|(m, _)| spec.baseline.as_ref() != Some(m)); // a baseline gets no score
+        failures.push((&tasks[*ti].name, &spec.model, failed.into_iter().filter_map(|j| j.error).collect()));
     }
-    let mut aggregates = aggregate_run(store, &run.id, &tasks, &metrics, &model_names, &pairwise)?;
+    let mut aggregates = aggregate_run(store, &run.id, &tasks, &metrics, &model_names, &pairwise, &unjudged)?;
     aggregates.extend(reliability);
     store.put_aggregates(&run.id, &aggregates)?;
     let samples = store.samples(&run.id)?;
@@ -516,12 +530,10 @@ fn execute(suite: &Suite, opts: &RunOptions, store: &mut Store, plan: Plan, mut 
     let mut judge_errors = 0;
     const UNJUDGED: &str = "so their answers are not judged";
     notes.retain(|n| !n.contains(UNJUDGED)); // a resumed run's are counted anew
-    for (ti, spec) in &judges {
-        let failed: Vec<String> = store.judgments(&run.id, &tasks[*ti].name, &spec.metric_name())?.into_iter().filter_map(|j| j.error).collect();
+    for (task, judge, failed) in failures {
         if let Some(first) = failed.first() {
             judge_errors += failed.len();
-            let note = format!("task {:?}: {} call(s) of judge {:?} failed, {UNJUDGED} (first: {first})", tasks[*ti].name, failed.len(), spec.model);
-            notes.push(note);
+            notes.push(format!("task {task:?}: {} call(s) of judge {judge:?} failed, {UNJUDGED} (first: {first})", failed.len()));
         }
     }
     let status = if errored + judge_errors > 0 { "errored" } else { "complete" };
@@ -772,7 +784,18 @@ fn unscored_notes(samples: &[Sample], tasks: &[&TaskConfig], rendered: &[Vec<Ite
 
 /// Aggregates of a run, from its stored samples: per model × task × metric, overall and per
 /// category.
-fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[Vec<Box<dyn Metric>>], models: &[String], pairwise: &std::collections::BTreeSet<(String, String)>) -> Result<Vec<Aggregate>> {
+/// Every (model, task, category, metric)'s summary from the stored samples. `unjudged`: per
+/// (task, judge metric), the (model, item) answers a failed judge call left without a score,
+/// counted in that metric's `errors` (with the errored samples).
+fn aggregate_run(
+    store: &Store,
+    run_id: &str,
+    tasks: &[&TaskConfig],
+    metrics: &[Vec<Box<dyn Metric>>],
+    models: &[String],
+    pairwise: &std::collections::BTreeSet<(String, String)>,
+    unjudged: &BTreeMap<(String, String), std::collections::BTreeSet<(String, i64)>>,
+) -> Result<Vec<Aggregate>> {
     let samples = store.samples(run_id)?;
     let mut out = Vec::new();
     for model in models {
@@ -791,6 +814,10 @@ fn aggregate_run(store: &Store, run_id: &str, tasks: &[&TaskConfig], metrics: &[
             for (category, group) in all {
                 let errors = group.iter().filter(|s| s.error.is_some()).count() as i64;
                 for m in &metrics[ti] {
+                    let not_judged = unjudged.get(&(task.name.clone(), m.name().to_string())).map_or(0, |answers| {
+                        group.iter().filter(|s| s.error.is_none() && s.stats.get(m.name()).is_none() && answers.contains(&(s.model.clone(), s.item))).count()
+                    });
+                    let errors = errors + not_judged as i64;
                     let stats: Vec<Vec<f64>> = group
                         .iter()
                         .filter(|s| s.error.is_none())

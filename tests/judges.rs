@@ -242,14 +242,40 @@ fn failed_judge_calls_error_the_run_and_resume_retries_them() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(json_out(&out)["status"], "errored");
     assert!(stderr(&out).contains("6 call(s) of judge \"judge\" failed, so their answers are not judged") && stderr(&out).contains("--resume` retries them"), "{}", stderr(&out));
+    // the judge's column is there, empty, its errors the answers left unjudged
+    let v = json_out(&out);
+    for model in ["good", "bad"] {
+        let row = result(&v, model, "arith", "judge-single");
+        assert_eq!((&row["value"], &row["n"], &row["errors"]), (&serde_json::Value::Null, &serde_json::json!(0), &serde_json::json!(3)), "{model}: {row}");
+    }
     judge_srv.set_faults(|_, _| crate::server::Fault::None);
     let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json", "--resume"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v = json_out(&out);
     assert_eq!(v["status"], "complete");
     assert_eq!(result(&v, "good", "arith", "judge-single")["value"], 8.0);
+    assert_eq!(result(&v, "good", "arith", "judge-single")["errors"], 0);
     let show = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]));
     assert!(!show["notes"].to_string().contains("not judged"), "a retried failure is not noted: {}", show["notes"]);
+}
+
+/// A pairwise judge failing on one prompt: the candidate's column counts that answer as an error
+/// and scores the others; the baseline gets no column either way.
+#[test]
+fn a_failed_pairwise_judge_call_is_an_error_of_the_candidates_column() {
+    let (good, bad, judge_srv) = servers();
+    judge_srv.set_faults(|prompt, _| if prompt.contains("11+7") { crate::server::Fault::ServerError } else { crate::server::Fault::None });
+    let dir = TempDir::new("judge-pair-fails");
+    dir.write("data/arith.jsonl", &arith_rows(3).replace("}\n", ", \"human\": \"\"}\n"));
+    let metrics = r#"[{ judge = "pairwise", model = "judge", baseline = "bad" }]"#;
+    let text = suite(&good.base_url(), &bad.base_url(), &judge_srv.base_url(), metrics).replace("model = \"j\"", "model = \"j\"\nmax-retries = 0");
+    let s = dir.write("suite.toml", &text);
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json_out(&out);
+    let row = result(&v, "good", "arith", "judge-pairwise-vs-bad");
+    assert_eq!((&row["n"], &row["errors"]), (&serde_json::json!(2), &serde_json::json!(1)), "{row}");
+    assert!(v["results"].as_array().unwrap().iter().all(|r| !(r["model"] == "bad" && r["metric"] == "judge-pairwise-vs-bad")), "{v}");
 }
 
 #[test]
