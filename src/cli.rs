@@ -720,24 +720,30 @@ fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
             let tokenize = tokenize.parse().map_err(|e: String| anyhow::anyhow!("--tokenize: {e}"))?;
             let (hyp, refs) = load_pairs(&files)?;
             let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();
-            let s = sacrebleu::corpus_bleu(&strs(&hyp), &refs, &sacrebleu::BleuOptions { tokenize, lowercase });
+            let options = sacrebleu::BleuOptions { tokenize, lowercase };
+            let s = sacrebleu::corpus_bleu(&strs(&hyp), &refs, &options);
+            let signature = options.signature(refs.len());
             if files.json {
-                print_json(&json!({"score": s.score, "bp": s.bp, "sys_len": s.sys_len, "ref_len": s.ref_len, "precisions": s.precisions}));
+                print_json(&json!({"score": s.score, "bp": s.bp, "sys_len": s.sys_len, "ref_len": s.ref_len, "precisions": s.precisions, "signature": signature}));
             } else {
                 let p: Vec<String> = s.precisions.iter().map(|p| format!("{p:.1}")).collect();
                 let ratio = if s.ref_len > 0 { s.sys_len as f64 / s.ref_len as f64 } else { 0.0 };
                 println!("BLEU = {:.2} {} (BP = {:.3} ratio = {ratio:.3} hyp_len = {} ref_len = {})", s.score, p.join("/"), s.bp, s.sys_len, s.ref_len);
+                println!("signature: {signature}");
             }
         }
         MetricsCommand::Chrf { files, word_order } => {
             let (hyp, refs) = load_pairs(&files)?;
             let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();
             let word_order = usize::from(word_order);
-            let score = sacrebleu::corpus_chrf(&strs(&hyp), &refs, &sacrebleu::ChrfOptions { word_order, lowercase: false });
+            let options = sacrebleu::ChrfOptions { word_order, lowercase: false };
+            let score = sacrebleu::corpus_chrf(&strs(&hyp), &refs, &options);
+            let signature = options.signature(refs.len());
             if files.json {
-                print_json(&json!({"score": score}));
+                print_json(&json!({"score": score, "signature": signature}));
             } else {
                 println!("chrF2{} = {score:.2}", "+".repeat(word_order));
+                println!("signature: {signature}");
             }
         }
         MetricsCommand::Rouge { files, stem, types } => {

@@ -149,7 +149,8 @@ fn cli_json_forms() {
     let want = g["bleu"].as_array().unwrap().iter().find(|c| c["corpus"] == "en" && c["refs"] == 3 && c["tokenize"] == "intl" && c["lowercase"] == true).unwrap();
     let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     keys.sort();
-    assert_eq!(keys, ["bp", "precisions", "ref_len", "score", "sys_len"]);
+    assert_eq!(keys, ["bp", "precisions", "ref_len", "score", "signature", "sys_len"]);
+    assert_eq!(v["signature"], "nrefs:3|case:lc|eff:no|tok:intl|smooth:exp|version:2.6.0", "sacrebleu's signature of these settings");
     close(v["score"].as_f64().unwrap(), want["score"].as_f64().unwrap(), 1e-4, "cli bleu");
     assert_eq!(v["sys_len"], want["sys_len"]);
 
@@ -160,7 +161,8 @@ fn cli_json_forms() {
 
     let v = metrics_cli(&["chrf", "--hyp", &p(&h), "--ref", &p(&r0), "--word-order", "2", "--json"]);
     let want = g["chrf"].as_array().unwrap().iter().find(|c| c["corpus"] == "en" && c["refs"] == 1 && c["word_order"] == 2).unwrap();
-    assert_eq!(v.as_object().unwrap().len(), 1);
+    assert_eq!(v.as_object().unwrap().len(), 2);
+    assert_eq!(v["signature"], "nrefs:1|case:mixed|eff:yes|nc:6|nw:2|space:no|version:2.6.0", "sacrebleu's signature of chrF++");
     close(v["score"].as_f64().unwrap(), want["score"].as_f64().unwrap(), 1e-4, "cli chrf++");
 
     let v = metrics_cli(&["rouge", "--hyp", &p(&corpus("sum.hyp.jsonl")), "--ref", &p(&corpus("sum.ref.jsonl")), "--jsonl", "--stem", "--json"]);

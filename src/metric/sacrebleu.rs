@@ -40,6 +40,27 @@ impl std::str::FromStr for Tokenize {
     }
 }
 
+impl Tokenize {
+    /// The name sacrebleu gives it (`--tokenize`, and `tok:` in signatures).
+    pub fn name(self) -> &'static str {
+        match self {
+            Tokenize::Thirteen => "13a",
+            Tokenize::Intl => "intl",
+            Tokenize::Zh => "zh",
+            Tokenize::Char => "char",
+            Tokenize::None => "none",
+        }
+    }
+}
+
+/// The sacrebleu release whose scores this module reproduces; signatures name it, as sacrebleu's
+/// own do, so a score reported with one can be compared with sacrebleu's.
+pub const SACREBLEU_VERSION: &str = "2.6.0";
+
+fn case(lowercase: bool) -> &'static str {
+    if lowercase { "lc" } else { "mixed" }
+}
+
 /// The common post-tokenizer of `13a` and `zh`: sacrebleu's four regex substitutions, each a
 /// left-to-right scan with the same non-overlapping match semantics, then whitespace collapsed.
 fn regexp_tokenize(line: &str) -> String {
@@ -187,6 +208,14 @@ pub const MAX_ORDER: usize = 4;
 pub struct BleuOptions {
     pub tokenize: Tokenize,
     pub lowercase: bool,
+}
+
+impl BleuOptions {
+    /// sacrebleu's signature of a corpus BLEU with `nrefs` references per segment (exponential
+    /// smoothing, no effective order: `corpus_bleu`'s defaults).
+    pub fn signature(&self, nrefs: usize) -> String {
+        format!("nrefs:{nrefs}|case:{}|eff:no|tok:{}|smooth:exp|version:{SACREBLEU_VERSION}", case(self.lowercase), self.tokenize.name())
+    }
 }
 
 impl Default for BleuOptions {
@@ -375,6 +404,13 @@ pub struct ChrfOptions {
     pub lowercase: bool,
 }
 
+impl ChrfOptions {
+    /// sacrebleu's signature of a corpus chrF (character order 6, β = 2, whitespace dropped).
+    pub fn signature(&self, nrefs: usize) -> String {
+        format!("nrefs:{nrefs}|case:{}|eff:yes|nc:6|nw:{}|space:no|version:{SACREBLEU_VERSION}", case(self.lowercase), self.word_order)
+    }
+}
+
 const PUNCTS: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
 /// sacrebleu's `_remove_punctuation`: one punctuation mark split off the end, else the start.
@@ -518,6 +554,21 @@ pub fn corpus_chrf(hyps: &[&str], refs: &[Vec<&str>], o: &ChrfOptions) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Signatures as sacrebleu 2.6.0 prints them (`BLEU(**options).get_signature()` after a score).
+    #[test]
+    fn signatures_are_sacrebleus() {
+        let bleu = |tokenize: &str, lowercase: bool, nrefs: usize| BleuOptions { tokenize: tokenize.parse().unwrap(), lowercase }.signature(nrefs);
+        assert_eq!(bleu("13a", false, 1), "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0");
+        assert_eq!(bleu("zh", true, 1), "nrefs:1|case:lc|eff:no|tok:zh|smooth:exp|version:2.6.0");
+        assert_eq!(bleu("intl", false, 1), "nrefs:1|case:mixed|eff:no|tok:intl|smooth:exp|version:2.6.0");
+        assert_eq!(bleu("char", false, 1), "nrefs:1|case:mixed|eff:no|tok:char|smooth:exp|version:2.6.0");
+        assert_eq!(bleu("none", false, 1), "nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:2.6.0");
+        assert_eq!(bleu("13a", false, 2), "nrefs:2|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0");
+        for (word_order, want) in [(0, "nw:0"), (1, "nw:1"), (2, "nw:2")] {
+            assert_eq!(ChrfOptions { word_order, lowercase: false }.signature(1), format!("nrefs:1|case:mixed|eff:yes|nc:6|{want}|space:no|version:2.6.0"));
+        }
+    }
 
     #[test]
     fn thirteen_a() {
