@@ -293,6 +293,9 @@ enum MetricsCommand {
         /// Word n-gram order: 0 (chrF), 1, or 2 (chrF++).
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
         word_order: u8,
+        /// Lower-case hypotheses and references.
+        #[arg(long)]
+        lowercase: bool,
     },
     /// ROUGE as rouge-score, averaged over samples (the best reference per sample when several).
     Rouge {
@@ -732,11 +735,11 @@ fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
                 println!("signature: {signature}");
             }
         }
-        MetricsCommand::Chrf { files, word_order } => {
+        MetricsCommand::Chrf { files, word_order, lowercase } => {
             let (hyp, refs) = load_pairs(&files)?;
             let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();
             let word_order = usize::from(word_order);
-            let options = sacrebleu::ChrfOptions { word_order, lowercase: false };
+            let options = sacrebleu::ChrfOptions { word_order, lowercase };
             let score = sacrebleu::corpus_chrf(&strs(&hyp), &refs, &options);
             let signature = options.signature(refs.len());
             if files.json {

@@ -75,7 +75,7 @@ fn chrf_equals_sacrebleu() {
         let refs = refs_of(c, case["refs"].as_u64().unwrap() as usize);
         let hyp: Vec<&str> = hyp.iter().map(String::as_str).collect();
         let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
-        let o = ChrfOptions { word_order: case["word_order"].as_u64().unwrap() as usize, lowercase: false };
+        let o = ChrfOptions { word_order: case["word_order"].as_u64().unwrap() as usize, lowercase: case["lowercase"].as_bool().unwrap() };
         close(sacrebleu::corpus_chrf(&hyp, &refs, &o), case["score"].as_f64().unwrap(), 1e-4, &format!("{case}"));
     }
 }
@@ -160,10 +160,14 @@ fn cli_json_forms() {
     assert_eq!(crlf, lf);
 
     let v = metrics_cli(&["chrf", "--hyp", &p(&h), "--ref", &p(&r0), "--word-order", "2", "--json"]);
-    let want = g["chrf"].as_array().unwrap().iter().find(|c| c["corpus"] == "en" && c["refs"] == 1 && c["word_order"] == 2).unwrap();
+    let want = g["chrf"].as_array().unwrap().iter().find(|c| c["corpus"] == "en" && c["refs"] == 1 && c["word_order"] == 2 && c["lowercase"] == false).unwrap();
     assert_eq!(v.as_object().unwrap().len(), 2);
     assert_eq!(v["signature"], "nrefs:1|case:mixed|eff:yes|nc:6|nw:2|space:no|version:2.6.0", "sacrebleu's signature of chrF++");
     close(v["score"].as_f64().unwrap(), want["score"].as_f64().unwrap(), 1e-4, "cli chrf++");
+    let v = metrics_cli(&["chrf", "--hyp", &p(&h), "--ref", &p(&r0), "--lowercase", "--json"]);
+    let want = g["chrf"].as_array().unwrap().iter().find(|c| c["corpus"] == "en" && c["refs"] == 1 && c["word_order"] == 0 && c["lowercase"] == true).unwrap();
+    close(v["score"].as_f64().unwrap(), want["score"].as_f64().unwrap(), 1e-4, "cli chrf --lowercase");
+    assert_eq!(v["signature"], "nrefs:1|case:lc|eff:yes|nc:6|nw:0|space:no|version:2.6.0");
 
     let v = metrics_cli(&["rouge", "--hyp", &p(&corpus("sum.hyp.jsonl")), "--ref", &p(&corpus("sum.ref.jsonl")), "--jsonl", "--stem", "--json"]);
     let want = g["rouge"].as_array().unwrap().iter().find(|c| c["corpus"] == "sum" && c["stem"] == true).unwrap();

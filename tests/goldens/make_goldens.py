@@ -171,8 +171,9 @@ for corpus, hyp, refs in (("en", en_hyp, en_refs), ("zh", zh_hyp, zh_refs)):
                                         "score": b.score, "bp": b.bp, "sys_len": b.sys_len, "ref_len": b.ref_len,
                                         "precisions": b.precisions})
         for wo in (0, 2):
-            c = sacrebleu.corpus_chrf(hyp, refs[:nref], word_order=wo)
-            goldens["chrf"].append({"corpus": corpus, "refs": nref, "word_order": wo, "score": c.score})
+            for lc in (False, True):
+                c = sacrebleu.metrics.CHRF(word_order=wo, lowercase=lc).corpus_score(hyp, refs[:nref])
+                goldens["chrf"].append({"corpus": corpus, "refs": nref, "word_order": wo, "lowercase": lc, "score": c.score})
     # Sentence BLEU (effective order) for every segment, 13a and the first reference set.
     goldens["sentence_bleu"].append({"corpus": corpus, "tokenize": "13a" if corpus == "en" else "zh",
                                      "scores": [sacrebleu.sentence_bleu(h, [r], tokenize="13a" if corpus == "en" else "zh").score
