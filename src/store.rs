@@ -120,6 +120,10 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
+/// The oldest schema the reading commands read as it is, without the write access a migration
+/// needs: the migrations after it add only what writing runs uses (4: leases).
+const READ_FROM: usize = 3;
+
 /// How often a lease is renewed, and how long one goes unrenewed before it is taken as abandoned.
 const LEASE_BEAT: std::time::Duration = std::time::Duration::from_secs(10);
 const LEASE_STALE_S: f64 = 60.0;
@@ -307,7 +311,7 @@ impl Store {
                 }
             };
             match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
-                Ok(version) if version as usize == MIGRATIONS.len() => return Ok(Store { conn, path: path.to_path_buf() }),
+                Ok(version) if (READ_FROM..=MIGRATIONS.len()).contains(&(version as usize)) => return Ok(Store { conn, path: path.to_path_buf() }),
                 Ok(0) => return Err(Error::Store { path: path.to_path_buf(), message: "not an llmeval database (and this process cannot write it)".into() }),
                 Ok(version) => {
                     return Err(Error::Store {
@@ -842,6 +846,22 @@ mod tests {
         assert!(e.contains("not an llmeval database"), "{e}");
         let e = Store::open_read_only(&dir.join("missing.db")).err().expect("refused").to_string();
         assert!(e.contains("missing.db"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database the previous schema wrote (before leases) is read as it is where it cannot be
+    /// written, and upgraded where it can.
+    #[test]
+    fn the_schema_before_leases_is_read_without_writing() {
+        let (dir, path, store) = store_with_run_r1("ro-v3");
+        drop(store);
+        Connection::open(&path).unwrap().execute_batch(&format!("DROP TABLE leases; PRAGMA user_version = {READ_FROM};")).unwrap();
+        let ro = Store::open_read_only(&path).unwrap();
+        assert_eq!(ro.resolve_run("latest").unwrap().id, "r1");
+        assert!(ro.judged_pairs().unwrap().is_empty(), "the judgments and battles of schema 3 are read");
+        drop(ro);
+        let store = Store::open(&path).unwrap();
+        drop(store.lease("r1").expect("migrated: leases work"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
