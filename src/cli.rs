@@ -824,6 +824,7 @@ fn load_engine(path: &std::path::Path, threads: Option<usize>, device: Option<&s
         tokens_per_minute: None,
         system_prompt: None,
         extra_body: None,
+        max_tokens_field: Default::default(),
     };
     let m = crate::model::builtin::BuiltinModel::new(&cfg, std::path::Path::new(""))?;
     if let Some(note) = m.device_note() {

@@ -49,6 +49,27 @@ pub enum Api {
     Completions,
 }
 
+/// The request field that carries a generation's token limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+pub enum MaxTokensField {
+    /// `max_tokens`: what OpenAI-compatible servers (vLLM, llama.cpp server) take.
+    #[default]
+    #[serde(rename = "max_tokens")]
+    MaxTokens,
+    /// `max_completion_tokens`: what hosted reasoning models take instead (they refuse `max_tokens`).
+    #[serde(rename = "max_completion_tokens")]
+    MaxCompletionTokens,
+}
+
+impl MaxTokensField {
+    pub fn name(self) -> &'static str {
+        match self {
+            MaxTokensField::MaxTokens => "max_tokens",
+            MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+}
+
 /// One `[[model]]` table.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -107,6 +128,10 @@ pub struct ModelConfig {
     /// Extra JSON fields merged into every request body (e.g. `{ top_k = 20 }`).
     #[serde(default)]
     pub extra_body: Option<toml::Table>,
+    /// (openai) The field a generation's `max-tokens` is sent in: `"max_tokens"` (default) or
+    /// `"max_completion_tokens"`, for hosted models that refuse `max_tokens`.
+    #[serde(default)]
+    pub max_tokens_field: MaxTokensField,
 }
 
 /// The longest request timeout a suite may set: a week.
@@ -406,8 +431,8 @@ impl Suite {
                     if m.path.is_none() {
                         return Err(Error::config(&whole, format!("model {:?}: engine = \"builtin\" needs `path`, a GGUF file or a Hugging Face directory", m.name)));
                     }
-                    if !m.base_url.is_empty() || m.api_key_env.is_some() {
-                        return Err(Error::config(&whole, format!("model {:?}: base-url and api-key-env are for engine = \"openai\"", m.name)));
+                    if !m.base_url.is_empty() || m.api_key_env.is_some() || m.max_tokens_field != MaxTokensField::MaxTokens {
+                        return Err(Error::config(&whole, format!("model {:?}: base-url, api-key-env and max-tokens-field are for engine = \"openai\"", m.name)));
                     }
                     if let Some(t) = m.threads.filter(|t| !(1..=crate::cli::MAX_THREADS).contains(t)) {
                         return Err(Error::config(&whole, format!("model {:?}: threads = {t}: give 1 to {}", m.name, crate::cli::MAX_THREADS)));

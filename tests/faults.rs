@@ -219,3 +219,33 @@ fn answers_longer_than_max_tokens_are_noted() {
     let run = json_out(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap(), "--json"]));
     assert!(run["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().contains(want)), "{run}");
 }
+
+/// A hosted model that refuses `max_tokens`: the error says which setting sends
+/// `max_completion_tokens` instead, and with it the run goes through.
+#[test]
+fn max_tokens_field_sends_max_completion_tokens() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let refusal = "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.";
+    server.set_faults(move |_, _| Fault::Refused(refusal.into()));
+    let dir = TempDir::new("max-completion-tokens");
+    dir.write("data/arith.jsonl", &arith_rows(3));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let errors = sample_errors(&dir.db());
+    assert!(errors.iter().all(|e| e.contains("set max-tokens-field = \"max_completion_tokens\" on the model")), "{errors:?}");
+    server.set_faults(|_, _| Fault::None);
+    server.clear_log();
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "max-tokens-field = \"max_completion_tokens\""));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let log = server.log();
+    assert_eq!(log.len(), 3);
+    assert!(log.iter().all(|r| r.body["max_completion_tokens"] == 8 && r.body.get("max_tokens").is_none()), "{:?}", log[0].body);
+    // a builtin model has no request to put it in
+    let text = "[[model]]\nname = \"m\"\nengine = \"builtin\"\npath = \"x.gguf\"\nmax-tokens-field = \"max_completion_tokens\"\n";
+    let bad = dir.write("bad.toml", &format!("name = \"b\"\n{text}[[task]]\nname = \"t\"\nkind = \"generate\"\ndata = \"data/arith.jsonl\"\nprompt = \"{{{{ question }}}}\"\ntarget = \"{{{{ answer }}}}\"\n"));
+    let out = llmeval(&["run", bad.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("max-tokens-field are for engine = \"openai\""), "{}", stderr(&out));
+}

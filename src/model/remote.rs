@@ -198,6 +198,9 @@ impl Shared {
             let hint = match status.as_u16() {
                 401 | 403 => " (check the API key: the model's `api-key-env` names the environment variable that holds it)",
                 404 => " (check the model's `base-url`, which ends before /chat/completions, and `model`)",
+                400 if detail.contains("max_completion_tokens") && job.body.get("max_tokens").is_some() => {
+                    " (this model takes its token limit as `max_completion_tokens`: set max-tokens-field = \"max_completion_tokens\" on the model)"
+                }
                 _ => "",
             };
             let msg = format!("HTTP {}: {detail}{hint}", status.as_u16());
@@ -469,7 +472,8 @@ impl Model for RemoteModel {
         let jobs = requests
             .iter()
             .map(|r| {
-                let mut body = json!({"model": self.cfg.model, "max_tokens": r.max_tokens, "temperature": r.temperature});
+                let mut body = json!({"model": self.cfg.model, "temperature": r.temperature});
+                body[self.cfg.max_tokens_field.name()] = json!(r.max_tokens);
                 let chars;
                 match self.cfg.api {
                     Api::Chat => {

@@ -22,6 +22,8 @@ pub enum Fault {
     ServerError,
     /// 400: a permanent client error.
     BadRequest,
+    /// 400 with this error message.
+    Refused(String),
     /// Close the connection without answering.
     Drop,
     /// 200 with an HTML body.
@@ -284,6 +286,7 @@ fn handle(w: &mut TcpStream, st: &State, path: &str, headers: &HashMap<String, S
         Fault::RateLimited(after) => return respond(w, "429 Too Many Requests", &format!("Retry-After: {after}\r\n"), r#"{"error":{"message":"rate limited"}}"#),
         Fault::ServerError => return respond(w, "500 Internal Server Error", "", r#"{"error":{"message":"boom"}}"#),
         Fault::BadRequest => return respond(w, "400 Bad Request", "", r#"{"error":{"message":"this model does not exist"}}"#),
+        Fault::Refused(m) => return respond(w, "400 Bad Request", "", &json!({"error": {"message": m, "type": "invalid_request_error"}}).to_string()),
         Fault::Drop => return false,
         Fault::NotJson => return respond(w, "200 OK", "", "<html>bad gateway</html>"),
         Fault::Slow(d) => std::thread::sleep(d),
