@@ -13,9 +13,9 @@ import random
 
 import jieba
 import sacrebleu
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
-from rouge_chinese import Rouge
 from rouge_score import rouge_scorer
+
+from chatglm_reference import chatglm_scores
 
 jieba.setLogLevel(60)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -200,18 +200,7 @@ for corpus, hyp, ref in (("en", en_hyp, en_refs[0]), ("sum", sum_hyp, sum_ref)):
 
 # ChatGLM2-6B evaluation (ptuning/main.py's compute_metrics).
 for corpus, hyp, ref in (("zh", zh_hyp, zh_refs[0]), ("en", en_hyp[:100], en_refs[0][:100])):
-    score = {"rouge-1": [], "rouge-2": [], "rouge-l": [], "bleu-4": []}
-    for pred, label in zip(hyp, ref):
-        h = list(jieba.cut(pred))
-        r = list(jieba.cut(label))
-        if len(" ".join(h).split()) == 0 or len(" ".join(r).split()) == 0:
-            result = {"rouge-1": {"f": 0.0}, "rouge-2": {"f": 0.0}, "rouge-l": {"f": 0.0}}
-        else:
-            result = Rouge().get_scores(" ".join(h), " ".join(r))[0]
-        for k, v in result.items():
-            score[k].append(round(v["f"] * 100, 4))
-        b = sentence_bleu([list(label)], list(pred), smoothing_function=SmoothingFunction().method3)
-        score["bleu-4"].append(round(b * 100, 4))
+    score = chatglm_scores(hyp, ref)
     goldens["chatglm"].append({"corpus": corpus, "mean": {k: sum(v) / len(v) for k, v in score.items()}, "per_sample": score})
 
 with open(os.path.join(HERE, "goldens.json"), "w", encoding="utf-8") as f:
