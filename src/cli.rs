@@ -387,6 +387,14 @@ enum RunsCommand {
         #[command(flatten)]
         db: DbArg,
     },
+    /// Delete runs with their samples, results, judgments and tags (cached responses stay).
+    Delete {
+        /// Runs (id, unique id prefix, tag, or `latest`).
+        #[arg(required = true)]
+        runs: Vec<String>,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 /// Entry point: parses arguments, runs the command, maps the outcome to an exit code.
@@ -435,6 +443,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 match before {
                     Some(b) if b.id != r.id => println!("moved tag {name} from {} to {}", b.id, r.id),
                     _ => println!("tagged {} as {name}", r.id),
+                }
+                Ok(exit::SUCCESS)
+            }
+            RunsCommand::Delete { runs, db } => {
+                let store = open_existing(&db.path())?;
+                // every name is resolved before anything goes, so a typo deletes nothing
+                let mut ids: Vec<crate::store::Run> = Vec::new();
+                for r in &runs {
+                    let run = store.resolve_run(r)?;
+                    if !ids.iter().any(|x| x.id == run.id) {
+                        ids.push(run);
+                    }
+                }
+                for run in ids {
+                    // claimed first: a run another process is working on is not pulled from under it
+                    let _claim = store.lease(&run.id)?;
+                    let (samples, tags) = store.delete_run(&run.id)?;
+                    let tags = if tags.is_empty() { String::new() } else { format!("; tags {}", tags.join(", ")) };
+                    println!("deleted run {} (suite {}, {samples} samples{tags})", run.id, run.suite);
                 }
                 Ok(exit::SUCCESS)
             }

@@ -527,6 +527,23 @@ impl Store {
         self.db(r).map(|_| ())
     }
 
+    /// Deletes a run with everything stored under it (samples, aggregates, judgments, tags);
+    /// cached responses stay, as the cache they are. Returns how many samples went and the tags.
+    pub fn delete_run(&self, run_id: &str) -> Result<(usize, Vec<String>)> {
+        let r = (|| -> rusqlite::Result<(usize, Vec<String>)> {
+            let tx = self.conn.unchecked_transaction()?;
+            let samples: i64 = tx.query_row("SELECT count(*) FROM samples WHERE run_id = ?1", [run_id], |r| r.get(0))?;
+            let tags = {
+                let mut stmt = tx.prepare("SELECT name FROM tags WHERE run_id = ?1 ORDER BY name")?;
+                stmt.query_map([run_id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?
+            };
+            tx.execute("DELETE FROM runs WHERE id = ?1", [run_id])?; // the rest by ON DELETE CASCADE
+            tx.commit()?;
+            Ok((samples as usize, tags))
+        })();
+        self.db(r)
+    }
+
     /// Keys `(model, task, item)` of the samples of a run that finished without error.
     pub fn finished_keys(&self, run_id: &str) -> Result<std::collections::HashSet<(String, String, i64)>> {
         let mut stmt = self.db(self.conn.prepare("SELECT model, task, item FROM samples WHERE run_id = ?1 AND error IS NULL"))?;

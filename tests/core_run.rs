@@ -466,3 +466,50 @@ fn read_only_database_is_read_by_the_reading_commands() {
     std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let _ = std::fs::remove_file(&report);
 }
+
+/// `runs delete` takes a run with everything stored under it, resolves every name before deleting
+/// any, and leaves a run another process is working on alone.
+#[test]
+fn runs_delete_removes_a_run_and_what_hangs_on_it() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    let dir = TempDir::new("runs-delete");
+    dir.write("data/arith.jsonl", &arith_rows(4));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), ""));
+    let db = dir.db();
+    let (suite, db_s) = (suite.to_str().unwrap(), db.to_str().unwrap());
+    let ids: Vec<String> = (0..3).map(|_| json_out(&llmeval(&["run", suite, "--db", db_s, "--json"]))["run_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(llmeval(&["runs", "tag", &ids[0], "base", "--db", db_s]).status.code(), Some(0));
+    let count = |sql: &str| -> i64 { rusqlite::Connection::open(&db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap() };
+    // a name that resolves to nothing: nothing is deleted
+    let out = llmeval(&["runs", "delete", "base", "nope", "--db", db_s]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+    assert_eq!(count("SELECT count(*) FROM runs"), 3);
+    // a tag and `latest`, one run named twice
+    let out = llmeval(&["runs", "delete", "base", &ids[0], "latest", "--db", db_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("deleted run {} (suite arith-demo, 4 samples; tags base)\ndeleted run {} (suite arith-demo, 4 samples)\n", ids[0], ids[2]));
+    let list = json_out(&llmeval(&["runs", "list", "--db", db_s, "--json"]));
+    assert_eq!(list.as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap()).collect::<Vec<_>>(), [ids[1].as_str()]);
+    assert_eq!(count("SELECT count(*) FROM samples"), 4);
+    assert_eq!(count(&format!("SELECT count(*) FROM aggregates WHERE run_id != '{}'", ids[1])), 0);
+    assert_eq!(count("SELECT count(*) FROM tags"), 0);
+    assert!(count("SELECT count(*) FROM responses") > 0, "the response cache stays");
+    // a run another live process holds is not deleted
+    let mut holder = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("INSERT INTO leases (run_id, token, pid, host, since, seen_at) VALUES (?1, 't', ?2, ?3, ?4, ?4)", rusqlite::params![ids[1], holder.id(), host, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()])
+        .unwrap();
+    let out = llmeval(&["runs", "delete", &ids[1], "--db", db_s]);
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(&format!("in progress in another llmeval process (pid {}", holder.id())), "{}", stderr(&out));
+    assert_eq!(count("SELECT count(*) FROM runs"), 1);
+    // once that process is gone
+    let out = llmeval(&["runs", "delete", &ids[1], "--db", db_s]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count("SELECT count(*) FROM runs") + count("SELECT count(*) FROM samples") + count("SELECT count(*) FROM leases"), 0);
+}
