@@ -10,7 +10,8 @@ sources with odd tokens mixed in (mixed Latin/digit runs, Unicode punctuation an
 combining marks, emoji, odd spaces), Chinese from jieba's dictionary with the same, random
 characters from many Unicode blocks (control characters and newlines included, so samples travel
 as JSON lines), and hypotheses made by dropping, replacing and upper-casing their parts. Then it
-compares every BLEU tokenizer with and without lower-casing, chrF/chrF+/chrF++ (also lower-cased),
+compares every BLEU tokenizer with and without lower-casing (and every smoothing method on single
+segments, where orders without a match are common), chrF/chrF+/chrF++ (also lower-cased),
 ROUGE with and without stemming (one and two references), and the ChatGLM evaluation, at 1e-9
 relative. A mismatch prints the first sample that differs. Exits 1 on any mismatch.
 """
@@ -133,9 +134,9 @@ class Checker:
         print(f"MISMATCH {what} on the corpus, though every sample alone agrees")
 
 
-def bleu_ref(tok, lc):
+def bleu_ref(tok, lc, smooth_method="exp", smooth_value=None):
     def f(hyp, refs):
-        s = BLEU(tokenize=tok, lowercase=lc).corpus_score(hyp, refs)
+        s = BLEU(tokenize=tok, lowercase=lc, smooth_method=smooth_method, smooth_value=smooth_value).corpus_score(hyp, refs)
         return {"score": s.score, "bp": s.bp, "sys_len": s.sys_len, "ref_len": s.ref_len, "precisions": s.precisions}
     return f
 
@@ -181,6 +182,12 @@ def main():
                     c.compare(f"seed {seed} {name} chrf wo={wo} lc={lc}", "chrf", hyp, refs, ["--word-order", str(wo)] + ["--lowercase"] * lc, ref, lambda v: [v["score"]])
             for stem in (False, True):
                 c.compare(f"seed {seed} {name} rouge stem={stem}", "rouge", hyp, refs, ["--stem"] * stem, rouge_ref(stem), rouge_keys)
+            # smoothing matters where an order has no match: single segments as corpora
+            for method, value in (("floor", None), ("floor", 0.3), ("add-k", None), ("add-k", 0.5), ("none", None)):
+                extra = ["--smooth-method", method] + ([f"--smooth-value={value}"] if value is not None else [])
+                ref = lambda h, r, m=method, v=value: bleu_ref("13a", False, m, v)(h, r)
+                for i in range(20):
+                    c.compare(f"seed {seed} {name} bleu smooth={method}[{value}] segment {i}", "bleu", hyp[i:i + 1], [x[i:i + 1] for x in refs], extra, ref, bleu_keys)
         for name, hyp, refs in (("zh", zh, [zh_refs]), ("en", en, en_refs[:1])):
             c.compare(f"seed {seed} {name} chatglm", "chatglm", hyp, refs, [], chatglm_ref, lambda v: [v[k] for k in sorted(v)])
     print(f"{c.checked} comparisons on {a.n} samples per corpus, seeds {a.seeds}: {c.bad} mismatch(es)")

@@ -285,6 +285,12 @@ enum MetricsCommand {
         /// Lower-case hypotheses and references.
         #[arg(long)]
         lowercase: bool,
+        /// Smoothing of n-gram precisions without a match: exp, floor, add-k or none.
+        #[arg(long, default_value = "exp")]
+        smooth_method: String,
+        /// The value of floor (default 0.1) or add-k (default 1) smoothing.
+        #[arg(long, allow_negative_numbers = true)]
+        smooth_value: Option<f64>,
     },
     /// Corpus chrF (word order 0) or chrF++ (word order 2), as sacrebleu.
     Chrf {
@@ -746,11 +752,12 @@ fn print_json(v: &Value) {
 fn cmd_metrics(command: MetricsCommand) -> anyhow::Result<u8> {
     use crate::metric::{diversity, rouge, sacrebleu};
     match command {
-        MetricsCommand::Bleu { files, tokenize, lowercase } => {
+        MetricsCommand::Bleu { files, tokenize, lowercase, smooth_method, smooth_value } => {
             let tokenize = tokenize.parse().map_err(|e: String| anyhow::anyhow!("--tokenize: {e}"))?;
+            let smooth = sacrebleu::Smooth::parse(&smooth_method, smooth_value).map_err(|e| anyhow::anyhow!("--smooth-method/--smooth-value: {e}"))?;
             let (hyp, refs) = load_pairs(&files)?;
             let refs: Vec<Vec<&str>> = refs.iter().map(|r| strs(r)).collect();
-            let options = sacrebleu::BleuOptions { tokenize, lowercase };
+            let options = sacrebleu::BleuOptions { tokenize, lowercase, smooth };
             let s = sacrebleu::corpus_bleu(&strs(&hyp), &refs, &options);
             let signature = options.signature(refs.len());
             if files.json {

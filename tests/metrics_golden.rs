@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use llmeval::metric::rouge::{self, RougeType};
-use llmeval::metric::sacrebleu::{self, BleuOptions, ChrfOptions};
+use llmeval::metric::sacrebleu::{self, BleuOptions, ChrfOptions, Smooth};
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -38,7 +38,7 @@ fn bleu_equals_sacrebleu_for_every_tokenizer_and_option() {
         let refs = refs_of(c, case["refs"].as_u64().unwrap() as usize);
         let hyp: Vec<&str> = hyp.iter().map(String::as_str).collect();
         let refs: Vec<Vec<&str>> = refs.iter().map(|r| r.iter().map(String::as_str).collect()).collect();
-        let o = BleuOptions { tokenize: case["tokenize"].as_str().unwrap().parse().unwrap(), lowercase: case["lowercase"].as_bool().unwrap() };
+        let o = BleuOptions { tokenize: case["tokenize"].as_str().unwrap().parse().unwrap(), lowercase: case["lowercase"].as_bool().unwrap(), smooth: Smooth::Exp };
         let s = sacrebleu::corpus_bleu(&hyp, &refs, &o);
         let what = format!("{case}");
         close(s.score, case["score"].as_f64().unwrap(), 1e-4, &what);
@@ -52,11 +52,36 @@ fn bleu_equals_sacrebleu_for_every_tokenizer_and_option() {
 }
 
 #[test]
+fn bleu_smoothing_equals_sacrebleu() {
+    let g = goldens();
+    for case in g["bleu_smooth"].as_array().unwrap() {
+        let c = case["corpus"].as_str().unwrap();
+        let smooth = Smooth::parse(case["smooth_method"].as_str().unwrap(), case["smooth_value"].as_f64()).unwrap();
+        let o = BleuOptions { tokenize: case["tokenize"].as_str().unwrap().parse().unwrap(), lowercase: false, smooth };
+        assert_eq!(o.signature(1), case["signature"].as_str().unwrap());
+        let (hyp, r) = (lines(&format!("{c}.hyp")), lines(&format!("{c}.ref0")));
+        for (i, want) in case["scores"].as_array().unwrap().iter().enumerate() {
+            let s = sacrebleu::corpus_bleu(&[hyp[i].as_str()], &[vec![r[i].as_str()]], &o);
+            close(s.score, want.as_f64().unwrap(), 1e-9, &format!("{c} {smooth:?} segment {i}: {:?}", hyp[i]));
+        }
+    }
+    // the CLI's options, and what it refuses
+    let (h, r0) = (corpus("en.hyp"), corpus("en.ref0"));
+    let v = metrics_cli(&["bleu", "--hyp", h.to_str().unwrap(), "--ref", r0.to_str().unwrap(), "--smooth-method", "add-k", "--smooth-value", "0.5", "--json"]);
+    assert_eq!(v["signature"], "nrefs:1|case:mixed|eff:no|tok:13a|smooth:add-k[0.50]|version:2.6.0");
+    for (args, want) in [(&["--smooth-method", "exp", "--smooth-value", "1"][..], "takes no value"), (&["--smooth-method", "floor", "--smooth-value", "-1"][..], "must be a number ≥ 0"), (&["--smooth-method", "lin"][..], "unknown smooth method \"lin\"")] {
+        let out = llmeval(&[&["metrics", "bleu", "--hyp", h.to_str().unwrap(), "--ref", r0.to_str().unwrap()][..], args].concat());
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn sentence_bleu_equals_sacrebleu() {
     let g = goldens();
     for case in g["sentence_bleu"].as_array().unwrap() {
         let c = case["corpus"].as_str().unwrap();
-        let o = BleuOptions { tokenize: case["tokenize"].as_str().unwrap().parse().unwrap(), lowercase: false };
+        let o = BleuOptions { tokenize: case["tokenize"].as_str().unwrap().parse().unwrap(), lowercase: false, smooth: Smooth::Exp };
         let hyp = lines(&format!("{c}.hyp"));
         let r = lines(&format!("{c}.ref0"));
         for (i, want) in case["scores"].as_array().unwrap().iter().enumerate() {

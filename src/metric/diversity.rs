@@ -66,7 +66,7 @@ pub fn self_bleu(outputs: &[&str]) -> f64 {
     if outputs.len() < 2 {
         return 0.0;
     }
-    let o = BleuOptions { tokenize: Tokenize::Zh, lowercase: false };
+    let o = BleuOptions { tokenize: Tokenize::Zh, lowercase: false, smooth: super::sacrebleu::Smooth::Exp };
     let hyps: Vec<&str> = outputs.to_vec();
     let idx: Vec<String> = (0..outputs.len()).map(|i| i.to_string()).collect();
     let idx_refs: Vec<&str> = idx.iter().map(String::as_str).collect();

@@ -208,19 +208,21 @@ pub const MAX_ORDER: usize = 4;
 pub struct BleuOptions {
     pub tokenize: Tokenize,
     pub lowercase: bool,
+    /// How precisions without a match are smoothed.
+    pub smooth: Smooth,
 }
 
 impl BleuOptions {
-    /// sacrebleu's signature of a corpus BLEU with `nrefs` references per segment (exponential
-    /// smoothing, no effective order: `corpus_bleu`'s defaults).
+    /// sacrebleu's signature of a corpus BLEU with `nrefs` references per segment (no effective
+    /// order, as `corpus_bleu`).
     pub fn signature(&self, nrefs: usize) -> String {
-        format!("nrefs:{nrefs}|case:{}|eff:no|tok:{}|smooth:exp|version:{SACREBLEU_VERSION}", case(self.lowercase), self.tokenize.name())
+        format!("nrefs:{nrefs}|case:{}|eff:no|tok:{}|smooth:{}|version:{SACREBLEU_VERSION}", case(self.lowercase), self.tokenize.name(), self.smooth.name())
     }
 }
 
 impl Default for BleuOptions {
     fn default() -> Self {
-        BleuOptions { tokenize: Tokenize::Thirteen, lowercase: false }
+        BleuOptions { tokenize: Tokenize::Thirteen, lowercase: false, smooth: Smooth::Exp }
     }
 }
 
@@ -314,30 +316,91 @@ fn my_log(x: f64) -> f64 {
     if x == 0.0 { -9_999_999_999.0 } else { x.ln() }
 }
 
+/// sacrebleu's smoothing of n-gram precisions that have no match.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Smooth {
+    /// mteval's: the k-th order without a match counts as 1 / 2^k matches (the default).
+    Exp,
+    /// A precision without a match counts as this many matches (sacrebleu's default 0.1).
+    Floor(f64),
+    /// This many added to the matches and totals of orders 2 and up (sacrebleu's default 1).
+    AddK(f64),
+    /// None: a precision without a match makes BLEU 0.
+    None,
+}
+
+impl Smooth {
+    /// From sacrebleu's `--smooth-method` and `--smooth-value` (the method's default when absent).
+    pub fn parse(method: &str, value: Option<f64>) -> Result<Smooth, String> {
+        let value_for = |default: f64| -> Result<f64, String> {
+            let v = value.unwrap_or(default);
+            if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(format!("smooth value {v} must be a number ≥ 0")) }
+        };
+        match method {
+            "exp" | "none" if value.is_some() => Err(format!("smooth method {method:?} takes no value; only floor and add-k do")),
+            "exp" => Ok(Smooth::Exp),
+            "none" => Ok(Smooth::None),
+            "floor" => Ok(Smooth::Floor(value_for(0.1)?)),
+            "add-k" => Ok(Smooth::AddK(value_for(1.0)?)),
+            _ => Err(format!("unknown smooth method {method:?}; expected exp, floor, add-k or none")),
+        }
+    }
+
+    /// As sacrebleu's signatures write it: `exp`, `floor[0.10]`, `add-k[1.00]`, `none`.
+    pub fn name(self) -> String {
+        match self {
+            Smooth::Exp => "exp".into(),
+            Smooth::Floor(v) => format!("floor[{v:.2}]"),
+            Smooth::AddK(v) => format!("add-k[{v:.2}]"),
+            Smooth::None => "none".into(),
+        }
+    }
+}
+
 /// sacrebleu's `compute_bleu` with `exp` smoothing.
 pub fn bleu_from_stats(st: &[u64], effective_order: bool) -> BleuScore {
+    bleu_from_stats_smoothed(st, effective_order, Smooth::Exp)
+}
+
+/// sacrebleu's `compute_bleu`.
+pub fn bleu_from_stats_smoothed(st: &[u64], effective_order: bool, smooth: Smooth) -> BleuScore {
     let (sys_len, ref_len) = (st[0], st[1]);
-    let correct = &st[2..2 + MAX_ORDER];
-    let total = &st[2 + MAX_ORDER..2 + 2 * MAX_ORDER];
+    let mut correct = [0.0; MAX_ORDER];
+    let mut total = [0.0; MAX_ORDER];
+    for n in 0..MAX_ORDER {
+        (correct[n], total[n]) = (st[2 + n] as f64, st[2 + MAX_ORDER + n] as f64);
+    }
     let bp = if sys_len < ref_len { if sys_len > 0 { (1.0 - ref_len as f64 / sys_len as f64).exp() } else { 0.0 } } else { 1.0 };
     let mut precisions = [0.0; MAX_ORDER];
-    if correct.iter().all(|&c| c == 0) {
+    if correct.iter().all(|&c| c == 0.0) {
         return BleuScore { score: 0.0, bp, sys_len, ref_len, precisions };
     }
-    let mut smooth = 1.0;
+    let mut mteval = 1.0;
     let mut eff_order = MAX_ORDER;
     for n in 1..=MAX_ORDER {
-        if total[n - 1] == 0 {
+        if let Smooth::AddK(k) = smooth
+            && n > 1
+        {
+            correct[n - 1] += k;
+            total[n - 1] += k;
+        }
+        if total[n - 1] == 0.0 {
             break;
         }
         if effective_order {
             eff_order = n;
         }
-        if correct[n - 1] == 0 {
-            smooth *= 2.0;
-            precisions[n - 1] = 100.0 / (smooth * total[n - 1] as f64);
+        if correct[n - 1] == 0.0 {
+            match smooth {
+                Smooth::Exp => {
+                    mteval *= 2.0;
+                    precisions[n - 1] = 100.0 / (mteval * total[n - 1]);
+                }
+                Smooth::Floor(v) => precisions[n - 1] = 100.0 * v / total[n - 1],
+                Smooth::AddK(_) | Smooth::None => {}
+            }
         } else {
-            precisions[n - 1] = 100.0 * correct[n - 1] as f64 / total[n - 1] as f64;
+            precisions[n - 1] = 100.0 * correct[n - 1] / total[n - 1];
         }
     }
     let sum: f64 = precisions[..eff_order].iter().map(|&p| my_log(p)).sum();
@@ -358,12 +421,12 @@ pub fn sum_stats(all: impl IntoIterator<Item = impl AsRef<[u64]>>, width: usize)
 /// sacrebleu `corpus_bleu(hyps, [refs_1, refs_2, …])`: `refs[k][i]` is reference k of segment i.
 pub fn corpus_bleu(hyps: &[&str], refs: &[Vec<&str>], o: &BleuOptions) -> BleuScore {
     let stats = per_segment(hyps, refs, |h, r| bleu_stats(h, r, o));
-    bleu_from_stats(&sum_stats(&stats, 2 + 2 * MAX_ORDER), false)
+    bleu_from_stats_smoothed(&sum_stats(&stats, 2 + 2 * MAX_ORDER), false, o.smooth)
 }
 
 /// sacrebleu `sentence_bleu(hyp, refs)` (effective order).
 pub fn sentence_bleu(hyp: &str, refs: &[&str], o: &BleuOptions) -> BleuScore {
-    bleu_from_stats(&bleu_stats(hyp, refs, o), true)
+    bleu_from_stats_smoothed(&bleu_stats(hyp, refs, o), true, o.smooth)
 }
 
 /// Maps every segment through `f` using all cores, keeping order.
@@ -558,7 +621,7 @@ mod tests {
     /// Signatures as sacrebleu 2.6.0 prints them (`BLEU(**options).get_signature()` after a score).
     #[test]
     fn signatures_are_sacrebleus() {
-        let bleu = |tokenize: &str, lowercase: bool, nrefs: usize| BleuOptions { tokenize: tokenize.parse().unwrap(), lowercase }.signature(nrefs);
+        let bleu = |tokenize: &str, lowercase: bool, nrefs: usize| BleuOptions { tokenize: tokenize.parse().unwrap(), lowercase, smooth: Smooth::Exp }.signature(nrefs);
         assert_eq!(bleu("13a", false, 1), "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0");
         assert_eq!(bleu("zh", true, 1), "nrefs:1|case:lc|eff:no|tok:zh|smooth:exp|version:2.6.0");
         assert_eq!(bleu("intl", false, 1), "nrefs:1|case:mixed|eff:no|tok:intl|smooth:exp|version:2.6.0");

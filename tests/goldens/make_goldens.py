@@ -159,7 +159,7 @@ for name, lines in (("sum.hyp.jsonl", sum_hyp), ("sum.ref.jsonl", sum_ref)):
         for l in lines:
             f.write(json.dumps(l, ensure_ascii=False) + "\n")
 
-goldens = {"bleu": [], "chrf": [], "rouge": [], "chatglm": [], "sentence_bleu": []}
+goldens = {"bleu": [], "chrf": [], "rouge": [], "chatglm": [], "sentence_bleu": [], "bleu_smooth": []}
 
 # BLEU: every tokenizer, lowercase on/off, 1 and 3 references (English) and 1–2 (Chinese).
 for corpus, hyp, refs in (("en", en_hyp, en_refs), ("zh", zh_hyp, zh_refs)):
@@ -178,6 +178,16 @@ for corpus, hyp, refs in (("en", en_hyp, en_refs), ("zh", zh_hyp, zh_refs)):
     goldens["sentence_bleu"].append({"corpus": corpus, "tokenize": "13a" if corpus == "en" else "zh",
                                      "scores": [sacrebleu.sentence_bleu(h, [r], tokenize="13a" if corpus == "en" else "zh").score
                                                 for h, r in zip(hyp, refs[0])]})
+
+# Corpus BLEU of each of the first 60 segments alone (where orders without a match are common), for
+# every smoothing method, default and other values.
+for corpus, hyp, refs in (("en", en_hyp, en_refs), ("zh", zh_hyp, zh_refs)):
+    for method, value in (("exp", None), ("floor", None), ("floor", 0.3), ("add-k", None), ("add-k", 0.5), ("none", None)):
+        tok = "13a" if corpus == "en" else "zh"
+        bleu = sacrebleu.metrics.BLEU(smooth_method=method, smooth_value=value, tokenize=tok)
+        goldens["bleu_smooth"].append({"corpus": corpus, "tokenize": tok, "smooth_method": method, "smooth_value": value, "signature": None,
+                                       "scores": [bleu.corpus_score([h], [[r]]).score for h, r in zip(hyp[:60], refs[0][:60])]})
+        goldens["bleu_smooth"][-1]["signature"] = bleu.get_signature().format()
 
 # ROUGE: mean precision/recall/F over samples, with and without stemming.
 types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
