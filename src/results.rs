@@ -27,7 +27,7 @@ const RIGHT_OR_WRONG: &[&str] = &["exact-match", "contains", "acc", "acc-norm"];
 pub fn metric_range(metric: &str, pairwise_judge: bool) -> Option<(f64, f64)> {
     match metric {
         "exact-match" | "contains" | "f1" | "acc" | "acc-norm" | "distinct-1" | "distinct-2" => Some((0.0, 1.0)),
-        "bleu" | "chrf" | "chrf++" => Some((0.0, 100.0)),
+        "bleu" | "bleu-intl" | "bleu-zh" | "bleu-char" | "bleu-none" | "chrf" | "chrf++" => Some((0.0, 100.0)),
         m if m.starts_with("rouge") => Some((0.0, 1.0)),
         m if m.starts_with("chatglm-") => Some((0.0, 100.0)),
         m if m.starts_with("judge-") => Some(if pairwise_judge { (0.0, 1.0) } else { (1.0, 10.0) }),

@@ -386,7 +386,7 @@ fn text_metrics_in_a_suite_report_corpus_values_with_bootstrap_intervals() {
     dir.write("data/arith.jsonl", &arith_rows(40));
     let suite = arith_suite(&server.base_url(), "").replace(
         "extract = { regex = \"(-?\\\\d+)\" }\nmetrics = [\"exact-match\"]",
-        "target-delimiter = \" \"\nmetrics = [\"bleu\", \"chrf\", \"rougeL\", \"chatglm-bleu-4\", \"distinct-1\"]",
+        "target-delimiter = \" \"\nmetrics = [\"bleu\", \"bleu-char\", \"chrf\", \"rougeL\", \"chatglm-bleu-4\", \"distinct-1\"]",
     );
     let suite = suite.replace("target = \"{{ answer }}\"", "target = \"the answer is {{ question }} = {{ answer }}\"");
     let suite = dir.write("suite.toml", &suite);
@@ -404,6 +404,11 @@ fn text_metrics_in_a_suite_report_corpus_values_with_bootstrap_intervals() {
     assert!((r["value"].as_f64().unwrap() - bleu).abs() < 1e-9, "{r} vs {bleu}");
     let ci = r["ci95"].as_array().unwrap();
     assert!(ci[0].as_f64().unwrap() <= bleu && bleu <= ci[1].as_f64().unwrap(), "{r}");
+    // bleu-char: the same corpus BLEU with sacrebleu's character tokenizer
+    let o = llmeval::metric::sacrebleu::BleuOptions { tokenize: llmeval::metric::sacrebleu::Tokenize::Char, ..Default::default() };
+    let by_char = llmeval::metric::sacrebleu::corpus_bleu(&hyps, std::slice::from_ref(&refs), &o).score;
+    let r = result(&v, "remote-x", "arith", "bleu-char");
+    assert!((r["value"].as_f64().unwrap() - by_char).abs() < 1e-9 && (by_char - bleu).abs() > 1.0, "{r} vs {by_char} (13a: {bleu})");
     for m in ["chrf", "rougeL", "chatglm-bleu-4", "distinct-1"] {
         assert!(result(&v, "remote-x", "arith", m)["value"].as_f64().is_some(), "{m}");
     }

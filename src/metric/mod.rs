@@ -64,7 +64,7 @@ pub trait Metric: Send + Sync {
 }
 
 const GENERATE_METRICS: &[&str] = &[
-    "exact-match", "contains", "f1", "bleu", "chrf", "chrf++", "rouge1", "rouge2", "rougeL", "rougeLsum", "rouge1-stem", "rouge2-stem",
+    "exact-match", "contains", "f1", "bleu", "bleu-intl", "bleu-zh", "bleu-char", "bleu-none", "chrf", "chrf++", "rouge1", "rouge2", "rougeL", "rougeLsum", "rouge1-stem", "rouge2-stem",
     "rougeL-stem", "rougeLsum-stem", "chatglm-rouge-1", "chatglm-rouge-2", "chatglm-rouge-l", "chatglm-bleu-4", "distinct-1", "distinct-2",
 ];
 
@@ -102,7 +102,11 @@ pub fn by_name(name: &str) -> Option<Box<dyn Metric>> {
         "word-perplexity" => Box::new(RollingPerplexity::Word),
         "byte-perplexity" => Box::new(RollingPerplexity::Byte),
         "bits-per-byte" => Box::new(RollingPerplexity::BitsPerByte),
-        "bleu" => Box::new(reference::Bleu),
+        "bleu" => Box::new(reference::Bleu(sacrebleu::Tokenize::Thirteen)),
+        "bleu-intl" => Box::new(reference::Bleu(sacrebleu::Tokenize::Intl)),
+        "bleu-zh" => Box::new(reference::Bleu(sacrebleu::Tokenize::Zh)),
+        "bleu-char" => Box::new(reference::Bleu(sacrebleu::Tokenize::Char)),
+        "bleu-none" => Box::new(reference::Bleu(sacrebleu::Tokenize::None)),
         "chrf" => Box::new(reference::Chrf(0)),
         "chrf++" => Box::new(reference::Chrf(2)),
         "chatglm-rouge-1" => Box::new(reference::ChatGlm(0)),

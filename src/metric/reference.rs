@@ -17,15 +17,23 @@ fn pair<'a>(item: &'a Item, e: &'a Evidence) -> Result<(&'a str, &'a str), Strin
     Ok((answer, item.target.as_deref().ok_or("the item has no target")?))
 }
 
-/// `bleu`: sacrebleu corpus BLEU (13a); per sample, sentence BLEU.
-pub struct Bleu;
+/// `bleu` (sacrebleu's 13a tokenizer), `bleu-intl`, `bleu-zh`, `bleu-char`, `bleu-none`: sacrebleu corpus BLEU;
+/// per sample, sentence BLEU.
+pub struct Bleu(pub sacrebleu::Tokenize);
 impl Metric for Bleu {
     fn name(&self) -> &'static str {
-        "bleu"
+        match self.0 {
+            sacrebleu::Tokenize::Thirteen => "bleu",
+            sacrebleu::Tokenize::Intl => "bleu-intl",
+            sacrebleu::Tokenize::Zh => "bleu-zh",
+            sacrebleu::Tokenize::Char => "bleu-char",
+            sacrebleu::Tokenize::None => "bleu-none",
+        }
     }
     fn score(&self, item: &Item, e: &Evidence) -> Result<Vec<f64>, String> {
         let (h, r) = pair(item, e)?;
-        Ok(sacrebleu::bleu_stats(h, &[r], &BleuOptions::default()).iter().map(|&x| x as f64).collect())
+        let o = BleuOptions { tokenize: self.0, ..BleuOptions::default() };
+        Ok(sacrebleu::bleu_stats(h, &[r], &o).iter().map(|&x| x as f64).collect())
     }
     fn is_corpus(&self) -> bool {
         true
