@@ -403,8 +403,8 @@ impl Store {
 
     /// Claims run `run_id` for this process while it works on it, so that a second process
     /// resuming the same run (which would send its requests again) is refused with who holds it.
-    /// The claim is renewed every [`LEASE_BEAT`] by a thread with its own connection; one whose
-    /// process is gone (this machine) or unrenewed for [`LEASE_STALE_S`] (another machine
+    /// The claim is renewed every `LEASE_BEAT` (10 s) by a thread with its own connection; one whose
+    /// process is gone (this machine) or unrenewed for `LEASE_STALE_S` (60 s) (another machine
     /// sharing the file) is taken over.
     pub fn lease(&self, run_id: &str) -> Result<Lease> {
         self.lease_every(run_id, LEASE_BEAT)
