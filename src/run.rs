@@ -506,14 +506,14 @@ fn execute(suite: &Suite, opts: &RunOptions, store: &mut Store, plan: Plan, mut 
             pairwise.insert((task.clone(), metric.clone()));
         }
         let failed: Vec<_> = store.judgments(&run.id, &task, &metric)?.into_iter().filter(|j| j.error.is_some()).collect();
-        let answers = unjudged.entry((task, metric)).or_default();
-        for j in &failed {
-            answers.insert((j.model.clone(), j.item));
-            if !j.opponent.is_empty() {
-                answers.insert((j.opponent.clone(), j.item));
-            }
+        let answers: std::collections::BTreeSet<(String, i64)> = failed
+            .iter()
+            .flat_map(|j| [&j.model, &j.opponent].into_iter().filter(|m| !m.is_empty()).map(move |m| (m.clone(), j.item)))
+            .filter(|(m, _)| spec.baseline.as_ref() != Some(m)) // a baseline gets no score
+            .collect();
+        if !answers.is_empty() {
+            unjudged.insert((task, metric), answers);
         }
-        answers.retain(|(m, _)| spec.baseline.as_ref() != Some(m)); // a baseline gets no score
         failures.push((&tasks[*ti].name, &spec.model, failed.into_iter().filter_map(|j| j.error).collect()));
     }
     let mut aggregates = aggregate_run(store, &run.id, &tasks, &metrics, &model_names, &pairwise, &unjudged)?;

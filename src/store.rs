@@ -329,16 +329,20 @@ impl Store {
         r.map_err(|source| Error::Db { path: self.path.clone(), cause: source })
     }
 
+    /// Runs `f` holding the database's write lock from its first read (`BEGIN IMMEDIATE`), so
+    /// that what it reads cannot change before it writes; committed when `f` succeeds.
+    fn write_locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.db(self.conn.execute_batch("BEGIN IMMEDIATE"))?;
+        let out = f();
+        self.db(self.conn.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" }))?;
+        out
+    }
+
     fn init(&mut self) -> Result<()> {
-        let path = self.path.clone();
-        let db_err = |source| Error::Db { path: path.clone(), cause: source };
+        self.db(self.conn.execute_batch("PRAGMA busy_timeout = 10000"))?;
         // Reading the schema version and migrating happen under one write lock: two first runs on
         // a new file would otherwise both create the tables ("table runs already exists").
-        self.conn.execute_batch("PRAGMA busy_timeout = 10000; BEGIN IMMEDIATE").map_err(db_err)?;
-        let migrated = self.migrate();
-        let end = if migrated.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        self.conn.execute_batch(end).map_err(db_err)?;
-        migrated?;
+        self.write_locked(|| self.migrate())?;
         // switching to WAL takes an exclusive lock without waiting on the busy timeout: another
         // process opening the same new file at once makes it fail with "database is locked", so
         // it is retried for as long as the busy timeout
@@ -359,7 +363,7 @@ impl Store {
 
     /// Inside [`Store::init`]'s transaction: refuses another program's database and a newer
     /// schema, and brings an older one up to date.
-    fn migrate(&mut self) -> Result<()> {
+    fn migrate(&self) -> Result<()> {
         let version: i64 = {
             let r = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0));
             self.db(r)?
@@ -413,8 +417,7 @@ impl Store {
     fn lease_every(&self, run_id: &str, beat: std::time::Duration) -> Result<Lease> {
         let (pid, host, now) = (i64::from(std::process::id()), host_name(), crate::util::now_unix());
         let token = crate::util::sha256_hex(format!("{run_id} {pid} {host} {now} {:?}", std::thread::current().id()).as_bytes());
-        self.db(self.conn.execute_batch("BEGIN IMMEDIATE"))?;
-        let claimed = (|| -> Result<()> {
+        self.write_locked(|| {
             let held = self.conn.query_row("SELECT pid, host, since, seen_at FROM leases WHERE run_id = ?1", [run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?, r.get::<_, f64>(3)?))).optional();
             if let Some((p, h, since, seen)) = self.db(held)? {
                 let live = now - seen < LEASE_STALE_S && (h != host || pid_alive(p));
@@ -428,10 +431,7 @@ impl Store {
             }
             let r = self.conn.execute("INSERT OR REPLACE INTO leases (run_id, token, pid, host, since, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)", params![run_id, token, pid, host, now]);
             self.db(r).map(|_| ())
-        })();
-        let end = if claimed.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        self.db(self.conn.execute_batch(end))?;
-        claimed?;
+        })?;
         let conn = self.db(Connection::open(&self.path))?;
         self.db(conn.busy_timeout(std::time::Duration::from_secs(10)))?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
