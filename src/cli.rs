@@ -45,10 +45,15 @@ impl DbArg {
 enum Command {
     /// Run a suite: every selected model on every selected task; results go to the database.
     Run(RunArgs),
-    /// List, show and tag stored runs.
+    /// List, show, tag and delete stored runs.
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// List and clear the response cache (answers reused by later runs of the same requests).
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
     },
     /// Compare a candidate run with a baseline; exit 1 on a significant regression.
     Gate {
@@ -393,13 +398,58 @@ enum RunsCommand {
         #[command(flatten)]
         db: DbArg,
     },
-    /// Delete runs with their samples, results, judgments and tags (cached responses stay).
+    /// Delete runs with their samples, results, judgments and tags (cached responses stay unless
+    /// --with-cache).
     Delete {
         /// Runs (id, unique id prefix, tag, or `latest`).
         #[arg(required = true)]
         runs: Vec<String>,
         #[command(flatten)]
         db: DbArg,
+        /// Also delete the responses these runs cached, so that no later run reuses them.
+        #[arg(long)]
+        with_cache: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Show what the cache holds, by model and request kind.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete cached responses: those meeting every condition given, or all with --all.
+    Clear {
+        #[command(flatten)]
+        db: DbArg,
+        /// Responses of models whose label (as `cache list` prints it) contains this text.
+        #[arg(long, value_name = "TEXT")]
+        model: Option<String>,
+        /// Responses cached by this run: id, unique id prefix, tag or `latest` (repeatable).
+        #[arg(long = "run", value_name = "RUN")]
+        runs: Vec<String>,
+        /// Responses of one request kind.
+        #[arg(long, value_parser = crate::cache::KINDS)]
+        kind: Option<String>,
+        /// Responses cached longer ago than this: a whole number and s, m, h, d or w (e.g. 30d).
+        #[arg(long, value_name = "AGE")]
+        older_than: Option<String>,
+        /// Responses whose run has been deleted.
+        #[arg(long)]
+        orphaned: bool,
+        /// Every cached response (instead of conditions).
+        #[arg(long, conflicts_with_all = ["model", "runs", "kind", "older_than", "orphaned"])]
+        all: bool,
+        /// Say what would be deleted, and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Then shrink the database file (SQLite otherwise keeps the freed pages for reuse).
+        #[arg(long)]
+        vacuum: bool,
     },
 }
 
@@ -433,6 +483,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Leaderboard { db, select, plain } => cmd_leaderboard(&db.path(), &select.runs, select.suite.as_deref(), plain),
         Command::Report { db, select, out } => cmd_report(&db.path(), &select.runs, select.suite.as_deref(), &out),
         Command::Gate { db, baseline, candidate, max_drop, alpha, correction, junit, markdown, json } => cmd_gate(&db.path(), &baseline, &candidate, &max_drop, alpha, correction, junit, markdown, json),
+        Command::Cache { command } => match command {
+            CacheCommand::List { db, json } => cmd_cache_list(&db.path(), json),
+            CacheCommand::Clear { db, model, runs, kind, older_than, orphaned, all, dry_run, vacuum } => {
+                let store = open_existing(&db.path())?;
+                let before = match older_than {
+                    Some(age) => Some(crate::util::now_unix() - crate::cache::parse_age(&age).map_err(anyhow::Error::msg)?),
+                    None => None,
+                };
+                let runs = runs.iter().map(|r| store.resolve_run(r).map(|r| r.id)).collect::<Result<Vec<_>, _>>()?;
+                let filter = crate::cache::Filter { model, runs, kind, before, orphaned };
+                if filter.is_empty() && !all {
+                    anyhow::bail!("cache clear: name what to delete (--model, --run, --kind, --older-than, --orphaned), or pass --all to empty the cache; `llmeval cache list` shows what it holds");
+                }
+                cmd_cache_clear(&store, &filter, dry_run, vacuum)
+            }
+        },
         Command::Runs { command } => match command {
             RunsCommand::List { db, json } => cmd_runs_list(&db.path(), json),
             RunsCommand::Show { run, db, samples, json } => cmd_runs_show(&db.path(), &run, samples, json),
@@ -452,7 +518,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 }
                 Ok(exit::SUCCESS)
             }
-            RunsCommand::Delete { runs, db } => {
+            RunsCommand::Delete { runs, db, with_cache } => {
                 let store = open_existing(&db.path())?;
                 // every name is resolved before anything goes, so a typo deletes nothing
                 let mut ids: Vec<crate::store::Run> = Vec::new();
@@ -465,9 +531,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                 for run in ids {
                     // claimed first: a run another process is working on is not pulled from under it
                     let _claim = store.lease(&run.id)?;
-                    let (samples, tags) = store.delete_run(&run.id)?;
-                    let tags = if tags.is_empty() { String::new() } else { format!("; tags {}", tags.join(", ")) };
-                    println!("deleted run {} (suite {}, {samples} samples{tags})", run.id, run.suite);
+                    let d = store.delete_run(&run.id, with_cache)?;
+                    let tags = if d.tags.is_empty() { String::new() } else { format!("; tags {}", d.tags.join(", ")) };
+                    let cached = if with_cache { format!("; {} cached responses", d.cached) } else { String::new() };
+                    println!("deleted run {} (suite {}, {} samples{tags}{cached})", run.id, run.suite, d.samples);
                 }
                 Ok(exit::SUCCESS)
             }
@@ -641,6 +708,56 @@ fn open_existing(db: &std::path::Path) -> anyhow::Result<Store> {
         Err(e @ crate::error::Error::Db { .. }) => Ok(Store::open_read_only(db).map_err(|_| e)?),
         Err(e) => Err(e.into()),
     }
+}
+
+fn cmd_cache_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {
+    let store = open_existing(db)?;
+    let groups = crate::cache::groups(&store.cache_entries()?);
+    if json {
+        let v: Vec<Value> = groups
+            .iter()
+            .map(|g| json!({"model": g.model, "kind": g.kind, "entries": g.entries, "bytes": g.bytes, "oldest": crate::util::iso8601(g.oldest), "newest": crate::util::iso8601(g.newest), "orphaned": g.orphaned}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+    } else if groups.is_empty() {
+        println!("the cache in {} is empty", db.display());
+    } else {
+        print!("{}", cache_table(&groups));
+        let (n, bytes, orphaned) = groups.iter().fold((0, 0, 0), |(n, b, o), g| (n + g.entries, b + g.bytes, o + g.orphaned));
+        let orphaned = if orphaned > 0 { format!("; {orphaned} from deleted runs (`cache clear --orphaned`)") } else { String::new() };
+        println!("{n} cached responses, {}{orphaned}", crate::cache::size(bytes));
+    }
+    Ok(exit::SUCCESS)
+}
+
+fn cache_table(groups: &[crate::cache::Group]) -> String {
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| vec![g.model.clone(), g.kind.clone(), g.entries.to_string(), crate::cache::size(g.bytes), crate::util::iso8601(g.oldest), crate::util::iso8601(g.newest)])
+        .collect();
+    table(&["model", "kind", "entries", "size", "oldest", "newest"], &rows)
+}
+
+fn cmd_cache_clear(store: &Store, filter: &crate::cache::Filter, dry_run: bool, vacuum: bool) -> anyhow::Result<u8> {
+    let chosen: Vec<crate::store::CacheEntry> = store.cache_entries()?.into_iter().filter(|e| filter.matches(e)).collect();
+    let groups = crate::cache::groups(&chosen);
+    if !groups.is_empty() {
+        print!("{}", cache_table(&groups));
+    }
+    let bytes: u64 = chosen.iter().map(|e| e.bytes).sum();
+    if dry_run {
+        println!("would delete {} cached responses, {} (--dry-run: nothing was deleted)", chosen.len(), crate::cache::size(bytes));
+        return Ok(exit::SUCCESS);
+    }
+    let keys: Vec<String> = chosen.into_iter().map(|e| e.key).collect();
+    let n = store.delete_cached(&keys)?;
+    println!("deleted {n} cached responses, {}", crate::cache::size(bytes));
+    if vacuum {
+        store.vacuum()?;
+        let size = std::fs::metadata(store.path()).map(|m| crate::cache::size(m.len())).unwrap_or_default();
+        println!("vacuumed {} ({size})", store.path().display());
+    }
+    Ok(exit::SUCCESS)
 }
 
 fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {

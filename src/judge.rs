@@ -377,13 +377,10 @@ pub fn run_judges(store: &mut Store, run_id: &str, suite_dir: &Path, tj: &TaskJu
     // Cached answers first; the rest in one batch.
     let mut send: Vec<Call> = Vec::new();
     for c in calls {
-        let ck = crate::util::sha256_hex(serde_json::json!({"model": identity, "kind": "generate", "request": c.request}).to_string().as_bytes());
-        match store.cached(&ck, run_id, no_cache)? {
-            Some(text) if serde_json::from_str::<crate::model::Generation>(&text).is_ok() => {
-                let g: crate::model::Generation = serde_json::from_str(&text).expect("checked");
-                store.put_judgment(run_id, &finish(c.key, &judge, Ok(g.text)))?;
-            }
-            _ => send.push(c),
+        let ck = crate::store::cache_key(&identity, "generate", &c.request);
+        match store.cached(&ck, run_id, no_cache)?.and_then(|text| serde_json::from_str::<crate::model::Generation>(&text).ok()) {
+            Some(g) => store.put_judgment(run_id, &finish(c.key, &judge, Ok(g.text)))?,
+            None => send.push(c),
         }
     }
     let reqs: Vec<GenRequest> = send.iter().map(|c| c.request.clone()).collect();
@@ -394,8 +391,8 @@ pub fn run_judges(store: &mut Store, run_id: &str, suite_dir: &Path, tj: &TaskJu
         }
         let c = &send[i];
         if let Ok(g) = &outcome.result {
-            let ck = crate::util::sha256_hex(serde_json::json!({"model": identity, "kind": "generate", "request": c.request}).to_string().as_bytes());
-            if let Err(e) = store.put_cached(&ck, run_id, "generate", &serde_json::to_string(g).expect("JSON")) {
+            let ck = crate::store::cache_key(&identity, "generate", &c.request);
+            if let Err(e) = store.put_cached(&ck, run_id, "generate", &identity, &serde_json::to_string(g).expect("JSON")) {
                 failure = Some(e);
                 return;
             }

@@ -21,6 +21,7 @@ pub mod results;
 pub mod report;
 pub mod stats;
 pub mod store;
+pub mod cache;
 pub mod run;
 pub mod progress;
 pub mod util;

@@ -118,11 +118,6 @@ fn letter_prompt(item: &Item) -> String {
     p
 }
 
-fn cache_key(identity: &Value, kind: &str, request: &impl serde::Serialize) -> String {
-    let body = json!({"model": identity, "kind": kind, "request": request});
-    crate::util::sha256_hex(body.to_string().as_bytes())
-}
-
 /// What a run works through, checked before anything is stored or asked: a bad row, template,
 /// judge or model stops here.
 struct Plan<'s> {
@@ -610,7 +605,7 @@ impl Ctx<'_, '_> {
         let mut to_send: Vec<(usize, Part, Option<String>)> = Vec::new();
         let mut batch: Vec<Req> = Vec::new();
         for (slot, part, req) in reqs {
-            let key = cacheable(&req).then(|| cache_key(identity, kind, &req));
+            let key = cacheable(&req).then(|| crate::store::cache_key(identity, kind, &req));
             if let Some(k) = &key {
                 match self.store.cached(k, self.run_id, self.no_cache) {
                     Ok(Some(text)) => {
@@ -638,7 +633,7 @@ impl Ctx<'_, '_> {
             let (slot, part, key) = &to_send[i];
             if let (Some(k), Ok(resp)) = (key, &outcome.result) {
                 let text = serde_json::to_string(resp).expect("responses serialize");
-                if let Err(e) = self.store.put_cached(k, self.run_id, kind, &text) {
+                if let Err(e) = self.store.put_cached(k, self.run_id, kind, identity, &text) {
                     self.failure = Some(e);
                     return;
                 }

@@ -118,10 +118,14 @@ const MIGRATIONS: &[&str] = &[
         since REAL NOT NULL,
         seen_at REAL NOT NULL
      );",
+    // 5: the model a cached response came from (its identity, JSON), so that `llmeval cache` can
+    // list and clear the cache by model; NULL for responses cached before.
+    "ALTER TABLE responses ADD COLUMN model TEXT;",
 ];
 
 /// The oldest schema the reading commands read as it is, without the write access a migration
-/// needs: the migrations after it add only what writing runs uses (4: leases).
+/// needs: the migrations after it add only what writing runs uses (4: leases; 5: the cache's
+/// model column, which `cache_entries` reads where it is there).
 const READ_FROM: usize = 3;
 
 /// How often a lease is renewed, and how long one goes unrenewed before it is taken as abandoned.
@@ -214,6 +218,38 @@ pub struct Run {
     /// `running` (or interrupted), `complete`, `errored` (finished with errored items).
     pub status: String,
     pub notes: Vec<String>,
+}
+
+/// The key a response is cached under: the model's identity, the request's kind and the request.
+pub fn cache_key(model: &serde_json::Value, kind: &str, request: &impl serde::Serialize) -> String {
+    let body = serde_json::json!({"model": model, "kind": kind, "request": request});
+    crate::util::sha256_hex(body.to_string().as_bytes())
+}
+
+/// What [`Store::delete_run`] removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletedRun {
+    pub samples: usize,
+    pub tags: Vec<String>,
+    /// Cached responses the run had written (with `with_cache`).
+    pub cached: usize,
+}
+
+/// A cached response's bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheEntry {
+    pub key: String,
+    /// The run that asked for it (it may since have been deleted).
+    pub run_id: String,
+    /// `generate`, `loglikelihood` or `loglikelihood_rolling`.
+    pub kind: String,
+    /// The model's identity (JSON text); None for responses cached before schema 5.
+    pub model: Option<String>,
+    /// The stored response's size.
+    pub bytes: u64,
+    pub created_at: f64,
+    /// Whether the run that asked for it is still in the database.
+    pub run_exists: bool,
 }
 
 /// A sample's row.
@@ -527,10 +563,10 @@ impl Store {
         self.db(r).map(|_| ())
     }
 
-    /// Deletes a run with everything stored under it (samples, aggregates, judgments, tags);
-    /// cached responses stay, as the cache they are. Returns how many samples went and the tags.
-    pub fn delete_run(&self, run_id: &str) -> Result<(usize, Vec<String>)> {
-        let r = (|| -> rusqlite::Result<(usize, Vec<String>)> {
+    /// Deletes a run with everything stored under it (samples, aggregates, judgments, tags), and
+    /// with `with_cache` the responses it cached; otherwise those stay, as the cache they are.
+    pub fn delete_run(&self, run_id: &str, with_cache: bool) -> Result<DeletedRun> {
+        let r = (|| -> rusqlite::Result<DeletedRun> {
             let tx = self.conn.unchecked_transaction()?;
             let samples: i64 = tx.query_row("SELECT count(*) FROM samples WHERE run_id = ?1", [run_id], |r| r.get(0))?;
             let tags = {
@@ -538,8 +574,9 @@ impl Store {
                 stmt.query_map([run_id], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()?
             };
             tx.execute("DELETE FROM runs WHERE id = ?1", [run_id])?; // the rest by ON DELETE CASCADE
+            let cached = if with_cache { tx.execute("DELETE FROM responses WHERE run_id = ?1", [run_id])? } else { 0 };
             tx.commit()?;
-            Ok((samples as usize, tags))
+            Ok(DeletedRun { samples: samples as usize, tags, cached })
         })();
         self.db(r)
     }
@@ -616,12 +653,51 @@ impl Store {
         self.db(r)
     }
 
-    pub fn put_cached(&self, key: &str, run_id: &str, kind: &str, response: &str) -> Result<()> {
+    /// Caches `response` under `key` (see [`cache_key`]), with the model it came from.
+    pub fn put_cached(&self, key: &str, run_id: &str, kind: &str, model: &serde_json::Value, response: &str) -> Result<()> {
         let r = self
             .conn
-            .prepare_cached("INSERT OR REPLACE INTO responses (key, run_id, kind, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-            .and_then(|mut s| s.execute(params![key, run_id, kind, response, crate::util::now_unix()]));
+            .prepare_cached("INSERT OR REPLACE INTO responses (key, run_id, kind, model, response, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+            .and_then(|mut s| s.execute(params![key, run_id, kind, model.to_string(), response, crate::util::now_unix()]));
         self.db(r).map(|_| ())
+    }
+
+    /// Every cached response's bookkeeping (not its text), oldest first.
+    pub fn cache_entries(&self) -> Result<Vec<CacheEntry>> {
+        // a database read where it cannot be migrated may predate the model column
+        let has_model = self.db(self.conn.query_row("SELECT count(*) FROM pragma_table_info('responses') WHERE name = 'model'", [], |r| r.get::<_, i64>(0)))? > 0;
+        let sql = format!(
+            "SELECT key, run_id, kind, {}, length(CAST(response AS BLOB)), created_at, EXISTS (SELECT 1 FROM runs WHERE runs.id = responses.run_id)
+             FROM responses ORDER BY created_at, key",
+            if has_model { "model" } else { "NULL" }
+        );
+        let mut stmt = self.db(self.conn.prepare(&sql))?;
+        let rows = self.db(stmt.query_map([], |r| {
+            Ok(CacheEntry { key: r.get(0)?, run_id: r.get(1)?, kind: r.get(2)?, model: r.get(3)?, bytes: r.get::<_, i64>(4)? as u64, created_at: r.get(5)?, run_exists: r.get(6)? })
+        }))?;
+        rows.map(|r| self.db(r)).collect()
+    }
+
+    /// Deletes the cached responses under `keys`, in one transaction; returns how many went.
+    pub fn delete_cached(&self, keys: &[String]) -> Result<usize> {
+        let r = (|| -> rusqlite::Result<usize> {
+            let tx = self.conn.unchecked_transaction()?;
+            let mut n = 0;
+            {
+                let mut stmt = tx.prepare("DELETE FROM responses WHERE key = ?1")?;
+                for k in keys {
+                    n += stmt.execute([k])?;
+                }
+            }
+            tx.commit()?;
+            Ok(n)
+        })();
+        self.db(r)
+    }
+
+    /// Gives the pages of deleted rows back to the file system (SQLite keeps them for reuse).
+    pub fn vacuum(&self) -> Result<()> {
+        self.db(self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;"))
     }
 
     pub fn put_judgment(&self, run_id: &str, j: &Judgment) -> Result<()> {
@@ -866,19 +942,27 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A database the previous schema wrote (before leases) is read as it is where it cannot be
-    /// written, and upgraded where it can.
+    /// A database the schema before leases wrote is read as it is where it cannot be written, and
+    /// upgraded where it can.
     #[test]
     fn the_schema_before_leases_is_read_without_writing() {
         let (dir, path, store) = store_with_run_r1("ro-v3");
+        let model = serde_json::json!({"engine": "openai", "model": "m"});
+        store.put_cached("k1", "r1", "generate", &model, "{}").unwrap();
         drop(store);
-        Connection::open(&path).unwrap().execute_batch(&format!("DROP TABLE leases; PRAGMA user_version = {READ_FROM};")).unwrap();
+        Connection::open(&path).unwrap().execute_batch(&format!("DROP TABLE leases; ALTER TABLE responses DROP COLUMN model; PRAGMA user_version = {READ_FROM};")).unwrap();
         let ro = Store::open_read_only(&path).unwrap();
         assert_eq!(ro.resolve_run("latest").unwrap().id, "r1");
         assert!(ro.judged_pairs().unwrap().is_empty(), "the judgments and battles of schema 3 are read");
+        assert_eq!(ro.cache_entries().unwrap().iter().map(|e| (e.key.as_str(), e.model.as_deref(), e.run_exists)).collect::<Vec<_>>(), [("k1", None, true)]);
         drop(ro);
         let store = Store::open(&path).unwrap();
         drop(store.lease("r1").expect("migrated: leases work"));
+        store.put_cached("k2", "gone", "generate", &model, "{\"text\": \"é\"}").unwrap();
+        let es = store.cache_entries().unwrap();
+        assert_eq!(es.iter().map(|e| (e.key.as_str(), e.model.clone(), e.bytes, e.run_exists)).collect::<Vec<_>>(), [("k1", None, 2, true), ("k2", Some(model.to_string()), 14, false)], "sizes in bytes");
+        assert_eq!(store.delete_cached(&["k2".into(), "nope".into()]).unwrap(), 1);
+        assert_eq!(store.cache_entries().unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

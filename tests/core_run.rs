@@ -518,3 +518,67 @@ fn runs_delete_removes_a_run_and_what_hangs_on_it() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(count("SELECT count(*) FROM runs") + count("SELECT count(*) FROM samples") + count("SELECT count(*) FROM leases"), 0);
 }
+
+/// `cache list` shows the cache by model and kind; `cache clear` deletes what its conditions name
+/// (and a later run asks those requests again), `runs delete --with-cache` takes a run's cached
+/// responses with it, and responses left by deleted runs are listed and cleared as orphaned.
+#[test]
+fn cache_list_and_clear_by_model_run_and_orphans() {
+    let (x, y) = (FakeServer::start(crate::server::arith_answer), FakeServer::start(crate::server::arith_answer));
+    let dir = TempDir::new("cache-clear");
+    dir.write("data/arith.jsonl", &arith_rows(4));
+    let second = format!("\n{}", remote_model("remote-y", &y.base_url(), "other", ""));
+    let suite = dir.write("suite.toml", &arith_suite(&x.base_url(), &second));
+    let db = dir.db();
+    let (suite, db_s) = (suite.to_str().unwrap(), db.to_str().unwrap());
+    let run = || json_out(&llmeval(&["run", suite, "--db", db_s, "--json"]))["run_id"].as_str().unwrap().to_string();
+    let count = |sql: &str| -> i64 { rusqlite::Connection::open(&db).unwrap().query_row(sql, [], |r| r.get(0)).unwrap() };
+    let first = run();
+    let (x_label, y_label) = (format!("served-model-name at {}", x.base_url()), format!("other at {}", y.base_url()));
+    let listed = |args: &[&str]| -> Vec<(String, i64, i64)> {
+        let v = json_out(&llmeval(&[&["cache", "list", "--db", db_s, "--json"], args].concat()));
+        v.as_array().unwrap().iter().map(|g| (format!("{} {}", g["model"].as_str().unwrap(), g["kind"].as_str().unwrap()), g["entries"].as_i64().unwrap(), g["orphaned"].as_i64().unwrap())).collect()
+    };
+    let mut both = vec![(format!("{x_label} generate"), 4, 0), (format!("{y_label} generate"), 4, 0)];
+    both.sort();
+    assert_eq!(listed(&[]), both);
+    let text = stdout(&llmeval(&["cache", "list", "--db", db_s]));
+    assert!(text.contains(&x_label) && text.contains("8 cached responses"), "{text}");
+
+    // nothing named: refused; a dry run deletes nothing
+    let out = llmeval(&["cache", "clear", "--db", db_s]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--all"), "{}", stderr(&out));
+    let out = llmeval(&["cache", "clear", "--db", db_s, "--model", "other at", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains(&y_label) && stdout(&out).contains("would delete 4 cached responses"), "{}", stdout(&out));
+    assert_eq!(count("SELECT count(*) FROM responses"), 8);
+
+    let out = llmeval(&["cache", "clear", "--db", db_s, "--run", "nope"]);
+    assert!(out.status.code() == Some(2) && stderr(&out).contains("nope"), "{}", stderr(&out));
+    let out = llmeval(&["cache", "clear", "--db", db_s, "--run", &first, "--older-than", "1d"]);
+    assert!(stdout(&out).contains("deleted 0 cached responses"), "nothing is a day old: {}", stdout(&out));
+
+    // one model's responses go: a new run asks that model again, and only that model
+    let out = llmeval(&["cache", "clear", "--db", db_s, "--model", "other at"]);
+    assert!(stdout(&out).contains("deleted 4 cached responses"), "{}", stdout(&out));
+    assert_eq!(listed(&[]), [(format!("{x_label} generate"), 4, 0)]);
+    let (xa, ya) = (x.answered(), y.answered());
+    let second_run = run();
+    assert_eq!((x.answered() - xa, y.answered() - ya), (0, 4));
+
+    // a run deleted with its cache takes the responses it asked for; one deleted without leaves
+    // orphans, listed and cleared as such
+    let out = llmeval(&["runs", "delete", &second_run, "--with-cache", "--db", db_s]);
+    assert!(stdout(&out).contains("; 4 cached responses)"), "{}", stdout(&out));
+    assert_eq!(llmeval(&["runs", "delete", &first, "--db", db_s]).status.code(), Some(0));
+    assert_eq!(listed(&[]), [(format!("{x_label} generate"), 4, 4)]);
+    assert!(stdout(&llmeval(&["cache", "list", "--db", db_s])).contains("4 from deleted runs"));
+    // responses cached before the model was recorded are listed and chosen as such
+    rusqlite::Connection::open(&db).unwrap().execute("UPDATE responses SET model = NULL WHERE key IN (SELECT key FROM responses LIMIT 1)", []).unwrap();
+    let out = llmeval(&["cache", "clear", "--db", db_s, "--model", "not recorded", "--vacuum"]);
+    assert!(stdout(&out).contains("deleted 1 cached responses") && stdout(&out).contains("vacuumed"), "{}", stdout(&out));
+    let out = llmeval(&["cache", "clear", "--db", db_s, "--orphaned", "--kind", "generate"]);
+    assert!(stdout(&out).contains("deleted 3 cached responses"), "{}", stdout(&out));
+    assert_eq!(stdout(&llmeval(&["cache", "list", "--db", db_s])), format!("the cache in {db_s} is empty\n"));
+}

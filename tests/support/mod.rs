@@ -88,19 +88,18 @@ pub fn arith_rows(n: usize) -> String {
     s
 }
 
+/// A `[[model]]` block: `name` in results, served as `served` by the server at `base_url`, with
+/// `extra` lines (keys of the model) after it.
+pub fn remote_model(name: &str, base_url: &str, served: &str, extra: &str) -> String {
+    format!("[[model]]\nname = \"{name}\"\nengine = \"openai\"\nbase-url = \"{base_url}\"\nmodel = \"{served}\"\n{extra}\n")
+}
+
 /// A suite with one remote model and one generate task over `data/arith.jsonl`.
 pub fn arith_suite(base_url: &str, model_extra: &str) -> String {
     format!(
         r#"name = "arith-demo"
 
-[[model]]
-name = "remote-x"
-engine = "openai"
-base-url = "{base_url}"
-model = "served-model-name"
-api = "chat"
-{model_extra}
-
+{}
 [[task]]
 name = "arith"
 kind = "generate"
@@ -110,7 +109,8 @@ target = "{{{{ answer }}}}"
 max-tokens = 8
 extract = {{ regex = "(-?\\d+)" }}
 metrics = ["exact-match"]
-"#
+"#,
+        remote_model("remote-x", base_url, "served-model-name", &format!("api = \"chat\"\n{model_extra}"))
     )
 }
 
