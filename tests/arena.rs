@@ -119,13 +119,12 @@ fn elo_by_hand_from_fastchat_formula() {
 /// An arena over loopback models and a judge that prefers the correct sum.
 fn arena_files(dir: &TempDir, a: &str, b: &str, c: &str, judge: &str, per_pair: usize) -> std::path::PathBuf {
     dir.write("data/arith.jsonl", &arith_rows(40));
-    let model = |name: &str, url: &str| format!("[[model]]\nname = \"{name}\"\nengine = \"openai\"\nbase-url = \"{url}\"\nmodel = \"{name}\"\nconcurrency = 2\n\n");
     let suite = format!(
         "name = \"arena-models\"\n{}{}{}{}[[task]]\nname = \"arith\"\nkind = \"generate\"\ndata = \"data/arith.jsonl\"\nprompt = \"Q: {{{{ question }}}}\\nA:\"\ntarget = \"{{{{ answer }}}}\"\n",
-        model("good", a),
-        model("bad", b),
-        model("worse", c),
-        model("judge", judge).replace("concurrency = 2", "concurrency = 2\nevaluate = false"),
+        remote_model("good", a, "good", "concurrency = 2"),
+        remote_model("bad", b, "bad", "concurrency = 2"),
+        remote_model("worse", c, "worse", "concurrency = 2"),
+        remote_model("judge", judge, "judge", "concurrency = 2\nevaluate = false"),
     );
     dir.write("suite.toml", &suite);
     dir.write(

@@ -43,23 +43,7 @@ fn judge(prompt: &str) -> String {
 fn suite(good: &str, bad: &str, judge: &str, metrics: &str) -> String {
     format!(
         r#"name = "judged"
-[[model]]
-name = "good"
-engine = "openai"
-base-url = "{good}"
-model = "g"
-[[model]]
-name = "bad"
-engine = "openai"
-base-url = "{bad}"
-model = "b"
-[[model]]
-name = "judge"
-engine = "openai"
-base-url = "{judge}"
-model = "j"
-evaluate = false
-
+{}{}{}
 [[task]]
 name = "arith"
 kind = "generate"
@@ -68,7 +52,10 @@ prompt = "Q: {{{{ question }}}}\nA:"
 target = "{{{{ answer }}}}"
 human-label = "{{{{ human }}}}"
 metrics = {metrics}
-"#
+"#,
+        remote_model("good", good, "g", ""),
+        remote_model("bad", bad, "b", ""),
+        remote_model("judge", judge, "j", "evaluate = false"),
     )
 }
 
@@ -345,23 +332,7 @@ fn multi_turn_answers_use_the_models_own_history_and_are_judged_per_turn() {
     dir.write("data/mt.jsonl", &rows);
     let suite = format!(
         r#"name = "mt"
-[[model]]
-name = "m"
-engine = "openai"
-base-url = "{}"
-model = "m"
-[[model]]
-name = "m2"
-engine = "openai"
-base-url = "{}"
-model = "m2"
-[[model]]
-name = "judge"
-engine = "openai"
-base-url = "{}"
-model = "j"
-evaluate = false
-[[task]]
+{}{}{}[[task]]
 name = "conv"
 kind = "generate"
 data = "data/mt.jsonl"
@@ -369,9 +340,9 @@ turns = "turns"
 prompt = "{{{{ turn }}}}"
 metrics = [{{ judge = "single", model = "judge" }}, {{ judge = "pairwise", model = "judge", mode = "all-pairs" }}]
 "#,
-        model.base_url(),
-        model.base_url(),
-        judge_srv.base_url()
+        remote_model("m", &model.base_url(), "m", ""),
+        remote_model("m2", &model.base_url(), "m2", ""),
+        remote_model("judge", &judge_srv.base_url(), "j", "evaluate = false"),
     );
     let s = dir.write("suite.toml", &suite);
     let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);

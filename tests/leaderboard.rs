@@ -47,25 +47,7 @@ fn suite(steady: &str, shaky: &str, judge: &str) -> String {
     format!(
         r#"name = "board"
 
-[[model]]
-name = "steady"
-engine = "openai"
-base-url = "{steady}"
-model = "s"
-
-[[model]]
-name = "shaky"
-engine = "openai"
-base-url = "{shaky}"
-model = "k"
-
-[[model]]
-name = "judge"
-engine = "openai"
-base-url = "{judge}"
-model = "j"
-evaluate = false
-
+{}{}{}
 [[task]]
 name = "arith"
 kind = "generate"
@@ -84,7 +66,10 @@ prompt = "Repeat: {{{{ text }}}}"
 target = "{{{{ text }}}}"
 max-tokens = 16
 metrics = ["exact-match"]
-"#
+"#,
+        remote_model("steady", steady, "s", ""),
+        remote_model("shaky", shaky, "k", ""),
+        remote_model("judge", judge, "j", "evaluate = false"),
     )
 }
 

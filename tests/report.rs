@@ -70,25 +70,7 @@ fn suite(good: &str, bad: &str, judge: &str) -> String {
     format!(
         r#"name = "hostile"
 
-[[model]]
-name = "good"
-engine = "openai"
-base-url = "{good}"
-model = "g"
-
-[[model]]
-name = "{HOSTILE_MODEL}"
-engine = "openai"
-base-url = "{bad}"
-model = "b"
-
-[[model]]
-name = "judge"
-engine = "openai"
-base-url = "{judge}"
-model = "j"
-evaluate = false
-
+{}{}{}
 [[task]]
 name = "arith"
 kind = "generate"
@@ -108,7 +90,10 @@ prompt = "Repeat: {{{{ text }}}}"
 target = "{{{{ text }}}}"
 max-tokens = 64
 metrics = ["exact-match", "rougeL"]
-"#
+"#,
+        remote_model("good", good, "g", ""),
+        remote_model(HOSTILE_MODEL, bad, "b", ""),
+        remote_model("judge", judge, "j", "evaluate = false"),
     )
 }
 
