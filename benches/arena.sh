@@ -30,27 +30,12 @@ t0=$(date +%s.%N)
 target/release/llmeval arena ratings --battles "$WORK/battles.jsonl" --method bt --bootstrap 1000 --seed 1 --json > "$WORK/ours.json"
 t1=$(date +%s.%N)
 python3 - "$WORK/battles.jsonl" "$PY_ROUNDS" <<'PY' > "$WORK/ref.txt"
-import math, sys, time
-import numpy as np, pandas as pd
-from sklearn.linear_model import LogisticRegression
+import sys, time
+import pandas as pd
+sys.path.insert(0, "tests/goldens")
+from arena_reference import mle
 df = pd.read_json(sys.argv[1], lines=True)
 rounds = int(sys.argv[2])
-def mle(df, SCALE=400, BASE=10, INIT=1000):
-    models = pd.concat([df["model_a"], df["model_b"]]).unique()
-    models = pd.Series(np.arange(len(models)), index=models)
-    df = pd.concat([df, df], ignore_index=True)
-    n, p = df.shape[0], len(models)
-    X = np.zeros([n, p])
-    X[np.arange(n), models[df["model_a"]]] = +math.log(BASE)
-    X[np.arange(n), models[df["model_b"]]] = -math.log(BASE)
-    Y = np.zeros(n)
-    Y[df["winner"] == "model_a"] = 1.0
-    tie = ((df["winner"] == "tie") | (df["winner"] == "tie (bothbad)")).to_numpy().copy()
-    tie[len(tie) // 2:] = False
-    Y[tie] = 1.0
-    lr = LogisticRegression(fit_intercept=False, penalty=None, tol=1e-6)
-    lr.fit(X, Y)
-    return pd.Series(SCALE * lr.coef_[0] + INIT, index=models.index)
 t = time.perf_counter()
 rows = [mle(df.sample(frac=1.0, replace=True)) for _ in range(rounds)]
 b = pd.DataFrame(rows)

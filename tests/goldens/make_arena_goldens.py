@@ -3,17 +3,16 @@
 
     pip install fschat==0.2.36 pandas scikit-learn && python3 tests/goldens/make_arena_goldens.py
 
-Elo is FastChat's own `compute_elo`. Bradley-Terry is FastChat's maximum-likelihood recipe
-(battles duplicated, a tie = one A win + one B win, `LogisticRegression(fit_intercept=False,
-penalty=None, tol=1e-6)` as in its later `compute_mle_elo`, ratings `400·coef + 1000`).
+Elo is FastChat's own `compute_elo`. Bradley-Terry is FastChat's maximum-likelihood recipe, in
+`arena_reference.py`.
 """
-import json, math, os, random
-import numpy as np
+import json, os, random, sys
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 from fastchat.serve.monitor.elo_analysis import compute_elo
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from arena_reference import mle  # noqa: E402
 rng = random.Random(606)
 strength = {"alpha": 1.2, "bravo": 0.7, "charlie": 0.3, "delta": 0.0, "echo": -0.4, "foxtrot": -0.9}
 names = list(strength)
@@ -29,23 +28,6 @@ with open(os.path.join(HERE, "battles.jsonl"), "w") as f:
         f.write(json.dumps(r) + "\n")
 df = pd.DataFrame(rows)
 elo = compute_elo(df)
-
-def mle(df, SCALE=400, BASE=10, INIT=1000):
-    models = pd.concat([df["model_a"], df["model_b"]]).unique()
-    models = pd.Series(np.arange(len(models)), index=models)
-    df = pd.concat([df, df], ignore_index=True)
-    n, p = df.shape[0], len(models)
-    X = np.zeros([n, p])
-    X[np.arange(n), models[df["model_a"]]] = +math.log(BASE)
-    X[np.arange(n), models[df["model_b"]]] = -math.log(BASE)
-    Y = np.zeros(n)
-    Y[df["winner"] == "model_a"] = 1.0
-    tie = ((df["winner"] == "tie") | (df["winner"] == "tie (bothbad)")).to_numpy().copy()
-    tie[len(tie) // 2:] = False
-    Y[tie] = 1.0
-    lr = LogisticRegression(fit_intercept=False, penalty=None, tol=1e-6)
-    lr.fit(X, Y)
-    return {m: float(SCALE * c + INIT) for m, c in zip(models.index, lr.coef_[0])}
 
 bt = mle(df)
 with open(os.path.join(HERE, "arena_ratings.json"), "w") as f:
