@@ -44,18 +44,11 @@ fn suite(good: &str, bad: &str, judge: &str, metrics: &str) -> String {
     format!(
         r#"name = "judged"
 {}{}{}
-[[task]]
-name = "arith"
-kind = "generate"
-data = "data/arith.jsonl"
-prompt = "Q: {{{{ question }}}}\nA:"
-target = "{{{{ answer }}}}"
-human-label = "{{{{ human }}}}"
-metrics = {metrics}
-"#,
+{}"#,
         remote_model("good", good, "g", ""),
         remote_model("bad", bad, "b", ""),
         remote_model("judge", judge, "j", "evaluate = false"),
+        arith_task(&format!("human-label = \"{{{{ human }}}}\"\nmetrics = {metrics}")),
     )
 }
 

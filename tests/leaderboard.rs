@@ -48,16 +48,7 @@ fn suite(steady: &str, shaky: &str, judge: &str) -> String {
         r#"name = "board"
 
 {}{}{}
-[[task]]
-name = "arith"
-kind = "generate"
-data = "data/arith.jsonl"
-prompt = "Q: {{{{ question }}}}\nA:"
-target = "{{{{ answer }}}}"
-max-tokens = 16
-extract = {{ regex = "(-?\\d+)" }}
-metrics = ["exact-match", {{ judge = "pairwise", model = "judge", baseline = "steady" }}]
-
+{}
 [[task]]
 name = "echo"
 kind = "generate"
@@ -70,6 +61,9 @@ metrics = ["exact-match"]
         remote_model("steady", steady, "s", ""),
         remote_model("shaky", shaky, "k", ""),
         remote_model("judge", judge, "j", "evaluate = false"),
+        arith_task(r#"max-tokens = 16
+extract = { regex = "(-?\\d+)" }
+metrics = ["exact-match", { judge = "pairwise", model = "judge", baseline = "steady" }]"#),
     )
 }
 

@@ -71,17 +71,7 @@ fn suite(good: &str, bad: &str, judge: &str) -> String {
         r#"name = "hostile"
 
 {}{}{}
-[[task]]
-name = "arith"
-kind = "generate"
-data = "data/arith.jsonl"
-prompt = "Q: {{{{ question }}}}\nA:"
-target = "{{{{ answer }}}}"
-category = "{{{{ category }}}}"
-max-tokens = 64
-extract = {{ regex = "(-?\\d+)" }}
-metrics = ["exact-match", {{ judge = "pairwise", model = "judge", baseline = "good" }}]
-
+{}
 [[task]]
 name = "echo"
 kind = "generate"
@@ -94,6 +84,10 @@ metrics = ["exact-match", "rougeL"]
         remote_model("good", good, "g", ""),
         remote_model(HOSTILE_MODEL, bad, "b", ""),
         remote_model("judge", judge, "j", "evaluate = false"),
+        arith_task(r#"category = "{{ category }}"
+max-tokens = 64
+extract = { regex = "(-?\\d+)" }
+metrics = ["exact-match", { judge = "pairwise", model = "judge", baseline = "good" }]"#),
     )
 }
 

@@ -94,23 +94,21 @@ pub fn remote_model(name: &str, base_url: &str, served: &str, extra: &str) -> St
     format!("[[model]]\nname = \"{name}\"\nengine = \"openai\"\nbase-url = \"{base_url}\"\nmodel = \"{served}\"\n{extra}\n")
 }
 
+/// A generate task `arith` over `data/arith.jsonl` (prompt `Q: question\nA:`, target the answer),
+/// with `extra` lines (keys of the task) after it.
+pub fn arith_task(extra: &str) -> String {
+    format!("[[task]]\nname = \"arith\"\nkind = \"generate\"\ndata = \"data/arith.jsonl\"\nprompt = \"Q: {{{{ question }}}}\\nA:\"\ntarget = \"{{{{ answer }}}}\"\n{extra}\n")
+}
+
 /// A suite with one remote model and one generate task over `data/arith.jsonl`.
 pub fn arith_suite(base_url: &str, model_extra: &str) -> String {
     format!(
         r#"name = "arith-demo"
 
 {}
-[[task]]
-name = "arith"
-kind = "generate"
-data = "data/arith.jsonl"
-prompt = "Q: {{{{ question }}}}\nA:"
-target = "{{{{ answer }}}}"
-max-tokens = 8
-extract = {{ regex = "(-?\\d+)" }}
-metrics = ["exact-match"]
-"#,
-        remote_model("remote-x", base_url, "served-model-name", &format!("api = \"chat\"\n{model_extra}"))
+{}"#,
+        remote_model("remote-x", base_url, "served-model-name", &format!("api = \"chat\"\n{model_extra}")),
+        arith_task("max-tokens = 8\nextract = { regex = \"(-?\\\\d+)\" }\nmetrics = [\"exact-match\"]"),
     )
 }
 
