@@ -492,6 +492,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
                     None => None,
                 };
                 let runs = runs.iter().map(|r| store.resolve_run(r).map(|r| r.id)).collect::<Result<Vec<_>, _>>()?;
+                if model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                    anyhow::bail!("cache clear --model: give some text of the model's label as `llmeval cache list` prints it (empty text would match every model; --all says that)");
+                }
                 let filter = crate::cache::Filter { model, runs, kind, before, orphaned };
                 if filter.is_empty() && !all {
                     anyhow::bail!("cache clear: name what to delete (--model, --run, --kind, --older-than, --orphaned), or pass --all to empty the cache; `llmeval cache list` shows what it holds");

@@ -554,6 +554,8 @@ fn cache_list_and_clear_by_model_run_and_orphans() {
     assert!(stdout(&out).contains(&y_label) && stdout(&out).contains("would delete 4 cached responses"), "{}", stdout(&out));
     assert_eq!(count("SELECT count(*) FROM responses"), 8);
 
+    let out = llmeval(&["cache", "clear", "--db", db_s, "--model", " "]);
+    assert!(out.status.code() == Some(2) && stderr(&out).contains("every model"), "{}", stderr(&out));
     let out = llmeval(&["cache", "clear", "--db", db_s, "--run", "nope"]);
     assert!(out.status.code() == Some(2) && stderr(&out).contains("nope"), "{}", stderr(&out));
     let out = llmeval(&["cache", "clear", "--db", db_s, "--run", &first, "--older-than", "1d"]);
