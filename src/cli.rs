@@ -765,7 +765,10 @@ fn cmd_cache_clear(store: &Store, filter: &crate::cache::Filter, dry_run: bool, 
 
 fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {
     let store = open_existing(db)?;
-    let runs = store.runs()?;
+    let mut runs = store.runs()?;
+    for r in &mut runs {
+        r.status = store.shown_status(r)?;
+    }
     if json {
         let v: Vec<Value> = runs
             .iter()
@@ -783,7 +786,8 @@ fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {
 
 fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> anyhow::Result<u8> {
     let store = open_existing(db)?;
-    let run = store.resolve_run(key)?;
+    let mut run = store.resolve_run(key)?;
+    run.status = store.shown_status(&run)?;
     let aggs = store.aggregates(&run.id)?;
     let sample_rows = if samples { store.samples(&run.id)? } else { Vec::new() };
     if json {
@@ -810,6 +814,9 @@ fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> 
     print!("{}", results_table(&run, &aggs));
     for n in &run.notes {
         println!("note: {}", crate::tui::leaderboard::one_line(n));
+    }
+    if run.status == "interrupted" {
+        println!("note: no llmeval process is working on this run; `llmeval run {} --resume` continues it", crate::tui::leaderboard::one_line(&run.suite_path));
     }
     if samples {
         let rows: Vec<Vec<String>> = sample_rows

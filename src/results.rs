@@ -42,7 +42,8 @@ pub fn select_runs(store: &Store, keys: &[String], suite: Option<&str>) -> Resul
     let mut out: Vec<Run> = Vec::new();
     if !keys.is_empty() {
         for k in keys {
-            let r = store.resolve_run(k)?;
+            let mut r = store.resolve_run(k)?;
+            r.status = store.shown_status(&r)?;
             if let Some(s) = suite.filter(|s| *s != r.suite) {
                 return Err(Error::Usage(format!("run {k:?} ({}) is of suite {:?}, not {s:?}", r.id, r.suite)));
             }

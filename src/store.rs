@@ -157,6 +157,12 @@ fn host_name() -> String {
     if ok && end > 0 { String::from_utf8_lossy(&buf[..end]).into_owned() } else { "unknown".into() }
 }
 
+/// Whether a claim renewed at `seen` by process `pid` on `host` still holds at `now`, seen from
+/// `this_host`: renewed within `LEASE_STALE_S`, and, on this machine, its process still exists.
+fn lease_live(pid: i64, host: &str, seen: f64, now: f64, this_host: &str) -> bool {
+    now - seen < LEASE_STALE_S && (host != this_host || pid_alive(pid))
+}
+
 /// Whether process `pid` of this machine exists.
 fn pid_alive(pid: i64) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
@@ -456,8 +462,7 @@ impl Store {
         self.write_locked(|| {
             let held = self.conn.query_row("SELECT pid, host, since, seen_at FROM leases WHERE run_id = ?1", [run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?, r.get::<_, f64>(3)?))).optional();
             if let Some((p, h, since, seen)) = self.db(held)? {
-                let live = now - seen < LEASE_STALE_S && (h != host || pid_alive(p));
-                if live {
+                if lease_live(p, &h, seen, now, &host) {
                     return Err(Error::Usage(format!(
                         "run {run_id} is in progress in another llmeval process (pid {p} on {h}, since {}, renewed {:.0} s ago); working on it twice would send its requests twice: wait for that process to finish or stop it, then resume",
                         crate::util::iso8601(since),
@@ -481,6 +486,22 @@ impl Store {
         };
         let beat = std::thread::Builder::new().name("llmeval-lease".into()).spawn(renew).map_err(|e| Error::Store { path: self.path.clone(), message: format!("cannot start the thread that renews the run's claim: {e}") })?;
         Ok(Lease { stop: Some(stop), beat: Some(beat) })
+    }
+
+    /// A run's status as shown: the stored one, except that a run stored as `running` that no live
+    /// process holds (it was interrupted, killed or crashed) shows as `interrupted`. A database
+    /// from before claims were recorded cannot tell, and shows what is stored.
+    pub fn shown_status(&self, run: &Run) -> Result<String> {
+        if run.status != "running" {
+            return Ok(run.status.clone());
+        }
+        let has_leases = self.db(self.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'leases'", [], |r| r.get::<_, i64>(0)))? > 0;
+        if !has_leases {
+            return Ok(run.status.clone());
+        }
+        let held = self.conn.query_row("SELECT pid, host, seen_at FROM leases WHERE run_id = ?1", [&run.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?))).optional();
+        let live = self.db(held)?.is_some_and(|(p, h, seen)| lease_live(p, &h, seen, crate::util::now_unix(), &host_name()));
+        Ok(if live { run.status.clone() } else { "interrupted".into() })
     }
 
     pub fn set_run_status(&self, id: &str, status: &str, ended_at: Option<f64>, notes: &[String]) -> Result<()> {
@@ -878,6 +899,8 @@ mod tests {
         let seen = || other.conn.query_row("SELECT seen_at FROM leases WHERE run_id = 'r1'", [], |r| r.get::<_, f64>(0)).optional().unwrap();
         let lease = store.lease_every("r1", std::time::Duration::from_millis(20)).unwrap();
         let e = other.lease("r1").err().expect("held").to_string();
+        let r1 = other.resolve_run("r1").unwrap();
+        assert_eq!(other.shown_status(&r1).unwrap(), "running", "held by a live process");
         let me = format!("pid {} on {}", std::process::id(), host_name());
         assert!(e.contains("run r1 is in progress in another llmeval process") && e.contains(&me), "{e}");
         let first = seen().expect("claimed");
@@ -893,14 +916,20 @@ mod tests {
         let put = |pid: i64, host: &str, seen_at: f64| {
             other.conn.execute("INSERT OR REPLACE INTO leases (run_id, token, pid, host, since, seen_at) VALUES ('r1', 't', ?1, ?2, ?3, ?3)", params![pid, host, seen_at]).unwrap();
         };
+        assert_eq!(other.shown_status(&r1).unwrap(), "interrupted", "no claim");
         put(dead, &host_name(), now);
+        assert_eq!(other.shown_status(&r1).unwrap(), "interrupted", "the claim's process is gone");
         drop(other.lease("r1").expect("a dead process's claim is taken over"));
         // another machine's claim: live while renewed, taken over once it is not
         put(1, "elsewhere", now - 5.0);
+        assert_eq!(other.shown_status(&r1).unwrap(), "running", "renewed elsewhere");
         let e = other.lease("r1").err().expect("held elsewhere").to_string();
         assert!(e.contains("pid 1 on elsewhere") && e.contains("renewed 5 s ago"), "{e}");
         put(1, "elsewhere", now - LEASE_STALE_S - 1.0);
+        assert_eq!(other.shown_status(&r1).unwrap(), "interrupted", "abandoned elsewhere");
         drop(other.lease("r1").expect("an abandoned claim is taken over"));
+        other.set_run_status("r1", "complete", Some(2.0), &[]).unwrap();
+        assert_eq!(other.shown_status(&other.resolve_run("r1").unwrap()).unwrap(), "complete");
         drop((store, other));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -953,6 +982,7 @@ mod tests {
         Connection::open(&path).unwrap().execute_batch(&format!("DROP TABLE leases; ALTER TABLE responses DROP COLUMN model; PRAGMA user_version = {READ_FROM};")).unwrap();
         let ro = Store::open_read_only(&path).unwrap();
         assert_eq!(ro.resolve_run("latest").unwrap().id, "r1");
+        assert_eq!(ro.shown_status(&ro.resolve_run("r1").unwrap()).unwrap(), "running", "without claims, what is stored");
         assert!(ro.judged_pairs().unwrap().is_empty(), "the judgments and battles of schema 3 are read");
         assert_eq!(ro.cache_entries().unwrap().iter().map(|e| (e.key.as_str(), e.model.as_deref(), e.run_exists)).collect::<Vec<_>>(), [("k1", None, true)]);
         drop(ro);

@@ -26,7 +26,9 @@ fn sigkill_then_resume_equals_an_uninterrupted_run() {
     assert!(done.len() >= 100 && done.len() < 400, "{} finished before the kill", done.len());
 
     let list = json_out(&llmeval(&["runs", "list", "--db", db.to_str().unwrap(), "--json"]));
-    assert_eq!(list[0]["status"], "running", "a killed run stays unfinished");
+    assert_eq!(list[0]["status"], "interrupted", "a killed run is unfinished, and no process works on it");
+    let shown = stdout(&llmeval(&["runs", "show", "latest", "--db", db.to_str().unwrap()]));
+    assert!(shown.contains("· interrupted\n") && shown.contains("--resume` continues it"), "{shown}");
 
     server.clear_log();
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", db.to_str().unwrap(), "--json", "--resume"]);
@@ -150,7 +152,7 @@ fn a_run_stopped_by_an_error_says_so_and_resumes() {
     let e = stderr(&out);
     assert!(e.contains("stopped; its finished items are stored, and `llmeval run") && e.contains("--resume` continues once the cause is fixed") && e.contains("disk full"), "{e}");
     let list = json_out(&llmeval(&["runs", "list", "--db", db.to_str().unwrap(), "--json"]));
-    assert_eq!(list[0]["status"], "running", "a stopped run is unfinished");
+    assert_eq!(list[0]["status"], "interrupted", "a stopped run is unfinished");
     let shown = stdout(&llmeval(&["runs", "show", list[0]["run_id"].as_str().unwrap(), "--db", db.to_str().unwrap()]));
     assert!(shown.contains("stopped by an error:") && shown.contains("disk full"), "{shown}");
     let stored: i64 = conn.query_row("SELECT COUNT(*) FROM samples WHERE error IS NULL", [], |r| r.get(0)).unwrap();
@@ -177,6 +179,8 @@ fn a_run_in_progress_is_not_resumed_by_a_second_process() {
     let db = dir.db();
     let (suite, db) = (suite.to_str().unwrap(), db.to_str().unwrap());
     let mut child = spawn_until(&["run", suite, "--db", db], std::process::Stdio::null(), || server.answered(), 2);
+    let list = json_out(&llmeval(&["runs", "list", "--db", db, "--json"]));
+    assert_eq!(list[0]["status"], "running", "a process is working on it");
     // while the first process works, a second one resuming the run would ask its questions again
     let twice = llmeval(&["run", suite, "--db", db, "--resume"]);
     assert_eq!(twice.status.code(), Some(2), "{}", stderr(&twice));
@@ -185,6 +189,7 @@ fn a_run_in_progress_is_not_resumed_by_a_second_process() {
     // once that process is gone (killed: it could not release its claim), the run resumes
     child.kill().unwrap();
     child.wait().unwrap();
+    assert_eq!(json_out(&llmeval(&["runs", "list", "--db", db, "--json"]))[0]["status"], "interrupted");
     let out = llmeval(&["run", suite, "--db", db, "--json", "--resume"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(result(&json_out(&out), "remote-x", "arith", "exact-match")["n"], 40);
