@@ -461,14 +461,14 @@ impl Store {
         let token = crate::util::sha256_hex(format!("{run_id} {pid} {host} {now} {:?}", std::thread::current().id()).as_bytes());
         self.write_locked(|| {
             let held = self.conn.query_row("SELECT pid, host, since, seen_at FROM leases WHERE run_id = ?1", [run_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?, r.get::<_, f64>(3)?))).optional();
-            if let Some((p, h, since, seen)) = self.db(held)? {
-                if lease_live(p, &h, seen, now, &host) {
-                    return Err(Error::Usage(format!(
-                        "run {run_id} is in progress in another llmeval process (pid {p} on {h}, since {}, renewed {:.0} s ago); working on it twice would send its requests twice: wait for that process to finish or stop it, then resume",
-                        crate::util::iso8601(since),
-                        (now - seen).max(0.0)
-                    )));
-                }
+            if let Some((p, h, since, seen)) = self.db(held)?
+                && lease_live(p, &h, seen, now, &host)
+            {
+                return Err(Error::Usage(format!(
+                    "run {run_id} is in progress in another llmeval process (pid {p} on {h}, since {}, renewed {:.0} s ago); working on it twice would send its requests twice: wait for that process to finish or stop it, then resume",
+                    crate::util::iso8601(since),
+                    (now - seen).max(0.0)
+                )));
             }
             let r = self.conn.execute("INSERT OR REPLACE INTO leases (run_id, token, pid, host, since, seen_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)", params![run_id, token, pid, host, now]);
             self.db(r).map(|_| ())
