@@ -1329,7 +1329,7 @@ fn cmd_gate(db: &std::path::Path, baseline: &str, candidate: &str, max_drop: &[S
                     (false, false) => "ok",
                 };
                 let ci = if x.drop_ci.iter().any(|v| v.is_nan()) { "—".to_string() } else { format!("[{}, {}]", crate::gate::signed(x.drop_ci[0]), crate::gate::signed(x.drop_ci[1])) };
-                vec![x.model.clone(), x.task.clone(), x.metric.clone(), x.n.to_string(), format!("{:.4}", x.baseline), format!("{:.4}", x.candidate), crate::gate::signed(x.drop), ci, format!("{:.4}", x.p_adjusted), verdict.into()]
+                vec![x.model.clone(), x.task.clone(), x.metric.clone(), x.n.to_string(), format!("{:.4}", x.baseline), format!("{:.4}", x.candidate), crate::gate::signed(x.drop), ci, crate::gate::fmt_p(x.p_adjusted), verdict.into()]
             })
             .collect();
         let adjusted = if correction == crate::gate::Correction::Holm { format!(", p Holm-adjusted over {} comparisons", cs.iter().filter(|x| x.n > 0).count()) } else { String::new() };

@@ -152,6 +152,18 @@ fn bootstrap_interval(n: usize, drop: &dyn Fn(&[usize]) -> f64, seed: u64) -> [f
     [crate::stats::percentile(&ds, 0.025), crate::stats::percentile(&ds, 0.975)]
 }
 
+/// A p-value to read: 4 decimals, or two significant digits in scientific notation below 0.0001
+/// (where 4 decimals would print a misleading 0.0000); `—` where there is none.
+pub fn fmt_p(p: f64) -> String {
+    if p.is_nan() {
+        "—".into()
+    } else if p == 0.0 || p >= 1e-4 {
+        format!("{p:.4}")
+    } else {
+        format!("{p:.1e}")
+    }
+}
+
 /// A difference with its sign, 4 decimals; one that rounds to zero reads `+0.0000`, not `-0.0000`.
 pub fn signed(v: f64) -> String {
     let s = format!("{v:+.4}");
@@ -385,12 +397,12 @@ pub fn junit(cs: &[Comparison]) -> String {
                 format!("items right in the baseline and wrong now: {}", c.flipped.join(", "))
             };
             out.push_str(&format!(
-                "\n      <failure type=\"regression\" message=\"{} dropped by {} (tolerance {}), p = {:.4} adjusted ({:.4} alone, {})\">{}</failure>\n    ",
+                "\n      <failure type=\"regression\" message=\"{} dropped by {} (tolerance {}), p = {} adjusted ({} alone, {})\">{}</failure>\n    ",
                 xml(&c.metric),
                 drop_text(c),
                 c.tolerance,
-                c.p_adjusted,
-                c.p_value,
+                fmt_p(c.p_adjusted),
+                fmt_p(c.p_value),
                 c.test,
                 xml(&detail)
             ));
@@ -419,7 +431,7 @@ pub fn markdown(cs: &[Comparison], baseline: &str, candidate: &str) -> String {
         };
         let ci = if c.drop_ci.iter().any(|v| v.is_nan()) { String::new() } else { format!(" [{}, {}]", signed(c.drop_ci[0]), signed(c.drop_ci[1])) };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.4} | {:.4} | {}{ci} | {} | {:.4} | {:.4} | {verdict} |\n",
+            "| {} | {} | {} | {} | {:.4} | {:.4} | {}{ci} | {} | {} | {} | {verdict} |\n",
             md_escape(&c.model),
             md_escape(&c.task),
             md_escape(&c.metric),
@@ -428,8 +440,8 @@ pub fn markdown(cs: &[Comparison], baseline: &str, candidate: &str) -> String {
             c.candidate,
             signed(c.drop),
             c.test,
-            c.p_value,
-            c.p_adjusted
+            fmt_p(c.p_value),
+            fmt_p(c.p_adjusted)
         ));
     }
     for c in cs.iter().filter(|c| c.regression && !c.flipped.is_empty()) {
@@ -627,6 +639,16 @@ mod tests {
         let mk = || vec![sample("t", 0, "same", &[("exact-match", vec![1.0])]), sample("t", 1, "same", &[("exact-match", vec![0.0])])];
         let c = &gate(&mk(), &mk(), Correction::None)[0];
         assert_eq!((c.n, c.drop, c.flipped.len(), c.p_value), (2, 0.0, 0, 1.0), "{c:?}");
+    }
+
+    #[test]
+    fn p_values_read_below_four_decimals() {
+        assert_eq!(fmt_p(0.04321), "0.0432");
+        assert_eq!(fmt_p(1.0), "1.0000");
+        assert_eq!(fmt_p(1e-4), "0.0001");
+        assert_eq!(fmt_p(5.72e-6), "5.7e-6");
+        assert_eq!(fmt_p(0.0), "0.0000");
+        assert_eq!(fmt_p(f64::NAN), "—");
     }
 
     #[test]
