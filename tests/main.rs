@@ -5,6 +5,7 @@ pub mod server;
 mod support;
 
 mod arena;
+mod cli_output;
 mod core_run;
 mod engine_ref;
 mod faults;
