@@ -16,6 +16,8 @@
 #   call 2:  carry [".gpu/b"], command "bash benches/gpu-check.sh --second", timeout 240
 #            the default model: correctness and speed (its part 0 is left on the machine by call 1,
 #            so call 2 must follow within the machine's warm period; a cold machine says so)
+# Before spending a GPU session, where torch and transformers are installed (no GPU needed):
+#   python3 benches/gpu_check.py selftest /tmp/gpu-selftest    # the Python side on a small model, on the CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME=SmolLM2-135M-Instruct.Q4_1.gguf

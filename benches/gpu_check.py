@@ -2,6 +2,13 @@
 
     python3 benches/gpu_check.py write-model DIR      # a ~1.1B-parameter LLaMA with random bf16 weights
     python3 benches/gpu_check.py baseline DIR JSON    # transformers bf16 on the GPU: the same figures as gpu_check
+    python3 benches/gpu_check.py selftest DIR         # here, on the CPU (cargo build --release first)
+
+`selftest` runs this script's two parts on a small model of the same kind (2 layers, dim 256) on
+the CPU, so that a change in transformers' API shows before a GPU session is spent on it, and
+compares llmeval's CPU log-probabilities on that model with transformers' in float32 (≤ 1e-4 nats
+per token, on the whole continuation): the safetensors (bf16), config.json and tokenizer.json that the GPU check loads,
+checked against the reference implementation.
 
 The model has TinyLlama-1.1B's shape (dim 2048, 22 layers, 32 heads, 4 KV heads, FFN 5632,
 vocabulary 32000, untied LM head) and a word-level tokenizer.json ("t0" … "t31999"); the checks
@@ -52,14 +59,18 @@ def mc_requests(groups):
     return out
 
 
-def write_model(d):
+# the selftest's model: the same kind, small enough for a CPU
+SMALL = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 32, "_name_or_path": "llmeval-random-small"}
+
+
+def write_model(d, small=False):
     import torch
     from safetensors.torch import save_file
 
     os.makedirs(d, exist_ok=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator(device=dev).manual_seed(1234)
-    c = CONFIG
+    c = {**CONFIG, **SMALL} if small else CONFIG
     dim, ffn, hd = c["hidden_size"], c["intermediate_size"], c["head_dim"]
     q, kv = c["num_attention_heads"] * hd, c["num_key_value_heads"] * hd
 
@@ -96,25 +107,35 @@ def write_model(d):
     print(f"wrote {d}: {n / 1e9:.3f}B parameters, bf16, random weights")
 
 
-def baseline(d, out):
+def load(d, dtype, dev):
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
     except TypeError:
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.bfloat16)
-    model = model.to("cuda").eval()
+        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=dtype)
+    return model.to(dev).eval()
+
+
+def baseline(d, out, dev="cuda"):
+    """transformers' figures on `dev`; on the CPU (the selftest) with small sizes, for the code
+    paths only."""
+    import torch
+
+    model = load(d, torch.bfloat16, dev)
+    cpu = dev == "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
-    sync = torch.cuda.synchronize
-    prompt = torch.tensor([[synth(42, i) for i in range(512)]], device="cuda")
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    sync = (lambda: None) if cpu else torch.cuda.synchronize
+    plen, new_tokens, groups, copy_floats = (32, 4, 4, 1 << 20) if cpu else (512, 128, 512, 1 << 30)
+    prompt = torch.tensor([[synth(42, i) for i in range(plen)]], device=dev)
+    res = {"device": "cpu" if cpu else torch.cuda.get_device_name(0), "torch": torch.__version__}
     import transformers
 
     res["transformers"] = transformers.__version__
     with torch.inference_mode():
         # the card's achievable memory bandwidth: a 4 GiB device-to-device copy (bytes read + written)
-        src = torch.empty(1 << 30, dtype=torch.float32, device="cuda").uniform_()
+        src = torch.empty(copy_floats, dtype=torch.float32, device=dev).uniform_()
         dst = torch.empty_like(src)
         for _ in range(3):
             dst.copy_(src)
@@ -133,7 +154,7 @@ def baseline(d, out):
         for _ in range(reps):
             model(prompt)
         sync()
-        res["prefill_tokens_per_s"] = 512 * reps / (time.perf_counter() - t)
+        res["prefill_tokens_per_s"] = plen * reps / (time.perf_counter() - t)
         for batch in (1, 32):
             ids = prompt.expand(batch, -1).contiguous()
             kw = dict(do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
@@ -144,12 +165,12 @@ def baseline(d, out):
             sync()
             first = time.perf_counter() - t
             t = time.perf_counter()
-            model.generate(ids, max_new_tokens=128, min_new_tokens=128, **kw)
+            model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kw)
             sync()
             total = time.perf_counter() - t
-            res[f"decode_b{batch}_tokens_per_s"] = batch * 127 / max(total - first, 1e-9)
+            res[f"decode_b{batch}_tokens_per_s"] = batch * (new_tokens - 1) / max(total - first, 1e-9)
         # log-likelihood: padded batches of 32 requests, sorted by length, logits only where needed
-        reqs = mc_requests(512)
+        reqs = mc_requests(groups)
         order = sorted(range(len(reqs)), key=lambda i: len(reqs[i][0]) + len(reqs[i][1]))
         lps = [None] * len(reqs)
 
@@ -161,12 +182,12 @@ def baseline(d, out):
             for r, s in enumerate(seqs):
                 x[r, : len(s) - 1] = torch.tensor(s[:-1])
                 mask[r, : len(s) - 1] = 1
-            hidden = model.model(input_ids=x.cuda(), attention_mask=mask.cuda()).last_hidden_state
+            hidden = model.model(input_ids=x.to(dev), attention_mask=mask.to(dev)).last_hidden_state
             for r, i in enumerate(idx):
                 ctx, cont = reqs[i]
                 first = len(ctx) - 1
                 logits = model.lm_head(hidden[r, first : first + len(cont)]).float()
-                lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device="cuda")[:, None])
+                lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(cont, device=dev)[:, None])
                 lps[i] = lp.squeeze(1).tolist()
 
         run(order[:32])
@@ -188,10 +209,41 @@ def baseline(d, out):
           f"log-likelihood {res['loglik_requests_per_s']:.0f} requests/s, {res['loglik_tokens_per_s']:.0f} tokens/s")
 
 
+def selftest(d):
+    """The small model through both parts on the CPU, then llmeval's CPU log-probabilities against
+    transformers' float32 ones on a few of the check's multiple-choice requests."""
+    import subprocess
+    import torch
+
+    write_model(d, small=True)
+    baseline(d, os.path.join(d, "baseline.json"), dev="cpu")
+    model = load(d, torch.float32, "cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    worst = 0.0
+    for ctx, cont in mc_requests(3):
+        with torch.inference_mode():
+            logits = model(torch.tensor([ctx + cont[:-1]])).logits[0].float()
+        want = torch.log_softmax(logits, -1)[len(ctx) - 1 :].gather(1, torch.tensor(cont)[:, None]).squeeze(1).tolist()
+        text = lambda ids: " ".join(f"t{i}" for i in ids)  # noqa: E731 (the word-level tokenizer's words)
+        out = subprocess.run([os.path.join(root, "target", "release", "llmeval"), "engine", "score", "--model", d, "--device", "cpu",
+                              "--context", text(ctx), "--continuation", " " + text(cont), "--json"], capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"selftest: llmeval engine score failed: {out.stderr}")
+        got = json.loads(out.stdout)
+        if got["tokens"] != cont:
+            sys.exit(f"selftest: llmeval's continuation tokens {got['tokens']} are not the request's {cont}")
+        worst = max(worst, abs(got["logprob"] - sum(want)) / len(cont))
+    print(f"selftest: llmeval (CPU) vs transformers (float32) on the small model: largest difference {worst:.2e} nats per token")
+    if worst > 1e-4:
+        sys.exit("selftest: FAILED (more than 1e-4 nats per token)")
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "write-model":
         write_model(sys.argv[2])
     elif len(sys.argv) >= 4 and sys.argv[1] == "baseline":
         baseline(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "selftest":
+        selftest(sys.argv[2])
     else:
         sys.exit(__doc__)
