@@ -995,7 +995,7 @@ fn load_engine(path: &std::path::Path, threads: Option<usize>, device: Option<&s
 }
 
 fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
-    use crate::model::{Context, LoglikelihoodRequest, Message, Model};
+    use crate::model::{Context, LoglikelihoodRequest, Message};
     match command {
         EngineCommand::Info { model, json } => {
             let m = load_engine(&model, Some(1), None)?;
@@ -1056,13 +1056,15 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let mut result = None;
             // exactly the texts given (llama.cpp's protocol in the reference); a suite's tasks move
             // the context's trailing whitespace into the continuation first, as lm-eval
-            let tokens = model.engine().encode(&continuation);
-            model.loglikelihood(&[LoglikelihoodRequest { context, continuation }], &mut |_, o| result = Some(o.result));
-            let ll = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
+            model.score_detailed(&[LoglikelihoodRequest { context, continuation }], &mut |_, o| result = Some(o.result));
+            let (req, s) = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
+            let tokens = req.continuation;
             if m.json {
-                print_json(&json!({"logprob": ll.logprob, "is_greedy": ll.is_greedy, "tokens": tokens}));
+                print_json(&json!({"logprob": s.logprob, "is_greedy": s.is_greedy, "tokens": tokens, "token_logprobs": s.token_logprobs}));
             } else {
-                println!("logprob {:.6} · greedy {} · {} token(s)", ll.logprob, ll.is_greedy.map_or("unknown".into(), |g| g.to_string()), tokens.len());
+                println!("logprob {:.6} · greedy {} · {} token(s)", s.logprob, s.is_greedy, tokens.len());
+                let rows: Vec<Vec<String>> = tokens.iter().zip(&s.token_logprobs).map(|(&t, lp)| vec![t.to_string(), format!("{:?}", model.engine().decode(&[t])), format!("{lp:.6}")]).collect();
+                print!("{}", table(&["token", "text", "logprob"], &rows));
             }
         }
         EngineCommand::Bench { m, d, prompt_tokens, batch, profile } => {

@@ -174,6 +174,13 @@ fn cli_engine_forms() {
     let v = json_out(&out);
     assert_eq!(v["tokens"], serde_json::json!([7042]));
     assert!((v["logprob"].as_f64().unwrap() - -0.2644).abs() < 0.05 && v["is_greedy"] == true, "{v}");
+    // per token: the log-probabilities add up to the total, and the text lists each token
+    let v = json_out(&llmeval(&["engine", "score", "--model", m, "--context", "The capital of France is", "--continuation", " Paris, a city", "--json"]));
+    let lps: Vec<f64> = v["token_logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(lps.len(), v["tokens"].as_array().unwrap().len());
+    assert!(lps.len() == 4 && (lps.iter().sum::<f64>() - v["logprob"].as_f64().unwrap()).abs() < 1e-9 && lps.iter().all(|&x| x < 0.0), "{v}");
+    let text = stdout(&llmeval(&["engine", "score", "--model", m, "--context", "The capital of France is", "--continuation", " Paris, a city"]));
+    assert!(text.contains("4 token(s)") && text.contains("\" Paris\"") && text.contains("\" city\""), "{text}");
     // the texts exactly as given, as llama.cpp's reference: a trailing space stays in the context
     let kept = json_out(&llmeval(&["engine", "score", "--model", m, "--context", "The capital of France is ", "--continuation", "Paris", "--json"]));
     assert_eq!(kept["tokens"], serde_json::json!([38634]), "{kept}");

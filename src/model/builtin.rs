@@ -2,7 +2,7 @@
 //! request semantics live here; the engine itself only sees token ids.
 
 use super::{Capabilities, Context, GenRequest, Generation, Loglikelihood, LoglikelihoodRequest, Model, Outcome, RollingRequest, Sink};
-use crate::engine::session::{GenOptions, ScoreRequest};
+use crate::engine::session::{GenOptions, ScoreRequest, ScoreResult};
 use crate::engine::device::Device;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -58,6 +58,48 @@ impl BuiltinModel {
     /// depend on the batch.
     pub fn device_note(&self) -> Option<&str> {
         self.note.as_deref()
+    }
+
+    /// Log-likelihood requests scored token by token: each request's token ids (the context with
+    /// BOS where the model adds it, or lm-eval's prefix token when empty, and the continuation,
+    /// each tokenized on its own) with the engine's result. [`Model::loglikelihood`] reports the
+    /// totals of the same.
+    pub fn score_detailed(&self, requests: &[LoglikelihoodRequest], sink: &mut dyn FnMut(usize, Outcome<(ScoreRequest, ScoreResult)>)) {
+        let reqs: Vec<ScoreRequest> = requests
+            .iter()
+            .map(|r| {
+                let mut context = self.with_bos(self.engine.encode(&r.context));
+                if context.is_empty() {
+                    context = vec![self.prefix_token()];
+                }
+                ScoreRequest { context, continuation: self.engine.encode(&r.continuation) }
+            })
+            .collect();
+        // a request that does not fit errors its own item, not the others
+        let mut done = vec![false; reqs.len()];
+        for (i, r) in reqs.iter().enumerate() {
+            if let Err(e) = self.engine.fits(r) {
+                done[i] = true;
+                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+            }
+        }
+        let fits: Vec<usize> = (0..reqs.len()).filter(|&i| !done[i]).collect();
+        let reqs: Vec<ScoreRequest> = fits.iter().map(|&i| reqs[i].clone()).collect();
+        let mut last = Instant::now();
+        let result = self.engine.score(&reqs, &mut |j, s| {
+            let i = fits[j];
+            let now = Instant::now();
+            let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
+            last = now;
+            done[i] = true;
+            let result = self.finite(s.logprob).map(|_| (reqs[j].clone(), s));
+            sink(i, Outcome { result, latency_ms, attempts: 1 });
+        });
+        if let Err(e) = result {
+            for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
+                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+            }
+        }
     }
 
     /// Token ids of a prompt: raw text (BOS first when the model asks for it), or a conversation
@@ -163,42 +205,10 @@ impl Model for BuiltinModel {
     }
 
     fn loglikelihood(&self, requests: &[LoglikelihoodRequest], sink: Sink<'_, Loglikelihood>) {
-        let reqs: Vec<ScoreRequest> = requests
-            .iter()
-            .map(|r| {
-                let mut context = self.with_bos(self.engine.encode(&r.context));
-                if context.is_empty() {
-                    context = vec![self.prefix_token()];
-                }
-                ScoreRequest { context, continuation: self.engine.encode(&r.continuation) }
-            })
-            .collect();
-        // a request that does not fit errors its own item, not the others
-        let mut done = vec![false; reqs.len()];
-        for (i, r) in reqs.iter().enumerate() {
-            if let Err(e) = self.engine.fits(r) {
-                done[i] = true;
-                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
-            }
-        }
-        let fits: Vec<usize> = (0..reqs.len()).filter(|&i| !done[i]).collect();
-        let reqs: Vec<ScoreRequest> = fits.iter().map(|&i| reqs[i].clone()).collect();
-        let mut last = Instant::now();
-        let result = self.engine.score(&reqs, &mut |j, s| {
-            let i = fits[j];
-            let now = Instant::now();
-            let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
-            last = now;
-            let tokens = reqs[j].continuation.len() as u64;
-            done[i] = true;
-            let result = self.finite(s.logprob).map(|logprob| Loglikelihood { logprob, is_greedy: Some(s.is_greedy), tokens });
-            sink(i, Outcome { result, latency_ms, attempts: 1 });
+        self.score_detailed(requests, &mut |i, o| {
+            let result = o.result.map(|(req, s)| Loglikelihood { logprob: s.logprob, is_greedy: Some(s.is_greedy), tokens: req.continuation.len() as u64 });
+            sink(i, Outcome { result, latency_ms: o.latency_ms, attempts: o.attempts });
         });
-        if let Err(e) = result {
-            for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
-                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
-            }
-        }
     }
 
     fn loglikelihood_rolling(&self, requests: &[RollingRequest], sink: Sink<'_, Loglikelihood>) {
