@@ -200,18 +200,8 @@ pub fn load(dir: &Path) -> Result<Engine, EngineError> {
     let info = ModelInfo {
         path: dir.display().to_string(),
         format: "Hugging Face safetensors".into(),
-        architecture: arch,
         name: cfg["_name_or_path"].as_str().map(str::to_string),
         parameters,
-        layers: c.n_layers,
-        dim,
-        heads: n_heads,
-        kv_heads: n_kv_heads,
-        head_dim,
-        ffn_dim: c.ffn_dim,
-        vocab: c.vocab,
-        context_length: c.ctx_len,
-        rope_theta: c.rope_theta,
         tensor_types,
         file_bytes: tensors.values().map(|t| t.len as u64).sum(),
         tokenizer: "tokenizer.json".into(),
@@ -219,6 +209,7 @@ pub fn load(dir: &Path) -> Result<Engine, EngineError> {
         eos: eos.clone(),
         add_bos,
         chat_template: chat_template.is_some(),
+        ..ModelInfo::of_config(c)
     };
     let model = Llama::new(config, tok_embd, layers, out_norm, lm_head);
     Ok(Engine::assemble(model, Tok::Hf(Box::new(tokenizer)), chat_template, bos, eos, add_bos, info))

@@ -38,7 +38,7 @@ pub enum Tok {
 }
 
 /// Facts about a loaded model, for `llmeval engine info`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ModelInfo {
     pub path: String,
     pub format: String,
@@ -61,6 +61,26 @@ pub struct ModelInfo {
     pub eos: Vec<u32>,
     pub add_bos: bool,
     pub chat_template: bool,
+}
+
+impl ModelInfo {
+    /// The facts every format takes from the model's [`Config`] the same way; a loader adds its
+    /// own (`ModelInfo { path, format, …, ..ModelInfo::of_config(c) }`).
+    pub fn of_config(c: &Config) -> ModelInfo {
+        ModelInfo {
+            architecture: c.arch.clone(),
+            layers: c.n_layers,
+            dim: c.dim,
+            heads: c.n_heads,
+            kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            ffn_dim: c.ffn_dim,
+            vocab: c.vocab,
+            context_length: c.ctx_len,
+            rope_theta: c.rope_theta,
+            ..ModelInfo::default()
+        }
+    }
 }
 
 /// A loaded model ready to run.
@@ -239,18 +259,8 @@ impl Engine {
         let info = ModelInfo {
             path: path.display().to_string(),
             format: format!("GGUF v{}", g.version),
-            architecture: arch,
             name: g.meta("general.name").and_then(MetaValue::as_str).map(str::to_string),
             parameters,
-            layers: c.n_layers,
-            dim,
-            heads: n_heads,
-            kv_heads: n_kv_heads,
-            head_dim,
-            ffn_dim: c.ffn_dim,
-            vocab: c.vocab,
-            context_length: c.ctx_len,
-            rope_theta: c.rope_theta,
             tensor_types,
             file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
             tokenizer: format!("{model_kind} ({})", g.meta("tokenizer.ggml.pre").and_then(MetaValue::as_str).unwrap_or("default")),
@@ -258,6 +268,7 @@ impl Engine {
             eos: eos.clone(),
             add_bos,
             chat_template: chat_template.is_some(),
+            ..ModelInfo::of_config(c)
         };
         let model = Llama::new(config, tok_embd, layers, out_norm, lm_head);
         Ok(Engine { model, tok: Tok::Gguf(Box::new(tokenizer)), chat_template, bos, eos, add_bos, info, gpu: None })
