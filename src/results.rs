@@ -705,19 +705,7 @@ mod tests {
     use super::*;
 
     fn run(id: &str, suite: &str) -> Run {
-        Run {
-            id: id.into(),
-            suite: suite.into(),
-            suite_path: format!("{suite}.toml"),
-            suite_hash: "h".into(),
-            config: serde_json::json!({}),
-            selection: serde_json::json!({}),
-            version: "0".into(),
-            started_at: 1.0,
-            ended_at: Some(2.0),
-            status: "complete".into(),
-            notes: vec![],
-        }
+        Run::fixture(id, suite)
     }
 
     fn agg(model: &str, task: &str, category: &str, metric: &str, value: Option<f64>) -> Aggregate {

@@ -221,9 +221,30 @@ pub struct Run {
     pub version: String,
     pub started_at: f64,
     pub ended_at: Option<f64>,
-    /// `running` (or interrupted), `complete`, `errored` (finished with errored items).
+    /// As stored: `running` (being worked on, or interrupted: see [`Store::shown_status`]),
+    /// `complete`, `errored` (finished with errored items).
     pub status: String,
     pub notes: Vec<String>,
+}
+
+#[cfg(test)]
+impl Run {
+    /// A finished run of `suite` for tests (started at 1, ended at 2, no config).
+    pub fn fixture(id: &str, suite: &str) -> Run {
+        Run {
+            id: id.into(),
+            suite: suite.into(),
+            suite_path: format!("{suite}.toml"),
+            suite_hash: "h".into(),
+            config: serde_json::json!({}),
+            selection: serde_json::json!({}),
+            version: "0".into(),
+            started_at: 1.0,
+            ended_at: Some(2.0),
+            status: "complete".into(),
+            notes: vec![],
+        }
+    }
 }
 
 /// The key a response is cached under: the model's identity, the request's kind and the request.
