@@ -709,7 +709,7 @@ impl Store {
         // a database read where it cannot be migrated may predate the model column
         let has_model = self.db(self.conn.query_row("SELECT count(*) FROM pragma_table_info('responses') WHERE name = 'model'", [], |r| r.get::<_, i64>(0)))? > 0;
         let sql = format!(
-            "SELECT key, run_id, kind, {}, length(CAST(response AS BLOB)), created_at, EXISTS (SELECT 1 FROM runs WHERE runs.id = responses.run_id)
+            "SELECT key, run_id, kind, {}, octet_length(response), created_at, EXISTS (SELECT 1 FROM runs WHERE runs.id = responses.run_id)
              FROM responses ORDER BY created_at, key",
             if has_model { "model" } else { "NULL" }
         );
