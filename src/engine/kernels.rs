@@ -784,8 +784,6 @@ struct QAct {
     k: usize,
     qs: Vec<i8>,
     ds: Vec<[f32; 2]>,
-    /// `q + 128` as unsigned bytes (VNNI Q8_0 kernels only).
-    xu: Vec<u8>,
 }
 
 /// Quantizes one 32-value block; returns (amax-derived d, Σq). Both ISA paths give identical bytes.
@@ -812,14 +810,13 @@ fn block_scale(amax: f32) -> (f32, f32) {
     }
 }
 
-fn quantize_acts(isa: Isa, x: &[f32], n: usize, k: usize, sk: SumKind, want_u: bool) -> QAct {
+fn quantize_acts(isa: Isa, x: &[f32], n: usize, k: usize, sk: SumKind) -> QAct {
     let nb = k / 32;
     let mut qa = QAct {
         nb,
         k,
         qs: vec![0i8; n * k],
         ds: vec![[0.0; 2]; n * nb],
-        xu: Vec::new(),
     };
     let fill = |x: &[f32], q: &mut [i8], ds: &mut [[f32; 2]]| {
         for b in 0..nb {
@@ -873,9 +870,6 @@ fn quantize_acts(isa: Isa, x: &[f32], n: usize, k: usize, sk: SumKind, want_u: b
             );
         }
     }
-    if want_u {
-        qa.xu = qa.qs.iter().map(|&v| (v as u8) ^ 0x80).collect();
-    }
     qa
 }
 
@@ -886,7 +880,8 @@ fn quantize_acts(isa: Isa, x: &[f32], n: usize, k: usize, sk: SumKind, want_u: b
 /// llama.cpp's `ggml_vec_dot_q4_1_q8_1` (AVX2) accumulation for one row × one token, bit for bit:
 /// per 32-block, eight lanes (lane g: weights 4g..4g+3 of the block's first half, lane 4+g: the
 /// same of its second half) each chain `fma(d·d_x, Σ, acc)`; the min terms `m·s_x` are summed
-/// apart in f32; lanes are added in `hsum_float_8`'s order, then the min sum.
+/// apart in f32; lanes are added in `hsum_float_8`'s order, then the min sum. With no min term
+/// (m = 0) it is `ggml_vec_dot_q8_0_q8_0`'s, lane g being bytes 4g..4g+3 of the block.
 #[derive(Default)]
 struct Q4Acc {
     acc: [f32; 8],
@@ -932,33 +927,35 @@ mod scalar {
         acc.finish()
     }
 
-    /// Raw Q8_0 row × one quantized token.
+    /// Raw Q8_0 row × one quantized token (lane g: bytes 4g..4g+3 of each block; no min term).
     pub fn q8_row(row: &[u8], xq: &[i8], ds: &[[f32; 2]]) -> f32 {
-        let mut s = 0f32;
+        let mut acc = Q4Acc::default();
         for (b, blk) in row.chunks_exact(34).enumerate() {
             let x = &xq[32 * b..32 * b + 32];
-            let isum: i32 = (0..32).map(|j| blk[2 + j] as i8 as i32 * x[j] as i32).sum();
-            s += (h16(blk, 0) * ds[b][0]) * isum as f32;
+            let mut lanes = [0i32; 8];
+            for j in 0..32 {
+                lanes[j / 4] += blk[2 + j] as i8 as i32 * x[j] as i32;
+            }
+            acc.block(h16(blk, 0), 0.0, &lanes, ds[b]);
         }
-        s
+        acc.finish()
     }
 
     /// One lane (row `l`) of a packed R8 panel × one quantized token.
     pub fn r8_row(ty: WType, panel: &[u8], l: usize, xq: &[i8], ds: &[[f32; 2]]) -> f32 {
         let nb = ds.len();
-        let mut s = 0f32;
         let mut q4 = Q4Acc::default();
         for b in 0..nb {
             let x = &xq[32 * b..32 * b + 32];
             if ty == WType::Q8_0R8 {
                 let bp = &panel[b * R8_Q8_BLOCK..];
-                let mut isum = 0i32;
-                for j in 0..8 {
+                let mut lanes = [0i32; 8];
+                for (j, lane) in lanes.iter_mut().enumerate() {
                     for i in 0..4 {
-                        isum += bp[32 + 32 * j + 4 * l + i] as i8 as i32 * x[4 * j + i] as i32;
+                        *lane += bp[32 + 32 * j + 4 * l + i] as i8 as i32 * x[4 * j + i] as i32;
                     }
                 }
-                s += (h16(bp, 2 * l) * ds[b][0]) * isum as f32;
+                q4.block(h16(bp, 2 * l), 0.0, &lanes, ds[b]);
             } else {
                 let bp = &panel[b * R8_Q4_BLOCK..];
                 let mut lanes = [0i32; 8];
@@ -972,7 +969,7 @@ mod scalar {
                 q4.block(h16(bp, 2 * l), h16(bp, 16 + 2 * l), &lanes, ds[b]);
             }
         }
-        if ty == WType::Q8_0R8 { s } else { q4.finish() }
+        q4.finish()
     }
 
     pub fn fdot(a: &[f32], b: &[f32]) -> f32 {
@@ -1490,12 +1487,15 @@ macro_rules! simd_impl {
                 }
             }
 
-            /// Q8_0R8 panel × T tokens. With VNNI `x` must be the `q+128` bytes (row sums correct it).
+            /// Q8_0R8 panel × T tokens → `out[t*os .. +8]`, in llama.cpp's order
+            /// (`ggml_vec_dot_q8_0_q8_0` and tinyBLAS on AVX2): lane = row, and per row eight
+            /// accumulators, one per 4-byte group of the block, each chaining
+            /// `fma(d·d_x, Σ4 w·x, acc)`; then `hsum_float_8`'s pairing.
             #[target_feature(enable = $feat)]
             pub unsafe fn q8r8<const T: usize>(
                 p: *const u8,
                 nb: usize,
-                x: *const u8,
+                x: *const i8,
                 xs: usize,
                 ds: *const [f32; 2],
                 out: *mut f32,
@@ -1503,44 +1503,34 @@ macro_rules! simd_impl {
             ) {
                 unsafe {
                     let ones = _mm256_set1_epi16(1);
-                    let mut facc = [_mm256_setzero_ps(); T];
+                    let zero = _mm256_setzero_si256();
+                    let mut facc = [[_mm256_setzero_ps(); 8]; T];
                     for b in 0..nb {
                         let bp = p.add(b * R8_Q8_BLOCK);
-                        let mut acc = if VNNI {
-                            let ws = _mm256_cvtepi16_epi32(_mm_loadu_si128(
-                                bp.add(16) as *const __m128i
-                            ));
-                            [_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(ws, 7)); T]
-                        } else {
-                            [_mm256_setzero_si256(); T]
-                        };
+                        let d = _mm256_cvtph_ps(_mm_loadu_si128(bp as *const __m128i));
+                        let mut dd = [_mm256_setzero_ps(); T];
+                        for t in 0..T {
+                            dd[t] = _mm256_mul_ps(d, _mm256_set1_ps((*ds.add(t * nb + b))[0]));
+                        }
                         for j in 0..8 {
                             let w = _mm256_loadu_si256(bp.add(32 + 32 * j) as *const __m256i);
-                            if VNNI {
-                                for t in 0..T {
-                                    acc[t] = $dp(acc[t], bcast4(x.add(t * xs + b * 32 + 4 * j)), w);
-                                }
-                            } else {
-                                let aw = _mm256_abs_epi8(w);
-                                for t in 0..T {
-                                    let xb = bcast4(x.add(t * xs + b * 32 + 4 * j));
-                                    let pr = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(xb, w));
-                                    acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(pr, ones));
-                                }
+                            let aw = _mm256_abs_epi8(w);
+                            for t in 0..T {
+                                // |w| · (x with w's sign): the exact Σ of the group's four products
+                                let sx = _mm256_sign_epi8(bcast4(x.add(t * xs + b * 32 + 4 * j) as *const u8), w);
+                                let l = if VNNI { $dp(zero, aw, sx) } else { _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones) };
+                                facc[t][j] = _mm256_fmadd_ps(dd[t], _mm256_cvtepi32_ps(l), facc[t][j]);
                             }
-                        }
-                        let d = _mm256_cvtph_ps(_mm_loadu_si128(bp as *const __m128i));
-                        for t in 0..T {
-                            let s = *ds.add(t * nb + b);
-                            facc[t] = _mm256_fmadd_ps(
-                                _mm256_cvtepi32_ps(acc[t]),
-                                _mm256_mul_ps(d, _mm256_set1_ps(s[0])),
-                                facc[t],
-                            );
                         }
                     }
                     for t in 0..T {
-                        _mm256_storeu_ps(out.add(t * os), facc[t]);
+                        let a = &facc[t];
+                        // hsum_float_8's pairing: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7))
+                        let r0 = _mm256_add_ps(a[4], a[0]);
+                        let r1 = _mm256_add_ps(a[5], a[1]);
+                        let r2 = _mm256_add_ps(a[6], a[2]);
+                        let r3 = _mm256_add_ps(a[7], a[3]);
+                        _mm256_storeu_ps(out.add(t * os), _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3)));
                     }
                 }
             }
@@ -1595,7 +1585,8 @@ macro_rules! simd_impl {
                     let ds = qa.ds.as_ptr().add(t0 * nb);
                     let mut tmp = [0f32; 8 * $tq];
                     let mut t = 0;
-                    let tmax = if ty == WType::Q8_0R8 { TQ } else { TQ4 };
+                    // eight accumulators a row per token: the int8 kernels take TQ4 tokens at a time
+                    let tmax = TQ4;
                     while t < nt {
                         let tt = (nt - t).min(tmax);
                         for pi in 0..npan {
@@ -1607,16 +1598,10 @@ macro_rules! simd_impl {
                             };
                             let pp = panels.add(pi * pb);
                             let dst = ds.add(t * nb);
+                            let xp = qa.qs.as_ptr().add((t0 + t) * k);
                             if ty == WType::Q8_0R8 {
-                                let xp = if VNNI {
-                                    qa.xu.as_ptr()
-                                } else {
-                                    qa.qs.as_ptr() as *const u8
-                                }
-                                .add((t0 + t) * k);
-                                seq_tiles!(tt, TQ, q8r8(pp, nb, xp, k, dst, o, ost));
+                                seq_tiles!(tt, TQ4, q8r8(pp, nb, xp, k, dst, o, ost));
                             } else {
-                                let xp = qa.qs.as_ptr().add((t0 + t) * k);
                                 seq_tiles!(tt, TQ4, q4r8(pp, nb, xp, k, dst, o, ost));
                             }
                             if !full {
@@ -1971,9 +1956,7 @@ pub fn matmul_isa(isa: Isa, exact: bool, w: &Weight, x: &[f32], n: usize, out: &
     let out = &mut out[..n * w.rows];
     let path = path_of(w.ty, exact);
     if path == Path::Quant {
-        let want_u = matches!(w.ty, WType::Q8_0 | WType::Q8_0R8)
-            && matches!(isa, Isa::AvxVnni | Isa::Avx512Vnni);
-        let qa = quantize_acts(isa, x, n, w.cols, sum_kind(w.ty), want_u);
+        let qa = quantize_acts(isa, x, n, w.cols, sum_kind(w.ty));
         #[cfg(target_arch = "x86_64")]
         if isa != Isa::Scalar {
             // R8 panels (repacked per call for raw weights): faster than the row-layout kernels from n = 1 on
@@ -2260,7 +2243,7 @@ pub fn matmul_rows(w: &Weight, rows: &[usize], x: &[f32], n: usize, out: &mut [f
         return;
     }
     let qa = (path_of(w.ty, false) == Path::Quant)
-        .then(|| quantize_acts(isa, x, n, k, sum_kind(w.ty), false));
+        .then(|| quantize_acts(isa, x, n, k, sum_kind(w.ty)));
     let op = OutPtr(out.as_mut_ptr());
     let (ntasks, per) = split(nr, 64, threads());
     run_tasks(ntasks, &|i| {
@@ -2512,8 +2495,8 @@ mod tests {
                                 o[i],
                                 rf[i]
                             );
-                            if quant && ty == WType::Q4_1 {
-                                // llama.cpp's Q4_1 order in every kernel: the same bits as the scalar path
+                            if quant && matches!(ty, WType::Q4_1 | WType::Q8_0) {
+                                // llama.cpp's Q4_1 / Q8_0 order in every kernel: the same bits as the scalar path
                                 assert_eq!(
                                     o[i].to_bits(),
                                     scalar_q[i].to_bits(),
@@ -2566,14 +2549,14 @@ mod tests {
     fn activation_quantizer_scalar_equals_simd() {
         let mut rng = Rng(5);
         let x = random_x(9, 256, &mut rng);
-        let a = quantize_acts(Isa::Scalar, &x, 9, 256, SumKind::Q81, false);
+        let a = quantize_acts(Isa::Scalar, &x, 9, 256, SumKind::Q81);
         for isa in isas() {
-            let b = quantize_acts(isa, &x, 9, 256, SumKind::Q81, false);
+            let b = quantize_acts(isa, &x, 9, 256, SumKind::Q81);
             assert_eq!(a.qs, b.qs, "{isa:?}");
             assert_eq!(a.ds, b.ds, "{isa:?}");
         }
         let z = vec![0f32; 64];
-        let q = quantize_acts(Isa::Scalar, &z, 1, 64, SumKind::Exact, false);
+        let q = quantize_acts(Isa::Scalar, &z, 1, 64, SumKind::Exact);
         assert!(q.qs.iter().all(|&v| v == 0) && q.ds.iter().all(|d| d[0] == 0.0));
     }
 
