@@ -33,7 +33,7 @@ pub enum WType {
     Q4_0R8,
     /// [`pack`]ed Q4_1: same layout as `Q4_0R8` with the real mins.
     Q4_1R8,
-    /// [`pack`]ed Q8_0: panels of 8 rows; per block 8 f16 scales, 8 i16 row sums, 256 quant bytes.
+    /// [`pack`]ed Q8_0: panels of 8 rows; per block 8 f16 scales, 256 quant bytes.
     Q8_0R8,
 }
 
@@ -133,7 +133,7 @@ impl PackedWeight {
     }
 }
 
-/// Re-lays Q4_0 / Q4_1 / Q8_0 weights into the 8-row interleaved form (same size within 6%) that the
+/// Re-lays Q4_0 / Q4_1 / Q8_0 weights into the 8-row interleaved form (the same size for Q4_1 and Q8_0, 11% larger for Q4_0) that the
 /// SIMD kernels read without per-call repacking: do it once at load time for ~2-3x faster decode.
 /// Returns `None` for other types (use them as they are). `dequantize_row` and `matmul` accept the result.
 pub fn pack(w: &Weight) -> Option<PackedWeight> {
@@ -166,7 +166,7 @@ pub fn pack(w: &Weight) -> Option<PackedWeight> {
 }
 
 const R8_Q4_BLOCK: usize = 160; // 16 B d + 16 B m + 128 B nibbles
-const R8_Q8_BLOCK: usize = 288; // 16 B d + 16 B row sums + 256 B quants
+const R8_Q8_BLOCK: usize = 272; // 16 B d + 256 B quants
 
 fn panel_bytes(packed_ty: WType, cols: usize) -> usize {
     let nb = cols / 32;
@@ -245,18 +245,15 @@ fn pack_panel_scalar(w: &Weight, p: usize, dst: &mut [u8]) {
                     let o = b * R8_Q8_BLOCK;
                     if r >= w.rows {
                         dst[o + 2 * l..o + 2 * l + 2].fill(0);
-                        dst[o + 16 + 2 * l..o + 18 + 2 * l].fill(0);
                         for j in 0..8 {
-                            dst[o + 32 + 32 * j + 4 * l..o + 36 + 32 * j + 4 * l].fill(0);
+                            dst[o + 16 + 32 * j + 4 * l..o + 20 + 32 * j + 4 * l].fill(0);
                         }
                         continue;
                     }
                     let blk = &w.row(r)[b * bs..(b + 1) * bs];
-                    let sum: i16 = blk[2..34].iter().map(|&v| v as i8 as i16).sum();
                     dst[o + 2 * l..o + 2 * l + 2].copy_from_slice(&blk[0..2]);
-                    dst[o + 16 + 2 * l..o + 18 + 2 * l].copy_from_slice(&sum.to_le_bytes());
                     for j in 0..8 {
-                        dst[o + 32 + 32 * j + 4 * l..o + 36 + 32 * j + 4 * l]
+                        dst[o + 16 + 32 * j + 4 * l..o + 20 + 32 * j + 4 * l]
                             .copy_from_slice(&blk[2 + 4 * j..6 + 4 * j]);
                     }
                 }
@@ -749,7 +746,7 @@ pub fn dequantize_row(w: &Weight, r: usize, out: &mut [f32]) {
             let d = h16(bp, 2 * l);
             for j in 0..8 {
                 for i in 0..4 {
-                    y[4 * j + i] = bp[32 + 32 * j + 4 * l + i] as i8 as f32 * d;
+                    y[4 * j + i] = bp[16 + 32 * j + 4 * l + i] as i8 as f32 * d;
                 }
             }
         } else {
@@ -952,7 +949,7 @@ mod scalar {
                 let mut lanes = [0i32; 8];
                 for (j, lane) in lanes.iter_mut().enumerate() {
                     for i in 0..4 {
-                        *lane += bp[32 + 32 * j + 4 * l + i] as i8 as i32 * x[4 * j + i] as i32;
+                        *lane += bp[16 + 32 * j + 4 * l + i] as i8 as i32 * x[4 * j + i] as i32;
                     }
                 }
                 q4.block(h16(bp, 2 * l), 0.0, &lanes, ds[b]);
@@ -1103,26 +1100,12 @@ macro_rules! simd_impl {
                                 _mm256_unpackhi_epi64(t5, t7),
                             ];
                             // u[j] lane-half 0 = rows 0-3 group j (j<4) / j+4 in half 1; u[j+4] the same for rows 4-7
-                            let ones8 = _mm256_set1_epi8(1);
-                            let ones16 = _mm256_set1_epi16(1);
-                            let mut sum = _mm256_setzero_si256();
                             for j in 0..4 {
                                 let g = _mm256_permute2x128_si256(u[j], u[j + 4], 0x20);
                                 let h = _mm256_permute2x128_si256(u[j], u[j + 4], 0x31);
-                                _mm256_storeu_si256(o.add(32 + 32 * j) as *mut __m256i, g);
-                                _mm256_storeu_si256(o.add(32 + 32 * (j + 4)) as *mut __m256i, h);
-                                let sg = _mm256_add_epi16(
-                                    _mm256_maddubs_epi16(ones8, g),
-                                    _mm256_maddubs_epi16(ones8, h),
-                                );
-                                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(sg, ones16));
+                                _mm256_storeu_si256(o.add(16 + 32 * j) as *mut __m256i, g);
+                                _mm256_storeu_si256(o.add(16 + 32 * (j + 4)) as *mut __m256i, h);
                             }
-                            let sum16 = _mm256_packs_epi32(sum, sum); // lanes 0-3 | 4-7 duplicated per half
-                            let s = _mm_unpacklo_epi64(
-                                _mm256_castsi256_si128(sum16),
-                                _mm256_extracti128_si256(sum16, 1),
-                            );
-                            _mm_storeu_si128(o.add(16) as *mut __m128i, s);
                             for l in 0..8 {
                                 (o.add(2 * l) as *mut u16)
                                     .write_unaligned((row(l, b) as *const u16).read_unaligned());
@@ -1513,7 +1496,7 @@ macro_rules! simd_impl {
                             dd[t] = _mm256_mul_ps(d, _mm256_set1_ps((*ds.add(t * nb + b))[0]));
                         }
                         for j in 0..8 {
-                            let w = _mm256_loadu_si256(bp.add(32 + 32 * j) as *const __m256i);
+                            let w = _mm256_loadu_si256(bp.add(16 + 32 * j) as *const __m256i);
                             let aw = _mm256_abs_epi8(w);
                             for t in 0..T {
                                 // |w| · (x with w's sign): the exact Σ of the group's four products
