@@ -34,10 +34,11 @@ import subprocess
 import sys
 import sysconfig
 
-import numpy as np
 from llama_cpp import Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests", "goldens"))
+from llamacpp_reference import greedy, logprobs  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 BIN = os.path.join(ROOT, "target", "release", "llmeval")
 ODD = ["ChatGLM-6B", "2-4", "v1.2.3", "3.14", "C++", "E=mc^2", "１２３", "GPT-4o", "10%", "don't", "naïve", "straße",
@@ -100,37 +101,21 @@ def main():
                 if 0 < len(ci) and 0 < len(ki) and len(ci) + len(ki) <= 1024:
                     checked += 1
                     got = llmeval("engine", "score", "--model", MODEL, "--device", "cpu", f"--context={ctx}", f"--continuation={cont}")
-                    llm.reset()
-                    llm.eval(ci + ki)
-                    sc = np.array(llm.scores[: len(ci) + len(ki)], dtype=np.float64)
-                    want, greedy = [], True
-                    for j, t in enumerate(ki):
-                        row = sc[len(ci) + j - 1]
-                        m = row.max()
-                        want.append(float(row[t] - m - np.log(np.exp(row - m).sum())))
-                        greedy &= int(row.argmax()) == t
+                    want, is_greedy = logprobs(llm, ci, ki)
                     if got["tokens"] != ki:
                         fail(f"score tokens, {where}: llmeval {got['tokens']}, llama.cpp {ki}")
                     else:
                         d = max(abs(a - b) for a, b in zip(got["token_logprobs"], want))
                         worst = max(worst, d)
-                        if d > 1e-9 or got["is_greedy"] != greedy:
-                            fail(f"score, {where}: context {ctx!r}, continuation {cont!r}: largest difference {d:.2e} nats, greedy {got['is_greedy']} vs {greedy}")
+                        if d > 1e-9 or got["is_greedy"] != is_greedy:
+                            fail(f"score, {where}: context {ctx!r}, continuation {cont!r}: largest difference {d:.2e} nats, greedy {got['is_greedy']} vs {is_greedy}")
             if case % 4 == 0:
                 prompt = " ".join(words[: r.randint(2, min(40, len(words)))])
                 pi = tok(prompt)
                 if 0 < len(pi) <= 1024:
                     checked += 1
                     got = llmeval("engine", "generate", "--model", MODEL, "--device", "cpu", f"--prompt={prompt}", "--max-tokens", "24")["tokens"]
-                    llm.reset()
-                    llm.eval(pi)
-                    want = []
-                    for _ in range(24):
-                        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-                        if t == llm.token_eos():
-                            break
-                        want.append(t)
-                        llm.eval([t])
+                    want = greedy(llm, pi, 24)
                     if got != want:
                         fail(f"generate, {where}: prompt {prompt!r}: llmeval {got}, llama.cpp {want}")
     print(f"{checked} comparisons, {mismatches} mismatches; largest per-token log-probability difference {worst:.2e} nats")

@@ -19,8 +19,10 @@ the prompt in one batch and then one token at a time, as llama-cpp-python's call
 """
 import glob, json, os, random, re, sys
 
-import numpy as np
 from llama_cpp import Llama
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from llamacpp_reference import greedy, logprobs  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -40,20 +42,6 @@ for f in sources:
 rng.shuffle(texts)
 
 
-def logprobs(ctx_ids, cont_ids):
-    ids = ctx_ids + cont_ids
-    llm.reset()
-    llm.eval(ids)
-    sc = np.array(llm.scores[: len(ids)], dtype=np.float64)
-    out, greedy = [], True
-    for j, t in enumerate(cont_ids):
-        row = sc[len(ctx_ids) + j - 1]
-        m = row.max()
-        out.append(float(row[t] - m - np.log(np.exp(row - m).sum())))
-        greedy &= int(row.argmax()) == t
-    return out, greedy
-
-
 score = []
 for para in texts[:-30]:
     words = para.split(" ")
@@ -65,24 +53,15 @@ for para in texts[:-30]:
     ki = llm.tokenize(cont.encode(), add_bos=False, special=True)
     if len(ci) + len(ki) > 400:
         continue
-    lps, greedy = logprobs(ci, ki)
+    lps, is_greedy = logprobs(llm, ci, ki)
     score.append(dict(context=ctx, continuation=cont, context_ids=ci, continuation_ids=ki,
-                      token_logprobs=lps, logprob=sum(lps), is_greedy=greedy))
+                      token_logprobs=lps, logprob=sum(lps), is_greedy=is_greedy))
 
 generate = []
 for para in texts[-30:]:
     prompt = " ".join(para.split(" ")[: rng.randint(4, 40)])
     ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    llm.reset()
-    llm.eval(ids)
-    out = []
-    for _ in range(24):
-        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if t == llm.token_eos():
-            break
-        out.append(t)
-        llm.eval([t])
-    generate.append(dict(prompt=prompt, chat=False, prompt_ids=ids, tokens=out))
+    generate.append(dict(prompt=prompt, chat=False, prompt_ids=ids, tokens=greedy(llm, ids, 24)))
 
 json.dump(dict(llama_cpp_python="0.3.36 (AVX2 build)", score=score, generate=generate), open(OUT, "w"), ensure_ascii=False)
 print(f"{len(score)} scoring items, {len(generate)} generations -> {OUT}", file=sys.stderr)
