@@ -766,9 +766,7 @@ fn cmd_cache_clear(store: &Store, filter: &crate::cache::Filter, dry_run: bool, 
 fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {
     let store = open_existing(db)?;
     let mut runs = store.runs()?;
-    for r in &mut runs {
-        r.status = store.shown_status(r)?;
-    }
+    store.show_statuses(&mut runs)?;
     if json {
         let v: Vec<Value> = runs
             .iter()
@@ -787,7 +785,7 @@ fn cmd_runs_list(db: &std::path::Path, json: bool) -> anyhow::Result<u8> {
 fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> anyhow::Result<u8> {
     let store = open_existing(db)?;
     let mut run = store.resolve_run(key)?;
-    run.status = store.shown_status(&run)?;
+    store.show_statuses(std::slice::from_mut(&mut run))?;
     let aggs = store.aggregates(&run.id)?;
     let sample_rows = if samples { store.samples(&run.id)? } else { Vec::new() };
     if json {
@@ -1056,9 +1054,12 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let mut result = None;
             // exactly the texts given (llama.cpp's protocol in the reference); a suite's tasks move
             // the context's trailing whitespace into the continuation first, as lm-eval
-            model.score_detailed(&[LoglikelihoodRequest { context, continuation }], &mut |_, o| result = Some(o.result));
-            let (req, s) = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
-            let tokens = req.continuation;
+            let mut tokens = Vec::new();
+            model.score_detailed(&[LoglikelihoodRequest { context, continuation }], &mut |_, req, o| {
+                tokens = req.continuation.clone();
+                result = Some(o.result);
+            });
+            let s = result.expect("one result").map_err(|e| anyhow::anyhow!(e))?;
             if m.json {
                 print_json(&json!({"logprob": s.logprob, "is_greedy": s.is_greedy, "tokens": tokens, "token_logprobs": s.token_logprobs}));
             } else {

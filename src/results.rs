@@ -43,7 +43,7 @@ pub fn select_runs(store: &Store, keys: &[String], suite: Option<&str>) -> Resul
     if !keys.is_empty() {
         for k in keys {
             let mut r = store.resolve_run(k)?;
-            r.status = store.shown_status(&r)?;
+            store.show_statuses(std::slice::from_mut(&mut r))?;
             if let Some(s) = suite.filter(|s| *s != r.suite) {
                 return Err(Error::Usage(format!("run {k:?} ({}) is of suite {:?}, not {s:?}", r.id, r.suite)));
             }

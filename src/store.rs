@@ -513,16 +513,35 @@ impl Store {
     /// process holds (it was interrupted, killed or crashed) shows as `interrupted`. A database
     /// from before claims were recorded cannot tell, and shows what is stored.
     pub fn shown_status(&self, run: &Run) -> Result<String> {
-        if run.status != "running" {
-            return Ok(run.status.clone());
+        let mut one = [run.clone()];
+        self.show_statuses(&mut one)?;
+        let [run] = one;
+        Ok(run.status)
+    }
+
+    /// Sets each run's status to the one [`Store::shown_status`] gives, reading the claims once.
+    pub fn show_statuses(&self, runs: &mut [Run]) -> Result<()> {
+        if !runs.iter().any(|r| r.status == "running") {
+            return Ok(());
         }
         let has_leases = self.db(self.conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'leases'", [], |r| r.get::<_, i64>(0)))? > 0;
         if !has_leases {
-            return Ok(run.status.clone());
+            return Ok(());
         }
-        let held = self.conn.query_row("SELECT pid, host, seen_at FROM leases WHERE run_id = ?1", [&run.id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, f64>(2)?))).optional();
-        let live = self.db(held)?.is_some_and(|(p, h, seen)| lease_live(p, &h, seen, crate::util::now_unix(), &host_name()));
-        Ok(if live { run.status.clone() } else { "interrupted".into() })
+        let (now, host) = (crate::util::now_unix(), host_name());
+        let mut stmt = self.db(self.conn.prepare("SELECT run_id, pid, host, seen_at FROM leases"))?;
+        let rows = self.db(stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, f64>(3)?))))?;
+        let mut live = std::collections::HashSet::new();
+        for row in rows {
+            let (id, p, h, seen) = self.db(row)?;
+            if lease_live(p, &h, seen, now, &host) {
+                live.insert(id);
+            }
+        }
+        for r in runs.iter_mut().filter(|r| r.status == "running" && !live.contains(&r.id)) {
+            r.status = "interrupted".into();
+        }
+        Ok(())
     }
 
     pub fn set_run_status(&self, id: &str, status: &str, ended_at: Option<f64>, notes: &[String]) -> Result<()> {

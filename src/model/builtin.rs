@@ -64,8 +64,8 @@ impl BuiltinModel {
     /// BOS where the model adds it, or lm-eval's prefix token when empty, and the continuation,
     /// each tokenized on its own) with the engine's result. [`Model::loglikelihood`] reports the
     /// totals of the same.
-    pub fn score_detailed(&self, requests: &[LoglikelihoodRequest], sink: &mut dyn FnMut(usize, Outcome<(ScoreRequest, ScoreResult)>)) {
-        let reqs: Vec<ScoreRequest> = requests
+    pub fn score_detailed(&self, requests: &[LoglikelihoodRequest], sink: &mut dyn FnMut(usize, &ScoreRequest, Outcome<ScoreResult>)) {
+        let all: Vec<ScoreRequest> = requests
             .iter()
             .map(|r| {
                 let mut context = self.with_bos(self.engine.encode(&r.context));
@@ -75,29 +75,31 @@ impl BuiltinModel {
                 ScoreRequest { context, continuation: self.engine.encode(&r.continuation) }
             })
             .collect();
+        let failed = |e: String| Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 };
         // a request that does not fit errors its own item, not the others
-        let mut done = vec![false; reqs.len()];
-        for (i, r) in reqs.iter().enumerate() {
+        let mut done = vec![false; all.len()];
+        for (i, r) in all.iter().enumerate() {
             if let Err(e) = self.engine.fits(r) {
                 done[i] = true;
-                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+                sink(i, r, failed(e.to_string()));
             }
         }
-        let fits: Vec<usize> = (0..reqs.len()).filter(|&i| !done[i]).collect();
-        let reqs: Vec<ScoreRequest> = fits.iter().map(|&i| reqs[i].clone()).collect();
+        let fits: Vec<usize> = (0..all.len()).filter(|&i| !done[i]).collect();
+        // the requests as they are when all fit (the usual case), else a copy of those that do
+        let batch: std::borrow::Cow<[ScoreRequest]> = if fits.len() == all.len() { (&all[..]).into() } else { fits.iter().map(|&i| all[i].clone()).collect::<Vec<_>>().into() };
         let mut last = Instant::now();
-        let result = self.engine.score(&reqs, &mut |j, s| {
+        let result = self.engine.score(&batch, &mut |j, s| {
             let i = fits[j];
             let now = Instant::now();
             let latency_ms = now.duration_since(last).as_secs_f64() * 1e3;
             last = now;
             done[i] = true;
-            let result = self.finite(s.logprob).map(|_| (reqs[j].clone(), s));
-            sink(i, Outcome { result, latency_ms, attempts: 1 });
+            let result = self.finite(s.logprob).map(|_| s);
+            sink(i, &all[i], Outcome { result, latency_ms, attempts: 1 });
         });
         if let Err(e) = result {
-            for (i, _) in done.iter().enumerate().filter(|(_, d)| !**d) {
-                sink(i, Outcome { result: Err(format!("{}: {e}", self.path.display())), latency_ms: 0.0, attempts: 1 });
+            for i in (0..all.len()).filter(|&i| !done[i]) {
+                sink(i, &all[i], failed(e.to_string()));
             }
         }
     }
@@ -205,8 +207,8 @@ impl Model for BuiltinModel {
     }
 
     fn loglikelihood(&self, requests: &[LoglikelihoodRequest], sink: Sink<'_, Loglikelihood>) {
-        self.score_detailed(requests, &mut |i, o| {
-            let result = o.result.map(|(req, s)| Loglikelihood { logprob: s.logprob, is_greedy: Some(s.is_greedy), tokens: req.continuation.len() as u64 });
+        self.score_detailed(requests, &mut |i, req, o| {
+            let result = o.result.map(|s| Loglikelihood { logprob: s.logprob, is_greedy: Some(s.is_greedy), tokens: req.continuation.len() as u64 });
             sink(i, Outcome { result, latency_ms: o.latency_ms, attempts: o.attempts });
         });
     }
