@@ -610,8 +610,9 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
     }
     if report.errored > 0 {
         eprintln!(
-            "{} item(s) errored and were not scored; `llmeval runs show {} --samples` lists them with their errors, `llmeval run {} --resume` retries them",
+            "{} item(s) errored and were not scored{}; `llmeval runs show {} --samples` lists them with their errors, `llmeval run {} --resume` retries them",
             report.errored,
+            common_error(&report),
             report.run.id,
             args.suite.display()
         );
@@ -1126,6 +1127,15 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
     Ok(exit::SUCCESS)
 }
 
+/// The error the errored items of a run share, as a parenthesis after their count.
+fn common_error(report: &crate::run::RunReport) -> String {
+    match &report.common_error {
+        Some((e, n)) if *n == report.errored => format!(" ({}: {e})", if *n == 1 { "its error" } else { "all with the error" }),
+        Some((e, n)) => format!(" ({n} of them: {e})"),
+        None => String::new(),
+    }
+}
+
 fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
     use crate::arena::{self, Battle, Method};
     let (db, battles, method, k, bootstrap, seed, anchor, json) = match command {
@@ -1138,7 +1148,7 @@ fn cmd_arena(command: ArenaCommand) -> anyhow::Result<u8> {
                 println!("stored in {} as run {}; `llmeval arena ratings --db {} --method bt` rates the battles", db.path().display(), report.run.id, db.path().display());
             }
             if report.errored + report.judge_errors > 0 {
-                eprintln!("{} item(s) and {} judge call(s) errored; `llmeval arena run {}` again retries them", report.errored, report.judge_errors, file.display());
+                eprintln!("{} item(s){} and {} judge call(s) errored; `llmeval arena run {}` again retries them", report.errored, common_error(&report), report.judge_errors, file.display());
                 return Ok(exit::FAILURE);
             }
             return Ok(exit::SUCCESS);

@@ -405,6 +405,9 @@ pub fn run_judges(store: &mut Store, run_id: &str, suite_dir: &Path, tj: &TaskJu
     if let Some(e) = failure {
         return Err(e);
     }
+    if let Some(message) = judge_model.halted() {
+        return Err(Error::Model { model: judge_name.to_string(), message });
+    }
     score_task(store, run_id, tj, &judge, &metric)
 }
 

@@ -37,6 +37,8 @@ pub struct RunReport {
     pub aggregates: Vec<Aggregate>,
     /// Samples that errored (after all retries).
     pub errored: usize,
+    /// The error most of them share, and how many do.
+    pub common_error: Option<(String, usize)>,
     /// Judge calls that errored (after all retries).
     pub judge_errors: usize,
 }
@@ -521,6 +523,15 @@ fn execute(suite: &Suite, opts: &RunOptions, store: &mut Store, plan: Plan, mut 
         }
     }
     let errored = samples.iter().filter(|s| s.error.is_some()).count();
+    // the commonest error; of equally common ones, the first met in item order
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for e in samples.iter().filter_map(|s| s.error.as_deref()) {
+        match counts.iter_mut().find(|(x, _)| *x == e) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((e, 1)),
+        }
+    }
+    let common_error = counts.iter().fold(None::<(&str, usize)>, |best, &(e, n)| if best.is_some_and(|(_, b)| b >= n) { best } else { Some((e, n)) }).map(|(e, n)| (e.to_string(), n));
     // failed judge calls leave answers unjudged: the run is not complete, and --resume retries them
     let mut judge_errors = 0;
     const UNJUDGED: &str = "so their answers are not judged";
@@ -535,7 +546,7 @@ fn execute(suite: &Suite, opts: &RunOptions, store: &mut Store, plan: Plan, mut 
     let ended = crate::util::now_unix();
     store.set_run_status(&run.id, status, Some(ended), &notes)?;
     let run = Run { status: status.into(), ended_at: Some(ended), notes, ..run };
-    Ok(RunReport { run, aggregates, errored, judge_errors })
+    Ok(RunReport { run, aggregates, errored, common_error, judge_errors })
 }
 
 /// A Student-t interval of few scores can reach past what a metric can be (an accuracy of −0.05):
@@ -641,6 +652,11 @@ impl Ctx<'_, '_> {
             self.complete(pending, *slot, *part, outcome, &apply, false);
         };
         call(backend, &batch, &mut sink);
+        // a model that can answer nothing more stops the run; what it did not answer stays unasked
+        if let Some(message) = backend.halted() {
+            self.failure.get_or_insert(Error::Model { model: self.model.to_string(), message });
+            return;
+        }
         // a request the backend never answered (a failure inside it) errors its item: the run
         // must not read as complete with the item missing
         for (i, (slot, part, _)) in to_send.iter().enumerate() {

@@ -127,7 +127,8 @@ fn permanent_faults_are_errored_not_wrong() {
     let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "max-retries = 2\nretry-initial-s = 0.01"));
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1), "errored items give exit code 1: {}", stderr(&out));
-    assert!(stderr(&out).contains("2 item(s) errored"), "{}", stderr(&out));
+    // two errors, each once: the summary names the first item's
+    assert!(stderr(&out).contains("2 item(s) errored and were not scored (1 of them: HTTP 500: boom (gave up after 3 attempts))"), "{}", stderr(&out));
     let v = json_out(&out);
     assert_eq!(v["status"], "errored");
     let r = result(&v, "remote-x", "arith", "exact-match");
@@ -157,6 +158,76 @@ fn unreachable_server_errors_every_item() {
     let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(result(&json_out(&out), "remote-x", "arith", "exact-match")["errors"], 3);
+    assert!(stderr(&out).contains("3 item(s) errored and were not scored (all with the error: cannot connect"), "{}", stderr(&out));
+}
+
+/// A server that fails every request stops the run once `concurrency` requests in a row have given
+/// up, instead of retrying each of the remaining items; `--resume` finishes the run once it is up.
+#[test]
+fn a_failing_endpoint_stops_the_run_and_resume_finishes_it() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.set_faults(|_, _| Fault::ServerError);
+    let dir = TempDir::new("endpoint-down");
+    dir.write("data/arith.jsonl", &arith_rows(40));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 4
+max-retries = 1
+retry-initial-s = 0.01"));
+    let (s, db) = (suite.to_str().unwrap(), dir.db());
+    let out = llmeval(&["run", s, "--db", db.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("answered none of the last 4 requests") && err.contains("HTTP 500: boom (gave up after 2 attempts)") && err.contains("--resume` continues"), "{err}");
+    // the four that gave up, and at most the three others in flight then, each tried twice
+    let asked = server.log().len();
+    assert!((8..=14).contains(&asked), "{asked} requests");
+    let list = stdout(&llmeval(&["runs", "list", "--db", db.to_str().unwrap()]));
+    assert!(list.contains("interrupted"), "{list}");
+
+    server.set_faults(|_, _| Fault::None);
+    let out = llmeval(&["run", s, "--db", db.to_str().unwrap(), "--resume", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json_out(&out);
+    assert_eq!(v["status"], "complete");
+    let r = result(&v, "remote-x", "arith", "exact-match");
+    assert_eq!((r["n"].as_u64(), r["errors"].as_u64()), (Some(40), Some(0)));
+    assert!((r["value"].as_f64().unwrap() - arith_expected(40)).abs() < 1e-12);
+}
+
+/// Nothing listening: at concurrency 1 the run stops after three requests have given up (one item a
+/// server cannot answer must not stop a run).
+#[test]
+fn an_unreachable_endpoint_stops_the_run_after_three_give_ups() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = TempDir::new("unreachable-stop");
+    dir.write("data/arith.jsonl", &arith_rows(30));
+    let suite = dir.write("suite.toml", &arith_suite(&format!("http://127.0.0.1:{port}/v1"), "concurrency = 1
+max-retries = 1
+retry-initial-s = 0.01"));
+    let out = llmeval(&["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("answered none of the last 3 requests") && stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+    // the first two gave up and errored; the third halted the model and stays unasked
+    assert_eq!(sample_errors(&dir.db()).len(), 2);
+}
+
+/// A key the server rejects stops the run at the first answer: every request would get the same.
+#[test]
+fn a_rejected_key_stops_the_run_at_once() {
+    let server = FakeServer::start(crate::server::arith_answer);
+    server.require_key("sk-right");
+    let dir = TempDir::new("rejected-key");
+    dir.write("data/arith.jsonl", &arith_rows(40));
+    let suite = dir.write("suite.toml", &arith_suite(&server.base_url(), "concurrency = 2
+api-key-env = \"LLMEVAL_TEST_WRONG_KEY\""));
+    let out = std::process::Command::new(BIN)
+        .args(["run", suite.to_str().unwrap(), "--db", dir.db().to_str().unwrap()])
+        .env("LLMEVAL_TEST_WRONG_KEY", "sk-wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rejects every request") && stderr(&out).contains("HTTP 401: bad key (check the API key"), "{}", stderr(&out));
+    assert!(server.log().len() <= 2, "only the requests in flight were made: {}", server.log().len());
+    assert!(sample_errors(&dir.db()).is_empty(), "no item is stored as errored");
 }
 
 #[test]

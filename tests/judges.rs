@@ -206,6 +206,28 @@ fn a_judge_that_never_gives_a_verdict() {
     assert!(!stderr(&out).contains("scored by the judge phase"), "{}", stderr(&out));
 }
 
+/// A judge endpoint that rejects every request stops the run (not an errored judge column), and
+/// `--resume` judges once it takes the key; the answers are not asked again.
+#[test]
+fn a_judge_that_rejects_every_request_stops_the_run() {
+    let (good, bad, judge_srv) = servers();
+    judge_srv.require_key("sk-judge");
+    let dir = TempDir::new("judge-rejects");
+    dir.write("data/arith.jsonl", &arith_rows(3).replace("}\n", ", \"human\": \"\"}\n"));
+    let s = dir.write("suite.toml", &suite(&good.base_url(), &bad.base_url(), &judge_srv.base_url(), r#"[{ judge = "single", model = "judge" }]"#));
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("model judge: the endpoint") && stderr(&out).contains("rejects every request"), "{}", stderr(&out));
+    let answered = good.log().len() + bad.log().len();
+    assert_eq!(answered, 6);
+    judge_srv.accept_any_key();
+    let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--resume", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json_out(&out)["status"], "complete");
+    assert_eq!(good.log().len() + bad.log().len(), answered, "the answers are not asked again");
+    assert!(result(&json_out(&out), "good", "arith", "judge-single")["value"].is_number());
+}
+
 /// Judge calls that fail leave answers unjudged: the run is errored (exit 1, a note saying so), and
 /// --resume asks the judge again (the run read as complete with the judge's rows gone).
 #[test]

@@ -113,6 +113,12 @@ pub trait Model: Send + Sync {
     fn notes(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Why the model can answer no more requests (an endpoint that cannot be reached, a key it
+    /// rejects). The requests it did not answer stay unasked: the run stops with this reason, and
+    /// `--resume` asks them once it is fixed.
+    fn halted(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Builds the backend a suite's `[[model]]` table describes (`suite_dir` resolves paths).

@@ -5,6 +5,12 @@
 //! transient failures (429 with `Retry-After`, 408/409/5xx, timeouts, dropped connections,
 //! non-JSON bodies) with exponential backoff and jitter; a request that still fails becomes an
 //! errored outcome carrying the error text, never a wrong answer.
+//!
+//! An endpoint that cannot serve anyone (nothing listening, a hung or failing server, a rejected
+//! key) is not worth asking a thousand times: a [`Breaker`] shared by the workers halts the model
+//! once enough requests in a row have used every retry with no answer in between, or at once on
+//! 401/403. The requests it leaves unasked are never reported, so the run stops with the reason
+//! and `--resume` asks them later.
 
 use super::{Capabilities, Context, GenRequest, Generation, Loglikelihood, LoglikelihoodRequest, Model, Outcome, RollingRequest, Sink};
 use crate::error::{Error, Result};
@@ -38,6 +44,7 @@ pub struct RemoteModel {
     runtime: tokio::runtime::Runtime,
     client: reqwest::Client,
     limiter: Arc<Limiter>,
+    breaker: Arc<Breaker>,
 }
 
 impl RemoteModel {
@@ -62,7 +69,8 @@ impl RemoteModel {
             .build()
             .map_err(|e| err(format!("cannot build the HTTP client: {e}")))?;
         let limiter = Arc::new(Limiter::new(cfg.requests_per_minute, cfg.tokens_per_minute));
-        Ok(RemoteModel { cfg: cfg.clone(), api_key, runtime, client, limiter })
+        let breaker = Arc::new(Breaker::new(cfg.concurrency));
+        Ok(RemoteModel { cfg: cfg.clone(), api_key, runtime, client, limiter, breaker })
     }
 
     fn with_extra(&self, mut body: Value) -> Value {
@@ -101,6 +109,7 @@ impl RemoteModel {
             retry_initial: self.cfg.retry_initial_s,
             timeout_s: self.cfg.timeout_s,
             limiter: self.limiter.clone(),
+            breaker: self.breaker.clone(),
         });
         let workers = self.cfg.concurrency.min(queue.lock().expect("queue lock").len());
         self.runtime.block_on(async {
@@ -108,10 +117,10 @@ impl RemoteModel {
                 let (queue, tx, shared) = (queue.clone(), tx.clone(), shared.clone());
                 tokio::spawn(async move {
                     let mut rng = Jitter::new(w as u64);
-                    loop {
+                    while shared.breaker.halted().is_none() {
                         let next = queue.lock().expect("queue lock").pop_front();
                         let Some((i, job)) = next else { break };
-                        let outcome = shared.call(&job, &mut rng).await;
+                        let Some(outcome) = shared.call(&job, &mut rng).await else { break };
                         if tx.send((i, outcome)).is_err() {
                             break;
                         }
@@ -134,44 +143,133 @@ struct Shared {
     retry_initial: f64,
     timeout_s: f64,
     limiter: Arc<Limiter>,
+    breaker: Arc<Breaker>,
 }
 
 /// Why an attempt failed.
 enum Failure {
     /// Worth another attempt; optionally after the server's `Retry-After`.
     Transient(String, Option<Duration>),
-    /// Will fail again (bad request, auth, unsupported feature).
+    /// Will fail again for this request (bad request, unsupported feature); the server is up.
     Permanent(String),
+    /// Will fail for every request: a rejected key (401, 403), or a 404 (wrong `base-url` or
+    /// `model`) before the endpoint has answered anything.
+    Rejected(String),
+}
+
+/// Decides when an endpoint is down for every request, not just failing some.
+///
+/// Requests that give up (every retry used, no answer) are counted in a row; any answer, even a
+/// permanent error, shows the server is up and resets the count. `concurrency` give-ups in a row
+/// (at least [`Breaker::MIN_STREAK`]) mean that every worker met the same wall for a whole retry
+/// cycle while nothing else got through.
+struct Breaker {
+    streak_to_halt: usize,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Default)]
+struct BreakerState {
+    streak: usize,
+    answered: bool,
+    halt: Option<String>,
+}
+
+impl Breaker {
+    /// Give-ups in a row that halt a model whatever its concurrency: one item a server cannot
+    /// answer (a prompt that crashes it) must not stop a run.
+    const MIN_STREAK: usize = 3;
+
+    fn new(concurrency: usize) -> Self {
+        Breaker { streak_to_halt: concurrency.max(Self::MIN_STREAK), state: Mutex::default() }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Why the endpoint can take no more requests, once it is known.
+    fn halted(&self) -> Option<String> {
+        self.state().halt.clone()
+    }
+
+    /// The server answered (a result, or an error that is the request's own).
+    fn answered(&self) {
+        let mut s = self.state();
+        s.streak = 0;
+        s.answered = true;
+    }
+
+    /// A request used every retry; true when that halts the endpoint.
+    fn gave_up(&self, base: &str, message: &str) -> bool {
+        let mut s = self.state();
+        s.streak += 1;
+        if s.streak >= self.streak_to_halt && s.halt.is_none() {
+            s.halt = Some(format!(
+                "the endpoint {base} answered none of the last {} requests, each retried until it gave up, so llmeval stopped asking it (the last: {message}); check that the server is up and `base-url` is right",
+                s.streak
+            ));
+        }
+        s.halt.is_some()
+    }
+
+    /// A request was rejected as every request will be; true when that halts the endpoint (a 404
+    /// after answers is one request's problem).
+    fn rejected(&self, base: &str, message: &str, is_404: bool) -> bool {
+        let mut s = self.state();
+        if is_404 && s.answered {
+            return false;
+        }
+        if s.halt.is_none() {
+            s.halt = Some(format!("the endpoint {base} rejects every request, so llmeval stopped asking it: {message}"));
+        }
+        true
+    }
 }
 
 /// The longest `Retry-After` llmeval waits.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 impl Shared {
-    async fn call<T>(&self, job: &Job<T>, rng: &mut Jitter) -> Outcome<T> {
+    /// Makes the request, retrying transient failures; `None` when the endpoint halted instead
+    /// (the request stays unasked).
+    async fn call<T>(&self, job: &Job<T>, rng: &mut Jitter) -> Option<Outcome<T>> {
         let mut attempts = 0;
         loop {
+            if self.breaker.halted().is_some() {
+                return None;
+            }
             attempts += 1;
             self.limiter.acquire(job.tokens).await;
             let start = Instant::now();
             let result = self.attempt(job).await;
             let latency_ms = start.elapsed().as_secs_f64() * 1e3;
+            let errored = |message: String| Some(Outcome { result: Err(message), latency_ms, attempts });
             let (message, retry_after) = match result {
-                Ok(v) => return Outcome { result: Ok(v), latency_ms, attempts },
-                Err(Failure::Permanent(m)) => return Outcome { result: Err(m), latency_ms, attempts },
+                Ok(v) => {
+                    self.breaker.answered();
+                    return Some(Outcome { result: Ok(v), latency_ms, attempts });
+                }
+                Err(Failure::Permanent(m)) => {
+                    self.breaker.answered();
+                    return errored(m);
+                }
+                Err(Failure::Rejected(m)) => {
+                    let is_404 = m.starts_with("HTTP 404");
+                    return if self.breaker.rejected(&self.base, &m, is_404) { None } else { errored(m) };
+                }
                 Err(Failure::Transient(m, ra)) => (m, ra),
             };
+            let give_up = |message: String| if self.breaker.gave_up(&self.base, &message) { None } else { errored(message) };
             if attempts > self.max_retries {
-                let message = format!("{message} (gave up after {attempts} attempts)");
-                return Outcome { result: Err(message), latency_ms, attempts };
+                return give_up(format!("{message} (gave up after {attempts} attempts)"));
             }
             let backoff = (self.retry_initial * 2f64.powi(attempts as i32 - 1)).min(60.0);
             let delay = match retry_after {
                 // a server that asks for more than this is not worth waiting for here: the item
                 // errors now, and a later run (or --resume) retries it
                 Some(d) if d > MAX_RETRY_AFTER => {
-                    let message = format!("{message} (the server asked to wait {:.0} s before retrying, more than llmeval waits: {} s)", d.as_secs_f64(), MAX_RETRY_AFTER.as_secs());
-                    return Outcome { result: Err(message), latency_ms, attempts };
+                    return give_up(format!("{message} (the server asked to wait {:.0} s before retrying, more than llmeval waits: {} s)", d.as_secs_f64(), MAX_RETRY_AFTER.as_secs()));
                 }
                 Some(d) => d,
                 // "Equal jitter": half the backoff fixed, half random.
@@ -206,6 +304,7 @@ impl Shared {
             let msg = format!("HTTP {}: {detail}{hint}", status.as_u16());
             return Err(match status.as_u16() {
                 408 | 409 | 429 | 500..=599 => Failure::Transient(msg, retry_after),
+                401 | 403 | 404 => Failure::Rejected(msg),
                 _ => Failure::Permanent(msg),
             });
         }
@@ -453,6 +552,10 @@ pub fn sum_logprobs(v: &Value, prompt: &str, from: usize) -> std::result::Result
 }
 
 impl Model for RemoteModel {
+    fn halted(&self) -> Option<String> {
+        self.breaker.halted()
+    }
+
     fn identity(&self) -> Value {
         json!({
             "engine": "openai",
@@ -538,6 +641,29 @@ impl Model for RemoteModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn breaker_halts_on_a_streak_of_give_ups_or_a_rejection() {
+        let b = Breaker::new(1); // concurrency 1: the streak is MIN_STREAK = 3
+        assert!(!b.gave_up("u", "e1") && !b.gave_up("u", "e2"));
+        b.answered(); // an answer in between: the server is up
+        assert!(!b.gave_up("u", "e3") && !b.gave_up("u", "e4"));
+        assert!(b.halted().is_none());
+        assert!(b.gave_up("u", "e5"));
+        assert!(b.halted().unwrap().contains("none of the last 3 requests") && b.halted().unwrap().contains("(the last: e5)"));
+
+        let b = Breaker::new(8);
+        assert!((0..7).all(|_| !b.gave_up("u", "e")) && b.gave_up("u", "e"));
+
+        // 401/403 at any time; 404 only before the endpoint has answered anything
+        let b = Breaker::new(8);
+        b.answered();
+        assert!(!b.rejected("u", "HTTP 404: no such route", true));
+        assert!(b.halted().is_none());
+        assert!(b.rejected("u", "HTTP 401: bad key", false));
+        assert!(b.halted().unwrap().contains("rejects every request") && b.halted().unwrap().contains("HTTP 401: bad key"));
+        assert!(Breaker::new(8).rejected("u", "HTTP 404: model not found", true));
+    }
 
     fn echo(tokens: &[&str], lps: &[Option<f64>], tops: &[&str]) -> Value {
         let mut off = 0;

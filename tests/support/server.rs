@@ -116,6 +116,10 @@ impl FakeServer {
         *self.state.required_key.lock().unwrap() = Some(key.to_string());
     }
 
+    pub fn accept_any_key(&self) {
+        *self.state.required_key.lock().unwrap() = None;
+    }
+
     pub fn log(&self) -> Vec<Record> {
         self.state.log.lock().unwrap().clone()
     }
