@@ -96,7 +96,8 @@ pub fn load_judge(name: &str, suite_dir: &Path) -> Result<Judge> {
     let mut unknown: Vec<String> = t.undeclared_variables(false).into_iter().filter(|v| !given.contains(&v.as_str()) && !env.globals().any(|(g, _)| g == v)).collect();
     if !unknown.is_empty() {
         unknown.sort();
-        return Err(Error::config(&source, format!("prompt: unknown variable(s) {}; a {} judge's template can use {}", unknown.join(", "), kind_name(template.kind), given.join(", "))));
+        let slip = if unknown.len() == 1 { crate::util::did_you_mean(&unknown[0], given.iter().copied()) } else { String::new() };
+        return Err(Error::config(&source, format!("prompt: unknown variable(s) {}{slip}; a {} judge's template can use {}", unknown.join(", "), kind_name(template.kind), given.join(", "))));
     }
     Ok(Judge { hash: crate::util::sha256_hex(text.as_bytes())[..16].to_string(), template, source })
 }

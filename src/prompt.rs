@@ -105,19 +105,35 @@ pub const NO_CATEGORY: &str = "(none)";
 /// Renders one row; few-shot `example`s skip the category, which they do not need.
 fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bool) -> Result<Rendered> {
     let ctx = Value::from(minijinja::value::Serde(&row.fields));
-    let fail = |field: &str, e: minijinja::Error| {
-        // an undefined value is most often a column the row does not have: name the ones it has
-        let columns = if e.kind() == minijinja::ErrorKind::UndefinedError { format!(" (the row's columns are {})", row.fields.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")) } else { String::new() };
-        Error::data(loc, format!("task {:?}: {field}: {}{columns}", task.name, jinja_message(&e)))
+    // an undefined value is most often a column the row does not have: name the template's names
+    // that the row lacks (minijinja's message does not), and the columns it has
+    let fail = |field: &str, names: std::collections::HashSet<String>, e: minijinja::Error| {
+        let mut hint = String::new();
+        if e.kind() == minijinja::ErrorKind::UndefinedError {
+            let given = |n: &str| row.fields.contains_key(n) || c.turns.is_some() && (n == "turn" || n == "turn_index") || environment().globals().any(|(g, _)| g == n);
+            let mut missing: Vec<String> = names.into_iter().filter(|n| !given(n)).map(|n| format!("`{n}`")).collect();
+            missing.sort();
+            let columns = row.fields.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+            hint = match missing.len() {
+                0 => format!(" (the row's columns are {columns})"),
+                1 => {
+                    let slip = crate::util::did_you_mean(missing[0].trim_matches('`'), row.fields.keys().map(String::as_str));
+                    format!(": {} is not a column of this row{slip}; its columns are {columns}", missing[0])
+                }
+                _ => format!(": {} are not columns of this row; its columns are {columns}", missing.join(", ")),
+            };
+        }
+        Error::data(loc, format!("task {:?}: {field}: {}{hint}", task.name, jinja_message(&e)))
     };
-    let prompt = if c.turns.is_some() { String::new() } else { c.prompt.render(&ctx).map_err(|e| fail("prompt", e))? };
-    let target = c.target.as_ref().map(|t| t.render(&ctx)).transpose().map_err(|e| fail("target", e))?;
-    let category = c.category.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("category", e))?;
-    let human = c.human.as_ref().filter(|_| !example).map(|t| t.render(&ctx)).transpose().map_err(|e| fail("human-label", e))?;
+    let render = |field: &str, t: &minijinja::Template| t.render(&ctx).map_err(|e| fail(field, t.undeclared_variables(false), e));
+    let prompt = if c.turns.is_some() { String::new() } else { render("prompt", &c.prompt)? };
+    let target = c.target.as_ref().map(|t| render("target", t)).transpose()?;
+    let category = c.category.as_ref().filter(|_| !example).map(|t| render("category", t)).transpose()?;
+    let human = c.human.as_ref().filter(|_| !example).map(|t| render("human-label", t)).transpose()?;
     let mut choices = Vec::new();
     let mut gold = None;
     if let Some(expr) = &c.choices {
-        let v = expr.eval(&ctx).map_err(|e| fail("choices", e))?;
+        let v = expr.eval(&ctx).map_err(|e| fail("choices", expr.undeclared_variables(false), e))?;
         // a string iterates as its characters, which is never what a list of choices means
         if v.kind() == minijinja::value::ValueKind::String {
             return Err(Error::data(loc, format!("task {:?}: choices: expected a list, got the string {v:?}; the expression must give a list (a column holding one, or `[a, b, c]`)", task.name)));
@@ -129,7 +145,7 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
         }
     }
     if let Some(expr) = &c.gold {
-        let v = expr.eval(&ctx).map_err(|e| fail("gold", e))?;
+        let v = expr.eval(&ctx).map_err(|e| fail("gold", expr.undeclared_variables(false), e))?;
         let g = if let Some(s) = v.as_str() {
             match s.trim().parse::<usize>() {
                 Ok(i) if !choices.contains(&s.to_string()) => Some(i),
@@ -172,7 +188,7 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
     let mut turns = Vec::new();
     let mut prompt = prompt;
     if let Some(expr) = &c.turns {
-        let v = expr.eval(&ctx).map_err(|e| fail("turns", e))?;
+        let v = expr.eval(&ctx).map_err(|e| fail("turns", expr.undeclared_variables(false), e))?;
         let list: Vec<Value> = v.try_iter().map_err(|_| Error::data(loc, format!("task {:?}: turns: expected a list, got {v}", task.name)))?.collect();
         if list.is_empty() {
             return Err(Error::data(loc, format!("task {:?}: turns: the row has no turns", task.name)));
@@ -181,7 +197,7 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
             let mut fields = row.fields.clone();
             fields.insert("turn".into(), serde_json::Value::String(turn.as_str().map(str::to_string).unwrap_or_else(|| turn.to_string())));
             fields.insert("turn_index".into(), serde_json::json!(i));
-            turns.push(c.prompt.render(Value::from(minijinja::value::Serde(&fields))).map_err(|e| fail("prompt", e))?);
+            turns.push(c.prompt.render(Value::from(minijinja::value::Serde(&fields))).map_err(|e| fail("prompt", c.prompt.undeclared_variables(false), e))?);
         }
         prompt = turns[0].clone();
     }

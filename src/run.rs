@@ -81,7 +81,7 @@ fn pick<'a, T>(all: &'a [T], name: impl Fn(&T) -> &str, wanted: &Option<Vec<Stri
     for w in wanted {
         if !all.iter().any(|x| name(x) == w) {
             let names: Vec<&str> = all.iter().map(&name).collect();
-            return Err(Error::Usage(format!("no {what} named {w:?} in the suite; it has: {}", names.join(", "))));
+            return Err(Error::Usage(format!("no {what} named {w:?} in the suite{}; it has: {}", crate::util::did_you_mean(w, names.iter().copied()), names.join(", "))));
         }
     }
     Ok(all.iter().filter(|x| wanted.iter().any(|w| w == name(x))).collect())

@@ -68,9 +68,52 @@ pub fn in_ranges(ranges: &[(u32, u32)], c: u32) -> bool {
     ranges.binary_search_by(|&(a, b)| if b < c { std::cmp::Ordering::Less } else if a > c { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Equal }).is_ok()
 }
 
+/// `" (did you mean `x`?)"` for the candidate nearest `name` when it is a likely slip (case,
+/// `_` for `-`, or an edit distance of at most a third of its length), else `""`.
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+    let norm = |s: &str| s.to_lowercase().replace('_', "-");
+    let (n, target) = (name.chars().count(), norm(name));
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&target, &norm(c)), c))
+        .filter(|&(d, _)| d <= (n / 3).max(1))
+        .min_by_key(|&(d, _)| d)
+        .map_or(String::new(), |(_, c)| format!(" (did you mean `{c}`?)"))
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suggestions_for_slips_only() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        let metrics = ["exact-match", "f1", "bleu", "rougeL", "acc-norm"];
+        assert_eq!(did_you_mean("exact_match", metrics), " (did you mean `exact-match`?)");
+        assert_eq!(did_you_mean("rougel", metrics), " (did you mean `rougeL`?)");
+        assert_eq!(did_you_mean("acc_nrom", metrics), " (did you mean `acc-norm`?)");
+        assert_eq!(did_you_mean("questoin", ["answer", "question"]), " (did you mean `question`?)");
+        assert_eq!(did_you_mean("bertscore", metrics), "");
+        assert_eq!(did_you_mean("f2", ["f1"]), " (did you mean `f1`?)");
+        assert_eq!(did_you_mean("x", ["answer"]), "");
+    }
 
     #[test]
     fn timestamps() {

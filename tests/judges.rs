@@ -311,7 +311,7 @@ fn custom_judge_file_next_to_the_suite() {
     let out = llmeval(&["run", s.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--no-cache"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let e = stderr(&out);
-    assert!(e.contains("terse.toml") && e.contains("unknown variable(s) answer_1; a pandalm judge's template can use question, answer_a, answer_b, reference, input"), "{e}");
+    assert!(e.contains("terse.toml") && e.contains("unknown variable(s) answer_1 (did you mean `answer_a`?); a pandalm judge's template can use question, answer_a, answer_b, reference, input"), "{e}");
     assert_eq!(good.answered(), before, "no model was asked");
 }
 

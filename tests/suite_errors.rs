@@ -55,7 +55,11 @@ fn template_naming_a_missing_column() {
     let suite = edited(&dir, |t| t.replace("{{ question }}", "{{ questoin }}"));
     let err = run_err(&suite, &dir);
     assert!(err.contains("arith.jsonl:1") && err.contains("prompt") && err.contains("undefined"), "{err}");
-    assert!(err.contains("(the row's columns are `answer`, `id`, `question`)"), "the error names the columns there are: {err}");
+    assert!(err.contains("`questoin` is not a column of this row (did you mean `question`?); its columns are `answer`, `id`, `question`"), "the error names the missing one and the columns there are: {err}");
+    // an undefined attribute of a column is not a missing column: only the columns are named
+    let suite = edited(&dir, |t| t.replace("{{ question }}", "{{ question.text }}"));
+    let err = run_err(&suite, &dir);
+    assert!(err.contains("undefined") && err.contains("(the row's columns are `answer`, `id`, `question`)") && !err.contains("not a column"), "{err}");
 }
 
 #[test]

@@ -84,7 +84,7 @@ pub fn check_metric(name: &str, kind: TaskKind) -> Result<(), String> {
     if allowed.contains(&name) {
         Ok(())
     } else {
-        Err(format!("unknown metric {name:?} for a {} task; expected one of: {}", crate::suite::kind_name(kind), allowed.join(", ")))
+        Err(format!("unknown metric {name:?} for a {} task{}; expected one of: {}", crate::suite::kind_name(kind), crate::util::did_you_mean(name, allowed.iter().copied()), allowed.join(", ")))
     }
 }
 
