@@ -23,6 +23,11 @@ each text it compares, through the `llmeval` CLI:
   prompt in one batch and then one token at a time.
 
 A mismatch prints the seed, the case and what differs. Exits 1 on any.
+
+Other weight types: `--model FILE` checks another GGUF file, and `--quantize TYPE` first has
+llama.cpp requantize the default model (TYPE one of Q4_0, Q5_0, Q5_1, Q8_0, Q4_K_S, Q4_K_M,
+Q5_K_M, Q6_K, F16, BF16, F32) into a temporary file. Only some types are exact (see the README);
+`--tolerance 1` then reports the largest difference instead of failing on it.
 """
 import argparse
 import glob
@@ -33,7 +38,10 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import ctypes
 
+import llama_cpp
 from llama_cpp import Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,12 +73,26 @@ def llmeval(*args):
     return json.loads(out.stdout)
 
 
+# llama.cpp's `llama_ftype` numbers
+FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="1")
     ap.add_argument("--per-seed", type=int, default=40)
+    ap.add_argument("--model", default=MODEL, help="another GGUF file (the default model unless given)")
+    ap.add_argument("--quantize", choices=sorted(FTYPES), help="check the default model requantized by llama.cpp to this type")
+    ap.add_argument("--tolerance", type=float, default=1e-9, help="largest per-token log-probability difference (nats)")
     args = ap.parse_args()
-    llm = Llama(MODEL, n_ctx=2048, n_threads=os.cpu_count(), logits_all=True, verbose=False)
+    model = args.model
+    if args.quantize:
+        model = os.path.join(tempfile.mkdtemp(prefix="llmeval-requant-"), f"model.{args.quantize}.gguf")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.allow_requantize, params.nthread = FTYPES[args.quantize], True, os.cpu_count()
+        if llama_cpp.llama_model_quantize(args.model.encode(), model.encode(), ctypes.byref(params)) != 0:
+            raise SystemExit(f"llama.cpp could not requantize {args.model} to {args.quantize}")
+    llm = Llama(model, n_ctx=2048, n_threads=os.cpu_count(), logits_all=True, verbose=False)
     tok = lambda text: llm.tokenize(text.encode(), add_bos=False, special=True)  # noqa: E731
     pool = paragraphs()
     checked = mismatches = 0
@@ -90,7 +112,7 @@ def main():
             where = f"seed {seed} case {case}"
             text = " ".join(words)
             checked += 1
-            ids = llmeval("engine", "tokenize", "--model", MODEL, f"--text={text}")["ids"]
+            ids = llmeval("engine", "tokenize", "--model", model, f"--text={text}")["ids"]
             if ids != tok(text):
                 fail(f"tokens, {where}: {text!r}: llmeval {ids}, llama.cpp {tok(text)}")
                 continue
@@ -100,21 +122,21 @@ def main():
                 ci, ki = tok(ctx), tok(cont)
                 if 0 < len(ci) and 0 < len(ki) and len(ci) + len(ki) <= 1024:
                     checked += 1
-                    got = llmeval("engine", "score", "--model", MODEL, "--device", "cpu", f"--context={ctx}", f"--continuation={cont}")
+                    got = llmeval("engine", "score", "--model", model, "--device", "cpu", f"--context={ctx}", f"--continuation={cont}")
                     want, is_greedy = logprobs(llm, ci, ki)
                     if got["tokens"] != ki:
                         fail(f"score tokens, {where}: llmeval {got['tokens']}, llama.cpp {ki}")
                     else:
                         d = max(abs(a - b) for a, b in zip(got["token_logprobs"], want))
                         worst = max(worst, d)
-                        if d > 1e-9 or got["is_greedy"] != is_greedy:
+                        if d > args.tolerance or got["is_greedy"] != is_greedy:
                             fail(f"score, {where}: context {ctx!r}, continuation {cont!r}: largest difference {d:.2e} nats, greedy {got['is_greedy']} vs {is_greedy}")
             if case % 4 == 0:
                 prompt = " ".join(words[: r.randint(2, min(40, len(words)))])
                 pi = tok(prompt)
                 if 0 < len(pi) <= 1024:
                     checked += 1
-                    got = llmeval("engine", "generate", "--model", MODEL, "--device", "cpu", f"--prompt={prompt}", "--max-tokens", "24")["tokens"]
+                    got = llmeval("engine", "generate", "--model", model, "--device", "cpu", f"--prompt={prompt}", "--max-tokens", "24")["tokens"]
                     want = greedy(llm, pi, 24)
                     if got != want:
                         fail(f"generate, {where}: prompt {prompt!r}: llmeval {got}, llama.cpp {want}")

@@ -90,7 +90,14 @@ pub fn parallel_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]
 impl Matrix {
     /// Re-lays Q4_0/Q4_1/Q8_0 weights into the kernels' interleaved panels (faster matmuls);
     /// other types stay as they are, in place.
+    ///
+    /// Q5_0 becomes Q8_0 first ([`quant::q5_0_as_q8_0`]: the same values, 34 bytes a block
+    /// instead of 22), so that its products are llama.cpp's bit for bit.
     pub fn packed(self) -> Matrix {
+        if self.ty == kernels::WType::Q5_0 {
+            let data = Bytes::Owned(Arc::new(quant::q5_0_as_q8_0(self.data.as_slice())));
+            return Matrix { ty: kernels::WType::Q8_0, data, ..self }.packed();
+        }
         match kernels::pack(&self.weight()) {
             Some(p) => Matrix { ty: p.ty, rows: p.rows, cols: p.cols, data: Bytes::Owned(Arc::new(p.data)) },
             None => self,

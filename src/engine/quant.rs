@@ -47,6 +47,24 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), SizeM
     Ok(())
 }
 
+/// Q5_0 blocks re-encoded as Q8_0 blocks, losslessly: the same f16 scale and each value's
+/// `q − 16` (−16..15) as an int8. llama.cpp's Q5_0 dot product is its Q8_0 one on these bytes
+/// (sign-and-abs byte products summed per four, an fma per block into eight lanes), so the Q8_0
+/// kernels give its results bit for bit; `src` is whole 22-byte blocks.
+pub fn q5_0_as_q8_0(src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() / 22 * 34);
+    for b in src.chunks_exact(22) {
+        out.extend_from_slice(&b[0..2]);
+        let qh = u32::from_le_bytes(field(b, 2));
+        let value = |j: usize| {
+            let nibble = if j < 16 { b[6 + j] & 0xf } else { b[6 + j - 16] >> 4 };
+            (i32::from(nibble) | (((qh >> j) & 1) << 4) as i32) - 16
+        };
+        out.extend((0..32).map(|j| value(j) as i8 as u8));
+    }
+    out
+}
+
 /// Decodes whole blocks of `ty` into a new vector; `src.len()` must be a multiple of the block bytes.
 pub fn dequantize_to_vec(ty: GgmlType, src: &[u8]) -> Result<Vec<f32>, SizeMismatch> {
     let n = src.len() / ty.block_bytes() * ty.block_size();
@@ -213,6 +231,26 @@ mod tests {
 
     fn h(x: f32) -> [u8; 2] {
         f16::from_f32(x).to_le_bytes()
+    }
+
+    #[test]
+    fn q5_0_as_q8_0_keeps_every_value() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng as u8
+        };
+        let mut src = Vec::new();
+        for _ in 0..40 {
+            src.extend_from_slice(&f16::from_f32(0.01 + f32::from(next()) / 1000.0).to_le_bytes());
+            src.extend((0..20).map(|_| next()));
+        }
+        let q8 = q5_0_as_q8_0(&src);
+        assert_eq!(q8.len(), 40 * 34);
+        assert_eq!(dequantize_to_vec(GgmlType::Q5_0, &src).unwrap(), dequantize_to_vec(GgmlType::Q8_0, &q8).unwrap());
+        assert!(q8.chunks_exact(34).all(|b| b[2..].iter().all(|&q| (-16..=15).contains(&(q as i8)))));
     }
 
     #[test]
