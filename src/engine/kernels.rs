@@ -904,9 +904,29 @@ impl Q4Acc {
 mod scalar {
     use super::*;
 
+    /// llama.cpp's Q4_0 product on AVX2, where it repacks Q4_0 matrices of a multiple of 8 rows
+    /// (`ggml_gemv/gemm_q4_0_8x8_q8_0`): per 32-block the exact integer Σ (q − 8)·x, then one
+    /// accumulator per output chaining `fma(Σ, d·d_x, acc)` over the blocks, and no final sum.
+    /// `value(b, j)` is weight j (0..32) of block b, `d(b)` its scale.
+    pub fn q40_repacked(nb: usize, value: impl Fn(usize, usize) -> u8, d: impl Fn(usize) -> f32, xq: &[i8], ds: &[[f32; 2]]) -> f32 {
+        let mut acc = 0f32;
+        for b in 0..nb {
+            let isum: i32 = (0..32).map(|j| (i32::from(value(b, j)) - 8) * i32::from(xq[32 * b + j])).sum();
+            acc = (isum as f32).mul_add(d(b) * ds[b][0], acc);
+        }
+        acc
+    }
+
     /// Raw Q4_0 / Q4_1 row × one quantized token.
     pub fn q4_row(ty: WType, row: &[u8], xq: &[i8], ds: &[[f32; 2]]) -> f32 {
         let q40 = ty == WType::Q4_0;
+        if q40 {
+            let nibble = |b: usize, j: usize| {
+                let q = row[18 * b + 2 + j % 16];
+                if j < 16 { q & 15 } else { q >> 4 }
+            };
+            return q40_repacked(row.len() / 18, nibble, |b| h16(&row[18 * b..], 0), xq, ds);
+        }
         let (bs, qo) = if q40 { (18, 2) } else { (20, 4) };
         let mut acc = Q4Acc::default();
         for (b, blk) in row.chunks_exact(bs).enumerate() {
@@ -941,6 +961,14 @@ mod scalar {
     /// One lane (row `l`) of a packed R8 panel × one quantized token.
     pub fn r8_row(ty: WType, panel: &[u8], l: usize, xq: &[i8], ds: &[[f32; 2]]) -> f32 {
         let nb = ds.len();
+        if ty == WType::Q4_0R8 {
+            // weights 4g..4g+3 in the low nibbles of group g's four bytes for row l, 16+4g.. in the high
+            let nibble = |b: usize, j: usize| {
+                let q = panel[b * R8_Q4_BLOCK + 32 + 32 * (j % 16 / 4) + 4 * l + j % 4];
+                if j < 16 { q & 15 } else { q >> 4 }
+            };
+            return q40_repacked(nb, nibble, |b| h16(&panel[b * R8_Q4_BLOCK..], 2 * l), xq, ds);
+        }
         let mut q4 = Q4Acc::default();
         for b in 0..nb {
             let x = &xq[32 * b..32 * b + 32];
@@ -1016,6 +1044,15 @@ macro_rules! simd_impl {
                 let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
                 let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
                 _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+            }
+
+            /// The sum of eight int32 lanes (exact: the order does not matter).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn hsum_i32(v: __m256i) -> i32 {
+                let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+                let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+                _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)))
             }
 
             #[target_feature(enable = $feat)]
@@ -1470,6 +1507,58 @@ macro_rules! simd_impl {
                 }
             }
 
+            /// Q4_0R8 panel × T tokens → `out[t*os .. +8]`, in the order of llama.cpp's repacked
+            /// Q4_0 (`scalar::q40_repacked`): lane = row, per block the exact Σ (q − 8)·x over its
+            /// 32 weights, one `fma(Σ, d·d_x, acc)` per block, no final sum.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn q40r8<const T: usize>(
+                p: *const u8,
+                nb: usize,
+                x: *const i8,
+                xs: usize,
+                ds: *const [f32; 2],
+                out: *mut f32,
+                os: usize,
+            ) {
+                unsafe {
+                    let m4 = _mm256_set1_epi8(0x0F);
+                    let eight = _mm256_set1_epi8(8);
+                    let ones = _mm256_set1_epi16(1);
+                    let zero = _mm256_setzero_si256();
+                    let mut facc = [_mm256_setzero_ps(); T];
+                    for b in 0..nb {
+                        let bp = p.add(b * R8_Q4_BLOCK);
+                        let d = _mm256_cvtph_ps(_mm_loadu_si128(bp as *const __m128i));
+                        let mut isum = [zero; T];
+                        for g in 0..4 {
+                            let v = _mm256_loadu_si256(bp.add(32 + 32 * g) as *const __m256i);
+                            let w0 = _mm256_sub_epi8(_mm256_and_si256(v, m4), eight);
+                            let w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4), eight);
+                            let (a0, a1) = (_mm256_abs_epi8(w0), _mm256_abs_epi8(w1));
+                            for t in 0..T {
+                                let xp = x.add(t * xs + b * 32 + 4 * g) as *const u8;
+                                // |w| · (x with w's sign): exact sums of four products
+                                let s0 = _mm256_sign_epi8(bcast4(xp), w0);
+                                let s1 = _mm256_sign_epi8(bcast4(xp.add(16)), w1);
+                                let (l0, l1) = if VNNI {
+                                    ($dp(zero, a0, s0), $dp(zero, a1, s1))
+                                } else {
+                                    (_mm256_madd_epi16(_mm256_maddubs_epi16(a0, s0), ones), _mm256_madd_epi16(_mm256_maddubs_epi16(a1, s1), ones))
+                                };
+                                isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(l0, l1));
+                            }
+                        }
+                        for t in 0..T {
+                            let dd = _mm256_mul_ps(d, _mm256_set1_ps((*ds.add(t * nb + b))[0]));
+                            facc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), dd, facc[t]);
+                        }
+                    }
+                    for t in 0..T {
+                        _mm256_storeu_ps(out.add(t * os), facc[t]);
+                    }
+                }
+            }
+
             /// Q8_0R8 panel × T tokens → `out[t*os .. +8]`, in llama.cpp's order
             /// (`ggml_vec_dot_q8_0_q8_0` and tinyBLAS on AVX2): lane = row, and per row eight
             /// accumulators, one per 4-byte group of the block, each chaining
@@ -1568,8 +1657,9 @@ macro_rules! simd_impl {
                     let ds = qa.ds.as_ptr().add(t0 * nb);
                     let mut tmp = [0f32; 8 * $tq];
                     let mut t = 0;
-                    // eight accumulators a row per token: the int8 kernels take TQ4 tokens at a time
-                    let tmax = TQ4;
+                    // eight accumulators a row per token: the int8 kernels take TQ4 tokens at a
+                    // time; repacked Q4_0's one accumulator a row takes TQ
+                    let tmax = if ty == WType::Q4_0R8 { TQ } else { TQ4 };
                     while t < nt {
                         let tt = (nt - t).min(tmax);
                         for pi in 0..npan {
@@ -1584,6 +1674,8 @@ macro_rules! simd_impl {
                             let xp = qa.qs.as_ptr().add((t0 + t) * k);
                             if ty == WType::Q8_0R8 {
                                 seq_tiles!(tt, TQ4, q8r8(pp, nb, xp, k, dst, o, ost));
+                            } else if ty == WType::Q4_0R8 {
+                                seq_tiles!(tt, TQ, q40r8(pp, nb, xp, k, dst, o, ost));
                             } else {
                                 seq_tiles!(tt, TQ4, q4r8(pp, nb, xp, k, dst, o, ost));
                             }
@@ -1678,6 +1770,19 @@ macro_rules! simd_impl {
                             } else {
                                 _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones)
                             };
+                            if Q40 {
+                                // llama.cpp's repacked order (scalar::q40_repacked): the block's
+                                // exact Σ (q − 8)·x, one fma into lane 0
+                                let w8 = _mm256_sub_epi8(w, _mm256_set1_epi8(8));
+                                let sx = _mm256_sign_epi8(xv, w8);
+                                let aw = _mm256_abs_epi8(w8);
+                                let l = if VNNI { $dp(_mm256_setzero_si256(), aw, sx) } else { _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones) };
+                                let isum = hsum_i32(l);
+                                let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16((blk as *const i16).read_unaligned())));
+                                let dd = d * _mm_cvtss_f32(dsv);
+                                acc[i] = _mm256_castps128_ps256(_mm_fmadd_ss(_mm_set_ss(isum as f32), _mm_set_ss(dd), _mm256_castps256_ps128(acc[i])));
+                                continue;
+                            }
                             let dm = if Q40 {
                                 _mm_cvtph_ps(_mm_set1_epi16((blk as *const i16).read_unaligned()))
                             } else {
@@ -1696,7 +1801,7 @@ macro_rules! simd_impl {
                     }
                     for i in 0..R {
                         let m = _mm_cvtss_f32(_mm_shuffle_ps(mac[i], mac[i], 1));
-                        res[i] = hsum(acc[i]) + if Q40 { -8.0 * m } else { m };
+                        res[i] = if Q40 { _mm256_cvtss_f32(acc[i]) } else { hsum(acc[i]) + m };
                     }
                 }
             }
@@ -2478,8 +2583,8 @@ mod tests {
                                 o[i],
                                 rf[i]
                             );
-                            if quant && matches!(ty, WType::Q4_1 | WType::Q8_0) {
-                                // llama.cpp's Q4_1 / Q8_0 order in every kernel: the same bits as the scalar path
+                            if quant && matches!(ty, WType::Q4_0 | WType::Q4_1 | WType::Q8_0) {
+                                // llama.cpp's Q4_0 / Q4_1 / Q8_0 order in every kernel: the same bits as the scalar path
                                 assert_eq!(
                                     o[i].to_bits(),
                                     scalar_q[i].to_bits(),

@@ -91,12 +91,17 @@ impl Matrix {
     /// Re-lays Q4_0/Q4_1/Q8_0 weights into the kernels' interleaved panels (faster matmuls);
     /// other types stay as they are, in place.
     ///
-    /// Q5_0 becomes Q8_0 first ([`quant::q5_0_as_q8_0`]: the same values, 34 bytes a block
-    /// instead of 22), so that its products are llama.cpp's bit for bit.
+    /// Q5_0, and Q4_0 with a row count llama.cpp does not repack (not a multiple of 8), become
+    /// Q8_0 first ([`quant::as_q8_0`]: the same values in 34 bytes a block instead of 22 or 18),
+    /// so that their products are llama.cpp's bit for bit.
     pub fn packed(self) -> Matrix {
-        if self.ty == kernels::WType::Q5_0 {
-            let data = Bytes::Owned(Arc::new(quant::q5_0_as_q8_0(self.data.as_slice())));
-            return Matrix { ty: kernels::WType::Q8_0, data, ..self }.packed();
+        let as_q8 = match self.ty {
+            kernels::WType::Q5_0 => Some(gguf::GgmlType::Q5_0),
+            kernels::WType::Q4_0 if !self.rows.is_multiple_of(8) => Some(gguf::GgmlType::Q4_0),
+            _ => None,
+        };
+        if let Some(data) = as_q8.and_then(|ty| quant::as_q8_0(ty, self.data.as_slice())) {
+            return Matrix { ty: kernels::WType::Q8_0, data: Bytes::Owned(Arc::new(data)), ..self }.packed();
         }
         match kernels::pack(&self.weight()) {
             Some(p) => Matrix { ty: p.ty, rows: p.rows, cols: p.cols, data: Bytes::Owned(Arc::new(p.data)) },

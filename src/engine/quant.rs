@@ -47,22 +47,28 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), SizeM
     Ok(())
 }
 
-/// Q5_0 blocks re-encoded as Q8_0 blocks, losslessly: the same f16 scale and each value's
-/// `q − 16` (−16..15) as an int8. llama.cpp's Q5_0 dot product is its Q8_0 one on these bytes
-/// (sign-and-abs byte products summed per four, an fma per block into eight lanes), so the Q8_0
-/// kernels give its results bit for bit; `src` is whole 22-byte blocks.
-pub fn q5_0_as_q8_0(src: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() / 22 * 34);
-    for b in src.chunks_exact(22) {
+/// Q4_0 or Q5_0 blocks re-encoded as Q8_0 blocks, losslessly: the same f16 scale and each
+/// value's `q − 8` or `q − 16` as an int8. Where llama.cpp does not repack them, its Q4_0 and
+/// Q5_0 dot products are its Q8_0 one on these bytes (sign-and-abs byte products summed per four,
+/// an fma per block into eight lanes), so the Q8_0 kernels give its results bit for bit. `src` is
+/// whole blocks; `None` for another type.
+pub fn as_q8_0(ty: GgmlType, src: &[u8]) -> Option<Vec<u8>> {
+    let (bs, qs, offset) = match ty {
+        GgmlType::Q4_0 => (18, 2, 8),
+        GgmlType::Q5_0 => (22, 6, 16),
+        _ => return None,
+    };
+    let mut out = Vec::with_capacity(src.len() / bs * 34);
+    for b in src.chunks_exact(bs) {
         out.extend_from_slice(&b[0..2]);
-        let qh = u32::from_le_bytes(field(b, 2));
+        let qh = if ty == GgmlType::Q5_0 { u32::from_le_bytes(field(b, 2)) } else { 0 };
         let value = |j: usize| {
-            let nibble = if j < 16 { b[6 + j] & 0xf } else { b[6 + j - 16] >> 4 };
-            (i32::from(nibble) | (((qh >> j) & 1) << 4) as i32) - 16
+            let nibble = if j < 16 { b[qs + j] & 0xf } else { b[qs + j - 16] >> 4 };
+            (i32::from(nibble) | (((qh >> j) & 1) << 4) as i32) - offset
         };
         out.extend((0..32).map(|j| value(j) as i8 as u8));
     }
-    out
+    Some(out)
 }
 
 /// Decodes whole blocks of `ty` into a new vector; `src.len()` must be a multiple of the block bytes.
@@ -234,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn q5_0_as_q8_0_keeps_every_value() {
+    fn q4_0_and_q5_0_as_q8_0_keep_every_value() {
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             rng ^= rng << 13;
@@ -242,15 +248,18 @@ mod tests {
             rng ^= rng << 17;
             rng as u8
         };
-        let mut src = Vec::new();
-        for _ in 0..40 {
-            src.extend_from_slice(&f16::from_f32(0.01 + f32::from(next()) / 1000.0).to_le_bytes());
-            src.extend((0..20).map(|_| next()));
+        for (ty, bs, range) in [(GgmlType::Q4_0, 18, -8..=7), (GgmlType::Q5_0, 22, -16..=15)] {
+            let mut src = Vec::new();
+            for _ in 0..40 {
+                src.extend_from_slice(&f16::from_f32(0.01 + f32::from(next()) / 1000.0).to_le_bytes());
+                src.extend((2..bs).map(|_| next()));
+            }
+            let q8 = as_q8_0(ty, &src).unwrap();
+            assert_eq!(q8.len(), 40 * 34);
+            assert_eq!(dequantize_to_vec(ty, &src).unwrap(), dequantize_to_vec(GgmlType::Q8_0, &q8).unwrap(), "{ty}");
+            assert!(q8.chunks_exact(34).all(|b| b[2..].iter().all(|&q| range.contains(&(q as i8)))), "{ty}");
         }
-        let q8 = q5_0_as_q8_0(&src);
-        assert_eq!(q8.len(), 40 * 34);
-        assert_eq!(dequantize_to_vec(GgmlType::Q5_0, &src).unwrap(), dequantize_to_vec(GgmlType::Q8_0, &q8).unwrap());
-        assert!(q8.chunks_exact(34).all(|b| b[2..].iter().all(|&q| (-16..=15).contains(&(q as i8)))));
+        assert!(as_q8_0(GgmlType::Q4_1, &[0; 20]).is_none());
     }
 
     #[test]
