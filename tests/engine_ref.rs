@@ -4,7 +4,9 @@
 
 use crate::support::*;
 use llmeval::engine::session::{GenOptions, ScoreRequest};
-use llmeval::engine::Engine;
+use llmeval::engine::kernels::WType;
+use llmeval::engine::{Bytes, Engine, Matrix};
+use std::sync::Arc;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -47,7 +49,7 @@ fn tokenization_equals_llama_cpp() {
 
 /// Largest per-token log-probability difference allowed from llama.cpp. The bar is 0.05
 /// nats; the engine reproduces llama.cpp's arithmetic bit for bit (engine/numerics.rs and the
-/// Q4_1 and Q8_0 kernels), so its f32 logits are llama.cpp's and only the f64 log-softmax's
+/// Q4_0, Q4_1, Q5_0 and Q8_0 kernels), so its f32 logits are llama.cpp's and only the f64 log-softmax's
 /// summation order remains (~1e-13). Anything more means that reproduction broke — "merely close"
 /// arithmetic misses by 0.1-0.4 nats on this 8-bit model, and one Q8_0 product (the tied LM head)
 /// in its own order by ~1e-5.
@@ -124,6 +126,97 @@ fn exact_forward_equals_float64_reference() {
         }
     }
     eprintln!("largest per-token difference from the float64 reference: {worst:.2e} nats");
+}
+
+/// ggml's reference quantizers (`quantize_row_{q4_0,q5_0,q8_0}_ref`), which llama.cpp's
+/// `llama_model_quantize` applies to f32 weights when given no importance matrix: per 32 values,
+/// Q4_0/Q5_0 scale by the value of largest magnitude (the first such) over −8 or −16 and truncate
+/// `x/d + 8.5` (or `+ 16.5`) capped at 15 (31); Q8_0 by the largest magnitude over 127, rounding.
+fn ggml_quantize(ty: &str, x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in x.chunks_exact(32) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in b {
+            if amax < v.abs() {
+                (amax, max) = (v.abs(), v);
+            }
+        }
+        let d = match ty {
+            "Q4_0" => max / -8.0,
+            "Q5_0" => max / -16.0,
+            _ => amax / 127.0,
+        };
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        match ty {
+            "Q8_0" => out.extend(b.iter().map(|&v| (v * id).round() as i8 as u8)),
+            "Q4_0" => {
+                let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
+                out.extend((0..16).map(|j| q(b[j]) | q(b[16 + j]) << 4));
+            }
+            _ => {
+                let q: Vec<u8> = b.iter().map(|&v| ((v * id + 16.5) as i8).min(31) as u8).collect();
+                let qh = (0..32).fold(0u32, |h, j| h | u32::from(q[j] >> 4) << j);
+                out.extend_from_slice(&qh.to_le_bytes());
+                out.extend((0..16).map(|j| (q[j] & 15) | (q[16 + j] & 15) << 4));
+            }
+        }
+    }
+    out
+}
+
+/// `m` dequantized to f32 and quantized again to `ty`, as llama.cpp requantizes a model.
+fn requantized(m: &Matrix, ty: &str) -> Matrix {
+    let mut row = vec![0f32; m.cols];
+    let mut x = Vec::with_capacity(m.rows * m.cols);
+    for r in 0..m.rows {
+        m.row(r, &mut row);
+        x.extend_from_slice(&row);
+    }
+    let wty = match ty {
+        "Q4_0" => WType::Q4_0,
+        "Q5_0" => WType::Q5_0,
+        _ => WType::Q8_0,
+    };
+    Matrix { ty: wty, rows: m.rows, cols: m.cols, data: Bytes::Owned(Arc::new(ggml_quantize(ty, &x))) }.packed()
+}
+
+/// The default model requantized by llama.cpp to Q4_0 and to Q5_0 (its layer matrices; the tied
+/// Q8_0 embedding is quantized again as Q8_0): llmeval's scores and greedy tokens on the same
+/// weights, made here in memory, are llama.cpp's (`tests/goldens/llamacpp_requant.json`).
+#[test]
+fn requantized_q4_0_and_q5_0_models_equal_llama_cpp() {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goldens/llamacpp_requant.json");
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    for ty in ["Q4_0", "Q5_0"] {
+        let mut e = Engine::load(&model_path(), 2).unwrap();
+        for l in &mut e.model.layers {
+            for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down] {
+                *m = requantized(m, ty);
+            }
+        }
+        e.model.tok_embd = requantized(&e.model.tok_embd, "Q8_0");
+        e.model.lm_head = e.model.tok_embd.clone();
+        let cases = golden[ty]["score"].as_array().unwrap();
+        let reqs: Vec<ScoreRequest> = cases.iter().map(|c| ScoreRequest { context: ids(&c["context_ids"]), continuation: ids(&c["continuation_ids"]) }).collect();
+        let mut got = vec![None; reqs.len()];
+        e.score_batch(&reqs, &mut |i, s| got[i] = Some(s));
+        let mut worst = 0f64;
+        for (c, g) in cases.iter().zip(got) {
+            let g = g.expect("every request scored");
+            assert_eq!(g.is_greedy, c["is_greedy"].as_bool().unwrap(), "{ty}: is_greedy of {c}");
+            for (ours, theirs) in g.token_logprobs.iter().zip(c["token_logprobs"].as_array().unwrap()) {
+                let d = (ours - theirs.as_f64().unwrap()).abs();
+                worst = worst.max(d);
+                assert!(d <= LLAMA_CPP_GAP, "{ty}: {ours} vs llama.cpp {theirs} in {}", c["continuation_ids"]);
+            }
+        }
+        for c in golden[ty]["generate"].as_array().unwrap() {
+            let g = e.generate(&ids(&c["prompt_ids"]), &GenOptions { max_tokens: 24, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] });
+            assert_eq!(g.tokens, ids(&c["tokens"]), "{ty}: greedy tokens after {}", c["prompt_ids"]);
+        }
+        eprintln!("{ty}: largest per-token difference from llama.cpp {worst:.2e} nats over {} cases", cases.len());
+    }
 }
 
 #[test]
