@@ -111,16 +111,14 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
         let mut hint = String::new();
         if e.kind() == minijinja::ErrorKind::UndefinedError {
             let given = |n: &str| row.fields.contains_key(n) || c.turns.is_some() && (n == "turn" || n == "turn_index") || environment().globals().any(|(g, _)| g == n);
-            let mut missing: Vec<String> = names.into_iter().filter(|n| !given(n)).map(|n| format!("`{n}`")).collect();
+            let mut missing: Vec<String> = names.into_iter().filter(|n| !given(n)).collect();
             missing.sort();
-            let columns = row.fields.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
-            hint = match missing.len() {
-                0 => format!(" (the row's columns are {columns})"),
-                1 => {
-                    let slip = crate::util::did_you_mean(missing[0].trim_matches('`'), row.fields.keys().map(String::as_str));
-                    format!(": {} is not a column of this row{slip}; its columns are {columns}", missing[0])
-                }
-                _ => format!(": {} are not columns of this row; its columns are {columns}", missing.join(", ")),
+            let quoted = |names: &mut dyn Iterator<Item = &String>| names.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+            let columns = quoted(&mut row.fields.keys());
+            hint = match missing.as_slice() {
+                [] => format!(" (the row's columns are {columns})"),
+                [one] => format!(": `{one}` is not a column of this row{}; its columns are {columns}", crate::util::did_you_mean(one, row.fields.keys().map(String::as_str))),
+                many => format!(": {} are not columns of this row; its columns are {columns}", quoted(&mut many.iter())),
             };
         }
         Error::data(loc, format!("task {:?}: {field}: {}{hint}", task.name, jinja_message(&e)))

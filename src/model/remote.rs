@@ -153,8 +153,8 @@ enum Failure {
     /// Will fail again for this request (bad request, unsupported feature); the server is up.
     Permanent(String),
     /// Will fail for every request: a rejected key (401, 403), or a 404 (wrong `base-url` or
-    /// `model`) before the endpoint has answered anything.
-    Rejected(String),
+    /// `model`, flagged `true`) before the endpoint has answered anything.
+    Rejected(String, bool),
 }
 
 /// Decides when an endpoint is down for every request, not just failing some.
@@ -254,8 +254,7 @@ impl Shared {
                     self.breaker.answered();
                     return errored(m);
                 }
-                Err(Failure::Rejected(m)) => {
-                    let is_404 = m.starts_with("HTTP 404");
+                Err(Failure::Rejected(m, is_404)) => {
                     return if self.breaker.rejected(&self.base, &m, is_404) { None } else { errored(m) };
                 }
                 Err(Failure::Transient(m, ra)) => (m, ra),
@@ -304,7 +303,7 @@ impl Shared {
             let msg = format!("HTTP {}: {detail}{hint}", status.as_u16());
             return Err(match status.as_u16() {
                 408 | 409 | 429 | 500..=599 => Failure::Transient(msg, retry_after),
-                401 | 403 | 404 => Failure::Rejected(msg),
+                401 | 403 | 404 => Failure::Rejected(msg, status.as_u16() == 404),
                 _ => Failure::Permanent(msg),
             });
         }
