@@ -128,13 +128,29 @@ fn exact_forward_equals_float64_reference() {
     eprintln!("largest per-token difference from the float64 reference: {worst:.2e} nats");
 }
 
-/// ggml's reference quantizers (`quantize_row_{q4_0,q5_0,q8_0}_ref`), which llama.cpp's
+/// ggml's reference quantizers (`quantize_row_{q4_0,q5_0,q5_1,q8_0}_ref`), which llama.cpp's
 /// `llama_model_quantize` applies to f32 weights when given no importance matrix: per 32 values,
 /// Q4_0/Q5_0 scale by the value of largest magnitude (the first such) over −8 or −16 and truncate
-/// `x/d + 8.5` (or `+ 16.5`) capped at 15 (31); Q8_0 by the largest magnitude over 127, rounding.
+/// `x/d + 8.5` (or `+ 16.5`) capped at 15 (31); Q5_1 spans min..max in 31 steps and truncates
+/// `(x − min)/d + 0.5`; Q8_0 scales by the largest magnitude over 127, rounding.
 fn ggml_quantize(ty: &str, x: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
+    let five_bit = |out: &mut Vec<u8>, q: &[u8]| {
+        let qh = (0..32).fold(0u32, |h, j| h | u32::from(q[j] >> 4) << j);
+        out.extend_from_slice(&qh.to_le_bytes());
+        out.extend((0..16).map(|j| (q[j] & 15) | (q[16 + j] & 15) << 4));
+    };
     for b in x.chunks_exact(32) {
+        if ty == "Q5_1" {
+            let (min, max) = b.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| (if v < lo { v } else { lo }, if v > hi { v } else { hi }));
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            out.extend_from_slice(&half::f16::from_f32(min).to_le_bytes());
+            let q: Vec<u8> = b.iter().map(|&v| ((v - min) * id + 0.5) as u8).collect();
+            five_bit(&mut out, &q);
+            continue;
+        }
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in b {
             if amax < v.abs() {
@@ -156,9 +172,7 @@ fn ggml_quantize(ty: &str, x: &[f32]) -> Vec<u8> {
             }
             _ => {
                 let q: Vec<u8> = b.iter().map(|&v| ((v * id + 16.5) as i8).min(31) as u8).collect();
-                let qh = (0..32).fold(0u32, |h, j| h | u32::from(q[j] >> 4) << j);
-                out.extend_from_slice(&qh.to_le_bytes());
-                out.extend((0..16).map(|j| (q[j] & 15) | (q[16 + j] & 15) << 4));
+                five_bit(&mut out, &q);
             }
         }
     }
@@ -176,19 +190,20 @@ fn requantized(m: &Matrix, ty: &str) -> Matrix {
     let wty = match ty {
         "Q4_0" => WType::Q4_0,
         "Q5_0" => WType::Q5_0,
+        "Q5_1" => WType::Q5_1,
         _ => WType::Q8_0,
     };
     Matrix { ty: wty, rows: m.rows, cols: m.cols, data: Bytes::Owned(Arc::new(ggml_quantize(ty, &x))) }.packed()
 }
 
-/// The default model requantized by llama.cpp to Q4_0 and to Q5_0 (its layer matrices; the tied
+/// The default model requantized by llama.cpp to Q4_0, Q5_0 and Q5_1 (its layer matrices; the tied
 /// Q8_0 embedding is quantized again as Q8_0): llmeval's scores and greedy tokens on the same
 /// weights, made here in memory, are llama.cpp's (`tests/goldens/llamacpp_requant.json`).
 #[test]
-fn requantized_q4_0_and_q5_0_models_equal_llama_cpp() {
+fn requantized_q4_0_q5_0_and_q5_1_models_equal_llama_cpp() {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/goldens/llamacpp_requant.json");
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
-    for ty in ["Q4_0", "Q5_0"] {
+    for ty in ["Q4_0", "Q5_0", "Q5_1"] {
         let mut e = Engine::load(&model_path(), 2).unwrap();
         for l in &mut e.model.layers {
             for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down] {

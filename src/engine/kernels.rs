@@ -35,6 +35,9 @@ pub enum WType {
     Q4_1R8,
     /// [`pack`]ed Q8_0: panels of 8 rows; per block 8 f16 scales, 256 quant bytes.
     Q8_0R8,
+    /// [`pack`]ed Q5_1: the `Q8_0R8` layout of its values 0..31 with 8 f16 mins after the
+    /// scales, so that the Q8_0 kernels plus a min term give llama.cpp's Q5_1 product.
+    Q5_1R8,
 }
 
 impl WType {
@@ -61,11 +64,12 @@ impl WType {
             WType::Q6K => 210,
             WType::Q4_0R8 | WType::Q4_1R8 => R8_Q4_BLOCK / 8,
             WType::Q8_0R8 => R8_Q8_BLOCK / 8,
+            WType::Q5_1R8 => R8_Q81_BLOCK / 8,
         }
     }
     /// True for the interleaved 8-row layouts produced by [`pack`].
     pub const fn is_packed(self) -> bool {
-        matches!(self, WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8)
+        matches!(self, WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8 | WType::Q5_1R8)
     }
     /// Bytes of one row (`cols` must be a multiple of [`WType::block_elems`]).
     pub const fn row_bytes(self, cols: usize) -> usize {
@@ -142,6 +146,7 @@ pub fn pack(w: &Weight) -> Option<PackedWeight> {
         WType::Q4_0 => WType::Q4_0R8,
         WType::Q4_1 => WType::Q4_1R8,
         WType::Q8_0 => WType::Q8_0R8,
+        WType::Q5_1 => WType::Q5_1R8,
         _ => return None,
     };
     let np = w.rows.div_ceil(8);
@@ -167,12 +172,14 @@ pub fn pack(w: &Weight) -> Option<PackedWeight> {
 
 const R8_Q4_BLOCK: usize = 160; // 16 B d + 16 B m + 128 B nibbles
 const R8_Q8_BLOCK: usize = 272; // 16 B d + 256 B quants
+const R8_Q81_BLOCK: usize = 288; // 16 B d + 16 B m + 256 B quants
 
 fn panel_bytes(packed_ty: WType, cols: usize) -> usize {
     let nb = cols / 32;
     match packed_ty {
         WType::Q4_0R8 | WType::Q4_1R8 => nb * R8_Q4_BLOCK,
         WType::Q8_0R8 => nb * R8_Q8_BLOCK,
+        WType::Q5_1R8 => nb * R8_Q81_BLOCK,
         _ => unreachable!(),
     }
 }
@@ -180,7 +187,7 @@ fn panel_bytes(packed_ty: WType, cols: usize) -> usize {
 /// Writes panel `p` (rows 8p..8p+8, zero rows past the end) of raw Q4_0/Q4_1/Q8_0 weights in R8 form.
 fn pack_panel(w: &Weight, p: usize, dst: &mut [u8]) {
     #[cfg(target_arch = "x86_64")]
-    if (p + 1) * 8 <= w.rows && Isa::Avx2.available() {
+    if (p + 1) * 8 <= w.rows && w.ty != WType::Q5_1 && Isa::Avx2.available() {
         assert!(dst.len() >= panel_bytes(packed_of(w.ty), w.cols));
         // SAFETY: all 8 rows exist (w.check() bounds the data) and dst holds a whole panel.
         return unsafe {
@@ -201,6 +208,7 @@ fn packed_of(ty: WType) -> WType {
     match ty {
         WType::Q4_0 | WType::Q4_0R8 => WType::Q4_0R8,
         WType::Q4_1 | WType::Q4_1R8 => WType::Q4_1R8,
+        WType::Q5_1 | WType::Q5_1R8 => WType::Q5_1R8,
         _ => WType::Q8_0R8,
     }
 }
@@ -234,6 +242,23 @@ fn pack_panel_scalar(w: &Weight, p: usize, dst: &mut [u8]) {
                     for g in 0..4 {
                         dst[o + 32 + 32 * g + 4 * l..o + 36 + 32 * g + 4 * l]
                             .copy_from_slice(&qs[4 * g..4 * g + 4]);
+                    }
+                }
+            }
+        }
+        WType::Q5_1 => {
+            for l in 0..8 {
+                let r = p * 8 + l;
+                for b in 0..nb {
+                    let o = b * R8_Q81_BLOCK;
+                    // a row past the end: zero scale, min and values
+                    let blk = if r < w.rows { &w.row(r)[b * bs..(b + 1) * bs] } else { &[0u8; 24][..] };
+                    dst[o + 2 * l..o + 2 * l + 2].copy_from_slice(&blk[0..2]);
+                    dst[o + 16 + 2 * l..o + 18 + 2 * l].copy_from_slice(&blk[2..4]);
+                    let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+                    for j in 0..32 {
+                        let nibble = if j < 16 { blk[8 + j] & 15 } else { blk[8 + j - 16] >> 4 };
+                        dst[o + 32 + 32 * (j / 4) + 4 * l + j % 4] = nibble | (((qh >> j) & 1) << 4) as u8;
                     }
                 }
             }
@@ -723,7 +748,7 @@ fn dequant_row_raw(ty: WType, src: &[u8], y: &mut [f32]) {
                 }
             }
         }
-        WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8 => unreachable!(),
+        WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8 | WType::Q5_1R8 => unreachable!(),
     }
 }
 
@@ -748,6 +773,12 @@ pub fn dequantize_row(w: &Weight, r: usize, out: &mut [f32]) {
                 for i in 0..4 {
                     y[4 * j + i] = bp[16 + 32 * j + 4 * l + i] as i8 as f32 * d;
                 }
+            }
+        } else if w.ty == WType::Q5_1R8 {
+            let bp = &panel[b * R8_Q81_BLOCK..(b + 1) * R8_Q81_BLOCK];
+            let (d, m) = (h16(bp, 2 * l), h16(bp, 16 + 2 * l));
+            for j in 0..32 {
+                y[j] = f32::from(bp[32 + 32 * (j / 4) + 4 * l + j % 4]) * d + m;
             }
         } else {
             let bp = &panel[b * R8_Q4_BLOCK..(b + 1) * R8_Q4_BLOCK];
@@ -972,15 +1003,21 @@ mod scalar {
         let mut q4 = Q4Acc::default();
         for b in 0..nb {
             let x = &xq[32 * b..32 * b + 32];
-            if ty == WType::Q8_0R8 {
-                let bp = &panel[b * R8_Q8_BLOCK..];
+            if ty == WType::Q8_0R8 || ty == WType::Q5_1R8 {
+                // Q5_1: its values 0..31 as Q8_0's, and the min term m·s (ggml_vec_dot_q5_1_q8_1)
+                let (bp, q, m) = if ty == WType::Q8_0R8 {
+                    (&panel[b * R8_Q8_BLOCK..], 16, 0.0)
+                } else {
+                    let bp = &panel[b * R8_Q81_BLOCK..];
+                    (bp, 32, h16(bp, 16 + 2 * l))
+                };
                 let mut lanes = [0i32; 8];
                 for (j, lane) in lanes.iter_mut().enumerate() {
                     for i in 0..4 {
-                        *lane += bp[16 + 32 * j + 4 * l + i] as i8 as i32 * x[4 * j + i] as i32;
+                        *lane += bp[q + 32 * j + 4 * l + i] as i8 as i32 * x[4 * j + i] as i32;
                     }
                 }
-                q4.block(h16(bp, 2 * l), 0.0, &lanes, ds[b]);
+                q4.block(h16(bp, 2 * l), m, &lanes, ds[b]);
             } else {
                 let bp = &panel[b * R8_Q4_BLOCK..];
                 let mut lanes = [0i32; 8];
@@ -1559,10 +1596,11 @@ macro_rules! simd_impl {
                 }
             }
 
-            /// Q8_0R8 panel × T tokens → `out[t*os .. +8]`, in llama.cpp's order
-            /// (`ggml_vec_dot_q8_0_q8_0` and tinyBLAS on AVX2): lane = row, and per row eight
-            /// accumulators, one per 4-byte group of the block, each chaining
-            /// `fma(d·d_x, Σ4 w·x, acc)`; then `hsum_float_8`'s pairing.
+            /// Q8_0R8 (or, with `mins`, Q5_1R8) panel × T tokens → `out[t*os .. +8]`, in
+            /// llama.cpp's order (`ggml_vec_dot_q8_0_q8_0`, `ggml_vec_dot_q5_1_q8_1` and tinyBLAS
+            /// on AVX2): lane = row, and per row eight accumulators, one per 4-byte group of the
+            /// block, each chaining `fma(d·d_x, Σ4 w·x, acc)`; then `hsum_float_8`'s pairing, and
+            /// with `mins` the sum of `m·s_x` (each exact: two f16 values) over the blocks.
             #[target_feature(enable = $feat)]
             pub unsafe fn q8r8<const T: usize>(
                 p: *const u8,
@@ -1572,20 +1610,28 @@ macro_rules! simd_impl {
                 ds: *const [f32; 2],
                 out: *mut f32,
                 os: usize,
+                mins: bool,
             ) {
                 unsafe {
                     let ones = _mm256_set1_epi16(1);
                     let zero = _mm256_setzero_si256();
+                    let (stride, qo) = if mins { (R8_Q81_BLOCK, 32) } else { (R8_Q8_BLOCK, 16) };
                     let mut facc = [[_mm256_setzero_ps(); 8]; T];
+                    let mut summs = [_mm256_setzero_ps(); T];
                     for b in 0..nb {
-                        let bp = p.add(b * R8_Q8_BLOCK);
+                        let bp = p.add(b * stride);
                         let d = _mm256_cvtph_ps(_mm_loadu_si128(bp as *const __m128i));
                         let mut dd = [_mm256_setzero_ps(); T];
                         for t in 0..T {
-                            dd[t] = _mm256_mul_ps(d, _mm256_set1_ps((*ds.add(t * nb + b))[0]));
+                            let s = *ds.add(t * nb + b);
+                            dd[t] = _mm256_mul_ps(d, _mm256_set1_ps(s[0]));
+                            if mins {
+                                let m = _mm256_cvtph_ps(_mm_loadu_si128(bp.add(16) as *const __m128i));
+                                summs[t] = _mm256_add_ps(summs[t], _mm256_mul_ps(m, _mm256_set1_ps(s[1])));
+                            }
                         }
                         for j in 0..8 {
-                            let w = _mm256_loadu_si256(bp.add(16 + 32 * j) as *const __m256i);
+                            let w = _mm256_loadu_si256(bp.add(qo + 32 * j) as *const __m256i);
                             let aw = _mm256_abs_epi8(w);
                             for t in 0..T {
                                 // |w| · (x with w's sign): the exact Σ of the group's four products
@@ -1602,7 +1648,8 @@ macro_rules! simd_impl {
                         let r1 = _mm256_add_ps(a[5], a[1]);
                         let r2 = _mm256_add_ps(a[6], a[2]);
                         let r3 = _mm256_add_ps(a[7], a[3]);
-                        _mm256_storeu_ps(out.add(t * os), _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3)));
+                        let sum = _mm256_add_ps(_mm256_add_ps(r0, r2), _mm256_add_ps(r1, r3));
+                        _mm256_storeu_ps(out.add(t * os), if mins { _mm256_add_ps(sum, summs[t]) } else { sum });
                     }
                 }
             }
@@ -1672,8 +1719,8 @@ macro_rules! simd_impl {
                             let pp = panels.add(pi * pb);
                             let dst = ds.add(t * nb);
                             let xp = qa.qs.as_ptr().add((t0 + t) * k);
-                            if ty == WType::Q8_0R8 {
-                                seq_tiles!(tt, TQ4, q8r8(pp, nb, xp, k, dst, o, ost));
+                            if ty == WType::Q8_0R8 || ty == WType::Q5_1R8 {
+                                seq_tiles!(tt, TQ4, q8r8(pp, nb, xp, k, dst, o, ost, ty == WType::Q5_1R8));
                             } else if ty == WType::Q4_0R8 {
                                 seq_tiles!(tt, TQ, q40r8(pp, nb, xp, k, dst, o, ost));
                             } else {
@@ -2012,7 +2059,7 @@ enum Path {
 
 fn path_of(ty: WType, exact: bool) -> Path {
     match ty {
-        WType::Q4_0 | WType::Q4_1 | WType::Q8_0 | WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8
+        WType::Q4_0 | WType::Q4_1 | WType::Q8_0 | WType::Q4_0R8 | WType::Q4_1R8 | WType::Q8_0R8 | WType::Q5_1R8
             if !exact =>
         {
             Path::Quant
@@ -2023,7 +2070,7 @@ fn path_of(ty: WType, exact: bool) -> Path {
 
 fn sum_kind(ty: WType) -> SumKind {
     match ty {
-        WType::Q4_1 | WType::Q4_1R8 => SumKind::Q81,
+        WType::Q4_1 | WType::Q4_1R8 | WType::Q5_1R8 => SumKind::Q81,
         _ => SumKind::Exact,
     }
 }
@@ -2550,8 +2597,6 @@ mod tests {
         for &n in ns {
             let x = random_x(n, cols, &mut rng);
             let (rf, ra, rq) = reference(&raw, &x, n);
-            let mut scalar_q = vec![0f32; n * rows];
-            matmul_isa(Isa::Scalar, false, &raw, &x, n, &mut scalar_q);
             for isa in isas() {
                 let mut weights = vec![(
                     raw.ty,
@@ -2566,6 +2611,9 @@ mod tests {
                     weights.push((p.ty, p.as_weight()));
                 }
                 for (wty, w) in &weights {
+                    // the scalar path on the same layout: the arithmetic every kernel reproduces
+                    let mut scalar_q = vec![0f32; n * rows];
+                    matmul_isa(Isa::Scalar, false, w, &x, n, &mut scalar_q);
                     for exact in [false, true] {
                         let mut o = vec![f32::NAN; n * rows];
                         matmul_isa(isa, exact, w, &x, n, &mut o);
@@ -2583,8 +2631,8 @@ mod tests {
                                 o[i],
                                 rf[i]
                             );
-                            if quant && matches!(ty, WType::Q4_0 | WType::Q4_1 | WType::Q8_0) {
-                                // llama.cpp's Q4_0 / Q4_1 / Q8_0 order in every kernel: the same bits as the scalar path
+                            if quant && matches!(ty, WType::Q4_0 | WType::Q4_1 | WType::Q5_1 | WType::Q8_0) {
+                                // llama.cpp's Q4_0 / Q4_1 / Q5_1 / Q8_0 order in every kernel: the same bits as the scalar path
                                 assert_eq!(
                                     o[i].to_bits(),
                                     scalar_q[i].to_bits(),
@@ -2611,7 +2659,7 @@ mod tests {
 
     #[test]
     fn quantized_types_match_reference() {
-        for (i, ty) in [WType::Q4_0, WType::Q4_1, WType::Q8_0]
+        for (i, ty) in [WType::Q4_0, WType::Q4_1, WType::Q5_1, WType::Q8_0]
             .into_iter()
             .enumerate()
         {
@@ -2651,7 +2699,7 @@ mod tests {
     #[test]
     fn packed_rows_dequantize_identically() {
         let mut rng = Rng(9);
-        for ty in [WType::Q4_0, WType::Q4_1, WType::Q8_0] {
+        for ty in [WType::Q4_0, WType::Q4_1, WType::Q5_1, WType::Q8_0] {
             let rows = 19;
             let data = random_weight(ty, rows, 128, &mut rng);
             let w = Weight {
@@ -2674,7 +2722,7 @@ mod tests {
     #[test]
     fn thread_count_does_not_change_results() {
         let mut rng = Rng(3);
-        for ty in [WType::Q4_1, WType::Q8_0, WType::F16, WType::Q6K] {
+        for ty in [WType::Q4_0, WType::Q4_1, WType::Q5_1, WType::Q8_0, WType::F16, WType::Q6K] {
             let (rows, cols) = (200, 512);
             let data = random_weight(ty, rows, cols, &mut rng);
             let w = Weight {

@@ -1,4 +1,4 @@
-"""llama.cpp's results for the default model requantized to Q4_0 and to Q5_0: `llamacpp_requant.json`.
+"""llama.cpp's results for the default model requantized to Q4_0, Q5_0 and Q5_1: `llamacpp_requant.json`.
 
 llama.cpp (`llama_model_quantize`, no importance matrix) dequantizes each Q4_1 layer matrix to f32
 and quantizes it again with ggml's reference quantizer; the Q8_0 embedding stays. The test
@@ -19,7 +19,7 @@ from llamacpp_reference import greedy, logprobs  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(HERE, "..", "..", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
-FTYPES = {"Q4_0": 2, "Q5_0": 8}  # llama_ftype
+FTYPES = {"Q4_0": 2, "Q5_0": 8, "Q5_1": 9}  # llama_ftype
 
 
 def main():
