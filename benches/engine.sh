@@ -4,13 +4,15 @@
 # (LONG tokens, where attention dominates), and multiple-choice scoring (4 choices after ~100-token
 # contexts) in items/s.
 #
-#   bash benches/engine.sh [THREADS] [LONG]      # defaults: 2 threads, 4096-token long prompt
+#   bash benches/engine.sh [THREADS] [LONG] [TYPE]   # defaults: 2 threads, 4096-token long prompt
 #
+# TYPE (Q4_0, Q5_0, Q5_1, Q8_0, F16, ...) runs on the default model requantized to it by llama.cpp.
 # llama-cpp-python is built from source into target/llbench-venv the first time (several minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
 LONG=${2:-4096}
+TYPE=${3:-}
 bash scripts/fetch-model.sh
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 cargo build --release --quiet
@@ -21,6 +23,20 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import llama_cpp" 2>/
 fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
+if [ -n "$TYPE" ]; then
+  "$VENV/bin/python" - "$MODEL" "$WORK/model.$TYPE.gguf" "$TYPE" 2>"$WORK/quantize.log" <<'PY' || { cat "$WORK/quantize.log" >&2; exit 1; }
+import ctypes, sys
+import llama_cpp
+FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
+src, dst, name = sys.argv[1:]
+if name not in FTYPES:
+    sys.exit(f"engine.sh: unknown type {name}; one of {', '.join(FTYPES)}")
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype, p.allow_requantize = FTYPES[name], True
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p)))
+PY
+  MODEL=$WORK/model.$TYPE.gguf
+fi
 # Multiple-choice items: ~100-token contexts, 4 choices each.
 python3 - "$WORK/mc.jsonl" <<'PY'
 import json, random, sys
@@ -69,7 +85,7 @@ name = "mc-bench"
 [[model]]
 name = "smollm2"
 engine = "builtin"
-path = "$PWD/$MODEL"
+path = "$(realpath "$MODEL")"
 threads = $THREADS
 [[task]]
 name = "mc"
