@@ -29,7 +29,8 @@ pub enum WType {
     Q4K,
     Q5K,
     Q6K,
-    /// [`pack`]ed Q4_0: panels of 8 rows; per 32-column block 8 f16 scales, 8 f16 mins (= -8·d), 128 nibble bytes.
+    /// [`pack`]ed Q4_0: panels of 8 rows; per 32-column block 8 f16 scales, 8 f16 mins (= -8·d, read only
+    /// when dequantizing), 128 nibble bytes.
     Q4_0R8,
     /// [`pack`]ed Q4_1: same layout as `Q4_0R8` with the real mins.
     Q4_1R8,
@@ -802,7 +803,7 @@ pub fn dequantize_row(w: &Weight, r: usize, out: &mut [f32]) {
 enum SumKind {
     /// `s = f16(d · Σq)` as in Q8_1 (used with Q4_1 weights).
     Q81,
-    /// `s = d · Σq` exactly (Q4_0 weights computed as `d·q − 8d`, equal to llama.cpp's Σ(q−8)·x).
+    /// `s = d · Σq` unrounded; no kernel reads it (Q4_0 and Q8_0 have no min term).
     Exact,
 }
 
@@ -1481,8 +1482,8 @@ macro_rules! simd_impl {
 
             // ---- R8 panel kernels: 8 rows (one per 32-bit lane) × T tokens ----
 
-            /// Q4_0R8/Q4_1R8 panel × T tokens → `out[t*os .. +8]`, in llama.cpp's order (see
-            /// `Q4Acc`): lane = row, and per row eight accumulators, one per 4-weight group.
+            /// Q4_1R8 panel × T tokens → `out[t*os .. +8]`, in llama.cpp's order (see `Q4Acc`):
+            /// lane = row, and per row eight accumulators, one per 4-weight group.
             #[target_feature(enable = $feat)]
             pub unsafe fn q4r8<const T: usize>(
                 p: *const u8,
