@@ -857,7 +857,8 @@ pub fn run_arena(path: &std::path::Path, db: &std::path::Path, no_cache: bool) -
         None => false,
     };
     drop(store);
-    let opts = crate::run::RunOptions { db: db.to_path_buf(), resume, no_cache, progress: true, items: Some(items), ..Default::default() };
+    let resume_command = Some(format!("llmeval arena run {} --db {}", path.display(), db.display()));
+    let opts = crate::run::RunOptions { db: db.to_path_buf(), resume, no_cache, progress: true, items: Some(items), resume_command, ..Default::default() };
     crate::run::run_suite(&suite, &opts)
 }
 

@@ -593,6 +593,7 @@ fn cmd_run(args: RunArgs) -> anyhow::Result<u8> {
         no_cache: args.no_cache,
         progress: true,
         items: None,
+        resume_command: Some(format!("llmeval run {} --db {} --resume", args.suite.display(), args.db.path().display())),
     };
     if args.resume && (opts.limit.is_some() || opts.tasks.is_some() || opts.models.is_some()) {
         eprintln!("note: --resume continues with the selection the run started with; --limit/--tasks/--models are ignored");
@@ -815,7 +816,12 @@ fn cmd_runs_show(db: &std::path::Path, key: &str, samples: bool, json: bool) -> 
         println!("note: {}", crate::tui::leaderboard::one_line(n));
     }
     if run.status == "interrupted" {
-        println!("note: no llmeval process is working on this run; `llmeval run {} --resume` continues it", crate::tui::leaderboard::one_line(&run.suite_path));
+        // an arena's run continues with `arena run` on its arena file, which the run does not record
+        let how = match run.suite.strip_prefix("arena:") {
+            Some(name) => format!("`llmeval arena run` on the arena file of arena {name:?}"),
+            None => format!("`llmeval run {} --resume`", crate::tui::leaderboard::one_line(&run.suite_path)),
+        };
+        println!("note: no llmeval process is working on this run; {how} continues it");
     }
     if samples {
         let rows: Vec<Vec<String>> = sample_rows

@@ -44,8 +44,8 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// A run that stopped part-way; what finished is stored and `--resume` continues it.
-    #[error("run {run} stopped; its finished items are stored, and `llmeval run {suite} --resume` continues once the cause is fixed")]
-    Stopped { run: String, suite: PathBuf, source: Box<Error> },
+    #[error("run {run} stopped; its finished items are stored, and `{resume}` continues once the cause is fixed")]
+    Stopped { run: String, resume: String, source: Box<Error> },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -28,6 +28,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Only these item indices of these tasks (the arena's sampled prompts).
     pub items: Option<BTreeMap<String, Vec<usize>>>,
+    /// The command that continues this run, said when it stops part-way (default:
+    /// `llmeval run SUITE --resume`).
+    pub resume_command: Option<String>,
 }
 
 /// A finished (or resumed and finished) run.
@@ -170,10 +173,11 @@ pub fn run_suite(suite: &Suite, opts: &RunOptions) -> Result<RunReport> {
     let outcome = execute(suite, opts, &mut store, plan, notes_before.clone());
     // a run stopped by an error says so where its results are read; what finished is kept
     outcome.map_err(|e| {
-        notes_before.push(format!("{STOPPED}{e}; the finished items are stored, and `llmeval run {} --resume` continues once the cause is fixed", suite.path.display()));
+        let resume = opts.resume_command.clone().unwrap_or_else(|| format!("llmeval run {} --resume", suite.path.display()));
+        notes_before.push(format!("{STOPPED}{e}; the finished items are stored, and `{resume}` continues once the cause is fixed"));
         // best effort: the error itself may be the database's
         let _ = store.set_run_status(&run_id, &status_before, None, &notes_before);
-        Error::Stopped { run: run_id, suite: suite.path.clone(), source: Box::new(e) }
+        Error::Stopped { run: run_id, resume, source: Box::new(e) }
     })
 }
 

@@ -168,6 +168,27 @@ fn correct_judge(p: &str) -> String {
     }
 }
 
+/// An arena whose judge rejects every request stops, saying how to continue it: `arena run` on
+/// its arena file (not `run` on its suite, which would not find the arena's run).
+#[test]
+fn a_stopped_arena_says_arena_run_continues_it() {
+    use crate::server::FakeServer;
+    let good = FakeServer::start(|p| format!("{}", sum_of(p)));
+    let judge = FakeServer::start(correct_judge);
+    judge.require_key("sk-judge");
+    let dir = TempDir::new("arena-stopped");
+    let arena = arena_files(&dir, &good.base_url(), &good.base_url(), &good.base_url(), &judge.base_url(), 2);
+    let out = llmeval(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let want = format!("`llmeval arena run {} --db {}` continues once the cause is fixed", arena.display(), dir.db().display());
+    assert!(stderr(&out).contains(&want) && stderr(&out).contains("rejects every request"), "{}", stderr(&out));
+    let shown = stdout(&llmeval(&["runs", "show", "latest", "--db", dir.db().to_str().unwrap()]));
+    assert!(shown.contains("`llmeval arena run` on the arena file of arena \"t\" continues it"), "{shown}");
+    judge.accept_any_key();
+    let out = llmeval(&["arena", "run", arena.to_str().unwrap(), "--db", dir.db().to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 #[test]
 fn arena_run_samples_prompts_judges_every_pair_and_resumes() {
     use crate::server::FakeServer;

@@ -176,7 +176,8 @@ retry-initial-s = 0.01"));
     let out = llmeval(&["run", s, "--db", db.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("answered none of the last 4 requests") && err.contains("HTTP 500: boom (gave up after 2 attempts)") && err.contains("--resume` continues"), "{err}");
+    assert!(err.contains("answered none of the last 4 requests") && err.contains("HTTP 500: boom (gave up after 2 attempts)"), "{err}");
+    assert!(err.contains(&format!("`llmeval run {s} --db {} --resume` continues once the cause is fixed", db.display())), "the command that continues it, with its --db: {err}");
     // the four that gave up, and at most the three others in flight then, each tried twice
     let asked = server.log().len();
     assert!((8..=14).contains(&asked), "{asked} requests");
