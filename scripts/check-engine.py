@@ -34,19 +34,16 @@ import glob
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import sysconfig
 import tempfile
-import ctypes
 
-import llama_cpp
 from llama_cpp import Llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "goldens"))
-from llamacpp_reference import greedy, logprobs  # noqa: E402
+from llamacpp_reference import FTYPES, greedy, logprobs, paragraphs, requantize  # noqa: E402
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 BIN = os.path.join(ROOT, "target", "release", "llmeval")
 ODD = ["ChatGLM-6B", "2-4", "v1.2.3", "3.14", "C++", "E=mc^2", "１２３", "GPT-4o", "10%", "don't", "naïve", "straße",
@@ -54,15 +51,13 @@ ODD = ["ChatGLM-6B", "2-4", "v1.2.3", "3.14", "C++", "E=mc^2", "１２３", "GPT
        "&amp;", "@user", "http://x.org/a?b=c", "1,000", "-3", "0x1F", "   ", "\n\n", "<|im_start|>", "<|im_end|>"]
 
 
-def paragraphs():
-    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+def stdlib_paragraphs():
     out = []
-    for f in files:
+    for f in sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py"))):
         try:
-            text = open(f, encoding="utf-8").read()
+            out += paragraphs(open(f, encoding="utf-8").read(), 1200)
         except (UnicodeDecodeError, OSError):
             continue
-        out += [p.strip("\n") for p in re.split(r"\n\s*\n", text) if 40 < len(p.strip()) < 1200]
     return out
 
 
@@ -71,10 +66,6 @@ def llmeval(*args):
     if out.returncode != 0:
         raise SystemExit(f"llmeval {args[:2]} failed: {out.stderr}")
     return json.loads(out.stdout)
-
-
-# llama.cpp's `llama_ftype` numbers
-FTYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32}
 
 
 def main():
@@ -88,13 +79,10 @@ def main():
     model = args.model
     if args.quantize:
         model = os.path.join(tempfile.mkdtemp(prefix="llmeval-requant-"), f"model.{args.quantize}.gguf")
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.allow_requantize, params.nthread = FTYPES[args.quantize], True, os.cpu_count()
-        if llama_cpp.llama_model_quantize(args.model.encode(), model.encode(), ctypes.byref(params)) != 0:
-            raise SystemExit(f"llama.cpp could not requantize {args.model} to {args.quantize}")
+        requantize(args.model, model, args.quantize, os.cpu_count())
     llm = Llama(model, n_ctx=2048, n_threads=os.cpu_count(), logits_all=True, verbose=False)
     tok = lambda text: llm.tokenize(text.encode(), add_bos=False, special=True)  # noqa: E731
-    pool = paragraphs()
+    pool = stdlib_paragraphs()
     checked = mismatches = 0
     worst = 0.0
 

@@ -17,12 +17,12 @@ context, the next 1-4 words the continuation; generation prompts are 4-40 word o
 tokens, stopping at EOS. Scoring evaluates context + continuation in one batch, generation evaluates
 the prompt in one batch and then one token at a time, as llama-cpp-python's callers do.
 """
-import glob, json, os, random, re, sys
+import glob, json, os, random, sys
 
 from llama_cpp import Llama
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llamacpp_reference import greedy, logprobs  # noqa: E402
+from llamacpp_reference import greedy, logprobs, paragraphs  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 MODEL = os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -38,7 +38,7 @@ for f in sources:
         t = open(f, encoding="utf-8").read()
     except (UnicodeDecodeError, IsADirectoryError):
         continue
-    texts += [p.strip() for p in re.split(r"\n\s*\n", t) if 40 < len(p.strip()) < 1500]
+    texts += [p.strip() for p in paragraphs(t, 1500)]
 rng.shuffle(texts)
 
 

@@ -9,27 +9,25 @@ Build llama-cpp-python as `make_llamacpp_goldens.py` says (AVX2), then:
 
     /tmp/llavx2/bin/python tests/goldens/make_requant_goldens.py
 """
-import ctypes, json, os, sys, tempfile
+import json, os, sys, tempfile
 
 import llama_cpp
 from llama_cpp import Llama
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llamacpp_reference import greedy, logprobs  # noqa: E402
+from llamacpp_reference import greedy, logprobs, requantize  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(HERE, "..", "..", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
-FTYPES = {"Q4_0": 2, "Q5_0": 8, "Q5_1": 9}  # llama_ftype
+TYPES = ["Q4_0", "Q5_0", "Q5_1"]
 
 
 def main():
     extra = json.load(open(os.path.join(HERE, "llamacpp_extra.json")))
     out = {"llama_cpp_python": llama_cpp.__version__}
-    for name, ftype in FTYPES.items():
+    for name in TYPES:
         path = os.path.join(tempfile.mkdtemp(), f"model.{name}.gguf")
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.allow_requantize, params.nthread = ftype, True, 1
-        assert llama_cpp.llama_model_quantize(MODEL.encode(), path.encode(), ctypes.byref(params)) == 0
+        requantize(MODEL, path, name)
         llm = Llama(path, n_ctx=2048, n_threads=os.cpu_count(), logits_all=True, verbose=False)
         score = []
         for c in extra["score"][:16]:
