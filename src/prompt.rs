@@ -110,7 +110,8 @@ fn render_row(c: &Compiled, task: &TaskConfig, row: &Row, loc: &str, example: bo
     let fail = |field: &str, names: std::collections::HashSet<String>, e: minijinja::Error| {
         let mut hint = String::new();
         if e.kind() == minijinja::ErrorKind::UndefinedError {
-            let given = |n: &str| row.fields.contains_key(n) || c.turns.is_some() && (n == "turn" || n == "turn_index") || environment().globals().any(|(g, _)| g == n);
+            let env = environment();
+            let given = |n: &str| row.fields.contains_key(n) || c.turns.is_some() && (n == "turn" || n == "turn_index") || env.globals().any(|(g, _)| g == n);
             let mut missing: Vec<String> = names.into_iter().filter(|n| !given(n)).collect();
             missing.sort();
             let quoted = |names: &mut dyn Iterator<Item = &String>| names.map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");

@@ -258,8 +258,7 @@ fn pack_panel_scalar(w: &Weight, p: usize, dst: &mut [u8]) {
                     dst[o + 16 + 2 * l..o + 18 + 2 * l].copy_from_slice(&blk[2..4]);
                     let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
                     for j in 0..32 {
-                        let nibble = if j < 16 { blk[8 + j] & 15 } else { blk[8 + j - 16] >> 4 };
-                        dst[o + 32 + 32 * (j / 4) + 4 * l + j % 4] = nibble | (((qh >> j) & 1) << 4) as u8;
+                        dst[o + 32 + 32 * (j / 4) + 4 * l + j % 4] = super::quant::q5_value(&blk[8..24], qh, j);
                     }
                 }
             }

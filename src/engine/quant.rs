@@ -62,13 +62,16 @@ pub fn as_q8_0(ty: GgmlType, src: &[u8]) -> Option<Vec<u8>> {
     for b in src.chunks_exact(bs) {
         out.extend_from_slice(&b[0..2]);
         let qh = if ty == GgmlType::Q5_0 { u32::from_le_bytes(field(b, 2)) } else { 0 };
-        let value = |j: usize| {
-            let nibble = if j < 16 { b[qs + j] & 0xf } else { b[qs + j - 16] >> 4 };
-            (i32::from(nibble) | (((qh >> j) & 1) << 4) as i32) - offset
-        };
-        out.extend((0..32).map(|j| value(j) as i8 as u8));
+        out.extend((0..32).map(|j| (i32::from(q5_value(&b[qs..qs + 16], qh, j)) - offset) as i8 as u8));
     }
     Some(out)
+}
+
+/// Value `j` (0..32) of a Q4/Q5 block as stored, before its offset or scale: nibble `j` of the
+/// 16 bytes `qs` (low nibbles first, then high), with bit `j` of `qh` (0 for Q4) on top.
+pub fn q5_value(qs: &[u8], qh: u32, j: usize) -> u8 {
+    let nibble = if j < 16 { qs[j] & 0xf } else { qs[j - 16] >> 4 };
+    nibble | (((qh >> j) & 1) << 4) as u8
 }
 
 /// Decodes whole blocks of `ty` into a new vector; `src.len()` must be a multiple of the block bytes.
