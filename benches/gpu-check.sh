@@ -104,12 +104,22 @@ step() { # step SECONDS command...: runs with a time limit, logs, records a fail
   set -e
   if [ "$rc" -eq 124 ]; then log "gpu-check: '$*' ran past ${limit}s"; fi
   if [ "$rc" -ne 0 ]; then status=1; fi
+  last=$rc
+}
+# after a check that could not start the GPU or load the model (exit 2), the rest would fail the
+# same way: stop, and keep the lent machine's time for a rerun
+stop_if_no_gpu() {
+  if [ "${last:-0}" -eq 2 ]; then
+    log "== stopped: the GPU or the model did not start (see above) after $(($(date +%s) - START)) s"
+    exit 1
+  fi
 }
 
 if [ "$MODE" != "--second" ]; then
   [ -f $RAND/model.safetensors ] || step 90 python3 benches/gpu_check.py write-model $RAND
   log "== random 1.1B LLaMA: GPU f32 vs the CPU's exact path (≤ 1e-2 nats per token, identical greedy tokens; bitwise batch invariance in f32 and the fast type)"
   step 170 "$BIN" check $RAND --label random-1.1b
+  stop_if_no_gpu
   log "== random 1.1B LLaMA: speed (fast path), launch-by-launch profile"
   step 90 "$BIN" speed $RAND --label random-1.1b ${BW:+--bandwidth $BW} --json "$OUTDIR/llmeval-speed.json"
   log "== PyTorch + transformers, bf16, same card, same model"
@@ -152,6 +162,7 @@ if [ "$MODE" != "--first" ]; then
   fi
   log "== default model: GPU f32 vs the CPU's exact path on tests/goldens/llamacpp_extra.json (≤ 1e-2 nats per token, identical greedy tokens; bitwise batch invariance in f32 and the fast type)"
   step 90 "$BIN" check "$MODEL" --golden tests/goldens/llamacpp_extra.json --label default-model
+  stop_if_no_gpu
   log "== default model: speed (fast path)"
   step 40 "$BIN" speed "$MODEL" --label default-model ${BW:+--bandwidth $BW}
 fi
