@@ -17,10 +17,15 @@ pub enum Kernel {
     Matvec,
     MatvecW8R2U8,
     MatvecW8R1U8,
+    MatvecW4R2U4P,
+    MatvecW4R2U8,
+    MatvecW4R1U8,
+    MatvecW4R1U4P,
+    MatvecW8R1U4P,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 9] = [
+    pub const ALL: [Kernel; 14] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::RopeStore,
@@ -30,6 +35,11 @@ impl Kernel {
         Kernel::Matvec,
         Kernel::MatvecW8R2U8,
         Kernel::MatvecW8R1U8,
+        Kernel::MatvecW4R2U4P,
+        Kernel::MatvecW4R2U8,
+        Kernel::MatvecW4R1U8,
+        Kernel::MatvecW4R1U4P,
+        Kernel::MatvecW8R1U4P,
     ];
 
     /// The `extern "C"` name in the source.
@@ -44,6 +54,11 @@ impl Kernel {
             Kernel::Matvec => "matvec",
             Kernel::MatvecW8R2U8 => "matvec_w8r2u8",
             Kernel::MatvecW8R1U8 => "matvec_w8r1u8",
+            Kernel::MatvecW4R2U4P => "matvec_w4r2u4p",
+            Kernel::MatvecW4R2U8 => "matvec_w4r2u8",
+            Kernel::MatvecW4R1U8 => "matvec_w4r1u8",
+            Kernel::MatvecW4R1U4P => "matvec_w4r1u4p",
+            Kernel::MatvecW8R1U4P => "matvec_w8r1u4p",
         }
     }
 
@@ -72,6 +87,8 @@ pub struct MvShape {
     pub warps: u32,
     pub rows: u32,
     pub unroll: u32,
+    /// the next `unroll` loads go out before the arithmetic on the last ones
+    pub pipelined: bool,
 }
 
 /// Input rows per block of the decode products (`MV_M` in the source).
@@ -79,10 +96,15 @@ pub const MV_M: usize = 8;
 
 /// The decode products' shapes, in the order of their `LLM_KERNEL` lines; the first is the one
 /// used when nothing was timed.
-pub const MV_SHAPES: [MvShape; 3] = [
-    MvShape { kernel: Kernel::Matvec, warps: 8, rows: 2, unroll: 4 },
-    MvShape { kernel: Kernel::MatvecW8R2U8, warps: 8, rows: 2, unroll: 8 },
-    MvShape { kernel: Kernel::MatvecW8R1U8, warps: 8, rows: 1, unroll: 8 },
+pub const MV_SHAPES: [MvShape; 8] = [
+    MvShape { kernel: Kernel::Matvec, warps: 8, rows: 2, unroll: 4, pipelined: false },
+    MvShape { kernel: Kernel::MatvecW8R2U8, warps: 8, rows: 2, unroll: 8, pipelined: false },
+    MvShape { kernel: Kernel::MatvecW8R1U8, warps: 8, rows: 1, unroll: 8, pipelined: false },
+    MvShape { kernel: Kernel::MatvecW4R2U4P, warps: 4, rows: 2, unroll: 4, pipelined: true },
+    MvShape { kernel: Kernel::MatvecW4R2U8, warps: 4, rows: 2, unroll: 8, pipelined: false },
+    MvShape { kernel: Kernel::MatvecW4R1U8, warps: 4, rows: 1, unroll: 8, pipelined: false },
+    MvShape { kernel: Kernel::MatvecW4R1U4P, warps: 4, rows: 1, unroll: 4, pipelined: true },
+    MvShape { kernel: Kernel::MatvecW8R1U4P, warps: 8, rows: 1, unroll: 4, pipelined: true },
 ];
 
 impl MvShape {
@@ -98,9 +120,9 @@ impl MvShape {
     pub fn makes(&self, out: i32) -> bool {
         out == MV_F32 || self.rows == 2
     }
-    /// `w8 r2 u4`
+    /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined)
     pub fn name(&self) -> String {
-        format!("w{} r{} u{}", self.warps, self.rows, self.unroll)
+        format!("w{} r{} u{}{}", self.warps, self.rows, self.unroll, if self.pipelined { " p" } else { "" })
     }
 }
 
@@ -150,7 +172,7 @@ kernel_args!(RopeArgs => RopeStore {
 });
 kernel_args!(AttnArgs => Attention {
     qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr, counters: DPtr, att: DPtr,
-    n_tiles: i32, nh: i32, nkv: i32, hd: i32, bs: i32, split_len: i32, max_splits: i32, scale: f32,
+    n_tiles: i32, nh: i32, nkv: i32, hd: i32, bs: i32, split_len: i32, max_splits: i32, row_stride: i32, scale: f32,
 });
 kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });

@@ -87,12 +87,40 @@ __device__ __forceinline__ float k2f(kt x) { return bf16_to_f(x); }
 __device__ __forceinline__ kt f2k(float x) { return f_to_bf16(x); }
 #endif
 
+// 16 bytes: a vector load of weights, cached keys or values (V16) or of f32 values (F4)
+struct alignas(16) V16 { unsigned u[4]; };
+struct alignas(16) F4 { float v[4]; };
+#define KV_VEC (16 / (int)sizeof(kt))  // cached key or value elements per 16-byte load
+__device__ __forceinline__ void unpack_k(const V16 q, float* f) {
+#if LLM_KT == 0
+#pragma unroll
+  for (int i = 0; i < 4; i++) f[i] = __uint_as_float(q.u[i]);
+#else
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    f[2 * i] = k2f((kt)(q.u[i] & 0xffffu));
+    f[2 * i + 1] = k2f((kt)(q.u[i] >> 16));
+  }
+#endif
+}
+// A load that reads another block's writes (after its __threadfence) from L2, past L1.
+#ifdef LLM_HOST
+static inline float ld_l2(const float* p) { return *p; }
+#else
+__device__ __forceinline__ float ld_l2(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+#endif
+
 // Attention geometry (mirrored by src/engine/cuda/mod.rs).
 #define ATT_WARPS 4       // warps per attention block
 #define ATT_ROWS_PER_WARP 4
 #define ATT_ROWS 16       // query rows (token × head of one KV group) per block
 #define ATT_BK 32         // keys per shared-memory tile
 #define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
+#define ATT_LOADS 2       // 16-byte loads of keys (and as many of values) in flight per thread
 
 // Sum of a block's `v` (blockDim.x a multiple of 32, ≤ 1024) in a fixed tree order; every thread
 // gets the total. `scratch` holds 32 floats.
@@ -237,8 +265,8 @@ struct AttnArgs {
   const int* pos;         // [n]
   const int* blk_off;     // [seqs]
   const int* tables;
-  float* part_acc;        // [n_tiles × nkv × max_splits × ATT_ROWS × hd]
-  float* part_ml;         // [n_tiles × nkv × max_splits × ATT_ROWS × 2]
+  float* part_acc;        // [n_tiles × nkv × max_splits × row_stride × hd]
+  float* part_ml;         // [n_tiles × nkv × max_splits × row_stride × 2]
   int* counters;          // [n_tiles × nkv], zero between launches
   wt* att;                // [n × nh·hd]
   int n_tiles;
@@ -248,6 +276,7 @@ struct AttnArgs {
   int bs;
   int split_len;
   int max_splits;
+  int row_stride;         // partial rows per (tile, KV head, split): ≥ a tile's rows
   float scale;
 };
 LLM_KERNEL(attention, AttnArgs) {
@@ -269,10 +298,10 @@ LLM_KERNEL(attention, AttnArgs) {
   float* Ks = smem;                        // [ATT_BK × (hd + 1)]
   float* Vs = Ks + ATT_BK * (hd + 1);      // [ATT_BK × hd]
   float* Qs = Vs + ATT_BK * hd;            // [ATT_ROWS × hd]
-  for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+  for (int i = 4 * threadIdx.x; i < rows * hd; i += 4 * blockDim.x) {
     const int r = i / hd, d = i % hd;
     const int tok = t0 + r / group, head = kvh * group + r % group;
-    Qs[i] = a.qkv[(long long)tok * width + head * hd + d];
+    *(F4*)(Qs + i) = *(const F4*)(a.qkv + (long long)tok * width + head * hd + d);
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // this warp's rows: warp, warp + ATT_WARPS, ... below `rows` (uniform across the warp)
@@ -291,11 +320,32 @@ LLM_KERNEL(attention, AttnArgs) {
   for (int kb = k_lo; kb <= k_hi; kb += ATT_BK) {
     const int nk = min(ATT_BK, k_hi - kb + 1);
     __syncthreads();
-    for (int i = threadIdx.x; i < nk * hd; i += blockDim.x) {
-      const int j = i / hd, d = i % hd, p = kb + j;
-      const long long slot = kv_slot(table, p, a.bs);
-      Ks[j * (hd + 1) + d] = k2f(a.kc[slot * kvd + kvh * hd + d]);
-      Vs[j * hd + d] = k2f(a.vc[slot * kvd + kvh * hd + d]);
+    // the tile's keys and values in 16-byte loads, ATT_LOADS of each in flight per thread
+    const int chunks = hd / KV_VEC, total = nk * chunks;
+    for (int i0 = threadIdx.x; i0 < total; i0 += ATT_LOADS * blockDim.x) {
+      V16 kq[ATT_LOADS], vq[ATT_LOADS];
+#pragma unroll
+      for (int u = 0; u < ATT_LOADS; u++) {
+        const int i = i0 + u * blockDim.x;
+        if (i >= total) break;
+        const long long at = kv_slot(table, kb + i / chunks, a.bs) * kvd + kvh * hd + (i % chunks) * KV_VEC;
+        kq[u] = *(const V16*)(a.kc + at);
+        vq[u] = *(const V16*)(a.vc + at);
+      }
+#pragma unroll
+      for (int u = 0; u < ATT_LOADS; u++) {
+        const int i = i0 + u * blockDim.x;
+        if (i >= total) break;
+        const int j = i / chunks, d0 = (i % chunks) * KV_VEC;
+        float kf[KV_VEC], vf[KV_VEC];
+        unpack_k(kq[u], kf);
+        unpack_k(vq[u], vf);
+#pragma unroll
+        for (int e = 0; e < KV_VEC; e++) {
+          Ks[j * (hd + 1) + d0 + e] = kf[e];
+          Vs[j * hd + d0 + e] = vf[e];
+        }
+      }
     }
     __syncthreads();
     if (nr == 0) continue;  // uniform; the next tile's barrier is still reached
@@ -358,7 +408,7 @@ LLM_KERNEL(attention, AttnArgs) {
       }
     }
   }
-  const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * ATT_ROWS;
+  const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * a.row_stride;
 #pragma unroll
   for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
     const int r = j * ATT_WARPS + warp;
@@ -384,24 +434,22 @@ LLM_KERNEL(attention, AttnArgs) {
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // merge each row's splits in split order and normalise (volatile: other blocks' writes, past L1)
-  const volatile float* pacc = a.part_acc;
-  const volatile float* pml = a.part_ml;
+  // merge each row's splits in split order and normalise (other blocks' writes, read from L2)
   const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
   for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
     const int r = i / hd, d = i % hd;
     const int tok = t0 + r / group, head = kvh * group + r % group;
     const int ns = a.pos[tok] / a.split_len + 1;
     float mx = -LLM_INF;
-    for (int s = 0; s < ns; s++) mx = fmaxf(mx, pml[((first + s) * ATT_ROWS + r) * 2]);
+    for (int s = 0; s < ns; s++) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
     float num = 0.0f, den = 0.0f;
     for (int s = 0; s < ns; s++) {
-      const long long pr = (first + s) * ATT_ROWS + r;
-      const float ms = pml[pr * 2];
+      const long long pr = (first + s) * a.row_stride + r;
+      const float ms = ld_l2(a.part_ml + pr * 2);
       if (ms == -LLM_INF) continue;
       const float w = expf(ms - mx);
-      den += pml[pr * 2 + 1] * w;
-      num += pacc[pr * hd + d] * w;
+      den += ld_l2(a.part_ml + pr * 2 + 1) * w;
+      num += ld_l2(a.part_acc + pr * hd + d) * w;
     }
     a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num / den);
   }
@@ -515,8 +563,6 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
 #define MV_QKV 2
 #define MV_VEC (16 / (int)sizeof(wt))  // weights per 16-byte load
 
-struct alignas(16) V16 { unsigned u[4]; };
-struct alignas(16) F4 { float v[4]; };
 
 __device__ __forceinline__ void unpack_w(const V16 q, float* f) {
 #if LLM_WT == 0
@@ -570,8 +616,9 @@ struct MatvecArgs {
   float eps;
 };
 // W warps a block (grid.y covers n / (W·R) of them), R weight rows a warp (2 with MV_GLU and
-// MV_QKV: a gate/up or rotated pair), U loads of a weight row in flight per lane
-template <int W, int R, int U>
+// MV_QKV: a gate/up or rotated pair), U loads of a weight row in flight per lane; P = 1: the next
+// U loads go out before the arithmetic on these (twice the registers, no gap between rounds)
+template <int W, int R, int U, int P>
 __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
   __shared__ float s_scale[MV_M];
   __shared__ int s_src[MV_M];
@@ -619,7 +666,15 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
 #pragma unroll
     for (int r = 0; r < MV_M; r++) acc[rr][r] = 0.0f;
   for (int base = base0; base < a.k; base += U * step) {
-    if (base != base0) {
+    V16 nq[P ? U : 1][R] = {};
+    if constexpr (P != 0) {
+      const int nb = base + U * step;
+#pragma unroll
+      for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int rr = 0; rr < R; rr++)
+          if (nb + u * step < a.k) nq[u][rr] = *(const V16*)(wrow[rr] + nb + u * step);
+    } else if (base != base0) {
 #pragma unroll
       for (int u = 0; u < U; u++)
 #pragma unroll
@@ -651,6 +706,12 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
 #pragma unroll
           for (int e = 0; e < MV_VEC; e++) acc[rr][r] += wf[rr][e] * in[e];
       }
+    }
+    if constexpr (P != 0) {
+#pragma unroll
+      for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) wq[u][rr] = nq[u][rr];
     }
   }
 #pragma unroll
@@ -700,6 +761,11 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
 }
 
 // The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).
-LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4>(a); }
-LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8>(a); }
-LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8>(a); }
+LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0>(a); }
+LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0>(a); }
+LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0>(a); }
+LLM_KERNEL(matvec_w4r2u4p, MatvecArgs) { matvec_body<4, 2, 4, 1>(a); }
+LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0>(a); }
+LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0>(a); }
+LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1>(a); }
+LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1>(a); }

@@ -40,9 +40,10 @@ const ATT_ROWS: usize = 16;
 /// Keys per shared-memory tile of the attention kernel (`ATT_BK`).
 const ATT_BK: usize = 32;
 /// A decode step's attention splits each sequence's keys into at most this many blocks (of a
-/// power-of-two length, 64 keys at least), merged in order: enough blocks to keep the GPU busy at
-/// batch 1. The split length depends on the model's context length only.
-const DECODE_SPLITS: usize = 32;
+/// power-of-two length, one tile of `ATT_BK` keys at least), merged in order: enough blocks to
+/// keep the GPU busy at batch 1, each with little to walk. The split length depends on the
+/// model's context length only.
+const DECODE_SPLITS: usize = 256;
 /// KV cache memory at most.
 const KV_MAX_BYTES: usize = 16 << 30;
 /// The longest sequence the GPU engine runs (sizes its scratch buffers).
@@ -243,6 +244,8 @@ struct PassShape {
     /// keys per split of the attention, and splits per tile
     split: usize,
     max_splits: usize,
+    /// partial rows per (tile, KV head, split): the most rows a tile has
+    row_stride: usize,
     /// a decode step: its products run as the fused matvec kernel (when the sizes allow)
     decode: bool,
 }
@@ -425,9 +428,10 @@ impl GpuModel {
         let chunk = if chunk >= gr { chunk / gr * gr } else { chunk };
         let chunk_gemm = chunk.div_ceil(gr) * gr;
         let tile_cap = t / tile_tokens + s;
-        let decode_split = (ctx / DECODE_SPLITS).next_power_of_two().max(64);
+        let decode_split = (ctx / DECODE_SPLITS).next_power_of_two().max(ATT_BK);
         let dec_splits = ctx.div_ceil(decode_split).next_power_of_two();
-        let part_rows = (tile_cap * nkv).max(GEN_SLOTS * nkv * dec_splits) * ATT_ROWS;
+        // a decode step's tiles are one token, `group` rows (see `Inner::run`)
+        let part_rows = (tile_cap * nkv * ATT_ROWS).max(GEN_SLOTS * nkv * dec_splits * group);
         let table_cap = s * ctx.div_ceil(BLOCK);
 
         let mut inner = Inner {
@@ -695,7 +699,7 @@ impl Inner {
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
             // att [n × q_dim]: the key splits and their merge in one launch
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
-            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, scale })?;
+            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
@@ -896,11 +900,13 @@ impl Forward for Inner {
         let (n, w, nt, spans) = (p.tokens(), p.want.len(), p.tiles(), p.blk_off.len());
         let nkv = self.cfg.n_kv_heads;
         let (split, max_splits) = if decode { (self.decode_split, (p.max_pos() / self.decode_split + 1).next_power_of_two()) } else { (MAX_CONTEXT, 1) };
+        let group = self.cfg.n_heads / nkv;
+        let row_stride = if decode { p.tiles.chunks_exact(4).map(|t| t[2] as usize).max().unwrap_or(1) * group } else { ATT_ROWS };
         let label = self.gpu.label().to_string();
-        if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * ATT_ROWS > self.part_rows {
+        if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * row_stride > self.part_rows {
             return Err(DeviceError::Cuda { device: label, what: "packing a pass".into(), detail: format!("{n} tokens, {w} rows, {spans} sequences, {nt} tiles, {} table entries, last position {} exceed the engine's buffers", p.tables.len(), p.max_pos()) });
         }
-        let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, decode };
+        let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, row_stride, decode };
         self.gpu.upload(self.buf.idx, &IdxAt::fill(p))?;
         if decode && self.graphs_work && !self.graphs.contains_key(&shape) {
             let this = &*self;

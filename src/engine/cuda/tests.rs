@@ -82,9 +82,9 @@ fn every_launched_kernel_is_in_the_source_with_the_same_arguments() {
         let strukt = args::all().into_iter().find(|a| a.0 == k.family()).expect("family has a struct").1;
         assert!(declared.contains(&(k.name().to_string(), strukt.to_string())), "LLM_KERNEL({}, {strukt}) is missing from kernels.cu", k.name());
     }
-    // each decode product shape's kernel instantiates the body with the table's (W, R, U)
+    // each decode product shape's kernel instantiates the body with the table's (W, R, U, P)
     for s in args::MV_SHAPES {
-        let line = format!("LLM_KERNEL({}, MatvecArgs) {{ matvec_body<{}, {}, {}>(a); }}", s.kernel.name(), s.warps, s.rows, s.unroll);
+        let line = format!("LLM_KERNEL({}, MatvecArgs) {{ matvec_body<{}, {}, {}, {}>(a); }}", s.kernel.name(), s.warps, s.rows, s.unroll, u8::from(s.pipelined));
         assert!(code.contains(&line), "kernels.cu lacks `{line}`");
     }
     assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len(), "a shape in kernels.cu that MV_SHAPES lacks");
