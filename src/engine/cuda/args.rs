@@ -10,7 +10,10 @@ pub enum Kernel {
     Embed,
     RmsNorm,
     RopeStore,
+    /// attention for any head_dim, and its bodies for head_dim 64 and 128
     Attention,
+    AttentionHd64,
+    AttentionHd128,
     Swiglu,
     LogitsReduce,
     /// the decode products, one kernel per [`MvShape`] (`matvec` is the first)
@@ -22,14 +25,19 @@ pub enum Kernel {
     MatvecW4R1U8,
     MatvecW4R1U4P,
     MatvecW8R1U4P,
+    MatvecW8R2U4G,
+    MatvecW4R2U4PG,
+    MatvecW4R1U4PG,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 19] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::RopeStore,
         Kernel::Attention,
+        Kernel::AttentionHd64,
+        Kernel::AttentionHd128,
         Kernel::Swiglu,
         Kernel::LogitsReduce,
         Kernel::Matvec,
@@ -40,6 +48,9 @@ impl Kernel {
         Kernel::MatvecW4R1U8,
         Kernel::MatvecW4R1U4P,
         Kernel::MatvecW8R1U4P,
+        Kernel::MatvecW8R2U4G,
+        Kernel::MatvecW4R2U4PG,
+        Kernel::MatvecW4R1U4PG,
     ];
 
     /// The `extern "C"` name in the source.
@@ -49,6 +60,8 @@ impl Kernel {
             Kernel::RmsNorm => "rms_norm",
             Kernel::RopeStore => "rope_store",
             Kernel::Attention => "attention",
+            Kernel::AttentionHd64 => "attention_hd64",
+            Kernel::AttentionHd128 => "attention_hd128",
             Kernel::Swiglu => "swiglu",
             Kernel::LogitsReduce => "logits_reduce",
             Kernel::Matvec => "matvec",
@@ -59,15 +72,28 @@ impl Kernel {
             Kernel::MatvecW4R1U8 => "matvec_w4r1u8",
             Kernel::MatvecW4R1U4P => "matvec_w4r1u4p",
             Kernel::MatvecW8R1U4P => "matvec_w8r1u4p",
+            Kernel::MatvecW8R2U4G => "matvec_w8r2u4_g",
+            Kernel::MatvecW4R2U4PG => "matvec_w4r2u4p_g",
+            Kernel::MatvecW4R1U4PG => "matvec_w4r1u4p_g",
         }
     }
 
-    /// The kernel whose argument struct this one takes (itself, or `Matvec` for its shapes).
+    /// The kernel whose argument struct this one takes (itself, `Matvec` for its shapes,
+    /// `Attention` for its head sizes).
     pub fn family(self) -> Kernel {
-        if self.mv_shape().is_some() {
-            Kernel::Matvec
-        } else {
-            self
+        match self {
+            _ if self.mv_shape().is_some() => Kernel::Matvec,
+            Kernel::AttentionHd64 | Kernel::AttentionHd128 => Kernel::Attention,
+            _ => self,
+        }
+    }
+
+    /// The attention kernel for heads of `head_dim`.
+    pub fn attention(head_dim: usize) -> Kernel {
+        match head_dim {
+            64 => Kernel::AttentionHd64,
+            128 => Kernel::AttentionHd128,
+            _ => Kernel::Attention,
         }
     }
 
@@ -89,6 +115,9 @@ pub struct MvShape {
     pub unroll: u32,
     /// the next `unroll` loads go out before the arithmetic on the last ones
     pub pipelined: bool,
+    /// at most this many blocks across the rows, each warp streaming several row groups in
+    /// turn (0: a warp for each group)
+    pub max_blocks: u32,
 }
 
 /// Input rows per block of the decode products (`MV_M` in the source).
@@ -96,15 +125,18 @@ pub const MV_M: usize = 8;
 
 /// The decode products' shapes, in the order of their `LLM_KERNEL` lines; the first is the one
 /// used when nothing was timed.
-pub const MV_SHAPES: [MvShape; 8] = [
-    MvShape { kernel: Kernel::Matvec, warps: 8, rows: 2, unroll: 4, pipelined: false },
-    MvShape { kernel: Kernel::MatvecW8R2U8, warps: 8, rows: 2, unroll: 8, pipelined: false },
-    MvShape { kernel: Kernel::MatvecW8R1U8, warps: 8, rows: 1, unroll: 8, pipelined: false },
-    MvShape { kernel: Kernel::MatvecW4R2U4P, warps: 4, rows: 2, unroll: 4, pipelined: true },
-    MvShape { kernel: Kernel::MatvecW4R2U8, warps: 4, rows: 2, unroll: 8, pipelined: false },
-    MvShape { kernel: Kernel::MatvecW4R1U8, warps: 4, rows: 1, unroll: 8, pipelined: false },
-    MvShape { kernel: Kernel::MatvecW4R1U4P, warps: 4, rows: 1, unroll: 4, pipelined: true },
-    MvShape { kernel: Kernel::MatvecW8R1U4P, warps: 8, rows: 1, unroll: 4, pipelined: true },
+pub const MV_SHAPES: [MvShape; 11] = [
+    MvShape { kernel: Kernel::Matvec, warps: 8, rows: 2, unroll: 4, pipelined: false, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW8R2U8, warps: 8, rows: 2, unroll: 8, pipelined: false, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW8R1U8, warps: 8, rows: 1, unroll: 8, pipelined: false, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW4R2U4P, warps: 4, rows: 2, unroll: 4, pipelined: true, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW4R2U8, warps: 4, rows: 2, unroll: 8, pipelined: false, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW4R1U8, warps: 4, rows: 1, unroll: 8, pipelined: false, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW4R1U4P, warps: 4, rows: 1, unroll: 4, pipelined: true, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW8R1U4P, warps: 8, rows: 1, unroll: 4, pipelined: true, max_blocks: 0 },
+    MvShape { kernel: Kernel::MatvecW8R2U4G, warps: 8, rows: 2, unroll: 4, pipelined: false, max_blocks: 256 },
+    MvShape { kernel: Kernel::MatvecW4R2U4PG, warps: 4, rows: 2, unroll: 4, pipelined: true, max_blocks: 384 },
+    MvShape { kernel: Kernel::MatvecW4R1U4PG, warps: 4, rows: 1, unroll: 4, pipelined: true, max_blocks: 384 },
 ];
 
 impl MvShape {
@@ -114,15 +146,17 @@ impl MvShape {
     }
     /// The grid of a product of `m` input rows and `n` weight rows.
     pub fn grid(&self, m: usize, n: usize) -> [u32; 3] {
-        [m.div_ceil(MV_M) as u32, n.div_ceil((self.warps * self.rows) as usize) as u32, 1]
+        let groups = n.div_ceil((self.warps * self.rows) as usize) as u32;
+        [m.div_ceil(MV_M) as u32, if self.max_blocks > 0 { groups.min(self.max_blocks) } else { groups }, 1]
     }
     /// Whether it can make output `out` (SwiGLU and RoPE need a warp to hold a pair of rows).
     pub fn makes(&self, out: i32) -> bool {
         out == MV_F32 || self.rows == 2
     }
-    /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined)
+    /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined), `w4 r2 u4 p ≤384` (at most 384 blocks)
     pub fn name(&self) -> String {
-        format!("w{} r{} u{}{}", self.warps, self.rows, self.unroll, if self.pipelined { " p" } else { "" })
+        let cap = if self.max_blocks > 0 { format!(" ≤{}", self.max_blocks) } else { String::new() };
+        format!("w{} r{} u{}{}{cap}", self.warps, self.rows, self.unroll, if self.pipelined { " p" } else { "" })
     }
 }
 

@@ -121,6 +121,7 @@ __device__ __forceinline__ float ld_l2(const float* p) {
 #define ATT_BK 32         // keys per shared-memory tile
 #define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
 #define ATT_LOADS 2       // 16-byte loads of keys (and as many of values) in flight per thread
+#define ATT_MERGE 16      // splits whose partials a thread loads together when it merges
 
 // Sum of a block's `v` (blockDim.x a multiple of 32, ≤ 1024) in a fixed tree order; every thread
 // gets the total. `scratch` holds 32 floats.
@@ -252,11 +253,13 @@ LLM_KERNEL(rope_store, RopeArgs) {
 // (row r to warp r % ATT_WARPS), so a decode tile's few rows keep every warp busy. A warp works
 // on its rows together, so each key and value element it reads from shared memory serves all of
 // them (lane = key for the scores, lane = output element for the values). The block covers keys
-// [split·split_len, (split+1)·split_len) up to the tile's last position and leaves, per row, the
-// running max m, the sum l of exp(s − m) and the unnormalised Σ exp(s − m)·v. The last of a
+// [split·split_len, (split+1)·split_len) up to the tile's last position, 32 keys at a time, the
+// next 32 keys' loads in flight while it works on these. With one split (a scoring pass) it
+// writes the normalised output itself. With several (a decode step) it leaves, per row, the
+// running max m, the sum l of exp(s − m) and the unnormalised Σ exp(s − m)·v; the last of a
 // (tile, KV head)'s blocks to finish (a ticket from `counters`, which it resets for the next
-// launch) merges the splits in split order and writes the normalised output: one launch, and the
-// result does not depend on which block finished last.
+// launch) merges the splits in split order: one launch, and the result does not depend on which
+// block finished last. The body is compiled for head_dim 64 and 128, and for any (`a.hd`).
 struct AttnArgs {
   const float* qkv;       // [n × (nh + 2·nkv)·hd], q rotated
   const kt* kc;           // this layer's keys
@@ -279,7 +282,39 @@ struct AttnArgs {
   int row_stride;         // partial rows per (tile, KV head, split): ≥ a tile's rows
   float scale;
 };
-LLM_KERNEL(attention, AttnArgs) {
+
+// Up to ATT_LOADS 16-byte loads each of keys and values, chunks i0, i0 + blockDim.x, … of the
+// 32-key tile from key kb (`chunks` a key).
+__device__ __forceinline__ void kv_fetch(const AttnArgs& a, const int* table, int kb, int i0, int total, int chunks, int koff, int kvd, V16* kq, V16* vq) {
+#pragma unroll
+  for (int u = 0; u < ATT_LOADS; u++) {
+    const int i = i0 + u * blockDim.x;
+    if (i >= total) break;
+    const long long at = kv_slot(table, kb + i / chunks, a.bs) * kvd + koff + (i % chunks) * KV_VEC;
+    kq[u] = *(const V16*)(a.kc + at);
+    vq[u] = *(const V16*)(a.vc + at);
+  }
+}
+// ... and their f32 values into the tile's shared rows: K [key × (hd + 4)], V [key × hd]
+__device__ __forceinline__ void kv_store(float* Ks, float* Vs, int hd, int i0, int total, int chunks, const V16* kq, const V16* vq) {
+#pragma unroll
+  for (int u = 0; u < ATT_LOADS; u++) {
+    const int i = i0 + u * blockDim.x;
+    if (i >= total) break;
+    const int j = i / chunks, d0 = (i % chunks) * KV_VEC;
+    float kf[KV_VEC], vf[KV_VEC];
+    unpack_k(kq[u], kf);
+    unpack_k(vq[u], vf);
+#pragma unroll
+    for (int e = 0; e < KV_VEC; e += 4) {
+      *(F4*)(Ks + j * (hd + 4) + d0 + e) = F4{{kf[e], kf[e + 1], kf[e + 2], kf[e + 3]}};
+      *(F4*)(Vs + j * hd + d0 + e) = F4{{vf[e], vf[e + 1], vf[e + 2], vf[e + 3]}};
+    }
+  }
+}
+
+template <int HD>  // head_dim, or 0: a.hd
+__device__ __forceinline__ void attention_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
   __shared__ int s_last;
   pdl_trigger();
@@ -287,7 +322,9 @@ LLM_KERNEL(attention, AttnArgs) {
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   if (tile >= a.n_tiles) return;
   const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
-  const int group = a.nh / a.nkv, hd = a.hd, nc = hd / 32;
+  const int hd = HD ? HD : a.hd;
+  constexpr int MAXC = HD ? HD / 32 : ATT_MAXC;  // output elements a lane holds, at most
+  const int group = a.nh / a.nkv, nc = hd / 32;
   const int rows = count * group;
   const int kmax = a.pos[t0 + count - 1];
   const int k_lo = split * a.split_len;
@@ -295,9 +332,14 @@ LLM_KERNEL(attention, AttnArgs) {
   const int k_hi = min(k_lo + a.split_len - 1, kmax);
   const int width = (a.nh + 2 * a.nkv) * hd, kvd = a.nkv * hd;
 
-  float* Ks = smem;                        // [ATT_BK × (hd + 1)]
-  float* Vs = Ks + ATT_BK * (hd + 1);      // [ATT_BK × hd]
+  float* Ks = smem;                        // [ATT_BK × (hd + 4)]
+  float* Vs = Ks + ATT_BK * (hd + 4);      // [ATT_BK × hd]
   float* Qs = Vs + ATT_BK * hd;            // [ATT_ROWS × hd]
+  const int* table = a.tables + a.blk_off[seq];
+  const int chunks = hd / KV_VEC;  // 16-byte loads a key (or value) row
+  // the first tile's first loads go out with the queries'
+  V16 kq[ATT_LOADS], vq[ATT_LOADS];
+  kv_fetch(a, table, k_lo, threadIdx.x, min(ATT_BK, k_hi - k_lo + 1) * chunks, chunks, kvh * hd, kvd, kq, vq);
   for (int i = 4 * threadIdx.x; i < rows * hd; i += 4 * blockDim.x) {
     const int r = i / hd, d = i % hd;
     const int tok = t0 + r / group, head = kvh * group + r % group;
@@ -306,7 +348,7 @@ LLM_KERNEL(attention, AttnArgs) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   // this warp's rows: warp, warp + ATT_WARPS, ... below `rows` (uniform across the warp)
   const int nr = warp < rows ? (rows - warp + ATT_WARPS - 1) / ATT_WARPS : 0;
-  float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][ATT_MAXC];
+  float m[ATT_ROWS_PER_WARP], l[ATT_ROWS_PER_WARP], acc[ATT_ROWS_PER_WARP][MAXC];
   int qpos[ATT_ROWS_PER_WARP];
 #pragma unroll
   for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
@@ -314,40 +356,20 @@ LLM_KERNEL(attention, AttnArgs) {
     l[j] = 0.0f;
     qpos[j] = j < nr ? a.pos[t0 + (j * ATT_WARPS + warp) / group] : -1;
 #pragma unroll
-    for (int c = 0; c < ATT_MAXC; c++) acc[j][c] = 0.0f;
+    for (int c = 0; c < MAXC; c++) acc[j][c] = 0.0f;
   }
-  const int* table = a.tables + a.blk_off[seq];
   for (int kb = k_lo; kb <= k_hi; kb += ATT_BK) {
-    const int nk = min(ATT_BK, k_hi - kb + 1);
+    const int nk = min(ATT_BK, k_hi - kb + 1), here = nk * chunks;
     __syncthreads();
-    // the tile's keys and values in 16-byte loads, ATT_LOADS of each in flight per thread
-    const int chunks = hd / KV_VEC, total = nk * chunks;
-    for (int i0 = threadIdx.x; i0 < total; i0 += ATT_LOADS * blockDim.x) {
-      V16 kq[ATT_LOADS], vq[ATT_LOADS];
-#pragma unroll
-      for (int u = 0; u < ATT_LOADS; u++) {
-        const int i = i0 + u * blockDim.x;
-        if (i >= total) break;
-        const long long at = kv_slot(table, kb + i / chunks, a.bs) * kvd + kvh * hd + (i % chunks) * KV_VEC;
-        kq[u] = *(const V16*)(a.kc + at);
-        vq[u] = *(const V16*)(a.vc + at);
-      }
-#pragma unroll
-      for (int u = 0; u < ATT_LOADS; u++) {
-        const int i = i0 + u * blockDim.x;
-        if (i >= total) break;
-        const int j = i / chunks, d0 = (i % chunks) * KV_VEC;
-        float kf[KV_VEC], vf[KV_VEC];
-        unpack_k(kq[u], kf);
-        unpack_k(vq[u], vf);
-#pragma unroll
-        for (int e = 0; e < KV_VEC; e++) {
-          Ks[j * (hd + 1) + d0 + e] = kf[e];
-          Vs[j * hd + d0 + e] = vf[e];
-        }
-      }
+    kv_store(Ks, Vs, hd, threadIdx.x, here, chunks, kq, vq);
+    // the rest of a tile wider than one round of loads (f32, or a wide head)
+    for (int i0 = threadIdx.x + ATT_LOADS * blockDim.x; i0 < here; i0 += ATT_LOADS * blockDim.x) {
+      kv_fetch(a, table, kb, i0, here, chunks, kvh * hd, kvd, kq, vq);
+      kv_store(Ks, Vs, hd, i0, here, chunks, kq, vq);
     }
     __syncthreads();
+    // the next tile's first loads, in flight during this tile's arithmetic
+    if (kb + ATT_BK <= k_hi) kv_fetch(a, table, kb + ATT_BK, threadIdx.x, min(ATT_BK, k_hi - kb - ATT_BK + 1) * chunks, chunks, kvh * hd, kvd, kq, vq);
     if (nr == 0) continue;  // uniform; the next tile's barrier is still reached
     // lane = key: its scores against all the warp's rows, each key element read once
     const int key = kb + lane;
@@ -362,12 +384,17 @@ LLM_KERNEL(attention, AttnArgs) {
       float dot[ATT_ROWS_PER_WARP];
 #pragma unroll
       for (int j = 0; j < ATT_ROWS_PER_WARP; j++) dot[j] = 0.0f;
-      const float* k = Ks + lane * (hd + 1);
-      for (int d = 0; d < hd; d++) {
-        const float kd = k[d];
+      const float* k = Ks + lane * (hd + 4);
+#pragma unroll(HD ? HD / 4 : 1)
+      for (int d = 0; d < hd; d += 4) {
+        const F4 kd = *(const F4*)(k + d);
 #pragma unroll
-        for (int j = 0; j < ATT_ROWS_PER_WARP; j++)
-          if (j < nr) dot[j] += Qs[(j * ATT_WARPS + warp) * hd + d] * kd;
+        for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
+          if (j >= nr) break;  // uniform
+          const F4 q = *(const F4*)(Qs + (j * ATT_WARPS + warp) * hd + d);
+#pragma unroll
+          for (int e = 0; e < 4; e++) dot[j] += q.v[e] * kd.v[e];
+        }
       }
 #pragma unroll
       for (int j = 0; j < ATT_ROWS_PER_WARP; j++)
@@ -390,23 +417,35 @@ LLM_KERNEL(attention, AttnArgs) {
       for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(FULL_MASK, ps, o);
       l[j] = l[j] * corr + ps;
 #pragma unroll
-      for (int c = 0; c < ATT_MAXC; c++) acc[j][c] *= corr;
+      for (int c = 0; c < MAXC; c++) acc[j][c] *= corr;
       m[j] = new_m;
     }
     // lane = output element: each value element read once for all the warp's rows
     for (int kk = 0; kk < nk; kk++) {
-      float v[ATT_MAXC];
+      float v[MAXC];
 #pragma unroll
-      for (int c = 0; c < ATT_MAXC; c++) v[c] = c < nc ? Vs[kk * hd + lane + 32 * c] : 0.0f;
+      for (int c = 0; c < MAXC; c++) v[c] = c < nc ? Vs[kk * hd + lane + 32 * c] : 0.0f;
 #pragma unroll
       for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
         if (!live[j]) continue;  // uniform
         const float pk = __shfl_sync(FULL_MASK, p[j], kk);
 #pragma unroll
-        for (int c = 0; c < ATT_MAXC; c++)
+        for (int c = 0; c < MAXC; c++)
           if (c < nc) acc[j][c] += pk * v[c];
       }
     }
+  }
+  if (a.max_splits == 1) {  // every key is this block's: the output, as the merge would make it
+#pragma unroll
+    for (int j = 0; j < ATT_ROWS_PER_WARP; j++) {
+      const int r = j * ATT_WARPS + warp;
+      if (r >= rows) continue;
+      const int tok = t0 + r / group, head = kvh * group + r % group;
+#pragma unroll
+      for (int c = 0; c < MAXC; c++)
+        if (c < nc) a.att[(long long)tok * a.nh * hd + head * hd + lane + 32 * c] = f2w(acc[j][c] / l[j]);
+    }
+    return;
   }
   const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * a.row_stride;
 #pragma unroll
@@ -414,7 +453,7 @@ LLM_KERNEL(attention, AttnArgs) {
     const int r = j * ATT_WARPS + warp;
     if (r >= rows) continue;
 #pragma unroll
-    for (int c = 0; c < ATT_MAXC; c++)
+    for (int c = 0; c < MAXC; c++)
       if (c < nc) a.part_acc[(base + r) * hd + lane + 32 * c] = acc[j][c];
     if (lane == 0) {
       a.part_ml[(base + r) * 2] = m[j];
@@ -434,27 +473,46 @@ LLM_KERNEL(attention, AttnArgs) {
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // merge each row's splits in split order and normalise (other blocks' writes, read from L2)
+  // merge each row's splits in split order and normalise (other blocks' writes, read from L2,
+  // ATT_MERGE splits' loads in flight at a time)
   const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
   for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
     const int r = i / hd, d = i % hd;
     const int tok = t0 + r / group, head = kvh * group + r % group;
     const int ns = a.pos[tok] / a.split_len + 1;
     float mx = -LLM_INF;
-    for (int s = 0; s < ns; s++) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
+    for (int s0 = 0; s0 < ns; s0 += ATT_MERGE) {
+      float mv[ATT_MERGE];
+#pragma unroll
+      for (int u = 0; u < ATT_MERGE; u++) mv[u] = s0 + u < ns ? ld_l2(a.part_ml + ((first + s0 + u) * a.row_stride + r) * 2) : -LLM_INF;
+#pragma unroll
+      for (int u = 0; u < ATT_MERGE; u++) mx = fmaxf(mx, mv[u]);
+    }
     float num = 0.0f, den = 0.0f;
-    for (int s = 0; s < ns; s++) {
-      const long long pr = (first + s) * a.row_stride + r;
-      const float ms = ld_l2(a.part_ml + pr * 2);
-      if (ms == -LLM_INF) continue;
-      const float w = expf(ms - mx);
-      den += ld_l2(a.part_ml + pr * 2 + 1) * w;
-      num += ld_l2(a.part_acc + pr * hd + d) * w;
+    for (int s0 = 0; s0 < ns; s0 += ATT_MERGE) {
+      float mv[ATT_MERGE], lv[ATT_MERGE], av[ATT_MERGE];
+#pragma unroll
+      for (int u = 0; u < ATT_MERGE; u++) {
+        const long long pr = (first + s0 + u) * a.row_stride + r;
+        const bool in = s0 + u < ns;
+        mv[u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
+        lv[u] = in ? ld_l2(a.part_ml + pr * 2 + 1) : 0.0f;
+        av[u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < ATT_MERGE; u++) {
+        if (mv[u] == -LLM_INF) continue;  // a split with no visible key (or none at all)
+        const float w = expf(mv[u] - mx);
+        den += lv[u] * w;
+        num += av[u] * w;
+      }
     }
     a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num / den);
   }
 }
-
+LLM_KERNEL(attention, AttnArgs) { attention_body<0>(a); }
+LLM_KERNEL(attention_hd64, AttnArgs) { attention_body<64>(a); }
+LLM_KERNEL(attention_hd128, AttnArgs) { attention_body<128>(a); }
 
 // ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows interleave them: [g0 u0 g1 u1 …] ──
 struct SwigluArgs {
@@ -625,7 +683,9 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = blockIdx.x * MV_M, m = min(MV_M, a.m - r0);
   if (m <= 0) return;  // uniform across the block
-  const int j0 = (blockIdx.y * W + warp) * R;
+  // this warp's row groups: j0, j0 + jstep, … (one, unless the grid is smaller than the rows)
+  int j0 = (blockIdx.y * W + warp) * R;
+  const int jstep = gridDim.y * W * R;
   const wt* wrow[R];
 #pragma unroll
   for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
@@ -659,103 +719,123 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
     }
   }
   __syncthreads();
-  if (j0 >= a.n) return;
-  float acc[R][MV_M];
+  for (; j0 < a.n; j0 += jstep) {
+    float acc[R][MV_M];
 #pragma unroll
-  for (int rr = 0; rr < R; rr++)
+    for (int rr = 0; rr < R; rr++)
 #pragma unroll
-    for (int r = 0; r < MV_M; r++) acc[rr][r] = 0.0f;
-  for (int base = base0; base < a.k; base += U * step) {
-    V16 nq[P ? U : 1][R] = {};
-    if constexpr (P != 0) {
-      const int nb = base + U * step;
+      for (int r = 0; r < MV_M; r++) acc[rr][r] = 0.0f;
+    for (int base = base0; base < a.k; base += U * step) {
+      V16 nq[P ? U : 1][R] = {};
+      if constexpr (P != 0) {
+        const int nb = base + U * step;
+        if (nb < a.k) {
 #pragma unroll
-      for (int u = 0; u < U; u++)
+          for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int rr = 0; rr < R; rr++)
-          if (nb + u * step < a.k) nq[u][rr] = *(const V16*)(wrow[rr] + nb + u * step);
-    } else if (base != base0) {
+            for (int rr = 0; rr < R; rr++)
+              if (nb + u * step < a.k) nq[u][rr] = *(const V16*)(wrow[rr] + nb + u * step);
+        } else if (j0 + jstep < a.n) {  // the last round: the next row group's first loads
 #pragma unroll
-      for (int u = 0; u < U; u++)
+          for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int rr = 0; rr < R; rr++)
-          if (base + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base + u * step);
-    }
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int i = base + u * step;
-      if (i >= a.k) break;
-      float wf[R][MV_VEC];
-#pragma unroll
-      for (int rr = 0; rr < R; rr++) unpack_w(wq[u][rr], wf[rr]);
-#pragma unroll
-      for (int r = 0; r < MV_M; r++) {
-        if (r >= m) break;
-        float in[MV_VEC];
-        if (a.mode == MV_PLAIN) {
-          unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
-        } else {
-          float xs[MV_VEC], nw[MV_VEC];
-          load_f(a.x + (long long)s_src[r] * a.k + i, xs);
-          load_f(a.norm_w + i, nw);
-#pragma unroll
-          for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(xs[e] * s_scale[r] * nw[e]));
+            for (int rr = 0; rr < R; rr++)
+              if (base0 + u * step < a.k) nq[u][rr] = *(const V16*)(a.w + (long long)min(j0 + jstep + rr, a.n - 1) * a.k + base0 + u * step);
         }
+      } else if (base != base0) {
 #pragma unroll
-        for (int rr = 0; rr < R; rr++)
+        for (int u = 0; u < U; u++)
 #pragma unroll
-          for (int e = 0; e < MV_VEC; e++) acc[rr][r] += wf[rr][e] * in[e];
+          for (int rr = 0; rr < R; rr++)
+            if (base + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base + u * step);
       }
-    }
-    if constexpr (P != 0) {
 #pragma unroll
-      for (int u = 0; u < U; u++)
+      for (int u = 0; u < U; u++) {
+        const int i = base + u * step;
+        if (i >= a.k) break;
+        float wf[R][MV_VEC];
 #pragma unroll
-        for (int rr = 0; rr < R; rr++) wq[u][rr] = nq[u][rr];
-    }
-  }
+        for (int rr = 0; rr < R; rr++) unpack_w(wq[u][rr], wf[rr]);
 #pragma unroll
-  for (int r = 0; r < MV_M; r++) {
-    if (r >= m) break;
-    float v[R];
+        for (int r = 0; r < MV_M; r++) {
+          if (r >= m) break;
+          float in[MV_VEC];
+          if (a.mode == MV_PLAIN) {
+            unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
+          } else {
+            float xs[MV_VEC], nw[MV_VEC];
+            load_f(a.x + (long long)s_src[r] * a.k + i, xs);
+            load_f(a.norm_w + i, nw);
 #pragma unroll
-    for (int rr = 0; rr < R; rr++) {
-      v[rr] = acc[rr][r];
-      for (int o = 16; o > 0; o >>= 1) v[rr] += __shfl_xor_sync(FULL_MASK, v[rr], o);
-    }
-    if (lane != 0) continue;
-    if constexpr (R == 2) {
-      if (a.out == MV_GLU) {
-        ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(silu_mul(v[0], v[1]));
-        continue;
+            for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(xs[e] * s_scale[r] * nw[e]));
+          }
+#pragma unroll
+          for (int rr = 0; rr < R; rr++)
+#pragma unroll
+            for (int e = 0; e < MV_VEC; e++) acc[rr][r] += wf[rr][e] * in[e];
+        }
       }
-      if (a.out == MV_QKV) {
-        const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
-        float x0 = v[0], x1 = v[1];
-        if (a.bias) {
-          x0 += a.bias[j0];
-          x1 += a.bias[j0 + 1];
-        }
-        const int p = a.pos[t];
-        if (j0 < qd + kvd) rope_pair(x0, x1, p, a.inv_freq[(j0 % a.hd) / 2]);  // a q or k pair
-        if (j0 < qd) {
-          float* q = (float*)a.y + (long long)t * a.n + j0;
-          q[0] = x0;
-          q[1] = x1;
-        } else {
-          const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p, a.bs);
-          kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
-          dst[0] = f2k(x0);
-          dst[1] = f2k(x1);
-        }
-        continue;
+      if constexpr (P != 0) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+          for (int rr = 0; rr < R; rr++) wq[u][rr] = nq[u][rr];
       }
     }
 #pragma unroll
-    for (int rr = 0; rr < R; rr++) {
-      if (j0 + rr >= a.n) break;
-      float* out = (float*)a.y + (long long)(r0 + r) * a.n + j0 + rr;
-      *out = a.accumulate ? *out + v[rr] : v[rr];
+    for (int r = 0; r < MV_M; r++) {
+      if (r >= m) break;
+      float v[R];
+#pragma unroll
+      for (int rr = 0; rr < R; rr++) {
+        v[rr] = acc[rr][r];
+        for (int o = 16; o > 0; o >>= 1) v[rr] += __shfl_xor_sync(FULL_MASK, v[rr], o);
+      }
+      if (lane != 0) continue;
+      if constexpr (R == 2) {
+        if (a.out == MV_GLU) {
+          ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(silu_mul(v[0], v[1]));
+          continue;
+        }
+        if (a.out == MV_QKV) {
+          const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
+          float x0 = v[0], x1 = v[1];
+          if (a.bias) {
+            x0 += a.bias[j0];
+            x1 += a.bias[j0 + 1];
+          }
+          const int p = a.pos[t];
+          if (j0 < qd + kvd) rope_pair(x0, x1, p, a.inv_freq[(j0 % a.hd) / 2]);  // a q or k pair
+          if (j0 < qd) {
+            float* q = (float*)a.y + (long long)t * a.n + j0;
+            q[0] = x0;
+            q[1] = x1;
+          } else {
+            const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p, a.bs);
+            kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
+            dst[0] = f2k(x0);
+            dst[1] = f2k(x1);
+          }
+          continue;
+        }
+      }
+#pragma unroll
+      for (int rr = 0; rr < R; rr++) {
+        if (j0 + rr >= a.n) break;
+        float* out = (float*)a.y + (long long)(r0 + r) * a.n + j0 + rr;
+        *out = a.accumulate ? *out + v[rr] : v[rr];
+      }
+    }
+    if (j0 + jstep < a.n) {  // on to the next row group, its first loads already out if pipelined
+#pragma unroll
+      for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + jstep + rr, a.n - 1) * a.k;
+      if constexpr (P == 0) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+          for (int rr = 0; rr < R; rr++)
+            if (base0 + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base0 + u * step);
+      }
     }
   }
 }
@@ -769,3 +849,6 @@ LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0>(a); }
 LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0>(a); }
 LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1>(a); }
 LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1>(a); }
+LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0>(a); }
+LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1>(a); }
+LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1>(a); }

@@ -516,9 +516,9 @@ impl GpuModel {
             counters: inner.alloc(tile_cap * nkv * 4)?,
         };
         inner.buf = b;
-        let shared = (ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4;
+        let shared = (ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd) * 4;
         if shared > 48 * 1024 {
-            inner.gpu.set_shared(Kernel::Attention, shared)?;
+            inner.gpu.set_shared(Kernel::attention(hd), shared)?;
         }
         // ── KV cache: what memory is left, less a margin for cuBLAS, up to what can be used ──
         inner.gpu.sync()?;
@@ -669,7 +669,7 @@ impl Inner {
         let kt = self.gpu_prec_bytes();
         let es = self.prec.bytes();
         let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
-        let shared = ((ATT_BK * (hd + 1) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
+        let shared = ((ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
         let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, bs: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
@@ -699,7 +699,7 @@ impl Inner {
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
             // att [n × q_dim]: the key splits and their merge in one launch
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
-            g.launch([n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
+            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
