@@ -191,8 +191,9 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     println!("[{label}] {} · weights {:.2} GB ({}), KV cache {:.1} GB", e.device_label(), weights as f64 / 1e9, gpu.prec.name(), kv as f64 / 1e9);
     println!("[{label}] llmeval prefill {prefill:.0} tokens/s (512-token prompt)");
     println!("[{label}] llmeval decode batch 1: {decode1:.1} tokens/s · batch 32: {decode32:.1} tokens/s (128 tokens after a 512-token prompt)");
-    if let (Some(s1), Some(s32)) = (b1.decode_serial, b32.decode_serial) {
-        println!("[{label}] llmeval decode without overlapping launches (each kernel after the last has finished): batch 1 {s1:.1} tokens/s ({:+.1}%) · batch 32 {s32:.1} tokens/s ({:+.1}%)", 100.0 * (decode1 / s1 - 1.0), 100.0 * (decode32 / s32 - 1.0));
+    if let (Some((on, s1)), Some((_, s32))) = (b1.decode_other, b32.decode_other) {
+        let how = if on { "with overlapping launches (LLMEVAL_GPU_OVERLAP=on)" } else { "without overlapping launches (each kernel after the last has finished)" };
+        println!("[{label}] llmeval decode {how}: batch 1 {s1:.1} tokens/s ({:+.1}%) · batch 32 {s32:.1} tokens/s ({:+.1}%)", 100.0 * (s1 / decode1 - 1.0), 100.0 * (s32 / decode32 - 1.0));
     }
     println!("[{label}] llmeval log-likelihood: {} requests ({} groups of 4 choices, 192-token contexts) in {secs:.2} s = {:.0} requests/s, {:.0} tokens/s", reqs.len(), reqs.len() / 4, reqs.len() as f64 / secs, tokens as f64 / secs);
     // a decode step reads every matrix once (the embedding table only a row)
@@ -202,7 +203,7 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
         println!("[{label}] decode batch 1 bandwidth bound {b:.1} tokens/s ({:.3} GB read per token / {:.2} TB/s); llmeval at {:.0}% of it", per_token as f64 / 1e9, bandwidth.unwrap_or(0.0), 100.0 * decode1 / b);
     }
     if let Some(p) = json_out {
-        let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "decode_b1_serial_tokens_per_s": b1.decode_serial, "decode_b32_serial_tokens_per_s": b32.decode_serial,
+        let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "decode_b1_other_mode_tokens_per_s": b1.decode_other.map(|o| o.1), "decode_b32_other_mode_tokens_per_s": b32.decode_other.map(|o| o.1), "other_mode_overlaps": b1.decode_other.map(|o| o.0),
             "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
             "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes), "prefill_gemm_ways": llmeval::engine::cuda::profile::gemm_choices_json(&gemms)});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));

@@ -121,7 +121,8 @@ __device__ __forceinline__ float ld_l2(const float* p) {
 #define ATT_BK 32         // keys per shared-memory tile
 #define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
 #define ATT_LOADS 2       // 16-byte loads of keys (and as many of values) in flight per thread
-#define ATT_MERGE 16      // splits whose partials a thread loads together when it merges
+#define ATT_MERGE 8       // splits whose partials a thread loads together when it merges ...
+#define ATT_MERGE_E 4     // ... for each of this many output elements
 
 // Sum of a block's `v` (blockDim.x a multiple of 32, ≤ 1024) in a fixed tree order; every thread
 // gets the total. `scratch` holds 32 floats.
@@ -317,6 +318,7 @@ template <int HD>  // head_dim, or 0: a.hd
 __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
   __shared__ int s_last;
+  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
   pdl_trigger();
   pdl_wait();
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -473,41 +475,68 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // merge each row's splits in split order and normalise (other blocks' writes, read from L2,
-  // ATT_MERGE splits' loads in flight at a time)
+  // merge each row's splits in split order and normalise (other blocks' writes, read from L2):
+  // a warp a row finds the row's largest max and its sum Σ l·exp(m − max); then each thread
+  // takes ATT_MERGE_E output elements at once, ATT_MERGE splits' loads in flight for each
   const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
-  for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
-    const int r = i / hd, d = i % hd;
-    const int tok = t0 + r / group, head = kvh * group + r % group;
-    const int ns = a.pos[tok] / a.split_len + 1;
-    float mx = -LLM_INF;
-    for (int s0 = 0; s0 < ns; s0 += ATT_MERGE) {
-      float mv[ATT_MERGE];
-#pragma unroll
-      for (int u = 0; u < ATT_MERGE; u++) mv[u] = s0 + u < ns ? ld_l2(a.part_ml + ((first + s0 + u) * a.row_stride + r) * 2) : -LLM_INF;
-#pragma unroll
-      for (int u = 0; u < ATT_MERGE; u++) mx = fmaxf(mx, mv[u]);
+  for (int r = warp; r < rows; r += ATT_WARPS) {
+    const int ns = a.pos[t0 + r / group] / a.split_len + 1;
+    float mx = -LLM_INF, den = 0.0f;
+    for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
+    for (int s = lane; s < ns; s += 32) {
+      const long long pr = (first + s) * a.row_stride + r;
+      const float ms = ld_l2(a.part_ml + pr * 2), ls = ld_l2(a.part_ml + pr * 2 + 1);
+      if (ms != -LLM_INF) den += ls * expf(ms - mx);  // a split with no visible key adds nothing
     }
-    float num = 0.0f, den = 0.0f;
-    for (int s0 = 0; s0 < ns; s0 += ATT_MERGE) {
-      float mv[ATT_MERGE], lv[ATT_MERGE], av[ATT_MERGE];
+    for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(FULL_MASK, den, o);
+    if (lane == 0) {
+      s_mx[r] = mx;
+      s_den[r] = den;
+    }
+  }
+  __syncthreads();
+  for (int i0 = threadIdx.x; i0 < rows * hd; i0 += ATT_MERGE_E * blockDim.x) {
+    float num[ATT_MERGE_E];
+    int ns[ATT_MERGE_E];
 #pragma unroll
-      for (int u = 0; u < ATT_MERGE; u++) {
-        const long long pr = (first + s0 + u) * a.row_stride + r;
-        const bool in = s0 + u < ns;
-        mv[u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
-        lv[u] = in ? ld_l2(a.part_ml + pr * 2 + 1) : 0.0f;
-        av[u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
+    for (int e = 0; e < ATT_MERGE_E; e++) {
+      const int i = i0 + e * blockDim.x;
+      num[e] = 0.0f;
+      ns[e] = i < rows * hd ? a.pos[t0 + i / hd / group] / a.split_len + 1 : 0;
+    }
+    int most = 0;
+#pragma unroll
+    for (int e = 0; e < ATT_MERGE_E; e++) most = max(most, ns[e]);
+    for (int s0 = 0; s0 < most; s0 += ATT_MERGE) {
+      float mv[ATT_MERGE_E][ATT_MERGE], av[ATT_MERGE_E][ATT_MERGE];
+#pragma unroll
+      for (int e = 0; e < ATT_MERGE_E; e++) {
+        const int i = i0 + e * blockDim.x, r = i / hd, d = i % hd;
+#pragma unroll
+        for (int u = 0; u < ATT_MERGE; u++) {
+          const long long pr = (first + s0 + u) * a.row_stride + r;
+          const bool in = s0 + u < ns[e];
+          mv[e][u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
+          av[e][u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
+        }
       }
 #pragma unroll
-      for (int u = 0; u < ATT_MERGE; u++) {
-        if (mv[u] == -LLM_INF) continue;  // a split with no visible key (or none at all)
-        const float w = expf(mv[u] - mx);
-        den += lv[u] * w;
-        num += av[u] * w;
+      for (int e = 0; e < ATT_MERGE_E; e++) {
+        const int r = (i0 + e * blockDim.x) / hd;
+#pragma unroll
+        for (int u = 0; u < ATT_MERGE; u++)
+          if (mv[e][u] != -LLM_INF) num[e] += av[e][u] * expf(mv[e][u] - s_mx[r]);
       }
     }
-    a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num / den);
+#pragma unroll
+    for (int e = 0; e < ATT_MERGE_E; e++) {
+      const int i = i0 + e * blockDim.x;
+      if (i >= rows * hd) break;
+      const int r = i / hd, d = i % hd;
+      const int tok = t0 + r / group, head = kvh * group + r % group;
+      a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num[e] / s_den[r]);
+    }
   }
 }
 LLM_KERNEL(attention, AttnArgs) { attention_body<0>(a); }

@@ -978,9 +978,9 @@ pub struct Bench {
     pub prefill: f64,
     /// generated tokens/s over the batch
     pub decode: f64,
-    /// the same with each kernel launched only after the one before it has finished, where
-    /// `decode` let them overlap (programmatic dependent launch); `None` where it did not
-    pub decode_serial: Option<f64>,
+    /// the same in the other launch mode, where the device has both: (whether kernels
+    /// overlapped — programmatic dependent launch — in it, tokens/s)
+    pub decode_other: Option<(bool, f64)>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -1038,16 +1038,20 @@ impl GpuModel {
             Ok(((steps - 1) * batch) as f64 / t0.elapsed().as_secs_f64())
         };
         let decode = decode_run(&mut g, &mut next)?;
-        // the same with launches that wait for each other, where they overlapped
-        let mut decode_serial = None;
-        if g.gpu.set_overlap(false) {
+        // the same in the other launch mode (overlapping, or each kernel after the last), where
+        // the device has both: turning overlap on answers whether it took
+        let mut decode_other = None;
+        let was = g.gpu.set_overlap(true);
+        if g.gpu.set_overlap(!was) {
             g.drop_graphs();
-            let serial = decode_run(&mut g, &mut next);
-            g.gpu.set_overlap(true);
+            let other = decode_run(&mut g, &mut next);
+            g.gpu.set_overlap(was);
             g.drop_graphs();
-            decode_serial = Some(serial?);
+            decode_other = Some((!was, other?));
+        } else {
+            g.gpu.set_overlap(was);
         }
-        let mut out = Bench { prefill, decode, decode_serial, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        let mut out = Bench { prefill, decode, decode_other, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);
