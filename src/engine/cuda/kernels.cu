@@ -91,18 +91,21 @@ __device__ __forceinline__ kt f2k(float x) { return f_to_bf16(x); }
 struct alignas(16) V16 { unsigned u[4]; };
 struct alignas(16) F4 { float v[4]; };
 #define KV_VEC (16 / (int)sizeof(kt))  // cached key or value elements per 16-byte load
-__device__ __forceinline__ void unpack_k(const V16 q, float* f) {
-#if LLM_KT == 0
-#pragma unroll
-  for (int i = 0; i < 4; i++) f[i] = __uint_as_float(q.u[i]);
-#else
+// 16 bytes of storage type T (0 f32, 1 f16, 2 bf16: LLM_WT's and LLM_KT's values) as floats
+template <int T>
+__device__ __forceinline__ void unpack16(const V16 q, float* f) {
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    f[2 * i] = k2f((kt)(q.u[i] & 0xffffu));
-    f[2 * i + 1] = k2f((kt)(q.u[i] >> 16));
+    if constexpr (T == 0) {
+      f[i] = __uint_as_float(q.u[i]);
+    } else {
+      const u16 lo = (u16)(q.u[i] & 0xffffu), hi = (u16)(q.u[i] >> 16);
+      f[2 * i] = T == 1 ? f16_to_f(lo) : bf16_to_f(lo);
+      f[2 * i + 1] = T == 1 ? f16_to_f(hi) : bf16_to_f(hi);
+    }
   }
-#endif
 }
+__device__ __forceinline__ void unpack_k(const V16 q, float* f) { unpack16<LLM_KT>(q, f); }
 // A load that reads another block's writes (after its __threadfence) from L2, past L1.
 #ifdef LLM_HOST
 static inline float ld_l2(const float* p) { return *p; }
@@ -651,18 +654,7 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
 #define MV_VEC (16 / (int)sizeof(wt))  // weights per 16-byte load
 
 
-__device__ __forceinline__ void unpack_w(const V16 q, float* f) {
-#if LLM_WT == 0
-#pragma unroll
-  for (int i = 0; i < 4; i++) f[i] = __uint_as_float(q.u[i]);
-#else
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    f[2 * i] = w2f((wt)(q.u[i] & 0xffffu));
-    f[2 * i + 1] = w2f((wt)(q.u[i] >> 16));
-  }
-#endif
-}
+__device__ __forceinline__ void unpack_w(const V16 q, float* f) { unpack16<LLM_WT>(q, f); }
 
 // MV_VEC consecutive f32 values (16-byte aligned)
 __device__ __forceinline__ void load_f(const float* p, float* f) {
