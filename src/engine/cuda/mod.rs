@@ -971,6 +971,15 @@ impl Drop for Inner {
     }
 }
 
+/// [`Bench`]'s figures with kernels launched the other way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OtherMode {
+    /// whether kernels overlapped (programmatic dependent launch) in this mode
+    pub overlap: bool,
+    pub prefill: f64,
+    pub decode: f64,
+}
+
 /// What [`GpuModel::bench`] measured.
 #[derive(Debug, Clone)]
 pub struct Bench {
@@ -978,9 +987,8 @@ pub struct Bench {
     pub prefill: f64,
     /// generated tokens/s over the batch
     pub decode: f64,
-    /// the same in the other launch mode, where the device has both: (whether kernels
-    /// overlapped — programmatic dependent launch — in it, tokens/s)
-    pub decode_other: Option<(bool, f64)>,
+    /// both figures in the other launch mode, where the device has both
+    pub other_mode: Option<OtherMode>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -1007,14 +1015,17 @@ impl GpuModel {
         let tables: Vec<Vec<u32>> = (0..batch).map(|_| pool.alloc(per_seq).ok_or_else(|| g.too_long(prompt.len() + steps, g.blocks))).collect::<Result<_, _>>()?;
         // prefill alone (timed), then the other copies' prefills
         let one = |t: &Vec<u32>| Span { table: t.clone(), start: 0, tokens: prompt.to_vec(), want: vec![(prompt.len() - 1, None)] };
-        g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false)?; // warm-up: clocks up, caches filled
-        let reps = 3;
-        let t0 = std::time::Instant::now();
-        let mut first = Vec::new();
-        for _ in 0..reps {
-            first = g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false)?;
-        }
-        let prefill = (reps * prompt.len()) as f64 / t0.elapsed().as_secs_f64();
+        let prefill_run = |g: &mut Inner| -> Result<(f64, Vec<RowOut>), DeviceError> {
+            g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false)?; // warm-up: clocks up, caches filled
+            let reps = 3;
+            let t0 = std::time::Instant::now();
+            let mut first = Vec::new();
+            for _ in 0..reps {
+                first = g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false)?;
+            }
+            Ok(((reps * prompt.len()) as f64 / t0.elapsed().as_secs_f64(), first))
+        };
+        let (prefill, first) = prefill_run(&mut g)?;
         let mut next: Vec<u32> = vec![first[0].argmax; batch];
         for t in &tables[1..] {
             g.run(&pack(&[one(t)], lim.tile_tokens), false)?;
@@ -1040,18 +1051,18 @@ impl GpuModel {
         let decode = decode_run(&mut g, &mut next)?;
         // the same in the other launch mode (overlapping, or each kernel after the last), where
         // the device has both: turning overlap on answers whether it took
-        let mut decode_other = None;
+        let mut other_mode = None;
         let was = g.gpu.set_overlap(true);
         if g.gpu.set_overlap(!was) {
             g.drop_graphs();
-            let other = decode_run(&mut g, &mut next);
+            let other = prefill_run(&mut g).and_then(|(prefill, _)| Ok(OtherMode { overlap: !was, prefill, decode: decode_run(&mut g, &mut next)? }));
             g.gpu.set_overlap(was);
             g.drop_graphs();
-            decode_other = Some((!was, other?));
+            other_mode = Some(other?);
         } else {
             g.gpu.set_overlap(was);
         }
-        let mut out = Bench { prefill, decode, decode_other, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        let mut out = Bench { prefill, decode, other_mode, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);

@@ -555,11 +555,11 @@ fn the_bench_times_decode_with_and_without_overlapping_launches() {
     let reqs = requests(4);
     let before = gpu_scores(&g, &reqs);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench");
-    assert!(b.decode_other.is_some_and(|(on, d)| on && d > 0.0 && d.is_finite()), "off: timed with overlap too {b:?}");
+    assert!(b.other_mode.is_some_and(|o| o.overlap && o.decode > 0.0 && o.decode.is_finite() && o.prefill > 0.0), "off: timed with overlap too {b:?}");
     assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap stays off");
     overlap.store(true, std::sync::atomic::Ordering::Relaxed);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
-    assert!(b.decode > 0.0 && b.decode_other.is_some_and(|(on, d)| !on && d > 0.0 && d.is_finite()), "{b:?}");
+    assert!(b.decode > 0.0 && b.other_mode.is_some_and(|o| !o.overlap && o.decode > 0.0 && o.decode.is_finite() && o.prefill > 0.0), "{b:?}");
     assert!(overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap restored");
     assert_eq!(b.decode_ops.iter().filter(|o| o.label == "logits_reduce").count(), 1, "the profile's decode step ran");
     assert_eq!(gpu_scores(&g, &reqs), before);
