@@ -16,6 +16,11 @@
 #   call 2:  carry [".gpu/b"], command "bash benches/gpu-check.sh --second", timeout 240
 #            the default model: correctness and speed (its part 0 is left on the machine by call 1,
 #            so call 2 must follow within the machine's warm period; a cold machine says so)
+# Where the time of a decode step goes, kernel by kernel (Nsight Compute, about 2 minutes; carry
+# .gpu/a): command "bash benches/gpu-check.sh --ncu" — the first eight launches of one batch-1
+# decode step of the random 1.1B model (the embedding and layer 0's five kernels, then layer 1's
+# first two), each with its duration, DRAM throughput, occupancy and warp stalls; the whole report
+# comes back as ncu-decode.txt.
 # Before spending a GPU session, where torch and transformers are installed (no GPU needed):
 #   python3 benches/gpu_check.py selftest /tmp/gpu-selftest    # the Python side on a small model, on the CPU
 set -euo pipefail
@@ -76,8 +81,8 @@ case "$CARD" in
   *) BW="" ;;
 esac
 
-MODE=${1:-all} # all | --first | --second
-case "$MODE" in all | --first | --second) ;; *) echo "gpu-check: unknown mode $MODE (--prepare, --first, --second, or none for all)" >&2; exit 2 ;; esac
+MODE=${1:-all} # all | --first | --second | --ncu
+case "$MODE" in all | --first | --second | --ncu) ;; *) echo "gpu-check: unknown mode $MODE (--prepare, --first, --second, --ncu, or none for all)" >&2; exit 2 ;; esac
 START=$(date +%s)
 log "== llmeval GPU check ${MODE#--} · ${CARD:-no GPU name from nvidia-smi} (bandwidth ${BW:-unknown} TB/s) · driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1) · $(date -u +%Y-%m-%dT%H:%MZ)"
 log "CUDA libraries from: ${LD_LIBRARY_PATH:-(none found: the check will fail to start the GPU)}"
@@ -114,6 +119,21 @@ stop_if_no_gpu() {
     exit 1
   fi
 }
+
+if [ "$MODE" = "--ncu" ]; then
+  [ -f $RAND/model.safetensors ] || step 90 python3 benches/gpu_check.py write-model $RAND
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1 || true)
+  [ -n "$NCU" ] || { log "gpu-check: no ncu (Nsight Compute) on this machine"; exit 2; }
+  log "== Nsight Compute ($NCU): one batch-1 decode step of the random 1.1B model, first 8 launches"
+  step 240 "$NCU" --profile-from-start off --clock-control none --launch-count 8 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+    --log-file "$OUTDIR/ncu-decode.txt" "$BIN" ncu $RAND --label random-1.1b
+  # the figures that say where the time goes, kernel by kernel
+  grep -E "^  [A-Za-z_0-9]+\(|^ +(Duration|DRAM Throughput|Memory Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per Thread|Block Limit Registers|Warp Cycles Per Issued Instruction|No Eligible|One or More Eligible) " "$OUTDIR/ncu-decode.txt" | tee -a "$OUTDIR/gpu-check.log" || log "gpu-check: ncu wrote no kernel sections (see ncu-decode.txt)"
+  grep -E "^ +(OPT|WRN) .*(stall|Stall|occupancy|latency)" "$OUTDIR/ncu-decode.txt" | head -20 | tee -a "$OUTDIR/gpu-check.log" || true
+  log "== ncu done in $(($(date +%s) - START)) s"
+  exit $status
+fi
 
 if [ "$MODE" != "--second" ]; then
   [ -f $RAND/model.safetensors ] || step 90 python3 benches/gpu_check.py write-model $RAND

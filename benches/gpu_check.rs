@@ -4,6 +4,7 @@
 //!
 //!   gpu_check check MODEL [--golden FILE] [--label NAME]
 //!   gpu_check speed MODEL [--bandwidth TB/S] [--label NAME] [--json FILE]
+//!   gpu_check ncu MODEL
 //!
 //! `check` scores the golden cases (or, without `--golden`, synthetic token sequences) and
 //! generates greedily on the CPU (exact f32 path), on the GPU in f32, and on the GPU in its fast
@@ -11,7 +12,9 @@
 //! greedy tokens; both types must give bitwise the same numbers for a request alone as in one
 //! batch (the GEMMs run in calls of one shape per product for that). `speed` measures the fast
 //! type: prefill, decode at batch 1 and 32, and log-likelihood throughput on multiple-choice
-//! requests that `gpu_check.py baseline` builds the same way for transformers.
+//! requests that `gpu_check.py baseline` builds the same way for transformers. `ncu` runs one
+//! batch-1 decode step (after a 512-token prompt) inside the range that Nsight Compute collects
+//! when started with `--profile-from-start off` (`gpu-check.sh --ncu`).
 
 use llmeval::engine::device::Device;
 use llmeval::engine::session::{GenOptions, ScoreRequest, ScoreResult};
@@ -224,7 +227,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let (Some(cmd), Some(model)) = (args.first(), args.get(1)) else {
-        fail("usage: gpu_check check|speed MODEL [--golden FILE] [--bandwidth TB/S] [--label NAME] [--json FILE]");
+        fail("usage: gpu_check check|speed|ncu MODEL [--golden FILE] [--bandwidth TB/S] [--label NAME] [--json FILE]");
     };
     let model = PathBuf::from(model);
     let label = flag("--label").unwrap_or_else(|| model.display().to_string());
@@ -235,6 +238,13 @@ fn main() {
                 println!("[{label}] {failures} check(s) FAILED");
                 std::process::exit(1);
             }
+        }
+        "ncu" => {
+            let e = load(&model, false, Device::Cuda(0));
+            let gpu = e.gpu.as_ref().unwrap_or_else(|| fail("no GPU"));
+            let prompt: Vec<u32> = (0..512).map(|i| synth(42, i, e.model.config.vocab)).collect();
+            let b = gpu.bench(&prompt, 1, 8, true).unwrap_or_else(|err| fail(&format!("bench: {err}")));
+            println!("[{label}] one decode step profiled ({} launches)", b.decode_ops.len());
         }
         "speed" => speed(&model, flag("--bandwidth").and_then(|b| b.parse().ok()), &label, flag("--json").as_deref().map(Path::new)),
         other => fail(&format!("unknown command {other:?}")),

@@ -221,6 +221,11 @@ pub trait Backend: Send {
     /// enqueued before it. Stopping (`false`) waits for the work and returns each operation's
     /// label, weight elements and milliseconds, in order.
     fn profile(&self, on: bool) -> Result<Vec<Timed>, DeviceError>;
+    /// Opens (`true`) or closes the range an external profiler started with
+    /// `--profile-from-start off` (Nsight Compute) collects; nothing otherwise.
+    fn profiler_range(&self, _on: bool) -> Result<(), DeviceError> {
+        Ok(())
+    }
     /// In a profile, ends the time of the operation just enqueued (`what`: its label and weight
     /// elements); otherwise nothing.
     fn mark(&self, what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError>;
@@ -563,6 +568,13 @@ impl Backend for Cuda {
     fn profile(&self, on: bool) -> Result<Vec<Timed>, DeviceError> {
         self.current()?;
         guarded(&self.label, "profiling", || self.profile_events(on))
+    }
+
+    fn profiler_range(&self, on: bool) -> Result<(), DeviceError> {
+        self.current()?;
+        // SAFETY: plain driver calls on the current context; without a profiler they do nothing.
+        let r = unsafe { if on { sys::cuProfilerStart() } else { sys::cuProfilerStop() } };
+        r.result().map_err(|e| err(&self.label, if on { "cuProfilerStart" } else { "cuProfilerStop" }, e))
     }
 
     fn mark(&self, what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError> {

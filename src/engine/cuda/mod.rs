@@ -1074,7 +1074,13 @@ impl GpuModel {
                 ops
             };
             let prefill_pass = |g: &mut Inner| g.run(&pack(&[one(&tables[0])], lim.tile_tokens), false);
-            let decode_step = |g: &mut Inner| step(g, &next, prompt.len() + steps);
+            // the decode step is also the range an external profiler collects (see `gpu-check.sh --ncu`)
+            let decode_step = |g: &mut Inner| {
+                g.gpu.profiler_range(true)?;
+                let rows = step(g, &next, prompt.len() + steps);
+                g.gpu.profiler_range(false)?;
+                rows
+            };
             match timed(&mut g, &prefill_pass).and_then(|p| Ok((p, timed(&mut g, &decode_step)?))) {
                 Ok((p, d)) => (out.prefill_ops, out.decode_ops) = (p, d),
                 // the figures above stand; the profile is a diagnostic
