@@ -48,8 +48,10 @@ __device__ __forceinline__ u16 f_to_f16(float f) {
 // Programmatic dependent launch (sm_90 and newer, when the host launches a kernel with it): a
 // kernel may start while the one before it finishes. `pdl_wait` holds it until that kernel has
 // finished and its writes are visible; `pdl_trigger` lets the next kernel start. Every kernel
-// triggers, then waits, before it touches anything but the weights (which nothing writes), so
-// each kernel still sees all earlier kernels' writes. Launched without it, both do nothing.
+// waits before it touches anything but the weights (which nothing writes), so each kernel still
+// sees all earlier kernels' writes, and triggers only then: one kernel starts ahead (the decode
+// product loading its weights) while the one before runs, never a chain of them holding the
+// GPU's blocks. Launched without it, both do nothing.
 #if defined(LLM_HOST) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900
 __device__ __forceinline__ void pdl_wait() {}
 __device__ __forceinline__ void pdl_trigger() {}
@@ -163,8 +165,8 @@ struct EmbedArgs {
   int n;
 };
 LLM_KERNEL(embed, EmbedArgs) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.x;
   if (t >= a.n) return;
   const wt* row = a.emb + (long long)a.tok[t] * a.d;
@@ -183,8 +185,8 @@ struct NormArgs {
   float eps;
 };
 LLM_KERNEL(rms_norm, NormArgs) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ float scratch[32];
   const int r = blockIdx.x;
   if (r >= a.n) return;
@@ -220,8 +222,8 @@ struct RopeArgs {
   int bs;
 };
 LLM_KERNEL(rope_store, RopeArgs) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.x;
   if (t >= a.n) return;
   const int width = (a.nh + 2 * a.nkv) * a.hd, kvd = a.nkv * a.hd;
@@ -322,8 +324,8 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
   __shared__ int s_last;
   __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   if (tile >= a.n_tiles) return;
   const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
@@ -554,8 +556,8 @@ struct SwigluArgs {
   int ffn;
 };
 LLM_KERNEL(swiglu, SwigluArgs) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   const int t = blockIdx.x;
   if (t >= a.n) return;
   const float* gu = a.gu + (long long)t * 2 * a.ffn;
@@ -580,8 +582,8 @@ struct ReduceArgs {
   int n;
 };
 LLM_KERNEL(logits_reduce, ReduceArgs) {
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   __shared__ float sv[1024];
   __shared__ int si[1024];
   __shared__ double sd[1024];
@@ -720,8 +722,8 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
       for (int rr = 0; rr < R; rr++)
         if (base0 + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base0 + u * step);
   }
-  pdl_trigger();
   pdl_wait();
+  pdl_trigger();
   for (int rw = warp; rw < m; rw += W) {  // one warp per input row: its source row and RMSNorm scale
     const int src = a.mode == MV_NORM && a.rows ? a.rows[r0 + rw] : r0 + rw;
     float ss = 0.0f;
