@@ -28,10 +28,14 @@ pub enum Kernel {
     MatvecW8R2U4G,
     MatvecW4R2U4PG,
     MatvecW4R1U4PG,
+    MatvecW8R2U4S,
+    MatvecW4R2U4PS,
+    MatvecW8R2U4GS,
+    MatvecW4R2U4PGS,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 19] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::RopeStore,
@@ -51,6 +55,10 @@ impl Kernel {
         Kernel::MatvecW8R2U4G,
         Kernel::MatvecW4R2U4PG,
         Kernel::MatvecW4R1U4PG,
+        Kernel::MatvecW8R2U4S,
+        Kernel::MatvecW4R2U4PS,
+        Kernel::MatvecW8R2U4GS,
+        Kernel::MatvecW4R2U4PGS,
     ];
 
     /// The `extern "C"` name in the source.
@@ -75,6 +83,10 @@ impl Kernel {
             Kernel::MatvecW8R2U4G => "matvec_w8r2u4_g",
             Kernel::MatvecW4R2U4PG => "matvec_w4r2u4p_g",
             Kernel::MatvecW4R1U4PG => "matvec_w4r1u4p_g",
+            Kernel::MatvecW8R2U4S => "matvec_w8r2u4_s",
+            Kernel::MatvecW4R2U4PS => "matvec_w4r2u4p_s",
+            Kernel::MatvecW8R2U4GS => "matvec_w8r2u4_gs",
+            Kernel::MatvecW4R2U4PGS => "matvec_w4r2u4p_gs",
         }
     }
 
@@ -103,10 +115,10 @@ impl Kernel {
     }
 }
 
-/// One shape of the decode product kernel, `matvec_body<W, R, U>` in the source: `warps` warps a
-/// block, `rows` weight rows a warp, `unroll` 16-byte loads of a weight row in flight per lane.
-/// Every shape sums each output in the same order, so which one runs changes the speed, never the
-/// bits; the engine times them on a model's products when it loads (`mod.rs`).
+/// One shape of the decode product kernel, `matvec_body<W, R, U, P, S>` in the source: `warps`
+/// warps a block, `rows` weight rows a warp, `unroll` 16-byte loads of a weight row in flight per
+/// lane. Every shape sums each output in the same order, so which one runs changes the speed,
+/// never the bits; the engine times them on a model's products when it loads (`mod.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MvShape {
     pub kernel: Kernel,
@@ -118,25 +130,39 @@ pub struct MvShape {
     /// at most this many blocks across the rows, each warp streaming several row groups in
     /// turn (0: a warp for each group)
     pub max_blocks: u32,
+    /// an RMSNorm'd input is made once a block, into shared memory (products of `MV_NORM` only)
+    pub staged: bool,
 }
 
 /// Input rows per block of the decode products (`MV_M` in the source).
 pub const MV_M: usize = 8;
 
+/// The most shared memory a staged shape's block may ask for (its input rows): what A100- and
+/// H100-class cards give a block that opts in.
+pub const MV_STAGE_MAX: usize = 160 << 10;
+
+const fn shape(kernel: Kernel, warps: u32, rows: u32, unroll: u32, pipelined: bool, max_blocks: u32, staged: bool) -> MvShape {
+    MvShape { kernel, warps, rows, unroll, pipelined, max_blocks, staged }
+}
+
 /// The decode products' shapes, in the order of their `LLM_KERNEL` lines; the first is the one
 /// used when nothing was timed.
-pub const MV_SHAPES: [MvShape; 11] = [
-    MvShape { kernel: Kernel::Matvec, warps: 8, rows: 2, unroll: 4, pipelined: false, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW8R2U8, warps: 8, rows: 2, unroll: 8, pipelined: false, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW8R1U8, warps: 8, rows: 1, unroll: 8, pipelined: false, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW4R2U4P, warps: 4, rows: 2, unroll: 4, pipelined: true, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW4R2U8, warps: 4, rows: 2, unroll: 8, pipelined: false, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW4R1U8, warps: 4, rows: 1, unroll: 8, pipelined: false, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW4R1U4P, warps: 4, rows: 1, unroll: 4, pipelined: true, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW8R1U4P, warps: 8, rows: 1, unroll: 4, pipelined: true, max_blocks: 0 },
-    MvShape { kernel: Kernel::MatvecW8R2U4G, warps: 8, rows: 2, unroll: 4, pipelined: false, max_blocks: 256 },
-    MvShape { kernel: Kernel::MatvecW4R2U4PG, warps: 4, rows: 2, unroll: 4, pipelined: true, max_blocks: 384 },
-    MvShape { kernel: Kernel::MatvecW4R1U4PG, warps: 4, rows: 1, unroll: 4, pipelined: true, max_blocks: 384 },
+pub const MV_SHAPES: [MvShape; 15] = [
+    shape(Kernel::Matvec, 8, 2, 4, false, 0, false),
+    shape(Kernel::MatvecW8R2U8, 8, 2, 8, false, 0, false),
+    shape(Kernel::MatvecW8R1U8, 8, 1, 8, false, 0, false),
+    shape(Kernel::MatvecW4R2U4P, 4, 2, 4, true, 0, false),
+    shape(Kernel::MatvecW4R2U8, 4, 2, 8, false, 0, false),
+    shape(Kernel::MatvecW4R1U8, 4, 1, 8, false, 0, false),
+    shape(Kernel::MatvecW4R1U4P, 4, 1, 4, true, 0, false),
+    shape(Kernel::MatvecW8R1U4P, 8, 1, 4, true, 0, false),
+    shape(Kernel::MatvecW8R2U4G, 8, 2, 4, false, 256, false),
+    shape(Kernel::MatvecW4R2U4PG, 4, 2, 4, true, 384, false),
+    shape(Kernel::MatvecW4R1U4PG, 4, 1, 4, true, 384, false),
+    shape(Kernel::MatvecW8R2U4S, 8, 2, 4, false, 0, true),
+    shape(Kernel::MatvecW4R2U4PS, 4, 2, 4, true, 0, true),
+    shape(Kernel::MatvecW8R2U4GS, 8, 2, 4, false, 256, true),
+    shape(Kernel::MatvecW4R2U4PGS, 4, 2, 4, true, 384, true),
 ];
 
 impl MvShape {
@@ -149,14 +175,24 @@ impl MvShape {
         let groups = n.div_ceil((self.warps * self.rows) as usize) as u32;
         [m.div_ceil(MV_M) as u32, if self.max_blocks > 0 { groups.min(self.max_blocks) } else { groups }, 1]
     }
-    /// Whether it can make output `out` (SwiGLU and RoPE need a warp to hold a pair of rows).
-    pub fn makes(&self, out: i32) -> bool {
-        out == MV_F32 || self.rows == 2
+    /// Dynamic shared memory of a launch on `m` input rows of `k` elements of `elem` bytes.
+    pub fn shared(&self, mode: i32, m: usize, k: usize, elem: usize) -> u32 {
+        if self.staged && mode == MV_NORM {
+            (m.min(MV_M) * k * elem) as u32
+        } else {
+            0
+        }
     }
-    /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined), `w4 r2 u4 p ≤384` (at most 384 blocks)
+    /// Whether it can run a product of input `mode` and output `out` with inputs of `k` elements
+    /// of `elem` bytes: SwiGLU and RoPE need a warp to hold a pair of rows, a staged shape an
+    /// RMSNorm'd input whose rows fit in [`MV_STAGE_MAX`].
+    pub fn runs(&self, mode: i32, out: i32, k: usize, elem: usize) -> bool {
+        (out == MV_F32 || self.rows == 2) && (!self.staged || (mode == MV_NORM && MV_M * k * elem <= MV_STAGE_MAX))
+    }
+    /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined), `w4 r2 u4 p ≤384` (at most 384 blocks), `… s` (staged)
     pub fn name(&self) -> String {
         let cap = if self.max_blocks > 0 { format!(" ≤{}", self.max_blocks) } else { String::new() };
-        format!("w{} r{} u{}{}{cap}", self.warps, self.rows, self.unroll, if self.pipelined { " p" } else { "" })
+        format!("w{} r{} u{}{}{cap}{}", self.warps, self.rows, self.unroll, if self.pipelined { " p" } else { "" }, if self.staged { " s" } else { "" })
     }
 }
 
@@ -202,11 +238,11 @@ kernel_args!(EmbedArgs => Embed { emb: DPtr, tok: DPtr, x: DPtr, d: i32, n: i32 
 kernel_args!(NormArgs => RmsNorm { x: DPtr, w: DPtr, rows: DPtr, out: DPtr, d: i32, n: i32, eps: f32 });
 kernel_args!(RopeArgs => RopeStore {
     qkv: DPtr, bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
-    n: i32, nh: i32, nkv: i32, hd: i32, bs: i32,
+    n: i32, nh: i32, nkv: i32, hd: i32,
 });
 kernel_args!(AttnArgs => Attention {
     qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr, counters: DPtr, att: DPtr,
-    n_tiles: i32, nh: i32, nkv: i32, hd: i32, bs: i32, split_len: i32, max_splits: i32, row_stride: i32, scale: f32,
+    n_tiles: i32, nh: i32, nkv: i32, hd: i32, split_len: i32, max_splits: i32, row_stride: i32, scale: f32,
 });
 kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
@@ -222,7 +258,7 @@ pub const MV_QKV: i32 = 2;
 kernel_args!(MatvecArgs => Matvec {
     a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
     bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
-    nh: i32, nkv: i32, hd: i32, bs: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, eps: f32,
+    nh: i32, nkv: i32, hd: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, eps: f32,
 } profile {
     fn label(&self) -> String {
         let input = if self.mode == MV_NORM { "rmsnorm(x)" } else { "a" };

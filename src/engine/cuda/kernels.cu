@@ -44,6 +44,7 @@ __device__ __forceinline__ u16 f_to_f16(float f) {
 #endif
 
 #define FULL_MASK 0xffffffffu
+#define KV_BS 16  // positions per KV cache block
 
 // Programmatic dependent launch (sm_90 and newer, when the host launches a kernel with it): a
 // kernel may start while the one before it finishes. `pdl_wait` holds it until that kernel has
@@ -126,7 +127,8 @@ __device__ __forceinline__ float ld_l2(const float* p) {
 #define ATT_BK 32         // keys per shared-memory tile
 #define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
 #define ATT_LOADS 2       // 16-byte loads of keys (and as many of values) in flight per thread
-#define ATT_MERGE 8       // splits whose partials a thread loads together when it merges ...
+#define ATT_MAX_SPLITS 256  // key splits of a decode step at most
+#define ATT_MERGE 16      // splits whose partials a thread loads together when it merges ...
 #define ATT_MERGE_E 4     // ... for each of this many output elements
 
 // Sum of a block's `v` (blockDim.x a multiple of 32, ≤ 1024) in a fixed tree order; every thread
@@ -153,8 +155,9 @@ __device__ __forceinline__ void rope_pair(float& x0, float& x1, int p, float f) 
 }
 // SwiGLU: silu(g) · u
 __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
-// The KV cache row of position p of a sequence whose block table is `table`
-__device__ __forceinline__ long long kv_slot(const int* table, int p, int bs) { return (long long)table[p / bs] * bs + p % bs; }
+// The KV cache row of position p of a sequence whose block table is `table` (blocks of KV_BS
+// positions; src/engine/cuda/batch.rs, BLOCK, mirrors it)
+__device__ __forceinline__ long long kv_slot(const int* table, int p) { return (long long)table[p / KV_BS] * KV_BS + p % KV_BS; }
 
 // ── embedding: x[t, :] = emb[tok[t], :] ──
 struct EmbedArgs {
@@ -202,7 +205,7 @@ LLM_KERNEL(rms_norm, NormArgs) {
 
 // ── q/k/v bias, rotary embedding, and the KV cache write ──
 // qkv rows are [q (nh·hd) | k (nkv·hd) | v (nkv·hd)]; q is rotated in place, k and v go to the
-// token's cache slot: block tables[blk_off[seq] + pos / bs], row pos % bs. Rotated pairs are
+// token's cache slot: block tables[blk_off[seq] + pos / KV_BS], row pos % KV_BS. Rotated pairs are
 // always (2i, 2i + 1) with frequency inv_freq[i]: a model whose pairs are (i, i + hd/2) has its
 // q and k rows permuted on upload (attention's dot products do not see the order).
 struct RopeArgs {
@@ -219,7 +222,6 @@ struct RopeArgs {
   int nh;
   int nkv;
   int hd;
-  int bs;
 };
 LLM_KERNEL(rope_store, RopeArgs) {
   pdl_wait();
@@ -242,7 +244,7 @@ LLM_KERNEL(rope_store, RopeArgs) {
   }
   __syncthreads();
   const int seq = a.seq_of[t];
-  const long long slot = kv_slot(a.tables + a.blk_off[seq], p, a.bs);
+  const long long slot = kv_slot(a.tables + a.blk_off[seq], p);
   kt* kd = a.kc + slot * kvd;
   kt* vd = a.vc + slot * kvd;
   const float* ks = row + a.nh * a.hd;
@@ -270,7 +272,7 @@ struct AttnArgs {
   const float* qkv;       // [n × (nh + 2·nkv)·hd], q rotated
   const kt* kc;           // this layer's keys
   const kt* vc;           // this layer's values
-  const int* tiles;       // [n_tiles × 4]: seq, t0, count, unused
+  const int* tiles;       // [n_tiles × 4]: seq, t0, count, the last token's position
   const int* pos;         // [n]
   const int* blk_off;     // [seqs]
   const int* tables;
@@ -282,7 +284,6 @@ struct AttnArgs {
   int nh;
   int nkv;
   int hd;
-  int bs;
   int split_len;
   int max_splits;
   int row_stride;         // partial rows per (tile, KV head, split): ≥ a tile's rows
@@ -296,7 +297,7 @@ __device__ __forceinline__ void kv_fetch(const AttnArgs& a, const int* table, in
   for (int u = 0; u < ATT_LOADS; u++) {
     const int i = i0 + u * blockDim.x;
     if (i >= total) break;
-    const long long at = kv_slot(table, kb + i / chunks, a.bs) * kvd + koff + (i % chunks) * KV_VEC;
+    const long long at = kv_slot(table, kb + i / chunks) * kvd + koff + (i % chunks) * KV_VEC;
     kq[u] = *(const V16*)(a.kc + at);
     vq[u] = *(const V16*)(a.vc + at);
   }
@@ -323,17 +324,17 @@ template <int HD>  // head_dim, or 0: a.hd
 __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
   __shared__ int s_last;
-  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
+  __shared__ float s_den[ATT_ROWS];
   pdl_wait();
   pdl_trigger();
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   if (tile >= a.n_tiles) return;
   const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
+  const int kmax = a.tiles[4 * tile + 3];  // the tile's last position
   const int hd = HD ? HD : a.hd;
   constexpr int MAXC = HD ? HD / 32 : ATT_MAXC;  // output elements a lane holds, at most
   const int group = a.nh / a.nkv, nc = hd / 32;
   const int rows = count * group;
-  const int kmax = a.pos[t0 + count - 1];
   const int k_lo = split * a.split_len;
   if (k_lo > kmax) return;  // no key of this split is seen: no partials, no ticket
   const int k_hi = min(k_lo + a.split_len - 1, kmax);
@@ -428,6 +429,7 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       m[j] = new_m;
     }
     // lane = output element: each value element read once for all the warp's rows
+#pragma unroll 8
     for (int kk = 0; kk < nk; kk++) {
       float v[MAXC];
 #pragma unroll
@@ -480,25 +482,35 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // merge each row's splits in split order and normalise (other blocks' writes, read from L2):
-  // a warp a row finds the row's largest max and its sum Σ l·exp(m − max); then each thread
-  // takes ATT_MERGE_E output elements at once, ATT_MERGE splits' loads in flight for each
+  // merge each row's splits in split order and normalise (other blocks' writes, read from L2).
+  // A warp a row: one round of loads of the splits' (m, l), the row's largest max, each split's
+  // factor e = exp(m − max) into shared memory (0 for a split with no visible key: where the
+  // tile's K/V were) and the denominator Σ l·e. Then each thread takes ATT_MERGE_E output
+  // elements at once, ATT_MERGE splits' loads in flight for each: Σ acc·e / den.
+  float* fac = smem;  // [rows × max_splits]
   const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
   for (int r = warp; r < rows; r += ATT_WARPS) {
     const int ns = a.pos[t0 + r / group] / a.split_len + 1;
-    float mx = -LLM_INF, den = 0.0f;
-    for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
-    for (int s = lane; s < ns; s += 32) {
+    float ms[ATT_MAX_SPLITS / 32], ls[ATT_MAX_SPLITS / 32], mx = -LLM_INF, den = 0.0f;
+#pragma unroll
+    for (int q = 0; q < ATT_MAX_SPLITS / 32; q++) {
+      const int s = lane + 32 * q;
       const long long pr = (first + s) * a.row_stride + r;
-      const float ms = ld_l2(a.part_ml + pr * 2), ls = ld_l2(a.part_ml + pr * 2 + 1);
-      if (ms != -LLM_INF) den += ls * expf(ms - mx);  // a split with no visible key adds nothing
+      ms[q] = s < ns ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
+      ls[q] = s < ns ? ld_l2(a.part_ml + pr * 2 + 1) : 0.0f;
+      mx = fmaxf(mx, ms[q]);
+    }
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
+#pragma unroll
+    for (int q = 0; q < ATT_MAX_SPLITS / 32; q++) {
+      const int s = lane + 32 * q;
+      if (s >= ns) break;  // ns is uniform across the warp
+      const float e = ms[q] != -LLM_INF ? expf(ms[q] - mx) : 0.0f;
+      fac[r * a.max_splits + s] = e;
+      den += ls[q] * e;
     }
     for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(FULL_MASK, den, o);
-    if (lane == 0) {
-      s_mx[r] = mx;
-      s_den[r] = den;
-    }
+    if (lane == 0) s_den[r] = den;
   }
   __syncthreads();
   for (int i0 = threadIdx.x; i0 < rows * hd; i0 += ATT_MERGE_E * blockDim.x) {
@@ -514,24 +526,20 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
 #pragma unroll
     for (int e = 0; e < ATT_MERGE_E; e++) most = max(most, ns[e]);
     for (int s0 = 0; s0 < most; s0 += ATT_MERGE) {
-      float mv[ATT_MERGE_E][ATT_MERGE], av[ATT_MERGE_E][ATT_MERGE];
+      float av[ATT_MERGE_E][ATT_MERGE];
 #pragma unroll
       for (int e = 0; e < ATT_MERGE_E; e++) {
         const int i = i0 + e * blockDim.x, r = i / hd, d = i % hd;
 #pragma unroll
-        for (int u = 0; u < ATT_MERGE; u++) {
-          const long long pr = (first + s0 + u) * a.row_stride + r;
-          const bool in = s0 + u < ns[e];
-          mv[e][u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
-          av[e][u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
-        }
+        for (int u = 0; u < ATT_MERGE; u++)
+          av[e][u] = s0 + u < ns[e] ? ld_l2(a.part_acc + ((first + s0 + u) * a.row_stride + r) * hd + d) : 0.0f;
       }
 #pragma unroll
       for (int e = 0; e < ATT_MERGE_E; e++) {
         const int r = (i0 + e * blockDim.x) / hd;
 #pragma unroll
         for (int u = 0; u < ATT_MERGE; u++)
-          if (mv[e][u] != -LLM_INF) num[e] += av[e][u] * expf(mv[e][u] - s_mx[r]);
+          if (s0 + u < ns[e]) num[e] += av[e][u] * fac[r * a.max_splits + s0 + u];
       }
     }
 #pragma unroll
@@ -687,7 +695,6 @@ struct MatvecArgs {
   int nh;
   int nkv;
   int hd;
-  int bs;
   int m;
   int n;                 // even with MV_GLU and MV_QKV
   int k;                 // a multiple of MV_VEC
@@ -698,11 +705,17 @@ struct MatvecArgs {
 };
 // W warps a block (grid.y covers n / (W·R) of them), R weight rows a warp (2 with MV_GLU and
 // MV_QKV: a gate/up or rotated pair), U loads of a weight row in flight per lane; P = 1: the next
-// U loads go out before the arithmetic on these (twice the registers, no gap between rounds)
-template <int W, int R, int U, int P>
+// U loads go out before the arithmetic on these (twice the registers, no gap between rounds);
+// S = 1: with MV_NORM the block first writes its normalised input rows, rounded to the storage
+// type, into dynamic shared memory (min(m, MV_M) × k elements), and every weight row reads them
+// there (a 16-byte load a row per MV_VEC weights instead of two loads of x, two of norm_w and the
+// rounding each time: a third of the instructions). Same values, so the same bits.
+template <int W, int R, int U, int P, int S>
 __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
   __shared__ float s_scale[MV_M];
   __shared__ int s_src[MV_M];
+  LLM_DYN_SHARED(dyn);
+  wt* xin = (wt*)dyn;  // S and MV_NORM: [m × k] the block's input rows
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = blockIdx.x * MV_M, m = min(MV_M, a.m - r0);
   if (m <= 0) return;  // uniform across the block
@@ -742,6 +755,17 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
     }
   }
   __syncthreads();
+  if (S && a.mode == MV_NORM) {
+    for (int r = 0; r < m; r++) {
+      const float* xr = a.x + (long long)s_src[r] * a.k;
+      for (int i = 4 * threadIdx.x; i < a.k; i += 4 * blockDim.x) {
+        const F4 xs = *(const F4*)(xr + i), nw = *(const F4*)(a.norm_w + i);
+#pragma unroll
+        for (int e = 0; e < 4; e++) xin[r * a.k + i + e] = f2w(xs.v[e] * s_scale[r] * nw.v[e]);
+      }
+    }
+    __syncthreads();
+  }
   for (; j0 < a.n; j0 += jstep) {
     float acc[R][MV_M];
 #pragma unroll
@@ -785,6 +809,8 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
           float in[MV_VEC];
           if (a.mode == MV_PLAIN) {
             unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
+          } else if (S) {
+            unpack_w(*(const V16*)(xin + r * a.k + i), in);
           } else {
             float xs[MV_VEC], nw[MV_VEC];
             load_f(a.x + (long long)s_src[r] * a.k + i, xs);
@@ -834,7 +860,7 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
             q[0] = x0;
             q[1] = x1;
           } else {
-            const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p, a.bs);
+            const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p);
             kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
             dst[0] = f2k(x0);
             dst[1] = f2k(x1);
@@ -864,14 +890,18 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
 }
 
 // The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).
-LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0>(a); }
-LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0>(a); }
-LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0>(a); }
-LLM_KERNEL(matvec_w4r2u4p, MatvecArgs) { matvec_body<4, 2, 4, 1>(a); }
-LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0>(a); }
-LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0>(a); }
-LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1>(a); }
-LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1>(a); }
-LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0>(a); }
-LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1>(a); }
-LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1>(a); }
+LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a); }
+LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0, 0>(a); }
+LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0, 0>(a); }
+LLM_KERNEL(matvec_w4r2u4p, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a); }
+LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0, 0>(a); }
+LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0, 0>(a); }
+LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a); }
+LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1, 0>(a); }
+LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a); }
+LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a); }
+LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a); }
+LLM_KERNEL(matvec_w8r2u4_s, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a); }
+LLM_KERNEL(matvec_w4r2u4p_s, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a); }
+LLM_KERNEL(matvec_w8r2u4_gs, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a); }
+LLM_KERNEL(matvec_w4r2u4p_gs, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a); }

@@ -44,6 +44,12 @@ const ATT_BK: usize = 32;
 /// keep the GPU busy at batch 1, each with little to walk. The split length depends on the
 /// model's context length only.
 const DECODE_SPLITS: usize = 256;
+/// Dynamic shared memory of an attention block: a tile's keys [ATT_BK × (hd + 4)], values
+/// [ATT_BK × hd] and queries [ATT_ROWS × hd]; the block that merges a decode step's splits reuses
+/// it for their factors [rows × splits].
+fn attention_shared(hd: usize) -> u32 {
+    ((ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd).max(ATT_ROWS * DECODE_SPLITS) * 4) as u32
+}
 /// KV cache memory at most.
 const KV_MAX_BYTES: usize = 16 << 30;
 /// The longest sequence the GPU engine runs (sizes its scratch buffers).
@@ -516,9 +522,16 @@ impl GpuModel {
             counters: inner.alloc(tile_cap * nkv * 4)?,
         };
         inner.buf = b;
-        let shared = (ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd) * 4;
+        let shared = attention_shared(hd) as usize;
         if shared > 48 * 1024 {
             inner.gpu.set_shared(Kernel::attention(hd), shared)?;
+        }
+        // a staged product shape's block holds up to MV_M RMSNorm'd input rows
+        let staged = MV_M * d * es;
+        if staged > 48 * 1024 && staged <= MV_STAGE_MAX {
+            for s in MV_SHAPES.iter().filter(|s| s.staged) {
+                inner.gpu.set_shared(s.kernel, staged)?;
+            }
         }
         // ── KV cache: what memory is left, less a margin for cuBLAS, up to what can be used ──
         inner.gpu.sync()?;
@@ -610,7 +623,8 @@ impl GpuModel {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let c = g.cfg.clone();
         for p in Product::ALL {
-            g.mv[p as usize] = if shape.makes(p.dims(&c).3) { shape } else { MV_SHAPES[0] };
+            let (_, k, mode, out) = p.dims(&c);
+            g.mv[p as usize] = if shape.runs(mode, out, k, g.prec.bytes()) { shape } else { MV_SHAPES[0] };
         }
         // recorded steps hold the old kernels
         g.drop_graphs();
@@ -669,37 +683,37 @@ impl Inner {
         let kt = self.gpu_prec_bytes();
         let es = self.prec.bytes();
         let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
-        let shared = ((ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32;
+        let shared = attention_shared(hd);
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
-        let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, bs: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
+        let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
         let matvec = |p: Product, a: MatvecArgs| {
             let s = self.mv[p as usize];
-            g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), 0, &a)
+            g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), s.shared(a.mode, a.m as usize, a.k as usize, es), &a)
         };
         // out[m × n] (+)= input[m × k] · w[n × k]ᵀ as GEMM calls of one shape, on the product's way
         let gemm = |p: Product, m: usize, a: u64, w: u64, out: u64| {
             let (n, k, ..) = p.dims(c);
             g.product(&Gemm { m, n, k, a, w, c: out, accumulate: p.accumulates(), way: self.ways[p as usize] }, es)
         };
-        let (nhi, nkvi, hdi, bs) = (nh as i32, nkv as i32, hd as i32, BLOCK as i32);
+        let (nhi, nkvi, hdi) = (nh as i32, nkv as i32, hd as i32);
         g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
         for (li, l) in self.layers.iter().enumerate() {
             let (kc, vc) = (self.kc + li as u64 * layer_kv, self.vc + li as u64 * layer_kv);
             // x [n × d] → q [n × q_dim] rotated (in qkv), k and v rotated into the cache
             if mv {
                 let (x, norm_w, w, y, bias, inv_freq) = (b.x, l.attn_norm, l.wqkv, b.qkv, l.bqkv, self.inv_freq);
-                matvec(Product::Qkv, MatvecArgs { m: ni, n: qkv_dim as i32, k: di, mode: MV_NORM, x, norm_w, w, y, out: MV_QKV, bias, inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, nh: nhi, nkv: nkvi, hd: hdi, bs, ..none })?;
+                matvec(Product::Qkv, MatvecArgs { m: ni, n: qkv_dim as i32, k: di, mode: MV_NORM, x, norm_w, w, y, out: MV_QKV, bias, inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, nh: nhi, nkv: nkvi, hd: hdi, ..none })?;
             } else {
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.attn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
                 gemm(Product::Qkv, n, b.hn, l.wqkv, b.qkv)?;
-                g.launch(grid(n), 256, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nhi, nkv: nkvi, hd: hdi, bs })?;
+                g.launch(grid(n), 256, 0, &RopeArgs { qkv: b.qkv, bias: l.bqkv, inv_freq: self.inv_freq, pos: ix.pos, seq_of: ix.seq_of, blk_off: ix.blk_off, tables: ix.tables, kc, vc, n: ni, nh: nhi, nkv: nkvi, hd: hdi })?;
             }
             let scale = 1.0 / (hd as f32).sqrt();
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
             // att [n × q_dim]: the key splits and their merge in one launch
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
-            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, bs, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
+            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
@@ -834,7 +848,7 @@ impl Inner {
         let mut timing = Vec::new();
         for p in Product::ALL {
             let (n, k, mode, out) = p.dims(&c);
-            let shapes: Vec<MvShape> = MV_SHAPES.iter().copied().filter(|s| s.makes(out)).collect();
+            let shapes: Vec<MvShape> = MV_SHAPES.iter().copied().filter(|s| s.runs(mode, out, k, self.prec.bytes())).collect();
             // (weights, norm weights) of each launch: every layer's, or the LM head's
             let mats: Vec<(u64, u64)> = match p {
                 Product::Qkv => self.layers.iter().map(|l| (l.wqkv, l.attn_norm)).collect(),
@@ -851,8 +865,8 @@ impl Inner {
             let g = &self.gpu;
             let run = |s: MvShape| -> Result<(), DeviceError> {
                 for &(w, norm_w) in &mats {
-                    let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, bs: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, eps: c.rms_eps };
-                    g.launch_raw(s.kernel, s.grid(1, n), s.threads(), 0, args.bytes())?;
+                    let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, eps: c.rms_eps };
+                    g.launch_raw(s.kernel, s.grid(1, n), s.threads(), s.shared(mode, 1, k, self.prec.bytes()), args.bytes())?;
                 }
                 Ok(())
             };
@@ -903,7 +917,7 @@ impl Forward for Inner {
         let group = self.cfg.n_heads / nkv;
         let row_stride = if decode { p.tiles.chunks_exact(4).map(|t| t[2] as usize).max().unwrap_or(1) * group } else { ATT_ROWS };
         let label = self.gpu.label().to_string();
-        if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * row_stride > self.part_rows {
+        if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * row_stride > self.part_rows || max_splits > DECODE_SPLITS {
             return Err(DeviceError::Cuda { device: label, what: "packing a pass".into(), detail: format!("{n} tokens, {w} rows, {spans} sequences, {nt} tiles, {} table entries, last position {} exceed the engine's buffers", p.tables.len(), p.max_pos()) });
         }
         let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, row_stride, decode };

@@ -84,7 +84,7 @@ fn every_launched_kernel_is_in_the_source_with_the_same_arguments() {
     }
     // each decode product shape's kernel instantiates the body with the table's (W, R, U, P)
     for s in args::MV_SHAPES {
-        let line = format!("LLM_KERNEL({}, MatvecArgs) {{ matvec_body<{}, {}, {}, {}>(a); }}", s.kernel.name(), s.warps, s.rows, s.unroll, u8::from(s.pipelined));
+        let line = format!("LLM_KERNEL({}, MatvecArgs) {{ matvec_body<{}, {}, {}, {}, {}>(a); }}", s.kernel.name(), s.warps, s.rows, s.unroll, u8::from(s.pipelined), u8::from(s.staged));
         assert!(code.contains(&line), "kernels.cu lacks `{line}`");
     }
     assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len(), "a shape in kernels.cu that MV_SHAPES lacks");
@@ -155,7 +155,7 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
     }
     assert!(!code.contains("#include"), "NVRTC gets no CUDA headers: kernels.cu must define what it uses");
     // the geometry the host assumes
-    for (name, value) in [("ATT_ROWS", super::ATT_ROWS), ("ATT_BK", super::ATT_BK), ("ATT_WARPS", 4), ("ATT_ROWS_PER_WARP", 4), ("ATT_MAXC", 8)] {
+    for (name, value) in [("ATT_ROWS", super::ATT_ROWS), ("ATT_BK", super::ATT_BK), ("ATT_WARPS", 4), ("ATT_ROWS_PER_WARP", 4), ("ATT_MAXC", 8), ("ATT_MAX_SPLITS", super::DECODE_SPLITS), ("KV_BS", super::BLOCK)] {
         assert!(code.contains(&format!("#define {name} {value} ")) || code.contains(&format!("#define {name} {value}\n")), "#define {name} {value}");
     }
     assert_eq!(super::ATT_ROWS, 4 * 4, "rows per block = warps × rows per warp");
@@ -167,7 +167,13 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
     }
     // the shapes the host can pick: the first makes every output, a warp holds one or two weight
     // rows, a block is at most 1024 threads
-    assert!([MV_F32, MV_GLU, MV_QKV].iter().all(|&o| args::MV_SHAPES[0].makes(o)));
+    assert!([(MV_PLAIN, MV_F32), (MV_NORM, MV_F32), (MV_NORM, MV_GLU), (MV_NORM, MV_QKV)].iter().all(|&(i, o)| args::MV_SHAPES[0].runs(i, o, 8192, 4)));
+    // a staged shape runs RMSNorm'd inputs only, up to MV_STAGE_MAX of them a block
+    assert!(args::MV_SHAPES.iter().any(|s| s.staged));
+    for s in args::MV_SHAPES.iter().filter(|s| s.staged) {
+        assert!(!s.runs(MV_PLAIN, MV_F32, 64, 2) && s.runs(MV_NORM, MV_F32, 4096, 2) && !s.runs(MV_NORM, MV_F32, 8192, 4));
+        assert_eq!((s.shared(MV_NORM, 1, 4096, 2), s.shared(MV_NORM, 20, 4096, 2), s.shared(MV_PLAIN, 20, 4096, 2)), (8192, 65536, 0));
+    }
     assert!(args::MV_SHAPES.iter().all(|s| s.threads() <= 1024 && (s.rows == 1 || s.rows == 2)));
 }
 
@@ -728,7 +734,7 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                     let mut first: Option<Vec<u8>> = None;
                     // a shape with a block cap also with one block, which streams every row group
                     let shapes = MV_SHAPES.iter().flat_map(|s| [*s].into_iter().chain((s.max_blocks > 0).then_some(MvShape { max_blocks: 1, ..*s })));
-                    for shape in shapes.filter(|s| s.makes(out)) {
+                    for shape in shapes.filter(|s| s.runs(mode, out, k, prec.bytes())) {
                         gpu.upload(y, &start).unwrap();
                         let args = |m: usize, r0: usize| MatvecArgs {
                             bias: 0,
@@ -742,7 +748,6 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                             nh: 0,
                             nkv: 0,
                             hd: 0,
-                            bs: 0,
                             a: if a == 0 { 0 } else { a + (r0 * k * prec.bytes()) as u64 },
                             x,
                             norm_w,
@@ -757,7 +762,7 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                             accumulate: i32::from(accumulate),
                             eps: 1e-5,
                         };
-                        let launch = |m: usize, r0: usize| gpu.launch_as(shape.kernel, shape.grid(m, n), shape.threads(), 0, &args(m, r0)).unwrap();
+                        let launch = |m: usize, r0: usize| gpu.launch_as(shape.kernel, shape.grid(m, n), shape.threads(), shape.shared(mode, m, k, prec.bytes()), &args(m, r0)).unwrap();
                         let read = || -> Vec<u8> {
                             let mut out = vec![0u8; m * n * 4];
                             gpu.download(y, &mut out).unwrap();
@@ -863,7 +868,8 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
 }
 
 /// Loading a model times the product kernel's shapes on each decode product and picks the
-/// fastest; pairs-only outputs (RoPE'd q/k/v, SwiGLU) are timed on two-row shapes only.
+/// fastest; pairs-only outputs (RoPE'd q/k/v, SwiGLU) are timed on two-row shapes only, staged
+/// shapes on the products of RMSNorm'd inputs only.
 #[test]
 fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     use super::{Product, MV_SHAPES};
@@ -873,7 +879,8 @@ fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     let c = &model.config;
     for t in &timing {
         let pairs = matches!(t.product, Product::Qkv | Product::GateUp);
-        let want: Vec<_> = MV_SHAPES.iter().filter(|s| !pairs || s.rows == 2).copied().collect();
+        let normed = !matches!(t.product, Product::Out | Product::Down);
+        let want: Vec<_> = MV_SHAPES.iter().filter(|s| (!pairs || s.rows == 2) && (normed || !s.staged)).copied().collect();
         assert_eq!(t.micros.iter().map(|m| m.0).collect::<Vec<_>>(), want, "{:?}", t.product);
         assert!(t.micros.iter().all(|m| m.1 > 0.0 && m.1.is_finite()), "{t:?}");
         let best = t.micros.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
