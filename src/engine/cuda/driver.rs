@@ -128,15 +128,23 @@ fn kernel_image(arch: &str, w: Prec, k: Prec, dir: Option<&std::path::Path>) -> 
     }
 }
 
-/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`'s value:
-/// `on` or `1` yes; unset, `off` or `0` no. Off by default: on an H200, decode ran 2 to 9% faster
-/// without it (BENCHMARKS.md; with kernels that let the next start before waiting themselves).
-fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
+/// An on/off switch from the environment variable `var`'s value: `on` or `1` on; `off` or `0`
+/// off; unset or empty `default`. Anything else is an error naming the variable and `what` it
+/// turns on.
+pub fn switch_setting(var: &str, value: Option<&str>, default: bool, what: &str) -> Result<bool, String> {
     match value.map(str::trim) {
         Some("on" | "1") => Ok(true),
-        None | Some("" | "off" | "0") => Ok(false),
-        Some(other) => Err(format!("LLMEVAL_GPU_OVERLAP={other:?} is neither on nor off (set it to on to let each kernel start while the last finishes, or unset it)")),
+        Some("off" | "0") => Ok(false),
+        None | Some("") => Ok(default),
+        Some(other) => Err(format!("{var}={other:?} is neither on nor off (on {what}; or unset it)")),
     }
+}
+
+/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`. Off by
+/// default: on an H200, decode ran 2 to 9% faster without it (BENCHMARKS.md; with kernels that
+/// let the next start before waiting themselves).
+fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
+    switch_setting("LLMEVAL_GPU_OVERLAP", value, false, "lets each kernel start while the last finishes")
 }
 
 /// A replayable recording of a decode step: a CUDA graph, or a backend's own recording (the
@@ -212,6 +220,10 @@ pub trait Backend: Send {
     /// (programmatic dependent launch, where the device has it), or not; returns whether it was
     /// on. Recorded graphs keep the way their launches were made.
     fn set_overlap(&self, on: bool) -> bool;
+    /// Bytes of the device's L2 cache (0: unknown).
+    fn l2_bytes(&self) -> usize {
+        0
+    }
     /// Records what `f` enqueues as a graph (nothing runs); `None` when the backend cannot (the
     /// caller then runs `f` directly).
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError>;
@@ -313,6 +325,8 @@ pub struct Cuda {
     profiling: std::sync::Mutex<Option<(sys::CUevent, Vec<Marked>)>>,
     /// kernels are launched with programmatic dependent launch (see [`Backend::set_overlap`])
     pdl: std::sync::atomic::AtomicBool,
+    /// bytes of L2 cache
+    l2: usize,
 }
 
 /// An operation of a profile in progress: label, weight elements, the event recorded after it.
@@ -371,7 +385,9 @@ impl Cuda {
                 funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
+            // SAFETY: `dev` is a valid device.
+            let l2 = unsafe { result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE) }.unwrap_or(0).max(0) as usize;
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into(), l2 };
             gpu.set_overlap(overlap);
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
@@ -480,6 +496,10 @@ impl Backend for Cuda {
     fn set_overlap(&self, on: bool) -> bool {
         let can = self.info.capability.0 >= 9;
         self.pdl.swap(on && can, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn l2_bytes(&self) -> usize {
+        self.l2
     }
 
     /// Way 0 is `cublasGemmEx`'s own choice; the others are cuBLASLt's heuristic candidates,
@@ -698,6 +718,7 @@ mod tests {
         use super::overlap_setting as o;
         assert_eq!([o(None), o(Some("")), o(Some("on")), o(Some(" 1 ")), o(Some(" off ")), o(Some("0"))], [Ok(false), Ok(false), Ok(true), Ok(true), Ok(false), Ok(false)]);
         let e = o(Some("false")).unwrap_err();
-        assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off"), "{e}");
+        assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off (on lets each kernel start"), "{e}");
+        assert_eq!([super::switch_setting("X", None, true, "y"), super::switch_setting("X", Some(" off"), true, "y")], [Ok(true), Ok(false)]);
     }
 }

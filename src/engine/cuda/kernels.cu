@@ -128,7 +128,7 @@ __device__ __forceinline__ float ld_l2(const float* p) {
 #define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
 #define ATT_LOADS 2       // 16-byte loads of keys (and as many of values) in flight per thread
 #define ATT_MAX_SPLITS 256  // key splits of a decode step at most
-#define ATT_MERGE 16      // splits whose partials a thread loads together when it merges ...
+#define ATT_MERGE 8       // splits whose partials a thread loads together when it merges ...
 #define ATT_MERGE_E 4     // ... for each of this many output elements
 
 // Sum of a block's `v` (blockDim.x a multiple of 32, ≤ 1024) in a fixed tree order; every thread
@@ -280,6 +280,8 @@ struct AttnArgs {
   float* part_ml;         // [n_tiles × nkv × max_splits × row_stride × 2]
   int* counters;          // [n_tiles × nkv], zero between launches
   wt* att;                // [n × nh·hd]
+  const char* pf0;        // weights the next products read, for the L2 (see prefetch_l2) ...
+  const char* pf1;
   int n_tiles;
   int nh;
   int nkv;
@@ -287,8 +289,40 @@ struct AttnArgs {
   int split_len;
   int max_splits;
   int row_stride;         // partial rows per (tile, KV head, split): ≥ a tile's rows
+  int pf0_bytes;          // ... this many bytes of each (multiples of 16; 0: none)
+  int pf1_bytes;
   float scale;
 };
+
+// A decode step's attention reads little from memory: its blocks ask the L2 to fetch the
+// weights the products after it read (the attention output's matrix, and the start of gate/up),
+// each block its share once its own loads are done, so those products find them in the L2.
+// Nothing writes weights, so the fetch may happen at any time.
+#define PF_PIECE 65536  // bytes a bulk prefetch asks for at most
+__device__ __forceinline__ void prefetch_share(const char* p, long long n) {
+  const long long blocks = (long long)gridDim.x * gridDim.y * gridDim.z;
+  const long long b = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const long long share = (n / blocks + 255) / 256 * 256;  // whole 256-byte pieces
+  const long long lo = b * share, hi = lo + share < n ? lo + share : n;
+#if !defined(LLM_HOST) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x != 0) return;
+  for (long long at = lo; at < hi; at += PF_PIECE) {
+    const unsigned len = (unsigned)(hi - at < PF_PIECE ? hi - at : PF_PIECE);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + at), "r"(len) : "memory");
+  }
+#elif !defined(LLM_HOST)
+  for (long long at = lo + 128 * (long long)threadIdx.x; at < hi; at += 128 * (long long)blockDim.x)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + at));
+#else
+  (void)p;
+  (void)lo;
+  (void)hi;
+#endif
+}
+__device__ __forceinline__ void prefetch_l2(const AttnArgs& a) {
+  if (a.pf0_bytes > 0) prefetch_share(a.pf0, a.pf0_bytes);
+  if (a.pf1_bytes > 0) prefetch_share(a.pf1, a.pf1_bytes);
+}
 
 // Up to ATT_LOADS 16-byte loads each of keys and values, chunks i0, i0 + blockDim.x, … of the
 // 32-key tile from key kb (`chunks` a key).
@@ -336,7 +370,10 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   const int group = a.nh / a.nkv, nc = hd / 32;
   const int rows = count * group;
   const int k_lo = split * a.split_len;
-  if (k_lo > kmax) return;  // no key of this split is seen: no partials, no ticket
+  if (k_lo > kmax) {  // no key of this split is seen: no partials, no ticket
+    prefetch_l2(a);
+    return;
+  }
   const int k_hi = min(k_lo + a.split_len - 1, kmax);
   const int width = (a.nh + 2 * a.nkv) * hd, kvd = a.nkv * hd;
 
@@ -454,6 +491,7 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       for (int c = 0; c < MAXC; c++)
         if (c < nc) a.att[(long long)tok * a.nh * hd + head * hd + lane + 32 * c] = f2w(acc[j][c] / l[j]);
     }
+    prefetch_l2(a);
     return;
   }
   const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * a.row_stride;
@@ -469,6 +507,7 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       a.part_ml[(base + r) * 2 + 1] = l[j];
     }
   }
+  prefetch_l2(a);
   // the last block of this (tile, KV head) merges: every block that runs writes its partials,
   // makes them visible device-wide, then takes a ticket
   __threadfence();

@@ -198,6 +198,9 @@ struct Inner {
     pass: Limits,
     /// keys per split of a decode step's attention
     decode_split: usize,
+    /// bytes of weights a decode step's attention asks the L2 to fetch for the products after it
+    /// (half the L2; 0: `LLMEVAL_GPU_PREFETCH=off`)
+    prefetch: usize,
     /// rows of the last pass's final LM-head chunk: (first wanted row, count)
     last_chunk: (usize, usize),
     allocs: Vec<u64>,
@@ -440,6 +443,9 @@ impl GpuModel {
         let part_rows = (tile_cap * nkv * ATT_ROWS).max(GEN_SLOTS * nkv * dec_splits * group);
         let table_cap = s * ctx.div_ceil(BLOCK);
 
+        let what = "lets a decode step's attention fetch the next products' weights into the L2";
+        let prefetch = driver::switch_setting("LLMEVAL_GPU_PREFETCH", std::env::var("LLMEVAL_GPU_PREFETCH").ok().as_deref(), true, what).map_err(|e| cfg_err(&label, e))?;
+        let prefetch = if prefetch { gpu.l2_bytes() / 2 } else { 0 };
         let mut inner = Inner {
             gpu,
             cfg: c.clone(),
@@ -467,6 +473,7 @@ impl GpuModel {
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_split,
+            prefetch,
             last_chunk: (0, 0),
             allocs: Vec::new(),
         };
@@ -713,7 +720,15 @@ impl Inner {
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
             // att [n × q_dim]: the key splits and their merge in one launch
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
-            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
+            // a decode step's attention also has the L2 fetch the attention output's matrix and
+            // as much of gate/up as fits in `prefetch` (whole 256-byte pieces)
+            let (wo_bytes, gu_bytes) = (d * q_dim * es, 2 * ffn * d * es);
+            let budget = if ps.decode { self.prefetch.min(i32::MAX as usize) } else { 0 };
+            let pf0_bytes = (wo_bytes.min(budget) / 256 * 256) as i32;
+            let pf1_bytes = (gu_bytes.min(budget - pf0_bytes as usize) / 256 * 256) as i32;
+            let (pf0, pf1) = (l.wo, l.wgu);
+            let args = AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, pf0, pf1, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, pf0_bytes, pf1_bytes, scale };
+            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &args)?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
@@ -1003,6 +1018,8 @@ pub struct Bench {
     pub decode: f64,
     /// both figures in the other launch mode, where the device has both
     pub other_mode: Option<OtherMode>,
+    /// decode tokens/s with the attention's L2 prefetch off, where it is on
+    pub without_prefetch: Option<f64>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -1076,7 +1093,17 @@ impl GpuModel {
         } else {
             g.gpu.set_overlap(was);
         }
-        let mut out = Bench { prefill, decode, other_mode, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        // and without the attention's L2 prefetch (decode only: scoring passes do not prefetch)
+        let mut without_prefetch = None;
+        if g.prefetch > 0 {
+            let was = std::mem::replace(&mut g.prefetch, 0);
+            g.drop_graphs();
+            let off = decode_run(&mut g, &mut next);
+            g.prefetch = was;
+            g.drop_graphs();
+            without_prefetch = Some(off?);
+        }
+        let mut out = Bench { prefill, decode, other_mode, without_prefetch, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);

@@ -563,6 +563,7 @@ fn the_bench_times_decode_with_and_without_overlapping_launches() {
     let before = gpu_scores(&g, &reqs);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench");
     assert!(b.other_mode.is_some_and(|o| o.overlap && o.decode > 0.0 && o.decode.is_finite() && o.prefill > 0.0), "off: timed with overlap too {b:?}");
+    assert!(b.without_prefetch.is_some_and(|d| d > 0.0 && d.is_finite()), "timed without the L2 prefetch too {b:?}");
     assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap stays off");
     overlap.store(true, std::sync::atomic::Ordering::Relaxed);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
