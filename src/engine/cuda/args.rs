@@ -257,8 +257,8 @@ pub const MV_QKV: i32 = 2;
 
 kernel_args!(MatvecArgs => Matvec {
     a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
-    bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
-    nh: i32, nkv: i32, hd: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, eps: f32,
+    bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr, pf: DPtr,
+    nh: i32, nkv: i32, hd: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, pf_bytes: i32, eps: f32,
 } profile {
     fn label(&self) -> String {
         let input = if self.mode == MV_NORM { "rmsnorm(x)" } else { "a" };

@@ -128,23 +128,15 @@ fn kernel_image(arch: &str, w: Prec, k: Prec, dir: Option<&std::path::Path>) -> 
     }
 }
 
-/// An on/off switch from the environment variable `var`'s value: `on` or `1` on; `off` or `0`
-/// off; unset or empty `default`. Anything else is an error naming the variable and `what` it
-/// turns on.
-pub fn switch_setting(var: &str, value: Option<&str>, default: bool, what: &str) -> Result<bool, String> {
+/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`'s value:
+/// `on` or `1` yes; unset, `off` or `0` no. Off by default: on an H200, decode ran 2 to 9% faster
+/// without it (BENCHMARKS.md; with kernels that let the next start before waiting themselves).
+fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
     match value.map(str::trim) {
         Some("on" | "1") => Ok(true),
-        Some("off" | "0") => Ok(false),
-        None | Some("") => Ok(default),
-        Some(other) => Err(format!("{var}={other:?} is neither on nor off (on {what}; or unset it)")),
+        None | Some("" | "off" | "0") => Ok(false),
+        Some(other) => Err(format!("LLMEVAL_GPU_OVERLAP={other:?} is neither on nor off (set it to on to let each kernel start while the last finishes, or unset it)")),
     }
-}
-
-/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`. Off by
-/// default: on an H200, decode ran 2 to 9% faster without it (BENCHMARKS.md; with kernels that
-/// let the next start before waiting themselves).
-fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
-    switch_setting("LLMEVAL_GPU_OVERLAP", value, false, "lets each kernel start while the last finishes")
 }
 
 /// A replayable recording of a decode step: a CUDA graph, or a backend's own recording (the
@@ -718,7 +710,6 @@ mod tests {
         use super::overlap_setting as o;
         assert_eq!([o(None), o(Some("")), o(Some("on")), o(Some(" 1 ")), o(Some(" off ")), o(Some("0"))], [Ok(false), Ok(false), Ok(true), Ok(true), Ok(false), Ok(false)]);
         let e = o(Some("false")).unwrap_err();
-        assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off (on lets each kernel start"), "{e}");
-        assert_eq!([super::switch_setting("X", None, true, "y"), super::switch_setting("X", Some(" off"), true, "y")], [Ok(true), Ok(false)]);
+        assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off"), "{e}");
     }
 }

@@ -294,10 +294,11 @@ struct AttnArgs {
   float scale;
 };
 
-// A decode step's attention reads little from memory: its blocks ask the L2 to fetch the
-// weights the products after it read (the attention output's matrix, and the start of gate/up),
-// each block its share once its own loads are done, so those products find them in the L2.
-// Nothing writes weights, so the fetch may happen at any time.
+// Asking the L2 to fetch the weights a later kernel reads (a decode step's attention reads
+// little from memory, and a product's last blocks leave the memory idle while the next kernel
+// starts): each block of the grid asks for its share of bytes [0, n) of `p` once its own loads
+// are done, so the later kernel finds them in the L2. Nothing writes weights, so the fetch may
+// happen at any time; n is a multiple of 16.
 #define PF_PIECE 65536  // bytes a bulk prefetch asks for at most
 __device__ __forceinline__ void prefetch_share(const char* p, long long n) {
   const long long blocks = (long long)gridDim.x * gridDim.y * gridDim.z;
@@ -731,6 +732,7 @@ struct MatvecArgs {
   const int* tables;
   kt* kc;
   kt* vc;
+  const char* pf;        // weights a later kernel reads, for the L2 (see prefetch_share) ...
   int nh;
   int nkv;
   int hd;
@@ -740,6 +742,7 @@ struct MatvecArgs {
   int mode;
   int out;
   int accumulate;
+  int pf_bytes;          // ... this many bytes (a multiple of 16; 0: none)
   float eps;
 };
 // W warps a block (grid.y covers n / (W·R) of them), R weight rows a warp (2 with MV_GLU and
@@ -926,6 +929,7 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
       }
     }
   }
+  if (a.pf_bytes > 0) prefetch_share(a.pf, a.pf_bytes);
 }
 
 // The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).

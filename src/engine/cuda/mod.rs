@@ -44,6 +44,45 @@ const ATT_BK: usize = 32;
 /// keep the GPU busy at batch 1, each with little to walk. The split length depends on the
 /// model's context length only.
 const DECODE_SPLITS: usize = 256;
+/// What a decode step asks the L2 to fetch before the kernels that read it
+/// (`LLMEVAL_GPU_PREFETCH`): weights, up to half the L2 at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    Off,
+    /// the attention (which reads little from memory) fetches the attention output's matrix and
+    /// the start of gate/up
+    Attention,
+    /// also each product, as its blocks finish, the start of the next product's matrix
+    All,
+}
+
+impl Prefetch {
+    pub const ALL: [Prefetch; 3] = [Prefetch::Off, Prefetch::Attention, Prefetch::All];
+    /// The setting's value: `off`, `attention`, `all`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Prefetch::Off => "off",
+            Prefetch::Attention => "attention",
+            Prefetch::All => "all",
+        }
+    }
+    /// From `LLMEVAL_GPU_PREFETCH`'s value; unset or empty: `attention`.
+    fn setting(value: Option<&str>) -> Result<Prefetch, String> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Prefetch::Attention),
+            Some(v) => Prefetch::ALL.into_iter().find(|p| p.name() == v).ok_or_else(|| {
+                format!("LLMEVAL_GPU_PREFETCH={v:?} is not one of off, attention, all (what a decode step asks the L2 to fetch ahead: nothing, the weights after the attention, or also each product the next one's; or unset it)")
+            }),
+        }
+    }
+}
+
+/// Bytes of a prefetch of (the start of) `bytes` within `budget`: whole 256-byte pieces, as a
+/// kernel argument.
+fn fetch(bytes: usize, budget: usize) -> i32 {
+    (bytes.min(budget).min(i32::MAX as usize) / 256 * 256) as i32
+}
+
 /// Dynamic shared memory of an attention block: a tile's keys [ATT_BK × (hd + 4)], values
 /// [ATT_BK × hd] and queries [ATT_ROWS × hd]; the block that merges a decode step's splits reuses
 /// it for their factors [rows × splits].
@@ -198,9 +237,9 @@ struct Inner {
     pass: Limits,
     /// keys per split of a decode step's attention
     decode_split: usize,
-    /// bytes of weights a decode step's attention asks the L2 to fetch for the products after it
-    /// (half the L2; 0: `LLMEVAL_GPU_PREFETCH=off`)
-    prefetch: usize,
+    /// what a decode step asks the L2 to fetch ahead, and the L2's bytes
+    prefetch: Prefetch,
+    l2: usize,
     /// rows of the last pass's final LM-head chunk: (first wanted row, count)
     last_chunk: (usize, usize),
     allocs: Vec<u64>,
@@ -443,9 +482,8 @@ impl GpuModel {
         let part_rows = (tile_cap * nkv * ATT_ROWS).max(GEN_SLOTS * nkv * dec_splits * group);
         let table_cap = s * ctx.div_ceil(BLOCK);
 
-        let what = "lets a decode step's attention fetch the next products' weights into the L2";
-        let prefetch = driver::switch_setting("LLMEVAL_GPU_PREFETCH", std::env::var("LLMEVAL_GPU_PREFETCH").ok().as_deref(), true, what).map_err(|e| cfg_err(&label, e))?;
-        let prefetch = if prefetch { gpu.l2_bytes() / 2 } else { 0 };
+        let prefetch = Prefetch::setting(std::env::var("LLMEVAL_GPU_PREFETCH").ok().as_deref()).map_err(|e| cfg_err(&label, e))?;
+        let l2 = gpu.l2_bytes();
         let mut inner = Inner {
             gpu,
             cfg: c.clone(),
@@ -474,6 +512,7 @@ impl GpuModel {
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_split,
             prefetch,
+            l2,
             last_chunk: (0, 0),
             allocs: Vec::new(),
         };
@@ -597,6 +636,19 @@ impl GpuModel {
 
     /// What timing the decode product kernel's shapes found when the model loaded (empty where
     /// nothing was timed: the decode steps then run the first shape).
+    /// What a decode step asks the L2 to fetch ahead (`LLMEVAL_GPU_PREFETCH`).
+    pub fn prefetch(&self) -> Prefetch {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).prefetch
+    }
+
+    /// Decode steps from now on prefetch as `p` says (tests: the setting changes no bits).
+    #[cfg(test)]
+    fn set_prefetch(&self, p: Prefetch) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.prefetch = p;
+        g.drop_graphs();
+    }
+
     pub fn matvec_timing(&self) -> Vec<MvTiming> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).mv_timing.clone()
     }
@@ -693,7 +745,7 @@ impl Inner {
         let shared = attention_shared(hd);
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
-        let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
+        let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, pf: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, pf_bytes: 0, eps: c.rms_eps };
         let matvec = |p: Product, a: MatvecArgs| {
             let s = self.mv[p as usize];
             g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), s.shared(a.mode, a.m as usize, a.k as usize, es), &a)
@@ -721,19 +773,28 @@ impl Inner {
             // att [n × q_dim]: the key splits and their merge in one launch
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
             // a decode step's attention also has the L2 fetch the attention output's matrix and
-            // as much of gate/up as fits in `prefetch` (whole 256-byte pieces)
+            // the start of gate/up, up to the budget (see `Prefetch`); with `Prefetch::All` each
+            // product then the start of the next product's matrix
+            let budget = if ps.decode && self.prefetch != Prefetch::Off { self.l2 / 2 } else { 0 };
+            let all = |w: u64, bytes: usize| if self.prefetch == Prefetch::All { (w, fetch(bytes, budget)) } else { (0, 0) };
             let (wo_bytes, gu_bytes) = (d * q_dim * es, 2 * ffn * d * es);
-            let budget = if ps.decode { self.prefetch.min(i32::MAX as usize) } else { 0 };
-            let pf0_bytes = (wo_bytes.min(budget) / 256 * 256) as i32;
-            let pf1_bytes = (gu_bytes.min(budget - pf0_bytes as usize) / 256 * 256) as i32;
+            let pf0_bytes = fetch(wo_bytes, budget);
+            let pf1_bytes = fetch(gu_bytes, budget - pf0_bytes as usize);
             let (pf0, pf1) = (l.wo, l.wgu);
             let args = AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, pf0, pf1, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, pf0_bytes, pf1_bytes, scale };
             g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &args)?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
-                matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
-                matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, ..none })?;
-                matvec(Product::Down, MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, ..none })?;
+                // the rest of gate/up's budget; the down matrix; the next layer's q/k/v (or the LM head)
+                let (pf, pf_bytes) = if self.prefetch == Prefetch::All { (l.wgu + pf1_bytes as u64, fetch(gu_bytes.min(budget) - pf1_bytes as usize, budget)) } else { (0, 0) };
+                matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, pf, pf_bytes, ..none })?;
+                let (pf, pf_bytes) = all(l.wdown, d * ffn * es);
+                matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, pf, pf_bytes, ..none })?;
+                let (pf, pf_bytes) = match self.layers.get(li + 1) {
+                    Some(next) => all(next.wqkv, qkv_dim * d * es),
+                    None => all(self.lm_head, c.vocab * d * es),
+                };
+                matvec(Product::Down, MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, pf, pf_bytes, ..none })?;
             } else {
                 gemm(Product::Out, n, b.att, l.wo, b.x)?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
@@ -880,7 +941,7 @@ impl Inner {
             let g = &self.gpu;
             let run = |s: MvShape| -> Result<(), DeviceError> {
                 for &(w, norm_w) in &mats {
-                    let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, eps: c.rms_eps };
+                    let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, pf: 0, nh: 0, nkv: 0, hd: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, pf_bytes: 0, eps: c.rms_eps };
                     g.launch_raw(s.kernel, s.grid(1, n), s.threads(), s.shared(mode, 1, k, self.prec.bytes()), args.bytes())?;
                 }
                 Ok(())
@@ -1018,8 +1079,8 @@ pub struct Bench {
     pub decode: f64,
     /// both figures in the other launch mode, where the device has both
     pub other_mode: Option<OtherMode>,
-    /// decode tokens/s with the attention's L2 prefetch off, where it is on
-    pub without_prefetch: Option<f64>,
+    /// decode tokens/s with each other [`Prefetch`] setting, where the device has an L2
+    pub other_prefetch: Vec<(Prefetch, f64)>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -1093,17 +1154,18 @@ impl GpuModel {
         } else {
             g.gpu.set_overlap(was);
         }
-        // and without the attention's L2 prefetch (decode only: scoring passes do not prefetch)
-        let mut without_prefetch = None;
-        if g.prefetch > 0 {
-            let was = std::mem::replace(&mut g.prefetch, 0);
+        // and with each other prefetch setting (decode only: scoring passes do not prefetch)
+        let mut other_prefetch = Vec::new();
+        let (was, l2) = (g.prefetch, g.l2);
+        for p in Prefetch::ALL.into_iter().filter(|&p| p != was && l2 > 0) {
+            g.prefetch = p;
             g.drop_graphs();
-            let off = decode_run(&mut g, &mut next);
+            let speed = decode_run(&mut g, &mut next);
             g.prefetch = was;
             g.drop_graphs();
-            without_prefetch = Some(off?);
+            other_prefetch.push((p, speed?));
         }
-        let mut out = Bench { prefill, decode, other_mode, without_prefetch, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        let mut out = Bench { prefill, decode, other_mode, other_prefetch, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);

@@ -563,7 +563,9 @@ fn the_bench_times_decode_with_and_without_overlapping_launches() {
     let before = gpu_scores(&g, &reqs);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench");
     assert!(b.other_mode.is_some_and(|o| o.overlap && o.decode > 0.0 && o.decode.is_finite() && o.prefill > 0.0), "off: timed with overlap too {b:?}");
-    assert!(b.without_prefetch.is_some_and(|d| d > 0.0 && d.is_finite()), "timed without the L2 prefetch too {b:?}");
+    let others: Vec<_> = b.other_prefetch.iter().map(|o| o.0).collect();
+    assert_eq!(others, [super::Prefetch::Off, super::Prefetch::All], "timed with the other prefetch settings {b:?}");
+    assert!(b.other_prefetch.iter().all(|o| o.1 > 0.0 && o.1.is_finite()), "{b:?}");
     assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap stays off");
     overlap.store(true, std::sync::atomic::Ordering::Relaxed);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
@@ -746,6 +748,8 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                             tables: 0,
                             kc: 0,
                             vc: 0,
+                            pf: w,
+                            pf_bytes: 256,
                             nh: 0,
                             nkv: 0,
                             hd: 0,
@@ -865,6 +869,11 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
             g.force_matvec(s);
             assert_eq!(decode_logprobs(&g, &reqs, true), together, "shape {n}: decode products on {}", s.name());
         }
+        // and whatever the decode steps prefetch
+        for p in super::Prefetch::ALL {
+            g.set_prefetch(p);
+            assert_eq!(decode_logprobs(&g, &reqs, true), together, "shape {n}: prefetch {}", p.name());
+        }
     }
 }
 
@@ -894,4 +903,12 @@ fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     let no_events = |be: &Emu| be.no_profile.store(true, std::sync::atomic::Ordering::Relaxed);
     let Some((_, g, ())) = emulated_with(8, "emulated_gpu_times_the_product_shapes_when_it_loads", no_events) else { return };
     assert!(g.matvec_timing().is_empty());
+}
+
+#[test]
+fn the_prefetch_setting_is_off_attention_or_all_else_an_error_naming_the_variable() {
+    use super::Prefetch as P;
+    assert_eq!([P::setting(None), P::setting(Some("")), P::setting(Some(" all ")), P::setting(Some("off"))], [Ok(P::Attention), Ok(P::Attention), Ok(P::All), Ok(P::Off)]);
+    let e = P::setting(Some("on")).unwrap_err();
+    assert!(e.starts_with("LLMEVAL_GPU_PREFETCH=\"on\" is not one of off, attention, all"), "{e}");
 }
