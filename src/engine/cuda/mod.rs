@@ -77,9 +77,13 @@ impl Prefetch {
     }
 }
 
-/// Bytes of a prefetch of (the start of) `bytes` within `budget`: whole 256-byte pieces, as a
-/// kernel argument.
-fn fetch(bytes: usize, budget: usize) -> i32 {
+/// Bytes of a prefetch of (the start of) the `bytes` at `at` within `budget`: whole 256-byte
+/// pieces, as a kernel argument; none where `at` is not 16-byte aligned (as the bulk prefetch
+/// needs; every matrix is an allocation of its own, so this does not happen).
+fn fetch(at: u64, bytes: usize, budget: usize) -> i32 {
+    if !at.is_multiple_of(16) {
+        return 0;
+    }
     (bytes.min(budget).min(i32::MAX as usize) / 256 * 256) as i32
 }
 
@@ -776,17 +780,17 @@ impl Inner {
             // the start of gate/up, up to the budget (see `Prefetch`); with `Prefetch::All` each
             // product then the start of the next product's matrix
             let budget = if ps.decode && self.prefetch != Prefetch::Off { self.l2 / 2 } else { 0 };
-            let all = |w: u64, bytes: usize| if self.prefetch == Prefetch::All { (w, fetch(bytes, budget)) } else { (0, 0) };
+            let all = |w: u64, bytes: usize| if self.prefetch == Prefetch::All { (w, fetch(w, bytes, budget)) } else { (0, 0) };
             let (wo_bytes, gu_bytes) = (d * q_dim * es, 2 * ffn * d * es);
-            let pf0_bytes = fetch(wo_bytes, budget);
-            let pf1_bytes = fetch(gu_bytes, budget - pf0_bytes as usize);
             let (pf0, pf1) = (l.wo, l.wgu);
+            let pf0_bytes = fetch(pf0, wo_bytes, budget);
+            let pf1_bytes = fetch(pf1, gu_bytes, budget - pf0_bytes as usize);
             let args = AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, pf0, pf1, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, pf0_bytes, pf1_bytes, scale };
             g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &args)?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 // the rest of gate/up's budget; the down matrix; the next layer's q/k/v (or the LM head)
-                let (pf, pf_bytes) = if self.prefetch == Prefetch::All { (l.wgu + pf1_bytes as u64, fetch(gu_bytes.min(budget) - pf1_bytes as usize, budget)) } else { (0, 0) };
+                let (pf, pf_bytes) = all(l.wgu + pf1_bytes as u64, gu_bytes.min(budget) - pf1_bytes as usize);
                 matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, pf, pf_bytes, ..none })?;
                 let (pf, pf_bytes) = all(l.wdown, d * ffn * es);
                 matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, pf, pf_bytes, ..none })?;
