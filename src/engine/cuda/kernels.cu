@@ -44,6 +44,7 @@ __device__ __forceinline__ u16 f_to_f16(float f) {
 #endif
 
 #define FULL_MASK 0xffffffffu
+#define LD_BATCH 8  // loads a thread issues together where a loop would wait for each in turn
 #define KV_BS 16  // positions per KV cache block
 
 // Programmatic dependent launch (sm_90 and newer, when the host launches a kernel with it): a
@@ -174,7 +175,16 @@ LLM_KERNEL(embed, EmbedArgs) {
   if (t >= a.n) return;
   const wt* row = a.emb + (long long)a.tok[t] * a.d;
   float* out = a.x + (long long)t * a.d;
-  for (int i = threadIdx.x; i < a.d; i += blockDim.x) out[i] = w2f(row[i]);
+  // LD_BATCH loads in flight before their stores (a loop of load-then-store waits out each load)
+  for (int i0 = threadIdx.x; i0 < a.d; i0 += LD_BATCH * blockDim.x) {
+    wt v[LD_BATCH] = {};
+#pragma unroll
+    for (int u = 0; u < LD_BATCH; u++)
+      if (i0 + u * (int)blockDim.x < a.d) v[u] = row[i0 + u * blockDim.x];
+#pragma unroll
+    for (int u = 0; u < LD_BATCH; u++)
+      if (i0 + u * (int)blockDim.x < a.d) out[i0 + u * blockDim.x] = w2f(v[u]);
+  }
 }
 
 // ── RMSNorm: out[r, :] = x[src, :] / sqrt(mean(x²) + eps) · w, src = rows ? rows[r] : r ──
@@ -640,9 +650,17 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
   const float* row = a.logits + (long long)r * a.vocab;
   float best = -LLM_INF;
   int bi = 0x7fffffff;
-  for (int i = tid; i < a.vocab; i += nt) {
-    const float v = row[i];
-    if (bi == 0x7fffffff || (v != v && best == best) || v > best) { best = v; bi = i; }
+  for (int i0 = tid; i0 < a.vocab; i0 += LD_BATCH * nt) {  // in index order, LD_BATCH loads at once
+    float x[LD_BATCH] = {};
+#pragma unroll
+    for (int u = 0; u < LD_BATCH; u++)
+      if (i0 + u * nt < a.vocab) x[u] = row[i0 + u * nt];
+#pragma unroll
+    for (int u = 0; u < LD_BATCH; u++) {
+      const int i = i0 + u * nt;
+      const float v = x[u];
+      if (i < a.vocab && (bi == 0x7fffffff || (v != v && best == best) || v > best)) { best = v; bi = i; }
+    }
   }
   sv[tid] = best;
   si[tid] = bi;
@@ -667,7 +685,15 @@ LLM_KERNEL(logits_reduce, ReduceArgs) {
     return;
   }
   double s = 0.0;
-  for (int i = tid; i < a.vocab; i += nt) s += (double)expf(row[i] - mx);
+  for (int i0 = tid; i0 < a.vocab; i0 += LD_BATCH * nt) {
+    float x[LD_BATCH] = {};
+#pragma unroll
+    for (int u = 0; u < LD_BATCH; u++)
+      if (i0 + u * nt < a.vocab) x[u] = row[i0 + u * nt];
+#pragma unroll
+    for (int u = 0; u < LD_BATCH; u++)
+      if (i0 + u * nt < a.vocab) s += (double)expf(x[u] - mx);
+  }
   sd[tid] = s;
   __syncthreads();
   for (int o = nt / 2; o > 0; o >>= 1) {
@@ -784,10 +810,19 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
     float ss = 0.0f;
     if (a.mode == MV_NORM) {
       const float* xr = a.x + (long long)src * a.k;
-      for (int i = lane * 4; i < a.k; i += 128) {
-        const F4 q = *(const F4*)(xr + i);
+      // in order, B loads at once (B = 1: as the compiler unrolls it; the staged shapes, lighter
+      // on registers, take LD_BATCH)
+      constexpr int B = S ? LD_BATCH : 1;
+      for (int i0 = lane * 4; i0 < a.k; i0 += 128 * B) {
+        F4 q[B] = {};
 #pragma unroll
-        for (int e = 0; e < 4; e++) ss += q.v[e] * q.v[e];
+        for (int u = 0; u < B; u++)
+          if (i0 + 128 * u < a.k) q[u] = *(const F4*)(xr + i0 + 128 * u);
+#pragma unroll
+        for (int u = 0; u < B; u++)
+          if (i0 + 128 * u < a.k)
+#pragma unroll
+            for (int e = 0; e < 4; e++) ss += q[u].v[e] * q[u].v[e];
       }
       for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(FULL_MASK, ss, o);
     }
@@ -800,10 +835,23 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
   if (S && a.mode == MV_NORM) {
     for (int r = 0; r < m; r++) {
       const float* xr = a.x + (long long)s_src[r] * a.k;
-      for (int i = 4 * threadIdx.x; i < a.k; i += 4 * blockDim.x) {
-        const F4 xs = *(const F4*)(xr + i), nw = *(const F4*)(a.norm_w + i);
+      for (int i0 = 4 * threadIdx.x; i0 < a.k; i0 += 16 * blockDim.x) {  // 4 × 2 loads at once
+        F4 xs[4] = {}, nw[4] = {};
 #pragma unroll
-        for (int e = 0; e < 4; e++) xin[r * a.k + i + e] = f2w(xs.v[e] * s_scale[r] * nw.v[e]);
+        for (int u = 0; u < 4; u++) {
+          const int i = i0 + 4 * u * blockDim.x;
+          if (i < a.k) {
+            xs[u] = *(const F4*)(xr + i);
+            nw[u] = *(const F4*)(a.norm_w + i);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+          const int i = i0 + 4 * u * blockDim.x;
+          if (i < a.k)
+#pragma unroll
+            for (int e = 0; e < 4; e++) xin[r * a.k + i + e] = f2w(xs[u].v[e] * s_scale[r] * nw[u].v[e]);
+        }
       }
     }
     __syncthreads();
