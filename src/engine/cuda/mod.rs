@@ -638,8 +638,6 @@ impl GpuModel {
         g.decode_split = decode_split.max(1);
     }
 
-    /// What timing the decode product kernel's shapes found when the model loaded (empty where
-    /// nothing was timed: the decode steps then run the first shape).
     /// What a decode step asks the L2 to fetch ahead (`LLMEVAL_GPU_PREFETCH`).
     pub fn prefetch(&self) -> Prefetch {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).prefetch
@@ -653,6 +651,8 @@ impl GpuModel {
         g.drop_graphs();
     }
 
+    /// What timing the decode product kernel's shapes found when the model loaded (empty where
+    /// nothing was timed: the decode steps then run the first shape).
     pub fn matvec_timing(&self) -> Vec<MvTiming> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).mv_timing.clone()
     }
