@@ -199,10 +199,6 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
         let pct = |a: f64, b: f64| 100.0 * (a / b - 1.0);
         println!("[{label}] llmeval {how}: prefill {:.0} tokens/s ({:+.1}%) · decode batch 1 {:.1} tokens/s ({:+.1}%) · batch 32 {:.1} tokens/s ({:+.1}%)", o1.prefill, pct(o1.prefill, prefill), o1.decode, pct(o1.decode, decode1), o32.decode, pct(o32.decode, decode32));
     }
-    for ((p, d1), (_, d32)) in b1.other_prefetch.iter().zip(&b32.other_prefetch) {
-        let pct = |a: f64, b: f64| 100.0 * (a / b - 1.0);
-        println!("[{label}] llmeval with LLMEVAL_GPU_PREFETCH={} (now {}): decode batch 1 {d1:.1} tokens/s ({:+.1}%) · batch 32 {d32:.1} tokens/s ({:+.1}%)", p.name(), gpu.prefetch().name(), pct(*d1, decode1), pct(*d32, decode32));
-    }
     println!("[{label}] llmeval log-likelihood: {} requests ({} groups of 4 choices, 192-token contexts) in {secs:.2} s = {:.0} requests/s, {:.0} tokens/s", reqs.len(), reqs.len() / 4, reqs.len() as f64 / secs, tokens as f64 / secs);
     // a decode step reads every matrix once (the embedding table only a row)
     let per_token = gpu.bytes_per_token();
@@ -211,7 +207,7 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
         println!("[{label}] decode batch 1 bandwidth bound {b:.1} tokens/s ({:.3} GB read per token / {:.2} TB/s); llmeval at {:.0}% of it", per_token as f64 / 1e9, bandwidth.unwrap_or(0.0), 100.0 * decode1 / b);
     }
     if let Some(p) = json_out {
-        let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "other_mode_overlaps": b1.other_mode.map(|o| o.overlap), "other_mode_prefill_tokens_per_s": b1.other_mode.map(|o| o.prefill), "other_mode_decode_b1_tokens_per_s": b1.other_mode.map(|o| o.decode), "other_mode_decode_b32_tokens_per_s": b32.other_mode.map(|o| o.decode), "prefetch": gpu.prefetch().name(), "other_prefetch": b1.other_prefetch.iter().zip(&b32.other_prefetch).map(|((p, d1), (_, d32))| json!({"prefetch": p.name(), "decode_b1_tokens_per_s": d1, "decode_b32_tokens_per_s": d32})).collect::<Vec<_>>(),
+        let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "other_mode_overlaps": b1.other_mode.map(|o| o.overlap), "other_mode_prefill_tokens_per_s": b1.other_mode.map(|o| o.prefill), "other_mode_decode_b1_tokens_per_s": b1.other_mode.map(|o| o.decode), "other_mode_decode_b32_tokens_per_s": b32.other_mode.map(|o| o.decode),
             "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
             "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes), "prefill_gemm_ways": llmeval::engine::cuda::profile::gemm_choices_json(&gemms)});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));

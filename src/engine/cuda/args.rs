@@ -241,8 +241,8 @@ kernel_args!(RopeArgs => RopeStore {
     n: i32, nh: i32, nkv: i32, hd: i32,
 });
 kernel_args!(AttnArgs => Attention {
-    qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr, counters: DPtr, att: DPtr, pf0: DPtr, pf1: DPtr,
-    n_tiles: i32, nh: i32, nkv: i32, hd: i32, split_len: i32, max_splits: i32, row_stride: i32, pf0_bytes: i32, pf1_bytes: i32, scale: f32,
+    qkv: DPtr, kc: DPtr, vc: DPtr, tiles: DPtr, pos: DPtr, blk_off: DPtr, tables: DPtr, part_acc: DPtr, part_ml: DPtr, counters: DPtr, att: DPtr,
+    n_tiles: i32, nh: i32, nkv: i32, hd: i32, split_len: i32, max_splits: i32, row_stride: i32, scale: f32,
 });
 kernel_args!(SwigluArgs => Swiglu { gu: DPtr, act: DPtr, n: i32, ffn: i32 });
 kernel_args!(ReduceArgs => LogitsReduce { logits: DPtr, target: DPtr, lp: DPtr, am: DPtr, vocab: i32, n: i32 });
@@ -257,8 +257,8 @@ pub const MV_QKV: i32 = 2;
 
 kernel_args!(MatvecArgs => Matvec {
     a: DPtr, x: DPtr, norm_w: DPtr, rows: DPtr, w: DPtr, y: DPtr,
-    bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr, pf: DPtr,
-    nh: i32, nkv: i32, hd: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, pf_bytes: i32, eps: f32,
+    bias: DPtr, inv_freq: DPtr, pos: DPtr, seq_of: DPtr, blk_off: DPtr, tables: DPtr, kc: DPtr, vc: DPtr,
+    nh: i32, nkv: i32, hd: i32, m: i32, n: i32, k: i32, mode: i32, out: i32, accumulate: i32, eps: f32,
 } profile {
     fn label(&self) -> String {
         let input = if self.mode == MV_NORM { "rmsnorm(x)" } else { "a" };

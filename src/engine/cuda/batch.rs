@@ -86,7 +86,7 @@ pub struct Packed {
     pub blk_off: Vec<i32>,
     /// the block tables, concatenated
     pub tables: Vec<i32>,
-    /// [tiles × 4] attention work: span, first packed token, token count, the last token's position
+    /// [tiles × 4] attention work: span, first packed token, token count, 0
     pub tiles: Vec<i32>,
     /// [w] packed index of each wanted row
     pub want: Vec<i32>,
@@ -128,7 +128,7 @@ pub fn pack(spans: &[Span], tile_tokens: usize) -> Packed {
         let mut i = 0;
         while i < span.tokens.len() {
             let n = tile_tokens.min(span.tokens.len() - i);
-            p.tiles.extend([s as i32, (first + i) as i32, n as i32, (span.start + i + n - 1) as i32]);
+            p.tiles.extend([s as i32, (first + i) as i32, n as i32, 0]);
             i += n;
         }
         for &(i, target) in &span.want {
@@ -547,7 +547,7 @@ mod tests {
         assert_eq!(p.cu_seqlens, vec![0, 3, 8]);
         assert_eq!(p.blk_off, vec![0, 2]);
         assert_eq!(p.tables, vec![4, 9, 2]);
-        assert_eq!(p.tiles, vec![0, 0, 2, 15, 0, 2, 1, 16, 1, 3, 2, 1, 1, 5, 2, 3, 1, 7, 1, 4]);
+        assert_eq!(p.tiles, vec![0, 0, 2, 0, 0, 2, 1, 0, 1, 3, 2, 0, 1, 5, 2, 0, 1, 7, 1, 0]);
         assert_eq!(p.want, vec![2, 3, 7]);
         assert_eq!(p.target, vec![7, -1, 1]);
         assert_eq!(p.max_pos(), 16);

@@ -212,10 +212,6 @@ pub trait Backend: Send {
     /// (programmatic dependent launch, where the device has it), or not; returns whether it was
     /// on. Recorded graphs keep the way their launches were made.
     fn set_overlap(&self, on: bool) -> bool;
-    /// Bytes of the device's L2 cache (0: unknown).
-    fn l2_bytes(&self) -> usize {
-        0
-    }
     /// Records what `f` enqueues as a graph (nothing runs); `None` when the backend cannot (the
     /// caller then runs `f` directly).
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError>;
@@ -317,8 +313,6 @@ pub struct Cuda {
     profiling: std::sync::Mutex<Option<(sys::CUevent, Vec<Marked>)>>,
     /// kernels are launched with programmatic dependent launch (see [`Backend::set_overlap`])
     pdl: std::sync::atomic::AtomicBool,
-    /// bytes of L2 cache
-    l2: usize,
 }
 
 /// An operation of a profile in progress: label, weight elements, the event recorded after it.
@@ -377,9 +371,7 @@ impl Cuda {
                 funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            // SAFETY: `dev` is a valid device.
-            let l2 = unsafe { result::device::get_attribute(dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE) }.unwrap_or(0).max(0) as usize;
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into(), l2 };
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
             gpu.set_overlap(overlap);
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
@@ -488,10 +480,6 @@ impl Backend for Cuda {
     fn set_overlap(&self, on: bool) -> bool {
         let can = self.info.capability.0 >= 9;
         self.pdl.swap(on && can, std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn l2_bytes(&self) -> usize {
-        self.l2
     }
 
     /// Way 0 is `cublasGemmEx`'s own choice; the others are cuBLASLt's heuristic candidates,

@@ -227,11 +227,6 @@ impl Backend for Emu {
         6
     }
     /// Launches run one after another here whatever is set.
-    /// A small cache, so that a decode step's attention runs its prefetch (which does nothing here).
-    fn l2_bytes(&self) -> usize {
-        1 << 20
-    }
-
     fn set_overlap(&self, on: bool) -> bool {
         self.overlap.swap(on, std::sync::atomic::Ordering::Relaxed)
     }

@@ -128,7 +128,6 @@ __device__ __forceinline__ float ld_l2(const float* p) {
 #define ATT_BK 32         // keys per shared-memory tile
 #define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
 #define ATT_LOADS 2       // 16-byte loads of keys (and as many of values) in flight per thread
-#define ATT_MAX_SPLITS 256  // key splits of a decode step at most
 #define ATT_MERGE 8       // splits whose partials a thread loads together when it merges ...
 #define ATT_MERGE_E 4     // ... for each of this many output elements
 
@@ -282,7 +281,7 @@ struct AttnArgs {
   const float* qkv;       // [n × (nh + 2·nkv)·hd], q rotated
   const kt* kc;           // this layer's keys
   const kt* vc;           // this layer's values
-  const int* tiles;       // [n_tiles × 4]: seq, t0, count, the last token's position
+  const int* tiles;       // [n_tiles × 4]: seq, t0, count, unused
   const int* pos;         // [n]
   const int* blk_off;     // [seqs]
   const int* tables;
@@ -290,8 +289,6 @@ struct AttnArgs {
   float* part_ml;         // [n_tiles × nkv × max_splits × row_stride × 2]
   int* counters;          // [n_tiles × nkv], zero between launches
   wt* att;                // [n × nh·hd]
-  const char* pf0;        // weights the next products read, for the L2 (see prefetch_l2) ...
-  const char* pf1;
   int n_tiles;
   int nh;
   int nkv;
@@ -299,41 +296,8 @@ struct AttnArgs {
   int split_len;
   int max_splits;
   int row_stride;         // partial rows per (tile, KV head, split): ≥ a tile's rows
-  int pf0_bytes;          // ... this many bytes of each (multiples of 16; 0: none)
-  int pf1_bytes;
   float scale;
 };
-
-// Asking the L2 to fetch the weights a later kernel reads (a decode step's attention reads
-// little from memory, and a product's last blocks leave the memory idle while the next kernel
-// starts): each block of the grid asks for its share of bytes [0, n) of `p` once its own loads
-// are done, so the later kernel finds them in the L2. Nothing writes weights, so the fetch may
-// happen at any time; n is a multiple of 16.
-#define PF_PIECE 65536  // bytes a bulk prefetch asks for at most
-__device__ __forceinline__ void prefetch_share(const char* p, long long n) {
-  const long long blocks = (long long)gridDim.x * gridDim.y * gridDim.z;
-  const long long b = ((long long)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
-  const long long share = (n / blocks + 255) / 256 * 256;  // whole 256-byte pieces
-  const long long lo = b * share, hi = lo + share < n ? lo + share : n;
-#if !defined(LLM_HOST) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (threadIdx.x != 0) return;
-  for (long long at = lo; at < hi; at += PF_PIECE) {
-    const unsigned len = (unsigned)(hi - at < PF_PIECE ? hi - at : PF_PIECE);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + at), "r"(len) : "memory");
-  }
-#elif !defined(LLM_HOST)
-  for (long long at = lo + 128 * (long long)threadIdx.x; at < hi; at += 128 * (long long)blockDim.x)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + at));
-#else
-  (void)p;
-  (void)lo;
-  (void)hi;
-#endif
-}
-__device__ __forceinline__ void prefetch_l2(const AttnArgs& a) {
-  if (a.pf0_bytes > 0) prefetch_share(a.pf0, a.pf0_bytes);
-  if (a.pf1_bytes > 0) prefetch_share(a.pf1, a.pf1_bytes);
-}
 
 // Up to ATT_LOADS 16-byte loads each of keys and values, chunks i0, i0 + blockDim.x, … of the
 // 32-key tile from key kb (`chunks` a key).
@@ -369,22 +333,19 @@ template <int HD>  // head_dim, or 0: a.hd
 __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
   __shared__ int s_last;
-  __shared__ float s_den[ATT_ROWS];
+  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
   pdl_wait();
   pdl_trigger();
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   if (tile >= a.n_tiles) return;
   const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1], count = a.tiles[4 * tile + 2];
-  const int kmax = a.tiles[4 * tile + 3];  // the tile's last position
   const int hd = HD ? HD : a.hd;
   constexpr int MAXC = HD ? HD / 32 : ATT_MAXC;  // output elements a lane holds, at most
   const int group = a.nh / a.nkv, nc = hd / 32;
   const int rows = count * group;
+  const int kmax = a.pos[t0 + count - 1];
   const int k_lo = split * a.split_len;
-  if (k_lo > kmax) {  // no key of this split is seen: no partials, no ticket
-    prefetch_l2(a);
-    return;
-  }
+  if (k_lo > kmax) return;  // no key of this split is seen: no partials, no ticket
   const int k_hi = min(k_lo + a.split_len - 1, kmax);
   const int width = (a.nh + 2 * a.nkv) * hd, kvd = a.nkv * hd;
 
@@ -477,7 +438,6 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       m[j] = new_m;
     }
     // lane = output element: each value element read once for all the warp's rows
-#pragma unroll 8
     for (int kk = 0; kk < nk; kk++) {
       float v[MAXC];
 #pragma unroll
@@ -502,7 +462,6 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       for (int c = 0; c < MAXC; c++)
         if (c < nc) a.att[(long long)tok * a.nh * hd + head * hd + lane + 32 * c] = f2w(acc[j][c] / l[j]);
     }
-    prefetch_l2(a);
     return;
   }
   const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * a.row_stride;
@@ -518,7 +477,6 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       a.part_ml[(base + r) * 2 + 1] = l[j];
     }
   }
-  prefetch_l2(a);
   // the last block of this (tile, KV head) merges: every block that runs writes its partials,
   // makes them visible device-wide, then takes a ticket
   __threadfence();
@@ -532,35 +490,25 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // merge each row's splits in split order and normalise (other blocks' writes, read from L2).
-  // A warp a row: one round of loads of the splits' (m, l), the row's largest max, each split's
-  // factor e = exp(m − max) into shared memory (0 for a split with no visible key: where the
-  // tile's K/V were) and the denominator Σ l·e. Then each thread takes ATT_MERGE_E output
-  // elements at once, ATT_MERGE splits' loads in flight for each: Σ acc·e / den.
-  float* fac = smem;  // [rows × max_splits]
+  // merge each row's splits in split order and normalise (other blocks' writes, read from L2):
+  // a warp a row finds the row's largest max and its sum Σ l·exp(m − max); then each thread
+  // takes ATT_MERGE_E output elements at once, ATT_MERGE splits' loads in flight for each
   const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
   for (int r = warp; r < rows; r += ATT_WARPS) {
     const int ns = a.pos[t0 + r / group] / a.split_len + 1;
-    float ms[ATT_MAX_SPLITS / 32], ls[ATT_MAX_SPLITS / 32], mx = -LLM_INF, den = 0.0f;
-#pragma unroll
-    for (int q = 0; q < ATT_MAX_SPLITS / 32; q++) {
-      const int s = lane + 32 * q;
-      const long long pr = (first + s) * a.row_stride + r;
-      ms[q] = s < ns ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
-      ls[q] = s < ns ? ld_l2(a.part_ml + pr * 2 + 1) : 0.0f;
-      mx = fmaxf(mx, ms[q]);
-    }
+    float mx = -LLM_INF, den = 0.0f;
+    for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
-#pragma unroll
-    for (int q = 0; q < ATT_MAX_SPLITS / 32; q++) {
-      const int s = lane + 32 * q;
-      if (s >= ns) break;  // ns is uniform across the warp
-      const float e = ms[q] != -LLM_INF ? expf(ms[q] - mx) : 0.0f;
-      fac[r * a.max_splits + s] = e;
-      den += ls[q] * e;
+    for (int s = lane; s < ns; s += 32) {
+      const long long pr = (first + s) * a.row_stride + r;
+      const float ms = ld_l2(a.part_ml + pr * 2), ls = ld_l2(a.part_ml + pr * 2 + 1);
+      if (ms != -LLM_INF) den += ls * expf(ms - mx);  // a split with no visible key adds nothing
     }
     for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(FULL_MASK, den, o);
-    if (lane == 0) s_den[r] = den;
+    if (lane == 0) {
+      s_mx[r] = mx;
+      s_den[r] = den;
+    }
   }
   __syncthreads();
   for (int i0 = threadIdx.x; i0 < rows * hd; i0 += ATT_MERGE_E * blockDim.x) {
@@ -576,20 +524,24 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
 #pragma unroll
     for (int e = 0; e < ATT_MERGE_E; e++) most = max(most, ns[e]);
     for (int s0 = 0; s0 < most; s0 += ATT_MERGE) {
-      float av[ATT_MERGE_E][ATT_MERGE];
+      float mv[ATT_MERGE_E][ATT_MERGE], av[ATT_MERGE_E][ATT_MERGE];
 #pragma unroll
       for (int e = 0; e < ATT_MERGE_E; e++) {
         const int i = i0 + e * blockDim.x, r = i / hd, d = i % hd;
 #pragma unroll
-        for (int u = 0; u < ATT_MERGE; u++)
-          av[e][u] = s0 + u < ns[e] ? ld_l2(a.part_acc + ((first + s0 + u) * a.row_stride + r) * hd + d) : 0.0f;
+        for (int u = 0; u < ATT_MERGE; u++) {
+          const long long pr = (first + s0 + u) * a.row_stride + r;
+          const bool in = s0 + u < ns[e];
+          mv[e][u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
+          av[e][u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
+        }
       }
 #pragma unroll
       for (int e = 0; e < ATT_MERGE_E; e++) {
         const int r = (i0 + e * blockDim.x) / hd;
 #pragma unroll
         for (int u = 0; u < ATT_MERGE; u++)
-          if (s0 + u < ns[e]) num[e] += av[e][u] * fac[r * a.max_splits + s0 + u];
+          if (mv[e][u] != -LLM_INF) num[e] += av[e][u] * expf(mv[e][u] - s_mx[r]);
       }
     }
 #pragma unroll
@@ -758,7 +710,6 @@ struct MatvecArgs {
   const int* tables;
   kt* kc;
   kt* vc;
-  const char* pf;        // weights a later kernel reads, for the L2 (see prefetch_share) ...
   int nh;
   int nkv;
   int hd;
@@ -768,7 +719,6 @@ struct MatvecArgs {
   int mode;
   int out;
   int accumulate;
-  int pf_bytes;          // ... this many bytes (a multiple of 16; 0: none)
   float eps;
 };
 // W warps a block (grid.y covers n / (W·R) of them), R weight rows a warp (2 with MV_GLU and
@@ -977,7 +927,6 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
       }
     }
   }
-  if (a.pf_bytes > 0) prefetch_share(a.pf, a.pf_bytes);
 }
 
 // The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).

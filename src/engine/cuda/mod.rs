@@ -44,54 +44,10 @@ const ATT_BK: usize = 32;
 /// keep the GPU busy at batch 1, each with little to walk. The split length depends on the
 /// model's context length only.
 const DECODE_SPLITS: usize = 256;
-/// What a decode step asks the L2 to fetch before the kernels that read it
-/// (`LLMEVAL_GPU_PREFETCH`): weights, up to half the L2 at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefetch {
-    Off,
-    /// the attention (which reads little from memory) fetches the attention output's matrix and
-    /// the start of gate/up
-    Attention,
-    /// also each product, as its blocks finish, the start of the next product's matrix
-    All,
-}
-
-impl Prefetch {
-    pub const ALL: [Prefetch; 3] = [Prefetch::Off, Prefetch::Attention, Prefetch::All];
-    /// The setting's value: `off`, `attention`, `all`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Prefetch::Off => "off",
-            Prefetch::Attention => "attention",
-            Prefetch::All => "all",
-        }
-    }
-    /// From `LLMEVAL_GPU_PREFETCH`'s value; unset or empty: `attention`.
-    fn setting(value: Option<&str>) -> Result<Prefetch, String> {
-        match value.map(str::trim) {
-            None | Some("") => Ok(Prefetch::Attention),
-            Some(v) => Prefetch::ALL.into_iter().find(|p| p.name() == v).ok_or_else(|| {
-                format!("LLMEVAL_GPU_PREFETCH={v:?} is not one of off, attention, all (what a decode step asks the L2 to fetch ahead: nothing, the weights after the attention, or also each product the next one's; or unset it)")
-            }),
-        }
-    }
-}
-
-/// Bytes of a prefetch of (the start of) the `bytes` at `at` within `budget`: whole 256-byte
-/// pieces, as a kernel argument; none where `at` is not 16-byte aligned (as the bulk prefetch
-/// needs; every matrix is an allocation of its own, so this does not happen).
-fn fetch(at: u64, bytes: usize, budget: usize) -> i32 {
-    if !at.is_multiple_of(16) {
-        return 0;
-    }
-    (bytes.min(budget).min(i32::MAX as usize) / 256 * 256) as i32
-}
-
 /// Dynamic shared memory of an attention block: a tile's keys [ATT_BK × (hd + 4)], values
-/// [ATT_BK × hd] and queries [ATT_ROWS × hd]; the block that merges a decode step's splits reuses
-/// it for their factors [rows × splits].
+/// [ATT_BK × hd] and queries [ATT_ROWS × hd].
 fn attention_shared(hd: usize) -> u32 {
-    ((ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd).max(ATT_ROWS * DECODE_SPLITS) * 4) as u32
+    ((ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32
 }
 /// KV cache memory at most.
 const KV_MAX_BYTES: usize = 16 << 30;
@@ -241,9 +197,6 @@ struct Inner {
     pass: Limits,
     /// keys per split of a decode step's attention
     decode_split: usize,
-    /// what a decode step asks the L2 to fetch ahead, and the L2's bytes
-    prefetch: Prefetch,
-    l2: usize,
     /// rows of the last pass's final LM-head chunk: (first wanted row, count)
     last_chunk: (usize, usize),
     allocs: Vec<u64>,
@@ -486,8 +439,6 @@ impl GpuModel {
         let part_rows = (tile_cap * nkv * ATT_ROWS).max(GEN_SLOTS * nkv * dec_splits * group);
         let table_cap = s * ctx.div_ceil(BLOCK);
 
-        let prefetch = Prefetch::setting(std::env::var("LLMEVAL_GPU_PREFETCH").ok().as_deref()).map_err(|e| cfg_err(&label, e))?;
-        let l2 = gpu.l2_bytes();
         let mut inner = Inner {
             gpu,
             cfg: c.clone(),
@@ -515,8 +466,6 @@ impl GpuModel {
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_split,
-            prefetch,
-            l2,
             last_chunk: (0, 0),
             allocs: Vec::new(),
         };
@@ -638,19 +587,6 @@ impl GpuModel {
         g.decode_split = decode_split.max(1);
     }
 
-    /// What a decode step asks the L2 to fetch ahead (`LLMEVAL_GPU_PREFETCH`).
-    pub fn prefetch(&self) -> Prefetch {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).prefetch
-    }
-
-    /// Decode steps from now on prefetch as `p` says (tests: the setting changes no bits).
-    #[cfg(test)]
-    fn set_prefetch(&self, p: Prefetch) {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.prefetch = p;
-        g.drop_graphs();
-    }
-
     /// What timing the decode product kernel's shapes found when the model loaded (empty where
     /// nothing was timed: the decode steps then run the first shape).
     pub fn matvec_timing(&self) -> Vec<MvTiming> {
@@ -749,7 +685,7 @@ impl Inner {
         let shared = attention_shared(hd);
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
-        let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, pf: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, pf_bytes: 0, eps: c.rms_eps };
+        let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
         let matvec = |p: Product, a: MatvecArgs| {
             let s = self.mv[p as usize];
             g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), s.shared(a.mode, a.m as usize, a.k as usize, es), &a)
@@ -776,29 +712,12 @@ impl Inner {
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
             // att [n × q_dim]: the key splits and their merge in one launch
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
-            // a decode step's attention also has the L2 fetch the attention output's matrix and
-            // the start of gate/up, up to the budget (see `Prefetch`); with `Prefetch::All` each
-            // product then the start of the next product's matrix
-            let budget = if ps.decode && self.prefetch != Prefetch::Off { self.l2 / 2 } else { 0 };
-            let all = |w: u64, bytes: usize| if self.prefetch == Prefetch::All { (w, fetch(w, bytes, budget)) } else { (0, 0) };
-            let (wo_bytes, gu_bytes) = (d * q_dim * es, 2 * ffn * d * es);
-            let (pf0, pf1) = (l.wo, l.wgu);
-            let pf0_bytes = fetch(pf0, wo_bytes, budget);
-            let pf1_bytes = fetch(pf1, gu_bytes, budget - pf0_bytes as usize);
-            let args = AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, pf0, pf1, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, pf0_bytes, pf1_bytes, scale };
-            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &args)?;
+            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
-                // the rest of gate/up's budget; the down matrix; the next layer's q/k/v (or the LM head)
-                let (pf, pf_bytes) = all(l.wgu + pf1_bytes as u64, gu_bytes.min(budget) - pf1_bytes as usize);
-                matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, pf, pf_bytes, ..none })?;
-                let (pf, pf_bytes) = all(l.wdown, d * ffn * es);
-                matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, pf, pf_bytes, ..none })?;
-                let (pf, pf_bytes) = match self.layers.get(li + 1) {
-                    Some(next) => all(next.wqkv, qkv_dim * d * es),
-                    None => all(self.lm_head, c.vocab * d * es),
-                };
-                matvec(Product::Down, MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, pf, pf_bytes, ..none })?;
+                matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
+                matvec(Product::GateUp, MatvecArgs { m: ni, n: 2 * ffn as i32, k: di, mode: MV_NORM, x: b.x, norm_w: l.ffn_norm, w: l.wgu, y: b.act, out: MV_GLU, ..none })?;
+                matvec(Product::Down, MatvecArgs { m: ni, n: di, k: ffn as i32, a: b.act, w: l.wdown, y: b.x, accumulate: 1, ..none })?;
             } else {
                 gemm(Product::Out, n, b.att, l.wo, b.x)?;
                 g.launch(grid(n), 256, 0, &NormArgs { x: b.x, w: l.ffn_norm, rows: 0, out: b.hn, d: di, n: ni, eps: c.rms_eps })?;
@@ -945,7 +864,7 @@ impl Inner {
             let g = &self.gpu;
             let run = |s: MvShape| -> Result<(), DeviceError> {
                 for &(w, norm_w) in &mats {
-                    let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, pf: 0, nh: 0, nkv: 0, hd: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, pf_bytes: 0, eps: c.rms_eps };
+                    let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, eps: c.rms_eps };
                     g.launch_raw(s.kernel, s.grid(1, n), s.threads(), s.shared(mode, 1, k, self.prec.bytes()), args.bytes())?;
                 }
                 Ok(())
@@ -997,7 +916,7 @@ impl Forward for Inner {
         let group = self.cfg.n_heads / nkv;
         let row_stride = if decode { p.tiles.chunks_exact(4).map(|t| t[2] as usize).max().unwrap_or(1) * group } else { ATT_ROWS };
         let label = self.gpu.label().to_string();
-        if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * row_stride > self.part_rows || max_splits > DECODE_SPLITS {
+        if n == 0 || n > PASS_TOKENS || w > PASS_TOKENS || spans > PASS_SEQS || nt > self.tile_cap || p.tables.len() > self.table_cap || p.max_pos() >= MAX_CONTEXT || nt * nkv * max_splits * row_stride > self.part_rows {
             return Err(DeviceError::Cuda { device: label, what: "packing a pass".into(), detail: format!("{n} tokens, {w} rows, {spans} sequences, {nt} tiles, {} table entries, last position {} exceed the engine's buffers", p.tables.len(), p.max_pos()) });
         }
         let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, row_stride, decode };
@@ -1083,8 +1002,6 @@ pub struct Bench {
     pub decode: f64,
     /// both figures in the other launch mode, where the device has both
     pub other_mode: Option<OtherMode>,
-    /// decode tokens/s with each other [`Prefetch`] setting, where the device has an L2
-    pub other_prefetch: Vec<(Prefetch, f64)>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -1158,18 +1075,7 @@ impl GpuModel {
         } else {
             g.gpu.set_overlap(was);
         }
-        // and with each other prefetch setting (decode only: scoring passes do not prefetch)
-        let mut other_prefetch = Vec::new();
-        let (was, l2) = (g.prefetch, g.l2);
-        for p in Prefetch::ALL.into_iter().filter(|&p| p != was && l2 > 0) {
-            g.prefetch = p;
-            g.drop_graphs();
-            let speed = decode_run(&mut g, &mut next);
-            g.prefetch = was;
-            g.drop_graphs();
-            other_prefetch.push((p, speed?));
-        }
-        let mut out = Bench { prefill, decode, other_mode, other_prefetch, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        let mut out = Bench { prefill, decode, other_mode, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);

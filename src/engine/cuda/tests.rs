@@ -155,7 +155,7 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
     }
     assert!(!code.contains("#include"), "NVRTC gets no CUDA headers: kernels.cu must define what it uses");
     // the geometry the host assumes
-    for (name, value) in [("ATT_ROWS", super::ATT_ROWS), ("ATT_BK", super::ATT_BK), ("ATT_WARPS", 4), ("ATT_ROWS_PER_WARP", 4), ("ATT_MAXC", 8), ("ATT_MAX_SPLITS", super::DECODE_SPLITS), ("KV_BS", super::BLOCK)] {
+    for (name, value) in [("ATT_ROWS", super::ATT_ROWS), ("ATT_BK", super::ATT_BK), ("ATT_WARPS", 4), ("ATT_ROWS_PER_WARP", 4), ("ATT_MAXC", 8), ("KV_BS", super::BLOCK)] {
         assert!(code.contains(&format!("#define {name} {value} ")) || code.contains(&format!("#define {name} {value}\n")), "#define {name} {value}");
     }
     assert_eq!(super::ATT_ROWS, 4 * 4, "rows per block = warps × rows per warp");
@@ -563,9 +563,6 @@ fn the_bench_times_decode_with_and_without_overlapping_launches() {
     let before = gpu_scores(&g, &reqs);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, false).expect("bench");
     assert!(b.other_mode.is_some_and(|o| o.overlap && o.decode > 0.0 && o.decode.is_finite() && o.prefill > 0.0), "off: timed with overlap too {b:?}");
-    let others: Vec<_> = b.other_prefetch.iter().map(|o| o.0).collect();
-    assert_eq!(others, [super::Prefetch::Off, super::Prefetch::All], "timed with the other prefetch settings {b:?}");
-    assert!(b.other_prefetch.iter().all(|o| o.1 > 0.0 && o.1.is_finite()), "{b:?}");
     assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap stays off");
     overlap.store(true, std::sync::atomic::Ordering::Relaxed);
     let b = g.bench(&[5, 6, 7, 8, 9, 10], 2, 4, true).expect("bench");
@@ -748,8 +745,6 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                             tables: 0,
                             kc: 0,
                             vc: 0,
-                            pf: w,
-                            pf_bytes: 256,
                             nh: 0,
                             nkv: 0,
                             hd: 0,
@@ -869,11 +864,6 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
             g.force_matvec(s);
             assert_eq!(decode_logprobs(&g, &reqs, true), together, "shape {n}: decode products on {}", s.name());
         }
-        // and whatever the decode steps prefetch
-        for p in super::Prefetch::ALL {
-            g.set_prefetch(p);
-            assert_eq!(decode_logprobs(&g, &reqs, true), together, "shape {n}: prefetch {}", p.name());
-        }
     }
 }
 
@@ -905,10 +895,3 @@ fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     assert!(g.matvec_timing().is_empty());
 }
 
-#[test]
-fn the_prefetch_setting_is_off_attention_or_all_else_an_error_naming_the_variable() {
-    use super::Prefetch as P;
-    assert_eq!([P::setting(None), P::setting(Some("")), P::setting(Some(" all ")), P::setting(Some("off"))], [Ok(P::Attention), Ok(P::Attention), Ok(P::All), Ok(P::Off)]);
-    let e = P::setting(Some("on")).unwrap_err();
-    assert!(e.starts_with("LLMEVAL_GPU_PREFETCH=\"on\" is not one of off, attention, all"), "{e}");
-}
