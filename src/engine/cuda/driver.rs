@@ -129,8 +129,8 @@ fn kernel_image(arch: &str, w: Prec, k: Prec, dir: Option<&std::path::Path>) -> 
 }
 
 /// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`'s value:
-/// `on` or `1` yes; unset, `off` or `0` no. Off by default: on an H200, decode ran 2 to 9% faster
-/// without it (BENCHMARKS.md; with kernels that let the next start before waiting themselves).
+/// `on` or `1` yes; unset, `off` or `0` no. Off by default: on an H200, decode at batch 1 ran 4 to
+/// 9% faster without it (BENCHMARKS.md).
 fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
     match value.map(str::trim) {
         Some("on" | "1") => Ok(true),
