@@ -437,7 +437,9 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       for (int c = 0; c < MAXC; c++) acc[j][c] *= corr;
       m[j] = new_m;
     }
-    // lane = output element: each value element read once for all the warp's rows
+    // lane = output element: each value element read once for all the warp's rows (unrolled by
+    // 8: several keys' loads and shuffles in flight at once)
+#pragma unroll 8
     for (int kk = 0; kk < nk; kk++) {
       float v[MAXC];
 #pragma unroll
