@@ -525,11 +525,11 @@ impl GpuModel {
         if shared > 48 * 1024 {
             inner.gpu.set_shared(Kernel::attention(hd), shared)?;
         }
-        // a staged product shape's block holds up to MV_M RMSNorm'd input rows
-        let staged = MV_M * d * es;
-        if staged > 48 * 1024 && staged <= MV_STAGE_MAX {
-            for s in MV_SHAPES.iter().filter(|s| s.staged) {
-                inner.gpu.set_shared(s.kernel, staged)?;
+        // a staged product shape's block holds up to MV_M RMSNorm'd input rows (k = dim)
+        for s in MV_SHAPES.iter().filter(|s| s.staged && s.runs(MV_NORM, MV_F32, d, es)) {
+            let most = s.shared(MV_NORM, MV_M, d, es) as usize;
+            if most > 48 * 1024 {
+                inner.gpu.set_shared(s.kernel, most)?;
             }
         }
         // ── KV cache: what memory is left, less a margin for cuBLAS, up to what can be used ──
