@@ -14,6 +14,10 @@ pub enum Kernel {
     Attention,
     AttentionHd64,
     AttentionHd128,
+    /// the decode step's attention (warps on keys) for head_dim 32, 64 and 128
+    AttentionDecHd32,
+    AttentionDecHd64,
+    AttentionDecHd128,
     Swiglu,
     LogitsReduce,
     /// the decode products, one kernel per [`MvShape`] (`matvec` is the first)
@@ -35,13 +39,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 26] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::RopeStore,
         Kernel::Attention,
         Kernel::AttentionHd64,
         Kernel::AttentionHd128,
+        Kernel::AttentionDecHd32,
+        Kernel::AttentionDecHd64,
+        Kernel::AttentionDecHd128,
         Kernel::Swiglu,
         Kernel::LogitsReduce,
         Kernel::Matvec,
@@ -70,6 +77,9 @@ impl Kernel {
             Kernel::Attention => "attention",
             Kernel::AttentionHd64 => "attention_hd64",
             Kernel::AttentionHd128 => "attention_hd128",
+            Kernel::AttentionDecHd32 => "attention_dec_hd32",
+            Kernel::AttentionDecHd64 => "attention_dec_hd64",
+            Kernel::AttentionDecHd128 => "attention_dec_hd128",
             Kernel::Swiglu => "swiglu",
             Kernel::LogitsReduce => "logits_reduce",
             Kernel::Matvec => "matvec",
@@ -95,7 +105,7 @@ impl Kernel {
     pub fn family(self) -> Kernel {
         match self {
             _ if self.mv_shape().is_some() => Kernel::Matvec,
-            Kernel::AttentionHd64 | Kernel::AttentionHd128 => Kernel::Attention,
+            Kernel::AttentionHd64 | Kernel::AttentionHd128 | Kernel::AttentionDecHd32 | Kernel::AttentionDecHd64 | Kernel::AttentionDecHd128 => Kernel::Attention,
             _ => self,
         }
     }
@@ -106,6 +116,16 @@ impl Kernel {
             64 => Kernel::AttentionHd64,
             128 => Kernel::AttentionHd128,
             _ => Kernel::Attention,
+        }
+    }
+
+    /// The decode step's attention kernel for heads of `head_dim`, where there is one.
+    pub fn attention_decode(head_dim: usize) -> Option<Kernel> {
+        match head_dim {
+            32 => Some(Kernel::AttentionDecHd32),
+            64 => Some(Kernel::AttentionDecHd64),
+            128 => Some(Kernel::AttentionDecHd128),
+            _ => None,
         }
     }
 
@@ -137,9 +157,9 @@ pub struct MvShape {
 /// Input rows per block of the decode products (`MV_M` in the source).
 pub const MV_M: usize = 8;
 
-/// The most shared memory a staged shape's block may ask for (its input rows): what A100- and
-/// H100-class cards give a block that opts in.
-pub const MV_STAGE_MAX: usize = 160 << 10;
+/// The most dynamic shared memory a block asks for (a staged product shape's input rows, the
+/// decode attention's tiles): what A100- and H100-class cards give a block that opts in.
+pub const SHARED_OPT_IN: usize = 160 << 10;
 
 const fn shape(kernel: Kernel, warps: u32, rows: u32, unroll: u32, pipelined: bool, max_blocks: u32, staged: bool) -> MvShape {
     MvShape { kernel, warps, rows, unroll, pipelined, max_blocks, staged }
@@ -185,9 +205,9 @@ impl MvShape {
     }
     /// Whether it can run a product of input `mode` and output `out` with inputs of `k` elements
     /// of `elem` bytes: SwiGLU and RoPE need a warp to hold a pair of rows, a staged shape an
-    /// RMSNorm'd input whose rows fit in [`MV_STAGE_MAX`].
+    /// RMSNorm'd input whose rows fit in [`SHARED_OPT_IN`].
     pub fn runs(&self, mode: i32, out: i32, k: usize, elem: usize) -> bool {
-        (out == MV_F32 || self.rows == 2) && (!self.staged || (mode == MV_NORM && MV_M * k * elem <= MV_STAGE_MAX))
+        (out == MV_F32 || self.rows == 2) && (!self.staged || (mode == MV_NORM && MV_M * k * elem <= SHARED_OPT_IN))
     }
     /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined), `w4 r2 u4 p ≤384` (at most 384 blocks), `… s` (staged)
     pub fn name(&self) -> String {

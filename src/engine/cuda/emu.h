@@ -68,6 +68,7 @@ static void emu_wait(EmuState s) {
   if (!_setjmp(emu_fibers[emu_cur].env)) _longjmp(emu_sched, 1);
 }
 static inline void __syncthreads() { emu_wait(EMU_BLOCK); }
+static inline void __syncwarp() { emu_wait(EMU_WARP); }
 static inline float emu_exchange(float v, unsigned src) {
   const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   emu_shfl[warp][lane] = v;

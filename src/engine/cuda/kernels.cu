@@ -95,20 +95,23 @@ __device__ __forceinline__ kt f2k(float x) { return f_to_bf16(x); }
 struct alignas(16) V16 { unsigned u[4]; };
 struct alignas(16) F4 { float v[4]; };
 #define KV_VEC (16 / (int)sizeof(kt))  // cached key or value elements per 16-byte load
-// 16 bytes of storage type T (0 f32, 1 f16, 2 bf16: LLM_WT's and LLM_KT's values) as floats
-template <int T>
-__device__ __forceinline__ void unpack16(const V16 q, float* f) {
+// `N` 32-bit words of storage type T (0 f32, 1 f16, 2 bf16: LLM_WT's and LLM_KT's values) as floats
+template <int T, int N>
+__device__ __forceinline__ void unpack_words(const unsigned* u, float* f) {
 #pragma unroll
-  for (int i = 0; i < 4; i++) {
+  for (int i = 0; i < N; i++) {
     if constexpr (T == 0) {
-      f[i] = __uint_as_float(q.u[i]);
+      f[i] = __uint_as_float(u[i]);
     } else {
-      const u16 lo = (u16)(q.u[i] & 0xffffu), hi = (u16)(q.u[i] >> 16);
+      const u16 lo = (u16)(u[i] & 0xffffu), hi = (u16)(u[i] >> 16);
       f[2 * i] = T == 1 ? f16_to_f(lo) : bf16_to_f(lo);
       f[2 * i + 1] = T == 1 ? f16_to_f(hi) : bf16_to_f(hi);
     }
   }
 }
+// 16 bytes of storage type T as floats
+template <int T>
+__device__ __forceinline__ void unpack16(const V16 q, float* f) { unpack_words<T, 4>(q.u, f); }
 __device__ __forceinline__ void unpack_k(const V16 q, float* f) { unpack16<LLM_KT>(q, f); }
 // A load that reads another block's writes (after its __threadfence) from L2, past L1.
 #ifdef LLM_HOST
@@ -329,6 +332,89 @@ __device__ __forceinline__ void kv_store(float* Ks, float* Vs, int hd, int i0, i
   }
 }
 
+// The split merge of both attention kernels, run by every block of (tile, KV head) that wrote
+// partials for its `rows` rows: it makes them visible device-wide and takes a ticket; the last
+// block to do so merges the splits in split order and writes the normalised output.
+template <int HD>  // head_dim, or 0: a.hd
+__device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kvh, int t0, int rows, int group, int kmax, int* s_last, float* s_mx, float* s_den) {
+  const int hd = HD ? HD : a.hd;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = a.counters + tile * a.nkv + kvh;
+    const int blocks = kmax / a.split_len + 1;  // the splits that hold keys ≤ kmax
+    *s_last = atomicAdd(counter, 1) == blocks - 1;
+    if (*s_last) *counter = 0;
+  }
+  __syncthreads();
+  if (!*s_last) return;
+  __threadfence();
+  // merge each row's splits in split order and normalise (other blocks' writes, read from L2):
+  // a warp a row finds the row's largest max and its sum Σ l·exp(m − max); then each thread
+  // takes ATT_MERGE_E output elements at once, ATT_MERGE splits' loads in flight for each
+  const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
+  for (int r = warp; r < rows; r += nw) {
+    const int ns = a.pos[t0 + r / group] / a.split_len + 1;
+    float mx = -LLM_INF, den = 0.0f;
+    for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
+    for (int s = lane; s < ns; s += 32) {
+      const long long pr = (first + s) * a.row_stride + r;
+      const float ms = ld_l2(a.part_ml + pr * 2), ls = ld_l2(a.part_ml + pr * 2 + 1);
+      if (ms != -LLM_INF) den += ls * expf(ms - mx);  // a split with no visible key adds nothing
+    }
+    for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(FULL_MASK, den, o);
+    if (lane == 0) {
+      s_mx[r] = mx;
+      s_den[r] = den;
+    }
+  }
+  __syncthreads();
+  for (int i0 = threadIdx.x; i0 < rows * hd; i0 += ATT_MERGE_E * blockDim.x) {
+    float num[ATT_MERGE_E];
+    int ns[ATT_MERGE_E];
+#pragma unroll
+    for (int e = 0; e < ATT_MERGE_E; e++) {
+      const int i = i0 + e * blockDim.x;
+      num[e] = 0.0f;
+      ns[e] = i < rows * hd ? a.pos[t0 + i / hd / group] / a.split_len + 1 : 0;
+    }
+    int most = 0;
+#pragma unroll
+    for (int e = 0; e < ATT_MERGE_E; e++) most = max(most, ns[e]);
+    for (int s0 = 0; s0 < most; s0 += ATT_MERGE) {
+      float mv[ATT_MERGE_E][ATT_MERGE], av[ATT_MERGE_E][ATT_MERGE];
+#pragma unroll
+      for (int e = 0; e < ATT_MERGE_E; e++) {
+        const int i = i0 + e * blockDim.x, r = i / hd, d = i % hd;
+#pragma unroll
+        for (int u = 0; u < ATT_MERGE; u++) {
+          const long long pr = (first + s0 + u) * a.row_stride + r;
+          const bool in = s0 + u < ns[e];
+          mv[e][u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
+          av[e][u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < ATT_MERGE_E; e++) {
+        const int r = (i0 + e * blockDim.x) / hd;
+#pragma unroll
+        for (int u = 0; u < ATT_MERGE; u++)
+          if (mv[e][u] != -LLM_INF) num[e] += av[e][u] * expf(mv[e][u] - s_mx[r]);
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < ATT_MERGE_E; e++) {
+      const int i = i0 + e * blockDim.x;
+      if (i >= rows * hd) break;
+      const int r = i / hd, d = i % hd;
+      const int tok = t0 + r / group, head = kvh * group + r % group;
+      a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num[e] / s_den[r]);
+    }
+  }
+}
+
 template <int HD>  // head_dim, or 0: a.hd
 __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
@@ -479,86 +565,223 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       a.part_ml[(base + r) * 2 + 1] = l[j];
     }
   }
-  // the last block of this (tile, KV head) merges: every block that runs writes its partials,
-  // makes them visible device-wide, then takes a ticket
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int* counter = a.counters + tile * a.nkv + kvh;
-    const int blocks = kmax / a.split_len + 1;  // the splits that hold keys ≤ kmax
-    s_last = atomicAdd(counter, 1) == blocks - 1;
-    if (s_last) *counter = 0;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  // merge each row's splits in split order and normalise (other blocks' writes, read from L2):
-  // a warp a row finds the row's largest max and its sum Σ l·exp(m − max); then each thread
-  // takes ATT_MERGE_E output elements at once, ATT_MERGE splits' loads in flight for each
-  const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
-  for (int r = warp; r < rows; r += ATT_WARPS) {
-    const int ns = a.pos[t0 + r / group] / a.split_len + 1;
-    float mx = -LLM_INF, den = 0.0f;
-    for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
-    for (int s = lane; s < ns; s += 32) {
-      const long long pr = (first + s) * a.row_stride + r;
-      const float ms = ld_l2(a.part_ml + pr * 2), ls = ld_l2(a.part_ml + pr * 2 + 1);
-      if (ms != -LLM_INF) den += ls * expf(ms - mx);  // a split with no visible key adds nothing
-    }
-    for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(FULL_MASK, den, o);
-    if (lane == 0) {
-      s_mx[r] = mx;
-      s_den[r] = den;
-    }
-  }
-  __syncthreads();
-  for (int i0 = threadIdx.x; i0 < rows * hd; i0 += ATT_MERGE_E * blockDim.x) {
-    float num[ATT_MERGE_E];
-    int ns[ATT_MERGE_E];
-#pragma unroll
-    for (int e = 0; e < ATT_MERGE_E; e++) {
-      const int i = i0 + e * blockDim.x;
-      num[e] = 0.0f;
-      ns[e] = i < rows * hd ? a.pos[t0 + i / hd / group] / a.split_len + 1 : 0;
-    }
-    int most = 0;
-#pragma unroll
-    for (int e = 0; e < ATT_MERGE_E; e++) most = max(most, ns[e]);
-    for (int s0 = 0; s0 < most; s0 += ATT_MERGE) {
-      float mv[ATT_MERGE_E][ATT_MERGE], av[ATT_MERGE_E][ATT_MERGE];
-#pragma unroll
-      for (int e = 0; e < ATT_MERGE_E; e++) {
-        const int i = i0 + e * blockDim.x, r = i / hd, d = i % hd;
-#pragma unroll
-        for (int u = 0; u < ATT_MERGE; u++) {
-          const long long pr = (first + s0 + u) * a.row_stride + r;
-          const bool in = s0 + u < ns[e];
-          mv[e][u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
-          av[e][u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < ATT_MERGE_E; e++) {
-        const int r = (i0 + e * blockDim.x) / hd;
-#pragma unroll
-        for (int u = 0; u < ATT_MERGE; u++)
-          if (mv[e][u] != -LLM_INF) num[e] += av[e][u] * expf(mv[e][u] - s_mx[r]);
-      }
-    }
-#pragma unroll
-    for (int e = 0; e < ATT_MERGE_E; e++) {
-      const int i = i0 + e * blockDim.x;
-      if (i >= rows * hd) break;
-      const int r = i / hd, d = i % hd;
-      const int tok = t0 + r / group, head = kvh * group + r % group;
-      a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num[e] / s_den[r]);
-    }
-  }
+  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax, &s_last, s_mx, s_den);
 }
 LLM_KERNEL(attention, AttnArgs) { attention_body<0>(a); }
 LLM_KERNEL(attention_hd64, AttnArgs) { attention_body<64>(a); }
 LLM_KERNEL(attention_hd128, AttnArgs) { attention_body<128>(a); }
+
+// ── decode attention: one block per (token, KV head, key split), each warp on its own keys ──
+// A decode tile is one token, so a block's rows are the token's `group` query heads, and every
+// key of its split is visible to all of them. Warp w of W takes the split's 32-key tiles w,
+// w + W, …: it copies a tile's keys and values into its own shared memory (asynchronously where
+// the GPU can, so no registers wait on the loads), scores every row against lane = key, then
+// accumulates with lane = output elements, each value read once for all the rows. The warps'
+// partial softmaxes are merged in warp order through shared memory; then, as in `attention`, one
+// split writes the output and several leave partials for the last block's merge. Unlike
+// `attention` (warps on rows, the block on one 32-key tile at a time), no warp waits for another
+// warp's tile, and a block of W warps covers 32·W keys at once. Compiled for head_dim 32, 64, 128.
+#define DEC_TILE 32  // keys a warp copies and scores at once
+#define DEC_PS (ATT_ROWS + 4)  // a key's p for the rows in shared memory (padded: fewer bank conflicts)
+
+struct alignas(8) V8 { unsigned u[2]; };
+// 16 bytes from global to shared memory: a `cp.async` on sm_80 and newer (its wait:
+// `copy_wait`), a load and a store before that
+__device__ __forceinline__ void copy16(void* dst, const void* src) {
+#if defined(LLM_HOST) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800
+  *(V16*)dst = *(const V16*)src;
+#else
+  unsigned s;
+  asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(src) : "memory");
+#endif
+}
+// Waits for the calling thread's `copy16`s.
+__device__ __forceinline__ void copy_wait() {
+#if !(defined(LLM_HOST) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800)
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+// N consecutive cached elements from shared memory as floats (one 2- to 16-byte load)
+template <int N>
+__device__ __forceinline__ void kv_part(const kt* p, float* f) {
+  constexpr int B = N * (int)sizeof(kt);
+  if constexpr (B == 2) {
+    f[0] = k2f(p[0]);
+  } else if constexpr (B == 4) {
+    const unsigned u = *(const unsigned*)p;
+    unpack_words<LLM_KT, 1>(&u, f);
+  } else if constexpr (B == 8) {
+    const V8 q = *(const V8*)p;
+    unpack_words<LLM_KT, 2>(q.u, f);
+  } else {
+    const V16 q = *(const V16*)p;
+    unpack_words<LLM_KT, 4>(q.u, f);
+  }
+}
+// A warp's copies of the keys and values kb … min(kb + DEC_TILE, k_hi + 1) − 1 into its K
+// [DEC_TILE × (HD + KV_VEC)] and V [DEC_TILE × HD] rows; nothing past k_hi.
+template <int HD>
+__device__ __forceinline__ void dec_copy(const AttnArgs& a, const int* table, int kb, int k_hi, int koff, kt* Ks, kt* Vs) {
+  constexpr int chunks = HD / KV_VEC;  // 16-byte pieces of a key (or value) row
+  const int total = min(DEC_TILE, k_hi - kb + 1) * chunks, kvd = a.nkv * HD;
+  for (int i = threadIdx.x & 31; i < total; i += 32) {
+    const int j = i / chunks, d = (i % chunks) * KV_VEC;
+    const long long at = kv_slot(table, kb + j) * kvd + koff + d;
+    copy16(Ks + j * (HD + KV_VEC) + d, a.kc + at);
+    copy16(Vs + j * HD + d, a.vc + at);
+  }
+}
+
+template <int HD>
+__device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
+  LLM_DYN_SHARED(smem);
+  __shared__ int s_last;
+  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
+  pdl_wait();
+  pdl_trigger();
+  const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  if (tile >= a.n_tiles) return;
+  const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1];  // one token
+  constexpr int C = HD / 32;         // output elements a lane holds: C·lane …
+  constexpr int KS = HD + KV_VEC;    // a key's row in shared memory: one 16-byte piece of padding
+  constexpr int REGION = DEC_TILE * (KS + HD);  // a warp's shared memory, in cached elements
+  const int group = a.nh / a.nkv, rows = group;
+  const int kmax = a.pos[t0];
+  const int k_lo = split * a.split_len;
+  if (k_lo > kmax) return;  // no key of this split is seen: no partials, no ticket
+  const int k_hi = min(k_lo + a.split_len - 1, kmax);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int width = (a.nh + 2 * a.nkv) * HD;
+  float* Qs = smem;                                             // [ATT_ROWS × HD]
+  kt* Ks = (kt*)(Qs + ATT_ROWS * HD) + warp * REGION;           // this warp's keys [DEC_TILE × KS]
+  kt* Vs = Ks + DEC_TILE * KS;                                  // ... and values [DEC_TILE × HD]
+  float* P = (float*)Ks;  // [DEC_TILE × DEC_PS]: p of key × row, over the keys once scored
+  const int* table = a.tables + a.blk_off[seq];
+  // the warp's first tile's copies go out with the queries' loads
+  if (k_lo + DEC_TILE * warp <= k_hi) dec_copy<HD>(a, table, k_lo + DEC_TILE * warp, k_hi, kvh * HD, Ks, Vs);
+  for (int i = 4 * threadIdx.x; i < rows * HD; i += 4 * blockDim.x)
+    *(F4*)(Qs + i) = *(const F4*)(a.qkv + (long long)t0 * width + kvh * group * HD + i);
+  __syncthreads();
+  float m[ATT_ROWS], l[ATT_ROWS], acc[ATT_ROWS][C];
+#pragma unroll
+  for (int j = 0; j < ATT_ROWS; j++) {
+    m[j] = -LLM_INF;
+    l[j] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < C; c++) acc[j][c] = 0.0f;
+  }
+  for (int kb = k_lo + DEC_TILE * warp; kb <= k_hi; kb += DEC_TILE * nw) {
+    const int nk = min(DEC_TILE, k_hi - kb + 1);
+    copy_wait();
+    __syncwarp();
+    // lane = key: its scores against every row (−∞ past the split's last key)
+    float s[ATT_ROWS];
+#pragma unroll
+    for (int j = 0; j < ATT_ROWS; j++) s[j] = 0.0f;
+    if (lane < nk) {
+      const kt* k = Ks + lane * KS;
+#pragma unroll
+      for (int d = 0; d < HD; d += KV_VEC) {
+        float kf[KV_VEC];
+        kv_part<KV_VEC>(k + d, kf);
+#pragma unroll
+        for (int j = 0; j < ATT_ROWS; j++) {
+          if (j >= rows) break;  // uniform
+#pragma unroll
+          for (int e = 0; e < KV_VEC; e += 4) {
+            const F4 q = *(const F4*)(Qs + j * HD + d + e);
+            s[j] += q.v[0] * kf[e] + q.v[1] * kf[e + 1] + q.v[2] * kf[e + 2] + q.v[3] * kf[e + 3];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < ATT_ROWS; j++) s[j] = lane < nk ? s[j] * a.scale : -LLM_INF;
+    __syncwarp();  // every lane's key read: the key rows now hold P
+    // per row: the running max and sum, rescaled (online softmax); lane 0 always has a key
+#pragma unroll
+    for (int j = 0; j < ATT_ROWS; j++) {
+      if (j >= rows) break;  // uniform
+      float mx = s[j];
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
+      const float new_m = fmaxf(m[j], mx);
+      const float p = expf(s[j] - new_m), corr = expf(m[j] - new_m);  // corr 0 while m was −∞
+      float ps = p;
+      for (int o = 16; o > 0; o >>= 1) ps += __shfl_xor_sync(FULL_MASK, ps, o);
+      l[j] = l[j] * corr + ps;
+#pragma unroll
+      for (int c = 0; c < C; c++) acc[j][c] *= corr;
+      m[j] = new_m;
+      P[lane * DEC_PS + j] = p;
+    }
+    __syncwarp();
+    // lane = output elements C·lane …: each value element read once for all the rows, the
+    // rows' p four at a time
+#pragma unroll 4
+    for (int kk = 0; kk < nk; kk++) {
+      float v[C];
+      kv_part<C>(Vs + kk * HD + C * lane, v);
+#pragma unroll
+      for (int j = 0; j < ATT_ROWS; j += 4) {
+        if (j >= rows) break;  // uniform
+        const F4 p4 = *(const F4*)(P + kk * DEC_PS + j);
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+#pragma unroll
+          for (int c = 0; c < C; c++) acc[j + e][c] += p4.v[e] * v[c];
+      }
+    }
+    __syncwarp();  // the tile is read: the next copies may overwrite it
+    if (kb + DEC_TILE * nw <= k_hi) dec_copy<HD>(a, table, kb + DEC_TILE * nw, k_hi, kvh * HD, Ks, Vs);
+  }
+  // the warp's partials into its own shared memory: Σ exp(s − m)·v [rows × HD], then m and l
+  float* wacc = (float*)Ks;
+  float* wml = wacc + ATT_ROWS * HD;
+#pragma unroll
+  for (int j = 0; j < ATT_ROWS; j++) {
+    if (j >= rows) break;
+#pragma unroll
+    for (int c = 0; c < C; c++) wacc[j * HD + C * lane + c] = acc[j][c];
+    if (lane == 0) {
+      wml[2 * j] = m[j];
+      wml[2 * j + 1] = l[j];
+    }
+  }
+  __syncthreads();
+  // the warps merged in warp order: the block's output (one split), or its split's partials
+  const float* acc0 = (const float*)(Qs + ATT_ROWS * HD);  // warp 0's partials
+  constexpr int RF = REGION * (int)sizeof(kt) / 4;          // a warp's region in floats
+  const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * a.row_stride;
+  for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
+    const int r = i / HD, d = i % HD;
+    float mx = -LLM_INF;
+    for (int w = 0; w < nw; w++) mx = fmaxf(mx, acc0[w * RF + ATT_ROWS * HD + 2 * r]);
+    float num = 0.0f, den = 0.0f;
+    for (int w = 0; w < nw; w++) {
+      const float* wp = acc0 + w * RF;
+      const float mw = wp[ATT_ROWS * HD + 2 * r];
+      if (mw == -LLM_INF) continue;  // a warp with no key of this split
+      const float f = expf(mw - mx);
+      num += wp[i] * f;
+      den += wp[ATT_ROWS * HD + 2 * r + 1] * f;
+    }
+    if (a.max_splits == 1) {
+      a.att[(long long)t0 * a.nh * HD + (kvh * group + r) * HD + d] = f2w(num / den);
+    } else {
+      a.part_acc[(base + r) * HD + d] = num;
+      if (d == 0) {
+        a.part_ml[(base + r) * 2] = mx;
+        a.part_ml[(base + r) * 2 + 1] = den;
+      }
+    }
+  }
+  if (a.max_splits == 1) return;
+  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax, &s_last, s_mx, s_den);
+}
+LLM_KERNEL(attention_dec_hd32, AttnArgs) { attention_decode_body<32>(a); }
+LLM_KERNEL(attention_dec_hd64, AttnArgs) { attention_decode_body<64>(a); }
+LLM_KERNEL(attention_dec_hd128, AttnArgs) { attention_decode_body<128>(a); }
 
 // ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows interleave them: [g0 u0 g1 u1 …] ──
 struct SwigluArgs {

@@ -49,6 +49,53 @@ const DECODE_SPLITS: usize = 256;
 fn attention_shared(hd: usize) -> u32 {
     ((ATT_BK * (hd + 4) + ATT_BK * hd + ATT_ROWS * hd) * 4) as u32
 }
+/// Keys a warp of the decode attention kernel copies and scores at once (`DEC_TILE`).
+const DEC_TILE: usize = 32;
+/// Warps a block of the decode attention kernel, at most.
+const DEC_WARPS: usize = 8;
+
+/// How a decode step's attention runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeAttention {
+    /// the decode kernel and its warps a block, each warp on its own keys; `None`: the scoring
+    /// pass's kernel (warps on rows), where the decode kernel has no body for the head size or
+    /// its shared memory is refused
+    pub keys: Option<(Kernel, u32)>,
+    /// keys of a sequence a block covers; the blocks' partial softmaxes are merged in order
+    pub split: usize,
+}
+
+impl DecodeAttention {
+    /// Dynamic shared memory of a block: queries [ATT_ROWS × hd] f32, and for each warp a tile's
+    /// keys [DEC_TILE × (hd + 16 bytes)] and values [DEC_TILE × hd] in the cache's type
+    /// (`elem` bytes); or the scoring kernel's.
+    fn shared(&self, hd: usize, elem: usize) -> u32 {
+        match self.keys {
+            Some((_, warps)) => (ATT_ROWS * hd * 4 + warps as usize * dec_warp_bytes(hd, elem)) as u32,
+            None => attention_shared(hd),
+        }
+    }
+    /// `warps on keys (8 a block), 256-key splits` or `warps on rows, 32-key splits`
+    pub fn name(&self) -> String {
+        match self.keys {
+            Some((_, w)) => format!("warps on keys ({w} a block), {}-key splits", self.split),
+            None => format!("warps on rows, {}-key splits", self.split),
+        }
+    }
+}
+
+/// The scoring kernel's key split in decode steps, for a model of context length `ctx`: at most
+/// [`DECODE_SPLITS`] splits, of a power-of-two length, one `ATT_BK` tile at least. Every way a
+/// decode step's attention runs splits as finely at most (the merge buffers are sized for it).
+fn rows_split(ctx: usize) -> usize {
+    (ctx / DECODE_SPLITS).next_power_of_two().max(ATT_BK)
+}
+
+/// A decode attention warp's shared memory: a tile's keys, padded by 16 bytes a row, and values.
+fn dec_warp_bytes(hd: usize, elem: usize) -> usize {
+    DEC_TILE * (2 * hd * elem + 16)
+}
+
 /// KV cache memory at most.
 const KV_MAX_BYTES: usize = 16 << 30;
 /// The longest sequence the GPU engine runs (sizes its scratch buffers).
@@ -195,8 +242,8 @@ struct Inner {
     graphs_work: bool,
     /// tokens and sequences per pass (at most the buffers' [`PASS_TOKENS`], [`PASS_SEQS`])
     pass: Limits,
-    /// keys per split of a decode step's attention
-    decode_split: usize,
+    /// how decode steps run their attention
+    decode_attn: DecodeAttention,
     /// rows of the last pass's final LM-head chunk: (first wanted row, count)
     last_chunk: (usize, usize),
     allocs: Vec<u64>,
@@ -433,7 +480,7 @@ impl GpuModel {
         let chunk = if chunk >= gr { chunk / gr * gr } else { chunk };
         let chunk_gemm = chunk.div_ceil(gr) * gr;
         let tile_cap = t / tile_tokens + s;
-        let decode_split = (ctx / DECODE_SPLITS).next_power_of_two().max(ATT_BK);
+        let decode_split = rows_split(ctx);
         let dec_splits = ctx.div_ceil(decode_split).next_power_of_two();
         // a decode step's tiles are one token, `group` rows (see `Inner::run`)
         let part_rows = (tile_cap * nkv * ATT_ROWS).max(GEN_SLOTS * nkv * dec_splits * group);
@@ -465,7 +512,7 @@ impl GpuModel {
             gemm_choices: Vec::new(),
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
-            decode_split,
+            decode_attn: DecodeAttention { keys: None, split: decode_split },
             last_chunk: (0, 0),
             allocs: Vec::new(),
         };
@@ -524,6 +571,16 @@ impl GpuModel {
         let shared = attention_shared(hd) as usize;
         if shared > 48 * 1024 {
             inner.gpu.set_shared(Kernel::attention(hd), shared)?;
+        }
+        // decode steps on the decode attention kernel where it has a body for the head size and
+        // its shared memory is granted: as many warps as fit, a split's keys in one round of them
+        if let Some(k) = Kernel::attention_decode(hd) {
+            let warps = (SHARED_OPT_IN - ATT_ROWS * hd * 4) / dec_warp_bytes(hd, es);
+            let d = DecodeAttention { keys: Some((k, warps.min(DEC_WARPS) as u32)), split: (warps.min(DEC_WARPS) * DEC_TILE).max(inner.decode_attn.split) };
+            let bytes = d.shared(hd, es) as usize;
+            if warps > 0 && (bytes <= 48 * 1024 || inner.gpu.set_shared(k, bytes).is_ok()) {
+                inner.decode_attn = d;
+            }
         }
         // a staged product shape's block holds up to MV_M RMSNorm'd input rows (k = dim)
         for s in MV_SHAPES.iter().filter(|s| s.staged && s.runs(MV_NORM, MV_F32, d, es)) {
@@ -584,7 +641,7 @@ impl GpuModel {
         g.chunk = lm_chunk.clamp(1, g.chunk);
         g.pass.tokens = tokens.clamp(1, PASS_TOKENS);
         g.pass.seqs = seqs.clamp(1, PASS_SEQS);
-        g.decode_split = decode_split.max(1);
+        g.decode_attn.split = decode_split.max(1);
     }
 
     /// What timing the decode product kernel's shapes found when the model loaded (empty where
@@ -613,6 +670,16 @@ impl GpuModel {
                 if odd.len() > 1 { "s" } else { "" }
             )
         })
+    }
+
+    /// Runs decode steps' attention on the scoring kernel (`warps` `None`) or the decode kernel
+    /// with `warps` warps a block, in splits of `split` keys (tests: both score alike).
+    #[cfg(test)]
+    fn force_decode_attention(&self, warps: Option<u32>, split: usize) {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let hd = g.cfg.head_dim;
+        g.decode_attn = DecodeAttention { keys: warps.map(|w| (Kernel::attention_decode(hd).expect("a decode attention body"), w)), split };
+        g.drop_graphs();
     }
 
     /// Runs every decode product on `shape` where it can make the output (tests: the shapes give
@@ -657,6 +724,23 @@ impl Inner {
         self.pass
     }
 
+    /// The ways a decode step's attention can run here, the one in use first: the scoring
+    /// kernel in its splits, and the decode kernel (where it runs) in splits of one, two and
+    /// four rounds of its warps.
+    fn decode_attention_ways(&self) -> Vec<DecodeAttention> {
+        let least = rows_split(self.cfg.ctx_len.clamp(2, MAX_CONTEXT));
+        let mut ways = vec![self.decode_attn, DecodeAttention { keys: None, split: least }];
+        if let Some((k, warps)) = self.decode_attn.keys {
+            ways.extend([1, 2, 4].map(|r| DecodeAttention { keys: Some((k, warps)), split: (r * warps as usize * DEC_TILE).max(least) }));
+        }
+        let mut seen = Vec::new();
+        ways.retain(|w| !seen.contains(w) && {
+            seen.push(*w);
+            true
+        });
+        ways
+    }
+
     /// Forgets the recorded decode steps (they are recorded again as they next run).
     fn drop_graphs(&mut self) {
         for (_, g) in self.graphs.drain() {
@@ -682,7 +766,6 @@ impl Inner {
         let kt = self.gpu_prec_bytes();
         let es = self.prec.bytes();
         let layer_kv = (self.blocks * BLOCK * kv_dim * kt) as u64;
-        let shared = attention_shared(hd);
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
         let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
@@ -712,7 +795,12 @@ impl Inner {
             let (split, max_splits) = (ps.split as i32, ps.max_splits as i32);
             // att [n × q_dim]: the key splits and their merge in one launch
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
-            g.launch_as(Kernel::attention(hd), [n_tiles as u32, nkv as u32, ps.max_splits as u32], 128, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
+            // (a decode step on the decode kernel where it runs, else on the scoring pass's)
+            let (kernel, threads, shared) = match self.decode_attn.keys {
+                Some((k, warps)) if ps.decode => (k, 32 * warps, self.decode_attn.shared(hd, kt)),
+                _ => (Kernel::attention(hd), 128, attention_shared(hd)),
+            };
+            g.launch_as(kernel, [n_tiles as u32, nkv as u32, ps.max_splits as u32], threads, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
@@ -912,7 +1000,7 @@ impl Forward for Inner {
     fn run(&mut self, p: &Packed, decode: bool) -> Result<Vec<RowOut>, DeviceError> {
         let (n, w, nt, spans) = (p.tokens(), p.want.len(), p.tiles(), p.blk_off.len());
         let nkv = self.cfg.n_kv_heads;
-        let (split, max_splits) = if decode { (self.decode_split, (p.max_pos() / self.decode_split + 1).next_power_of_two()) } else { (MAX_CONTEXT, 1) };
+        let (split, max_splits) = if decode { (self.decode_attn.split, (p.max_pos() / self.decode_attn.split + 1).next_power_of_two()) } else { (MAX_CONTEXT, 1) };
         let group = self.cfg.n_heads / nkv;
         let row_stride = if decode { p.tiles.chunks_exact(4).map(|t| t[2] as usize).max().unwrap_or(1) * group } else { ATT_ROWS };
         let label = self.gpu.label().to_string();
@@ -1002,6 +1090,9 @@ pub struct Bench {
     pub decode: f64,
     /// both figures in the other launch mode, where the device has both
     pub other_mode: Option<OtherMode>,
+    /// decode tokens/s with each way a decode step's attention can run here (see
+    /// [`DecodeAttention::name`]), the engine's own first: `decode` again
+    pub attention: Vec<(String, f64)>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -1075,7 +1166,18 @@ impl GpuModel {
         } else {
             g.gpu.set_overlap(was);
         }
-        let mut out = Bench { prefill, decode, other_mode, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        // decode again with each other way to run its attention
+        let own = g.decode_attn;
+        let mut attention = vec![(own.name(), decode)];
+        for way in g.decode_attention_ways().into_iter().skip(1) {
+            g.decode_attn = way;
+            g.drop_graphs();
+            let run = decode_run(&mut g, &mut next);
+            g.decode_attn = own;
+            g.drop_graphs();
+            attention.push((way.name(), run?));
+        }
+        let mut out = Bench { prefill, decode, other_mode, attention, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);

@@ -118,11 +118,13 @@ fn no_kernel_reads_earlier_results_before_it_waits() {
             continue; // checked below
         }
         // the attention kernels' bodies: their template's
-        let start = if body[open..].trim_start().starts_with("attention_body<") {
-            let f = code.find("void attention_body(").expect("attention_body");
-            f + code[f..].find('{').expect("a body") + 1
-        } else {
-            i + open
+        let template = ["attention_body", "attention_decode_body"].into_iter().find(|t| body[open..].trim_start().starts_with(&format!("{t}<")));
+        let start = match template {
+            Some(t) => {
+                let f = code.find(&format!("void {t}(")).unwrap_or_else(|| panic!("{t}"));
+                f + code[f..].find('{').expect("a body") + 1
+            }
+            None => i + open,
         };
         let before = text_until_wait(start);
         for st in before.split(';').map(str::trim).filter(|t| !t.is_empty()) {
@@ -155,7 +157,7 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
     }
     assert!(!code.contains("#include"), "NVRTC gets no CUDA headers: kernels.cu must define what it uses");
     // the geometry the host assumes
-    for (name, value) in [("ATT_ROWS", super::ATT_ROWS), ("ATT_BK", super::ATT_BK), ("ATT_WARPS", 4), ("ATT_ROWS_PER_WARP", 4), ("ATT_MAXC", 8), ("KV_BS", super::BLOCK)] {
+    for (name, value) in [("ATT_ROWS", super::ATT_ROWS), ("ATT_BK", super::ATT_BK), ("ATT_WARPS", 4), ("ATT_ROWS_PER_WARP", 4), ("ATT_MAXC", 8), ("KV_BS", super::BLOCK), ("DEC_TILE", super::DEC_TILE)] {
         assert!(code.contains(&format!("#define {name} {value} ")) || code.contains(&format!("#define {name} {value}\n")), "#define {name} {value}");
     }
     assert_eq!(super::ATT_ROWS, 4 * 4, "rows per block = warps × rows per warp");
@@ -168,7 +170,7 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
     // the shapes the host can pick: the first makes every output, a warp holds one or two weight
     // rows, a block is at most 1024 threads
     assert!([(MV_PLAIN, MV_F32), (MV_NORM, MV_F32), (MV_NORM, MV_GLU), (MV_NORM, MV_QKV)].iter().all(|&(i, o)| args::MV_SHAPES[0].runs(i, o, 8192, 4)));
-    // a staged shape runs RMSNorm'd inputs only, up to MV_STAGE_MAX of them a block
+    // a staged shape runs RMSNorm'd inputs only, up to SHARED_OPT_IN of them a block
     assert!(args::MV_SHAPES.iter().any(|s| s.staged));
     for s in args::MV_SHAPES.iter().filter(|s| s.staged) {
         assert!(!s.runs(MV_PLAIN, MV_F32, 64, 2) && s.runs(MV_NORM, MV_F32, 4096, 2) && !s.runs(MV_NORM, MV_F32, 8192, 4));
@@ -569,6 +571,12 @@ fn the_bench_times_decode_with_and_without_overlapping_launches() {
     assert!(b.decode > 0.0 && b.other_mode.is_some_and(|o| !o.overlap && o.decode > 0.0 && o.decode.is_finite() && o.prefill > 0.0), "{b:?}");
     assert!(overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap restored");
     assert_eq!(b.decode_ops.iter().filter(|o| o.label == "logits_reduce").count(), 1, "the profile's decode step ran");
+    // decode again with each other way to run its attention, the engine's own put back
+    let names: Vec<&str> = b.attention.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(b.attention[0].1, b.decode, "{names:?}");
+    assert!(names[0].starts_with("warps on keys") && names.iter().any(|n| n.starts_with("warps on rows")) && names.len() >= 3, "{names:?}");
+    assert!(b.attention.iter().all(|(_, t)| *t > 0.0 && t.is_finite()));
+    assert!(g.inner.lock().unwrap().decode_attn.keys.is_some());
     assert_eq!(gpu_scores(&g, &reqs), before);
 }
 
@@ -859,6 +867,21 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
         }
         eprintln!("shape {n}: decode steps' largest per-token difference from the CPU exact path {worst:.2e} nats");
         assert!(worst < 1e-4, "shape {n}: {worst}");
+        // the decode attention as loaded: warps on keys; the other ways score as closely
+        let loaded = g.inner.lock().unwrap().decode_attn;
+        assert!(loaded.keys.is_some_and(|(_, w)| w as usize == super::DEC_WARPS), "{loaded:?}");
+        // one warp in two rounds, two warps in a round, splits within a warp's tile, the scoring kernel
+        for (warps, split) in [(Some(1), 64), (Some(2), 64), (Some(3), 24), (None, 16)] {
+            g.force_decode_attention(warps, split);
+            for (i, r) in reqs.iter().enumerate() {
+                let cpu = cpu_score(&model, r);
+                let got = &decode_logprobs(&g, std::slice::from_ref(r), true)[0];
+                let worst = got.iter().zip(&cpu.token_logprobs[1..]).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+                assert!(worst < 1e-4, "shape {n}, request {i}, {warps:?} warps, {split}-key splits: {worst}");
+            }
+        }
+        g.force_decode_attention(loaded.keys.map(|(_, w)| w), 16);
+        assert_eq!(decode_logprobs(&g, &reqs, true), together, "shape {n}: the loaded way again");
         // whichever shape of the product kernel runs, the same bits
         for s in super::MV_SHAPES {
             g.force_matvec(s);
