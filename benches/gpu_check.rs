@@ -199,6 +199,10 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
         let pct = |a: f64, b: f64| 100.0 * (a / b - 1.0);
         println!("[{label}] llmeval {how}: prefill {:.0} tokens/s ({:+.1}%) · decode batch 1 {:.1} tokens/s ({:+.1}%) · batch 32 {:.1} tokens/s ({:+.1}%)", o1.prefill, pct(o1.prefill, prefill), o1.decode, pct(o1.decode, decode1), o32.decode, pct(o32.decode, decode32));
     }
+    // the decode step's attention run each way it can here (the engine's own first)
+    let ways = |b: &llmeval::engine::cuda::Bench| b.attention.iter().map(|(n, t)| format!("{n}: {t:.1}")).collect::<Vec<_>>().join(" · ");
+    println!("[{label}] llmeval decode tokens/s by the way attention runs, batch 1: {}", ways(&b1));
+    println!("[{label}] llmeval decode tokens/s by the way attention runs, batch 32: {}", ways(&b32));
     println!("[{label}] llmeval log-likelihood: {} requests ({} groups of 4 choices, 192-token contexts) in {secs:.2} s = {:.0} requests/s, {:.0} tokens/s", reqs.len(), reqs.len() / 4, reqs.len() as f64 / secs, tokens as f64 / secs);
     // a decode step reads every matrix once (the embedding table only a row)
     let per_token = gpu.bytes_per_token();
@@ -209,7 +213,8 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     if let Some(p) = json_out {
         let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "other_mode_overlaps": b1.other_mode.map(|o| o.overlap), "other_mode_prefill_tokens_per_s": b1.other_mode.map(|o| o.prefill), "other_mode_decode_b1_tokens_per_s": b1.other_mode.map(|o| o.decode), "other_mode_decode_b32_tokens_per_s": b32.other_mode.map(|o| o.decode),
             "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
-            "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes), "prefill_gemm_ways": llmeval::engine::cuda::profile::gemm_choices_json(&gemms)});
+            "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes), "prefill_gemm_ways": llmeval::engine::cuda::profile::gemm_choices_json(&gemms),
+            "decode_attention_b1": b1.attention, "decode_attention_b32": b32.attention});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
     }
 }
