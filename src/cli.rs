@@ -1110,12 +1110,17 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             let gemms = gpu.gemm_choices();
             if m.json {
                 print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
-                    "other_launch_mode": b.other_mode.map(|o| json!({"overlapping_launches": o.overlap, "prefill_tokens_per_s": o.prefill, "decode_tokens_per_s": o.decode})), "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes), "prefill_gemm_ways": gemm_choices_json(&gemms)}));
+                    "other_launch_mode": b.other_mode.map(|o| json!({"overlapping_launches": o.overlap, "prefill_tokens_per_s": o.prefill, "decode_tokens_per_s": o.decode})), "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes), "prefill_gemm_ways": gemm_choices_json(&gemms),
+                    "decode_attention": b.attention.iter().map(|(way, t)| json!({"way": way, "decode_tokens_per_s": t})).collect::<Vec<_>>()}));
             } else {
                 println!("{}: prefill {:.1} tokens/s ({prompt_len}-token prompt) · decode {:.1} tokens/s ({BENCH_DECODE} tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
                 if let Some(o) = b.other_mode {
                     let how = if o.overlap { "with each kernel starting while the last finishes (programmatic dependent launch, LLMEVAL_GPU_OVERLAP=on)" } else { "with each kernel launched after the last has finished (LLMEVAL_GPU_OVERLAP unset)" };
                     println!("{how}: prefill {:.1} tokens/s · decode {:.1} tokens/s", o.prefill, o.decode);
+                }
+                // the engine's own way first
+                for (way, t) in &b.attention {
+                    println!("decode with attention on {way}: {t:.1} tokens/s");
                 }
                 match &b.profile_error {
                     Some(why) => println!("no launch-by-launch profile: {why}"),
