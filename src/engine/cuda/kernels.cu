@@ -623,13 +623,25 @@ __device__ __forceinline__ void kv_part(const kt* p, float* f) {
 // [DEC_TILE × (HD + KV_VEC)] and V [DEC_TILE × HD] rows; nothing past k_hi.
 template <int HD>
 __device__ __forceinline__ void dec_copy(const AttnArgs& a, const int* table, int kb, int k_hi, int koff, kt* Ks, kt* Vs) {
-  constexpr int chunks = HD / KV_VEC;  // 16-byte pieces of a key (or value) row
-  const int total = min(DEC_TILE, k_hi - kb + 1) * chunks, kvd = a.nkv * HD;
-  for (int i = threadIdx.x & 31; i < total; i += 32) {
-    const int j = i / chunks, d = (i % chunks) * KV_VEC;
-    const long long at = kv_slot(table, kb + j) * kvd + koff + d;
-    copy16(Ks + j * (HD + KV_VEC) + d, a.kc + at);
-    copy16(Vs + j * HD + d, a.vc + at);
+  constexpr int chunks = HD / KV_VEC;           // 16-byte pieces of a key (or value) row
+  constexpr int N = DEC_TILE * chunks / 32;     // pieces a lane copies, at most
+  const int total = min(DEC_TILE, k_hi - kb + 1) * chunks, kvd = a.nkv * HD, lane = threadIdx.x & 31;
+  // the cache slots first, all the block table's loads at once (the copies are ordered among
+  // themselves); a slot fits an int (the cache holds far fewer than 2^31 positions)
+  int slot[N];
+#pragma unroll
+  for (int u = 0; u < N; u++) {
+    const int i = lane + 32 * u;
+    slot[u] = i < total ? (int)kv_slot(table, kb + i / chunks) : 0;
+  }
+#pragma unroll
+  for (int u = 0; u < N; u++) {
+    const int i = lane + 32 * u, j = i / chunks, d = (i % chunks) * KV_VEC;
+    if (i < total) {
+      const long long at = (long long)slot[u] * kvd + koff + d;
+      copy16(Ks + j * (HD + KV_VEC) + d, a.kc + at);
+      copy16(Vs + j * HD + d, a.vc + at);
+    }
   }
 }
 

@@ -56,27 +56,18 @@ const DEC_WARPS: usize = 8;
 
 /// How a decode step's attention runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodeAttention {
+struct DecodeAttention {
     /// the decode kernel and its warps a block, each warp on its own keys; `None`: the scoring
     /// pass's kernel (warps on rows), where the decode kernel has no body for the head size or
     /// its shared memory is refused
-    pub keys: Option<(Kernel, u32)>,
+    keys: Option<(Kernel, u32)>,
     /// keys of a sequence a block covers; the blocks' partial softmaxes are merged in order
-    pub split: usize,
+    split: usize,
 }
 
 impl DecodeAttention {
-    /// Dynamic shared memory of a block: queries [ATT_ROWS × hd] f32, and for each warp a tile's
-    /// keys [DEC_TILE × (hd + 16 bytes)] and values [DEC_TILE × hd] in the cache's type
-    /// (`elem` bytes); or the scoring kernel's.
-    fn shared(&self, hd: usize, elem: usize) -> u32 {
-        match self.keys {
-            Some((_, warps)) => (ATT_ROWS * hd * 4 + warps as usize * dec_warp_bytes(hd, elem)) as u32,
-            None => attention_shared(hd),
-        }
-    }
     /// `warps on keys (8 a block), 256-key splits` or `warps on rows, 32-key splits`
-    pub fn name(&self) -> String {
+    fn name(&self) -> String {
         match self.keys {
             Some((_, w)) => format!("warps on keys ({w} a block), {}-key splits", self.split),
             None => format!("warps on rows, {}-key splits", self.split),
@@ -91,9 +82,15 @@ fn rows_split(ctx: usize) -> usize {
     (ctx / DECODE_SPLITS).next_power_of_two().max(ATT_BK)
 }
 
-/// A decode attention warp's shared memory: a tile's keys, padded by 16 bytes a row, and values.
+/// A decode attention warp's shared memory: a tile's keys, padded by 16 bytes a row, and values,
+/// in the cache's type (`elem` bytes).
 fn dec_warp_bytes(hd: usize, elem: usize) -> usize {
     DEC_TILE * (2 * hd * elem + 16)
+}
+/// Dynamic shared memory of a decode attention block of `warps` warps: the queries
+/// [ATT_ROWS × hd] f32, then each warp's.
+fn dec_shared(hd: usize, elem: usize, warps: u32) -> u32 {
+    (ATT_ROWS * hd * 4 + warps as usize * dec_warp_bytes(hd, elem)) as u32
 }
 
 /// KV cache memory at most.
@@ -575,11 +572,10 @@ impl GpuModel {
         // decode steps on the decode attention kernel where it has a body for the head size and
         // its shared memory is granted: as many warps as fit, a split's keys in one round of them
         if let Some(k) = Kernel::attention_decode(hd) {
-            let warps = (SHARED_OPT_IN - ATT_ROWS * hd * 4) / dec_warp_bytes(hd, es);
-            let d = DecodeAttention { keys: Some((k, warps.min(DEC_WARPS) as u32)), split: (warps.min(DEC_WARPS) * DEC_TILE).max(inner.decode_attn.split) };
-            let bytes = d.shared(hd, es) as usize;
+            let warps = ((SHARED_OPT_IN - dec_shared(hd, es, 0) as usize) / dec_warp_bytes(hd, es)).min(DEC_WARPS);
+            let bytes = dec_shared(hd, es, warps as u32) as usize;
             if warps > 0 && (bytes <= 48 * 1024 || inner.gpu.set_shared(k, bytes).is_ok()) {
-                inner.decode_attn = d;
+                inner.decode_attn = DecodeAttention { keys: Some((k, warps as u32)), split: (warps * DEC_TILE).max(inner.decode_attn.split) };
             }
         }
         // a staged product shape's block holds up to MV_M RMSNorm'd input rows (k = dim)
@@ -797,7 +793,7 @@ impl Inner {
             let (tiles, pos, blk_off, tables, part_acc, part_ml, counters, att) = (ix.tiles, ix.pos, ix.blk_off, ix.tables, b.part_acc, b.part_ml, b.counters, b.att);
             // (a decode step on the decode kernel where it runs, else on the scoring pass's)
             let (kernel, threads, shared) = match self.decode_attn.keys {
-                Some((k, warps)) if ps.decode => (k, 32 * warps, self.decode_attn.shared(hd, kt)),
+                Some((k, warps)) if ps.decode => (k, 32 * warps, dec_shared(hd, kt, warps)),
                 _ => (Kernel::attention(hd), 128, attention_shared(hd)),
             };
             g.launch_as(kernel, [n_tiles as u32, nkv as u32, ps.max_splits as u32], threads, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
