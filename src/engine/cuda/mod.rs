@@ -93,6 +93,10 @@ fn dec_shared(hd: usize, elem: usize, warps: u32) -> u32 {
     (ATT_ROWS * hd * 4 + warps as usize * dec_warp_bytes(hd, elem)) as u32
 }
 
+/// Threads of a `logits_reduce` block (one vocabulary row): the most a block has, so that a
+/// decode step's one row takes few rounds of loads. Fixed, as the log-softmax's summation order
+/// follows it.
+const REDUCE_THREADS: u32 = 1024;
 /// KV cache memory at most.
 const KV_MAX_BYTES: usize = 16 << 30;
 /// The longest sequence the GPU engine runs (sizes its scratch buffers).
@@ -822,7 +826,7 @@ impl Inner {
                 gemm(Product::LmHead, rows, b.sel, self.lm_head, b.logits)?;
             }
             let (lp, am) = (b.out + (r0 * 8) as u64, b.out + (w * 8 + r0 * 4) as u64);
-            g.launch(grid(rows), 256, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
+            g.launch(grid(rows), REDUCE_THREADS, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
             r0 += rows;
         }
         Ok(())
