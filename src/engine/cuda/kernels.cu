@@ -336,7 +336,9 @@ __device__ __forceinline__ void kv_store(float* Ks, float* Vs, int hd, int i0, i
 // partials for its `rows` rows: it makes them visible device-wide and takes a ticket; the last
 // block to do so merges the splits in split order and writes the normalised output.
 template <int HD>  // head_dim, or 0: a.hd
-__device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kvh, int t0, int rows, int group, int kmax, int* s_last, float* s_mx, float* s_den) {
+__device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kvh, int t0, int rows, int group, int kmax) {
+  __shared__ int s_last;
+  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
   const int hd = HD ? HD : a.hd;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   __threadfence();
@@ -344,11 +346,11 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kv
   if (threadIdx.x == 0) {
     int* counter = a.counters + tile * a.nkv + kvh;
     const int blocks = kmax / a.split_len + 1;  // the splits that hold keys ≤ kmax
-    *s_last = atomicAdd(counter, 1) == blocks - 1;
-    if (*s_last) *counter = 0;
+    s_last = atomicAdd(counter, 1) == blocks - 1;
+    if (s_last) *counter = 0;
   }
   __syncthreads();
-  if (!*s_last) return;
+  if (!s_last) return;
   __threadfence();
   // merge each row's splits in split order and normalise (other blocks' writes, read from L2):
   // a warp a row finds the row's largest max and its sum Σ l·exp(m − max); then each thread
@@ -418,8 +420,6 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kv
 template <int HD>  // head_dim, or 0: a.hd
 __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
-  __shared__ int s_last;
-  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
   pdl_wait();
   pdl_trigger();
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -565,7 +565,7 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       a.part_ml[(base + r) * 2 + 1] = l[j];
     }
   }
-  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax, &s_last, s_mx, s_den);
+  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax);
 }
 LLM_KERNEL(attention, AttnArgs) { attention_body<0>(a); }
 LLM_KERNEL(attention_hd64, AttnArgs) { attention_body<64>(a); }
@@ -648,8 +648,6 @@ __device__ __forceinline__ void dec_copy(const AttnArgs& a, const int* table, in
 template <int HD>
 __device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
   LLM_DYN_SHARED(smem);
-  __shared__ int s_last;
-  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
   pdl_wait();
   pdl_trigger();
   const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
@@ -789,7 +787,7 @@ __device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
     }
   }
   if (a.max_splits == 1) return;
-  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax, &s_last, s_mx, s_den);
+  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax);
 }
 LLM_KERNEL(attention_dec_hd32, AttnArgs) { attention_decode_body<32>(a); }
 LLM_KERNEL(attention_dec_hd64, AttnArgs) { attention_decode_body<64>(a); }
