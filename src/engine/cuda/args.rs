@@ -196,18 +196,18 @@ impl MvShape {
         [m.div_ceil(MV_M) as u32, if self.max_blocks > 0 { groups.min(self.max_blocks) } else { groups }, 1]
     }
     /// Dynamic shared memory of a launch on `m` input rows of `k` elements of `elem` bytes.
-    pub fn shared(&self, mode: i32, m: usize, k: usize, elem: usize) -> u32 {
-        if self.staged && mode == MV_NORM {
+    pub fn shared(&self, m: usize, k: usize, elem: usize) -> u32 {
+        if self.staged {
             (m.min(MV_M) * k * elem) as u32
         } else {
             0
         }
     }
-    /// Whether it can run a product of input `mode` and output `out` with inputs of `k` elements
-    /// of `elem` bytes: SwiGLU and RoPE need a warp to hold a pair of rows, a staged shape an
-    /// RMSNorm'd input whose rows fit in [`SHARED_OPT_IN`].
-    pub fn runs(&self, mode: i32, out: i32, k: usize, elem: usize) -> bool {
-        (out == MV_F32 || self.rows == 2) && (!self.staged || (mode == MV_NORM && MV_M * k * elem <= SHARED_OPT_IN))
+    /// Whether it can run a product of output `out` with inputs of `k` elements of `elem` bytes:
+    /// SwiGLU and RoPE need a warp to hold a pair of rows, a staged shape input rows that fit in
+    /// [`SHARED_OPT_IN`].
+    pub fn runs(&self, out: i32, k: usize, elem: usize) -> bool {
+        (out == MV_F32 || self.rows == 2) && (!self.staged || MV_M * k * elem <= SHARED_OPT_IN)
     }
     /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined), `w4 r2 u4 p ≤384` (at most 384 blocks), `… s` (staged)
     pub fn name(&self) -> String {

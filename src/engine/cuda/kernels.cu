@@ -959,17 +959,18 @@ struct MatvecArgs {
 // W warps a block (grid.y covers n / (W·R) of them), R weight rows a warp (2 with MV_GLU and
 // MV_QKV: a gate/up or rotated pair), U loads of a weight row in flight per lane; P = 1: the next
 // U loads go out before the arithmetic on these (twice the registers, no gap between rounds);
-// S = 1: with MV_NORM the block first writes its normalised input rows, rounded to the storage
-// type, into dynamic shared memory (min(m, MV_M) × k elements), and every weight row reads them
-// there (a 16-byte load a row per MV_VEC weights instead of two loads of x, two of norm_w and the
-// rounding each time: about 40% of the inner loop's instructions, by count). Same values, so the
-// same bits.
+// S = 1: the block first writes its input rows into dynamic shared memory (min(m, MV_M) × k
+// elements), and every weight row reads them there: with MV_NORM normalised and rounded to the
+// storage type (a 16-byte load a row per MV_VEC weights instead of two loads of x, two of norm_w
+// and the rounding each time: about 40% of the inner loop's instructions, by count), with
+// MV_PLAIN copied (the input's loads no longer queue with the weights' in the L1). Same values,
+// so the same bits.
 template <int W, int R, int U, int P, int S>
 __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
   __shared__ float s_scale[MV_M];
   __shared__ int s_src[MV_M];
   LLM_DYN_SHARED(dyn);
-  wt* xin = (wt*)dyn;  // S and MV_NORM: [m × k] the block's input rows
+  wt* xin = (wt*)dyn;  // S: [m × k] the block's input rows
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int r0 = blockIdx.x * MV_M, m = min(MV_M, a.m - r0);
   if (m <= 0) return;  // uniform across the block
@@ -1018,6 +1019,20 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
     }
   }
   __syncthreads();
+  if (S && a.mode == MV_PLAIN) {  // the block's input rows, as they are (LD_BATCH loads at once)
+    const V16* src = (const V16*)(a.a + (long long)r0 * a.k);
+    const int n16 = m * a.k / MV_VEC;
+    for (int i0 = threadIdx.x; i0 < n16; i0 += LD_BATCH * blockDim.x) {
+      V16 q[LD_BATCH];
+#pragma unroll
+      for (int u = 0; u < LD_BATCH; u++)
+        if (i0 + u * (int)blockDim.x < n16) q[u] = src[i0 + u * blockDim.x];
+#pragma unroll
+      for (int u = 0; u < LD_BATCH; u++)
+        if (i0 + u * (int)blockDim.x < n16) ((V16*)xin)[i0 + u * blockDim.x] = q[u];
+    }
+    __syncthreads();
+  }
   if (S && a.mode == MV_NORM) {
     for (int r = 0; r < m; r++) {
       const float* xr = a.x + (long long)s_src[r] * a.k;
@@ -1083,10 +1098,10 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
         for (int r = 0; r < MV_M; r++) {
           if (r >= m) break;
           float in[MV_VEC];
-          if (a.mode == MV_PLAIN) {
-            unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
-          } else if (S) {
+          if (S) {
             unpack_w(*(const V16*)(xin + r * a.k + i), in);
+          } else if (a.mode == MV_PLAIN) {
+            unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
           } else {
             float xs[MV_VEC], nw[MV_VEC];
             load_f(a.x + (long long)s_src[r] * a.k + i, xs);

@@ -582,9 +582,9 @@ impl GpuModel {
                 inner.decode_attn = DecodeAttention { keys: Some((k, warps as u32)), split: (warps * DEC_TILE).max(inner.decode_attn.split) };
             }
         }
-        // a staged product shape's block holds up to MV_M RMSNorm'd input rows (k = dim)
-        for s in MV_SHAPES.iter().filter(|s| s.staged && s.runs(MV_NORM, MV_F32, d, es)) {
-            let most = s.shared(MV_NORM, MV_M, d, es) as usize;
+        // a staged product shape's block holds up to MV_M input rows of the widest product it runs
+        for s in MV_SHAPES.iter().filter(|s| s.staged) {
+            let most = Product::ALL.iter().map(|p| p.dims(&c)).filter(|&(_, k, _, out)| s.runs(out, k, es)).map(|(_, k, ..)| s.shared(MV_M, k, es) as usize).max().unwrap_or(0);
             if most > 48 * 1024 {
                 inner.gpu.set_shared(s.kernel, most)?;
             }
@@ -690,7 +690,7 @@ impl GpuModel {
         let c = g.cfg.clone();
         for p in Product::ALL {
             let (_, k, mode, out) = p.dims(&c);
-            g.mv[p as usize] = if shape.runs(mode, out, k, g.prec.bytes()) { shape } else { MV_SHAPES[0] };
+            g.mv[p as usize] = if shape.runs(out, k, g.prec.bytes()) { shape } else { MV_SHAPES[0] };
         }
         // recorded steps hold the old kernels
         g.drop_graphs();
@@ -771,7 +771,7 @@ impl Inner {
         let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
         let matvec = |p: Product, a: MatvecArgs| {
             let s = self.mv[p as usize];
-            g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), s.shared(a.mode, a.m as usize, a.k as usize, es), &a)
+            g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), s.shared(a.m as usize, a.k as usize, es), &a)
         };
         // out[m × n] (+)= input[m × k] · w[n × k]ᵀ as GEMM calls of one shape, on the product's way
         let gemm = |p: Product, m: usize, a: u64, w: u64, out: u64| {
@@ -935,7 +935,7 @@ impl Inner {
         let mut timing = Vec::new();
         for p in Product::ALL {
             let (n, k, mode, out) = p.dims(&c);
-            let shapes: Vec<MvShape> = MV_SHAPES.iter().copied().filter(|s| s.runs(mode, out, k, self.prec.bytes())).collect();
+            let shapes: Vec<MvShape> = MV_SHAPES.iter().copied().filter(|s| s.runs(out, k, self.prec.bytes())).collect();
             // (weights, norm weights) of each launch: every layer's, or the LM head's
             let mats: Vec<(u64, u64)> = match p {
                 Product::Qkv => self.layers.iter().map(|l| (l.wqkv, l.attn_norm)).collect(),
@@ -953,7 +953,7 @@ impl Inner {
             let run = |s: MvShape| -> Result<(), DeviceError> {
                 for &(w, norm_w) in &mats {
                     let args = MatvecArgs { a, x: b.x, norm_w, rows: 0, w, y, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 1, n: n as i32, k: k as i32, mode, out: MV_F32, accumulate: 0, eps: c.rms_eps };
-                    g.launch_raw(s.kernel, s.grid(1, n), s.threads(), s.shared(mode, 1, k, self.prec.bytes()), args.bytes())?;
+                    g.launch_raw(s.kernel, s.grid(1, n), s.threads(), s.shared(1, k, self.prec.bytes()), args.bytes())?;
                 }
                 Ok(())
             };
