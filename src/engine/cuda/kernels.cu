@@ -626,14 +626,12 @@ __device__ __forceinline__ void dec_copy(const AttnArgs& a, const int* table, in
   constexpr int chunks = HD / KV_VEC;           // 16-byte pieces of a key (or value) row
   constexpr int N = DEC_TILE * chunks / 32;     // pieces a lane copies, at most
   const int total = min(DEC_TILE, k_hi - kb + 1) * chunks, kvd = a.nkv * HD, lane = threadIdx.x & 31;
-  // the cache slots first, all the block table's loads at once (the copies are ordered among
-  // themselves); a slot fits an int (the cache holds far fewer than 2^31 positions)
+  // the cache slots first, all the block table's loads at once and unconditional (a lane past the
+  // tile reads the last key's; the copies are ordered among themselves); a slot fits an int (the
+  // cache holds far fewer than 2^31 positions)
   int slot[N];
 #pragma unroll
-  for (int u = 0; u < N; u++) {
-    const int i = lane + 32 * u;
-    slot[u] = i < total ? (int)kv_slot(table, kb + i / chunks) : 0;
-  }
+  for (int u = 0; u < N; u++) slot[u] = (int)kv_slot(table, kb + min(lane + 32 * u, total - 1) / chunks);
 #pragma unroll
   for (int u = 0; u < N; u++) {
     const int i = lane + 32 * u, j = i / chunks, d = (i % chunks) * KV_VEC;
@@ -657,21 +655,30 @@ __device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
   constexpr int KS = HD + KV_VEC;    // a key's row in shared memory: one 16-byte piece of padding
   constexpr int REGION = DEC_TILE * (KS + HD);  // a warp's shared memory, in cached elements
   const int group = a.nh / a.nkv, rows = group;
+  // the position, the block table and the queries' first pieces (two a thread: all of them with
+  // eight warps) load together, and the first tile's copies go out with the queries
   const int kmax = a.pos[t0];
+  const int* table = a.tables + a.blk_off[seq];
+  const int nq = rows * HD / 4;  // the queries' 16-byte pieces
+  const F4* qsrc = (const F4*)(a.qkv + (long long)t0 * (a.nh + 2 * a.nkv) * HD + kvh * group * HD);
+  const int tid = threadIdx.x, nt = blockDim.x;
+  F4 q2[2] = {};
+#pragma unroll
+  for (int u = 0; u < 2; u++)
+    if (tid + u * nt < nq) q2[u] = qsrc[tid + u * nt];
   const int k_lo = split * a.split_len;
   if (k_lo > kmax) return;  // no key of this split is seen: no partials, no ticket
   const int k_hi = min(k_lo + a.split_len - 1, kmax);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-  const int width = (a.nh + 2 * a.nkv) * HD;
+  const int lane = tid & 31, warp = tid >> 5, nw = nt >> 5;
   float* Qs = smem;                                             // [ATT_ROWS × HD]
   kt* Ks = (kt*)(Qs + ATT_ROWS * HD) + warp * REGION;           // this warp's keys [DEC_TILE × KS]
   kt* Vs = Ks + DEC_TILE * KS;                                  // ... and values [DEC_TILE × HD]
   float* P = (float*)Ks;  // [DEC_TILE × DEC_PS]: p of key × row, over the keys once scored
-  const int* table = a.tables + a.blk_off[seq];
-  // the warp's first tile's copies go out with the queries' loads
   if (k_lo + DEC_TILE * warp <= k_hi) dec_copy<HD>(a, table, k_lo + DEC_TILE * warp, k_hi, kvh * HD, Ks, Vs);
-  for (int i = 4 * threadIdx.x; i < rows * HD; i += 4 * blockDim.x)
-    *(F4*)(Qs + i) = *(const F4*)(a.qkv + (long long)t0 * width + kvh * group * HD + i);
+#pragma unroll
+  for (int u = 0; u < 2; u++)
+    if (tid + u * nt < nq) ((F4*)Qs)[tid + u * nt] = q2[u];
+  for (int i = tid + 2 * nt; i < nq; i += nt) ((F4*)Qs)[i] = qsrc[i];  // fewer warps
   __syncthreads();
   float m[ATT_ROWS], l[ATT_ROWS], acc[ATT_ROWS][C];
 #pragma unroll
@@ -763,7 +770,7 @@ __device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
   const float* acc0 = (const float*)(Qs + ATT_ROWS * HD);  // warp 0's partials
   constexpr int RF = REGION * (int)sizeof(kt) / 4;          // a warp's region in floats
   const long long base = ((long long)(tile * a.nkv + kvh) * a.max_splits + split) * a.row_stride;
-  for (int i = threadIdx.x; i < rows * HD; i += blockDim.x) {
+  for (int i = tid; i < rows * HD; i += nt) {
     const int r = i / HD, d = i % HD;
     float mx = -LLM_INF;
     for (int w = 0; w < nw; w++) mx = fmaxf(mx, acc0[w * RF + ATT_ROWS * HD + 2 * r]);
