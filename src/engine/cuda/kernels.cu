@@ -654,6 +654,9 @@ __device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
   constexpr int C = HD / 32;         // output elements a lane holds: C·lane …
   constexpr int KS = HD + KV_VEC;    // a key's row in shared memory: one 16-byte piece of padding
   constexpr int REGION = DEC_TILE * (KS + HD);  // a warp's shared memory, in cached elements
+  // what reuses it: P over the key rows, then the warp's partials over the whole region
+  static_assert(DEC_TILE * DEC_PS * 4 <= DEC_TILE * KS * (int)sizeof(kt), "P fits in the key rows");
+  static_assert((ATT_ROWS * HD + 2 * ATT_ROWS) * 4 <= REGION * (int)sizeof(kt), "the partials fit in a warp's region");
   const int group = a.nh / a.nkv, rows = group;
   // the position, the block table and the queries' first pieces (two a thread: all of them with
   // eight warps) load together, and the first tile's copies go out with the queries
