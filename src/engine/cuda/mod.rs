@@ -689,7 +689,7 @@ impl GpuModel {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let c = g.cfg.clone();
         for p in Product::ALL {
-            let (_, k, mode, out) = p.dims(&c);
+            let (_, k, _, out) = p.dims(&c);
             g.mv[p as usize] = if shape.runs(out, k, g.prec.bytes()) { shape } else { MV_SHAPES[0] };
         }
         // recorded steps hold the old kernels
