@@ -131,7 +131,7 @@ __device__ __forceinline__ float ld_l2(const float* p) {
 #define ATT_BK 32         // keys per shared-memory tile
 #define ATT_MAXC 8        // head_dim / 32 at most (head_dim ≤ 256)
 #define ATT_LOADS 2       // 16-byte loads of keys (and as many of values) in flight per thread
-#define ATT_MERGE 8       // splits whose partials a thread loads together when it merges ...
+#define ATT_MERGE 4       // splits whose partials a thread loads together when it merges ...
 #define ATT_MERGE_E 4     // ... for each of this many output elements
 
 // Sum of a block's `v` (blockDim.x a multiple of 32, ≤ 1024) in a fixed tree order; every thread
@@ -333,14 +333,16 @@ __device__ __forceinline__ void kv_store(float* Ks, float* Vs, int hd, int i0, i
 }
 
 // The split merge of both attention kernels, run by every block of (tile, KV head) that wrote
-// partials for its `rows` rows: it makes them visible device-wide and takes a ticket; the last
-// block to do so merges the splits in split order and writes the normalised output.
+// partials for its `rows` rows (the tile's `count` tokens, at consecutive positions up to kmax): it
+// makes them visible device-wide and takes a ticket; the last block to do so merges each row's
+// splits in split order and writes the normalised output. A thread takes ATT_MERGE_E output
+// elements, and for each loads ATT_MERGE splits' m, l and Σ exp(s − m)·v at once, folding them
+// into a running max, numerator and denominator: up to ATT_MERGE splits (a context of
+// ATT_MERGE · split_len keys) take one round of loads after the ticket.
 template <int HD>  // head_dim, or 0: a.hd
-__device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kvh, int t0, int rows, int group, int kmax) {
+__device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kvh, int t0, int count, int rows, int group, int kmax) {
   __shared__ int s_last;
-  __shared__ float s_mx[ATT_ROWS], s_den[ATT_ROWS];
   const int hd = HD ? HD : a.hd;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -352,41 +354,26 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kv
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  // merge each row's splits in split order and normalise (other blocks' writes, read from L2):
-  // a warp a row finds the row's largest max and its sum Σ l·exp(m − max); then each thread
-  // takes ATT_MERGE_E output elements at once, ATT_MERGE splits' loads in flight for each
+  // (other blocks' writes, read from L2)
   const long long first = (long long)(tile * a.nkv + kvh) * a.max_splits;
-  for (int r = warp; r < rows; r += nw) {
-    const int ns = a.pos[t0 + r / group] / a.split_len + 1;
-    float mx = -LLM_INF, den = 0.0f;
-    for (int s = lane; s < ns; s += 32) mx = fmaxf(mx, ld_l2(a.part_ml + ((first + s) * a.row_stride + r) * 2));
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, o));
-    for (int s = lane; s < ns; s += 32) {
-      const long long pr = (first + s) * a.row_stride + r;
-      const float ms = ld_l2(a.part_ml + pr * 2), ls = ld_l2(a.part_ml + pr * 2 + 1);
-      if (ms != -LLM_INF) den += ls * expf(ms - mx);  // a split with no visible key adds nothing
-    }
-    for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(FULL_MASK, den, o);
-    if (lane == 0) {
-      s_mx[r] = mx;
-      s_den[r] = den;
-    }
-  }
-  __syncthreads();
+#pragma unroll 1
   for (int i0 = threadIdx.x; i0 < rows * hd; i0 += ATT_MERGE_E * blockDim.x) {
-    float num[ATT_MERGE_E];
+    float mx[ATT_MERGE_E], num[ATT_MERGE_E], den[ATT_MERGE_E];
     int ns[ATT_MERGE_E];
 #pragma unroll
     for (int e = 0; e < ATT_MERGE_E; e++) {
       const int i = i0 + e * blockDim.x;
+      mx[e] = -LLM_INF;
       num[e] = 0.0f;
-      ns[e] = i < rows * hd ? a.pos[t0 + i / hd / group] / a.split_len + 1 : 0;
+      den[e] = 0.0f;
+      ns[e] = i < rows * hd ? (kmax - (count - 1) + i / hd / group) / a.split_len + 1 : 0;  // the row's splits
     }
     int most = 0;
 #pragma unroll
     for (int e = 0; e < ATT_MERGE_E; e++) most = max(most, ns[e]);
+#pragma unroll 1
     for (int s0 = 0; s0 < most; s0 += ATT_MERGE) {
-      float mv[ATT_MERGE_E][ATT_MERGE], av[ATT_MERGE_E][ATT_MERGE];
+      float mv[ATT_MERGE_E][ATT_MERGE], lv[ATT_MERGE_E][ATT_MERGE], av[ATT_MERGE_E][ATT_MERGE];
 #pragma unroll
       for (int e = 0; e < ATT_MERGE_E; e++) {
         const int i = i0 + e * blockDim.x, r = i / hd, d = i % hd;
@@ -395,15 +382,27 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kv
           const long long pr = (first + s0 + u) * a.row_stride + r;
           const bool in = s0 + u < ns[e];
           mv[e][u] = in ? ld_l2(a.part_ml + pr * 2) : -LLM_INF;
+          lv[e][u] = in ? ld_l2(a.part_ml + pr * 2 + 1) : 0.0f;
           av[e][u] = in ? ld_l2(a.part_acc + pr * hd + d) : 0.0f;
         }
       }
 #pragma unroll
       for (int e = 0; e < ATT_MERGE_E; e++) {
-        const int r = (i0 + e * blockDim.x) / hd;
+        float cmx = mx[e];  // this round's largest max, then every sum rescaled to it
 #pragma unroll
-        for (int u = 0; u < ATT_MERGE; u++)
-          if (mv[e][u] != -LLM_INF) num[e] += av[e][u] * expf(mv[e][u] - s_mx[r]);
+        for (int u = 0; u < ATT_MERGE; u++) cmx = fmaxf(cmx, mv[e][u]);
+        if (cmx == -LLM_INF) continue;  // no split of these with a visible key (or no element)
+        const float corr = expf(mx[e] - cmx);  // 0 while mx was −∞
+        num[e] *= corr;
+        den[e] *= corr;
+#pragma unroll
+        for (int u = 0; u < ATT_MERGE; u++) {
+          if (mv[e][u] == -LLM_INF) continue;  // a split with no visible key adds nothing
+          const float f = expf(mv[e][u] - cmx);
+          num[e] += av[e][u] * f;
+          den[e] += lv[e][u] * f;
+        }
+        mx[e] = cmx;
       }
     }
 #pragma unroll
@@ -412,7 +411,7 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int tile, int kv
       if (i >= rows * hd) break;
       const int r = i / hd, d = i % hd;
       const int tok = t0 + r / group, head = kvh * group + r % group;
-      a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num[e] / s_den[r]);
+      a.att[(long long)tok * a.nh * hd + head * hd + d] = f2w(num[e] / den[e]);
     }
   }
 }
@@ -565,7 +564,7 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
       a.part_ml[(base + r) * 2 + 1] = l[j];
     }
   }
-  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax);
+  merge_splits<HD>(a, tile, kvh, t0, count, rows, group, kmax);
 }
 LLM_KERNEL(attention, AttnArgs) { attention_body<0>(a); }
 LLM_KERNEL(attention_hd64, AttnArgs) { attention_body<64>(a); }
@@ -797,7 +796,7 @@ __device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
     }
   }
   if (a.max_splits == 1) return;
-  merge_splits<HD>(a, tile, kvh, t0, rows, group, kmax);
+  merge_splits<HD>(a, tile, kvh, t0, 1, rows, group, kmax);
 }
 LLM_KERNEL(attention_dec_hd32, AttnArgs) { attention_decode_body<32>(a); }
 LLM_KERNEL(attention_dec_hd64, AttnArgs) { attention_decode_body<64>(a); }

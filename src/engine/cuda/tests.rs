@@ -871,8 +871,9 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
         // the decode attention as loaded: warps on keys; the other ways score as closely
         let loaded = g.inner.lock().unwrap().decode_attn;
         assert!(loaded.keys.is_some_and(|(_, w)| w as usize == super::DEC_WARPS), "{loaded:?}");
-        // one warp in two rounds, two warps in a round, splits within a warp's tile, the scoring kernel
-        for (warps, split) in [(Some(1), 64), (Some(2), 64), (Some(3), 24), (None, 16)] {
+        // one warp in two rounds, two warps in a round, splits within a warp's tile, more splits
+        // than the merge loads in one round, the scoring kernel
+        for (warps, split) in [(Some(1), 64), (Some(2), 64), (Some(3), 24), (Some(2), 8), (None, 16), (None, 8)] {
             g.force_decode_attention(warps, split);
             for (i, r) in reqs.iter().enumerate() {
                 let cpu = cpu_score(&model, r);
