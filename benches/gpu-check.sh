@@ -141,7 +141,7 @@ if [ "$MODE" != "--second" ]; then
   step 170 "$BIN" check $RAND --label random-1.1b
   stop_if_no_gpu
   log "== random 1.1B LLaMA: speed (fast path), launch-by-launch profile"
-  step 90 "$BIN" speed $RAND --label random-1.1b ${BW:+--bandwidth $BW} --json "$OUTDIR/llmeval-speed.json"
+  step 120 "$BIN" speed $RAND --label random-1.1b ${BW:+--bandwidth $BW} --json "$OUTDIR/llmeval-speed.json"
   log "== PyTorch + transformers, bf16, same card, same model"
   step 150 python3 benches/gpu_check.py baseline $RAND "$OUTDIR/transformers-speed.json"
   if [ -f "$OUTDIR/llmeval-speed.json" ] && [ -f "$OUTDIR/transformers-speed.json" ]; then
