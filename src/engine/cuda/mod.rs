@@ -39,10 +39,11 @@ use std::sync::Mutex;
 const ATT_ROWS: usize = 16;
 /// Keys per shared-memory tile of the attention kernel (`ATT_BK`).
 const ATT_BK: usize = 32;
-/// A decode step's attention splits each sequence's keys into at most this many blocks (of a
-/// power-of-two length, one tile of `ATT_BK` keys at least), merged in order: enough blocks to
-/// keep the GPU busy at batch 1, each with little to walk. The split length depends on the
-/// model's context length only.
+/// On the scoring kernel, a decode step's attention splits each sequence's keys into at most
+/// this many blocks (of a power-of-two length, one tile of `ATT_BK` keys at least), merged in
+/// order: enough blocks to keep the GPU busy at batch 1, each with little to walk (the decode
+/// kernel's splits are one round of its warps, and no shorter). Split lengths depend on the
+/// model only, never on the batch.
 const DECODE_SPLITS: usize = 256;
 /// Dynamic shared memory of an attention block: a tile's keys [ATT_BK × (hd + 4)], values
 /// [ATT_BK × hd] and queries [ATT_ROWS × hd].
