@@ -4,102 +4,62 @@
 /// A device address (a pointer in the kernel's struct).
 pub type DPtr = u64;
 
-/// The kernels of `kernels.cu`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernel {
-    Embed,
-    RmsNorm,
-    RopeStore,
+/// Declares [`Kernel`]: each variant with its `extern "C"` name in `kernels.cu`, in one list.
+macro_rules! kernels {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)*) => {
+        /// The kernels of `kernels.cu`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Kernel {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Kernel {
+            /// Every kernel, in the order declared.
+            pub const ALL: &'static [Kernel] = &[$(Kernel::$variant),*];
+
+            /// The `extern "C"` name in the source.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Kernel::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+kernels! {
+    Embed => "embed",
+    RmsNorm => "rms_norm",
+    RopeStore => "rope_store",
     /// attention for any head_dim, and its bodies for head_dim 64 and 128
-    Attention,
-    AttentionHd64,
-    AttentionHd128,
+    Attention => "attention",
+    AttentionHd64 => "attention_hd64",
+    AttentionHd128 => "attention_hd128",
     /// the decode step's attention (warps on keys) for head_dim 32, 64 and 128
-    AttentionDecHd32,
-    AttentionDecHd64,
-    AttentionDecHd128,
-    Swiglu,
-    LogitsReduce,
+    AttentionDecHd32 => "attention_dec_hd32",
+    AttentionDecHd64 => "attention_dec_hd64",
+    AttentionDecHd128 => "attention_dec_hd128",
+    Swiglu => "swiglu",
+    LogitsReduce => "logits_reduce",
     /// the decode products, one kernel per [`MvShape`] (`matvec` is the first)
-    Matvec,
-    MatvecW8R2U8,
-    MatvecW8R1U8,
-    MatvecW4R2U4P,
-    MatvecW4R2U8,
-    MatvecW4R1U8,
-    MatvecW4R1U4P,
-    MatvecW8R1U4P,
-    MatvecW8R2U4G,
-    MatvecW4R2U4PG,
-    MatvecW4R1U4PG,
-    MatvecW8R2U4S,
-    MatvecW4R2U4PS,
-    MatvecW8R2U4GS,
-    MatvecW4R2U4PGS,
+    Matvec => "matvec",
+    MatvecW8R2U8 => "matvec_w8r2u8",
+    MatvecW8R1U8 => "matvec_w8r1u8",
+    MatvecW4R2U4P => "matvec_w4r2u4p",
+    MatvecW4R2U8 => "matvec_w4r2u8",
+    MatvecW4R1U8 => "matvec_w4r1u8",
+    MatvecW4R1U4P => "matvec_w4r1u4p",
+    MatvecW8R1U4P => "matvec_w8r1u4p",
+    MatvecW8R2U4G => "matvec_w8r2u4_g",
+    MatvecW4R2U4PG => "matvec_w4r2u4p_g",
+    MatvecW4R1U4PG => "matvec_w4r1u4p_g",
+    MatvecW8R2U4S => "matvec_w8r2u4_s",
+    MatvecW4R2U4PS => "matvec_w4r2u4p_s",
+    MatvecW8R2U4GS => "matvec_w8r2u4_gs",
+    MatvecW4R2U4PGS => "matvec_w4r2u4p_gs",
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 26] = [
-        Kernel::Embed,
-        Kernel::RmsNorm,
-        Kernel::RopeStore,
-        Kernel::Attention,
-        Kernel::AttentionHd64,
-        Kernel::AttentionHd128,
-        Kernel::AttentionDecHd32,
-        Kernel::AttentionDecHd64,
-        Kernel::AttentionDecHd128,
-        Kernel::Swiglu,
-        Kernel::LogitsReduce,
-        Kernel::Matvec,
-        Kernel::MatvecW8R2U8,
-        Kernel::MatvecW8R1U8,
-        Kernel::MatvecW4R2U4P,
-        Kernel::MatvecW4R2U8,
-        Kernel::MatvecW4R1U8,
-        Kernel::MatvecW4R1U4P,
-        Kernel::MatvecW8R1U4P,
-        Kernel::MatvecW8R2U4G,
-        Kernel::MatvecW4R2U4PG,
-        Kernel::MatvecW4R1U4PG,
-        Kernel::MatvecW8R2U4S,
-        Kernel::MatvecW4R2U4PS,
-        Kernel::MatvecW8R2U4GS,
-        Kernel::MatvecW4R2U4PGS,
-    ];
-
-    /// The `extern "C"` name in the source.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kernel::Embed => "embed",
-            Kernel::RmsNorm => "rms_norm",
-            Kernel::RopeStore => "rope_store",
-            Kernel::Attention => "attention",
-            Kernel::AttentionHd64 => "attention_hd64",
-            Kernel::AttentionHd128 => "attention_hd128",
-            Kernel::AttentionDecHd32 => "attention_dec_hd32",
-            Kernel::AttentionDecHd64 => "attention_dec_hd64",
-            Kernel::AttentionDecHd128 => "attention_dec_hd128",
-            Kernel::Swiglu => "swiglu",
-            Kernel::LogitsReduce => "logits_reduce",
-            Kernel::Matvec => "matvec",
-            Kernel::MatvecW8R2U8 => "matvec_w8r2u8",
-            Kernel::MatvecW8R1U8 => "matvec_w8r1u8",
-            Kernel::MatvecW4R2U4P => "matvec_w4r2u4p",
-            Kernel::MatvecW4R2U8 => "matvec_w4r2u8",
-            Kernel::MatvecW4R1U8 => "matvec_w4r1u8",
-            Kernel::MatvecW4R1U4P => "matvec_w4r1u4p",
-            Kernel::MatvecW8R1U4P => "matvec_w8r1u4p",
-            Kernel::MatvecW8R2U4G => "matvec_w8r2u4_g",
-            Kernel::MatvecW4R2U4PG => "matvec_w4r2u4p_g",
-            Kernel::MatvecW4R1U4PG => "matvec_w4r1u4p_g",
-            Kernel::MatvecW8R2U4S => "matvec_w8r2u4_s",
-            Kernel::MatvecW4R2U4PS => "matvec_w4r2u4p_s",
-            Kernel::MatvecW8R2U4GS => "matvec_w8r2u4_gs",
-            Kernel::MatvecW4R2U4PGS => "matvec_w4r2u4p_gs",
-        }
-    }
-
     /// The kernel whose argument struct this one takes (itself, `Matvec` for its shapes,
     /// `Attention` for its head sizes).
     pub fn family(self) -> Kernel {
