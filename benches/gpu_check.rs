@@ -203,6 +203,14 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     let ways = |b: &llmeval::engine::cuda::Bench| b.attention.iter().map(|(n, t)| format!("{n}: {t:.1}")).collect::<Vec<_>>().join(" · ");
     println!("[{label}] llmeval decode tokens/s by the way attention runs, batch 1: {}", ways(&b1));
     println!("[{label}] llmeval decode tokens/s by the way attention runs, batch 32: {}", ways(&b32));
+    // the one-launch decode step against launch by launch (the engine runs the one load found faster)
+    let step = |b: &llmeval::engine::cuda::Bench, own: f64| match b.one_launch {
+        Some((true, other)) => format!("one launch {own:.1} (the engine's choice) · launch by launch {other:.1}"),
+        Some((false, other)) => format!("launch by launch {own:.1} (the engine's choice) · one launch {other:.1}"),
+        None => "the one-launch step does not run here".to_string(),
+    };
+    println!("[{label}] llmeval decode tokens/s by how a step launches, batch 1: {}", step(&b1, decode1));
+    println!("[{label}] llmeval decode tokens/s by how a step launches, batch 32: {}", step(&b32, decode32));
     println!("[{label}] llmeval log-likelihood: {} requests ({} groups of 4 choices, 192-token contexts) in {secs:.2} s = {:.0} requests/s, {:.0} tokens/s", reqs.len(), reqs.len() / 4, reqs.len() as f64 / secs, tokens as f64 / secs);
     // a decode step reads every matrix once (the embedding table only a row)
     let per_token = gpu.bytes_per_token();
@@ -214,7 +222,7 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
         let v = json!({"device": e.device_label(), "prefill_tokens_per_s": prefill, "decode_b1_tokens_per_s": decode1, "decode_b32_tokens_per_s": decode32, "other_mode_overlaps": b1.other_mode.map(|o| o.overlap), "other_mode_prefill_tokens_per_s": b1.other_mode.map(|o| o.prefill), "other_mode_decode_b1_tokens_per_s": b1.other_mode.map(|o| o.decode), "other_mode_decode_b32_tokens_per_s": b32.other_mode.map(|o| o.decode),
             "loglik_requests_per_s": reqs.len() as f64 / secs, "loglik_tokens_per_s": tokens as f64 / secs, "weights_bytes": weights, "bytes_per_token": per_token, "bandwidth_bound_b1": bound,
             "prefill_profile": prefill_profile, "decode_profile": decode_profile, "decode_product_shapes": llmeval::engine::cuda::profile::shapes_json(&shapes), "prefill_gemm_ways": llmeval::engine::cuda::profile::gemm_choices_json(&gemms),
-            "decode_attention_b1": b1.attention, "decode_attention_b32": b32.attention});
+            "decode_attention_b1": b1.attention, "decode_attention_b32": b32.attention, "one_launch_b1": b1.one_launch, "one_launch_b32": b32.one_launch});
         std::fs::write(p, v.to_string()).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())));
     }
 }

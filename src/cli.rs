@@ -1111,7 +1111,8 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
             if m.json {
                 print_json(&json!({"device": e.device_label(), "prefill_tokens_per_s": b.prefill, "decode_tokens_per_s": b.decode, "decode_batch": batch,
                     "other_launch_mode": b.other_mode.map(|o| json!({"overlapping_launches": o.overlap, "prefill_tokens_per_s": o.prefill, "decode_tokens_per_s": o.decode})), "prefill_profile": pg, "decode_profile": dg, "profile_error": b.profile_error, "decode_product_shapes": shapes_json(&shapes), "prefill_gemm_ways": gemm_choices_json(&gemms),
-                    "decode_attention": b.attention.iter().map(|(way, t)| json!({"way": way, "decode_tokens_per_s": t})).collect::<Vec<_>>()}));
+                    "decode_attention": b.attention.iter().map(|(way, t)| json!({"way": way, "decode_tokens_per_s": t})).collect::<Vec<_>>(),
+                    "one_launch_step": b.one_launch.map(|(on, other)| json!({"used": on, "other_way_decode_tokens_per_s": other}))}));
             } else {
                 println!("{}: prefill {:.1} tokens/s ({prompt_len}-token prompt) · decode {:.1} tokens/s ({BENCH_DECODE} tokens, batch {batch})", e.device_label(), b.prefill, b.decode);
                 if let Some(o) = b.other_mode {
@@ -1121,6 +1122,10 @@ fn cmd_engine(command: EngineCommand) -> anyhow::Result<u8> {
                 // the engine's own way first
                 for (way, t) in &b.attention {
                     println!("decode with attention on {way}: {t:.1} tokens/s");
+                }
+                match b.one_launch {
+                    Some((on, other)) => println!("decode {} (chosen at load): {:.1} tokens/s · {}: {other:.1} tokens/s", if on { "in one launch a step" } else { "launch by launch" }, b.decode, if on { "launch by launch" } else { "in one launch a step" }),
+                    None => println!("decode in one launch a step: does not run here"),
                 }
                 match &b.profile_error {
                     Some(why) => println!("no launch-by-launch profile: {why}"),

@@ -57,6 +57,10 @@ kernels! {
     MatvecW4R2U4PS => "matvec_w4r2u4p_s",
     MatvecW8R2U4GS => "matvec_w8r2u4_gs",
     MatvecW4R2U4PGS => "matvec_w4r2u4p_gs",
+    /// a decode step's layers and LM head in one cooperative launch, for head_dim 32, 64 and 128
+    DecodeStepHd32 => "decode_step_hd32",
+    DecodeStepHd64 => "decode_step_hd64",
+    DecodeStepHd128 => "decode_step_hd128",
 }
 
 impl Kernel {
@@ -66,6 +70,7 @@ impl Kernel {
         match self {
             _ if self.mv_shape().is_some() => Kernel::Matvec,
             Kernel::AttentionHd64 | Kernel::AttentionHd128 | Kernel::AttentionDecHd32 | Kernel::AttentionDecHd64 | Kernel::AttentionDecHd128 => Kernel::Attention,
+            Kernel::DecodeStepHd64 | Kernel::DecodeStepHd128 => Kernel::DecodeStepHd32,
             _ => self,
         }
     }
@@ -85,6 +90,16 @@ impl Kernel {
             32 => Some(Kernel::AttentionDecHd32),
             64 => Some(Kernel::AttentionDecHd64),
             128 => Some(Kernel::AttentionDecHd128),
+            _ => None,
+        }
+    }
+
+    /// The one-launch decode step for heads of `head_dim`, where there is one.
+    pub fn decode_step(head_dim: usize) -> Option<Kernel> {
+        match head_dim {
+            32 => Some(Kernel::DecodeStepHd32),
+            64 => Some(Kernel::DecodeStepHd64),
+            128 => Some(Kernel::DecodeStepHd128),
             _ => None,
         }
     }
@@ -144,6 +159,11 @@ pub const MV_SHAPES: [MvShape; 15] = [
     shape(Kernel::MatvecW8R2U4GS, 8, 2, 4, false, 256, true),
     shape(Kernel::MatvecW4R2U4PGS, 4, 2, 4, true, 384, true),
 ];
+
+/// The product shape a `decode_step` phase runs (`PH_MATVEC`): eight warps, as its attention.
+pub const STEP_SHAPE: MvShape = MV_SHAPES[11];
+/// Threads of a `decode_step` block.
+pub const STEP_THREADS: u32 = 256;
 
 impl MvShape {
     /// Threads a block.
@@ -255,6 +275,33 @@ kernel_args!(MatvecArgs => Matvec {
     }
 });
 
+kernel_args!(
+    /// `decode_step`: the phases' table (see [`PHASE_BYTES`]) and the grid barrier's two counters.
+    StepArgs => DecodeStepHd32 { phases: DPtr, bar: DPtr, count: i32 }
+);
+
+/// Bytes of a phase's argument struct in a `decode_step` table, at most (`PH_ARGS`).
+pub const PH_ARGS: usize = 256;
+/// Bytes of one phase in a `decode_step` table: its kind and virtual grid (four 32-bit words),
+/// then its argument struct, zero-padded to [`PH_ARGS`].
+pub const PHASE_BYTES: usize = 16 + PH_ARGS;
+/// A phase's kind: a product (the staged eight-warp shape), or the decode attention.
+pub const PH_MATVEC: i32 = 0;
+pub const PH_ATTENTION: i32 = 1;
+
+/// A phase of a `decode_step` table: `args` run by `kind`'s body over the virtual `grid`.
+pub fn phase<A: KernelArgs>(kind: i32, grid: [u32; 3], args: &A) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PHASE_BYTES);
+    out.extend_from_slice(&kind.to_le_bytes());
+    for g in grid {
+        out.extend_from_slice(&g.to_le_bytes());
+    }
+    assert!(args.bytes().len() <= PH_ARGS, "{} fits in a phase", A::STRUCT);
+    out.extend_from_slice(args.bytes());
+    out.resize(PHASE_BYTES, 0);
+    out
+}
+
 /// A kernel, its argument struct's name and fields.
 pub type ArgsInfo = (Kernel, &'static str, &'static [(&'static str, &'static str)]);
 
@@ -263,5 +310,5 @@ pub fn all() -> Vec<ArgsInfo> {
     fn one<A: KernelArgs>() -> ArgsInfo {
         (A::KERNEL, A::STRUCT, A::FIELDS)
     }
-    vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>(), one::<MatvecArgs>()]
+    vec![one::<EmbedArgs>(), one::<NormArgs>(), one::<RopeArgs>(), one::<AttnArgs>(), one::<SwigluArgs>(), one::<ReduceArgs>(), one::<MatvecArgs>(), one::<StepArgs>()]
 }

@@ -190,6 +190,12 @@ pub trait Backend: Send {
     fn set_shared(&self, k: Kernel, bytes: usize) -> Result<(), DeviceError>;
     /// Launches `k` with its argument struct's bytes.
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError>;
+    /// How many blocks of `k` (`block` threads, `shared` bytes of dynamic shared memory) the
+    /// device holds at once: the most a cooperative launch may have.
+    fn resident_blocks(&self, k: Kernel, block: u32, shared: u32) -> Result<u32, DeviceError>;
+    /// Launches `k` on `blocks` blocks that all run at once (a cooperative launch: the driver
+    /// refuses it rather than run them in turns), so they may wait for each other.
+    fn launch_cooperative(&self, k: Kernel, blocks: u32, block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError>;
     fn gemm(&self, g: &Gemm) -> Result<(), DeviceError>;
     /// Rows of every [`Backend::gemm`] call the engine makes: a product of more rows runs in
     /// calls of this many (the last one padded). A GEMM library picks its algorithm, and with it
@@ -475,6 +481,32 @@ impl Backend for Cuda {
         // SAFETY: the struct matches the kernel's parameter (checked against the source by a
         // test) and every address in it is live device memory sized by the caller.
         unsafe { result::launch_kernel(f, (grid[0], grid[1], grid[2]), (block, 1, 1), shared, self.stream, &mut params) }.map_err(|e| err(&self.label, &format!("launching {}", k.name()), e))
+    }
+
+    fn resident_blocks(&self, k: Kernel, block: u32, shared: u32) -> Result<u32, DeviceError> {
+        self.current()?;
+        let mut per_sm = 0i32;
+        // SAFETY: the function handle is live; `per_sm` is written by the call.
+        unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, self.funcs[k as usize], block as i32, shared as usize) }.result().map_err(|e| err(&self.label, "cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
+        // SAFETY: `dev` is a valid device.
+        let sms = unsafe { result::device::get_attribute(self.dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) }.map_err(|e| err(&self.label, "cuDeviceGetAttribute", e))?;
+        Ok((per_sm.max(0) * sms.max(0)) as u32)
+    }
+
+    fn launch_cooperative(&self, k: Kernel, blocks: u32, block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
+        let mut params = [args.as_ptr() as *mut c_void];
+        // SAFETY: a plain C struct (an id and a union of integers) for which zero is valid.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+        attr.value.cooperative = 1;
+        let config = sys::CUlaunchConfig { gridDimX: blocks, gridDimY: 1, gridDimZ: 1, blockDimX: block, blockDimY: 1, blockDimZ: 1, sharedMemBytes: shared, hStream: self.stream, attrs: &mut attr, numAttrs: 1 };
+        // SAFETY: as in `launch_raw`; `config` and `attr` outlive the call. A driver without
+        // cuLaunchKernelEx makes cudarc panic: an error here.
+        let launched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { sys::cuLaunchKernelEx(&config, self.funcs[k as usize], params.as_mut_ptr(), std::ptr::null_mut()) }));
+        match launched {
+            Ok(r) => r.result().map_err(|e| err(&self.label, &format!("launching {} cooperatively", k.name()), e)),
+            Err(_) => Err(err(&self.label, &format!("launching {} cooperatively", k.name()), "the driver has no cuLaunchKernelEx")),
+        }
     }
 
     fn set_overlap(&self, on: bool) -> bool {

@@ -2,7 +2,8 @@
 //! `emu.h` (each block's threads as fibers), GEMMs as plain f32 loops, memory as host
 //! allocations, a captured pass as the list of its launches (what a CUDA graph freezes). It runs the
 //! GPU engine's host code and kernels end to end without a GPU; what it cannot check is the CUDA
-//! driver, NVRTC and cuBLAS themselves, and the hardware (blocks running at once, speed).
+//! driver, NVRTC and cuBLAS themselves, and the hardware's speed. Blocks run one at a time, except
+//! in a cooperative launch, whose blocks each get an OS thread and run at once.
 
 use super::args::Kernel;
 use super::driver::{Backend, Gemm, Graph, Prec, Timed, SOURCE};
@@ -18,7 +19,8 @@ type SizeFn = unsafe extern "C" fn() -> u64;
 
 /// One recorded operation of a captured pass.
 enum Op {
-    Launch(Kernel, [u32; 3], u32, u32, Vec<u8>),
+    /// a launch; `true`: cooperative
+    Launch(Kernel, [u32; 3], u32, u32, Vec<u8>, bool),
     Gemm(Gemm),
 }
 
@@ -31,6 +33,7 @@ pub struct Emu {
     /// How many recorded passes were replayed (tests check the graph path ran).
     pub replays: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     launch: LaunchFn,
+    launch_coop: LaunchFn,
     kernels: Vec<KernelFn>,
     sizes: Vec<usize>,
     prec: Prec,
@@ -48,7 +51,15 @@ pub struct Emu {
     /// Tests: how many of the [`GEMM_WAYS`] sum a row in an order that depends on where the row
     /// sits in the call (as stream-K kernels do); the first ones do.
     pub placement_dependent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Tests: blocks a cooperative launch may have ([`Backend::resident_blocks`]).
+    pub resident: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// How many cooperative launches ran (tests check the one-launch step ran).
+    pub cooperative: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Blocks the emulated GPU holds at once, unless a test sets otherwise: a few, so a cooperative
+/// launch's blocks each take several of a phase's virtual blocks.
+const RESIDENT_BLOCKS: u32 = 3;
 
 /// Ways the emulation offers to run a GEMM shape ([`Backend::gemm_ways`]).
 pub const GEMM_WAYS: usize = 3;
@@ -87,7 +98,7 @@ fn build(prec: Prec) -> Result<PathBuf, EmuError> {
     std::fs::write(&src, SOURCE).map_err(failed)?;
     let tmp = dir.join(format!("kernels-{}.so.tmp", prec.name()));
     let out = std::process::Command::new(std::env::var("CXX").unwrap_or_else(|_| "c++".into()))
-        .args(["-O2", "-std=c++17", "-shared", "-fPIC", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function"])
+        .args(["-O2", "-std=c++17", "-shared", "-fPIC", "-pthread", "-U_FORTIFY_SOURCE", "-D_FORTIFY_SOURCE=0", "-Wall", "-Werror", "-Wno-unknown-pragmas", "-Wno-unused-function"])
         .arg(format!("-DLLM_WT={}", prec as i32))
         .arg(format!("-DLLM_KT={}", prec as i32))
         .arg("-include")
@@ -124,6 +135,7 @@ impl Emu {
         // SAFETY: the symbols have these C signatures (emu.h).
         unsafe {
             let launch: LaunchFn = std::mem::transmute(sym("emu_launch")?);
+            let launch_coop: LaunchFn = std::mem::transmute(sym("emu_launch_coop")?);
             let mut kernels = Vec::new();
             let mut sizes = Vec::new();
             for k in Kernel::ALL {
@@ -131,13 +143,40 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), placement_dependent: Default::default() })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), placement_dependent: Default::default(), resident: std::sync::Arc::new(RESIDENT_BLOCKS.into()), cooperative: Default::default() })
         }
     }
 
     /// `sizeof` of each kernel's argument struct as the C++ compiler laid it out.
     pub fn arg_sizes(&self) -> &[usize] {
         &self.sizes
+    }
+
+    /// Runs (or records) a launch: its blocks one after another, or all at once (`coop`).
+    fn run_launch(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8], coop: bool) -> Result<(), DeviceError> {
+        if let Some(ops) = self.recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            ops.push(Op::Launch(k, grid, block, shared, args.to_vec(), coop));
+            return Ok(());
+        }
+        if args.len() != self.sizes[k as usize] {
+            return Err(err(k.name(), format!("argument struct of {} bytes, the kernel's is {}", args.len(), self.sizes[k as usize])));
+        }
+        let launch = if coop { self.launch_coop } else { self.launch };
+        if coop {
+            // (checked as it runs, as a driver checks a recorded one when it replays)
+            let most = self.resident.load(std::sync::atomic::Ordering::Relaxed);
+            if grid[0] > most {
+                return Err(err(k.name(), format!("a cooperative launch of {} blocks, more than the {most} the device holds at once", grid[0])));
+            }
+            self.cooperative.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: the kernel reads its argument struct and the device addresses in it, all live
+        // allocations of this backend sized by the engine.
+        let rc = unsafe { launch(self.kernels[k as usize], args.as_ptr(), grid[0], grid[1], grid[2], block, shared) };
+        if rc != 0 {
+            return Err(err(k.name(), "a block's threads stopped at different barriers (or a bad block size)"));
+        }
+        Ok(())
     }
 
     fn read(&self, p: u64, i: usize) -> f32 {
@@ -206,20 +245,13 @@ impl Backend for Emu {
         Ok(())
     }
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
-        if let Some(ops) = self.recording.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            ops.push(Op::Launch(k, grid, block, shared, args.to_vec()));
-            return Ok(());
-        }
-        if args.len() != self.sizes[k as usize] {
-            return Err(err(k.name(), format!("argument struct of {} bytes, the kernel's is {}", args.len(), self.sizes[k as usize])));
-        }
-        // SAFETY: the kernel reads its argument struct and the device addresses in it, all live
-        // allocations of this backend sized by the engine.
-        let rc = unsafe { (self.launch)(self.kernels[k as usize], args.as_ptr(), grid[0], grid[1], grid[2], block, shared) };
-        if rc != 0 {
-            return Err(err(k.name(), "a block's threads stopped at different barriers (or a bad block size)"));
-        }
-        Ok(())
+        self.run_launch(k, grid, block, shared, args, false)
+    }
+    fn resident_blocks(&self, _k: Kernel, _block: u32, _shared: u32) -> Result<u32, DeviceError> {
+        Ok(self.resident.load(std::sync::atomic::Ordering::Relaxed))
+    }
+    fn launch_cooperative(&self, k: Kernel, blocks: u32, block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
+        self.run_launch(k, [blocks, 1, 1], block, shared, args, true)
     }
     /// Fewer rows than a GPU's, and not a divisor of the pass buffers' rows, so the tests' small
     /// passes take several calls and the padded last one needs the buffers' spare rows.
@@ -291,7 +323,7 @@ impl Backend for Emu {
         }
         for op in ops {
             match op {
-                Op::Launch(k, grid, block, shared, args) => self.launch_raw(*k, *grid, *block, *shared, args)?,
+                Op::Launch(k, grid, block, shared, args, coop) => self.run_launch(*k, *grid, *block, *shared, args, *coop)?,
                 Op::Gemm(g) => self.gemm(g)?,
             }
         }

@@ -62,6 +62,19 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;"
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 #endif
 
+// The decode step's bodies (products, attention) run as kernels of their own and as phases of
+// `decode_step`, which runs a whole step in one launch. So they take their block's coordinates
+// (`Blk`: the launch's, or a phase's virtual grid) and a `wait` called where they first read what
+// the step wrote before: `Pdl` as a kernel of its own, a grid barrier as a phase.
+struct Blk { unsigned x, y, z, gx, gy, gz; };
+__device__ __forceinline__ Blk launch_block() { return Blk{blockIdx.x, blockIdx.y, blockIdx.z, gridDim.x, gridDim.y, gridDim.z}; }
+struct Pdl {
+  __device__ __forceinline__ void operator()() const {
+    pdl_wait();
+    pdl_trigger();
+  }
+};
+
 // ── storage types ──
 #if LLM_WT == 0
 typedef float wt;
@@ -642,12 +655,11 @@ __device__ __forceinline__ void dec_copy(const AttnArgs& a, const int* table, in
   }
 }
 
-template <int HD>
-__device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
+template <int HD, class Wait>
+__device__ __forceinline__ void attention_decode_body(const AttnArgs& a, const Blk b, const Wait wait) {
   LLM_DYN_SHARED(smem);
-  pdl_wait();
-  pdl_trigger();
-  const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  wait();
+  const int tile = b.x, kvh = b.y, split = b.z;
   if (tile >= a.n_tiles) return;
   const int seq = a.tiles[4 * tile], t0 = a.tiles[4 * tile + 1];  // one token
   constexpr int C = HD / 32;         // output elements a lane holds: C·lane …
@@ -798,9 +810,9 @@ __device__ __forceinline__ void attention_decode_body(const AttnArgs& a) {
   if (a.max_splits == 1) return;
   merge_splits<HD>(a, tile, kvh, t0, 1, rows, group, kmax);
 }
-LLM_KERNEL(attention_dec_hd32, AttnArgs) { attention_decode_body<32>(a); }
-LLM_KERNEL(attention_dec_hd64, AttnArgs) { attention_decode_body<64>(a); }
-LLM_KERNEL(attention_dec_hd128, AttnArgs) { attention_decode_body<128>(a); }
+LLM_KERNEL(attention_dec_hd32, AttnArgs) { attention_decode_body<32>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(attention_dec_hd64, AttnArgs) { attention_decode_body<64>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(attention_dec_hd128, AttnArgs) { attention_decode_body<128>(a, launch_block(), Pdl{}); }
 
 // ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows interleave them: [g0 u0 g1 u1 …] ──
 struct SwigluArgs {
@@ -974,18 +986,18 @@ struct MatvecArgs {
 // and the rounding each time: about 40% of the inner loop's instructions, by count), with
 // MV_PLAIN copied (the input's loads no longer queue with the weights' in the L1). Same values,
 // so the same bits.
-template <int W, int R, int U, int P, int S>
-__device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
+template <int W, int R, int U, int P, int S, class Wait>
+__device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, const Wait wait) {
   __shared__ float s_scale[MV_M];
   __shared__ int s_src[MV_M];
   LLM_DYN_SHARED(dyn);
   wt* xin = (wt*)dyn;  // S: [m × k] the block's input rows
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int r0 = blockIdx.x * MV_M, m = min(MV_M, a.m - r0);
+  const int r0 = b.x * MV_M, m = min(MV_M, a.m - r0);
   if (m <= 0) return;  // uniform across the block
   // this warp's row groups: j0, j0 + jstep, … (one, unless the grid is smaller than the rows)
-  int j0 = (blockIdx.y * W + warp) * R;
-  const int jstep = gridDim.y * W * R;
+  int j0 = (b.y * W + warp) * R;
+  const int jstep = b.gy * W * R;
   const wt* wrow[R];
 #pragma unroll
   for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
@@ -999,8 +1011,7 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
       for (int rr = 0; rr < R; rr++)
         if (base0 + u * step < a.k) wq[u][rr] = *(const V16*)(wrow[rr] + base0 + u * step);
   }
-  pdl_wait();
-  pdl_trigger();
+  wait();
   for (int rw = warp; rw < m; rw += W) {  // one warp per input row: its source row and RMSNorm scale
     const int src = a.mode == MV_NORM && a.rows ? a.rows[r0 + rw] : r0 + rw;
     float ss = 0.0f;
@@ -1190,18 +1201,112 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a) {
 }
 
 // The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).
-LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a); }
-LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0, 0>(a); }
-LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0, 0>(a); }
-LLM_KERNEL(matvec_w4r2u4p, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a); }
-LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0, 0>(a); }
-LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0, 0>(a); }
-LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a); }
-LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1, 0>(a); }
-LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a); }
-LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a); }
-LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a); }
-LLM_KERNEL(matvec_w8r2u4_s, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a); }
-LLM_KERNEL(matvec_w4r2u4p_s, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a); }
-LLM_KERNEL(matvec_w8r2u4_gs, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a); }
-LLM_KERNEL(matvec_w4r2u4p_gs, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a); }
+LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u4_s, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p_s, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u4_gs, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p_gs, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a, launch_block(), Pdl{}); }
+
+// ── a decode step's layers and LM head in one launch ──
+// Launch by launch, each of a decode step's 4L + 1 products and attentions ends with its grid
+// draining and starts with its blocks' first loads in flight before any arithmetic. `decode_step`
+// runs them as phases of one launch of as many blocks as the GPU holds at once (a cooperative
+// launch): block i takes a phase's virtual blocks i, i + grid, … and runs the same bodies as the
+// kernels above (so the same bits), and a grid barrier stands where a phase first reads what the
+// one before wrote — after a product's first weight loads have gone out. The host writes the
+// phases once for each step shape (a table in device memory) and copies each into shared memory
+// before a block runs it.
+#define PH_ARGS 256     // bytes of a phase's argument struct, at most
+#define PH_MATVEC 0     // a product: matvec_body<8, 2, 4, 0, 1> (eight warps, staged input)
+#define PH_ATTENTION 1  // the decode attention, eight warps
+struct alignas(16) Phase {
+  int kind;
+  unsigned gx, gy, gz;           // its virtual grid
+  unsigned char args[PH_ARGS];   // its MatvecArgs or AttnArgs
+};
+static_assert(sizeof(MatvecArgs) <= PH_ARGS && sizeof(AttnArgs) <= PH_ARGS, "a phase holds its arguments");
+static_assert(sizeof(Phase) == 16 + PH_ARGS, "the host's layout of a phase");
+
+struct StepArgs {
+  const Phase* phases;  // [count]
+  unsigned* bar;        // [2] the grid barrier's arrivals and generation (zero when allocated)
+  int count;
+};
+
+#ifndef LLM_HOST
+// Waits while `*gen` is still `g`; traps (a launch error, not a hang) after about 4 s.
+__device__ void grid_spin(volatile unsigned* gen, unsigned g) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  while (*gen == g) {
+    asm volatile("nanosleep.u32 32;");
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    if (t - t0 > 4000000000ull) asm volatile("trap;");
+  }
+}
+#endif
+
+// Every block of the grid arrives before any goes on, and what each wrote before is visible to
+// all after. The last to arrive puts the count back to zero and moves the generation on, so the
+// barrier needs no reset between launches.
+__device__ void grid_sync(unsigned* bar) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    volatile unsigned* gen = bar + 1;
+    const unsigned g = *gen;  // read before arriving: it moves on only once every block has
+    __threadfence();
+    if (atomicAdd(bar, 1u) == gridDim.x - 1) {
+      atomicExch(bar, 0u);
+      __threadfence();
+      atomicAdd(bar + 1, 1u);
+    } else {
+      grid_spin(gen, g);
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+template <int HD>
+__device__ __forceinline__ void decode_step_body(const StepArgs& a) {
+  __shared__ Phase s_ph;
+  pdl_wait();
+  pdl_trigger();
+#pragma unroll 1
+  for (int p = 0; p < a.count; p++) {
+    const unsigned n = a.phases[p].gx * a.phases[p].gy * a.phases[p].gz;
+    bool waited = p == 0;  // the launch waited for what came before the step (the embedding)
+    const auto wait = [&] {
+      if (!waited) grid_sync(a.bar);
+      waited = true;
+    };
+#pragma unroll 1
+    for (unsigned v = blockIdx.x; v < n; v += gridDim.x) {
+      // the phase into shared memory (the bodies read their arguments there); the body before
+      // is done with it
+      for (int i = threadIdx.x; i < (int)sizeof(Phase) / 16; i += blockDim.x) ((V16*)&s_ph)[i] = ((const V16*)(a.phases + p))[i];
+      __syncthreads();
+      const Blk b{v % s_ph.gx, v / s_ph.gx % s_ph.gy, v / (s_ph.gx * s_ph.gy), s_ph.gx, s_ph.gy, s_ph.gz};
+      if (s_ph.kind == PH_MATVEC) {
+        matvec_body<8, 2, 4, 0, 1>(*(const MatvecArgs*)s_ph.args, b, wait);
+      } else {
+        attention_decode_body<HD>(*(const AttnArgs*)s_ph.args, b, wait);
+      }
+      __syncthreads();  // the body's shared memory read: the next may write it
+    }
+    wait();  // a block with no virtual block of this phase
+  }
+}
+LLM_KERNEL(decode_step_hd32, StepArgs) { decode_step_body<32>(a); }
+LLM_KERNEL(decode_step_hd64, StepArgs) { decode_step_body<64>(a); }
+LLM_KERNEL(decode_step_hd128, StepArgs) { decode_step_body<128>(a); }

@@ -246,10 +246,43 @@ struct Inner {
     pass: Limits,
     /// how decode steps run their attention
     decode_attn: DecodeAttention,
+    /// the one-launch decode step, where it runs here (see [`StepKernel`]); whether decode steps
+    /// use it (timed at load against launch by launch); and each step shape's phase table
+    step: Option<StepKernel>,
+    step_on: bool,
+    step_tables: HashMap<PassShape, u64>,
     /// rows of the last pass's final LM-head chunk: (first wanted row, count)
     last_chunk: (usize, usize),
     allocs: Vec<u64>,
 }
+
+/// The one-launch decode step (`decode_step` in the source): a step's products and attention as
+/// phases of one cooperative launch of every block the GPU holds at once, with grid barriers
+/// between them. It runs where the decode attention has eight warps and the products' inputs fit
+/// its staged shape, and only where timing at load found it faster than launch by launch.
+#[derive(Debug, Clone, Copy)]
+struct StepKernel {
+    kernel: Kernel,
+    /// blocks (all resident at once) and their dynamic shared memory: the most any phase asks
+    blocks: u32,
+    shared: u32,
+    /// [2] u32: the grid barrier's arrivals and generation
+    bar: u64,
+}
+
+/// How [`Inner::enqueue`] runs a decode step's layers and LM head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepMode {
+    /// each product and attention its own launch
+    Launches,
+    /// as the phases of one `decode_step` launch, from the table at this device address
+    OneLaunch(u64),
+    /// nothing launched: `enqueue` returns the phases' table
+    Table,
+}
+
+/// Decode steps timed each way (after a recording step) when a model loads; the fastest counts.
+const STEP_REPEATS: usize = 5;
 
 /// Where a pass's index arrays lie in [`Buffers::idx`]: one after another, so one copy uploads
 /// them all. The offsets follow from the pass's counts only, so a recorded decode step (keyed by
@@ -515,6 +548,9 @@ impl GpuModel {
             graphs_work: true,
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_attn: DecodeAttention { keys: None, split: decode_split },
+            step: None,
+            step_on: false,
+            step_tables: HashMap::new(),
             last_chunk: (0, 0),
             allocs: Vec::new(),
         };
@@ -607,6 +643,8 @@ impl GpuModel {
         inner.choose_gemm_ways()?;
         if inner.matvec_ok {
             inner.time_matvec()?;
+            inner.step = inner.step_kernel()?;
+            inner.choose_step()?;
         }
         Ok(GpuModel { inner: Mutex::new(inner), label, prec, max_context: ctx })
     }
@@ -683,6 +721,16 @@ impl GpuModel {
         g.drop_graphs();
     }
 
+    /// Runs decode steps in one launch (`true`) or launch by launch (tests: both give the same
+    /// bits); false where the one-launch step does not run this model.
+    #[cfg(test)]
+    fn force_step(&self, on: bool) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.step_on = on && g.step.is_some();
+        g.drop_graphs();
+        g.step.is_some()
+    }
+
     /// Runs every decode product on `shape` where it can make the output (tests: the shapes give
     /// the same bits).
     #[cfg(test)]
@@ -743,17 +791,23 @@ impl Inner {
     }
 
     /// Forgets the recorded decode steps (they are recorded again as they next run).
+    /// (and the one-launch step's phase tables, which hold the launches' arguments).
     fn drop_graphs(&mut self) {
         for (_, g) in self.graphs.drain() {
             self.gpu.drop_graph(g);
+        }
+        for (_, t) in self.step_tables.drain() {
+            self.gpu.free(t);
         }
     }
 
     /// Enqueues one pass over the uploaded index arrays. Launch arguments depend only on the
     /// pass's shape (a decode step is recorded once as a graph and replayed with new index
     /// arrays). A decode step runs its products as the fused `matvec` kernel: RMSNorm and SwiGLU
-    /// become the prologues of the products that read them.
-    fn enqueue(&self, ps: &PassShape) -> Result<(), DeviceError> {
+    /// become the prologues of the products that read them; with `mode` its layers and LM head
+    /// run as the phases of one launch (a decode step's LM head is one chunk: `chunk` is at least
+    /// [`GEN_SLOTS`]). Returns the phases' table (empty launch by launch).
+    fn enqueue(&self, ps: &PassShape, mode: StepMode) -> Result<Vec<u8>, DeviceError> {
         let c = &self.cfg;
         let b = &self.buf;
         let g = &self.gpu;
@@ -770,7 +824,15 @@ impl Inner {
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
         let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
+        // (the step's phases run the decode attention on its blocks of eight warps)
+        let phased = mode != StepMode::Launches && ps.decode && mv && matches!(self.decode_attn.keys, Some((_, w)) if 32 * w == STEP_THREADS);
+        let launching = mode != StepMode::Table;
+        let table = std::cell::RefCell::new(Vec::new());
         let matvec = |p: Product, a: MatvecArgs| {
+            if phased {
+                table.borrow_mut().extend(phase(PH_MATVEC, self.step_grid(a.m as usize, a.n as usize), &a));
+                return Ok(());
+            }
             let s = self.mv[p as usize];
             g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), s.shared(a.m as usize, a.k as usize, es), &a)
         };
@@ -780,7 +842,9 @@ impl Inner {
             g.product(&Gemm { m, n, k, a, w, c: out, accumulate: p.accumulates(), way: self.ways[p as usize] }, es)
         };
         let (nhi, nkvi, hdi) = (nh as i32, nkv as i32, hd as i32);
-        g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
+        if launching {
+            g.launch(grid(n), 256, 0, &EmbedArgs { emb: self.emb, tok: ix.tok, x: b.x, d: di, n: ni })?;
+        }
         for (li, l) in self.layers.iter().enumerate() {
             let (kc, vc) = (self.kc + li as u64 * layer_kv, self.vc + li as u64 * layer_kv);
             // x [n × d] → q [n × q_dim] rotated (in qkv), k and v rotated into the cache
@@ -801,7 +865,12 @@ impl Inner {
                 Some((k, warps)) if ps.decode => (k, 32 * warps, dec_shared(hd, kt, warps)),
                 _ => (Kernel::attention(hd), 128, attention_shared(hd)),
             };
-            g.launch_as(kernel, [n_tiles as u32, nkv as u32, ps.max_splits as u32], threads, shared, &AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale })?;
+            let (att_grid, args) = ([n_tiles as u32, nkv as u32, ps.max_splits as u32], AttnArgs { qkv: b.qkv, kc, vc, tiles, pos, blk_off, tables, part_acc, part_ml, counters, att, n_tiles: n_tiles as i32, nh: nhi, nkv: nkvi, hd: hdi, split_len: split, max_splits, row_stride: ps.row_stride as i32, scale });
+            if phased {
+                table.borrow_mut().extend(phase(PH_ATTENTION, att_grid, &args));
+            } else {
+                g.launch_as(kernel, att_grid, threads, shared, &args)?;
+            }
             // x += att · woᵀ, then x += swiglu(norm(x) · wguᵀ) · wdownᵀ
             if mv {
                 matvec(Product::Out, MatvecArgs { m: ni, n: di, k: q_dim as i32, a: b.att, w: l.wo, y: b.x, accumulate: 1, ..none })?;
@@ -826,11 +895,27 @@ impl Inner {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
                 gemm(Product::LmHead, rows, b.sel, self.lm_head, b.logits)?;
             }
+            if let (StepMode::OneLaunch(phases), Some(step)) = (mode, self.step.filter(|_| phased)) {
+                let count = (table.borrow().len() / PHASE_BYTES) as i32;
+                g.launch_cooperative(step.kernel, step.blocks, STEP_THREADS, step.shared, StepArgs { phases, bar: step.bar, count }.bytes())?;
+                g.mark(&|| (format!("decode step, one launch ({count} phases, {} blocks)", step.blocks), matrix_bytes(c, self.prec) / es))?;
+            }
             let (lp, am) = (b.out + (r0 * 8) as u64, b.out + (w * 8 + r0 * 4) as u64);
-            g.launch(grid(rows), REDUCE_THREADS, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
+            if launching {
+                g.launch(grid(rows), REDUCE_THREADS, 0, &ReduceArgs { logits: b.logits, target: ix.target + (r0 * 4) as u64, lp, am, vocab: c.vocab as i32, n: rows as i32 })?;
+            }
             r0 += rows;
         }
-        Ok(())
+        Ok(table.into_inner())
+    }
+
+    /// A product's virtual grid as a phase of the one-launch step: its input row groups, and
+    /// weight row groups up to the step's blocks (each block then takes one, its warps streaming
+    /// every row group of theirs in turn).
+    fn step_grid(&self, m: usize, n: usize) -> [u32; 3] {
+        let [x, groups, _] = STEP_SHAPE.grid(m, n);
+        let blocks = self.step.map_or(1, |s| s.blocks);
+        [x, groups.min((blocks / x).max(1)), 1]
     }
 
     /// Picks, for each product, the first of the backend's ways to run its GEMM calls that gives
@@ -989,6 +1074,77 @@ impl Inner {
         Ok(())
     }
 
+    /// The phase table of decode steps of `shape` on the device, written the first time.
+    fn step_table(&mut self, shape: &PassShape) -> Result<u64, DeviceError> {
+        if let Some(&t) = self.step_tables.get(shape) {
+            return Ok(t);
+        }
+        let table = self.enqueue(shape, StepMode::Table)?;
+        let t = self.gpu.alloc(table.len())?;
+        self.step_tables.insert(*shape, t);
+        self.gpu.upload_bytes(t, &table)?;
+        Ok(t)
+    }
+
+    /// The one-launch decode step, where it can run this model: the decode attention with eight
+    /// warps (its blocks' size), the products' inputs within the staged shape's shared memory,
+    /// and room for at least one block.
+    fn step_kernel(&mut self) -> Result<Option<StepKernel>, DeviceError> {
+        let (c, es) = (self.cfg.clone(), self.prec.bytes());
+        let (Some(kernel), Some((_, warps))) = (Kernel::decode_step(c.head_dim), self.decode_attn.keys) else { return Ok(None) };
+        if 32 * warps != STEP_THREADS {
+            return Ok(None);
+        }
+        let dims: Vec<_> = Product::ALL.iter().map(|p| p.dims(&c)).collect();
+        if !dims.iter().all(|&(_, k, _, out)| STEP_SHAPE.runs(out, k, es)) {
+            return Ok(None);
+        }
+        let widest = dims.iter().map(|&(_, k, ..)| STEP_SHAPE.shared(MV_M, k, es)).max().unwrap_or(0);
+        let shared = widest.max(dec_shared(c.head_dim, es, warps));
+        if shared as usize > 48 * 1024 && self.gpu.set_shared(kernel, shared as usize).is_err() {
+            return Ok(None);
+        }
+        let blocks = self.gpu.resident_blocks(kernel, STEP_THREADS, shared)?;
+        if blocks == 0 {
+            return Ok(None);
+        }
+        let bar = self.alloc(8)?;
+        Ok(Some(StepKernel { kernel, blocks, shared, bar }))
+    }
+
+    /// Times decode steps in one launch against launch by launch and keeps the faster: one
+    /// sequence's first token (nothing is cached yet), recorded once, then [`STEP_REPEATS`]
+    /// steps each way. Both give the same bits. A one-launch step that fails to run or to
+    /// record is not used.
+    fn choose_step(&mut self) -> Result<(), DeviceError> {
+        use self::batch::{pack, Span};
+        if self.step.is_none() {
+            return Ok(());
+        }
+        let p = pack(&[Span { table: vec![0], start: 0, tokens: vec![0], want: vec![(0, None)] }], 1);
+        let mut best = [f64::INFINITY; 2];
+        for on in [false, true] {
+            self.step_on = on;
+            self.drop_graphs();
+            let graphs = self.graphs_work;
+            let ran = self.run(&p, true);
+            if on && (ran.is_err() || !self.step_on || self.graphs_work != graphs) {
+                (self.step, self.step_on, self.graphs_work) = (None, false, graphs);
+                self.drop_graphs();
+                return Ok(());
+            }
+            ran?;
+            for _ in 0..STEP_REPEATS {
+                let t0 = std::time::Instant::now();
+                self.run(&p, true)?;
+                best[on as usize] = best[on as usize].min(t0.elapsed().as_secs_f64());
+            }
+        }
+        self.step_on = best[1] < best[0];
+        self.drop_graphs();
+        Ok(())
+    }
+
     fn gpu_prec_bytes(&self) -> usize {
         // the KV cache uses the weights' storage type
         self.prec.bytes()
@@ -1010,18 +1166,26 @@ impl Forward for Inner {
         }
         let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, row_stride, decode };
         self.gpu.upload(self.buf.idx, &IdxAt::fill(p))?;
+        let mode = if decode && self.step_on && self.matvec_ok { StepMode::OneLaunch(self.step_table(&shape)?) } else { StepMode::Launches };
         if decode && self.graphs_work && !self.graphs.contains_key(&shape) {
             let this = &*self;
-            match this.gpu.capture(&mut || this.enqueue(&shape))? {
+            match this.gpu.capture(&mut || this.enqueue(&shape, mode).map(drop))? {
                 Some(g) => {
                     self.graphs.insert(shape, g);
+                }
+                // a one-launch step the driver will not record: launch by launch from now on
+                None if mode != StepMode::Launches => {
+                    self.step_on = false;
+                    self.drop_graphs();
+                    return self.run(p, decode);
                 }
                 None => self.graphs_work = false,
             }
         }
         let replayed = self.graphs.get(&shape).filter(|_| decode && self.graphs_work).map(|g| self.gpu.replay(g));
-        match replayed {
-            Some(Ok(())) => {}
+        let ran = match replayed {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) if mode != StepMode::Launches => Err(e),
             // a recording of overlapping launches that the driver will not run: the pass, and
             // the ones after it, with plain launches
             Some(Err(e)) => {
@@ -1029,9 +1193,20 @@ impl Forward for Inner {
                     return Err(e);
                 }
                 self.drop_graphs();
-                self.enqueue(&shape)?;
+                self.enqueue(&shape, mode).map(drop)
             }
-            None => self.enqueue(&shape)?,
+            None => self.enqueue(&shape, mode).map(drop),
+        };
+        match ran {
+            Ok(()) => {}
+            // a one-launch step the driver refused (its blocks no longer fit at once, or its
+            // recording will not replay): this step, and the ones after it, launch by launch
+            Err(_) if mode != StepMode::Launches => {
+                self.step_on = false;
+                self.drop_graphs();
+                self.enqueue(&shape, StepMode::Launches)?;
+            }
+            Err(e) => return Err(e),
         }
         let last = if w == 0 { 0 } else { (w - 1) % self.chunk + 1 };
         self.last_chunk = (w - last, last);
@@ -1094,6 +1269,9 @@ pub struct Bench {
     /// decode tokens/s with each way a decode step's attention can run here (see
     /// [`DecodeAttention::name`]), the engine's own first: `decode` again
     pub attention: Vec<(String, f64)>,
+    /// where the one-launch decode step runs here: whether `decode` ran it (the engine's
+    /// choice at load), and decode tokens/s the other way
+    pub one_launch: Option<(bool, f64)>,
     /// with a profile: each operation of a prefill pass and of a decode step
     pub prefill_ops: Vec<Timed>,
     pub decode_ops: Vec<Timed>,
@@ -1178,7 +1356,18 @@ impl GpuModel {
             g.drop_graphs();
             attention.push((way.name(), run?));
         }
-        let mut out = Bench { prefill, decode, other_mode, attention, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
+        // and with the one-launch step the other way, where it runs here
+        let mut one_launch = None;
+        if g.step.is_some() {
+            let own = g.step_on;
+            g.step_on = !own;
+            g.drop_graphs();
+            let run = decode_run(&mut g, &mut next);
+            g.step_on = own;
+            g.drop_graphs();
+            one_launch = Some((own, run?));
+        }
+        let mut out = Bench { prefill, decode, other_mode, attention, one_launch, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
             // launch by launch: no graph, an event after each operation
             let graphs = std::mem::replace(&mut g.graphs_work, false);

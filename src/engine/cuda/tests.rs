@@ -83,11 +83,29 @@ fn every_launched_kernel_is_in_the_source_with_the_same_arguments() {
         assert!(declared.contains(&(k.name().to_string(), strukt.to_string())), "LLM_KERNEL({}, {strukt}) is missing from kernels.cu", k.name());
     }
     // each decode product shape's kernel instantiates the body with the table's (W, R, U, P)
+    let body = |s: &args::MvShape| format!("matvec_body<{}, {}, {}, {}, {}>", s.warps, s.rows, s.unroll, u8::from(s.pipelined), u8::from(s.staged));
     for s in args::MV_SHAPES {
-        let line = format!("LLM_KERNEL({}, MatvecArgs) {{ matvec_body<{}, {}, {}, {}, {}>(a); }}", s.kernel.name(), s.warps, s.rows, s.unroll, u8::from(s.pipelined), u8::from(s.staged));
+        let line = format!("LLM_KERNEL({}, MatvecArgs) {{ {}(a, launch_block(), Pdl{{}}); }}", s.kernel.name(), body(&s));
         assert!(code.contains(&line), "kernels.cu lacks `{line}`");
     }
-    assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len(), "a shape in kernels.cu that MV_SHAPES lacks");
+    // … and the one-launch step's products run the shape the host sizes their grids and shared
+    // memory for, in blocks of the host's size, with the attention of as many warps
+    let step = format!("{}(*(const MatvecArgs*)s_ph.args, b, wait)", body(&args::STEP_SHAPE));
+    assert!(code.contains(&step), "decode_step runs `{step}`");
+    assert_eq!(args::STEP_SHAPE.threads(), args::STEP_THREADS);
+    assert!(args::STEP_SHAPE.staged && args::STEP_SHAPE.rows == 2 && args::STEP_SHAPE.max_blocks == 0);
+    assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len() + 1, "a shape in kernels.cu that MV_SHAPES lacks");
+    for hd in [32, 64, 128] {
+        let k = Kernel::decode_step(hd).expect("a step kernel");
+        assert!(code.contains(&format!("LLM_KERNEL({}, StepArgs) {{ decode_step_body<{hd}>(a); }}", k.name())));
+        assert!(code.contains(&format!("LLM_KERNEL({}, AttnArgs) {{ attention_decode_body<{hd}>(a, launch_block(), Pdl{{}}); }}", Kernel::attention_decode(hd).expect("a body").name())));
+    }
+    // a phase's layout as the host writes it
+    for (name, value) in [("PH_ARGS", args::PH_ARGS as i64), ("PH_MATVEC", args::PH_MATVEC.into()), ("PH_ATTENTION", args::PH_ATTENTION.into())] {
+        assert!(code.contains(&format!("#define {name} {value} ")), "#define {name} {value}");
+    }
+    assert!(code.contains("struct alignas(16) Phase {\n  int kind;\n  unsigned gx, gy, gz;"), "a phase starts with its kind and grid");
+    assert_eq!(args::PHASE_BYTES, 16 + args::PH_ARGS);
 }
 
 /// Launches may overlap on sm_90: before `pdl_wait()` a kernel may read nothing that an earlier
@@ -105,6 +123,14 @@ fn no_kernel_reads_earlier_results_before_it_waits() {
         assert!(rest[at + "pdl_wait();".len()..].trim_start().starts_with("pdl_trigger();"), "`pdl_trigger();` right after the `pdl_wait();` at {}", &rest[..40.min(rest.len())]);
         &rest[..at]
     };
+    // a body run as a kernel of its own and as a phase of `decode_step` calls its `wait`: `Pdl`
+    // (the above) or the step's grid barrier
+    let pdl = code.find("struct Pdl {").expect("struct Pdl");
+    assert!(text_until_wait(pdl).ends_with("const {\n    "), "Pdl waits and triggers, nothing else");
+    let text_until_own_wait = |from: usize| -> &str {
+        let rest = &code[from..];
+        &rest[..rest.find(" wait();").unwrap_or_else(|| panic!("no wait() after {}", &rest[..40.min(rest.len())]))]
+    };
     let mut kernels = 0;
     for (i, _) in code.match_indices("LLM_KERNEL(") {
         let body = &code[i..];
@@ -118,7 +144,7 @@ fn no_kernel_reads_earlier_results_before_it_waits() {
             continue; // checked below
         }
         // the attention kernels' bodies: their template's
-        let template = ["attention_body", "attention_decode_body"].into_iter().find(|t| body[open..].trim_start().starts_with(&format!("{t}<")));
+        let template = ["attention_body", "attention_decode_body", "decode_step_body"].into_iter().find(|t| body[open..].trim_start().starts_with(&format!("{t}<")));
         let start = match template {
             Some(t) => {
                 let f = code.find(&format!("void {t}(")).unwrap_or_else(|| panic!("{t}"));
@@ -126,14 +152,14 @@ fn no_kernel_reads_earlier_results_before_it_waits() {
             }
             None => i + open,
         };
-        let before = text_until_wait(start);
+        let before = if template == Some("attention_decode_body") { text_until_own_wait(start) } else { text_until_wait(start) };
         for st in before.split(';').map(str::trim).filter(|t| !t.is_empty()) {
             assert!(st.starts_with("__shared__") || st.starts_with("LLM_DYN_SHARED("), "{name} runs `{st}` before pdl_wait()");
         }
     }
     assert_eq!(kernels, Kernel::ALL.len());
     let mv = code.find("void matvec_body(").expect("matvec_body");
-    let before = text_until_wait(mv);
+    let before = text_until_own_wait(mv);
     let fields: Vec<&str> = before.match_indices("a.").map(|(j, _)| before[j + 2..].split(|c: char| !c.is_alphanumeric() && c != '_').next().unwrap_or("")).collect();
     assert!(!fields.is_empty() && fields.iter().all(|f| ["m", "n", "k", "w"].contains(f)), "matvec_body reads a.{fields:?} before pdl_wait()");
     // memory is read only through the weight rows
@@ -410,6 +436,7 @@ fn emulated_gpu_argument_structs_have_the_rust_layout() {
         Kernel::Attention => size_of::<AttnArgs>(),
         Kernel::Swiglu => size_of::<SwigluArgs>(),
         Kernel::LogitsReduce => size_of::<ReduceArgs>(),
+        Kernel::DecodeStepHd32 => size_of::<StepArgs>(),
         _ => size_of::<MatvecArgs>(),
     };
     let rust: Vec<usize> = Kernel::ALL.iter().map(|&k| size(k)).collect();
@@ -476,6 +503,7 @@ fn emulated_gpu_generates_like_the_cpu() {
         // decode steps after the first of each shape replay the recorded pass (a CUDA graph on a GPU)
         assert!(replays.load(std::sync::atomic::Ordering::Relaxed) > 10, "decode passes were replayed");
         // the speed measurement's own passes (three sequences decoding together) run too
+        assert!(g.force_step(false), "the one-launch step runs this model");
         let b = g.bench(&prompts[4], 3, 5, true).expect("bench");
         assert!(b.prefill > 0.0 && b.decode > 0.0 && b.prefill.is_finite() && b.decode.is_finite());
         // the profile times every operation of a prefill pass and of a decode step: a decode
@@ -492,6 +520,20 @@ fn emulated_gpu_generates_like_the_cpu() {
         let prefill_ops = labels(&b.prefill_ops);
         assert_eq!(prefill_ops.iter().filter(|l| *l == "gemm").count(), 4 * model.config.n_layers + 1, "prefill: four GEMMs a layer and the LM head");
         assert!(!prefill_ops.contains(&"matvec".to_string()));
+        // in one launch a step: the embedding, the step (every matrix's weights), the reduction;
+        // the bench also times the other way
+        assert!(b.one_launch.is_some_and(|(on, t)| !on && t > 0.0 && t.is_finite()), "{:?}", b.one_launch);
+        g.force_step(true);
+        let b = g.bench(&prompts[4], 3, 5, true).expect("bench in one launch");
+        assert_eq!(labels(&b.decode_ops), ["embed", "decode", "logits_reduce"], "decode step in one launch");
+        assert_eq!(b.decode_ops[1].weights, super::matrix_bytes(&model.config, g.prec) / g.prec.bytes());
+        assert!(b.one_launch.is_some_and(|(on, t)| on && t > 0.0 && t.is_finite()), "{:?}", b.one_launch);
+        let mut again = std::collections::HashMap::new();
+        g.generate(&prompts, &opts, &[], 512, 2, &decode, &mut |i, r| {
+            again.insert(i, r.tokens);
+        })
+        .expect("generated in one launch a step");
+        assert!(prompts.iter().enumerate().all(|(i, _)| again.get(&i) == got[i].as_ref().map(|r| &r.tokens)), "shape {n}: generation in one launch a step");
     }
 }
 
@@ -889,6 +931,53 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
             g.force_matvec(s);
             assert_eq!(decode_logprobs(&g, &reqs, true), together, "shape {n}: decode products on {}", s.name());
         }
+    }
+}
+
+/// A decode step in one launch (every block of the grid at once, grid barriers between its
+/// phases) gives the same bits as launch by launch, alone and in a batch, whatever the number of
+/// blocks the device holds at once (one block taking every phase's virtual blocks, or several
+/// with the attention's split merge across them); a launch the driver refuses falls back to
+/// launch by launch with the same bits.
+#[test]
+fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
+    use std::sync::atomic::Ordering::Relaxed;
+    for (n, shape) in SHAPES.iter().enumerate() {
+        let model = exact_tiny(shape, 160 + n as u64);
+        let prec = super::precision_for(&model);
+        let Some(be) = emu(prec, 4 << 30, "emulated_gpu_decode_steps_in_one_launch_give_the_same_bits") else { return };
+        let (resident, cooperative) = (be.resident.clone(), be.cooperative.clone());
+        let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+        g.tune(64, 8, 16, 64);
+        let mut rng = crate::stats::SplitMix64::new(n as u64 + 200);
+        let mut tok = move || rng.below(97) as u32;
+        let reqs: Vec<ScoreRequest> = [(5usize, 5usize), (37, 6), (14, 3)].iter().map(|&(c, k)| ScoreRequest { context: (0..c).map(|_| tok()).collect(), continuation: (0..k).map(|_| tok()).collect() }).collect();
+        assert!(g.force_step(false), "shape {n}: the one-launch step runs this model");
+        let launches = (decode_logprobs(&g, &reqs, true), decode_logprobs(&g, &reqs, false));
+        for blocks in [1, 3, 7] {
+            resident.store(blocks, Relaxed);
+            // (the step's blocks follow the device's count when the model loads)
+            g.inner.lock().unwrap().step.as_mut().expect("a step kernel").blocks = blocks;
+            assert!(g.force_step(true));
+            let before = cooperative.load(Relaxed);
+            let one = (decode_logprobs(&g, &reqs, true), decode_logprobs(&g, &reqs, false));
+            assert!(cooperative.load(Relaxed) > before, "shape {n}: the steps ran in one launch");
+            assert_eq!(one, launches, "shape {n}, {blocks} blocks: one launch and launch by launch differ");
+        }
+        // splits finer than a block's keys: several blocks merge a sequence's partials
+        g.force_decode_attention(Some(super::DEC_WARPS as u32), 8);
+        assert!(g.force_step(false));
+        let fine = decode_logprobs(&g, &reqs, true);
+        assert!(g.force_step(true));
+        assert_eq!(decode_logprobs(&g, &reqs, true), fine, "shape {n}: 8-key splits in one launch");
+        g.force_decode_attention(Some(super::DEC_WARPS as u32), 16);
+        // a device that now holds fewer blocks than the step has refuses its launch: launch by
+        // launch from then on, the same bits
+        assert!(g.force_step(true));
+        resident.store(2, Relaxed);
+        g.inner.lock().unwrap().step.as_mut().expect("a step kernel").blocks = 3;
+        assert_eq!(decode_logprobs(&g, &reqs, true), launches.0, "shape {n}: after a refused launch");
+        assert!(!g.inner.lock().unwrap().step_on, "shape {n}: the one-launch step is off after a refusal");
     }
 }
 
