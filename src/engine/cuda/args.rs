@@ -164,6 +164,9 @@ pub const MV_SHAPES: [MvShape; 15] = [
 pub const STEP_SHAPE: MvShape = MV_SHAPES[11];
 /// Threads of a `decode_step` block.
 pub const STEP_THREADS: u32 = 256;
+// the step's products: blocks of its size, a warp holding a pair of rows (RoPE, SwiGLU), inputs in
+// shared memory, and a grid the step sizes itself
+const _: () = assert!(32 * STEP_SHAPE.warps == STEP_THREADS && STEP_SHAPE.rows == 2 && STEP_SHAPE.staged && STEP_SHAPE.max_blocks == 0);
 
 impl MvShape {
     /// Threads a block.
