@@ -10,7 +10,8 @@
 //! generates greedily on the CPU (exact f32 path), on the GPU in f32, and on the GPU in its fast
 //! storage type (f16/bf16); f32 must match the CPU within 1e-2 nats per token with identical
 //! greedy tokens; both types must give bitwise the same numbers for a request alone as in one
-//! batch (the GEMMs run in calls of one shape per product for that). `speed` measures the fast
+//! batch (the GEMMs run in calls of one shape per product for that), and the same greedy tokens
+//! with decode steps in one launch as launch by launch (where the one-launch step runs). `speed` measures the fast
 //! type: prefill, decode at batch 1 and 32, and log-likelihood throughput on multiple-choice
 //! requests that `gpu_check.py baseline` builds the same way for transformers. `ncu` runs one
 //! batch-1 decode step (after a 512-token prompt) inside the range that Nsight Compute collects
@@ -133,8 +134,24 @@ fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
         let alone: Vec<ScoreResult> = reqs.iter().map(|r| score_all(&gpu, std::slice::from_ref(r)).remove(0)).collect();
         let (bmax, _, _) = gaps(&alone, &scores);
         let bitwise = alone.iter().zip(&scores).filter(|(a, b)| a == b).count();
+        // decode steps the other way (in one launch, or launch by launch) give the same bits:
+        // the same greedy tokens
+        let mut other_way = None;
         if let Some(g) = &gpu.gpu {
             print!("[{label}] {name} {}", llmeval::engine::cuda::profile::render_gemm_choices(&g.gemm_choices()));
+            if let Some(on) = g.one_launch() {
+                g.set_one_launch(!on);
+                other_way = Some((on, greedy(&gpu, &prompts, gen_len)));
+                g.set_one_launch(on);
+            }
+        }
+        match &other_way {
+            Some((on, other)) => {
+                let (chosen, other_name) = if *on { ("in one launch", "launch by launch") } else { ("launch by launch", "in one launch") };
+                let same = other.iter().zip(&tokens).filter(|(a, b)| a == b).count();
+                println!("[{label}] {name} decode steps {chosen} (chosen at load) vs {other_name}: greedy tokens identical on {same}/{} prompts: {}", prompts.len(), verdict(same == prompts.len(), &mut failures));
+            }
+            None => println!("[{label}] {name} decode steps launch by launch (the one-launch step does not run here)"),
         }
         if exact {
             println!("[{label}] {name} vs CPU exact: per-token log-prob max |Δ| {max:.2e}, mean {mean:.2e} nats over {n} tokens (limit {F32_GAP:.0e}): {}", verdict(max <= F32_GAP, &mut failures));

@@ -721,10 +721,17 @@ impl GpuModel {
         g.drop_graphs();
     }
 
-    /// Runs decode steps in one launch (`true`) or launch by launch (tests: both give the same
-    /// bits); false where the one-launch step does not run this model.
-    #[cfg(test)]
-    fn force_step(&self, on: bool) -> bool {
+    /// Whether decode steps run in one launch (the choice made at load), or `None` where the
+    /// one-launch step does not run this model here.
+    pub fn one_launch(&self) -> Option<bool> {
+        let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.step.map(|_| g.step_on)
+    }
+
+    /// Runs decode steps in one launch (`true`) or launch by launch; both give the same bits
+    /// (the GPU check compares them). Returns false where the one-launch step does not run this
+    /// model here (decode steps then stay launch by launch).
+    pub fn set_one_launch(&self, on: bool) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         g.step_on = on && g.step.is_some();
         g.drop_graphs();
@@ -1104,7 +1111,8 @@ impl Inner {
         if shared as usize > 48 * 1024 && self.gpu.set_shared(kernel, shared as usize).is_err() {
             return Ok(None);
         }
-        let blocks = self.gpu.resident_blocks(kernel, STEP_THREADS, shared)?;
+        // (a device that cannot say runs decode steps launch by launch)
+        let blocks = self.gpu.resident_blocks(kernel, STEP_THREADS, shared).unwrap_or(0);
         if blocks == 0 {
             return Ok(None);
         }

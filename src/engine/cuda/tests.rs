@@ -501,7 +501,7 @@ fn emulated_gpu_generates_like_the_cpu() {
         // decode steps after the first of each shape replay the recorded pass (a CUDA graph on a GPU)
         assert!(replays.load(std::sync::atomic::Ordering::Relaxed) > 10, "decode passes were replayed");
         // the speed measurement's own passes (three sequences decoding together) run too
-        assert!(g.force_step(false), "the one-launch step runs this model");
+        assert!(g.set_one_launch(false), "the one-launch step runs this model");
         let b = g.bench(&prompts[4], 3, 5, true).expect("bench");
         assert!(b.prefill > 0.0 && b.decode > 0.0 && b.prefill.is_finite() && b.decode.is_finite());
         // the profile times every operation of a prefill pass and of a decode step: a decode
@@ -521,7 +521,7 @@ fn emulated_gpu_generates_like_the_cpu() {
         // in one launch a step: the embedding, the step (every matrix's weights), the reduction;
         // the bench also times the other way
         assert!(b.one_launch.is_some_and(|(on, t)| !on && t > 0.0 && t.is_finite()), "{:?}", b.one_launch);
-        g.force_step(true);
+        g.set_one_launch(true);
         let b = g.bench(&prompts[4], 3, 5, true).expect("bench in one launch");
         assert_eq!(labels(&b.decode_ops), ["embed", "decode", "logits_reduce"], "decode step in one launch");
         assert_eq!(b.decode_ops[1].weights, super::matrix_bytes(&model.config, g.prec) / g.prec.bytes());
@@ -950,13 +950,13 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         let mut rng = crate::stats::SplitMix64::new(n as u64 + 200);
         let mut tok = move || rng.below(97) as u32;
         let reqs: Vec<ScoreRequest> = [(5usize, 5usize), (37, 6), (14, 3)].iter().map(|&(c, k)| ScoreRequest { context: (0..c).map(|_| tok()).collect(), continuation: (0..k).map(|_| tok()).collect() }).collect();
-        assert!(g.force_step(false), "shape {n}: the one-launch step runs this model");
+        assert!(g.set_one_launch(false), "shape {n}: the one-launch step runs this model");
         let launches = (decode_logprobs(&g, &reqs, true), decode_logprobs(&g, &reqs, false));
         for blocks in [1, 3, 7] {
             resident.store(blocks, Relaxed);
             // (the step's blocks follow the device's count when the model loads)
             g.inner.lock().unwrap().step.as_mut().expect("a step kernel").blocks = blocks;
-            assert!(g.force_step(true));
+            assert!(g.set_one_launch(true));
             let before = cooperative.load(Relaxed);
             let one = (decode_logprobs(&g, &reqs, true), decode_logprobs(&g, &reqs, false));
             assert!(cooperative.load(Relaxed) > before, "shape {n}: the steps ran in one launch");
@@ -964,19 +964,34 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         }
         // splits finer than a block's keys: several blocks merge a sequence's partials
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 8);
-        assert!(g.force_step(false));
+        assert!(g.set_one_launch(false));
         let fine = decode_logprobs(&g, &reqs, true);
-        assert!(g.force_step(true));
+        assert!(g.set_one_launch(true));
         assert_eq!(decode_logprobs(&g, &reqs, true), fine, "shape {n}: 8-key splits in one launch");
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 16);
         // a device that now holds fewer blocks than the step has refuses its launch: launch by
         // launch from then on, the same bits
-        assert!(g.force_step(true));
+        assert!(g.set_one_launch(true));
         resident.store(2, Relaxed);
         g.inner.lock().unwrap().step.as_mut().expect("a step kernel").blocks = 3;
         assert_eq!(decode_logprobs(&g, &reqs, true), launches.0, "shape {n}: after a refused launch");
         assert!(!g.inner.lock().unwrap().step_on, "shape {n}: the one-launch step is off after a refusal");
     }
+}
+
+/// A device that holds no block of the step kernel at once (or cannot say) loads the model with
+/// decode steps launch by launch, and they still score as the CPU does.
+#[test]
+fn without_room_for_the_step_kernel_decode_steps_launch_by_launch() {
+    let none = |be: &Emu| be.resident.store(0, std::sync::atomic::Ordering::Relaxed);
+    let Some((model, g, ())) = emulated_with(9, "without_room_for_the_step_kernel_decode_steps_launch_by_launch", none) else { return };
+    assert_eq!(g.one_launch(), None);
+    assert!(!g.set_one_launch(true));
+    assert_eq!(g.one_launch(), None);
+    let r = ScoreRequest { context: vec![3, 1, 4, 1, 5], continuation: vec![9, 2, 6, 5] };
+    let got = &decode_logprobs(&g, std::slice::from_ref(&r), true)[0];
+    let cpu = cpu_score(&model, &r);
+    assert!(got.iter().zip(&cpu.token_logprobs[1..]).all(|(a, b)| (a - b).abs() < 1e-4), "{got:?}");
 }
 
 /// Loading a model times the product kernel's shapes on each decode product and picks the
