@@ -57,6 +57,9 @@ kernels! {
     MatvecW4R2U4PS => "matvec_w4r2u4p_s",
     MatvecW8R2U4GS => "matvec_w8r2u4_gs",
     MatvecW4R2U4PGS => "matvec_w4r2u4p_gs",
+    MatvecW8R2Q8S => "matvec_w8r2q8_s",
+    MatvecW4R2Q16S => "matvec_w4r2q16_s",
+    MatvecW8R2Q8GS => "matvec_w8r2q8_gs",
     /// a decode step's layers and LM head in one cooperative launch, for head_dim 32, 64 and 128
     DecodeStepHd32 => "decode_step_hd32",
     DecodeStepHd64 => "decode_step_hd64",
@@ -110,9 +113,9 @@ impl Kernel {
     }
 }
 
-/// One shape of the decode product kernel, `matvec_body<W, R, U, P, S>` in the source: `warps`
+/// One shape of the decode product kernel, `matvec_body<W, R, U, P, S, Q>` in the source: `warps`
 /// warps a block, `rows` weight rows a warp, `unroll` 16-byte loads of a weight row in flight per
-/// lane. Every shape sums each output in the same order, so which one runs changes the speed,
+/// lane (or `queue` pieces of each row copied ahead into shared memory). Every shape sums each output in the same order, so which one runs changes the speed,
 /// never the bits; the engine times them on a model's products when it loads (`mod.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MvShape {
@@ -125,8 +128,13 @@ pub struct MvShape {
     /// at most this many blocks across the rows, each warp streaming several row groups in
     /// turn (0: a warp for each group)
     pub max_blocks: u32,
-    /// an RMSNorm'd input is made once a block, into shared memory (products of `MV_NORM` only)
+    /// the block's input rows are written once into shared memory (normalised, where the
+    /// product's input is RMSNorm'd)
     pub staged: bool,
+    /// a lane copies its weight rows' pieces into a ring of this many slots of its own in shared
+    /// memory with `cp.async`, that many ahead of the one it multiplies (0: loads into
+    /// registers, `unroll` at a time); staged shapes only
+    pub queue: u32,
 }
 
 /// Input rows per block of the decode products (`MV_M` in the source).
@@ -137,12 +145,16 @@ pub const MV_M: usize = 8;
 pub const SHARED_OPT_IN: usize = 160 << 10;
 
 const fn shape(kernel: Kernel, warps: u32, rows: u32, unroll: u32, pipelined: bool, max_blocks: u32, staged: bool) -> MvShape {
-    MvShape { kernel, warps, rows, unroll, pipelined, max_blocks, staged }
+    MvShape { kernel, warps, rows, unroll, pipelined, max_blocks, staged, queue: 0 }
+}
+/// A staged shape whose weights travel through a ring of `queue` slots a lane.
+const fn queued(kernel: Kernel, warps: u32, queue: u32, max_blocks: u32) -> MvShape {
+    MvShape { kernel, warps, rows: 2, unroll: 1, pipelined: false, max_blocks, staged: true, queue }
 }
 
 /// The decode products' shapes, in the order of their `LLM_KERNEL` lines; the first is the one
 /// used when nothing was timed.
-pub const MV_SHAPES: [MvShape; 15] = [
+pub const MV_SHAPES: [MvShape; 18] = [
     shape(Kernel::Matvec, 8, 2, 4, false, 0, false),
     shape(Kernel::MatvecW8R2U8, 8, 2, 8, false, 0, false),
     shape(Kernel::MatvecW8R1U8, 8, 1, 8, false, 0, false),
@@ -158,15 +170,22 @@ pub const MV_SHAPES: [MvShape; 15] = [
     shape(Kernel::MatvecW4R2U4PS, 4, 2, 4, true, 0, true),
     shape(Kernel::MatvecW8R2U4GS, 8, 2, 4, false, 256, true),
     shape(Kernel::MatvecW4R2U4PGS, 4, 2, 4, true, 384, true),
+    queued(Kernel::MatvecW8R2Q8S, 8, 8, 0),
+    queued(Kernel::MatvecW4R2Q16S, 4, 16, 0),
+    queued(Kernel::MatvecW8R2Q8GS, 8, 8, 256),
 ];
 
 /// The product shape a `decode_step` phase runs (`PH_MATVEC`): eight warps, as its attention.
 pub const STEP_SHAPE: MvShape = MV_SHAPES[11];
+/// … and for a product whose own launches run best with their weights through a ring
+/// (`PH_MATVEC_RING`).
+pub const STEP_RING_SHAPE: MvShape = MV_SHAPES[15];
 /// Threads of a `decode_step` block.
 pub const STEP_THREADS: u32 = 256;
 // the step's products: blocks of its size, a warp holding a pair of rows (RoPE, SwiGLU), inputs in
 // shared memory, and a grid the step sizes itself
-const _: () = assert!(32 * STEP_SHAPE.warps == STEP_THREADS && STEP_SHAPE.rows == 2 && STEP_SHAPE.staged && STEP_SHAPE.max_blocks == 0);
+const _: () = assert!(32 * STEP_SHAPE.warps == STEP_THREADS && STEP_SHAPE.rows == 2 && STEP_SHAPE.staged && STEP_SHAPE.max_blocks == 0 && STEP_SHAPE.queue == 0);
+const _: () = assert!(STEP_RING_SHAPE.warps == STEP_SHAPE.warps && STEP_RING_SHAPE.rows == 2 && STEP_RING_SHAPE.max_blocks == 0 && STEP_RING_SHAPE.queue > 0);
 
 impl MvShape {
     /// Threads a block.
@@ -178,24 +197,27 @@ impl MvShape {
         let groups = n.div_ceil((self.warps * self.rows) as usize) as u32;
         [m.div_ceil(MV_M) as u32, if self.max_blocks > 0 { groups.min(self.max_blocks) } else { groups }, 1]
     }
-    /// Dynamic shared memory of a launch on `m` input rows of `k` elements of `elem` bytes.
+    /// Dynamic shared memory of a launch on `m` input rows of `k` elements of `elem` bytes: the
+    /// staged input rows (16-byte aligned), then each lane's ring of 16-byte pieces.
     pub fn shared(&self, m: usize, k: usize, elem: usize) -> u32 {
         if self.staged {
-            (m.min(MV_M) * k * elem) as u32
+            ((m.min(MV_M) * k * elem).div_ceil(16) * 16 + (self.threads() * self.queue * self.rows) as usize * 16) as u32
         } else {
             0
         }
     }
     /// Whether it can run a product of output `out` with inputs of `k` elements of `elem` bytes:
-    /// SwiGLU and RoPE need a warp to hold a pair of rows, a staged shape input rows that fit in
-    /// [`SHARED_OPT_IN`].
+    /// SwiGLU and RoPE need a warp to hold a pair of rows, a staged shape its shared memory
+    /// within [`SHARED_OPT_IN`].
     pub fn runs(&self, out: i32, k: usize, elem: usize) -> bool {
-        (out == MV_F32 || self.rows == 2) && (!self.staged || MV_M * k * elem <= SHARED_OPT_IN)
+        (out == MV_F32 || self.rows == 2) && (!self.staged || self.shared(MV_M, k, elem) as usize <= SHARED_OPT_IN)
     }
-    /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined), `w4 r2 u4 p ≤384` (at most 384 blocks), `… s` (staged)
+    /// `w8 r2 u4`, `w4 r2 u4 p` (pipelined), `w4 r2 u4 p ≤384` (at most 384 blocks), `… s`
+    /// (staged), `w8 r2 q8 s` (a ring of 8 pieces a lane)
     pub fn name(&self) -> String {
         let cap = if self.max_blocks > 0 { format!(" ≤{}", self.max_blocks) } else { String::new() };
-        format!("w{} r{} u{}{}{cap}{}", self.warps, self.rows, self.unroll, if self.pipelined { " p" } else { "" }, if self.staged { " s" } else { "" })
+        let loads = if self.queue > 0 { format!("q{}", self.queue) } else { format!("u{}", self.unroll) };
+        format!("w{} r{} {loads}{}{cap}{}", self.warps, self.rows, if self.pipelined { " p" } else { "" }, if self.staged { " s" } else { "" })
     }
 }
 
@@ -288,9 +310,11 @@ pub const PH_ARGS: usize = 256;
 /// Bytes of one phase in a `decode_step` table: its kind and virtual grid (four 32-bit words),
 /// then its argument struct, zero-padded to [`PH_ARGS`].
 pub const PHASE_BYTES: usize = 16 + PH_ARGS;
-/// A phase's kind: a product (the staged eight-warp shape), or the decode attention.
+/// A phase's kind: a product on [`STEP_SHAPE`], the decode attention, or a product on
+/// [`STEP_RING_SHAPE`].
 pub const PH_MATVEC: i32 = 0;
 pub const PH_ATTENTION: i32 = 1;
+pub const PH_MATVEC_RING: i32 = 2;
 
 /// A phase of a `decode_step` table: `args` run by `kind`'s body over the virtual `grid`.
 pub fn phase<A: KernelArgs>(kind: i32, grid: [u32; 3], args: &A) -> Vec<u8> {

@@ -614,6 +614,19 @@ __device__ __forceinline__ void copy_wait() {
   asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
 }
+// Closes the calling thread's group of `copy16`s since the last one (an empty group counts too).
+__device__ __forceinline__ void copy_commit() {
+#if !(defined(LLM_HOST) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800)
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Waits until at most N of the calling thread's groups are still in flight.
+template <int N>
+__device__ __forceinline__ void copy_wait_group() {
+#if !(defined(LLM_HOST) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800)
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
 // N consecutive cached elements from shared memory as floats (one 2- to 16-byte load)
 template <int N>
 __device__ __forceinline__ void kv_part(const kt* p, float* f) {
@@ -985,9 +998,15 @@ struct MatvecArgs {
 // storage type (a 16-byte load a row per MV_VEC weights instead of two loads of x, two of norm_w
 // and the rounding each time: about 40% of the inner loop's instructions, by count), with
 // MV_PLAIN copied (the input's loads no longer queue with the weights' in the L1). Same values,
-// so the same bits.
-template <int W, int R, int U, int P, int S, class Wait>
+// so the same bits. Q > 0 (with S = 1; U unused): each lane copies its own 16-byte pieces of
+// its weight rows with `cp.async` into a ring of Q slots of its own in shared memory (after the
+// input rows), Q pieces of each row ahead of the one it multiplies, across its row groups: more
+// bytes in flight than registers hold, none held in registers while they travel. A lane reads
+// only what it copied, so no warp waits for another; the pieces and sums are the same, in the
+// same order, so the same bits.
+template <int W, int R, int U, int P, int S, int Q, class Wait>
 __device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, const Wait wait) {
+  static_assert(Q == 0 || S == 1, "the ring follows the staged input rows");
   __shared__ float s_scale[MV_M];
   __shared__ int s_src[MV_M];
   LLM_DYN_SHARED(dyn);
@@ -1002,9 +1021,28 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, co
 #pragma unroll
   for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + rr, a.n - 1) * a.k;
   const int step = 32 * MV_VEC, base0 = lane * MV_VEC;
-  // the first loads of this warp's weight rows go out before the previous kernel has finished
+  // Q: this lane's ring, slot d row rr at ring[(d·R + rr)·32] (consecutive lanes, consecutive
+  // pieces: no bank conflicts); item t is piece t % np of the rows of this warp's row group t / np
+  const int np = (a.k + step - 1) / step;
+  const int items = j0 < a.n ? (a.n - j0 + jstep - 1) / jstep * np : 0;
+  V16* ring = (V16*)((char*)dyn + (m * a.k * (int)sizeof(wt) + 15) / 16 * 16) + warp * Q * R * 32 + lane;
+  const auto issue = [&](const int t) {
+    if (t < items) {
+      const int i = base0 + t % np * step, j = j0 + t / np * jstep;
+#pragma unroll
+      for (int rr = 0; rr < R; rr++)
+        if (i < a.k) copy16(ring + (t % Q * R + rr) * 32, a.w + (long long)min(j + rr, a.n - 1) * a.k + i);
+    }
+    copy_commit();
+  };
+  // the first loads (or copies) of this warp's weight rows go out before the previous kernel
+  // has finished
+  if constexpr (Q > 0) {
+#pragma unroll 1
+    for (int t = 0; t < Q; t++) issue(t);
+  }
   V16 wq[U][R] = {};
-  if (j0 < a.n) {
+  if (Q == 0 && j0 < a.n) {
 #pragma unroll
     for (int u = 0; u < U; u++)
 #pragma unroll
@@ -1077,6 +1115,100 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, co
     }
     __syncthreads();
   }
+  // this lane's wf · input for the MV_VEC weights at i of each of its rows, into acc
+  const auto madd = [&](float (&acc)[R][MV_M], const float (&wf)[R][MV_VEC], const int i) {
+#pragma unroll
+    for (int r = 0; r < MV_M; r++) {
+      if (r >= m) break;
+      float in[MV_VEC];
+      if (S) {
+        unpack_w(*(const V16*)(xin + r * a.k + i), in);
+      } else if (a.mode == MV_PLAIN) {
+        unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
+      } else {
+        float xs[MV_VEC], nw[MV_VEC];
+        load_f(a.x + (long long)s_src[r] * a.k + i, xs);
+        load_f(a.norm_w + i, nw);
+#pragma unroll
+        for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(xs[e] * s_scale[r] * nw[e]));
+      }
+#pragma unroll
+      for (int rr = 0; rr < R; rr++)
+#pragma unroll
+        for (int e = 0; e < MV_VEC; e++) acc[rr][r] += wf[rr][e] * in[e];
+    }
+  };
+  // the row group at j0 done: each input row's sums reduced across the warp, and written
+  const auto finish = [&](const int jg, float (&acc)[R][MV_M]) {
+#pragma unroll
+    for (int r = 0; r < MV_M; r++) {
+      if (r >= m) break;
+      float v[R];
+#pragma unroll
+      for (int rr = 0; rr < R; rr++) {
+        v[rr] = acc[rr][r];
+        for (int o = 16; o > 0; o >>= 1) v[rr] += __shfl_xor_sync(FULL_MASK, v[rr], o);
+      }
+      if (lane != 0) continue;
+      if constexpr (R == 2) {
+        if (a.out == MV_GLU) {
+          ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + jg / 2] = f2w(silu_mul(v[0], v[1]));
+          continue;
+        }
+        if (a.out == MV_QKV) {
+          const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
+          float x0 = v[0], x1 = v[1];
+          if (a.bias) {
+            x0 += a.bias[jg];
+            x1 += a.bias[jg + 1];
+          }
+          const int p = a.pos[t];
+          if (jg < qd + kvd) rope_pair(x0, x1, p, a.inv_freq[(jg % a.hd) / 2]);  // a q or k pair
+          if (jg < qd) {
+            float* q = (float*)a.y + (long long)t * a.n + jg;
+            q[0] = x0;
+            q[1] = x1;
+          } else {
+            const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p);
+            kt* dst = jg < qd + kvd ? a.kc + slot * kvd + (jg - qd) : a.vc + slot * kvd + (jg - qd - kvd);
+            dst[0] = f2k(x0);
+            dst[1] = f2k(x1);
+          }
+          continue;
+        }
+      }
+#pragma unroll
+      for (int rr = 0; rr < R; rr++) {
+        if (jg + rr >= a.n) break;
+        float* out = (float*)a.y + (long long)(r0 + r) * a.n + jg + rr;
+        *out = a.accumulate ? *out + v[rr] : v[rr];
+      }
+    }
+  };
+  if constexpr (Q > 0) {
+    float acc[R][MV_M] = {};
+#pragma unroll 1
+    for (int t = 0; t < items; t++) {
+      copy_wait_group<Q - 1>();  // item t is in (Q groups were closed after it, less one)
+      const int i = base0 + t % np * step;
+      if (i < a.k) {
+        float wf[R][MV_VEC];
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) unpack_w(ring[(t % Q * R + rr) * 32], wf[rr]);
+        madd(acc, wf, i);
+      }
+      issue(t + Q);  // into the slot just read
+      if (t % np == np - 1) {
+        finish(j0 + t / np * jstep, acc);
+#pragma unroll
+        for (int rr = 0; rr < R; rr++)
+#pragma unroll
+          for (int r = 0; r < MV_M; r++) acc[rr][r] = 0.0f;
+      }
+    }
+    copy_wait();
+    return;
+  }
   for (; j0 < a.n; j0 += jstep) {
     float acc[R][MV_M];
 #pragma unroll
@@ -1114,26 +1246,7 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, co
         float wf[R][MV_VEC];
 #pragma unroll
         for (int rr = 0; rr < R; rr++) unpack_w(wq[u][rr], wf[rr]);
-#pragma unroll
-        for (int r = 0; r < MV_M; r++) {
-          if (r >= m) break;
-          float in[MV_VEC];
-          if (S) {
-            unpack_w(*(const V16*)(xin + r * a.k + i), in);
-          } else if (a.mode == MV_PLAIN) {
-            unpack_w(*(const V16*)(a.a + (long long)(r0 + r) * a.k + i), in);
-          } else {
-            float xs[MV_VEC], nw[MV_VEC];
-            load_f(a.x + (long long)s_src[r] * a.k + i, xs);
-            load_f(a.norm_w + i, nw);
-#pragma unroll
-            for (int e = 0; e < MV_VEC; e++) in[e] = w2f(f2w(xs[e] * s_scale[r] * nw[e]));
-          }
-#pragma unroll
-          for (int rr = 0; rr < R; rr++)
-#pragma unroll
-            for (int e = 0; e < MV_VEC; e++) acc[rr][r] += wf[rr][e] * in[e];
-        }
+        madd(acc, wf, i);
       }
       if constexpr (P != 0) {
 #pragma unroll
@@ -1142,50 +1255,7 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, co
           for (int rr = 0; rr < R; rr++) wq[u][rr] = nq[u][rr];
       }
     }
-#pragma unroll
-    for (int r = 0; r < MV_M; r++) {
-      if (r >= m) break;
-      float v[R];
-#pragma unroll
-      for (int rr = 0; rr < R; rr++) {
-        v[rr] = acc[rr][r];
-        for (int o = 16; o > 0; o >>= 1) v[rr] += __shfl_xor_sync(FULL_MASK, v[rr], o);
-      }
-      if (lane != 0) continue;
-      if constexpr (R == 2) {
-        if (a.out == MV_GLU) {
-          ((wt*)a.y)[(long long)(r0 + r) * (a.n / 2) + j0 / 2] = f2w(silu_mul(v[0], v[1]));
-          continue;
-        }
-        if (a.out == MV_QKV) {
-          const int t = r0 + r, qd = a.nh * a.hd, kvd = a.nkv * a.hd;
-          float x0 = v[0], x1 = v[1];
-          if (a.bias) {
-            x0 += a.bias[j0];
-            x1 += a.bias[j0 + 1];
-          }
-          const int p = a.pos[t];
-          if (j0 < qd + kvd) rope_pair(x0, x1, p, a.inv_freq[(j0 % a.hd) / 2]);  // a q or k pair
-          if (j0 < qd) {
-            float* q = (float*)a.y + (long long)t * a.n + j0;
-            q[0] = x0;
-            q[1] = x1;
-          } else {
-            const long long slot = kv_slot(a.tables + a.blk_off[a.seq_of[t]], p);
-            kt* dst = j0 < qd + kvd ? a.kc + slot * kvd + (j0 - qd) : a.vc + slot * kvd + (j0 - qd - kvd);
-            dst[0] = f2k(x0);
-            dst[1] = f2k(x1);
-          }
-          continue;
-        }
-      }
-#pragma unroll
-      for (int rr = 0; rr < R; rr++) {
-        if (j0 + rr >= a.n) break;
-        float* out = (float*)a.y + (long long)(r0 + r) * a.n + j0 + rr;
-        *out = a.accumulate ? *out + v[rr] : v[rr];
-      }
-    }
+    finish(j0, acc);
     if (j0 + jstep < a.n) {  // on to the next row group, its first loads already out if pipelined
 #pragma unroll
       for (int rr = 0; rr < R; rr++) wrow[rr] = a.w + (long long)min(j0 + jstep + rr, a.n - 1) * a.k;
@@ -1201,21 +1271,24 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, co
 }
 
 // The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).
-LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r2u4p, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r2u4_s, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r2u4p_s, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r2u4_gs, MatvecArgs) { matvec_body<8, 2, 4, 0, 1>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r2u4p_gs, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p, MatvecArgs) { matvec_body<4, 2, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u4_s, MatvecArgs) { matvec_body<8, 2, 4, 0, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p_s, MatvecArgs) { matvec_body<4, 2, 4, 1, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2u4_gs, MatvecArgs) { matvec_body<8, 2, 4, 0, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2u4p_gs, MatvecArgs) { matvec_body<4, 2, 4, 1, 1, 0>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2q8_s, MatvecArgs) { matvec_body<8, 2, 1, 0, 1, 8>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w4r2q16_s, MatvecArgs) { matvec_body<4, 2, 1, 0, 1, 16>(a, launch_block(), Pdl{}); }
+LLM_KERNEL(matvec_w8r2q8_gs, MatvecArgs) { matvec_body<8, 2, 1, 0, 1, 8>(a, launch_block(), Pdl{}); }
 
 // ── a decode step's layers and LM head in one launch ──
 // Launch by launch, each of a decode step's 4L + 1 products and attentions ends with its grid
@@ -1227,8 +1300,9 @@ LLM_KERNEL(matvec_w4r2u4p_gs, MatvecArgs) { matvec_body<4, 2, 4, 1, 1>(a, launch
 // phases once for each step shape (a table in device memory) and copies each into shared memory
 // before a block runs it.
 #define PH_ARGS 256     // bytes of a phase's argument struct, at most
-#define PH_MATVEC 0     // a product: matvec_body<8, 2, 4, 0, 1> (eight warps, staged input)
+#define PH_MATVEC 0     // a product: matvec_body<8, 2, 4, 0, 1, 0> (eight warps, staged input)
 #define PH_ATTENTION 1  // the decode attention, eight warps
+#define PH_MATVEC_RING 2  // a product: matvec_body<8, 2, 1, 0, 1, 8> (weights through a ring)
 struct alignas(16) Phase {
   int kind;
   unsigned gx, gy, gz;           // its virtual grid
@@ -1298,7 +1372,9 @@ __device__ __forceinline__ void decode_step_body(const StepArgs& a) {
       __syncthreads();
       const Blk b{v % s_ph.gx, v / s_ph.gx % s_ph.gy, v / (s_ph.gx * s_ph.gy), s_ph.gx, s_ph.gy, s_ph.gz};
       if (s_ph.kind == PH_MATVEC) {
-        matvec_body<8, 2, 4, 0, 1>(*(const MatvecArgs*)s_ph.args, b, wait);
+        matvec_body<8, 2, 4, 0, 1, 0>(*(const MatvecArgs*)s_ph.args, b, wait);
+      } else if (s_ph.kind == PH_MATVEC_RING) {
+        matvec_body<8, 2, 1, 0, 1, 8>(*(const MatvecArgs*)s_ph.args, b, wait);
       } else {
         attention_decode_body<HD>(*(const AttnArgs*)s_ph.args, b, wait);
       }

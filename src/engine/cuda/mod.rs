@@ -268,6 +268,8 @@ struct StepKernel {
     shared: u32,
     /// [2] u32: the grid barrier's arrivals and generation
     bar: u64,
+    /// products may run on [`STEP_RING_SHAPE`] (its shared memory fits)
+    ring: bool,
 }
 
 /// How [`Inner::enqueue`] runs a decode step's layers and LM head.
@@ -837,7 +839,9 @@ impl Inner {
         let table = std::cell::RefCell::new(Vec::new());
         let matvec = |p: Product, a: MatvecArgs| {
             if phased {
-                table.borrow_mut().extend(phase(PH_MATVEC, self.step_grid(a.m as usize, a.n as usize), &a));
+                // (through a ring where that shape won the product's own launches)
+                let kind = if self.mv[p as usize].queue > 0 && self.step.is_some_and(|s| s.ring) { PH_MATVEC_RING } else { PH_MATVEC };
+                table.borrow_mut().extend(phase(kind, self.step_grid(a.m as usize, a.n as usize), &a));
                 return Ok(());
             }
             let s = self.mv[p as usize];
@@ -1106,7 +1110,9 @@ impl Inner {
         if !dims.iter().all(|&(_, k, _, out)| STEP_SHAPE.runs(out, k, es)) {
             return Ok(None);
         }
-        let widest = dims.iter().map(|&(_, k, ..)| STEP_SHAPE.shared(MV_M, k, es)).max().unwrap_or(0);
+        // products through a ring where every product's input and ring fit
+        let ring = dims.iter().all(|&(_, k, _, out)| STEP_RING_SHAPE.runs(out, k, es));
+        let widest = dims.iter().map(|&(_, k, ..)| if ring { STEP_RING_SHAPE } else { STEP_SHAPE }.shared(MV_M, k, es)).max().unwrap_or(0);
         let shared = widest.max(dec_shared(c.head_dim, es, warps));
         if shared as usize > 48 * 1024 && self.gpu.set_shared(kernel, shared as usize).is_err() {
             return Ok(None);
@@ -1117,7 +1123,7 @@ impl Inner {
             return Ok(None);
         }
         let bar = self.alloc(8)?;
-        Ok(Some(StepKernel { kernel, blocks, shared, bar }))
+        Ok(Some(StepKernel { kernel, blocks, shared, bar, ring }))
     }
 
     /// Times decode steps in one launch against launch by launch and keeps the faster: one

@@ -83,23 +83,25 @@ fn every_launched_kernel_is_in_the_source_with_the_same_arguments() {
         assert!(declared.contains(&(k.name().to_string(), strukt.to_string())), "LLM_KERNEL({}, {strukt}) is missing from kernels.cu", k.name());
     }
     // each decode product shape's kernel instantiates the body with the table's (W, R, U, P)
-    let body = |s: &args::MvShape| format!("matvec_body<{}, {}, {}, {}, {}>", s.warps, s.rows, s.unroll, u8::from(s.pipelined), u8::from(s.staged));
+    let body = |s: &args::MvShape| format!("matvec_body<{}, {}, {}, {}, {}, {}>", s.warps, s.rows, s.unroll, u8::from(s.pipelined), u8::from(s.staged), s.queue);
     for s in args::MV_SHAPES {
         let line = format!("LLM_KERNEL({}, MatvecArgs) {{ {}(a, launch_block(), Pdl{{}}); }}", s.kernel.name(), body(&s));
         assert!(code.contains(&line), "kernels.cu lacks `{line}`");
     }
     // … and the one-launch step's products run the shape the host sizes their grids and shared
     // memory for, in blocks of the host's size, with the attention of as many warps
-    let step = format!("{}(*(const MatvecArgs*)s_ph.args, b, wait)", body(&args::STEP_SHAPE));
-    assert!(code.contains(&step), "decode_step runs `{step}`");
-    assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len() + 1, "a shape in kernels.cu that MV_SHAPES lacks");
+    for (kind, shape) in [("PH_MATVEC", args::STEP_SHAPE), ("PH_MATVEC_RING", args::STEP_RING_SHAPE)] {
+        let step = format!("if (s_ph.kind == {kind}) {{\n        {}(*(const MatvecArgs*)s_ph.args, b, wait);", body(&shape));
+        assert!(code.contains(&step), "decode_step runs `{step}`");
+    }
+    assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len() + 2, "a shape in kernels.cu that MV_SHAPES lacks");
     for hd in [32, 64, 128] {
         let k = Kernel::decode_step(hd).expect("a step kernel");
         assert!(code.contains(&format!("LLM_KERNEL({}, StepArgs) {{ decode_step_body<{hd}>(a); }}", k.name())));
         assert!(code.contains(&format!("LLM_KERNEL({}, AttnArgs) {{ attention_decode_body<{hd}>(a, launch_block(), Pdl{{}}); }}", Kernel::attention_decode(hd).expect("a body").name())));
     }
     // a phase's layout as the host writes it
-    for (name, value) in [("PH_ARGS", args::PH_ARGS as i64), ("PH_MATVEC", args::PH_MATVEC.into()), ("PH_ATTENTION", args::PH_ATTENTION.into())] {
+    for (name, value) in [("PH_ARGS", args::PH_ARGS as i64), ("PH_MATVEC", args::PH_MATVEC.into()), ("PH_ATTENTION", args::PH_ATTENTION.into()), ("PH_MATVEC_RING", args::PH_MATVEC_RING.into())] {
         assert!(code.contains(&format!("#define {name} {value} ")), "#define {name} {value}");
     }
     assert!(code.contains("struct alignas(16) Phase {\n  int kind;\n  unsigned gx, gy, gz;"), "a phase starts with its kind and grid");
@@ -199,7 +201,11 @@ fn kernel_source_is_balanced_and_needs_no_headers() {
     assert!(args::MV_SHAPES.iter().any(|s| s.staged));
     for s in args::MV_SHAPES.iter() {
         assert_eq!((s.runs(MV_F32, 4096, 2), s.runs(MV_F32, 8192, 4)), (true, !s.staged));
-        assert_eq!((s.shared(1, 4096, 2), s.shared(20, 4096, 2)), if s.staged { (8192, 65536) } else { (0, 0) });
+        let ring = s.threads() * s.queue * s.rows * 16;
+        assert_eq!((s.shared(1, 4096, 2), s.shared(20, 4096, 2)), if s.staged { (8192 + ring, 65536 + ring) } else { (0, 0) });
+        // the ring starts 16-byte aligned after rows of any length
+        assert_eq!(s.shared(1, 3, 2), if s.staged { 16 + ring } else { 0 });
+        assert!(s.queue == 0 || (s.staged && s.rows == 2), "{}", s.name());
     }
     assert!(args::MV_SHAPES.iter().all(|s| s.threads() <= 1024 && (s.rows == 1 || s.rows == 2)));
 }
@@ -962,6 +968,14 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
             assert!(cooperative.load(Relaxed) > before, "shape {n}: the steps ran in one launch");
             assert_eq!(one, launches, "shape {n}, {blocks} blocks: one launch and launch by launch differ");
         }
+        // products through a ring of pieces in shared memory, as phases too
+        assert!(g.inner.lock().unwrap().step.is_some_and(|s| s.ring), "shape {n}: the ring fits");
+        g.force_matvec(super::args::STEP_RING_SHAPE);
+        assert!(g.set_one_launch(true));
+        let before = cooperative.load(Relaxed);
+        assert_eq!(decode_logprobs(&g, &reqs, true), launches.0, "shape {n}: products through a ring in one launch");
+        assert!(cooperative.load(Relaxed) > before);
+        g.force_matvec(super::MV_SHAPES[0]);
         // splits finer than a block's keys: several blocks merge a sequence's partials
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 8);
         assert!(g.set_one_launch(false));
