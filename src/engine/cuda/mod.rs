@@ -833,8 +833,8 @@ impl Inner {
         let grid = |x: usize| [x as u32, 1, 1];
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
         let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
-        // (the step's phases run the decode attention on its blocks of eight warps)
-        let phased = mode != StepMode::Launches && ps.decode && mv && matches!(self.decode_attn.keys, Some((_, w)) if 32 * w == STEP_THREADS);
+        let phased = mode != StepMode::Launches;
+        debug_assert!(!phased || (ps.decode && self.one_launch_now()), "a one-launch step only where decode steps run in one launch");
         let launching = mode != StepMode::Table;
         let table = std::cell::RefCell::new(Vec::new());
         let matvec = |p: Product, a: MatvecArgs| {
@@ -906,7 +906,7 @@ impl Inner {
                 g.launch(grid(rows), 256, 0, &NormArgs { x: b.x, w: self.out_norm, rows: want, out: b.sel, d: di, n: rows as i32, eps: c.rms_eps })?;
                 gemm(Product::LmHead, rows, b.sel, self.lm_head, b.logits)?;
             }
-            if let (StepMode::OneLaunch(phases), Some(step)) = (mode, self.step.filter(|_| phased)) {
+            if let (StepMode::OneLaunch(phases), Some(step)) = (mode, self.step) {
                 let count = (table.borrow().len() / PHASE_BYTES) as i32;
                 g.launch_cooperative(step.kernel, step.blocks, STEP_THREADS, step.shared, StepArgs { phases, bar: step.bar, count }.bytes())?;
                 g.mark(&|| (format!("decode step, one launch ({count} phases, {} blocks)", step.blocks), matrix_bytes(c, self.prec) / es))?;
@@ -918,6 +918,13 @@ impl Inner {
             r0 += rows;
         }
         Ok(table.into_inner())
+    }
+
+    /// Whether decode steps run in one launch now: chosen (or set), with the products on the
+    /// matvec kernel and the attention on the decode kernel's blocks of eight warps (the step's
+    /// blocks; the bench and the tests may run it another way for a while).
+    fn one_launch_now(&self) -> bool {
+        self.step_on && self.matvec_ok && matches!(self.decode_attn.keys, Some((_, w)) if 32 * w == STEP_THREADS)
     }
 
     /// A product's virtual grid as a phase of the one-launch step: its input row groups, and
@@ -1180,7 +1187,7 @@ impl Forward for Inner {
         }
         let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, row_stride, decode };
         self.gpu.upload(self.buf.idx, &IdxAt::fill(p))?;
-        let mode = if decode && self.step_on && self.matvec_ok { StepMode::OneLaunch(self.step_table(&shape)?) } else { StepMode::Launches };
+        let mode = if decode && self.one_launch_now() { StepMode::OneLaunch(self.step_table(&shape)?) } else { StepMode::Launches };
         if decode && self.graphs_work && !self.graphs.contains_key(&shape) {
             let this = &*self;
             match this.gpu.capture(&mut || this.enqueue(&shape, mode).map(drop))? {

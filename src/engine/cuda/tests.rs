@@ -982,6 +982,14 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         let fine = decode_logprobs(&g, &reqs, true);
         assert!(g.set_one_launch(true));
         assert_eq!(decode_logprobs(&g, &reqs, true), fine, "shape {n}: 8-key splits in one launch");
+        // attention on blocks of fewer warps than the step's: launch by launch, one launch on
+        assert!(g.set_one_launch(false));
+        g.force_decode_attention(Some(3), 16);
+        let three = decode_logprobs(&g, &reqs, true);
+        assert!(g.set_one_launch(true));
+        let before = cooperative.load(Relaxed);
+        assert_eq!(decode_logprobs(&g, &reqs, true), three, "shape {n}: three-warp attention with the one-launch step on");
+        assert_eq!(cooperative.load(Relaxed), before, "shape {n}: no one-launch step with three-warp attention");
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 16);
         // a device that now holds fewer blocks than the step has refuses its launch: launch by
         // launch from then on, the same bits
