@@ -134,22 +134,29 @@ fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
         let alone: Vec<ScoreResult> = reqs.iter().map(|r| score_all(&gpu, std::slice::from_ref(r)).remove(0)).collect();
         let (bmax, _, _) = gaps(&alone, &scores);
         let bitwise = alone.iter().zip(&scores).filter(|(a, b)| a == b).count();
-        // decode steps the other way (in one launch, or launch by launch) give the same bits:
-        // the same greedy tokens
-        let mut other_way = None;
+        // decode steps in one launch and launch by launch give the same bits: the same greedy
+        // tokens as the way chosen at load
+        let mut both_ways = None;
         if let Some(g) = &gpu.gpu {
             print!("[{label}] {name} {}", llmeval::engine::cuda::profile::render_gemm_choices(&g.gemm_choices()));
-            if let Some(on) = g.one_launch() {
-                g.set_one_launch(!on);
-                other_way = Some((on, greedy(&gpu, &prompts, gen_len)));
-                g.set_one_launch(on);
+            if let Some(limit) = g.one_launch() {
+                let mut ways = [true, false].map(|on| {
+                    g.set_one_launch(Some(on));
+                    greedy(&gpu, &prompts, gen_len)
+                });
+                g.set_one_launch(None);
+                both_ways = Some((limit, std::mem::take(&mut ways[0]), std::mem::take(&mut ways[1])));
             }
         }
-        match &other_way {
-            Some((on, other)) => {
-                let (chosen, other_name) = if *on { ("in one launch", "launch by launch") } else { ("launch by launch", "in one launch") };
-                let same = other.iter().zip(&tokens).filter(|(a, b)| a == b).count();
-                println!("[{label}] {name} decode steps {chosen} (chosen at load) vs {other_name}: greedy tokens identical on {same}/{} prompts: {}", prompts.len(), verdict(same == prompts.len(), &mut failures));
+        match &both_ways {
+            Some((limit, one, each)) => {
+                let chosen = match *limit {
+                    0 => "launch by launch at every batch".to_string(),
+                    usize::MAX => "in one launch at every batch".to_string(),
+                    b => format!("in one launch up to {b} sequences"),
+                };
+                let same = one.iter().zip(each).zip(&tokens).filter(|((a, b), c)| a == b && b == c).count();
+                println!("[{label}] {name} decode steps {chosen} (chosen at load); in one launch and launch by launch: greedy tokens identical on {same}/{} prompts: {}", prompts.len(), verdict(same == prompts.len(), &mut failures));
             }
             None => println!("[{label}] {name} decode steps launch by launch (the one-launch step does not run here)"),
         }
@@ -220,7 +227,8 @@ fn speed(model: &Path, bandwidth: Option<f64>, label: &str, json_out: Option<&Pa
     let ways = |b: &llmeval::engine::cuda::Bench| b.attention.iter().map(|(n, t)| format!("{n}: {t:.1}")).collect::<Vec<_>>().join(" · ");
     println!("[{label}] llmeval decode tokens/s by the way attention runs, batch 1: {}", ways(&b1));
     println!("[{label}] llmeval decode tokens/s by the way attention runs, batch 32: {}", ways(&b32));
-    // the one-launch decode step against launch by launch (the engine runs the one load found faster)
+    // the one-launch decode step against launch by launch (the engine runs the one load found
+    // faster, batch by batch)
     let step = |b: &llmeval::engine::cuda::Bench, own: f64| match b.one_launch {
         Some((true, other)) => format!("one launch {own:.1} (the engine's choice) · launch by launch {other:.1}"),
         Some((false, other)) => format!("launch by launch {own:.1} (the engine's choice) · one launch {other:.1}"),

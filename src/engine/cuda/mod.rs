@@ -246,10 +246,12 @@ struct Inner {
     pass: Limits,
     /// how decode steps run their attention
     decode_attn: DecodeAttention,
-    /// the one-launch decode step, where it runs here (see [`StepKernel`]); whether decode steps
-    /// use it (timed at load against launch by launch); and each step shape's phase table
+    /// the one-launch decode step, where it runs here (see [`StepKernel`]); decode steps of up
+    /// to this many sequences use it (timed at load against launch by launch; 0: none), unless
+    /// forced one way ([`GpuModel::set_one_launch`]); and each step shape's phase table
     step: Option<StepKernel>,
-    step_on: bool,
+    step_batch: usize,
+    step_force: Option<bool>,
     step_tables: HashMap<PassShape, u64>,
     /// rows of the last pass's final LM-head chunk: (first wanted row, count)
     last_chunk: (usize, usize),
@@ -285,6 +287,8 @@ enum StepMode {
 
 /// Decode steps timed each way (after a recording step) when a model loads; the fastest counts.
 const STEP_REPEATS: usize = 5;
+/// The batches (sequences decoding together) at which loading times the one-launch step.
+const STEP_BATCHES: [usize; 3] = [1, 8, 32];
 
 /// Where a pass's index arrays lie in [`Buffers::idx`]: one after another, so one copy uploads
 /// them all. The offsets follow from the pass's counts only, so a recorded decode step (keyed by
@@ -551,7 +555,8 @@ impl GpuModel {
             pass: Limits { tokens: t, seqs: s, tile_tokens },
             decode_attn: DecodeAttention { keys: None, split: decode_split },
             step: None,
-            step_on: false,
+            step_batch: 0,
+            step_force: None,
             step_tables: HashMap::new(),
             last_chunk: (0, 0),
             allocs: Vec::new(),
@@ -723,19 +728,21 @@ impl GpuModel {
         g.drop_graphs();
     }
 
-    /// Whether decode steps run in one launch (the choice made at load), or `None` where the
-    /// one-launch step does not run this model here.
-    pub fn one_launch(&self) -> Option<bool> {
+    /// Up to how many sequences decoding together run their steps in one launch (the choice
+    /// made at load: 0 none, `usize::MAX` all), or `None` where the one-launch step does not run
+    /// this model here.
+    pub fn one_launch(&self) -> Option<usize> {
         let g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.step.map(|_| g.step_on)
+        g.step.map(|_| g.step_batch)
     }
 
-    /// Runs decode steps in one launch (`true`) or launch by launch; both give the same bits
-    /// (the GPU check compares them). Returns false where the one-launch step does not run this
-    /// model here (decode steps then stay launch by launch).
-    pub fn set_one_launch(&self, on: bool) -> bool {
+    /// Runs every decode step in one launch (`Some(true)`) or launch by launch (`Some(false)`),
+    /// or as chosen at load (`None`); both ways give the same bits (the GPU check compares
+    /// them). Returns false where the one-launch step does not run this model here (decode steps
+    /// then stay launch by launch).
+    pub fn set_one_launch(&self, on: Option<bool>) -> bool {
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        g.step_on = on && g.step.is_some();
+        g.step_force = on;
         g.drop_graphs();
         g.step.is_some()
     }
@@ -834,7 +841,7 @@ impl Inner {
         // y[m × n] (+)= input[m × k] · w[n × k]ᵀ on the matvec kernel (see MatvecArgs)
         let none = MatvecArgs { a: 0, x: 0, norm_w: 0, rows: 0, w: 0, y: 0, bias: 0, inv_freq: 0, pos: 0, seq_of: 0, blk_off: 0, tables: 0, kc: 0, vc: 0, nh: 0, nkv: 0, hd: 0, m: 0, n: 0, k: 0, mode: MV_PLAIN, out: MV_F32, accumulate: 0, eps: c.rms_eps };
         let phased = mode != StepMode::Launches;
-        debug_assert!(!phased || (ps.decode && self.one_launch_now()), "a one-launch step only where decode steps run in one launch");
+        debug_assert!(!phased || (ps.decode && self.one_launch_now(ps.n)), "a one-launch step only where decode steps run in one launch");
         let launching = mode != StepMode::Table;
         let table = std::cell::RefCell::new(Vec::new());
         let matvec = |p: Product, a: MatvecArgs| {
@@ -920,11 +927,13 @@ impl Inner {
         Ok(table.into_inner())
     }
 
-    /// Whether decode steps run in one launch now: chosen (or set), with the products on the
-    /// matvec kernel and the attention on the decode kernel's blocks of eight warps (the step's
-    /// blocks; the bench and the tests may run it another way for a while).
-    fn one_launch_now(&self) -> bool {
-        self.step_on && self.matvec_ok && matches!(self.decode_attn.keys, Some((_, w)) if 32 * w == STEP_THREADS)
+    /// Whether a decode step of `n` sequences runs in one launch now: chosen at load for its
+    /// batch (or forced), with the products on the matvec kernel and the attention on the decode
+    /// kernel's blocks of eight warps (the step's blocks; the bench and the tests may run it
+    /// another way for a while).
+    fn one_launch_now(&self, n: usize) -> bool {
+        let on = self.step_force.unwrap_or(n <= self.step_batch);
+        on && self.step.is_some() && self.matvec_ok && matches!(self.decode_attn.keys, Some((_, w)) if 32 * w == STEP_THREADS)
     }
 
     /// A product's virtual grid as a phase of the one-launch step: its input row groups, and
@@ -1133,35 +1142,42 @@ impl Inner {
         Ok(Some(StepKernel { kernel, blocks, shared, bar, ring }))
     }
 
-    /// Times decode steps in one launch against launch by launch and keeps the faster: one
-    /// sequence's first token (nothing is cached yet), recorded once, then [`STEP_REPEATS`]
-    /// steps each way. Both give the same bits. A one-launch step that fails to run or to
-    /// record is not used.
+    /// Times decode steps in one launch against launch by launch at each of [`STEP_BATCHES`]
+    /// (the sequences' first tokens, each in a block of its own: nothing is cached yet), recorded
+    /// once, then [`STEP_REPEATS`] steps each way, and runs steps in one launch up to the largest
+    /// batch from which on it kept winning (every batch if it won at the largest). Both ways give
+    /// the same bits. A one-launch step that fails to run or to record is not used.
     fn choose_step(&mut self) -> Result<(), DeviceError> {
         use self::batch::{pack, Span};
-        if self.step.is_none() {
-            return Ok(());
-        }
-        let p = pack(&[Span { table: vec![0], start: 0, tokens: vec![0], want: vec![(0, None)] }], 1);
-        let mut best = [f64::INFINITY; 2];
-        for on in [false, true] {
-            self.step_on = on;
-            self.drop_graphs();
-            let graphs = self.graphs_work;
-            let ran = self.run(&p, true);
-            if on && (ran.is_err() || !self.step_on || self.graphs_work != graphs) {
-                (self.step, self.step_on, self.graphs_work) = (None, false, graphs);
+        self.step_batch = 0;
+        for (i, &b) in STEP_BATCHES.iter().enumerate() {
+            if self.step.is_none() || b > self.blocks.min(self.pass.seqs) {
+                break;
+            }
+            let spans: Vec<Span> = (0..b).map(|s| Span { table: vec![s as u32], start: 0, tokens: vec![0], want: vec![(0, None)] }).collect();
+            let p = pack(&spans, 1);
+            let mut best = [f64::INFINITY; 2];
+            for on in [false, true] {
+                self.step_force = Some(on);
                 self.drop_graphs();
-                return Ok(());
+                let ran = self.run(&p, true);
+                if on && (ran.is_err() || self.step.is_none()) {
+                    self.step = None;
+                    break;
+                }
+                ran?;
+                for _ in 0..STEP_REPEATS {
+                    let t0 = std::time::Instant::now();
+                    self.run(&p, true)?;
+                    best[on as usize] = best[on as usize].min(t0.elapsed().as_secs_f64());
+                }
             }
-            ran?;
-            for _ in 0..STEP_REPEATS {
-                let t0 = std::time::Instant::now();
-                self.run(&p, true)?;
-                best[on as usize] = best[on as usize].min(t0.elapsed().as_secs_f64());
+            if self.step.is_none() || best[1] >= best[0] {
+                break;
             }
+            self.step_batch = if i + 1 == STEP_BATCHES.len() { usize::MAX } else { b };
         }
-        self.step_on = best[1] < best[0];
+        self.step_force = None;
         self.drop_graphs();
         Ok(())
     }
@@ -1187,7 +1203,7 @@ impl Forward for Inner {
         }
         let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, row_stride, decode };
         self.gpu.upload(self.buf.idx, &IdxAt::fill(p))?;
-        let mode = if decode && self.one_launch_now() { StepMode::OneLaunch(self.step_table(&shape)?) } else { StepMode::Launches };
+        let mode = if decode && self.one_launch_now(n) { StepMode::OneLaunch(self.step_table(&shape)?) } else { StepMode::Launches };
         if decode && self.graphs_work && !self.graphs.contains_key(&shape) {
             let this = &*self;
             match this.gpu.capture(&mut || this.enqueue(&shape, mode).map(drop))? {
@@ -1196,7 +1212,7 @@ impl Forward for Inner {
                 }
                 // a one-launch step the driver will not record: launch by launch from now on
                 None if mode != StepMode::Launches => {
-                    self.step_on = false;
+                    self.step = None;
                     self.drop_graphs();
                     return self.run(p, decode);
                 }
@@ -1223,7 +1239,7 @@ impl Forward for Inner {
             // a one-launch step the driver refused (its blocks no longer fit at once, or its
             // recording will not replay): this step, and the ones after it, launch by launch
             Err(_) if mode != StepMode::Launches => {
-                self.step_on = false;
+                self.step = None;
                 self.drop_graphs();
                 self.enqueue(&shape, StepMode::Launches)?;
             }
@@ -1380,11 +1396,11 @@ impl GpuModel {
         // and with the one-launch step the other way, where it runs here
         let mut one_launch = None;
         if g.step.is_some() {
-            let own = g.step_on;
-            g.step_on = !own;
+            let (own, force) = (g.one_launch_now(batch), g.step_force);
+            g.step_force = Some(!own);
             g.drop_graphs();
             let run = decode_run(&mut g, &mut next);
-            g.step_on = own;
+            g.step_force = force;
             g.drop_graphs();
             one_launch = Some((own, run?));
         }

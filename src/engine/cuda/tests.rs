@@ -507,7 +507,7 @@ fn emulated_gpu_generates_like_the_cpu() {
         // decode steps after the first of each shape replay the recorded pass (a CUDA graph on a GPU)
         assert!(replays.load(std::sync::atomic::Ordering::Relaxed) > 10, "decode passes were replayed");
         // the speed measurement's own passes (three sequences decoding together) run too
-        assert!(g.set_one_launch(false), "the one-launch step runs this model");
+        assert!(g.set_one_launch(Some(false)), "the one-launch step runs this model");
         let b = g.bench(&prompts[4], 3, 5, true).expect("bench");
         assert!(b.prefill > 0.0 && b.decode > 0.0 && b.prefill.is_finite() && b.decode.is_finite());
         // the profile times every operation of a prefill pass and of a decode step: a decode
@@ -527,7 +527,7 @@ fn emulated_gpu_generates_like_the_cpu() {
         // in one launch a step: the embedding, the step (every matrix's weights), the reduction;
         // the bench also times the other way
         assert!(b.one_launch.is_some_and(|(on, t)| !on && t > 0.0 && t.is_finite()), "{:?}", b.one_launch);
-        g.set_one_launch(true);
+        g.set_one_launch(Some(true));
         let b = g.bench(&prompts[4], 3, 5, true).expect("bench in one launch");
         assert_eq!(labels(&b.decode_ops), ["embed", "decode", "logits_reduce"], "decode step in one launch");
         assert_eq!(b.decode_ops[1].weights, super::matrix_bytes(&model.config, g.prec) / g.prec.bytes());
@@ -956,48 +956,58 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         let mut rng = crate::stats::SplitMix64::new(n as u64 + 200);
         let mut tok = move || rng.below(97) as u32;
         let reqs: Vec<ScoreRequest> = [(5usize, 5usize), (37, 6), (14, 3)].iter().map(|&(c, k)| ScoreRequest { context: (0..c).map(|_| tok()).collect(), continuation: (0..k).map(|_| tok()).collect() }).collect();
-        assert!(g.set_one_launch(false), "shape {n}: the one-launch step runs this model");
+        assert!(g.set_one_launch(Some(false)), "shape {n}: the one-launch step runs this model");
         let launches = (decode_logprobs(&g, &reqs, true), decode_logprobs(&g, &reqs, false));
         for blocks in [1, 3, 7] {
             resident.store(blocks, Relaxed);
             // (the step's blocks follow the device's count when the model loads)
             g.inner.lock().unwrap().step.as_mut().expect("a step kernel").blocks = blocks;
-            assert!(g.set_one_launch(true));
+            assert!(g.set_one_launch(Some(true)));
             let before = cooperative.load(Relaxed);
             let one = (decode_logprobs(&g, &reqs, true), decode_logprobs(&g, &reqs, false));
             assert!(cooperative.load(Relaxed) > before, "shape {n}: the steps ran in one launch");
             assert_eq!(one, launches, "shape {n}, {blocks} blocks: one launch and launch by launch differ");
         }
+        // as chosen at load, batch by batch: steps of more sequences than the limit launch by launch
+        assert!(matches!(g.one_launch(), Some(0 | 1 | 8 | usize::MAX)), "{:?}", g.one_launch());
+        // (two sequences decode together for four steps, then one alone for a fifth)
+        for (limit, steps) in [(0, 0), (1, 1), (2, 5), (usize::MAX, 5)] {
+            g.inner.lock().unwrap().step_batch = limit;
+            assert!(g.set_one_launch(None));
+            let before = cooperative.load(Relaxed);
+            assert_eq!(decode_logprobs(&g, &reqs[..2], true), launches.0[..2], "shape {n}: up to {limit} sequences in one launch");
+            assert_eq!(cooperative.load(Relaxed) - before, steps, "shape {n}: steps in one launch with up to {limit} sequences");
+        }
         // products through a ring of pieces in shared memory, as phases too
         assert!(g.inner.lock().unwrap().step.is_some_and(|s| s.ring), "shape {n}: the ring fits");
         g.force_matvec(super::args::STEP_RING_SHAPE);
-        assert!(g.set_one_launch(true));
+        assert!(g.set_one_launch(Some(true)));
         let before = cooperative.load(Relaxed);
         assert_eq!(decode_logprobs(&g, &reqs, true), launches.0, "shape {n}: products through a ring in one launch");
         assert!(cooperative.load(Relaxed) > before);
         g.force_matvec(super::MV_SHAPES[0]);
         // splits finer than a block's keys: several blocks merge a sequence's partials
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 8);
-        assert!(g.set_one_launch(false));
+        assert!(g.set_one_launch(Some(false)));
         let fine = decode_logprobs(&g, &reqs, true);
-        assert!(g.set_one_launch(true));
+        assert!(g.set_one_launch(Some(true)));
         assert_eq!(decode_logprobs(&g, &reqs, true), fine, "shape {n}: 8-key splits in one launch");
         // attention on blocks of fewer warps than the step's: launch by launch, one launch on
-        assert!(g.set_one_launch(false));
+        assert!(g.set_one_launch(Some(false)));
         g.force_decode_attention(Some(3), 16);
         let three = decode_logprobs(&g, &reqs, true);
-        assert!(g.set_one_launch(true));
+        assert!(g.set_one_launch(Some(true)));
         let before = cooperative.load(Relaxed);
         assert_eq!(decode_logprobs(&g, &reqs, true), three, "shape {n}: three-warp attention with the one-launch step on");
         assert_eq!(cooperative.load(Relaxed), before, "shape {n}: no one-launch step with three-warp attention");
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 16);
         // a device that now holds fewer blocks than the step has refuses its launch: launch by
         // launch from then on, the same bits
-        assert!(g.set_one_launch(true));
+        assert!(g.set_one_launch(Some(true)));
         resident.store(2, Relaxed);
         g.inner.lock().unwrap().step.as_mut().expect("a step kernel").blocks = 3;
         assert_eq!(decode_logprobs(&g, &reqs, true), launches.0, "shape {n}: after a refused launch");
-        assert!(!g.inner.lock().unwrap().step_on, "shape {n}: the one-launch step is off after a refusal");
+        assert!(g.inner.lock().unwrap().step.is_none(), "shape {n}: no one-launch step after a refusal");
     }
 }
 
@@ -1008,7 +1018,7 @@ fn without_room_for_the_step_kernel_decode_steps_launch_by_launch() {
     let none = |be: &Emu| be.resident.store(0, std::sync::atomic::Ordering::Relaxed);
     let Some((model, g, ())) = emulated_with(9, "without_room_for_the_step_kernel_decode_steps_launch_by_launch", none) else { return };
     assert_eq!(g.one_launch(), None);
-    assert!(!g.set_one_launch(true));
+    assert!(!g.set_one_launch(Some(true)));
     assert_eq!(g.one_launch(), None);
     let r = ScoreRequest { context: vec![3, 1, 4, 1, 5], continuation: vec![9, 2, 6, 5] };
     let got = &decode_logprobs(&g, std::slice::from_ref(&r), true)[0];
