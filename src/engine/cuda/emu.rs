@@ -51,15 +51,14 @@ pub struct Emu {
     /// Tests: how many of the [`GEMM_WAYS`] sum a row in an order that depends on where the row
     /// sits in the call (as stream-K kernels do); the first ones do.
     pub placement_dependent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Tests: blocks a cooperative launch may have ([`Backend::resident_blocks`]).
+    /// Tests: blocks a cooperative launch may have ([`Backend::resident_blocks`]); none unless a
+    /// test gives some (a device without cooperative launches: models load without timing the
+    /// one-launch step, which emulated is slow).
     pub resident: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// How many cooperative launches ran (tests check the one-launch step ran).
     pub cooperative: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Blocks the emulated GPU holds at once, unless a test sets otherwise: a few, so a cooperative
-/// launch's blocks each take several of a phase's virtual blocks.
-const RESIDENT_BLOCKS: u32 = 3;
 
 /// Ways the emulation offers to run a GEMM shape ([`Backend::gemm_ways`]).
 pub const GEMM_WAYS: usize = 3;
@@ -143,7 +142,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), placement_dependent: Default::default(), resident: std::sync::Arc::new(RESIDENT_BLOCKS.into()), cooperative: Default::default() })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), placement_dependent: Default::default(), resident: Default::default(), cooperative: Default::default() })
         }
     }
 

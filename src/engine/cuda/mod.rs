@@ -747,6 +747,15 @@ impl GpuModel {
         g.step.is_some()
     }
 
+    /// Sets up the one-launch step as loading does, without timing it (tests on the emulated GPU,
+    /// where timing it is slow: decode steps stay launch by launch unless forced); whether it runs.
+    #[cfg(test)]
+    fn add_step(&self) -> bool {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        g.step = g.step_kernel().expect("the step kernel");
+        g.step.is_some()
+    }
+
     /// Runs every decode product on `shape` where it can make the output (tests: the shapes give
     /// the same bits).
     #[cfg(test)]

@@ -363,12 +363,20 @@ fn emulated(model: &Llama) -> Option<GpuModel> {
     emulated_counting(model).map(|(g, _)| g)
 }
 
-/// The model on the emulated GPU, and the count of recorded decode passes it replays.
+/// Blocks of the one-launch step an emulated GPU holds at once in the tests that run it: a few, so
+/// each block takes several of a phase's virtual blocks.
+const STEP_BLOCKS: u32 = 3;
+
+/// The model on an emulated GPU, with the one-launch step set up after loading (not timed), and
+/// the count of recorded decode passes it replays.
 fn emulated_counting(model: &Llama) -> Option<(GpuModel, Arc<std::sync::atomic::AtomicUsize>)> {
     let prec = super::precision_for(model);
     let be = emu(prec, 4 << 30, "an emulated-GPU test")?;
-    let replays = be.replays.clone();
-    Some((GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU"), replays))
+    let (replays, resident) = (be.replays.clone(), be.resident.clone());
+    let g = GpuModel::with_backend(model, Box::new(be), prec).expect("load on the emulated GPU");
+    resident.store(STEP_BLOCKS, std::sync::atomic::Ordering::Relaxed);
+    assert!(g.add_step(), "the one-launch step runs this model");
+    Some((g, replays))
 }
 
 /// The CPU's exact forward pass, one request at a time, as `Engine::score_batch` scores.
@@ -952,6 +960,8 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         let Some(be) = emu(prec, 4 << 30, "emulated_gpu_decode_steps_in_one_launch_give_the_same_bits") else { return };
         let (resident, cooperative) = (be.resident.clone(), be.cooperative.clone());
         let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
+        resident.store(STEP_BLOCKS, Relaxed);
+        assert!(g.add_step());
         g.tune(64, 8, 16, 64);
         let mut rng = crate::stats::SplitMix64::new(n as u64 + 200);
         let mut tok = move || rng.below(97) as u32;
@@ -969,7 +979,6 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
             assert_eq!(one, launches, "shape {n}, {blocks} blocks: one launch and launch by launch differ");
         }
         // as chosen at load, batch by batch: steps of more sequences than the limit launch by launch
-        assert!(matches!(g.one_launch(), Some(0 | 1 | 8 | usize::MAX)), "{:?}", g.one_launch());
         // (two sequences decode together for four steps, then one alone for a fifth)
         for (limit, steps) in [(0, 0), (1, 1), (2, 5), (usize::MAX, 5)] {
             g.inner.lock().unwrap().step_batch = limit;
@@ -1009,6 +1018,21 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         assert_eq!(decode_logprobs(&g, &reqs, true), launches.0, "shape {n}: after a refused launch");
         assert!(g.inner.lock().unwrap().step.is_none(), "shape {n}: no one-launch step after a refusal");
     }
+}
+
+/// Loading times the one-launch step at 1, 8 and 32 sequences and uses it up to the largest
+/// batch from which on it kept winning (on the emulated GPU, whose host-clock timing decides
+/// nothing, any of them); scores are the CPU's either way.
+#[test]
+fn loading_times_the_one_launch_step_batch_by_batch() {
+    let room = |be: &Emu| be.resident.store(STEP_BLOCKS, std::sync::atomic::Ordering::Relaxed);
+    let Some((model, g, ())) = emulated_with(10, "loading_times_the_one_launch_step_batch_by_batch", room) else { return };
+    assert!(matches!(g.one_launch(), Some(0 | 1 | 8 | usize::MAX)), "{:?}", g.one_launch());
+    assert_eq!(g.inner.lock().unwrap().step_force, None, "the timing's forcing is undone");
+    let r = ScoreRequest { context: vec![3, 1, 4, 1, 5], continuation: vec![9, 2, 6, 5] };
+    let got = &decode_logprobs(&g, std::slice::from_ref(&r), true)[0];
+    let cpu = cpu_score(&model, &r);
+    assert!(got.iter().zip(&cpu.token_logprobs[1..]).all(|(a, b)| (a - b).abs() < 1e-4), "{got:?}");
 }
 
 /// A device that holds no block of the step kernel at once (or cannot say) loads the model with
