@@ -181,7 +181,7 @@ if [ "$MODE" != "--first" ]; then
     fi
   fi
   log "== default model: GPU f32 vs the CPU's exact path on tests/goldens/llamacpp_extra.json (≤ 1e-2 nats per token, identical greedy tokens; bitwise batch invariance in f32 and the fast type)"
-  step 90 "$BIN" check "$MODEL" --golden tests/goldens/llamacpp_extra.json --label default-model
+  step 120 "$BIN" check "$MODEL" --golden tests/goldens/llamacpp_extra.json --label default-model
   stop_if_no_gpu
   log "== default model: speed (fast path)"
   step 40 "$BIN" speed "$MODEL" --label default-model ${BW:+--bandwidth $BW}
