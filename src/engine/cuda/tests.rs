@@ -1020,6 +1020,14 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
     }
 }
 
+/// A short request's decode steps on `g` score within 1e-4 nats of `model` on the CPU.
+fn decodes_like_the_cpu(model: &Llama, g: &GpuModel) {
+    let r = ScoreRequest { context: vec![3, 1, 4, 1, 5], continuation: vec![9, 2, 6, 5] };
+    let got = &decode_logprobs(g, std::slice::from_ref(&r), true)[0];
+    let cpu = cpu_score(model, &r);
+    assert!(got.iter().zip(&cpu.token_logprobs[1..]).all(|(a, b)| (a - b).abs() < 1e-4), "{got:?}");
+}
+
 /// Loading times the one-launch step at 1, 8 and 32 sequences and uses it up to the largest
 /// batch from which on it kept winning (on the emulated GPU, whose host-clock timing decides
 /// nothing, any of them); scores are the CPU's either way.
@@ -1029,10 +1037,7 @@ fn loading_times_the_one_launch_step_batch_by_batch() {
     let Some((model, g, ())) = emulated_with(10, "loading_times_the_one_launch_step_batch_by_batch", room) else { return };
     assert!(matches!(g.one_launch(), Some(0 | 1 | 8 | usize::MAX)), "{:?}", g.one_launch());
     assert_eq!(g.inner.lock().unwrap().step_force, None, "the timing's forcing is undone");
-    let r = ScoreRequest { context: vec![3, 1, 4, 1, 5], continuation: vec![9, 2, 6, 5] };
-    let got = &decode_logprobs(&g, std::slice::from_ref(&r), true)[0];
-    let cpu = cpu_score(&model, &r);
-    assert!(got.iter().zip(&cpu.token_logprobs[1..]).all(|(a, b)| (a - b).abs() < 1e-4), "{got:?}");
+    decodes_like_the_cpu(&model, &g);
 }
 
 /// A device that holds no block of the step kernel at once (or cannot say) loads the model with
@@ -1044,10 +1049,7 @@ fn without_room_for_the_step_kernel_decode_steps_launch_by_launch() {
     assert_eq!(g.one_launch(), None);
     assert!(!g.set_one_launch(Some(true)));
     assert_eq!(g.one_launch(), None);
-    let r = ScoreRequest { context: vec![3, 1, 4, 1, 5], continuation: vec![9, 2, 6, 5] };
-    let got = &decode_logprobs(&g, std::slice::from_ref(&r), true)[0];
-    let cpu = cpu_score(&model, &r);
-    assert!(got.iter().zip(&cpu.token_logprobs[1..]).all(|(a, b)| (a - b).abs() < 1e-4), "{got:?}");
+    decodes_like_the_cpu(&model, &g);
 }
 
 /// Loading a model times the product kernel's shapes on each decode product and picks the
