@@ -463,18 +463,15 @@ impl Backend for Cuda {
         let mut params = [args.as_ptr() as *mut c_void];
         let f = self.funcs[k as usize];
         if self.pdl.load(std::sync::atomic::Ordering::Relaxed) {
-            // may start while the kernel before it finishes: the kernel waits for it (pdl_wait)
-            // SAFETY: a plain C struct (an id and a union of integers) for which zero is valid.
-            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
-            let config = sys::CUlaunchConfig { gridDimX: grid[0], gridDimY: grid[1], gridDimZ: grid[2], blockDimX: block, blockDimY: 1, blockDimZ: 1, sharedMemBytes: shared, hStream: self.stream, attrs: &mut attr, numAttrs: 1 };
-            // SAFETY: as below; `config` and `attr` outlive the call. A driver without
-            // cuLaunchKernelEx (cudarc panics) or that refuses the attribute: plain launches
-            // from then on.
-            let launched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) }));
-            match launched {
-                Ok(sys::CUresult::CUDA_SUCCESS) => return Ok(()),
+            // may start while the kernel before it finishes: the kernel waits for it (pdl_wait);
+            // a driver without cuLaunchKernelEx or that refuses the attribute: plain launches
+            // from then on
+            let attr = |a: &mut sys::CUlaunchAttribute| {
+                a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                a.value.programmaticStreamSerializationAllowed = 1;
+            };
+            match self.launch_ex(k, grid, block, shared, args, attr) {
+                Some(sys::CUresult::CUDA_SUCCESS) => return Ok(()),
                 _ => self.pdl.store(false, std::sync::atomic::Ordering::Relaxed),
             }
         }
@@ -494,18 +491,14 @@ impl Backend for Cuda {
     }
 
     fn launch_cooperative(&self, k: Kernel, blocks: u32, block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
-        let mut params = [args.as_ptr() as *mut c_void];
-        // SAFETY: a plain C struct (an id and a union of integers) for which zero is valid.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
-        attr.value.cooperative = 1;
-        let config = sys::CUlaunchConfig { gridDimX: blocks, gridDimY: 1, gridDimZ: 1, blockDimX: block, blockDimY: 1, blockDimZ: 1, sharedMemBytes: shared, hStream: self.stream, attrs: &mut attr, numAttrs: 1 };
-        // SAFETY: as in `launch_raw`; `config` and `attr` outlive the call. A driver without
-        // cuLaunchKernelEx makes cudarc panic: an error here.
-        let launched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { sys::cuLaunchKernelEx(&config, self.funcs[k as usize], params.as_mut_ptr(), std::ptr::null_mut()) }));
-        match launched {
-            Ok(r) => r.result().map_err(|e| err(&self.label, &format!("launching {} cooperatively", k.name()), e)),
-            Err(_) => Err(err(&self.label, &format!("launching {} cooperatively", k.name()), "the driver has no cuLaunchKernelEx")),
+        let attr = |a: &mut sys::CUlaunchAttribute| {
+            a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            a.value.cooperative = 1;
+        };
+        let what = format!("launching {} cooperatively", k.name());
+        match self.launch_ex(k, [blocks, 1, 1], block, shared, args, attr) {
+            Some(r) => r.result().map_err(|e| err(&self.label, &what, e)),
+            None => Err(err(&self.label, &what, "the driver has no cuLaunchKernelEx")),
         }
     }
 
@@ -633,6 +626,20 @@ impl Backend for Cuda {
 }
 
 impl Cuda {
+    /// Launches `k` with `cuLaunchKernelEx` and the one attribute `set` fills in; `None` where the
+    /// driver has no cuLaunchKernelEx (cudarc panics).
+    fn launch_ex(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8], set: impl Fn(&mut sys::CUlaunchAttribute)) -> Option<sys::CUresult> {
+        let mut params = [args.as_ptr() as *mut c_void];
+        // SAFETY: a plain C struct (an id and a union of integers) for which zero is valid.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        set(&mut attr);
+        let config = sys::CUlaunchConfig { gridDimX: grid[0], gridDimY: grid[1], gridDimZ: grid[2], blockDimX: block, blockDimY: 1, blockDimZ: 1, sharedMemBytes: shared, hStream: self.stream, attrs: &mut attr, numAttrs: 1 };
+        // SAFETY: the struct matches the kernel's parameter (checked against the source by a
+        // test), every address in it is live device memory sized by the caller, and `config`,
+        // `attr` and `params` outlive the call.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { sys::cuLaunchKernelEx(&config, self.funcs[k as usize], params.as_mut_ptr(), std::ptr::null_mut()) })).ok()
+    }
+
     /// Records what `f` enqueues as an instantiated graph; `None` where capture fails.
     fn capture_graph(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Option<Graph> {
         // SAFETY: the stream is live; capture is ended on every path.
