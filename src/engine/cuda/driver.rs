@@ -58,33 +58,55 @@ pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
     compile_with(arch, w, k, &[]).map(|(image, _)| image)
 }
 
+/// NVRTC options that change how fast it compiles, never what: spread its optimisation and
+/// code generation across the machine's cores (NVRTC 12.x and 13; 28.8 → 18.5 s for sm_90 bf16 on
+/// 2 cores, BENCHMARKS.md). An NVRTC that does not know them compiles without. Not part of a
+/// cached image's name.
+const SPEED_OPTIONS: &[&str] = &["--split-compile=0"];
+
 /// [`compile`] with `extra` options (e.g. `--ptxas-options=-v`); also returns NVRTC's log.
 pub fn compile_with(arch: &str, w: Prec, k: Prec, extra: &[&str]) -> Result<(Vec<u8>, String), String> {
-    use cudarc::nvrtc::{result as nv, sys as nvs};
-    let src = CString::new(SOURCE).map_err(|e| e.to_string())?;
-    let name = CString::new("kernels.cu").expect("no NUL");
-    let prog = nv::create_program(&src, Some(&name)).map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+    compile_trying(arch, w, k, extra, SPEED_OPTIONS)
+}
+
+/// [`compile_with`], first with `speed` options added, and without them where NVRTC calls an
+/// option invalid.
+pub(super) fn compile_trying(arch: &str, w: Prec, k: Prec, extra: &[&str], speed: &[&str]) -> Result<(Vec<u8>, String), String> {
     let mut opts = compile_options(arch, w, k);
     opts.extend(extra.iter().map(|o| o.to_string()));
+    let fast: Vec<String> = opts.iter().cloned().chain(speed.iter().map(|o| o.to_string())).collect();
+    match compile_once(arch, &fast) {
+        Err((Some(cudarc::nvrtc::sys::nvrtcResult::NVRTC_ERROR_INVALID_OPTION), _)) if !speed.is_empty() => compile_once(arch, &opts).map_err(|(_, e)| e),
+        r => r.map_err(|(_, e)| e),
+    }
+}
+
+/// One NVRTC compile of [`SOURCE`] with `opts`; an error carries NVRTC's code where the compile
+/// itself failed.
+fn compile_once(arch: &str, opts: &[String]) -> Result<(Vec<u8>, String), (Option<cudarc::nvrtc::sys::nvrtcResult>, String)> {
+    use cudarc::nvrtc::{result as nv, sys as nvs};
+    let src = CString::new(SOURCE).map_err(|e| (None, e.to_string()))?;
+    let name = CString::new("kernels.cu").expect("no NUL");
+    let prog = nv::create_program(&src, Some(&name)).map_err(|e| (None, format!("nvrtcCreateProgram: {e:?}")))?;
     // SAFETY: `prog` is a live program; it is destroyed below on every path.
     unsafe {
-        let compiled = nv::compile_program(prog, &opts);
+        let compiled = nv::compile_program(prog, opts);
         let log = nv::get_program_log(prog).map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
         let log = log.trim_end_matches('\0').to_string();
         let r = match compiled {
-            Err(e) => Err(format!("NVRTC ({e:?}): {log}")),
+            Err(e) => Err((Some(e.0), format!("NVRTC ({e:?}): {log}"))),
             Ok(()) if arch.starts_with("sm_") => {
                 let mut n = 0usize;
                 let st = nvs::nvrtcGetCUBINSize(prog, &mut n);
                 if st == nvs::nvrtcResult::NVRTC_SUCCESS {
                     let mut code = vec![0u8; n];
                     let st = nvs::nvrtcGetCUBIN(prog, code.as_mut_ptr().cast());
-                    if st == nvs::nvrtcResult::NVRTC_SUCCESS { Ok(code) } else { Err(format!("nvrtcGetCUBIN: {st:?}")) }
+                    if st == nvs::nvrtcResult::NVRTC_SUCCESS { Ok(code) } else { Err((None, format!("nvrtcGetCUBIN: {st:?}"))) }
                 } else {
-                    Err(format!("nvrtcGetCUBINSize: {st:?}"))
+                    Err((None, format!("nvrtcGetCUBINSize: {st:?}")))
                 }
             }
-            Ok(()) => nv::get_ptx(prog).map(|p| p.iter().map(|&c| c as u8).collect()).map_err(|e| format!("nvrtcGetPTX: {e:?}")),
+            Ok(()) => nv::get_ptx(prog).map(|p| p.iter().map(|&c| c as u8).collect()).map_err(|e| (None, format!("nvrtcGetPTX: {e:?}"))),
         };
         let _ = nv::destroy_program(prog);
         r.map(|image| (image, log))

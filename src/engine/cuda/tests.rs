@@ -261,26 +261,45 @@ fn nvrtc_compiles_the_kernels_for_every_precision() {
     }
     // SASS for the cards the check script runs on, with ptxas's resource report: no kernel may
     // spill registers to local memory (a stack frame is allowed: sincosf's path for huge angles)
-    for arch in ["sm_80", "sm_90"] {
-        let t = std::time::Instant::now();
-        let (cubin, log) = super::driver::compile_with(arch, Prec::Bf16, Prec::Bf16, &["--ptxas-options=-v"]).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        // what a model's first load on such a card waits for (later loads read the kernel cache)
-        eprintln!("{arch} bf16: NVRTC took {:.1} s", t.elapsed().as_secs_f64());
-        assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: a CUBIN is an ELF file");
+    let report = |arch: &str, log: &str| {
         let mut kernel = String::new();
-        let mut reported = 0;
+        let mut used = Vec::new();
         for line in log.lines() {
             if let Some(k) = line.split("Compiling entry function '").nth(1) {
                 kernel = k.split('\'').next().unwrap_or("").to_string();
             } else if line.contains("spill stores") {
                 assert!(line.contains(" 0 bytes spill stores, 0 bytes spill loads"), "{arch} {kernel} spills: {line}");
             } else if let Some(regs) = line.split("Used ").nth(1) {
-                eprintln!("{arch} bf16 {kernel}: {}", regs.split(',').next().unwrap_or(""));
-                reported += 1;
+                used.push((kernel.clone(), regs.split(',').next().unwrap_or("").to_string()));
             }
         }
-        assert_eq!(reported, Kernel::ALL.len(), "{arch}: ptxas reported every kernel:\n{log}");
+        used.sort();
+        used
+    };
+    for arch in ["sm_80", "sm_90"] {
+        let t = std::time::Instant::now();
+        let (cubin, log) = super::driver::compile_with(arch, Prec::Bf16, Prec::Bf16, &["--ptxas-options=-v"]).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        // what a model's first load on such a card waits for (later loads read the kernel cache)
+        let took = t.elapsed().as_secs_f64();
+        eprintln!("{arch} bf16: NVRTC took {took:.1} s");
+        assert_eq!(&cubin[..4], b"\x7fELF", "{arch}: a CUBIN is an ELF file");
+        let used = report(arch, &log);
+        for (kernel, regs) in &used {
+            eprintln!("{arch} bf16 {kernel}: {regs}");
+        }
+        assert_eq!(used.len(), Kernel::ALL.len(), "{arch}: ptxas reported every kernel:\n{log}");
+        if arch == "sm_90" {
+            // without the options that only make NVRTC faster (as an NVRTC that lacks them
+            // compiles): the same kernels, registers for registers
+            let t = std::time::Instant::now();
+            let (_, plain) = super::driver::compile_trying(arch, Prec::Bf16, Prec::Bf16, &["--ptxas-options=-v"], &[]).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            eprintln!("{arch} bf16: NVRTC took {:.1} s without its speed options, {took:.1} s with", t.elapsed().as_secs_f64());
+            assert_eq!(report(arch, &plain), used, "{arch}: the speed options changed the kernels");
+        }
     }
+    // an option this NVRTC does not know among the speed options: compiled without it
+    let (ptx, _) = super::driver::compile_trying("compute_80", Prec::F32, Prec::F32, &[], &["--no-such-option"]).unwrap_or_else(|e| panic!("without an unknown speed option: {e}"));
+    assert!(String::from_utf8_lossy(&ptx).contains(".entry embed("));
     eprintln!("NVRTC compiled kernels.cu for compute_80/90 (f32, f16, bf16) and sm_80/90");
 }
 
