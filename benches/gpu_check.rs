@@ -110,7 +110,10 @@ fn verdict(ok: bool, failures: &mut usize) -> &'static str {
 fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
     let mut failures = 0;
     // the GPU first: a machine whose CUDA does not start fails here, before the CPU's long part
+    let t = Instant::now();
     drop(load(model, true, Device::Cuda(0)));
+    // most of it NVRTC where the kernel cache is cold (the check's first run on a machine)
+    println!("[{label}] GPU load in f32: {:.1} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
     let cpu = load(model, true, Device::Cpu);
     let vocab = cpu.model.config.vocab;
@@ -122,8 +125,12 @@ fn check(model: &Path, golden: Option<&Path>, label: &str) -> usize {
     println!("[{label}] CPU exact path: {} requests, {} greedy prompts × {gen_len} tokens ({:.1} s)", reqs.len(), prompts.len(), t.elapsed().as_secs_f64());
 
     for exact in [true, false] {
+        let t = Instant::now();
         let gpu = load(model, exact, Device::Cuda(0));
         let name = gpu.device_label();
+        if !exact {
+            println!("[{label}] {name} GPU load in the fast type: {:.1} s", t.elapsed().as_secs_f64());
+        }
         let scores = score_all(&gpu, &reqs);
         let (max, mean, n) = gaps(&scores, &cpu_scores);
         let greedy_flags = scores.iter().zip(&cpu_scores).filter(|(a, b)| a.is_greedy == b.is_greedy).count();

@@ -41,7 +41,8 @@ kernels! {
     AttentionDecHd128 => "attention_dec_hd128",
     Swiglu => "swiglu",
     LogitsReduce => "logits_reduce",
-    /// the decode products, one kernel per [`MvShape`] (`matvec` is the first)
+    /// the decode products, one kernel per [`MvShape`] body (`matvec` is the first; a shape with
+    /// a block cap runs its uncapped twin's kernel)
     Matvec => "matvec",
     MatvecW8R2U8 => "matvec_w8r2u8",
     MatvecW8R1U8 => "matvec_w8r1u8",
@@ -50,16 +51,10 @@ kernels! {
     MatvecW4R1U8 => "matvec_w4r1u8",
     MatvecW4R1U4P => "matvec_w4r1u4p",
     MatvecW8R1U4P => "matvec_w8r1u4p",
-    MatvecW8R2U4G => "matvec_w8r2u4_g",
-    MatvecW4R2U4PG => "matvec_w4r2u4p_g",
-    MatvecW4R1U4PG => "matvec_w4r1u4p_g",
     MatvecW8R2U4S => "matvec_w8r2u4_s",
     MatvecW4R2U4PS => "matvec_w4r2u4p_s",
-    MatvecW8R2U4GS => "matvec_w8r2u4_gs",
-    MatvecW4R2U4PGS => "matvec_w4r2u4p_gs",
     MatvecW8R2Q8S => "matvec_w8r2q8_s",
     MatvecW4R2Q16S => "matvec_w4r2q16_s",
-    MatvecW8R2Q8GS => "matvec_w8r2q8_gs",
     /// a decode step's layers and LM head in one cooperative launch, for head_dim 32, 64 and 128
     DecodeStepHd32 => "decode_step_hd32",
     DecodeStepHd64 => "decode_step_hd64",
@@ -71,7 +66,7 @@ impl Kernel {
     /// `Attention` for its head sizes).
     pub fn family(self) -> Kernel {
         match self {
-            _ if self.mv_shape().is_some() => Kernel::Matvec,
+            _ if MV_SHAPES.iter().any(|s| s.kernel == self) => Kernel::Matvec,
             Kernel::AttentionHd64 | Kernel::AttentionHd128 | Kernel::AttentionDecHd32 | Kernel::AttentionDecHd64 | Kernel::AttentionDecHd128 => Kernel::Attention,
             Kernel::DecodeStepHd64 | Kernel::DecodeStepHd128 => Kernel::DecodeStepHd32,
             _ => self,
@@ -85,6 +80,14 @@ impl Kernel {
             128 => Kernel::AttentionHd128,
             _ => Kernel::Attention,
         }
+    }
+
+    /// Whether a module compiled for heads of `head_dim` (`LLM_HD` in the source; 0: every size)
+    /// holds this kernel: of attention's and the one-launch step's kernels it keeps those its
+    /// model runs.
+    pub fn compiled_for(self, head_dim: usize) -> bool {
+        let per_head = matches!(self.family(), Kernel::Attention | Kernel::DecodeStepHd32);
+        head_dim == 0 || !per_head || self == Kernel::attention(head_dim) || Kernel::attention_decode(head_dim) == Some(self) || Kernel::decode_step(head_dim) == Some(self)
     }
 
     /// The decode step's attention kernel for heads of `head_dim`, where there is one.
@@ -105,11 +108,6 @@ impl Kernel {
             128 => Some(Kernel::DecodeStepHd128),
             _ => None,
         }
-    }
-
-    /// The decode product's shape this kernel runs, if it is one.
-    pub fn mv_shape(self) -> Option<MvShape> {
-        MV_SHAPES.iter().find(|s| s.kernel == self).copied()
     }
 }
 
@@ -152,8 +150,9 @@ const fn queued(kernel: Kernel, warps: u32, queue: u32, max_blocks: u32) -> MvSh
     MvShape { kernel, warps, rows: 2, unroll: 1, pipelined: false, max_blocks, staged: true, queue }
 }
 
-/// The decode products' shapes, in the order of their `LLM_KERNEL` lines; the first is the one
-/// used when nothing was timed.
+/// The decode products' shapes, in the order of their `LLM_KERNEL` lines, each capped one
+/// (`max_blocks`) after them on its uncapped twin's kernel; the first is the one used when nothing
+/// was timed.
 pub const MV_SHAPES: [MvShape; 18] = [
     shape(Kernel::Matvec, 8, 2, 4, false, 0, false),
     shape(Kernel::MatvecW8R2U8, 8, 2, 8, false, 0, false),
@@ -163,16 +162,16 @@ pub const MV_SHAPES: [MvShape; 18] = [
     shape(Kernel::MatvecW4R1U8, 4, 1, 8, false, 0, false),
     shape(Kernel::MatvecW4R1U4P, 4, 1, 4, true, 0, false),
     shape(Kernel::MatvecW8R1U4P, 8, 1, 4, true, 0, false),
-    shape(Kernel::MatvecW8R2U4G, 8, 2, 4, false, 256, false),
-    shape(Kernel::MatvecW4R2U4PG, 4, 2, 4, true, 384, false),
-    shape(Kernel::MatvecW4R1U4PG, 4, 1, 4, true, 384, false),
+    shape(Kernel::Matvec, 8, 2, 4, false, 256, false),
+    shape(Kernel::MatvecW4R2U4P, 4, 2, 4, true, 384, false),
+    shape(Kernel::MatvecW4R1U4P, 4, 1, 4, true, 384, false),
     shape(Kernel::MatvecW8R2U4S, 8, 2, 4, false, 0, true),
     shape(Kernel::MatvecW4R2U4PS, 4, 2, 4, true, 0, true),
-    shape(Kernel::MatvecW8R2U4GS, 8, 2, 4, false, 256, true),
-    shape(Kernel::MatvecW4R2U4PGS, 4, 2, 4, true, 384, true),
+    shape(Kernel::MatvecW8R2U4S, 8, 2, 4, false, 256, true),
+    shape(Kernel::MatvecW4R2U4PS, 4, 2, 4, true, 384, true),
     queued(Kernel::MatvecW8R2Q8S, 8, 8, 0),
     queued(Kernel::MatvecW4R2Q16S, 4, 16, 0),
-    queued(Kernel::MatvecW8R2Q8GS, 8, 8, 256),
+    queued(Kernel::MatvecW8R2Q8S, 8, 8, 256),
 ];
 
 /// The product shape a `decode_step` phase runs (`PH_MATVEC`): eight warps, as its attention.

@@ -6,7 +6,7 @@
 //! addresses (`u64`) owned by the caller, freed with [`Backend::free`]. The tests implement the
 //! same trait on the CPU (`emu.rs`), running the kernels' source compiled for the host.
 
-use super::args::{Kernel, KernelArgs};
+use super::args::{Kernel, KernelArgs, MatvecArgs, MvShape};
 use crate::engine::device::{DeviceError, GpuInfo};
 use cudarc::cublas::sys as blas;
 use cudarc::driver::{result, sys};
@@ -47,15 +47,26 @@ impl Prec {
     }
 }
 
-/// NVRTC options for the source with weights in `w` and the KV cache in `k`.
-pub fn compile_options(arch: &str, w: Prec, k: Prec) -> Vec<String> {
-    vec![format!("--gpu-architecture={arch}"), "--std=c++17".into(), format!("-DLLM_WT={}", w as i32), format!("-DLLM_KT={}", k as i32), "--fmad=true".into()]
+/// What a module of the kernels is compiled for: the GPU architecture, the storage types of the
+/// weights and of the KV cache, and the model's head size (0: every size; see
+/// [`Kernel::compiled_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target<'a> {
+    pub arch: &'a str,
+    pub w: Prec,
+    pub k: Prec,
+    pub head_dim: usize,
+}
+
+/// NVRTC options for the source compiled for `t`.
+pub fn compile_options(t: Target) -> Vec<String> {
+    vec![format!("--gpu-architecture={}", t.arch), "--std=c++17".into(), format!("-DLLM_WT={}", t.w as i32), format!("-DLLM_KT={}", t.k as i32), format!("-DLLM_HD={}", t.head_dim), "--fmad=true".into()]
 }
 
 /// Compiles [`SOURCE`] with NVRTC: CUBIN for a real architecture (`sm_90`), PTX for a virtual one
 /// (`compute_90`). The error is NVRTC's log.
-pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
-    compile_with(arch, w, k, &[]).map(|(image, _)| image)
+pub fn compile(t: Target) -> Result<Vec<u8>, String> {
+    compile_with(t, &[]).map(|(image, _)| image)
 }
 
 /// NVRTC options that change how fast it compiles, never what: spread its optimisation and
@@ -65,18 +76,18 @@ pub fn compile(arch: &str, w: Prec, k: Prec) -> Result<Vec<u8>, String> {
 const SPEED_OPTIONS: &[&str] = &["--split-compile=0"];
 
 /// [`compile`] with `extra` options (e.g. `--ptxas-options=-v`); also returns NVRTC's log.
-pub fn compile_with(arch: &str, w: Prec, k: Prec, extra: &[&str]) -> Result<(Vec<u8>, String), String> {
-    compile_trying(arch, w, k, extra, SPEED_OPTIONS)
+pub fn compile_with(t: Target, extra: &[&str]) -> Result<(Vec<u8>, String), String> {
+    compile_trying(t, extra, SPEED_OPTIONS)
 }
 
 /// [`compile_with`], first with `speed` options added, and without them where NVRTC calls an
 /// option invalid.
-pub(super) fn compile_trying(arch: &str, w: Prec, k: Prec, extra: &[&str], speed: &[&str]) -> Result<(Vec<u8>, String), String> {
-    let mut opts = compile_options(arch, w, k);
+pub(super) fn compile_trying(t: Target, extra: &[&str], speed: &[&str]) -> Result<(Vec<u8>, String), String> {
+    let mut opts = compile_options(t);
     opts.extend(extra.iter().map(|o| o.to_string()));
     let fast: Vec<String> = opts.iter().cloned().chain(speed.iter().map(|o| o.to_string())).collect();
-    match compile_once(arch, &fast) {
-        Err((Some(cudarc::nvrtc::sys::nvrtcResult::NVRTC_ERROR_INVALID_OPTION), _)) if !speed.is_empty() => compile_once(arch, &opts).map_err(|(_, e)| e),
+    match compile_once(t.arch, &fast) {
+        Err((Some(cudarc::nvrtc::sys::nvrtcResult::NVRTC_ERROR_INVALID_OPTION), _)) if !speed.is_empty() => compile_once(t.arch, &opts).map_err(|(_, e)| e),
         r => r.map_err(|(_, e)| e),
     }
 }
@@ -129,23 +140,23 @@ struct KernelImage {
     origin: super::cache::Origin,
 }
 
-/// The kernels for `arch` as a CUBIN, or, from an NVRTC older than the GPU, PTX for the newest
+/// The kernels for `t` as a CUBIN, or, from an NVRTC older than the GPU, PTX for the newest
 /// architecture it knows (JIT-compiled by the driver, NUL-terminated); through the kernel cache in
 /// `dir`.
-fn kernel_image(arch: &str, w: Prec, k: Prec, dir: Option<&std::path::Path>) -> Result<KernelImage, String> {
+fn kernel_image(t: Target, dir: Option<&std::path::Path>) -> Result<KernelImage, String> {
     let version = nvrtc_version();
-    let parts = |arch: &str| vec![SOURCE.as_bytes().to_vec(), compile_options(arch, w, k).join(" ").into_bytes(), version.clone().into_bytes()];
-    let native = parts(arch);
-    match super::cache::image(dir, &native, || compile(arch, w, k)) {
+    let parts = |t: Target| vec![SOURCE.as_bytes().to_vec(), compile_options(t).join(" ").into_bytes(), version.clone().into_bytes()];
+    let native = parts(t);
+    match super::cache::image(dir, &native, || compile(t)) {
         Ok((bytes, origin)) => Ok(KernelImage { bytes, parts: native, origin }),
         Err(_) => {
-            let ptx = parts("compute_80");
-            let (bytes, origin) = super::cache::image(dir, &ptx, || {
-                let mut p = compile("compute_80", w, k)?;
+            let ptx = Target { arch: "compute_80", ..t };
+            let (bytes, origin) = super::cache::image(dir, &parts(ptx), || {
+                let mut p = compile(ptx)?;
                 p.push(0);
                 Ok(p)
             })?;
-            Ok(KernelImage { bytes, parts: ptx, origin })
+            Ok(KernelImage { bytes, parts: parts(ptx), origin })
         }
     }
 }
@@ -288,18 +299,26 @@ impl dyn Backend {
     pub fn launch<A: KernelArgs>(&self, grid: [u32; 3], block: u32, shared: u32, args: &A) -> Result<(), DeviceError> {
         self.launch_as(A::KERNEL, grid, block, shared, args)
     }
-    /// [`launch`](Self::launch) of `k`, a kernel that takes `A`'s struct (one of the decode
-    /// product's shapes; a profile names the shape).
+    /// [`launch`](Self::launch) of `k`, a kernel that takes `A`'s struct (one of attention's head
+    /// sizes).
     pub fn launch_as<A: KernelArgs>(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &A) -> Result<(), DeviceError> {
         debug_assert_eq!(k.family(), A::KERNEL, "{} does not take {}", k.name(), A::STRUCT);
         if grid.contains(&0) {
             return Ok(());
         }
         self.launch_raw(k, grid, block, shared, args.bytes())?;
-        self.mark(&|| match k.mv_shape() {
-            Some(s) => (format!("{} ({})", args.label(), s.name()), args.weights()),
-            None => (args.label(), args.weights()),
-        })
+        self.mark(&|| (args.label(), args.weights()))
+    }
+    /// The decode product `args` on shape `s`, its inputs of `elem` bytes; a profile names the
+    /// shape.
+    pub fn launch_product(&self, s: MvShape, elem: usize, args: &MatvecArgs) -> Result<(), DeviceError> {
+        let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
+        let grid = s.grid(m, n);
+        if grid.contains(&0) {
+            return Ok(());
+        }
+        self.launch_raw(s.kernel, grid, s.threads(), s.shared(m, k, elem), args.bytes())?;
+        self.mark(&|| (format!("{} ({})", args.label(), s.name()), args.weights()))
     }
     /// `g` as calls of [`Backend::gemm_rows`] rows each, marked for a profile as one operation:
     /// the last call reads and writes up to `gemm_rows − 1` rows past `g.m` (garbage rows, which
@@ -331,7 +350,10 @@ pub struct Cuda {
     stream: sys::CUstream,
     blas: blas::cublasHandle_t,
     module: sys::CUmodule,
-    funcs: Vec<sys::CUfunction>,
+    /// each kernel's function, where the module holds it (see [`Kernel::compiled_for`])
+    funcs: Vec<Option<sys::CUfunction>>,
+    /// the head size the module was compiled for
+    head_dim: usize,
     workspace: u64,
     /// cuBLASLt's candidate algorithms per GEMM shape (the ways after way 0)
     lt: std::sync::Mutex<super::lt::Lt>,
@@ -364,9 +386,9 @@ fn guarded<T>(label: &str, what: &str, f: impl FnOnce() -> Result<T, DeviceError
 }
 
 impl Cuda {
-    /// Opens the GPU, compiles the kernels for it (weights in `prec`; `exact`: f32 GEMMs without
-    /// reduced-precision shortcuts) and creates the cuBLAS handle.
-    pub fn open(info: &GpuInfo, prec: Prec, kv: Prec, exact: bool) -> Result<Cuda, DeviceError> {
+    /// Opens the GPU, compiles the kernels for it (weights in `prec`, heads of `head_dim`; `exact`:
+    /// f32 GEMMs without reduced-precision shortcuts) and creates the cuBLAS handle.
+    pub fn open(info: &GpuInfo, prec: Prec, kv: Prec, head_dim: usize, exact: bool) -> Result<Cuda, DeviceError> {
         let label = format!("cuda:{} ({})", info.ordinal, info.name);
         let overlap = overlap_setting(std::env::var("LLMEVAL_GPU_OVERLAP").ok().as_deref()).map_err(|e| DeviceError::Cuda { device: label.clone(), what: "starting the GPU".into(), detail: e })?;
         let l = label.clone();
@@ -382,24 +404,26 @@ impl Cuda {
             // SAFETY: `image` is a CUBIN or a NUL-terminated PTX text that outlives the call.
             let load = |image: &[u8]| unsafe { result::module::load_data(image.as_ptr().cast()) };
             let cache_dir = super::cache::dir();
-            let image = kernel_image(&arch, prec, kv, cache_dir.as_deref()).map_err(|e| err(&l, "compiling the kernels", e))?;
+            let target = Target { arch: &arch, w: prec, k: kv, head_dim };
+            let image = kernel_image(target, cache_dir.as_deref()).map_err(|e| err(&l, "compiling the kernels", e))?;
             let module = match load(&image.bytes) {
                 Ok(m) => m,
                 // a cached image the driver refuses: forgotten, and compiled afresh
                 Err(_) if image.origin == super::cache::Origin::Cache => {
                     super::cache::forget(cache_dir.as_deref(), &image.parts);
-                    let fresh = kernel_image(&arch, prec, kv, None).map_err(|e| err(&l, "compiling the kernels", e))?;
+                    let fresh = kernel_image(target, None).map_err(|e| err(&l, "compiling the kernels", e))?;
                     load(&fresh.bytes).map_err(|e| err(&l, "cuModuleLoadData", e))?
                 }
                 Err(e) => return Err(err(&l, "cuModuleLoadData", e)),
             };
             let mut funcs = Vec::new();
-            for k in Kernel::ALL {
+            for k in Kernel::ALL.iter().copied() {
                 // SAFETY: `module` is loaded.
-                funcs.push(unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e))?);
+                let f = || unsafe { result::module::get_function(module, CString::new(k.name()).expect("no NUL")) }.map_err(|e| err(&l, &format!("kernel {}", k.name()), e));
+                funcs.push(if k.compiled_for(head_dim) { Some(f()?) } else { None });
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, head_dim, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
             gpu.set_overlap(overlap);
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
@@ -411,6 +435,11 @@ impl Cuda {
             }
             Ok(gpu)
         })
+    }
+
+    /// `k`'s function in the module: an error for a kernel compiled only for another head size.
+    fn func(&self, k: Kernel) -> Result<sys::CUfunction, DeviceError> {
+        self.funcs[k as usize].ok_or_else(|| err(&self.label, &format!("kernel {}", k.name()), format!("not compiled: the kernels were compiled for heads of {}", self.head_dim)))
     }
 
     fn current(&self) -> Result<(), DeviceError> {
@@ -478,12 +507,12 @@ impl Backend for Cuda {
 
     fn set_shared(&self, k: Kernel, bytes: usize) -> Result<(), DeviceError> {
         // SAFETY: the function handle is live.
-        unsafe { sys::cuFuncSetAttribute(self.funcs[k as usize], sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32) }.result().map_err(|e| err(&self.label, "cuFuncSetAttribute", e))
+        unsafe { sys::cuFuncSetAttribute(self.func(k)?, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32) }.result().map_err(|e| err(&self.label, "cuFuncSetAttribute", e))
     }
 
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {
         let mut params = [args.as_ptr() as *mut c_void];
-        let f = self.funcs[k as usize];
+        let f = self.func(k)?;
         if self.pdl.load(std::sync::atomic::Ordering::Relaxed) {
             // may start while the kernel before it finishes: the kernel waits for it (pdl_wait);
             // a driver without cuLaunchKernelEx or that refuses the attribute: plain launches
@@ -492,7 +521,7 @@ impl Backend for Cuda {
                 a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
                 a.value.programmaticStreamSerializationAllowed = 1;
             };
-            match self.launch_ex(k, grid, block, shared, args, attr) {
+            match self.launch_ex(f, grid, block, shared, args, attr) {
                 Some(sys::CUresult::CUDA_SUCCESS) => return Ok(()),
                 _ => self.pdl.store(false, std::sync::atomic::Ordering::Relaxed),
             }
@@ -506,7 +535,7 @@ impl Backend for Cuda {
         self.current()?;
         let mut per_sm = 0i32;
         // SAFETY: the function handle is live; `per_sm` is written by the call.
-        unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, self.funcs[k as usize], block as i32, shared as usize) }.result().map_err(|e| err(&self.label, "cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
+        unsafe { sys::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut per_sm, self.func(k)?, block as i32, shared as usize) }.result().map_err(|e| err(&self.label, "cuOccupancyMaxActiveBlocksPerMultiprocessor", e))?;
         // SAFETY: `dev` is a valid device.
         let sms = unsafe { result::device::get_attribute(self.dev, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT) }.map_err(|e| err(&self.label, "cuDeviceGetAttribute", e))?;
         Ok((per_sm.max(0) * sms.max(0)) as u32)
@@ -518,7 +547,7 @@ impl Backend for Cuda {
             a.value.cooperative = 1;
         };
         let what = format!("launching {} cooperatively", k.name());
-        match self.launch_ex(k, [blocks, 1, 1], block, shared, args, attr) {
+        match self.launch_ex(self.func(k)?, [blocks, 1, 1], block, shared, args, attr) {
             Some(r) => r.result().map_err(|e| err(&self.label, &what, e)),
             None => Err(err(&self.label, &what, "the driver has no cuLaunchKernelEx")),
         }
@@ -648,9 +677,9 @@ impl Backend for Cuda {
 }
 
 impl Cuda {
-    /// Launches `k` with `cuLaunchKernelEx` and the one attribute `set` fills in; `None` where the
+    /// Launches `f` with `cuLaunchKernelEx` and the one attribute `set` fills in; `None` where the
     /// driver has no cuLaunchKernelEx (cudarc panics).
-    fn launch_ex(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8], set: impl Fn(&mut sys::CUlaunchAttribute)) -> Option<sys::CUresult> {
+    fn launch_ex(&self, f: sys::CUfunction, grid: [u32; 3], block: u32, shared: u32, args: &[u8], set: impl Fn(&mut sys::CUlaunchAttribute)) -> Option<sys::CUresult> {
         let mut params = [args.as_ptr() as *mut c_void];
         // SAFETY: a plain C struct (an id and a union of integers) for which zero is valid.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
@@ -659,7 +688,7 @@ impl Cuda {
         // SAFETY: the struct matches the kernel's parameter (checked against the source by a
         // test), every address in it is live device memory sized by the caller, and `config`,
         // `attr` and `params` outlive the call.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { sys::cuLaunchKernelEx(&config, self.funcs[k as usize], params.as_mut_ptr(), std::ptr::null_mut()) })).ok()
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()) })).ok()
     }
 
     /// Records what `f` enqueues as an instantiated graph; `None` where capture fails.

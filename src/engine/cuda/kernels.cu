@@ -10,6 +10,9 @@
 // Each kernel takes one argument, a struct that `src/engine/cuda/args.rs` mirrors field for field.
 // `LLM_KERNEL(name, Args)` declares it; for the CPU emulation the tests run (`emu.h`, included
 // before this file with `LLM_HOST` set) it is a plain function.
+//
+// `LLM_HD`, the model's head size, keeps only the attention and decode-step kernels for heads of
+// that size (0: every size): those are most of the compile time, and a model runs one size.
 
 #ifndef LLM_WT
 #define LLM_WT 0
@@ -17,6 +20,12 @@
 #ifndef LLM_KT
 #define LLM_KT LLM_WT
 #endif
+#ifndef LLM_HD
+#define LLM_HD 0
+#endif
+// whether this compile keeps the kernels for heads of size h (0: the any-size attention, for
+// sizes with no kernel of their own)
+#define LLM_FOR_HD(h) (LLM_HD == 0 || LLM_HD == (h) || ((h) == 0 && LLM_HD != 64 && LLM_HD != 128))
 
 #ifndef LLM_HOST
 #define LLM_KERNEL(name, Args) extern "C" __global__ void name(const Args a)
@@ -579,9 +588,15 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a) {
   }
   merge_splits<HD>(a, tile, kvh, t0, count, rows, group, kmax);
 }
+#if LLM_FOR_HD(0)
 LLM_KERNEL(attention, AttnArgs) { attention_body<0>(a); }
+#endif
+#if LLM_FOR_HD(64)
 LLM_KERNEL(attention_hd64, AttnArgs) { attention_body<64>(a); }
+#endif
+#if LLM_FOR_HD(128)
 LLM_KERNEL(attention_hd128, AttnArgs) { attention_body<128>(a); }
+#endif
 
 // ── decode attention: one block per (token, KV head, key split), each warp on its own keys ──
 // A decode tile is one token, so a block's rows are the token's `group` query heads, and every
@@ -823,9 +838,15 @@ __device__ __forceinline__ void attention_decode_body(const AttnArgs& a, const B
   if (a.max_splits == 1) return;
   merge_splits<HD>(a, tile, kvh, t0, 1, rows, group, kmax);
 }
+#if LLM_FOR_HD(32)
 LLM_KERNEL(attention_dec_hd32, AttnArgs) { attention_decode_body<32>(a, launch_block(), Pdl{}); }
+#endif
+#if LLM_FOR_HD(64)
 LLM_KERNEL(attention_dec_hd64, AttnArgs) { attention_decode_body<64>(a, launch_block(), Pdl{}); }
+#endif
+#if LLM_FOR_HD(128)
 LLM_KERNEL(attention_dec_hd128, AttnArgs) { attention_decode_body<128>(a, launch_block(), Pdl{}); }
+#endif
 
 // ── SwiGLU: act[t, j] = silu(gate[t, j]) · up[t, j]; gu rows interleave them: [g0 u0 g1 u1 …] ──
 struct SwigluArgs {
@@ -1270,7 +1291,8 @@ __device__ __forceinline__ void matvec_body(const MatvecArgs& a, const Blk b, co
   }
 }
 
-// The shapes the engine times (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list).
+// The shapes' kernels (src/engine/cuda/args.rs, MV_SHAPES, mirrors this list; a shape with a block
+// cap runs its uncapped twin's kernel, as the cap only sizes the grid).
 LLM_KERNEL(matvec, MatvecArgs) { matvec_body<8, 2, 4, 0, 0, 0>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w8r2u8, MatvecArgs) { matvec_body<8, 2, 8, 0, 0, 0>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w8r1u8, MatvecArgs) { matvec_body<8, 1, 8, 0, 0, 0>(a, launch_block(), Pdl{}); }
@@ -1279,16 +1301,10 @@ LLM_KERNEL(matvec_w4r2u8, MatvecArgs) { matvec_body<4, 2, 8, 0, 0, 0>(a, launch_
 LLM_KERNEL(matvec_w4r1u8, MatvecArgs) { matvec_body<4, 1, 8, 0, 0, 0>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w4r1u4p, MatvecArgs) { matvec_body<4, 1, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w8r1u4p, MatvecArgs) { matvec_body<8, 1, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r2u4_g, MatvecArgs) { matvec_body<8, 2, 4, 0, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r2u4p_g, MatvecArgs) { matvec_body<4, 2, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r1u4p_g, MatvecArgs) { matvec_body<4, 1, 4, 1, 0, 0>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w8r2u4_s, MatvecArgs) { matvec_body<8, 2, 4, 0, 1, 0>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w4r2u4p_s, MatvecArgs) { matvec_body<4, 2, 4, 1, 1, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r2u4_gs, MatvecArgs) { matvec_body<8, 2, 4, 0, 1, 0>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w4r2u4p_gs, MatvecArgs) { matvec_body<4, 2, 4, 1, 1, 0>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w8r2q8_s, MatvecArgs) { matvec_body<8, 2, 1, 0, 1, 8>(a, launch_block(), Pdl{}); }
 LLM_KERNEL(matvec_w4r2q16_s, MatvecArgs) { matvec_body<4, 2, 1, 0, 1, 16>(a, launch_block(), Pdl{}); }
-LLM_KERNEL(matvec_w8r2q8_gs, MatvecArgs) { matvec_body<8, 2, 1, 0, 1, 8>(a, launch_block(), Pdl{}); }
 
 // ── a decode step's layers and LM head in one launch ──
 // Launch by launch, each of a decode step's 4L + 1 products and attentions ends with its grid
@@ -1383,6 +1399,12 @@ __device__ __forceinline__ void decode_step_body(const StepArgs& a) {
     wait();  // a block with no virtual block of this phase
   }
 }
+#if LLM_FOR_HD(32)
 LLM_KERNEL(decode_step_hd32, StepArgs) { decode_step_body<32>(a); }
+#endif
+#if LLM_FOR_HD(64)
 LLM_KERNEL(decode_step_hd64, StepArgs) { decode_step_body<64>(a); }
+#endif
+#if LLM_FOR_HD(128)
 LLM_KERNEL(decode_step_hd128, StepArgs) { decode_step_body<128>(a); }
+#endif

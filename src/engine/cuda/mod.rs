@@ -492,7 +492,7 @@ impl GpuModel {
     /// Uploads `model` to the GPU `info` describes (f32 throughout when `model.exact`).
     pub fn load(model: &Llama, info: &GpuInfo) -> Result<GpuModel, DeviceError> {
         let prec = precision_for(model);
-        let gpu = Cuda::open(info, prec, prec, model.exact)?;
+        let gpu = Cuda::open(info, prec, prec, model.config.head_dim, model.exact)?;
         Self::with_backend(model, Box::new(gpu), prec)
     }
 
@@ -860,8 +860,7 @@ impl Inner {
                 table.borrow_mut().extend(phase(kind, self.step_grid(a.m as usize, a.n as usize), &a));
                 return Ok(());
             }
-            let s = self.mv[p as usize];
-            g.launch_as(s.kernel, s.grid(a.m as usize, a.n as usize), s.threads(), s.shared(a.m as usize, a.k as usize, es), &a)
+            g.launch_product(self.mv[p as usize], es, &a)
         };
         // out[m × n] (+)= input[m × k] · w[n × k]ᵀ as GEMM calls of one shape, on the product's way
         let gemm = |p: Product, m: usize, a: u64, w: u64, out: u64| {

@@ -2,7 +2,7 @@
 //! launches it, and (where the library is found) NVRTC compiling it.
 
 use super::args::{self, Kernel};
-use super::driver::{compile, Prec, SOURCE};
+use super::driver::{compile, Prec, Target, SOURCE};
 
 /// Says on the real stderr (past the test harness's capture, so it shows in every run) that a
 /// test checked nothing.
@@ -94,7 +94,12 @@ fn every_launched_kernel_is_in_the_source_with_the_same_arguments() {
         let step = format!("if (s_ph.kind == {kind}) {{\n        {}(*(const MatvecArgs*)s_ph.args, b, wait);", body(&shape));
         assert!(code.contains(&step), "decode_step runs `{step}`");
     }
-    assert_eq!(code.matches("matvec_body<").count(), args::MV_SHAPES.len() + 2, "a shape in kernels.cu that MV_SHAPES lacks");
+    // (a capped shape runs its uncapped twin's kernel, as the cap only sizes the grid)
+    for s in args::MV_SHAPES.iter().filter(|s| s.max_blocks > 0) {
+        assert!(args::MV_SHAPES.contains(&args::MvShape { max_blocks: 0, ..*s }), "{} has no uncapped twin", s.name());
+    }
+    let kernels = Kernel::ALL.iter().filter(|k| k.family() == Kernel::Matvec).count();
+    assert_eq!(code.matches("matvec_body<").count(), kernels + 2, "a shape in kernels.cu that MV_SHAPES lacks");
     for hd in [32, 64, 128] {
         let k = Kernel::decode_step(hd).expect("a step kernel");
         assert!(code.contains(&format!("LLM_KERNEL({}, StepArgs) {{ decode_step_body<{hd}>(a); }}", k.name())));
@@ -243,7 +248,7 @@ fn nvrtc_compiles_the_kernels_for_every_precision() {
     }
     for arch in ["compute_80", "compute_90"] {
         for (w, k) in [(Prec::F32, Prec::F32), (Prec::F16, Prec::F16), (Prec::Bf16, Prec::Bf16)] {
-            let ptx = compile(arch, w, k).unwrap_or_else(|e| panic!("{arch} {w:?}: {e}"));
+            let ptx = compile(Target { arch, w, k, head_dim: 0 }).unwrap_or_else(|e| panic!("{arch} {w:?}: {e}"));
             let text = String::from_utf8_lossy(&ptx);
             for kernel in Kernel::ALL {
                 assert!(text.contains(&format!(".entry {}(", kernel.name())), "{arch} {w:?}: no entry {}", kernel.name());
@@ -278,7 +283,7 @@ fn nvrtc_compiles_the_kernels_for_every_precision() {
     };
     for arch in ["sm_80", "sm_90"] {
         let t = std::time::Instant::now();
-        let (cubin, log) = super::driver::compile_with(arch, Prec::Bf16, Prec::Bf16, &["--ptxas-options=-v"]).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let (cubin, log) = super::driver::compile_with(Target { arch, w: Prec::Bf16, k: Prec::Bf16, head_dim: 0 }, &["--ptxas-options=-v"]).unwrap_or_else(|e| panic!("{arch}: {e}"));
         // what a model's first load on such a card waits for (later loads read the kernel cache)
         let took = t.elapsed().as_secs_f64();
         eprintln!("{arch} bf16: NVRTC took {took:.1} s");
@@ -292,14 +297,26 @@ fn nvrtc_compiles_the_kernels_for_every_precision() {
             // without the options that only make NVRTC faster (as an NVRTC that lacks them
             // compiles): the same kernels, registers for registers
             let t = std::time::Instant::now();
-            let (_, plain) = super::driver::compile_trying(arch, Prec::Bf16, Prec::Bf16, &["--ptxas-options=-v"], &[]).unwrap_or_else(|e| panic!("{arch}: {e}"));
+            let (_, plain) = super::driver::compile_trying(Target { arch, w: Prec::Bf16, k: Prec::Bf16, head_dim: 0 }, &["--ptxas-options=-v"], &[]).unwrap_or_else(|e| panic!("{arch}: {e}"));
             eprintln!("{arch} bf16: NVRTC took {:.1} s without its speed options, {took:.1} s with", t.elapsed().as_secs_f64());
             assert_eq!(report(arch, &plain), used, "{arch}: the speed options changed the kernels");
         }
     }
+    // for one head size, as a model loads: the kernels the host looks up for it, and no other
+    let t = std::time::Instant::now();
+    let (_, log) = super::driver::compile_with(Target { arch: "sm_90", w: Prec::Bf16, k: Prec::Bf16, head_dim: 64 }, &["--ptxas-options=-v"]).unwrap_or_else(|e| panic!("heads of 64: {e}"));
+    eprintln!("sm_90 bf16, heads of 64 only: NVRTC took {:.1} s", t.elapsed().as_secs_f64());
+    let kept: Vec<String> = report("sm_90", &log).into_iter().map(|(k, _)| k).collect();
+    let mut want: Vec<String> = Kernel::ALL.iter().filter(|k| k.compiled_for(64)).map(|k| k.name().to_string()).collect();
+    want.sort();
+    assert_eq!(kept, want, "the kernels of a module for heads of 64");
     // an option this NVRTC does not know among the speed options: compiled without it
-    let (ptx, _) = super::driver::compile_trying("compute_80", Prec::F32, Prec::F32, &[], &["--no-such-option"]).unwrap_or_else(|e| panic!("without an unknown speed option: {e}"));
-    assert!(String::from_utf8_lossy(&ptx).contains(".entry embed("));
+    let (ptx, _) = super::driver::compile_trying(Target { arch: "compute_80", w: Prec::F32, k: Prec::F32, head_dim: 96 }, &[], &["--no-such-option"]).unwrap_or_else(|e| panic!("without an unknown speed option: {e}"));
+    let ptx = String::from_utf8_lossy(&ptx);
+    for k in Kernel::ALL {
+        assert_eq!(ptx.contains(&format!(".entry {}(", k.name())), k.compiled_for(96), "heads of 96: {}", k.name());
+    }
+    assert!(Kernel::ALL.iter().any(|k| !k.compiled_for(64)) && Kernel::ALL.iter().all(|k| k.compiled_for(0)));
     eprintln!("NVRTC compiled kernels.cu for compute_80/90 (f32, f16, bf16) and sm_80/90");
 }
 
@@ -844,7 +861,7 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                             accumulate: i32::from(accumulate),
                             eps: 1e-5,
                         };
-                        let launch = |m: usize, r0: usize| gpu.launch_as(shape.kernel, shape.grid(m, n), shape.threads(), shape.shared(m, k, prec.bytes()), &args(m, r0)).unwrap();
+                        let launch = |m: usize, r0: usize| gpu.launch_product(shape, prec.bytes(), &args(m, r0)).unwrap();
                         let read = || -> Vec<u8> {
                             let mut out = vec![0u8; m * n * 4];
                             gpu.download(y, &mut out).unwrap();
