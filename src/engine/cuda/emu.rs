@@ -48,6 +48,9 @@ pub struct Emu {
     /// Tests: recordings made with overlap on fail to replay, as on a driver that records
     /// overlapping launches but will not run them.
     pub refuse_overlap_replays: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Tests: a capture holding a cooperative launch fails, as on a driver that will not record
+    /// one in a graph.
+    pub refuse_cooperative_capture: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Tests: how many of the [`GEMM_WAYS`] sum a row in an order that depends on where the row
     /// sits in the call (as stream-K kernels do); the first ones do.
     pub placement_dependent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -142,7 +145,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), placement_dependent: Default::default(), resident: Default::default(), cooperative: Default::default() })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), refuse_cooperative_capture: Default::default(), placement_dependent: Default::default(), resident: Default::default(), cooperative: Default::default() })
         }
     }
 
@@ -309,6 +312,9 @@ impl Backend for Emu {
         let r = f();
         let ops = self.recording.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
         r?;
+        if self.refuse_cooperative_capture.load(std::sync::atomic::Ordering::Relaxed) && ops.iter().any(|op| matches!(op, Op::Launch(.., true))) {
+            return Ok(None);
+        }
         let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
         graphs.push((ops, self.overlap.load(std::sync::atomic::Ordering::Relaxed)));
         Ok(Some(Graph::Recorded(graphs.len() - 1)))

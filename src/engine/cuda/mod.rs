@@ -272,6 +272,8 @@ struct StepKernel {
     bar: u64,
     /// products may run on [`STEP_RING_SHAPE`] (its shared memory fits)
     ring: bool,
+    /// the driver records it in a graph (else each step launches its three kernels)
+    recorded: bool,
 }
 
 /// How [`Inner::enqueue`] runs a decode step's layers and LM head.
@@ -1147,7 +1149,7 @@ impl Inner {
             return Ok(None);
         }
         let bar = self.alloc(8)?;
-        Ok(Some(StepKernel { kernel, blocks, shared, bar, ring }))
+        Ok(Some(StepKernel { kernel, blocks, shared, bar, ring, recorded: true }))
     }
 
     /// Times decode steps in one launch against launch by launch at each of [`STEP_BATCHES`]
@@ -1212,17 +1214,19 @@ impl Forward for Inner {
         let shape = PassShape { n, w, spans, tiles: nt, split, max_splits, row_stride, decode };
         self.gpu.upload(self.buf.idx, &IdxAt::fill(p))?;
         let mode = if decode && self.one_launch_now(n) { StepMode::OneLaunch(self.step_table(&shape)?) } else { StepMode::Launches };
-        if decode && self.graphs_work && !self.graphs.contains_key(&shape) {
+        let unrecorded = mode != StepMode::Launches && self.step.is_some_and(|s| !s.recorded);
+        if decode && self.graphs_work && !unrecorded && !self.graphs.contains_key(&shape) {
             let this = &*self;
             match this.gpu.capture(&mut || this.enqueue(&shape, mode).map(drop))? {
                 Some(g) => {
                     self.graphs.insert(shape, g);
                 }
-                // a one-launch step the driver will not record: launch by launch from now on
+                // a one-launch step the driver will not record: launched as it is (three kernels
+                // a step) from now on
                 None if mode != StepMode::Launches => {
-                    self.step = None;
-                    self.drop_graphs();
-                    return self.run(p, decode);
+                    if let Some(s) = self.step.as_mut() {
+                        s.recorded = false;
+                    }
                 }
                 None => self.graphs_work = false,
             }

@@ -985,8 +985,8 @@ fn emulated_gpu_decode_steps_score_like_the_cpu_and_ignore_the_batch() {
 /// A decode step in one launch (every block of the grid at once, grid barriers between its
 /// phases) gives the same bits as launch by launch, alone and in a batch, whatever the number of
 /// blocks the device holds at once (one block taking every phase's virtual blocks, or several
-/// with the attention's split merge across them); a launch the driver refuses falls back to
-/// launch by launch with the same bits.
+/// with the attention's split merge across them); a step the driver will not record in a graph
+/// runs unrecorded, and a launch it refuses falls back to launch by launch, with the same bits.
 #[test]
 fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
     use std::sync::atomic::Ordering::Relaxed;
@@ -995,6 +995,7 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         let prec = super::precision_for(&model);
         let Some(be) = emu(prec, 4 << 30, "emulated_gpu_decode_steps_in_one_launch_give_the_same_bits") else { return };
         let (resident, cooperative) = (be.resident.clone(), be.cooperative.clone());
+        let (refuse_capture, replays) = (be.refuse_cooperative_capture.clone(), be.replays.clone());
         let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
         resident.store(STEP_BLOCKS, Relaxed);
         assert!(g.add_step());
@@ -1046,6 +1047,17 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         assert_eq!(decode_logprobs(&g, &reqs, true), three, "shape {n}: three-warp attention with the one-launch step on");
         assert_eq!(cooperative.load(Relaxed), before, "shape {n}: no one-launch step with three-warp attention");
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 16);
+        // a driver that will not record a cooperative launch: each step launches the step
+        // kernel itself, the same bits
+        refuse_capture.store(true, Relaxed);
+        assert!(g.set_one_launch(Some(true)));
+        g.inner.lock().unwrap().drop_graphs();
+        let (before, replayed) = (cooperative.load(Relaxed), replays.load(Relaxed));
+        assert_eq!(decode_logprobs(&g, &reqs, true), launches.0, "shape {n}: one launch, not recorded");
+        assert!(cooperative.load(Relaxed) > before, "shape {n}: still in one launch");
+        assert_eq!(replays.load(Relaxed), replayed, "shape {n}: no recording replayed");
+        assert!(g.inner.lock().unwrap().step.is_some_and(|s| !s.recorded));
+        refuse_capture.store(false, Relaxed);
         // a device that now holds fewer blocks than the step has refuses its launch: launch by
         // launch from then on, the same bits
         assert!(g.set_one_launch(Some(true)));
