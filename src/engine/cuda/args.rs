@@ -150,9 +150,8 @@ const fn queued(kernel: Kernel, warps: u32, queue: u32, max_blocks: u32) -> MvSh
     MvShape { kernel, warps, rows: 2, unroll: 1, pipelined: false, max_blocks, staged: true, queue }
 }
 
-/// The decode products' shapes, in the order of their `LLM_KERNEL` lines, each capped one
-/// (`max_blocks`) after them on its uncapped twin's kernel; the first is the one used when nothing
-/// was timed.
+/// The decode products' shapes (a capped one, `max_blocks` > 0, runs its uncapped twin's kernel);
+/// the first is the one used when nothing was timed.
 pub const MV_SHAPES: [MvShape; 18] = [
     shape(Kernel::Matvec, 8, 2, 4, false, 0, false),
     shape(Kernel::MatvecW8R2U8, 8, 2, 8, false, 0, false),

@@ -70,9 +70,9 @@ pub fn compile(t: Target) -> Result<Vec<u8>, String> {
 }
 
 /// NVRTC options that change how fast it compiles, never what: spread its optimisation and
-/// code generation across the machine's cores (NVRTC 12.x and 13; 28.8 → 18.5 s for sm_90 bf16 on
-/// 2 cores, BENCHMARKS.md). An NVRTC that does not know them compiles without. Not part of a
-/// cached image's name.
+/// code generation across the machine's cores (sm_90 bf16 on 2 cores: 28.2 → 16.0 s,
+/// BENCHMARKS.md). An NVRTC that does not know them compiles without. Not part of a cached
+/// image's name.
 const SPEED_OPTIONS: &[&str] = &["--split-compile=0"];
 
 /// [`compile`] with `extra` options (e.g. `--ptxas-options=-v`); also returns NVRTC's log.
