@@ -14,8 +14,9 @@
 //! with decode steps in one launch as launch by launch (where the one-launch step runs). `speed` measures the fast
 //! type: prefill, decode at batch 1 and 32, and log-likelihood throughput on multiple-choice
 //! requests that `gpu_check.py baseline` builds the same way for transformers. `ncu` runs one
-//! batch-1 decode step (after a 512-token prompt) inside the range that Nsight Compute collects
-//! when started with `--profile-from-start off` (`gpu-check.sh --ncu`).
+//! batch-1 decode step (after a 512-token prompt; in one launch where the one-launch step runs)
+//! inside the range that Nsight Compute collects when started with `--profile-from-start off`
+//! (`gpu-check.sh --ncu`).
 
 use llmeval::engine::device::Device;
 use llmeval::engine::session::{GenOptions, ScoreRequest, ScoreResult};
@@ -288,6 +289,11 @@ fn main() {
             let e = load(&model, false, Device::Cuda(0));
             let gpu = e.gpu.as_ref().unwrap_or_else(|| fail("no GPU"));
             let prompt: Vec<u32> = (0..512).map(|i| synth(42, i, e.model.config.vocab)).collect();
+            // the one-launch step where it runs here, chosen or not (earlier runs profiled the
+            // products launch by launch): its kernel is what the profiler sees
+            let chosen = gpu.one_launch();
+            let one = gpu.set_one_launch(Some(true));
+            println!("[{label}] profiled step: {} (loading chose one launch up to {chosen:?} sequences)", if one { "in one launch" } else { "launch by launch (no one-launch step here)" });
             let b = gpu.bench(&prompt, 1, 8, true).unwrap_or_else(|err| fail(&format!("bench: {err}")));
             println!("[{label}] one decode step profiled ({} launches)", b.decode_ops.len());
         }
