@@ -65,6 +65,13 @@ pub struct GpuInfo {
     pub memory: usize,
 }
 
+impl GpuInfo {
+    /// `cuda:N (name)`, as errors and notes name the GPU.
+    pub fn label(&self) -> String {
+        format!("cuda:{} ({})", self.ordinal, self.name)
+    }
+}
+
 /// Where a model will run, and for `auto` on the CPU, why the GPU was not used.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Choice {

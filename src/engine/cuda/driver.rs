@@ -389,7 +389,7 @@ impl Cuda {
     /// Opens the GPU, compiles the kernels for it (weights in `prec`, heads of `head_dim`; `exact`:
     /// f32 GEMMs without reduced-precision shortcuts) and creates the cuBLAS handle.
     pub fn open(info: &GpuInfo, prec: Prec, kv: Prec, head_dim: usize, exact: bool) -> Result<Cuda, DeviceError> {
-        let label = format!("cuda:{} ({})", info.ordinal, info.name);
+        let label = info.label();
         let overlap = overlap_setting(std::env::var("LLMEVAL_GPU_OVERLAP").ok().as_deref()).map_err(|e| DeviceError::Cuda { device: label.clone(), what: "starting the GPU".into(), detail: e })?;
         let l = label.clone();
         guarded(&label, "starting the GPU", move || {

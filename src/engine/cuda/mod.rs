@@ -359,6 +359,15 @@ fn cfg_err(label: &str, msg: String) -> DeviceError {
     DeviceError::Cuda { device: label.into(), what: "loading the model".into(), detail: msg }
 }
 
+/// Whether the kernels run a model of `c`'s heads (checked before they are compiled for it).
+fn check_heads(c: &Config, label: &str) -> Result<(), DeviceError> {
+    let group = c.n_heads / c.n_kv_heads.max(1);
+    if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 || group > ATT_ROWS {
+        return Err(cfg_err(label, format!("the GPU kernels need head_dim a multiple of 32 up to 256 and at most {ATT_ROWS} query heads per KV head (this model: head_dim {}, {group})", c.head_dim)));
+    }
+    Ok(())
+}
+
 /// The storage type for a model's weights on the GPU.
 pub fn precision_for(model: &Llama) -> Prec {
     if model.exact {
@@ -494,6 +503,7 @@ impl GpuModel {
     /// Uploads `model` to the GPU `info` describes (f32 throughout when `model.exact`).
     pub fn load(model: &Llama, info: &GpuInfo) -> Result<GpuModel, DeviceError> {
         let prec = precision_for(model);
+        check_heads(&model.config, &info.label())?;
         let gpu = Cuda::open(info, prec, prec, model.config.head_dim, model.exact)?;
         Self::with_backend(model, Box::new(gpu), prec)
     }
@@ -502,10 +512,8 @@ impl GpuModel {
     pub fn with_backend(model: &Llama, gpu: Box<dyn Backend>, prec: Prec) -> Result<GpuModel, DeviceError> {
         let c = model.config.clone();
         let label = gpu.label().to_string();
+        check_heads(&c, &label)?;
         let group = c.n_heads / c.n_kv_heads;
-        if !c.head_dim.is_multiple_of(32) || c.head_dim > 256 || group > ATT_ROWS {
-            return Err(cfg_err(&label, format!("the GPU kernels need head_dim a multiple of 32 up to 256 and at most {ATT_ROWS} query heads per KV head (this model: head_dim {}, {group})", c.head_dim)));
-        }
         let (d, hd, nkv) = (c.dim, c.head_dim, c.n_kv_heads);
         let (q_dim, kv_dim) = (c.n_heads * hd, nkv * hd);
         let qkv_dim = q_dim + 2 * kv_dim;

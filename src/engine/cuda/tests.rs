@@ -1126,3 +1126,17 @@ fn emulated_gpu_times_the_product_shapes_when_it_loads() {
     assert!(g.matvec_timing().is_empty());
 }
 
+
+/// A model whose heads the kernels cannot run is refused before the kernels are compiled for it,
+/// with its head size in the message.
+#[test]
+fn heads_the_kernels_cannot_run_are_refused_by_size() {
+    let config = |head_dim: usize, n_heads: usize| Config { arch: "llama".into(), n_layers: 1, dim: 64, n_heads, n_kv_heads: 1, head_dim, ffn_dim: 96, vocab: 97, ctx_len: 512, rope_theta: 10_000.0, rms_eps: 1e-5, rope_style: RopeStyle::Interleaved };
+    for (hd, heads) in [(32, 1), (64, 4), (96, 2), (256, 1)] {
+        assert!(super::check_heads(&config(hd, heads), "cuda:0 (test)").is_ok(), "head_dim {hd}, {heads} heads");
+    }
+    for (hd, heads, what) in [(48, 1, "head_dim 48"), (288, 1, "head_dim 288"), (64, super::ATT_ROWS + 1, "query heads per KV head")] {
+        let e = super::check_heads(&config(hd, heads), "cuda:0 (test)").expect_err("refused").to_string();
+        assert!(e.contains(what) && e.contains("cuda:0 (test)"), "{e}");
+    }
+}
