@@ -321,7 +321,7 @@ pub fn phase<A: KernelArgs>(kind: i32, grid: [u32; 3], args: &A) -> Vec<u8> {
     for g in grid {
         out.extend_from_slice(&g.to_le_bytes());
     }
-    assert!(args.bytes().len() <= PH_ARGS, "{} fits in a phase", A::STRUCT);
+    const { assert!(std::mem::size_of::<A>() <= PH_ARGS, "an argument struct larger than a phase holds") };
     out.extend_from_slice(args.bytes());
     out.resize(PHASE_BYTES, 0);
     out
