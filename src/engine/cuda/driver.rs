@@ -161,15 +161,28 @@ fn kernel_image(t: Target, dir: Option<&std::path::Path>) -> Result<KernelImage,
     }
 }
 
-/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`'s value:
-/// `on` or `1` yes; unset, `off` or `0` no. Off by default: on an H200, decode at batch 1 ran 4 to
-/// 9% faster without it (BENCHMARKS.md).
-fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
+/// An on/off environment setting: `var`'s `value` is `on` or `1`, `off` or `0`, or unset (or
+/// empty) for `default`; anything else is an error naming the variable, with `fix`.
+fn switch(var: &str, value: Option<&str>, default: bool, fix: &str) -> Result<bool, String> {
     match value.map(str::trim) {
         Some("on" | "1") => Ok(true),
-        None | Some("" | "off" | "0") => Ok(false),
-        Some(other) => Err(format!("LLMEVAL_GPU_OVERLAP={other:?} is neither on nor off (set it to on to let each kernel start while the last finishes, or unset it)")),
+        Some("off" | "0") => Ok(false),
+        None | Some("") => Ok(default),
+        Some(other) => Err(format!("{var}={other:?} is neither on nor off ({fix})")),
     }
+}
+
+/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`. Off by
+/// default: on an H200, decode at batch 1 ran 4 to 9% faster without it (BENCHMARKS.md).
+fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
+    switch("LLMEVAL_GPU_OVERLAP", value, false, "set it to on to let each kernel start while the last finishes, or unset it")
+}
+
+/// Whether decode steps may run in one cooperative launch (where loading times it faster), from
+/// `LLMEVAL_GPU_ONE_LAUNCH`: on by default; `off` runs every step launch by launch (the device
+/// then holds no cooperative launch, [`Backend::resident_blocks`]).
+fn one_launch_setting(value: Option<&str>) -> Result<bool, String> {
+    switch("LLMEVAL_GPU_ONE_LAUNCH", value, true, "set it to off to run every decode step launch by launch, or unset it to let loading time both ways")
 }
 
 /// A replayable recording of a decode step: a CUDA graph, or a backend's own recording (the
@@ -224,7 +237,7 @@ pub trait Backend: Send {
     /// Launches `k` with its argument struct's bytes.
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError>;
     /// How many blocks of `k` (`block` threads, `shared` bytes of dynamic shared memory) the
-    /// device holds at once: the most a cooperative launch may have.
+    /// device holds at once: the most a cooperative launch may have (0 where they are off).
     fn resident_blocks(&self, k: Kernel, block: u32, shared: u32) -> Result<u32, DeviceError>;
     /// Launches `k` on `blocks` blocks that all run at once (a cooperative launch: the driver
     /// refuses it rather than run them in turns), so they may wait for each other.
@@ -354,6 +367,8 @@ pub struct Cuda {
     funcs: Vec<Option<sys::CUfunction>>,
     /// the head size the module was compiled for
     head_dim: usize,
+    /// cooperative launches allowed (`LLMEVAL_GPU_ONE_LAUNCH`)
+    one_launch: bool,
     workspace: u64,
     /// cuBLASLt's candidate algorithms per GEMM shape (the ways after way 0)
     lt: std::sync::Mutex<super::lt::Lt>,
@@ -390,7 +405,9 @@ impl Cuda {
     /// f32 GEMMs without reduced-precision shortcuts) and creates the cuBLAS handle.
     pub fn open(info: &GpuInfo, prec: Prec, kv: Prec, head_dim: usize, exact: bool) -> Result<Cuda, DeviceError> {
         let label = info.label();
-        let overlap = overlap_setting(std::env::var("LLMEVAL_GPU_OVERLAP").ok().as_deref()).map_err(|e| DeviceError::Cuda { device: label.clone(), what: "starting the GPU".into(), detail: e })?;
+        let setting = |parse: fn(Option<&str>) -> Result<bool, String>, var: &str| parse(std::env::var(var).ok().as_deref()).map_err(|e| DeviceError::Cuda { device: label.clone(), what: "starting the GPU".into(), detail: e });
+        let overlap = setting(overlap_setting, "LLMEVAL_GPU_OVERLAP")?;
+        let one_launch = setting(one_launch_setting, "LLMEVAL_GPU_ONE_LAUNCH")?;
         let l = label.clone();
         guarded(&label, "starting the GPU", move || {
             result::init().map_err(|e| err(&l, "cuInit", e))?;
@@ -423,7 +440,7 @@ impl Cuda {
                 funcs.push(if k.compiled_for(head_dim) { Some(f()?) } else { None });
             }
             let handle = cudarc::cublas::result::create_handle().map_err(|e| err(&l, "cublasCreate", e))?;
-            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, head_dim, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
+            let mut gpu = Cuda { label: l.clone(), info: info.clone(), dev, ctx, stream, blas: handle, module, funcs, head_dim, one_launch, workspace: 0, lt: std::sync::Mutex::new(super::lt::Lt::new()), prec, exact, profiling: std::sync::Mutex::new(None), pdl: false.into() };
             gpu.set_overlap(overlap);
             // SAFETY: handle and stream are live; the workspace lives as long as the handle.
             unsafe {
@@ -532,6 +549,9 @@ impl Backend for Cuda {
     }
 
     fn resident_blocks(&self, k: Kernel, block: u32, shared: u32) -> Result<u32, DeviceError> {
+        if !self.one_launch {
+            return Ok(0);
+        }
         self.current()?;
         let mut per_sm = 0i32;
         // SAFETY: the function handle is live; `per_sm` is written by the call.
@@ -784,10 +804,14 @@ mod tests {
     }
 
     #[test]
-    fn the_overlap_setting_is_on_off_or_an_error_naming_the_variable() {
+    fn the_gpu_switches_are_on_off_or_an_error_naming_the_variable() {
         use super::overlap_setting as o;
         assert_eq!([o(None), o(Some("")), o(Some("on")), o(Some(" 1 ")), o(Some(" off ")), o(Some("0"))], [Ok(false), Ok(false), Ok(true), Ok(true), Ok(false), Ok(false)]);
         let e = o(Some("false")).unwrap_err();
-        assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off"), "{e}");
+        assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off (set it to on"), "{e}");
+        use super::one_launch_setting as l;
+        assert_eq!([l(None), l(Some(" ")), l(Some("on")), l(Some("off")), l(Some("0"))], [Ok(true), Ok(true), Ok(true), Ok(false), Ok(false)]);
+        let e = l(Some("never")).unwrap_err();
+        assert!(e.starts_with("LLMEVAL_GPU_ONE_LAUNCH=\"never\" is neither on nor off (set it to off"), "{e}");
     }
 }
