@@ -88,6 +88,14 @@ static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 static inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+// An access the GPU would fault on (a misaligned `cp.async`, which on a card leaves the context
+// unusable): the test process stops with what it was.
+static inline void emu_check_aligned(const void* p, unsigned long n, const char* what) {
+  if ((unsigned long)p % n != 0) {
+    fprintf(stderr, "emulated GPU: %s at %p is not %lu-byte aligned\n", what, p, n);
+    abort();
+  }
+}
 // A grid barrier's wait (kernels.cu's `grid_spin`): the other blocks' OS threads run meanwhile.
 // Aborts after a minute (a barrier that is never reached), so a test fails rather than hangs.
 static void grid_spin(volatile unsigned* gen, unsigned g) {

@@ -616,6 +616,10 @@ struct alignas(8) V8 { unsigned u[2]; };
 // `copy_wait`), a load and a store before that
 __device__ __forceinline__ void copy16(void* dst, const void* src) {
 #if defined(LLM_HOST) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800
+#ifdef LLM_HOST
+  emu_check_aligned(dst, 16, "copy16's shared-memory destination");
+  emu_check_aligned(src, 16, "copy16's global source");
+#endif
   *(V16*)dst = *(const V16*)src;
 #else
   unsigned s;
