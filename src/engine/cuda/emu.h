@@ -96,6 +96,19 @@ static inline void emu_check_aligned(const void* p, unsigned long n, const char*
     abort();
   }
 }
+// kernels.cu's vector types (V16, F4, V8) check the address of each copy from or to memory.
+#define LLM_VEC_CHECKS(T, N)                                             \
+  T() = default;                                                         \
+  T(const T& o) {                                                        \
+    emu_check_aligned(&o, N, "a " #T " load");                           \
+    memcpy((void*)this, (const void*)&o, N);                             \
+  }                                                                      \
+  T& operator=(const T& o) {                                             \
+    emu_check_aligned(this, N, "a " #T " store");                        \
+    emu_check_aligned(&o, N, "a " #T " load");                           \
+    memcpy((void*)this, (const void*)&o, N);                             \
+    return *this;                                                        \
+  }
 // A grid barrier's wait (kernels.cu's `grid_spin`): the other blocks' OS threads run meanwhile.
 // Aborts after a minute (a barrier that is never reached), so a test fails rather than hangs.
 static void grid_spin(volatile unsigned* gen, unsigned g) {

@@ -113,9 +113,27 @@ __device__ __forceinline__ float k2f(kt x) { return bf16_to_f(x); }
 __device__ __forceinline__ kt f2k(float x) { return f_to_bf16(x); }
 #endif
 
-// 16 bytes: a vector load of weights, cached keys or values (V16) or of f32 values (F4)
-struct alignas(16) V16 { unsigned u[4]; };
-struct alignas(16) F4 { float v[4]; };
+// 16 bytes: a vector load of weights, cached keys or values (V16) or of f32 values (F4). The
+// emulation (`emu.h`) checks that each load and store through them is aligned, as the GPU needs.
+#ifndef LLM_VEC_CHECKS
+#define LLM_VEC_CHECKS(T, N)
+#endif
+struct alignas(16) V16 {
+  unsigned u[4];
+  LLM_VEC_CHECKS(V16, 16)
+};
+struct alignas(16) F4 {
+  float v[4];
+  LLM_VEC_CHECKS(F4, 16)
+};
+__device__ __forceinline__ F4 f4(float a, float b, float c, float d) {
+  F4 r;
+  r.v[0] = a;
+  r.v[1] = b;
+  r.v[2] = c;
+  r.v[3] = d;
+  return r;
+}
 #define KV_VEC (16 / (int)sizeof(kt))  // cached key or value elements per 16-byte load
 // `N` 32-bit words of storage type T (0 f32, 1 f16, 2 bf16: LLM_WT's and LLM_KT's values) as floats
 template <int T, int N>
@@ -348,8 +366,8 @@ __device__ __forceinline__ void kv_store(float* Ks, float* Vs, int hd, int i0, i
     unpack_k(vq[u], vf);
 #pragma unroll
     for (int e = 0; e < KV_VEC; e += 4) {
-      *(F4*)(Ks + j * (hd + 4) + d0 + e) = F4{{kf[e], kf[e + 1], kf[e + 2], kf[e + 3]}};
-      *(F4*)(Vs + j * hd + d0 + e) = F4{{vf[e], vf[e + 1], vf[e + 2], vf[e + 3]}};
+      *(F4*)(Ks + j * (hd + 4) + d0 + e) = f4(kf[e], kf[e + 1], kf[e + 2], kf[e + 3]);
+      *(F4*)(Vs + j * hd + d0 + e) = f4(vf[e], vf[e + 1], vf[e + 2], vf[e + 3]);
     }
   }
 }
@@ -611,7 +629,10 @@ LLM_KERNEL(attention_hd128, AttnArgs) { attention_body<128>(a); }
 #define DEC_TILE 32  // keys a warp copies and scores at once
 #define DEC_PS (ATT_ROWS + 4)  // a key's p for the rows in shared memory (padded: fewer bank conflicts)
 
-struct alignas(8) V8 { unsigned u[2]; };
+struct alignas(8) V8 {
+  unsigned u[2];
+  LLM_VEC_CHECKS(V8, 8)
+};
 // 16 bytes from global to shared memory: a `cp.async` on sm_80 and newer (its wait:
 // `copy_wait`), a load and a store before that
 __device__ __forceinline__ void copy16(void* dst, const void* src) {
