@@ -223,22 +223,40 @@ static int emu_block(unsigned b, unsigned long long& rng) {
 
 static thread_local unsigned long long emu_launches = 0;
 
+// A launch's dynamic shared memory: `shared` bytes (zeros), then a guard a block must not write
+// (on a GPU, an error that leaves the context unusable).
+#define EMU_GUARD 64
+static std::vector<unsigned char> emu_smem(unsigned shared) {
+  std::vector<unsigned char> m(shared + EMU_GUARD, 0);
+  memset(m.data() + shared, 0xa5, EMU_GUARD);
+  return m;
+}
+static bool emu_smem_intact(const std::vector<unsigned char>& m, unsigned shared) {
+  for (unsigned i = 0; i < EMU_GUARD; i++)
+    if (m[shared + i] != 0xa5) return false;
+  return true;
+}
+
 // Runs `kernel` over the grid, block after block in a shuffled order (a GPU promises none; the
-// same order for the same launch count); 0, or 1 if a block deadlocked or has a bad size.
+// same order for the same launch count); 0, 1 if a block deadlocked or has a bad size, or 2 if a
+// block wrote past its dynamic shared memory.
 extern "C" int emu_launch(void (*kernel)(const void*), const void* args, unsigned gx, unsigned gy, unsigned gz, unsigned block, unsigned shared) {
-  std::vector<unsigned char> smem(shared + 16);
+  std::vector<unsigned char> smem = emu_smem(shared);
   if (emu_setup(kernel, args, gx, gy, gz, block, smem)) return 1;
   unsigned long long rng = 0x9e3779b97f4a7c15ull * ++emu_launches;
   std::vector<unsigned> order((size_t)gx * gy * gz);
   for (unsigned i = 0; i < order.size(); i++) order[i] = i;
   emu_shuffle(order, rng);
-  for (const unsigned b : order)
+  for (const unsigned b : order) {
     if (emu_block(b, rng)) return 1;
+    if (!emu_smem_intact(smem, shared)) return 2;
+  }
   return 0;
 }
 
 // Runs `kernel` over the grid with every block at once, each on an OS thread of its own (their
-// fibers, shared memory and thread-local state apart), as a cooperative launch runs them.
+// fibers, shared memory and thread-local state apart), as a cooperative launch runs them; returns
+// as `emu_launch` does.
 extern "C" int emu_launch_coop(void (*kernel)(const void*), const void* args, unsigned gx, unsigned gy, unsigned gz, unsigned block, unsigned shared) {
   const unsigned n = gx * gy * gz;
   const unsigned long long seed = 0x9e3779b97f4a7c15ull * ++emu_launches;
@@ -246,9 +264,9 @@ extern "C" int emu_launch_coop(void (*kernel)(const void*), const void* args, un
   std::vector<std::thread> blocks;
   for (unsigned b = 0; b < n; b++) {
     blocks.emplace_back([=, &rc] {
-      std::vector<unsigned char> smem(shared + 16);
+      std::vector<unsigned char> smem = emu_smem(shared);
       unsigned long long rng = seed + 0x2545f4914f6cdd1dull * (b + 1);
-      rc[b] = emu_setup(kernel, args, gx, gy, gz, block, smem) || emu_block(b, rng);
+      rc[b] = emu_setup(kernel, args, gx, gy, gz, block, smem) || emu_block(b, rng) ? 1 : emu_smem_intact(smem, shared) ? 0 : 2;
       // this OS thread's fibers and stacks go with it
       std::vector<EmuFiber>().swap(emu_fibers);
       free(emu_stacks);
@@ -259,7 +277,7 @@ extern "C" int emu_launch_coop(void (*kernel)(const void*), const void* args, un
   int failed = 0;
   for (unsigned b = 0; b < n; b++) {
     blocks[b].join();
-    failed |= rc[b];
+    failed = failed ? failed : rc[b];
   }
   return failed;
 }

@@ -60,6 +60,9 @@ pub struct Emu {
     pub resident: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// How many cooperative launches ran (tests check the one-launch step ran).
     pub cooperative: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// each kernel's dynamic shared memory opted into ([`Backend::set_shared`]): a launch asking
+    /// more than 48 KiB needs it, as on a GPU
+    opt_in: Mutex<Vec<usize>>,
 }
 
 
@@ -145,7 +148,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), refuse_cooperative_capture: Default::default(), placement_dependent: Default::default(), resident: Default::default(), cooperative: Default::default() })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), refuse_cooperative_capture: Default::default(), placement_dependent: Default::default(), resident: Default::default(), cooperative: Default::default(), opt_in: Mutex::new(vec![0; Kernel::ALL.len()]) })
         }
     }
 
@@ -163,6 +166,10 @@ impl Emu {
         if args.len() != self.sizes[k as usize] {
             return Err(err(k.name(), format!("argument struct of {} bytes, the kernel's is {}", args.len(), self.sizes[k as usize])));
         }
+        let opted = self.opt_in.lock().unwrap_or_else(|e| e.into_inner())[k as usize];
+        if shared as usize > 48 << 10 && shared as usize > opted {
+            return Err(err(k.name(), format!("{shared} bytes of dynamic shared memory, past the 48 KiB a block has without opting in to more (set_shared: {opted})")));
+        }
         let launch = if coop { self.launch_coop } else { self.launch };
         if coop {
             // (checked as it runs, as a driver checks a recorded one when it replays)
@@ -175,8 +182,10 @@ impl Emu {
         // SAFETY: the kernel reads its argument struct and the device addresses in it, all live
         // allocations of this backend sized by the engine.
         let rc = unsafe { launch(self.kernels[k as usize], args.as_ptr(), grid[0], grid[1], grid[2], block, shared) };
-        if rc != 0 {
-            return Err(err(k.name(), "a block's threads stopped at different barriers (or a bad block size)"));
+        match rc {
+            0 => {}
+            2 => return Err(err(k.name(), format!("a block wrote past its {shared} bytes of dynamic shared memory"))),
+            _ => return Err(err(k.name(), "a block's threads stopped at different barriers (or a bad block size)")),
         }
         Ok(())
     }
@@ -243,7 +252,8 @@ impl Backend for Emu {
     fn sync(&self) -> Result<(), DeviceError> {
         Ok(())
     }
-    fn set_shared(&self, _k: Kernel, _bytes: usize) -> Result<(), DeviceError> {
+    fn set_shared(&self, k: Kernel, bytes: usize) -> Result<(), DeviceError> {
+        self.opt_in.lock().unwrap_or_else(|e| e.into_inner())[k as usize] = bytes;
         Ok(())
     }
     fn launch_raw(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8]) -> Result<(), DeviceError> {

@@ -759,7 +759,7 @@ fn emulated_gpu_in_half_precision_stays_close() {
 /// rows) and for every shape of the kernel, with sizes that leave partial warps and blocks.
 #[test]
 fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
-    use super::args::{MatvecArgs, MvShape, MV_SHAPES};
+    use super::args::{MatvecArgs, MvShape, MV_M, MV_SHAPES};
     use super::driver::Backend;
     assert!(MV_SHAPES.len() >= 2);
     for prec in [Prec::F32, Prec::F16, Prec::Bf16] {
@@ -861,6 +861,8 @@ fn emulated_matvec_matches_a_reference_and_ignores_the_batch() {
                             accumulate: i32::from(accumulate),
                             eps: 1e-5,
                         };
+                        // (its shared memory opted into, as loading a model does)
+                        gpu.set_shared(shape.kernel, shape.shared(MV_M, k, prec.bytes()) as usize).unwrap();
                         let launch = |m: usize, r0: usize| gpu.launch_product(shape, prec.bytes(), &args(m, r0)).unwrap();
                         let read = || -> Vec<u8> {
                             let mut out = vec![0u8; m * n * 4];
