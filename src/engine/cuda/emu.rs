@@ -38,6 +38,7 @@ pub struct Emu {
     sizes: Vec<usize>,
     prec: Prec,
     memory: usize,
+    /// live allocations: their layout, a [`REDZONE`] past the size the engine asked for
     allocs: Mutex<HashMap<u64, Layout>>,
     /// a profile: when the last operation ended, and the operations so far
     profiling: Mutex<Option<(std::time::Instant, Vec<Timed>)>>,
@@ -202,6 +203,27 @@ impl Emu {
     }
 }
 
+/// Bytes after each allocation that nothing may write (a write past an allocation's end, which a
+/// GPU may let pass into another buffer, fails the next copy to or from the device), and their
+/// value.
+const REDZONE: usize = 256;
+const RED: u8 = 0xa5;
+
+impl Emu {
+    /// Every live allocation's redzone as written.
+    fn redzones_intact(&self) -> Result<(), DeviceError> {
+        for (&p, layout) in self.allocs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let size = layout.size() - REDZONE;
+            // SAFETY: the redzone lies inside the live allocation at `p`.
+            let zone = unsafe { std::slice::from_raw_parts((p as *const u8).add(size), REDZONE) };
+            if let Some(at) = zone.iter().position(|&b| b != RED) {
+                return Err(err("memory", format!("a write past the end of the {size}-byte allocation at {p:#x} (at byte {})", size + at)));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Emu {
     fn drop(&mut self) {
         for (p, layout) in self.allocs.lock().unwrap_or_else(|e| e.into_inner()).drain() {
@@ -224,12 +246,16 @@ impl Backend for Emu {
         Ok((self.memory, self.memory))
     }
     fn alloc(&self, bytes: usize) -> Result<u64, DeviceError> {
-        let layout = Layout::from_size_align(bytes.max(256), 256).map_err(|e| err("alloc", e.to_string()))?;
+        // (at least 256 bytes, as the CUDA backend asks)
+        let size = bytes.max(256);
+        let layout = Layout::from_size_align(size + REDZONE, 256).map_err(|e| err("alloc", e.to_string()))?;
         // SAFETY: non-zero size.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         if p.is_null() {
             return Err(err("alloc", format!("{bytes} bytes")));
         }
+        // SAFETY: the redzone lies inside the allocation.
+        unsafe { std::ptr::write_bytes(p.add(size), RED, REDZONE) };
         self.allocs.lock().unwrap_or_else(|e| e.into_inner()).insert(p as u64, layout);
         Ok(p as u64)
     }
@@ -242,12 +268,12 @@ impl Backend for Emu {
     fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<(), DeviceError> {
         // SAFETY: the engine sizes `dst` for `src`.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
-        Ok(())
+        self.redzones_intact()
     }
     fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<(), DeviceError> {
         // SAFETY: the engine sizes `src` for `dst`.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
-        Ok(())
+        self.redzones_intact()
     }
     fn sync(&self) -> Result<(), DeviceError> {
         Ok(())
