@@ -1426,8 +1426,11 @@ impl GpuModel {
         }
         let mut out = Bench { prefill, decode, other_mode, attention, one_launch, prefill_ops: Vec::new(), decode_ops: Vec::new(), profile_error: None };
         if profile {
-            // launch by launch: no graph, an event after each operation
+            // launch by launch: no graph, an event after each operation, and the decode step's
+            // products and attention each its own launch unless a way was forced (`set_one_launch`)
             let graphs = std::mem::replace(&mut g.graphs_work, false);
+            let force = g.step_force;
+            g.step_force = force.or(Some(false));
             let timed = |g: &mut Inner, pass: &dyn Fn(&mut Inner) -> Result<Vec<RowOut>, DeviceError>| -> Result<Vec<Timed>, DeviceError> {
                 g.gpu.profile(true)?;
                 let ran = pass(g);
@@ -1449,6 +1452,7 @@ impl GpuModel {
                 Err(e) => out.profile_error = Some(e.to_string()),
             }
             g.graphs_work = graphs;
+            g.step_force = force;
         }
         Ok(out)
     }

@@ -582,6 +582,13 @@ fn emulated_gpu_generates_like_the_cpu() {
         })
         .expect("generated in one launch a step");
         assert!(prompts.iter().enumerate().all(|(i, _)| again.get(&i) == got[i].as_ref().map(|r| &r.tokens)), "shape {n}: generation in one launch a step");
+        // as chosen at load, one launch at every batch: the profile still takes the step apart
+        g.inner.lock().unwrap().step_batch = usize::MAX;
+        g.set_one_launch(None);
+        let b = g.bench(&prompts[4], 3, 5, true).expect("bench as chosen");
+        assert_eq!(labels(&b.decode_ops), want, "shape {n}: the chosen one-launch step profiled launch by launch");
+        assert!(b.one_launch.is_some_and(|(on, _)| on), "{:?}", b.one_launch);
+        assert_eq!(g.inner.lock().unwrap().step_force, None, "the profile's forcing is undone");
     }
 }
 
