@@ -265,7 +265,7 @@ pub trait Backend: Send {
     /// on. Recorded graphs keep the way their launches were made.
     fn set_overlap(&self, on: bool) -> bool;
     /// Records what `f` enqueues as a graph (nothing runs); `None` when the backend cannot (the
-    /// caller then runs `f` directly).
+    /// caller then runs `f` directly, or tries again without overlap).
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError>;
     fn replay(&self, g: &Graph) -> Result<(), DeviceError>;
     fn drop_graph(&self, g: Graph);
@@ -646,13 +646,7 @@ impl Backend for Cuda {
     fn capture(&self, f: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<Option<Graph>, DeviceError> {
         self.current()?;
         // a driver without the graph calls (cudarc panics on a missing symbol): no graphs
-        let mut attempt = || guarded(&self.label, "capturing a graph", || Ok(self.capture_graph(f))).unwrap_or(None);
-        let graph = attempt();
-        // one that cannot record overlapping launches: plain launches from then on
-        if graph.is_none() && self.set_overlap(false) {
-            return Ok(attempt());
-        }
-        Ok(graph)
+        Ok(guarded(&self.label, "capturing a graph", || Ok(self.capture_graph(f))).unwrap_or(None))
     }
 
     fn replay(&self, g: &Graph) -> Result<(), DeviceError> {

@@ -49,6 +49,9 @@ pub struct Emu {
     /// Tests: recordings made with overlap on fail to replay, as on a driver that records
     /// overlapping launches but will not run them.
     pub refuse_overlap_replays: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Tests: a capture made with overlap on fails, as on a driver that will not record
+    /// overlapping launches.
+    pub refuse_overlap_capture: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Tests: a capture holding a cooperative launch fails, as on a driver that will not record
     /// one in a graph.
     pub refuse_cooperative_capture: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -149,7 +152,7 @@ impl Emu {
                 let size: SizeFn = std::mem::transmute(sym(&format!("{}_args_size", k.name()))?);
                 sizes.push(size() as usize);
             }
-            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), refuse_cooperative_capture: Default::default(), placement_dependent: Default::default(), resident: Default::default(), cooperative: Default::default(), opt_in: Mutex::new(vec![0; Kernel::ALL.len()]) })
+            Ok(Emu { lib, recording: Mutex::new(None), graphs: Mutex::new(Vec::new()), replays: Default::default(), launch, launch_coop, kernels, sizes, prec, memory, allocs: Mutex::new(HashMap::new()), profiling: Mutex::new(None), no_profile: Default::default(), overlap: Default::default(), refuse_overlap_replays: Default::default(), refuse_overlap_capture: Default::default(), refuse_cooperative_capture: Default::default(), placement_dependent: Default::default(), resident: Default::default(), cooperative: Default::default(), opt_in: Mutex::new(vec![0; Kernel::ALL.len()]) })
         }
     }
 
@@ -348,11 +351,15 @@ impl Backend for Emu {
         let r = f();
         let ops = self.recording.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default();
         r?;
+        let overlap = self.overlap.load(std::sync::atomic::Ordering::Relaxed);
         if self.refuse_cooperative_capture.load(std::sync::atomic::Ordering::Relaxed) && ops.iter().any(|op| matches!(op, Op::Launch(.., true))) {
             return Ok(None);
         }
+        if overlap && self.refuse_overlap_capture.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
         let mut graphs = self.graphs.lock().unwrap_or_else(|e| e.into_inner());
-        graphs.push((ops, self.overlap.load(std::sync::atomic::Ordering::Relaxed)));
+        graphs.push((ops, overlap));
         Ok(Some(Graph::Recorded(graphs.len() - 1)))
     }
     fn replay(&self, g: &Graph) -> Result<(), DeviceError> {

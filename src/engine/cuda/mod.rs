@@ -1225,7 +1225,17 @@ impl Forward for Inner {
         let unrecorded = mode != StepMode::Launches && self.step.is_some_and(|s| !s.recorded);
         if decode && self.graphs_work && !unrecorded && !self.graphs.contains_key(&shape) {
             let this = &*self;
-            match this.gpu.capture(&mut || this.enqueue(&shape, mode).map(drop))? {
+            let capture = || this.gpu.capture(&mut || this.enqueue(&shape, mode).map(drop));
+            let mut graph = capture()?;
+            // a driver that cannot record overlapping launches: plain launches from then on,
+            // unless it would not record them either (overlap was not the cause: kept as it was)
+            if graph.is_none() && self.gpu.set_overlap(false) {
+                graph = capture()?;
+                if graph.is_none() {
+                    self.gpu.set_overlap(true);
+                }
+            }
+            match graph {
                 Some(g) => {
                     self.graphs.insert(shape, g);
                 }

@@ -696,6 +696,27 @@ fn a_refused_recording_of_overlapping_launches_falls_back_to_plain_ones() {
     assert!(!overlap.load(std::sync::atomic::Ordering::Relaxed), "overlap turned off");
 }
 
+/// A driver that will not record overlapping launches: the decode step is recorded with plain
+/// launches (overlap off from then on), replayed, and generation is still the CPU's.
+#[test]
+fn a_refused_capture_of_overlapping_launches_records_plain_ones() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let on = |be: &Emu| {
+        be.overlap.store(true, Relaxed);
+        be.refuse_overlap_capture.store(true, Relaxed);
+        (be.overlap.clone(), be.replays.clone())
+    };
+    let Some((model, g, (overlap, replays))) = emulated_with(7, "a_refused_capture_of_overlapping_launches_records_plain_ones", on) else { return };
+    let prompt: Vec<u32> = (0..12).map(|i| (i * 5 % 97) as u32).collect();
+    let opts = [GenOptions { max_tokens: 6, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop: vec![] }];
+    let mut got = None;
+    let replayed = replays.load(Relaxed);
+    g.generate(std::slice::from_ref(&prompt), &opts, &[], 512, 1, &|t: &[u32]| format!("{t:?}"), &mut |_, r| got = Some(r)).expect("generated");
+    assert_eq!(got.expect("generated").tokens, cpu_greedy(&model, &prompt, 6));
+    assert!(!overlap.load(Relaxed), "overlap turned off");
+    assert!(replays.load(Relaxed) > replayed, "the steps were recorded and replayed");
+}
+
 /// A GEMM library whose first ways sum a row in an order that depends on the row's place in the
 /// call (as stream-K kernels do): loading tries the ways in turn and keeps the first that gives a
 /// row the same bits anywhere, and scores then do not depend on the batch. Where no way does, the
@@ -1004,7 +1025,7 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         let prec = super::precision_for(&model);
         let Some(be) = emu(prec, 4 << 30, "emulated_gpu_decode_steps_in_one_launch_give_the_same_bits") else { return };
         let (resident, cooperative) = (be.resident.clone(), be.cooperative.clone());
-        let (refuse_capture, replays) = (be.refuse_cooperative_capture.clone(), be.replays.clone());
+        let (refuse_capture, replays, overlap) = (be.refuse_cooperative_capture.clone(), be.replays.clone(), be.overlap.clone());
         let g = GpuModel::with_backend(&model, Box::new(be), prec).expect("load on the emulated GPU");
         resident.store(STEP_BLOCKS, Relaxed);
         assert!(g.add_step());
@@ -1057,8 +1078,9 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         assert_eq!(cooperative.load(Relaxed), before, "shape {n}: no one-launch step with three-warp attention");
         g.force_decode_attention(Some(super::DEC_WARPS as u32), 16);
         // a driver that will not record a cooperative launch: each step launches the step
-        // kernel itself, the same bits
+        // kernel itself, the same bits; overlap, not the cause, stays as it was
         refuse_capture.store(true, Relaxed);
+        overlap.store(true, Relaxed);
         assert!(g.set_one_launch(Some(true)));
         g.inner.lock().unwrap().drop_graphs();
         let (before, replayed) = (cooperative.load(Relaxed), replays.load(Relaxed));
@@ -1066,7 +1088,9 @@ fn emulated_gpu_decode_steps_in_one_launch_give_the_same_bits() {
         assert!(cooperative.load(Relaxed) > before, "shape {n}: still in one launch");
         assert_eq!(replays.load(Relaxed), replayed, "shape {n}: no recording replayed");
         assert!(g.inner.lock().unwrap().step.is_some_and(|s| !s.recorded));
+        assert!(overlap.load(Relaxed), "shape {n}: overlap kept");
         refuse_capture.store(false, Relaxed);
+        overlap.store(false, Relaxed);
         // a device that now holds fewer blocks than the step has refuses its launch: launch by
         // launch from then on, the same bits
         assert!(g.set_one_launch(Some(true)));
