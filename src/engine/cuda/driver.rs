@@ -151,39 +151,49 @@ fn kernel_image(t: Target, dir: Option<&std::path::Path>) -> Result<KernelImage,
         Ok((bytes, origin)) => Ok(KernelImage { bytes, parts: native, origin }),
         Err(_) => {
             let ptx = Target { arch: "compute_80", ..t };
-            let (bytes, origin) = super::cache::image(dir, &parts(ptx), || {
+            let ptx_parts = parts(ptx);
+            let (bytes, origin) = super::cache::image(dir, &ptx_parts, || {
                 let mut p = compile(ptx)?;
                 p.push(0);
                 Ok(p)
             })?;
-            Ok(KernelImage { bytes, parts: parts(ptx), origin })
+            Ok(KernelImage { bytes, parts: ptx_parts, origin })
         }
     }
 }
 
-/// An on/off environment setting: `var`'s `value` is `on` or `1`, `off` or `0`, or unset (or
-/// empty) for `default`; anything else is an error naming the variable, with `fix`.
-fn switch(var: &str, value: Option<&str>, default: bool, fix: &str) -> Result<bool, String> {
-    match value.map(str::trim) {
-        Some("on" | "1") => Ok(true),
-        Some("off" | "0") => Ok(false),
-        None | Some("") => Ok(default),
-        Some(other) => Err(format!("{var}={other:?} is neither on nor off ({fix})")),
+/// An on/off environment setting: `var` is `on` or `1`, `off` or `0`, or unset (or empty) for
+/// `default`; anything else is an error naming the variable, with `fix`.
+struct Switch {
+    var: &'static str,
+    default: bool,
+    fix: &'static str,
+}
+
+impl Switch {
+    fn parse(&self, value: Option<&str>) -> Result<bool, String> {
+        match value.map(str::trim) {
+            Some("on" | "1") => Ok(true),
+            Some("off" | "0") => Ok(false),
+            None | Some("") => Ok(self.default),
+            Some(other) => Err(format!("{}={other:?} is neither on nor off ({})", self.var, self.fix)),
+        }
+    }
+
+    /// The setting as the environment has it.
+    fn read(&self) -> Result<bool, String> {
+        self.parse(std::env::var(self.var).ok().as_deref())
     }
 }
 
-/// Whether kernels may overlap (see [`Backend::set_overlap`]), from `LLMEVAL_GPU_OVERLAP`. Off by
-/// default: on an H200, decode at batch 1 ran 4 to 9% faster without it (BENCHMARKS.md).
-fn overlap_setting(value: Option<&str>) -> Result<bool, String> {
-    switch("LLMEVAL_GPU_OVERLAP", value, false, "set it to on to let each kernel start while the last finishes, or unset it")
-}
+/// Whether kernels may overlap (see [`Backend::set_overlap`]). Off by default: on an H200, decode
+/// at batch 1 ran 4 to 9% faster without it (BENCHMARKS.md).
+const OVERLAP: Switch = Switch { var: "LLMEVAL_GPU_OVERLAP", default: false, fix: "set it to on to let each kernel start while the last finishes, or unset it" };
 
-/// Whether decode steps may run in one cooperative launch (where loading times it faster), from
-/// `LLMEVAL_GPU_ONE_LAUNCH`: on by default; `off` runs every step launch by launch (the device
-/// then holds no cooperative launch, [`Backend::resident_blocks`]).
-fn one_launch_setting(value: Option<&str>) -> Result<bool, String> {
-    switch("LLMEVAL_GPU_ONE_LAUNCH", value, true, "set it to off to run every decode step launch by launch, or unset it to let loading time both ways")
-}
+/// Whether decode steps may run in one cooperative launch (where loading times it faster): on by
+/// default; `off` runs every step launch by launch (the device then holds no cooperative launch,
+/// [`Backend::resident_blocks`]).
+const ONE_LAUNCH: Switch = Switch { var: "LLMEVAL_GPU_ONE_LAUNCH", default: true, fix: "set it to off to run every decode step launch by launch, or unset it to let loading time both ways" };
 
 /// A replayable recording of a decode step: a CUDA graph, or a backend's own recording (the
 /// tests' emulation keeps a list of launches, numbered).
@@ -316,22 +326,21 @@ impl dyn Backend {
     /// sizes).
     pub fn launch_as<A: KernelArgs>(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &A) -> Result<(), DeviceError> {
         debug_assert_eq!(k.family(), A::KERNEL, "{} does not take {}", k.name(), A::STRUCT);
-        if grid.contains(&0) {
-            return Ok(());
-        }
-        self.launch_raw(k, grid, block, shared, args.bytes())?;
-        self.mark(&|| (args.label(), args.weights()))
+        self.launch_marked(k, grid, block, shared, args.bytes(), &|| (args.label(), args.weights()))
     }
     /// The decode product `args` on shape `s`, its inputs of `elem` bytes; a profile names the
     /// shape.
     pub fn launch_product(&self, s: MvShape, elem: usize, args: &MatvecArgs) -> Result<(), DeviceError> {
         let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
-        let grid = s.grid(m, n);
+        self.launch_marked(s.kernel, s.grid(m, n), s.threads(), s.shared(m, k, elem), args.bytes(), &|| (format!("{} ({})", args.label(), s.name()), args.weights()))
+    }
+    /// Launches `k` (nothing for an empty grid), then marks it for a profile as `what` says.
+    fn launch_marked(&self, k: Kernel, grid: [u32; 3], block: u32, shared: u32, args: &[u8], what: &dyn Fn() -> (String, usize)) -> Result<(), DeviceError> {
         if grid.contains(&0) {
             return Ok(());
         }
-        self.launch_raw(s.kernel, grid, s.threads(), s.shared(m, k, elem), args.bytes())?;
-        self.mark(&|| (format!("{} ({})", args.label(), s.name()), args.weights()))
+        self.launch_raw(k, grid, block, shared, args)?;
+        self.mark(what)
     }
     /// `g` as calls of [`Backend::gemm_rows`] rows each, marked for a profile as one operation:
     /// the last call reads and writes up to `gemm_rows − 1` rows past `g.m` (garbage rows, which
@@ -405,9 +414,9 @@ impl Cuda {
     /// f32 GEMMs without reduced-precision shortcuts) and creates the cuBLAS handle.
     pub fn open(info: &GpuInfo, prec: Prec, kv: Prec, head_dim: usize, exact: bool) -> Result<Cuda, DeviceError> {
         let label = info.label();
-        let setting = |parse: fn(Option<&str>) -> Result<bool, String>, var: &str| parse(std::env::var(var).ok().as_deref()).map_err(|e| DeviceError::Cuda { device: label.clone(), what: "starting the GPU".into(), detail: e });
-        let overlap = setting(overlap_setting, "LLMEVAL_GPU_OVERLAP")?;
-        let one_launch = setting(one_launch_setting, "LLMEVAL_GPU_ONE_LAUNCH")?;
+        let setting = |s: Switch| s.read().map_err(|e| DeviceError::Cuda { device: label.clone(), what: "starting the GPU".into(), detail: e });
+        let overlap = setting(OVERLAP)?;
+        let one_launch = setting(ONE_LAUNCH)?;
         let l = label.clone();
         guarded(&label, "starting the GPU", move || {
             result::init().map_err(|e| err(&l, "cuInit", e))?;
@@ -799,11 +808,11 @@ mod tests {
 
     #[test]
     fn the_gpu_switches_are_on_off_or_an_error_naming_the_variable() {
-        use super::overlap_setting as o;
+        let o = |v| super::OVERLAP.parse(v);
         assert_eq!([o(None), o(Some("")), o(Some("on")), o(Some(" 1 ")), o(Some(" off ")), o(Some("0"))], [Ok(false), Ok(false), Ok(true), Ok(true), Ok(false), Ok(false)]);
         let e = o(Some("false")).unwrap_err();
         assert!(e.starts_with("LLMEVAL_GPU_OVERLAP=\"false\" is neither on nor off (set it to on"), "{e}");
-        use super::one_launch_setting as l;
+        let l = |v| super::ONE_LAUNCH.parse(v);
         assert_eq!([l(None), l(Some(" ")), l(Some("on")), l(Some("off")), l(Some("0"))], [Ok(true), Ok(true), Ok(true), Ok(false), Ok(false)]);
         let e = l(Some("never")).unwrap_err();
         assert!(e.starts_with("LLMEVAL_GPU_ONE_LAUNCH=\"never\" is neither on nor off (set it to off"), "{e}");
